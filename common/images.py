@@ -1,0 +1,253 @@
+"""Decoded images: a uint8 cache built once per (dataset, size, resize filter), and batches for training.
+
+Preprocessing is the original's: PIL decode -> convert("RGB") -> resize((S, S)) (aspect not kept, no crop),
+then (x - 127.5) / 127.5. The original ran on the Pillow of 2017, whose default resize filter was NEAREST.
+"""
+import io
+import json
+import os
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+from tqdm import tqdm
+
+from common.data import Dataset, DatasetError, name_offenders
+
+RESIZE_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+GREY = 128                    # stands in for an image that does not decode
+_CHUNK = 256                  # images per unit of work while building the cache
+_PARALLEL_MIN_ITEMS = 2000    # below this a process pool costs more than it saves
+_GPU_HEADROOM = 0.25          # fraction of GPU memory left for the model when deciding to keep images resident
+
+
+def decode_image(data: bytes, size: int, resize_filter: str = "nearest") -> np.ndarray | None:
+    """uint8 [3, size, size] as the original preprocessed it, or None if `data` is not a readable image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image = image.convert("RGB").resize((size, size), RESIZE_FILTERS[resize_filter])
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return None
+    return np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))
+
+
+def pillow_nearest_index(in_size: int, out_size: int) -> np.ndarray:
+    """Source index of each output pixel in Pillow's NEAREST resize: floor((k + 0.5) * in/out), summed up step by
+    step in float64 as Pillow does. F.interpolate(mode="nearest-exact") evaluates the same formula directly and
+    so disagrees with Pillow where (k + 0.5) * in/out is an exact integer (e.g. 64 -> 224, k = 3)."""
+    steps = np.full(out_size, in_size / out_size)
+    steps[0] *= 0.5
+    return np.minimum(np.cumsum(steps).astype(np.int64), in_size - 1)
+
+
+def _decode_jpegs(payloads: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
+    if not payloads:
+        return []
+    encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in payloads]
+    try:
+        return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:  # one bad file fails the whole batch: retry one by one
+        decoded = []
+        for data in encoded:
+            try:
+                decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                decoded.append(None)
+        return decoded
+
+
+def decode_resize_nearest(payloads: list[bytes], size: int, device) -> tuple[torch.Tensor, list[int]]:
+    """decode_image(..., "nearest") for a batch, with JPEGs decoded by torchvision on `device` (nvJPEG on CUDA).
+    Returns uint8 [n, 3, size, size] on `device` (grey where undecodable) and the offsets that did not decode.
+    Others, and JPEGs torchvision rejects, go through PIL."""
+    device = torch.device(device)
+    out = torch.full((len(payloads), 3, size, size), GREY, dtype=torch.uint8, device=device)
+    jpegs = [k for k, data in enumerate(payloads) if data[:3] == b"\xff\xd8\xff"]
+    decoded = dict(zip(jpegs, _decode_jpegs([payloads[k] for k in jpegs], device)))
+    bad = []
+    for k, data in enumerate(payloads):
+        image = decoded.get(k)
+        if image is not None:
+            rows = torch.from_numpy(pillow_nearest_index(image.shape[1], size)).to(device)
+            cols = torch.from_numpy(pillow_nearest_index(image.shape[2], size)).to(device)
+            out[k] = image[:, rows][:, :, cols]
+            continue
+        image = decode_image(data, size, "nearest")
+        if image is None:
+            bad.append(k)
+        else:
+            out[k] = torch.from_numpy(image)
+    return out, bad
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The cache
+
+def _decode_into(out: np.ndarray, start: int, payloads: list[bytes], size: int, resize_filter: str):
+    """Decode payloads into out[start:...]; returns (how many, item ids that did not decode)."""
+    bad = []
+    for k, data in enumerate(payloads):
+        image = decode_image(data, size, resize_filter)
+        if image is None:
+            bad.append(start + k)
+        out[start + k] = GREY if image is None else image
+    return len(payloads), bad
+
+
+def _decode_into_file(path: Path, start: int, payloads: list[bytes], size: int, resize_filter: str):
+    """_decode_into for a worker process, writing into the cache file opened r+."""
+    out = np.load(path, mmap_mode="r+")
+    result = _decode_into(out, start, payloads, size, resize_filter)
+    out.flush()
+    return result
+
+
+def _fill(out, path: Path, dataset: Dataset, size: int, resize_filter: str, device: torch.device, workers: int):
+    """Decode every image into `out` (the memmap at `path`); yields (how many, bad item ids) per chunk."""
+    chunks = [(start, dataset.image_bytes[start:start + _CHUNK]) for start in range(0, dataset.itemnum, _CHUNK)]
+    if device.type == "cuda" and resize_filter == "nearest":
+        for start, payloads in chunks:
+            images, bad = decode_resize_nearest(payloads, size, device)
+            out[start:start + len(payloads)] = images.cpu().numpy()
+            yield len(payloads), [start + k for k in bad]
+    elif workers > 1 and dataset.itemnum >= _PARALLEL_MIN_ITEMS:
+        with ProcessPoolExecutor(workers) as pool:
+            futures = [pool.submit(_decode_into_file, path, start, payloads, size, resize_filter)
+                       for start, payloads in chunks]
+            for future in as_completed(futures):
+                yield future.result()
+    else:
+        for start, payloads in chunks:
+            yield _decode_into(out, start, payloads, size, resize_filter)
+
+
+def _build(dataset: Dataset, size: int, resize_filter: str, path: Path, device: torch.device, workers: int):
+    """Write the cache to a temp file next to `path`, then rename it into place; returns the bad item ids."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(dataset.itemnum, 3, size, size))
+        bad = []
+        with tqdm(total=dataset.itemnum, desc=f"decoding images ({size}px, {resize_filter})", unit="img") as bar:
+            for done, bad_ids in _fill(out, tmp, dataset, size, resize_filter, device, workers):
+                bad += bad_ids
+                bar.update(done)
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return sorted(bad)
+
+
+def _write_json(path: Path, content: dict) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(content, indent=1))
+    os.replace(tmp, path)
+
+
+def _cached_bad_items(path: Path, sidecar: Path, key: dict) -> list[int] | None:
+    """The bad item ids recorded for a cache built with `key`, or None if there is no such cache."""
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta["bad_items"] if meta.get("key") == key and path.exists() else None
+
+
+def image_cache(dataset: Dataset, size: int, resize_filter: str = "nearest", cache_dir=None, strict: bool = False,
+                device="cpu", workers: int | None = None) -> np.ndarray:
+    """All images of `dataset` decoded and resized: uint8 [itemnum, 3, size, size], memory-mapped read-only.
+
+    Built once (into `cache_dir`, default a cache/ folder next to the dataset file) and reused while the dataset
+    file keeps its name, size and mtime. Images that do not decode become flat grey and are named in one warning;
+    with `strict` they raise DatasetError instead. On CUDA with the nearest filter JPEGs are decoded on the GPU;
+    otherwise `workers` processes (default: all cores) decode with PIL.
+    """
+    if resize_filter not in RESIZE_FILTERS:
+        raise ValueError(f"resize_filter must be one of {', '.join(RESIZE_FILTERS)}, got {resize_filter!r}")
+    cache_dir = Path(cache_dir) if cache_dir is not None else dataset.path.parent / "cache"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"{dataset.name}-{size}px-{resize_filter}.npy"
+    sidecar = path.with_suffix(".json")
+    stat = dataset.path.stat()
+    key = {"dataset": dataset.path.name, "file_size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+           "size": size, "filter": resize_filter}
+    bad = _cached_bad_items(path, sidecar, key)
+    if bad is None:
+        bad = _build(dataset, size, resize_filter, path, torch.device(device), workers or os.cpu_count() or 1)
+        _write_json(sidecar, {"key": key, "bad_items": bad})
+    if bad:
+        message = (f"{len(bad)} of {dataset.itemnum} images in {dataset.path.name} do not decode: "
+                   f"items {name_offenders(bad, limit=20)} (all listed in {sidecar})")
+        if strict:
+            raise DatasetError(message)
+        warnings.warn(message + f"; they are replaced by flat grey ({GREY})", stacklevel=2)
+    return np.load(path, mmap_mode="r")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Batches for training
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float in [-1, 1], as the original: (x - 127.5) / 127.5."""
+    return (images.float() - 127.5) / 127.5
+
+
+def _fits_on_gpu(nbytes: int, device: torch.device) -> bool:
+    free, total = torch.cuda.mem_get_info(device)
+    return nbytes < free - _GPU_HEADROOM * total
+
+
+def _copy_to(cache: np.ndarray, device: torch.device) -> torch.Tensor:
+    images = torch.empty(cache.shape, dtype=torch.uint8, device=device)
+    step = max(1, (1 << 30) // max(1, cache[0].nbytes))  # about 1 GiB at a time
+    for start in tqdm(range(0, len(cache), step), desc=f"images to {device}", unit="GiB"):
+        images[start:start + step].copy_(torch.from_numpy(np.array(cache[start:start + step])))
+    return images
+
+
+class ImageStore:
+    """store(item_ids) -> float32 [B, 3, S, S] in [-1, 1] on `device` (channels_last on CUDA).
+
+    Keeps the whole uint8 cache on the device when it fits (`resident`; by default only on CUDA, with headroom
+    left for training), else gathers the rows from the memory-mapped cache, through pinned memory on CUDA.
+    """
+
+    def __init__(self, cache: np.ndarray, device, resident: bool | None = None):
+        self.cache = cache
+        self.device = torch.device(device)
+        self.size = cache.shape[-1]
+        if resident is None:
+            resident = self.device.type == "cuda" and _fits_on_gpu(cache.nbytes, self.device)
+        self.resident = resident
+        self.images = _copy_to(cache, self.device) if resident else None
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def _gather(self, item_ids: torch.Tensor) -> torch.Tensor:
+        ids = item_ids.cpu().numpy()
+        if self.device.type != "cuda":
+            return torch.from_numpy(self.cache[ids])
+        pinned = torch.empty((len(ids), *self.cache.shape[1:]), dtype=torch.uint8, pin_memory=True)
+        np.take(self.cache, ids, axis=0, out=pinned.numpy())
+        return pinned.to(self.device, non_blocking=True)
+
+    def __call__(self, item_ids: torch.Tensor) -> torch.Tensor:
+        if self.resident:
+            batch = self.images[item_ids.to(self.device)]
+        else:
+            batch = self._gather(item_ids)
+        if self.device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return to_unit_range(batch)

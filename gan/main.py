@@ -1,0 +1,40 @@
+"""Conditional LSGAN of fashion images per category (paper section III-C).
+
+    python gan/main.py --train     train into --out (default runs/gan): checkpoint.pt, samples/, metrics.jsonl
+    python gan/main.py             write samples/test_arange_<c>.png, one grid per category, from the trained model
+
+Without the real dataset the embedded catalogue is used, with demo-sized settings printed first.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common.catalogue import open_dataset
+from common.config import apply_defaults, parse_config
+from common.device import pick_device
+from common.runlog import run_dir
+from gan.train import DEMO, PRESETS, GANConfig, sample, train
+
+
+def main(argv=None):
+    cfg, explicit = parse_config(GANConfig, argv, PRESETS, description=__doc__.splitlines()[0])
+    device = pick_device(cfg.device)
+    out_dir = run_dir(cfg.out, "gan")
+    if not cfg.train:
+        sample(out_dir, device, cfg.bf16, cfg.seed)
+        return
+    dataset, embedded = open_dataset(cfg.dataset)
+    if embedded:
+        changed = apply_defaults(cfg, DEMO, explicit)
+        if changed:
+            print("embedded catalogue, demo settings: " + ", ".join(f"--{k.replace('_', '-')} {v}"
+                                                                   for k, v in changed.items()))
+    train(cfg, dataset, out_dir, device)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f"error: {error}")

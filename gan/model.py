@@ -1,0 +1,142 @@
+"""The conditional generator and discriminator of the original DCGAN-style LSGAN (reference §5.3-5.5).
+
+At 64x64 with width 64 the layers are exactly the original's (G 3,811,075 and D 4,460,545 parameters):
+
+    G(z, y)                                          D(x, y)
+    concat [z, y]                     z_dim + C      x + y                                3 + C channels
+    h0_lin -> 4x4x256, bn0, lrelu     4x4x256        h0 5x5/2 conv, lrelu                 32x32x64   (+ y)
+    h1 3x3/2 deconv, bn1, lrelu       8x8x256        h1 5x5/2 conv, bn1, lrelu            16x16x128  (+ y)
+    h2 3x3/1 deconv, bn2, lrelu       8x8x256        h2 5x5/2 conv, bn2, lrelu            8x8x256    (+ y)
+    h3 3x3/2 deconv, bn3, lrelu       16x16x256      h3 5x5/2 conv, bn3, lrelu            4x4x512
+    h4 3x3/1 deconv, bn4, lrelu       16x16x256      h4_lin flatten -> 1, raw score (no sigmoid)
+    h5 3x3/2 deconv, bn5, lrelu       32x32x128
+    h6 3x3/2 deconv, bn6, lrelu       64x64x64
+    h7 3x3/1 deconv, tanh             64x64x3
+
+Other sizes (the paper's 128x128, the 32 px CPU demo) keep the 4x4 seed and the 16x16 body of G and
+add or drop stride-2 stages at the high-resolution end of both nets, halving the channels at each stage
+added (so 128 px adds a 128x128x32 stage to G and a first 64x64x32 conv to D). The paper gives no layer
+table, so this is our reading of "deeper networks modified from DCGAN and LSGAN". y is tiled as planes at
+D's input and after every conv but the last, as the original did after its first three of four. `width`
+scales every channel count (64 gives the original's).
+
+TensorFlow's SAME padding is reproduced (reference §7.5): D's 5x5/2 convs pad 1 top/left and 2
+bottom/right; G's 3x3/2 transposed convs keep the first 2n of the 2n+1 rows and columns.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def sample_z(n, z_dim, distribution="uniform", device="cpu", generator=None):
+    """Latent codes: 'uniform' is U(-1, 1) as in the paper, 'normal' is N(0, 1) as the original trained with."""
+    if distribution == "uniform":
+        return torch.rand(n, z_dim, device=device, generator=generator) * 2 - 1
+    if distribution == "normal":
+        return torch.randn(n, z_dim, device=device, generator=generator)
+    raise ValueError(f"unknown z distribution {distribution!r} (expected 'uniform' or 'normal')")
+
+
+class SameDeconv(nn.ConvTranspose2d):
+    """3x3 transposed conv with TF's SAME output size: stride 2 doubles the size, stride 1 keeps it."""
+
+    def __init__(self, in_channels, out_channels, stride):
+        super().__init__(in_channels, out_channels, kernel_size=3, stride=stride, padding=0 if stride == 2 else 1)
+
+    def forward(self, x):
+        out = super().forward(x)
+        if self.stride[0] == 2:  # PyTorch gives 2n + 1 rows and columns; TF keeps the first 2n
+            out = out[:, :, : 2 * x.shape[2], : 2 * x.shape[3]]
+        return out
+
+
+class SameConv(nn.Conv2d):
+    """5x5 stride-2 conv with TF's SAME padding on even sizes: 1 before, 2 after (PyTorch's padding=2 shifts it)."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__(in_channels, out_channels, kernel_size=5, stride=2, padding=0)
+
+    def forward(self, x):
+        return super().forward(F.pad(x, (1, 2, 1, 2)))
+
+
+def batch_norm(channels):
+    return nn.BatchNorm2d(channels, momentum=0.1, eps=1e-5)  # TF decay 0.9, eps 1e-5, with scale and centre
+
+
+def num_stages(image_size, smallest):
+    stages = math.log2(image_size / smallest)
+    if image_size < 16 or stages != int(stages):
+        raise ValueError(f"image size must be a power of two of at least 16, got {image_size}")
+    return int(stages)
+
+
+def concat_planes(x, y_onehot):
+    """Tile the one-hot condition as constant feature planes after x's channels."""
+    planes = y_onehot[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3]).to(x.dtype)
+    return torch.cat([x, planes], dim=1)
+
+
+class Generator(nn.Module):
+
+    def __init__(self, image_size=64, z_dim=256, num_categories=6, width=64):
+        super().__init__()
+        self.image_size, self.z_dim, self.num_categories = image_size, z_dim, num_categories
+        seed_channels = 4 * width
+        # (out channels, stride) of each hidden transposed conv: the 16x16 body, then one stage per doubling
+        stages = [(seed_channels, 2), (seed_channels, 1), (seed_channels, 2), (seed_channels, 1)]
+        stages += [(seed_channels // 2 ** (i + 1), 2) for i in range(num_stages(image_size, 16))]
+        self.seed_channels = seed_channels
+        self.h0_lin = nn.Linear(z_dim + num_categories, seed_channels * 4 * 4)
+        self.bn0 = batch_norm(seed_channels)
+        channels = [seed_channels] + [out for out, _ in stages]
+        self.deconvs = nn.ModuleList(SameDeconv(channels[i], out, stride) for i, (out, stride) in enumerate(stages))
+        self.bns = nn.ModuleList(batch_norm(out) for out, _ in stages)
+        self.to_rgb = SameDeconv(channels[-1], 3, stride=1)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        for module in [self.h0_lin, *self.deconvs, self.to_rgb]:
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+
+    def forward(self, z, labels):
+        """z [B, z_dim], labels [B] category ids -> images [B, 3, S, S] in [-1, 1]."""
+        y = F.one_hot(labels, self.num_categories).to(z.dtype)
+        h = self.h0_lin(torch.cat([z, y], dim=1)).view(-1, self.seed_channels, 4, 4)
+        h = F.leaky_relu(self.bn0(h), 0.2)
+        for deconv, bn in zip(self.deconvs, self.bns):
+            h = F.leaky_relu(bn(deconv(h)), 0.2)
+        return torch.tanh(self.to_rgb(h))
+
+
+class Discriminator(nn.Module):
+
+    def __init__(self, image_size=64, num_categories=6, width=64):
+        super().__init__()
+        self.image_size, self.num_categories = image_size, num_categories
+        n = num_stages(image_size, 4)
+        channels = [8 * width // 2 ** (n - 1 - i) for i in range(n)]  # the last conv always has 8 * width
+        in_channels = [3] + channels[:-1]
+        # y joins the input of every conv, i.e. it is concatenated after all but the last
+        self.convs = nn.ModuleList(SameConv(c_in + num_categories, c_out) for c_in, c_out in zip(in_channels, channels))
+        self.bns = nn.ModuleList([nn.Identity()] + [batch_norm(c) for c in channels[1:]])  # no BN after the first
+        self.h_lin = nn.Linear(channels[-1] * 4 * 4, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        for conv in self.convs:
+            nn.init.trunc_normal_(conv.weight, std=0.02, a=-0.04, b=0.04)  # TF truncates at two std
+            nn.init.zeros_(conv.bias)
+        nn.init.normal_(self.h_lin.weight, std=0.02)
+        nn.init.zeros_(self.h_lin.bias)
+
+    def forward(self, x, labels):
+        """x [B, 3, S, S] in [-1, 1], labels [B] category ids -> raw scores [B]."""
+        y = F.one_hot(labels, self.num_categories)
+        h = x
+        for conv, bn in zip(self.convs, self.bns):
+            h = F.leaky_relu(bn(conv(concat_planes(h, y))), 0.2)
+        return self.h_lin(h.flatten(1)).squeeze(1)

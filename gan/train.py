@@ -1,0 +1,281 @@
+"""Training and sampling of the conditional LSGAN (reference §5.2-5.8, paper section III-C).
+
+Each iteration draws `batch_size` items uniformly with replacement from the items that have a category and a z;
+D takes one Adam step on the real batch and the fake batch (two separate calls, so each gets its own BN
+statistics), then G takes one Adam step with the same z and the real batch's labels. An epoch is
+floor(items / batch_size) iterations, as in the original.
+
+Departures from the original, none of which changes what is optimised:
+- The fake batch of the D step is reused for the G step instead of being generated again: G has not changed in
+  between and BN uses batch statistics, so the images are identical; G's running statistics are updated once
+  per iteration instead of twice.
+- The logged losses come from the training forward passes; the original evaluated them again in BN inference mode.
+- The training grids use a fixed z and fixed labels (categories in turn) and G in inference mode; the original
+  used the labels of its first batch.
+- Grids map [-1, 1] to [0, 1] with a fixed range; the original's scipy.misc.imsave min-max rescaled each grid.
+
+On CUDA the forward passes run under bf16 autocast (`--bf16`, on by default there) with channels_last images
+and fused Adam. bf16 was chosen for speed and is not yet measured against fp32 for sample quality: compare the
+grids and the condition consistency of a `--no-bf16` run before relying on it.
+"""
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+from tqdm import tqdm
+
+from common.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
+from common.device import autocast, describe, fused_adam_kwargs, memory_format
+from common.images import ImageStore, image_cache
+from common.runlog import RunLog
+from gan.classifier import condition_consistency, load_classifier, train_or_load_classifier
+from gan.model import Discriminator, Generator, sample_z
+
+LOG_EVERY = 10          # iterations between loss read-outs (each one waits for the GPU)
+GRID_SIZE = 16          # 4x4 sample grids
+ARCHITECTURE_FIELDS = ("image_size", "z_dim", "z_distribution", "g_width", "d_width")
+
+
+@dataclass
+class GANConfig:
+    preset: str = field(default="paper", metadata={"help": "paper: 128 px, z 100 ~ U(-1,1), batch 64, 25 epochs; "
+                                                           "original: the original code's 64 px, z 256 ~ N(0,1), "
+                                                           "batch 16, 30 epochs"})
+    train: bool = field(default=False, metadata={"help": "train; without it, write per-category grids from the "
+                                                         "trained model in --out"})
+    resume: bool = field(default=False, metadata={"help": "continue training from --out's checkpoint"})
+    dataset: str | None = field(default=None, metadata={"help": "the .npy dataset (default: "
+                                                                "data/AmazonFashion6ImgPartitioned.npy if present, "
+                                                                "else the embedded catalogue)"})
+    out: str | None = field(default=None, metadata={"help": "run directory (default: runs/gan)"})
+    image_size: int = field(default=128, metadata={"help": "output side in pixels, a power of two >= 16"})
+    z_dim: int = field(default=100, metadata={"help": "latent size"})
+    z_distribution: str = field(default="uniform", metadata={"help": "training z: U(-1,1) or N(0,1)",
+                                                             "choices": ["uniform", "normal"]})
+    g_width: int = field(default=64, metadata={"help": "G width (64 = the original's channels)"})
+    d_width: int = field(default=64, metadata={"help": "D width (64 = the original's channels)"})
+    batch_size: int = field(default=64, metadata={"help": "images per iteration"})
+    epochs: int = field(default=25, metadata={"help": "epochs of floor(items / batch) iterations"})
+    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of G and D"})
+    beta1: float = field(default=0.5, metadata={"help": "Adam beta1"})
+    beta2: float = field(default=0.99, metadata={"help": "Adam beta2"})
+    sample_every: int = field(default=100, metadata={"help": "iterations between training sample grids"})
+    checkpoint_every: int = field(default=500, metadata={"help": "iterations between checkpoints"})
+    resize_filter: str = field(default="nearest", metadata={"help": "image resize filter (original: nearest)"})
+    consistency_samples: int = field(default=100, metadata={"help": "generated images per category for the "
+                                                                    "condition consistency"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (no effect on CPU)"})
+
+
+PRESETS = {
+    "paper": {},
+    "original": dict(image_size=64, z_dim=256, z_distribution="normal", batch_size=16, epochs=30),
+}
+
+# The embedded catalogue's settings: recognisable category shapes from `python gan/main.py --train` in about
+# ten minutes on two CPU cores.
+DEMO = dict(image_size=32, g_width=16, d_width=16, batch_size=64, epochs=60, sample_every=200, checkpoint_every=1000)
+
+
+def build_gan(cfg, num_categories, device):
+    generator = Generator(cfg.image_size, cfg.z_dim, num_categories, cfg.g_width)
+    discriminator = Discriminator(cfg.image_size, num_categories, cfg.d_width)
+    fmt = memory_format(device)
+    return generator.to(device, memory_format=fmt), discriminator.to(device, memory_format=fmt)
+
+
+def build_optimizers(cfg, generator, discriminator, device):
+    kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused_adam_kwargs(device))
+    return torch.optim.Adam(generator.parameters(), **kwargs), torch.optim.Adam(discriminator.parameters(), **kwargs)
+
+
+def train_step(generator, discriminator, opt_g, opt_d, real, labels, z, bf16=True):
+    """One D step then one G step (LSGAN, reference §5.6); returns the losses as tensors."""
+    device = real.device
+    with autocast(device, bf16):
+        fake = generator(z, labels)
+        d_real = discriminator(real, labels).float()
+        d_fake = discriminator(fake.detach(), labels).float()
+    d_loss_real = ((d_real - 1) ** 2).mean()
+    d_loss_fake = (d_fake ** 2).mean()
+    d_loss = 0.5 * (d_loss_real + d_loss_fake)
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt_d.step()
+
+    discriminator.requires_grad_(False)  # the G step needs gradients through D, not for D's weights
+    with autocast(device, bf16):
+        g_loss = ((discriminator(fake, labels).float() - 1) ** 2).mean()
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    opt_g.step()
+    discriminator.requires_grad_(True)
+    return {"d_loss": d_loss.detach(), "d_loss_real": d_loss_real.detach(), "d_loss_fake": d_loss_fake.detach(),
+            "g_loss": g_loss.detach()}
+
+
+@torch.no_grad()
+def generate(generator, z, labels, bf16=True):
+    """G in BN inference mode; float32 images in [-1, 1]."""
+    was_training = generator.training
+    generator.eval()
+    with autocast(z.device, bf16):
+        images = generator(z, labels).float()
+    generator.train(was_training)
+    return images
+
+
+def save_grid(images, path):
+    """A 4x4 grid with the fixed mapping [-1, 1] -> [0, 1]."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images, path, nrow=4, normalize=True, value_range=(-1, 1))
+
+
+def labelled_items(dataset):
+    """Ids of the items that have a category; the conditional GAN trains on these only."""
+    items = torch.as_tensor(dataset.item_category).ge(0).nonzero().squeeze(1)
+    if len(items) == 0:
+        raise ValueError(f"no item of {dataset.name} has a category (`c`); the conditional GAN needs them")
+    return items
+
+
+def measure_consistency(generator, classifier, num_categories, per_category, z_dim, device, bf16=True, seed=0):
+    """Condition consistency of G's samples (z ~ U(-1, 1), G in inference mode, as in sampling mode)."""
+    rng = torch.Generator(device=device).manual_seed(seed)
+    labels = torch.arange(num_categories, device=device).repeat_interleave(per_category)
+    probs = torch.cat([classifier.predict_proba(generate(generator, sample_z(len(chunk), z_dim, "uniform", device,
+                                                                               rng), chunk, bf16))
+                       for chunk in labels.split(256)])
+    return condition_consistency(probs, labels, num_categories)
+
+
+def format_consistency(result):
+    per = " ".join(f"{c}:{p:.2f}" for c, p in enumerate(result["per_category"]))
+    return f"condition consistency {result['overall']:.3f} (per category {per})"
+
+
+def train(cfg, dataset, out_dir, device):
+    """Train the GAN on `dataset`, writing checkpoint.pt, samples/ and metrics.jsonl into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    items = labelled_items(dataset)
+    num_categories = dataset.num_categories
+    iterations_per_epoch = len(items) // cfg.batch_size
+    if iterations_per_epoch == 0:
+        raise ValueError(f"batch size {cfg.batch_size} is larger than the {len(items)} items with a category")
+    total_iterations = cfg.epochs * iterations_per_epoch
+
+    store = ImageStore(image_cache(dataset, cfg.image_size, cfg.resize_filter, device=device), device)
+    item_labels = torch.as_tensor(dataset.item_category, device=device)
+    generator, discriminator = build_gan(cfg, num_categories, device)
+    opt_g, opt_d = build_optimizers(cfg, generator, discriminator, device)
+    sample_z_fixed = sample_z(GRID_SIZE, cfg.z_dim, cfg.z_distribution, device)
+    sample_labels = torch.arange(GRID_SIZE, device=device) % num_categories
+    step = 0
+    checkpoint_path = out_dir / "checkpoint.pt"
+    if cfg.resume:
+        checkpoint = load_checkpoint(checkpoint_path)
+        check_architecture(cfg, checkpoint["config"])
+        generator.load_state_dict(checkpoint["model"]["generator"])
+        discriminator.load_state_dict(checkpoint["model"]["discriminator"])
+        opt_g.load_state_dict(checkpoint["optimizer"]["generator"])
+        opt_d.load_state_dict(checkpoint["optimizer"]["discriminator"])
+        sample_z_fixed = checkpoint["sample_z"].to(device)
+        sample_labels = checkpoint["sample_labels"].to(device)
+        step = checkpoint["step"]
+        restore_rng(checkpoint["rng"])
+
+    def save(metrics=None, rng=None):
+        save_checkpoint(checkpoint_path, {
+            "stage": "gan", "model": {"generator": generator.state_dict(), "discriminator": discriminator.state_dict()},
+            "optimizer": {"generator": opt_g.state_dict(), "discriminator": opt_d.state_dict()},
+            "config": asdict(cfg), "num_categories": num_categories, "epoch": step // iterations_per_epoch,
+            "step": step, "rng": rng or capture_rng(), "metrics": metrics or {},
+            "sample_z": sample_z_fixed, "sample_labels": sample_labels})
+
+    log = RunLog(out_dir, resume=cfg.resume)
+    print(f"training the GAN on {describe(device)}: {len(items)} items, {num_categories} categories, "
+          f"{cfg.image_size} px, {iterations_per_epoch} iterations per epoch, iterations {step} -> {total_iterations}")
+    generator.train()
+    discriminator.train()
+    progress = tqdm(range(step + 1, total_iterations + 1), initial=step, total=total_iterations, desc="GAN",
+                    unit="it")
+    tick, tick_step = time.perf_counter(), step
+    for step in progress:
+        ids = items[torch.randint(len(items), (cfg.batch_size,))]
+        real = store(ids)
+        z = sample_z(cfg.batch_size, cfg.z_dim, cfg.z_distribution, device)
+        losses = train_step(generator, discriminator, opt_g, opt_d, real, item_labels[ids.to(device)], z, cfg.bf16)
+        epoch, index = divmod(step - 1, iterations_per_epoch)  # of the iteration just done, as the original
+        if step % LOG_EVERY == 0 or step == total_iterations:
+            losses = {name: value.item() for name, value in losses.items()}
+            now = time.perf_counter()
+            images_per_second = (step - tick_step) * cfg.batch_size / (now - tick)
+            tick, tick_step = now, step
+            progress.set_postfix(d_loss=f"{losses['d_loss']:.3f}", g_loss=f"{losses['g_loss']:.3f}",
+                                 img_s=f"{images_per_second:.0f}")
+            log.record(step=step, epoch=epoch, **losses, images_per_second=images_per_second)
+        if step % cfg.sample_every == 0 or step == total_iterations:
+            save_grid(generate(generator, sample_z_fixed, sample_labels, cfg.bf16),
+                      out_dir / "samples" / f"train_{epoch:02d}_{index:04d}.png")
+        if step % cfg.checkpoint_every == 0:
+            save()
+
+    rng = capture_rng()  # where a resumed run must continue, whatever measuring draws below
+    classifier = train_or_load_classifier(dataset, cfg.image_size, out_dir / "classifier.pt", device,
+                                          cfg.resize_filter, store)
+    consistency = measure_consistency(generator, classifier, num_categories, cfg.consistency_samples, cfg.z_dim,
+                                      device, cfg.bf16, cfg.seed)
+    print(format_consistency(consistency))
+    log.record(step=step, condition_consistency=consistency)
+    save({"condition_consistency": consistency}, rng)
+    return consistency
+
+
+def check_architecture(cfg, saved_config):
+    different = {name: (saved_config[name], getattr(cfg, name)) for name in ARCHITECTURE_FIELDS
+                 if saved_config[name] != getattr(cfg, name)}
+    if different:
+        raise ValueError("cannot resume: the checkpoint was trained with different settings (saved, now): "
+                         + ", ".join(f"{name} {old!r} vs {new!r}" for name, (old, new) in different.items()))
+
+
+def load_gan(out_dir, device="cpu"):
+    """(generator, discriminator, checkpoint) from a GAN run directory, both nets in eval mode."""
+    path = Path(out_dir) / "checkpoint.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"no trained GAN in {out_dir}: run `python gan/main.py --train` first "
+                                f"(with the same --out)")
+    checkpoint = load_checkpoint(path)
+    cfg = GANConfig(**checkpoint["config"])
+    generator, discriminator = build_gan(cfg, checkpoint["num_categories"], device)
+    generator.load_state_dict(checkpoint["model"]["generator"])
+    discriminator.load_state_dict(checkpoint["model"]["discriminator"])
+    return generator.eval(), discriminator.eval(), checkpoint
+
+
+def sample(out_dir, device, bf16=True, seed=0):
+    """Write samples/test_arange_<c>.png, one 4x4 grid per category from one shared z ~ U(-1, 1) (reference §5.8),
+    and print the condition consistency when the run's classifier is there."""
+    out_dir = Path(out_dir)
+    generator, _, checkpoint = load_gan(out_dir, device)
+    num_categories = checkpoint["num_categories"]
+    z = sample_z(GRID_SIZE, generator.z_dim, "uniform", device, torch.Generator(device=device).manual_seed(seed))
+    paths = []
+    for category in range(num_categories):
+        labels = torch.full((GRID_SIZE,), category, device=device)
+        paths.append(out_dir / "samples" / f"test_arange_{category}.png")
+        save_grid(generate(generator, z, labels, bf16), paths[-1])
+    print(f"wrote {len(paths)} grids to {out_dir / 'samples'} (step {checkpoint['step']})")
+    classifier_path = out_dir / "classifier.pt"
+    if classifier_path.exists():
+        classifier = load_classifier(load_checkpoint(classifier_path, map_location=device), device)
+        print(format_consistency(measure_consistency(generator, classifier, num_categories,
+                                                     checkpoint["config"]["consistency_samples"], generator.z_dim,
+                                                     device, bf16, seed)))
+    return paths
