@@ -26,7 +26,7 @@ def conv_block(in_channels, out_channels):
 class CategoryClassifier(nn.Module):
     """Three conv-BN-ReLU-pool blocks, global average pooling and a linear layer over the categories."""
 
-    def __init__(self, image_size, num_categories, width=32):
+    def __init__(self, image_size, num_categories, width=16):
         super().__init__()
         self.image_size, self.num_categories = image_size, num_categories
         self.features = nn.Sequential(conv_block(3, width), conv_block(width, 2 * width),

@@ -31,7 +31,7 @@ def exact_auc(scores, dataset):
 
 
 def pixel_features(dataset, side=8):
-    """Items as centred, unit-length 8x8 thumbnails: what a model that sees only pixels could start from."""
+    """Items as centred, unit-length thumbnails: what a model that sees only pixels could start from."""
     thumbs = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB").resize((side, side), Image.BOX),
                                   dtype=np.float64).ravel() for b in dataset.image_bytes])
     thumbs -= thumbs.mean(0)
@@ -106,7 +106,9 @@ def test_fashion_mnist_source(tmp_path):
     assert images.reshape(60, -1).std(1).min() > 10, "every item shows a garment"
 
 
-def test_missing_fashion_mnist_and_corrupt_idx_raise(tmp_path):
+def test_bad_settings_missing_fashion_mnist_and_corrupt_idx_raise(tmp_path):
+    with pytest.raises(ValueError, match="items"):
+        generate_catalogue(tmp_path / "x.npy", dataclasses.replace(TINY, num_items=10))
     cfg = CatalogueConfig(image_source="fashion-mnist", fashion_mnist_dir=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="Fashion-MNIST"):
         generate_catalogue(tmp_path / "x.npy", cfg)

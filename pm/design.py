@@ -1,0 +1,178 @@
+"""Personalised design (paper section III-D): retrieval (eq. 8), preference maximisation (eq. 9-11) and
+tailoring of an existing item (eq. 12 then eq. 10).
+
+    retrieval     delta(u, c) = argmax_{e in X_c} theta_u . Phi(e)
+    synthesis     max_{z'} theta_u . Phi(Delta G_c(tanh z')) - eta [D_c(G_c(tanh z')) - 1]^2        (eq. 10)
+                  from m starts z ~ U(-1, 1), z' = atanh(z); the top-k of the m results are drawn without
+                  replacement with p(e_t) = softmax(objective)_t (eq. 11), or taken best first
+    tailoring     z' = argmin ||G_c(tanh z') - nabla X_query||_1 (eq. 12), then eq. 10 from that z'
+
+Delta and nabla are nearest-neighbour resizes between the GAN's size and DVBPR's input size. Phi runs in eval
+mode (no dropout), G and D in BN inference mode; only z' receives gradients. With latent="direct" z itself is
+optimised without a bound, as the original code did (reference §6.1).
+"""
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+ATANH_LIMIT = 1 - 1e-6  # U(-1, 1) can draw -1 exactly; atanh(+-1) is infinite
+
+
+def resize(images, size):
+    """Nearest-neighbour resize to size x size (an upscale or a downscale); identity at the same size."""
+    if images.shape[-1] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="nearest")
+
+
+def to_z(z_prime, latent):
+    """The generator's input from the optimised variable: tanh keeps it in [-1, 1] (eq. 10)."""
+    return torch.tanh(z_prime) if latent == "tanh" else z_prime
+
+
+def initial_latents(m, z_dim, init, device="cpu", generator=None):
+    """m starting points z': 'uniform' is atanh(z), z ~ U(-1, 1) (the paper); 'normal' is N(0, 0.5^2) (the original)."""
+    if init == "uniform":
+        z = torch.rand(m, z_dim, device=device, generator=generator) * 2 - 1
+        return torch.atanh(z.clamp(-ATANH_LIMIT, ATANH_LIMIT))
+    if init == "normal":
+        return 0.5 * torch.randn(m, z_dim, device=device, generator=generator)
+    raise ValueError(f"unknown latent init {init!r} (expected 'uniform' or 'normal')")
+
+
+def choose(objective, k, select, generator=None):
+    """Indices of k of the m results: 'softmax' draws without replacement with p = softmax(objective) (eq. 11), in
+    the order drawn; 'best' takes the k highest; 'all' returns every result, best first."""
+    if select == "softmax":
+        probabilities = torch.softmax(objective.double(), dim=0)
+        return torch.multinomial(probabilities, min(k, len(objective)), replacement=False, generator=generator)
+    if select == "best":
+        return objective.topk(min(k, len(objective))).indices
+    if select == "all":
+        return objective.argsort(descending=True)
+    raise ValueError(f"unknown selection {select!r} (expected 'softmax', 'best' or 'all')")
+
+
+@dataclass
+class Snapshot:
+    """The m images and scores after `step` optimisation steps."""
+    step: int
+    images: torch.Tensor       # [m, 3, S, S] in [-1, 1], on the CPU
+    preference: torch.Tensor   # [m] theta_u . Phi(Delta image)
+    objective: torch.Tensor    # [m] preference - eta * realism loss
+
+
+@dataclass
+class Design:
+    """The result of preference maximisation from m starts (all tensors detached)."""
+    z: torch.Tensor            # [m, z_dim] the generator's input
+    images: torch.Tensor       # [m, 3, S, S]
+    preference: torch.Tensor   # [m]
+    realism: torch.Tensor      # [m] [D_c(G_c(z)) - 1]^2
+    objective: torch.Tensor    # [m]
+    history: list[Snapshot] = field(default_factory=list)
+
+    def pick(self, index):
+        return Design(self.z[index], self.images[index], self.preference[index], self.realism[index],
+                      self.objective[index])
+
+
+class Designer:
+    """The trained pieces of personalised design: theta and Phi from DVBPR, G and D from the GAN.
+
+    All three networks are put in eval mode and frozen, so gradients reach only the latent codes.
+    """
+
+    def __init__(self, cnn, theta, generator, discriminator):
+        self.cnn = cnn.eval().requires_grad_(False)
+        self.theta = theta.detach()
+        self.generator = generator.eval().requires_grad_(False)
+        self.discriminator = discriminator.eval().requires_grad_(False)
+        self.z_dim = generator.z_dim
+        self.image_size = generator.image_size
+
+    def preference(self, user, images):
+        """x_{u,e} = theta_u . Phi(Delta e) (eq. 6) of images at the GAN's size; [B]."""
+        return self.cnn(resize(images, self.cnn.image_size)) @ self.theta[user]
+
+    def realism_loss(self, images, category):
+        """L_real(e, c) = [D_c(e) - 1]^2; [B]."""
+        labels = torch.full((len(images),), category, dtype=torch.long, device=images.device)
+        return (self.discriminator(images, labels) - 1) ** 2
+
+    def generate(self, z, category):
+        labels = torch.full((len(z),), category, dtype=torch.long, device=z.device)
+        return self.generator(z, labels)
+
+    def objective(self, z, user, category, eta):
+        """(objective, preference, realism loss, images) of G_c(z), each per row of z (eq. 9)."""
+        images = self.generate(z, category)
+        preference = self.preference(user, images)
+        realism = self.realism_loss(images, category)
+        return preference - eta * realism, preference, realism, images
+
+    def maximise(self, z_prime, user, category, steps, lr, eta=1.0, latent="tanh", record=None):
+        """Adam ascent on eq. 10 (or eq. 9 with latent='direct') from the rows of z_prime, all rows at once.
+
+        `record(step) -> bool` says after which steps (0 = the start) to keep a Snapshot of images and scores.
+        """
+        z_prime = z_prime.detach().clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([z_prime], lr=lr)
+        history = []
+        for step in range(steps + 1):
+            objective, preference, realism, images = self.objective(to_z(z_prime, latent), user, category, eta)
+            if record is not None and record(step):
+                history.append(Snapshot(step, images.detach().cpu(), preference.detach().cpu(),
+                                        objective.detach().cpu()))
+            if step == steps:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            (-objective.sum()).backward()  # a sum: every start follows its own gradient
+            optimizer.step()
+        return Design(to_z(z_prime, latent).detach(), images.detach(), preference.detach(), realism.detach(),
+                      objective.detach(), history)
+
+    def synthesise(self, user, category, starts, steps, lr, eta=1.0, init="uniform", latent="tanh",
+                   generator=None, record=None):
+        """Preference maximisation from `starts` random initial points (eq. 10); every result is kept."""
+        device = self.theta.device
+        z_prime = initial_latents(starts, self.z_dim, init, device, generator)
+        return self.maximise(z_prime, user, category, steps, lr, eta, latent, record)
+
+    def invert(self, query, category, steps, lr, starts=8, latent="tanh", generator=None):
+        """z' whose G_c(tanh z') is nearest in mean L1 to the query resized to the GAN's size (eq. 12).
+
+        Optimises `starts` random initial points and keeps the best; returns (z' [1, z_dim], L1 error per step of
+        the kept start [steps + 1]).
+        """
+        target = resize(query[None] if query.dim() == 3 else query, self.image_size)
+        init = "uniform" if latent == "tanh" else "normal"
+        z_prime = initial_latents(starts, self.z_dim, init, self.theta.device, generator).requires_grad_(True)
+        optimizer = torch.optim.Adam([z_prime], lr=lr)
+        errors = []
+        for step in range(steps + 1):
+            error = (self.generate(to_z(z_prime, latent), category) - target).abs().mean(dim=(1, 2, 3))
+            errors.append(error.detach())
+            if step == steps:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            error.sum().backward()
+            optimizer.step()
+        best = errors[-1].argmin()
+        return z_prime.detach()[best:best + 1], torch.stack(errors)[:, best].cpu()
+
+    def tailor(self, query, category, users, steps, lr, eta=1.0, invert_steps=300, invert_lr=0.05, latent="tanh",
+               generator=None):
+        """Tailoring an existing item to users: invert it into z' once (eq. 12), then maximise each user's preference
+        from there (eq. 10), keeping every step's image and scores. Returns ([Design per user], L1 errors)."""
+        z_prime, errors = self.invert(query, category, invert_steps, invert_lr, latent=latent, generator=generator)
+        designs = [self.maximise(z_prime, user, category, steps, lr, eta, latent, record=lambda step: True)
+                   for user in users]
+        return designs, errors
+
+def retrieve(theta_u, item_embeddings, candidates, k):
+    """The k items of `candidates` with the highest theta_u . Phi(X_i) (eq. 8); (item ids, scores), best first."""
+    scores = item_embeddings[candidates] @ theta_u
+    top = scores.topk(min(k, len(candidates))).indices
+    return candidates[top], scores[top]

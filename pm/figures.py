@@ -1,0 +1,91 @@
+"""Image grids with a caption under every tile, a small line plot, and JSON beside them; drawn with PIL."""
+import json
+import math
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
+from torchvision.utils import save_image
+
+from pm.design import resize
+
+MIN_TILE = 96        # tiles are upscaled (nearest) to at least this many pixels so that captions fit
+CAPTION_HEIGHT = 14
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e")
+
+
+def to_unit(images):
+    """[-1, 1] -> [0, 1], the fixed mapping the GAN's grids use."""
+    return ((images.detach().float().cpu() + 1) / 2).clamp(0, 1)
+
+
+def captioned(images, captions):
+    """Images [n, 3, S, S] in [-1, 1] -> tiles [n, 3, T + caption, T] in [0, 1], each caption drawn under its tile."""
+    tile = max(images.shape[-1], MIN_TILE)
+    font = ImageFont.load_default()
+    tiles = []
+    for image, caption in zip(resize(to_unit(images), tile), captions):
+        canvas = Image.new("RGB", (tile, tile + CAPTION_HEIGHT), "white")
+        canvas.paste(to_pil_image(image), (0, 0))
+        ImageDraw.Draw(canvas).text((2, tile + 1), caption, fill="black", font=font)
+        tiles.append(pil_to_tensor(canvas).float() / 255)
+    return torch.stack(tiles)
+
+
+def save_captioned_grid(path, images, captions, columns):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(captioned(images, captions), path, nrow=columns, padding=4, pad_value=1)
+
+
+def save_plain_grid(path, images, columns):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(to_unit(images), path, nrow=columns, padding=2, pad_value=1)
+
+
+def write_json(path, content):
+    path.write_text(json.dumps(content, indent=1) + "\n")
+
+
+def _ticks(low, high, count=4):
+    return [low + (high - low) * k / (count - 1) for k in range(count)]
+
+
+def line_panel(title, x_labels, series, size=(340, 250)):
+    """One panel: each of `series` {name: [y per x]} as a line over evenly spaced categorical x positions."""
+    width, height = size
+    left, right, top, bottom = 56, 12, 24, 36
+    values = [y for ys in series.values() for y in ys if y is not None and math.isfinite(y)]
+    low, high = min(values), max(values)
+    pad = (high - low) * 0.1 or abs(high) * 0.1 or 1.0
+    low, high = low - pad, high + pad
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    x_of = lambda k: left + (width - left - right) * (k + 0.5) / len(x_labels)
+    y_of = lambda y: top + (height - top - bottom) * (high - y) / (high - low)
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    draw.text((left, 5), title, fill="black", font=font)
+    for tick in _ticks(low, high):
+        draw.line([left - 4, y_of(tick), left, y_of(tick)], fill="black")
+        draw.text((2, y_of(tick) - 6), f"{tick:.3g}", fill="black", font=font)
+    for k, label in enumerate(x_labels):
+        draw.line([x_of(k), height - bottom, x_of(k), height - bottom + 4], fill="black")
+        draw.text((x_of(k) - 3 * len(label), height - bottom + 6), label, fill="black", font=font)
+    for colour, (name, ys) in zip(COLOURS, series.items()):
+        points = [(x_of(k), y_of(y)) for k, y in enumerate(ys)]
+        draw.line(points, fill=colour, width=2)
+        for x, y in points:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+    for row, (colour, name) in enumerate(zip(COLOURS, series)):
+        draw.text((left + 6, top + 4 + 12 * row), name, fill=colour, font=font)
+    return image
+
+
+def save_panels(path, panels):
+    """Panels (PIL images of one size) side by side in one PNG."""
+    width, height = panels[0].size
+    figure = Image.new("RGB", (width * len(panels), height), "white")
+    for k, panel in enumerate(panels):
+        figure.paste(panel, (k * width, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.save(path)

@@ -1,0 +1,161 @@
+"""Table IV of the paper: top-3 images from four sources for random (user, category) queries, and the eta sweep
+of Figure 3.
+
+A trial draws a user u uniformly and sets c to the category of u's test item. Each source returns three images:
+    real        three random real items of c                    (X_c)
+    generated   G(z, c) for three z ~ U(-1, 1)                  (G(., c))
+    retrieval   the top 3 of eq. 8                              (delta(u, c))
+    synthesis   3 of the m results of eq. 10, chosen by eq. 11  (delta-hat(u, c))
+Preference score: theta_u . Phi(image) (eq. 6), averaged over the three, then mean and std over trials. Diversity:
+1 - mean pairwise SSIM of the three, mean and std over trials. Quality: the Inception Score of all the source's
+images over all trials (3 N of them), mean and std over `splits` parts (Salimans et al.).
+"""
+import csv
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pm.design import choose, retrieve
+from pm.figures import line_panel, save_panels, write_json
+from pm.metrics import inception_score, ssim_diversity
+
+SOURCES = {
+    "real": "X_c (random real items)",
+    "generated": "G(., c) (random z ~ U(-1, 1))",
+    "retrieval": "delta(u, c), retrieval (eq. 8)",
+    "synthesis": "delta-hat(u, c), synthesis (eq. 9)",
+}
+# Table IV of the paper (1000 trials, AmazonFashion, 128 px GAN, ImageNet Inception): (mean, std) per metric
+PAPER_TABLE_IV = {
+    "real": {"preference": (-1.9547, 3.8), "quality": (6.8685, 0.36), "diversity": (0.5585, 0.09)},
+    "generated": {"preference": (-1.9392, 3.7), "quality": (6.8121, 0.37), "diversity": (0.5589, 0.09)},
+    "retrieval": {"preference": (7.1876, 3.2), "quality": (7.6492, 0.27), "diversity": (0.5393, 0.11)},
+    "synthesis": {"preference": (7.6760, 4.1), "quality": (7.6524, 0.24), "diversity": (0.5265, 0.12)},
+}
+METRICS = ("preference", "quality", "diversity")
+TOP = 3
+
+
+def draw_trials(dataset, n, rng):
+    """n (user, category) queries: u uniform over the users whose test item has a category, c that category."""
+    test_category = dataset.item_category[dataset.user_test]
+    users = np.flatnonzero(test_category >= 0)
+    if len(users) == 0:
+        raise ValueError(f"no test item of {dataset.name} has a category; Table IV needs them")
+    chosen = rng.choice(users, size=n)
+    return [(int(u), int(test_category[u])) for u in chosen]
+
+
+class Sources:
+    """The four sources of Table IV for one (user, category): (images [3, 3, S, S], preference scores [3])."""
+
+    def __init__(self, stages, cfg, generator):
+        self.stages, self.cfg, self.generator = stages, cfg, generator
+        self.select = "best" if cfg.select == "all" else cfg.select
+
+    def real(self, user, category):
+        items = self.stages.items_of(category)
+        pick = items[torch.randperm(len(items), generator=self.generator, device=items.device)[:TOP]]
+        return self.stages.images(pick), self.stages.item_embeddings[pick] @ self.stages.designer.theta[user]
+
+    @torch.no_grad()
+    def generated(self, user, category):
+        designer = self.stages.designer
+        z = torch.rand(TOP, designer.z_dim, generator=self.generator, device=designer.theta.device) * 2 - 1
+        images = designer.generate(z, category)
+        return images, designer.preference(user, images)
+
+    def retrieval(self, user, category):
+        items, scores = retrieve(self.stages.designer.theta[user], self.stages.item_embeddings,
+                                 self.stages.items_of(category), TOP)
+        return self.stages.images(items), scores
+
+    def synthesis(self, user, category, eta=None):
+        cfg = self.cfg
+        design = self.stages.designer.synthesise(user, category, cfg.starts, cfg.steps, cfg.lr,
+                                                 cfg.eta if eta is None else eta, cfg.init, cfg.latent, self.generator)
+        kept = choose(design.objective, TOP, self.select, self.generator)
+        return design.images[kept], design.preference[kept]
+
+
+def run_trials(stages, cfg, trials, sources=tuple(SOURCES), eta=None, desc="Table IV trials"):
+    """{source: {"images": [N, 3, 3, S, S] on the CPU, "preference": [N], "diversity": [N]}} over the trials."""
+    generator = torch.Generator(device=stages.device).manual_seed(cfg.seed)
+    pick = Sources(stages, cfg, generator)
+    results = {source: {"images": [], "preference": [], "diversity": []} for source in sources}
+    for user, category in tqdm(trials, desc=desc, unit="trial"):
+        for source in sources:
+            if source == "synthesis":
+                images, scores = pick.synthesis(user, category, eta)
+            else:
+                images, scores = getattr(pick, source)(user, category)
+            results[source]["images"].append(images.detach().cpu())
+            results[source]["preference"].append(scores.mean().item())
+            results[source]["diversity"].append(ssim_diversity(images))
+    return {source: {"images": torch.stack(r["images"]), "preference": np.array(r["preference"]),
+                     "diversity": np.array(r["diversity"])} for source, r in results.items()}
+
+
+def summarise(results, scorer, splits):
+    """{source: {metric: (mean, std)}}."""
+    rows = {}
+    for source, r in results.items():
+        probs = scorer.predict_proba(r["images"].flatten(0, 1))
+        rows[source] = {"preference": (float(r["preference"].mean()), float(r["preference"].std())),
+                        "quality": inception_score(probs, min(splits, len(probs))),
+                        "diversity": (float(r["diversity"].mean()), float(r["diversity"].std()))}
+    return rows
+
+
+def pm(mean_std, digits=4):
+    mean, std = mean_std
+    return f"{mean:.{digits}f} ± {std:.{digits - 1}f}"
+
+
+def write_table(out, rows, quality_label, notes):
+    """table_iv.md, table_iv.csv and table_iv.json in `out`, the paper's numbers beside ours."""
+    lines = ["# Table IV: top-3 images for a given user and category", "", *notes, "",
+             f"Quality: {quality_label}.", "",
+             "| Item source | Preference score | Quality | Diversity | Paper: preference | Paper: quality | "
+             "Paper: diversity |",
+             "|---|---|---|---|---|---|---|"]
+    for source, row in rows.items():
+        paper = PAPER_TABLE_IV[source]
+        lines.append(f"| {SOURCES[source]} | " + " | ".join(pm(row[m]) for m in METRICS) + " | "
+                     + " | ".join(pm(paper[m]) for m in METRICS) + " |")
+    (out / "table_iv.md").write_text("\n".join(lines) + "\n")
+    with open(out / "table_iv.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["source"] + [f"{who}{m}_{stat}" for who in ("", "paper_") for m in METRICS
+                                      for stat in ("mean", "std")])
+        for source, row in rows.items():
+            writer.writerow([source] + [v for m in METRICS for v in row[m]]
+                            + [v for m in METRICS for v in PAPER_TABLE_IV[source][m]])
+    write_json(out / "table_iv.json", {"notes": notes, "quality": quality_label,
+                                       "ours": {s: {m: list(row[m]) for m in METRICS} for s, row in rows.items()},
+                                       "paper": {s: {m: list(v) for m, v in p.items()}
+                                                 for s, p in PAPER_TABLE_IV.items()}})
+    return "\n".join(lines)
+
+
+def sweep_eta(stages, cfg, trials, etas, scorer, out, quality_label):
+    """Figure 3: synthesis over the same trials for each eta; eta_sweep.png (three panels) and eta_sweep.json.
+    Retrieval, which does not depend on eta, is drawn as the reference line."""
+    reference = summarise(run_trials(stages, cfg, trials, ("retrieval",), desc="retrieval"), scorer, cfg.splits)
+    by_eta = {}
+    for eta in etas:
+        results = run_trials(stages, cfg, trials, ("synthesis",), eta=eta, desc=f"synthesis, eta={eta:g}")
+        by_eta[eta] = summarise(results, scorer, cfg.splits)["synthesis"]
+    labels = [f"{eta:g}" for eta in etas]
+    titles = {"preference": "preference score", "quality": "quality (IS)", "diversity": "diversity (1 - SSIM)"}
+    panels = [line_panel(f"{titles[m]} vs eta", labels,
+                         {"synthesis": [by_eta[eta][m][0] for eta in etas],
+                          "retrieval": [reference["retrieval"][m][0]] * len(etas)})
+              for m in METRICS]
+    save_panels(out / "eta_sweep.png", panels)
+    write_json(out / "eta_sweep.json", {"quality": quality_label, "trials": len(trials),
+                                        "synthesis": {f"{eta:g}": {m: list(v) for m, v in row.items()}
+                                                      for eta, row in by_eta.items()},
+                                        "retrieval": {m: list(v) for m, v in reference["retrieval"].items()}})
+    return by_eta, reference["retrieval"]

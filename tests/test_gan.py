@@ -1,0 +1,245 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from common.catalogue import CatalogueConfig, generate_catalogue
+from common.checkpoint import load_checkpoint
+from common.data import load_dataset
+from common.images import ImageStore, image_cache
+from common.runlog import RunLog
+from gan.classifier import condition_consistency, train_classifier, train_or_load_classifier
+from gan.model import Discriminator, Generator, SameConv, SameDeconv
+from gan.train import PRESETS, GANConfig, build_gan, build_optimizers, labelled_items, sample, train, train_step
+
+CPU = torch.device("cpu")
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def preset(name, **overrides):
+    return dataclasses.replace(GANConfig(), **{**PRESETS[name], **overrides})
+
+
+def tiny_config(**overrides):
+    settings = dict(image_size=32, g_width=4, d_width=4, batch_size=16, epochs=1, sample_every=5,
+                    checkpoint_every=5, consistency_samples=4)
+    return dataclasses.replace(GANConfig(), **{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("catalogue") / "Tiny.npy"
+    generate_catalogue(path, CatalogueConfig(num_users=12, num_items=240, image_size=32, image_source="procedural"))
+    return load_dataset(path)
+
+
+# ----------------------------------------------------------------------------- architecture
+
+def test_original_preset_has_the_original_parameter_counts():
+    cfg = preset("original")
+    generator, discriminator = build_gan(cfg, num_categories=6, device=CPU)
+    assert count(generator) == 3_811_075
+    assert count(discriminator) == 4_460_545
+
+
+def test_paper_preset_is_one_stage_deeper_with_the_documented_counts():
+    paper, original = preset("paper"), preset("original")
+    generator, discriminator = build_gan(paper, num_categories=6, device=CPU)
+    assert (paper.image_size, paper.z_dim, paper.z_distribution, paper.batch_size) == (128, 100, "uniform", 64)
+    assert count(generator) == 3_189_763 and count(discriminator) == 4_514_305
+    shallow_g, shallow_d = build_gan(original, num_categories=6, device=CPU)
+    assert len(generator.deconvs) == len(shallow_g.deconvs) + 1
+    assert len(discriminator.convs) == len(shallow_d.convs) + 1
+
+
+@pytest.mark.parametrize("name", ["original", "paper"])
+def test_shapes_of_both_presets_at_a_tiny_width(name):
+    cfg = preset(name, g_width=2, d_width=2)
+    generator, discriminator = build_gan(cfg, num_categories=6, device=CPU)
+    z, labels = torch.randn(3, cfg.z_dim), torch.tensor([0, 3, 5])
+    images = generator(z, labels)
+    assert images.shape == (3, 3, cfg.image_size, cfg.image_size)
+    assert images.abs().max() <= 1
+    assert discriminator(images, labels).shape == (3,)
+
+
+def test_image_size_must_be_a_power_of_two():
+    with pytest.raises(ValueError, match="power of two"):
+        Generator(image_size=48, width=2)
+    with pytest.raises(ValueError, match="power of two"):
+        Discriminator(image_size=8, width=2)
+
+
+def tf_same_conv(x, weight, bias, stride=2):
+    """TensorFlow's SAME conv written out: pad_total = (ceil(H/s) - 1) * s + k - H, the smaller half before."""
+    _, _, height, _ = x.shape
+    k = weight.shape[-1]
+    out_size = -(-height // stride)
+    pad_before = ((out_size - 1) * stride + k - height) // 2
+    out = np.zeros((x.shape[0], weight.shape[0], out_size, out_size))
+    for i in range(out_size):
+        for j in range(out_size):
+            for kh in range(k):
+                for kw in range(k):
+                    row, col = i * stride + kh - pad_before, j * stride + kw - pad_before
+                    if 0 <= row < height and 0 <= col < height:
+                        out[:, :, i, j] += x[:, :, row, col] @ weight[:, :, kh, kw].T
+    return out + bias[None, :, None, None]
+
+
+def test_same_conv_matches_tensorflow_same_padding():
+    torch.manual_seed(0)
+    conv = SameConv(2, 3)
+    x = torch.randn(2, 2, 8, 8)
+    expected = tf_same_conv(x.numpy(), conv.weight.detach().numpy(), conv.bias.detach().numpy())
+    got = conv(x).detach().numpy()
+    assert got.shape == (2, 3, 4, 4)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    symmetric = F.conv2d(x, conv.weight, conv.bias, stride=2, padding=2).detach().numpy()
+    assert not np.allclose(symmetric, expected, atol=1e-3)  # PyTorch's padding=2 is shifted by one pixel
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_same_deconv_is_the_transpose_of_tensorflow_same_conv(stride):
+    """TF defines conv2d_transpose(SAME) as the gradient of conv2d(SAME): <conv(u), v> == <u, deconv(v)>."""
+    torch.manual_seed(0)
+    deconv = SameDeconv(3, 2, stride)
+    nn_weight = deconv.weight.detach()               # [in, out, 3, 3] = the conv's [out, in, 3, 3]
+    v = torch.randn(2, 3, 5, 5)
+    u = torch.randn(2, 2, 5 * stride, 5 * stride)
+    conv_u = torch.from_numpy(tf_same_conv(u.double().numpy(), nn_weight.double().numpy(), np.zeros(3), stride))
+    deconv_v = deconv(v) - deconv.bias.detach()[None, :, None, None]
+    assert deconv_v.shape == u.shape
+    torch.testing.assert_close((conv_u * v.double()).sum(), (u.double() * deconv_v.double()).sum(),
+                               rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- training
+
+def tiny_nets(num_categories=6):
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    generator, discriminator = build_gan(cfg, num_categories, CPU)
+    return cfg, generator, discriminator
+
+
+def test_one_training_step_gives_finite_losses_and_moves_both_nets():
+    cfg, generator, discriminator = tiny_nets()
+    opt_g, opt_d = build_optimizers(cfg, generator, discriminator, CPU)
+    before = [p.detach().clone() for p in [*generator.parameters(), *discriminator.parameters()]]
+    real = torch.rand(8, 3, 32, 32) * 2 - 1
+    losses = train_step(generator, discriminator, opt_g, opt_d, real, torch.arange(8) % 6, torch.randn(8, cfg.z_dim))
+    assert all(torch.isfinite(value) for value in losses.values())
+    moved_g = [not torch.equal(a, b) for a, b in zip(before, generator.parameters())]
+    moved_d = [not torch.equal(a, b) for a, b in zip(before[len(moved_g):], discriminator.parameters())]
+    assert all(moved_g) and all(moved_d)
+    assert all(p.requires_grad for p in discriminator.parameters())
+
+
+def test_conditioning_changes_both_nets_outputs():
+    """Permuted labels (same batch statistics, since BN would cancel a label shared by the whole batch)."""
+    cfg, generator, discriminator = tiny_nets()
+    z = torch.randn(6, cfg.z_dim)
+    labels, permuted = torch.arange(6), (torch.arange(6) + 1) % 6
+    with torch.no_grad():
+        images, other_images = generator(z, labels), generator(z, permuted)
+        assert ((images - other_images).abs().flatten(1).mean(1) > 1e-3).all()
+        scores, other_scores = discriminator(images, labels), discriminator(images, permuted)
+        assert ((scores - other_scores).abs() > 1e-6).all()
+
+
+def test_training_writes_grids_log_and_a_checkpoint_and_sampling_writes_one_grid_per_category(tiny_dataset, tmp_path):
+    cfg = tiny_config()
+    consistency = train(cfg, tiny_dataset, tmp_path, CPU)
+    iterations = len(labelled_items(tiny_dataset)) // cfg.batch_size
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert checkpoint["step"] == iterations and checkpoint["stage"] == "gan"
+    assert set(checkpoint["model"]) == set(checkpoint["optimizer"]) == {"generator", "discriminator"}
+    assert checkpoint["metrics"]["condition_consistency"] == consistency
+    assert len(consistency["per_category"]) == 6
+    train_grids = sorted((tmp_path / "samples").glob("train_*.png"))
+    assert len(train_grids) == len(range(cfg.sample_every, iterations + 1, cfg.sample_every)) + (
+        iterations % cfg.sample_every != 0)
+    losses = [r for r in RunLog(tmp_path, resume=True).records() if "g_loss" in r]
+    assert losses and all(np.isfinite(r["d_loss"]) and np.isfinite(r["g_loss"]) for r in losses)
+
+    paths = sample(tmp_path, CPU)
+    assert [p.name for p in paths] == [f"test_arange_{c}.png" for c in range(6)]
+    grids = [np.asarray(Image.open(p)) for p in paths]
+    assert grids[0].shape == (4 * 32 + 5 * 2, 4 * 32 + 5 * 2, 3)
+    assert not np.array_equal(grids[0], grids[5])
+
+
+def test_resume_continues_the_iteration_count_and_the_same_run(tiny_dataset, tmp_path):
+    iterations = len(labelled_items(tiny_dataset)) // 16
+    train(tiny_config(epochs=2), tiny_dataset, tmp_path / "straight", CPU)
+    train(tiny_config(epochs=1), tiny_dataset, tmp_path / "resumed", CPU)
+    train(tiny_config(epochs=2, resume=True), tiny_dataset, tmp_path / "resumed", CPU)
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    assert resumed["step"] == straight["step"] == 2 * iterations
+    steps = [r["step"] for r in RunLog(tmp_path / "resumed", resume=True).records() if "g_loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 2 * iterations and max(steps) > iterations
+    for name, weight in straight["model"]["generator"].items():
+        torch.testing.assert_close(resumed["model"]["generator"][name], weight, msg=name)
+
+
+def test_resume_refuses_a_different_architecture(tiny_dataset, tmp_path):
+    train(tiny_config(), tiny_dataset, tmp_path, CPU)
+    with pytest.raises(ValueError, match="image_size"):
+        train(tiny_config(image_size=16, resume=True), tiny_dataset, tmp_path, CPU)
+
+
+def test_sampling_without_a_trained_model_says_how_to_train(tmp_path):
+    with pytest.raises(FileNotFoundError, match="gan/main.py --train"):
+        sample(tmp_path, CPU)
+
+
+def test_items_without_a_category_are_left_out_and_none_at_all_is_an_error(tiny_dataset):
+    category = tiny_dataset.item_category.copy()
+    category[:10] = -1
+    partly = dataclasses.replace(tiny_dataset, item_category=category)
+    assert labelled_items(partly).tolist() == list(range(10, tiny_dataset.itemnum))
+    unlabelled = dataclasses.replace(tiny_dataset, item_category=np.full_like(category, -1), num_categories=0)
+    with pytest.raises(ValueError, match="category"):
+        labelled_items(unlabelled)
+
+
+# ----------------------------------------------------------------------------- the category classifier
+
+def test_the_classifier_learns_the_categories(tiny_dataset):
+    store = ImageStore(image_cache(tiny_dataset, 32), CPU)
+    classifier, metrics = train_classifier(store, tiny_dataset.item_category, 6, epochs=15)
+    assert metrics["held_out_accuracy"] > 0.6  # chance is 1/6
+    probs = classifier.predict_proba(store(torch.arange(8)))
+    torch.testing.assert_close(probs.sum(1), torch.ones(8))
+    assert classifier.predict_proba(F.interpolate(store(torch.arange(8)), size=64)).shape == (8, 6)
+
+
+def test_train_or_load_classifier_trains_once_and_then_loads(tiny_dataset, tmp_path):
+    path = tmp_path / "classifier.pt"
+    first = train_or_load_classifier(tiny_dataset, 32, path)
+    stamp = path.stat().st_mtime_ns
+    second = train_or_load_classifier(tiny_dataset, 32, path)
+    assert path.stat().st_mtime_ns == stamp
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(first.predict_proba(images), second.predict_proba(images))
+
+
+def test_condition_consistency_on_a_hand_made_case():
+    probs = torch.tensor([[0.9, 0.1, 0.0],   # conditioned on 0, looks like 0
+                          [0.2, 0.7, 0.1],   # conditioned on 0, looks like 1
+                          [0.1, 0.8, 0.1],   # conditioned on 1, looks like 1
+                          [0.3, 0.3, 0.4],   # conditioned on 1, looks like 2
+                          [0.0, 0.4, 0.6],   # conditioned on 1, looks like 2
+                          [0.1, 0.1, 0.8]])  # conditioned on 2, looks like 2
+    result = condition_consistency(probs, torch.tensor([0, 0, 1, 1, 1, 2]), num_categories=4)
+    assert result["per_category"][:3] == pytest.approx([1 / 2, 1 / 3, 1])
+    assert result["per_category"][3] is None
+    assert result["overall"] == pytest.approx(3 / 6)
