@@ -47,12 +47,6 @@ class FeatureSettings:
     lr: float = 1e-4
     seed: int = 0
 
-    def describe(self):
-        if self.imagenet_weights:
-            return f"ImageNet AlexNet fc7, 4096-d ({Path(self.imagenet_weights).name})"
-        return (f"CNN-F fc2, 4096-d, pre-trained {self.epochs} epochs to classify the item categories "
-                f"({self.image_size} px)")
-
     def cache_key(self, dataset):
         settings = dataclasses.asdict(self)
         if self.imagenet_weights:
@@ -103,11 +97,14 @@ def pretrain_cnnf(dataset, images, settings, device):
 
 
 def cnnf_features(dataset, settings, device):
+    """(features, description) from CNN-F pre-trained on the categories."""
     cache = image_cache(dataset, settings.image_size, settings.resize_filter)
     images = ImageStore(cache, device)
-    network, _ = pretrain_cnnf(dataset, images, settings, device)
+    network, accuracy = pretrain_cnnf(dataset, images, settings, device)
     network.fc3 = nn.Identity()     # the forward pass now ends at fc2's ReLU (and dropout, off in eval mode)
-    return extract(network, images, dataset.itemnum, device, desc="CNN-F features")
+    features = extract(network, images, dataset.itemnum, device, desc="CNN-F features")
+    return features, (f"CNN-F fc2 (4096-d), pre-trained {settings.epochs} epochs at {settings.image_size} px to "
+                      f"classify the {dataset.num_categories} item categories (training accuracy {accuracy:.2f})")
 
 
 class ImageNetInput(nn.Module):
@@ -137,17 +134,21 @@ def alexnet_fc7(weights_path):
 
 
 def imagenet_features(dataset, settings, device):
+    """(features, description) from AlexNet with the ImageNet weights of settings.imagenet_weights."""
     network = alexnet_fc7(settings.imagenet_weights).to(device, memory_format=memory_format(device))
     images = ImageStore(image_cache(dataset, IMAGENET_SIZE, "bilinear"), device)
-    return extract(network, images, dataset.itemnum, device, desc="AlexNet features")
+    features = extract(network, images, dataset.itemnum, device, desc="AlexNet features")
+    return features, f"ImageNet AlexNet fc7 (4096-d), weights {Path(settings.imagenet_weights).name}"
 
 
 def visual_features(dataset, settings, device, cache_dir):
-    """float32 [itemnum, 4096] features on device, computed or read from the cache."""
+    """(float32 [itemnum, 4096] features on device, description), computed or read from the cache."""
     path = Path(cache_dir) / f"{dataset.name}-features-{settings.cache_key(dataset)}.pt"
     if path.exists():
-        return load_checkpoint(path, map_location=device)["features"].float()
-    features = (imagenet_features if settings.imagenet_weights else cnnf_features)(dataset, settings, device)
-    save_checkpoint(path, {"features": features.half().cpu(), "description": settings.describe(),
+        cached = load_checkpoint(path, map_location=device)
+        return cached["features"].float(), cached["description"]
+    features, description = (imagenet_features if settings.imagenet_weights else cnnf_features)(dataset, settings,
+                                                                                                 device)
+    save_checkpoint(path, {"features": features.half().cpu(), "description": description,
                            "settings": dataclasses.asdict(settings), "dataset": dataset.name})
-    return features
+    return features, description

@@ -40,8 +40,10 @@ from common.config import apply_defaults, parse_config
 from common.data import DatasetError
 from common.device import describe, pick_device
 from common.runlog import RunLog, run_dir
+from dvbpr.main import main as dvbpr_main
 
 MODELS = ("rand", "poprank", "warp", "bpr-mf", "gmf", "mlp", "visrank", "fm", "vbpr", "dvbpr")
+LEARNED = ("warp", "bpr-mf", "gmf", "mlp", "fm", "vbpr")
 VISUAL = ("visrank", "fm", "vbpr")
 TABLE_NAMES = {"rand": "RAND", "poprank": "PopRank", "warp": "WARP", "bpr-mf": "BPR-MF", "gmf": "GMF", "mlp": "MLP",
                "visrank": "VisRank", "fm": "FM", "vbpr": "VBPR", "dvbpr": "DVBPR"}
@@ -126,9 +128,8 @@ def run_dvbpr(cfg, dataset, embedded, out):
     """DVBPR's Selection from a finished run's results.json, training it first without --dvbpr-run."""
     run = Path(cfg.dvbpr_run) if cfg.dvbpr_run else out / "dvbpr"
     if not cfg.dvbpr_run:
-        from dvbpr.main import main as dvbpr_main
-        argv = ["--out", str(run), "--protocol", cfg.protocol, "--seed", str(cfg.seed), "--device", cfg.device]
-        dvbpr_main(argv if embedded else argv + ["--dataset", str(dataset.path)])
+        dvbpr_main(["--out", str(run), "--dataset", "embedded" if embedded else str(dataset.path),
+                    "--protocol", cfg.protocol, "--seed", str(cfg.seed), "--device", cfg.device])
     path = run / "results.json"
     if not path.is_file():
         raise FileNotFoundError(f"no results.json in {run}: is it a finished dvbpr/main.py run?")
@@ -174,17 +175,17 @@ def main(argv=None):
               f"{dataset.num_train_interactions} training interactions; {cfg.protocol} AUC; "
               f"device {describe(device)}; out {out}")
         models = [name for name in MODELS if name in cfg.models]
-        features = None
+        features, features_description = None, "none"
         if any(name in VISUAL for name in models):
-            print(f"visual features: {features_settings.describe()}")
-            features = visual_features(dataset, features_settings, device, out / "features")
+            features, features_description = visual_features(dataset, features_settings, device, out / "features")
+            print(f"visual features: {features_description}")
 
         runlog = RunLog(out)
         selections = {}
         for name in tqdm(models, desc="methods", unit="method"):
             if name == "dvbpr":
                 selection = run_dvbpr(cfg, dataset, embedded, out)
-            elif name in learned_models(dataset, features, cfg):
+            elif name in LEARNED:
                 selection = run_learned(name, dataset, features, cfg, device)
             else:
                 selection = run_unlearned(name, dataset, features, cfg, device)
@@ -194,8 +195,7 @@ def main(argv=None):
     except (DatasetError, FeatureError, FileNotFoundError) as exc:
         raise SystemExit(f"baselines: {exc}") from exc
 
-    table = build_table(dataset.name, selections, features_settings.describe() if features is not None else "none",
-                        cfg.protocol)
+    table = build_table(dataset.name, selections, features_description, cfg.protocol)
     table["wall_seconds"] = round(time.time() - started, 1)
     paths = write_table(out, table)
     print(render_markdown(table))

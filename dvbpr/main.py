@@ -54,6 +54,7 @@ class DVBPRConfig:
     image_size: int = field(default=224, metadata={"help": "side of the CNN input in pixels"})
     resize_filter: str = field(default="nearest", metadata={"help": "PIL filter resizing the images "
                                                                     "(the original's Pillow default was nearest)"})
+    fc_width: int = field(default=4096, metadata={"help": "width of fc1 and fc2 (smaller for quick CPU runs)"})
     dropout: float = field(default=0.5, metadata={"help": "dropout probability on fc1 and fc2"})
     lambda_w: float = field(default=0.001, metadata={"help": "weight decay on conv and fc weights (lambda_w/2 ||W||^2)"})
     lambda_theta: float = field(default=1.0, metadata={"help": "regulariser of the batch's theta_u "
@@ -252,7 +253,7 @@ def train(cfg, explicit, checkpoint=None):
     cache = image_cache(dataset, cfg.image_size, cfg.resize_filter, strict=cfg.strict_images)
     images = ImageStore(cache, device)
     seed_everything(cfg.seed)
-    model = DVBPR(dataset.usernum, cfg.k, cfg.image_size, cfg.dropout).to(device, memory_format=memory_format(device))
+    model = DVBPR(dataset.usernum, cfg.k, cfg.image_size, cfg.dropout, cfg.fc_width).to(device, memory_format=memory_format(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, **fused_adam_kwargs(device))
     sampler = TripletSampler(dataset, cfg.seed)
     epoch, step, history, best, elapsed = 0, 0, [], None, 0.0

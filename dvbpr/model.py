@@ -38,13 +38,14 @@ class CNN(nn.Module):
         fc2    4096 -> 4096                                          ReLU, dropout 0.5
         fc3    4096 -> K                                             linear
 
-    Smaller inputs (64, 32 px) work: conv1's SAME pads and fc1's width are derived from `image_size`.
+    Smaller inputs (64, 32 px) work: conv1's SAME pads and fc1's input width are derived from `image_size`.
+    `fc_width` (4096 in the original) can be shrunk for quick CPU runs and tests.
     Flatten order: PyTorch flattens (C, H, W), the original flattened (H, W, C). The two differ by a fixed
     permutation of fc1's input rows, so training results cannot depend on it; it matters only when importing
     the original's TF weights (permute the rows of wd1 from (h, w, c) to (c, h, w)).
     """
 
-    def __init__(self, image_size=224, k=100, dropout=0.5):
+    def __init__(self, image_size=224, k=100, dropout=0.5, fc_width=4096):
         super().__init__()
         self.image_size = image_size
         pad_before, pad_after = same_padding(image_size, kernel=11, stride=4)
@@ -54,9 +55,9 @@ class CNN(nn.Module):
         self.conv3 = nn.Conv2d(256, 256, kernel_size=3, padding=1)
         self.conv4 = nn.Conv2d(256, 256, kernel_size=3, padding=1)
         self.conv5 = nn.Conv2d(256, 256, kernel_size=3, padding=1)
-        self.fc1 = nn.Linear(256 * feature_map_size(image_size) ** 2, 4096)
-        self.fc2 = nn.Linear(4096, 4096)
-        self.fc3 = nn.Linear(4096, k)
+        self.fc1 = nn.Linear(256 * feature_map_size(image_size) ** 2, fc_width)
+        self.fc2 = nn.Linear(fc_width, fc_width)
+        self.fc3 = nn.Linear(fc_width, k)
         self.dropout = nn.Dropout(dropout)
         for layer in self.layers():
             nn.init.xavier_uniform_(layer.weight)
@@ -85,9 +86,9 @@ class CNN(nn.Module):
 class DVBPR(nn.Module):
     """Phi plus one K-dim visual preference vector theta_u per user; no biases, no non-visual item factors."""
 
-    def __init__(self, usernum, k=50, image_size=224, dropout=0.5):
+    def __init__(self, usernum, k=50, image_size=224, dropout=0.5, fc_width=4096):
         super().__init__()
-        self.cnn = CNN(image_size, k, dropout)
+        self.cnn = CNN(image_size, k, dropout, fc_width)
         self.theta = nn.Parameter(torch.rand(usernum, k) / 100)  # Uniform[0, 1) / 100, as the original
 
     def score_difference(self, users, images_i, images_j):

@@ -76,8 +76,9 @@ def accuracy(classifier, store, item_ids, labels, batch_size=256):
     return correct / len(item_ids)
 
 
-def train_classifier(store, item_category, num_categories, epochs=6, batch_size=64, lr=1e-3, seed=0):
-    """Train on 90% of the labelled items (random horizontal flips), report accuracy on the other 10%."""
+def train_classifier(store, item_category, num_categories, epochs=3, min_steps=300, batch_size=64, lr=2e-3, seed=0):
+    """Train on 90% of the labelled items (random horizontal flips) for `epochs` of them but at least `min_steps`
+    batches; report the accuracy on the other 10%."""
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # seeded, and leaves the caller's random stream alone
         torch.manual_seed(seed)
@@ -87,7 +88,7 @@ def train_classifier(store, item_category, num_categories, epochs=6, batch_size=
     optimizer = torch.optim.Adam(classifier.parameters(), lr=lr, **fused_adam_kwargs(device))
     labels = torch.as_tensor(item_category, device=device)
     train_ids, held_out_ids = split_items(item_category, seed)
-    steps = epochs * max(1, len(train_ids) // batch_size)
+    steps = max(min_steps, epochs * len(train_ids) // batch_size)
     for _ in tqdm(range(steps), desc="training the category classifier", unit="batch", leave=False):
         classifier.train()
         ids = train_ids[torch.randint(len(train_ids), (batch_size,), generator=generator)]
@@ -109,10 +110,11 @@ def classifier_identity(dataset, image_size, resize_filter):
             "image_size": image_size, "resize_filter": resize_filter}
 
 
-def train_or_load_classifier(dataset, image_size, path, device="cpu", resize_filter="nearest", store=None):
+def train_or_load_classifier(dataset, image_size, path, device="cpu", resize_filter="nearest", store=None,
+                             **training):
     """The category classifier for `dataset` at `image_size`: loaded from `path` if it was trained there for the
-    same data, else trained (printing its held-out accuracy) and saved there. `store`: an ImageStore over the same
-    images to reuse. Returned in eval mode without gradients."""
+    same data, else trained (printing its held-out accuracy; `training`: arguments of `train_classifier`) and saved
+    there. `store`: an ImageStore over the same images to reuse. Returned in eval mode without gradients."""
     device, path = torch.device(device), Path(path)
     identity = classifier_identity(dataset, image_size, resize_filter)
     if path.exists():
@@ -120,7 +122,7 @@ def train_or_load_classifier(dataset, image_size, path, device="cpu", resize_fil
         if checkpoint.get("config") == identity:
             return load_classifier(checkpoint, device)
     store = store or ImageStore(image_cache(dataset, image_size, resize_filter), device)
-    classifier, metrics = train_classifier(store, dataset.item_category, dataset.num_categories)
+    classifier, metrics = train_classifier(store, dataset.item_category, dataset.num_categories, **training)
     print(f"category classifier: held-out accuracy {metrics['held_out_accuracy']:.3f} "
           f"(chance {1 / dataset.num_categories:.3f}), saved to {path}")
     save_checkpoint(path, {"stage": "classifier", "model": classifier.state_dict(), "config": identity,

@@ -11,6 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.catalogue import open_dataset
+from common.checkpoint import CheckpointError
 from common.config import apply_defaults, parse_config
 from common.device import pick_device
 from common.runlog import run_dir
@@ -36,5 +37,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, CheckpointError) as error:
         sys.exit(f"error: {error}")

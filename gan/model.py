@@ -15,10 +15,11 @@ At 64x64 with width 64 the layers are exactly the original's (G 3,811,075 and D 
 
 Other sizes (the paper's 128x128, the 32 px CPU demo) keep the 4x4 seed and the 16x16 body of G and
 add or drop stride-2 stages at the high-resolution end of both nets, halving the channels at each stage
-added (so 128 px adds a 128x128x32 stage to G and a first 64x64x32 conv to D). The paper gives no layer
-table, so this is our reading of "deeper networks modified from DCGAN and LSGAN". y is tiled as planes at
-D's input and after every conv but the last, as the original did after its first three of four. `width`
-scales every channel count (64 gives the original's).
+added: the paper's 128 px adds a 128x128x32 stage to G and a first 64x64x32 conv to D (G 3,189,763 and
+D 4,514,305 parameters with z of 100). The paper shows no layer table, so this is our reading of its "deeper
+conditional networks modified from DCGAN and LSGAN". y is tiled as planes at D's input and after every conv
+but the last, as the original did after its first three of four. `width` scales every channel count (64 gives
+the original's).
 
 TensorFlow's SAME padding is reproduced (reference §7.5): D's 5x5/2 convs pad 1 top/left and 2
 bottom/right; G's 3x3/2 transposed convs keep the first 2n of the 2n+1 rows and columns.

@@ -46,10 +46,11 @@ class GANConfig:
     train: bool = field(default=False, metadata={"help": "train; without it, write per-category grids from the "
                                                          "trained model in --out"})
     resume: bool = field(default=False, metadata={"help": "continue training from --out's checkpoint"})
-    dataset: str | None = field(default=None, metadata={"help": "the .npy dataset (default: "
+    dataset: str | None = field(default=None, metadata={"help": "the .npy dataset, or 'embedded' (None: "
                                                                 "data/AmazonFashion6ImgPartitioned.npy if present, "
                                                                 "else the embedded catalogue)"})
-    out: str | None = field(default=None, metadata={"help": "run directory (default: runs/gan)"})
+    out: str | None = field(default=None, metadata={"help": "run directory shared by training and sampling "
+                                                            "(None: runs/gan)"})
     image_size: int = field(default=128, metadata={"help": "output side in pixels, a power of two >= 16"})
     z_dim: int = field(default=100, metadata={"help": "latent size"})
     z_distribution: str = field(default="uniform", metadata={"help": "training z: U(-1,1) or N(0,1)",
@@ -63,7 +64,8 @@ class GANConfig:
     beta2: float = field(default=0.99, metadata={"help": "Adam beta2"})
     sample_every: int = field(default=100, metadata={"help": "iterations between training sample grids"})
     checkpoint_every: int = field(default=500, metadata={"help": "iterations between checkpoints"})
-    resize_filter: str = field(default="nearest", metadata={"help": "image resize filter (original: nearest)"})
+    resize_filter: str = field(default="nearest", metadata={"help": "image resize filter (original: nearest)",
+                                                            "choices": ["nearest", "bilinear", "bicubic", "lanczos"]})
     consistency_samples: int = field(default=100, metadata={"help": "generated images per category for the "
                                                                     "condition consistency"})
     seed: int = field(default=0, metadata={"help": "random seed"})
@@ -78,7 +80,7 @@ PRESETS = {
 
 # The embedded catalogue's settings: recognisable category shapes from `python gan/main.py --train` in about
 # ten minutes on two CPU cores.
-DEMO = dict(image_size=32, g_width=16, d_width=16, batch_size=64, epochs=60, sample_every=200, checkpoint_every=1000)
+DEMO = dict(image_size=32, g_width=16, d_width=16, batch_size=64, epochs=40, sample_every=200, checkpoint_every=500)
 
 
 def build_gan(cfg, num_categories, device):

@@ -240,8 +240,7 @@ def figures(stages, cfg, out):
     print(f"wrote personal_design, tailoring, neighbours (.png, .json) and starts_<c>_user<u>.png to {out}")
 
 
-def main(argv=None):
-    cfg, explicit = parse_config(PMConfig, argv, PRESETS, description=__doc__.splitlines()[0])
+def run(cfg, explicit):
     device = pick_device(cfg.device)
     stages = Stages(cfg.dvbpr_run, cfg.gan_run, cfg.dataset, device)
     if stages.dataset.path.resolve() == embedded_dataset_path().resolve():
@@ -259,8 +258,13 @@ def main(argv=None):
         figures(stages, cfg, out)
 
 
-if __name__ == "__main__":
+def main(argv=None):
+    cfg, explicit = parse_config(PMConfig, argv, PRESETS, description=__doc__.splitlines()[0])
     try:
-        main()
+        run(cfg, explicit)
     except (FileNotFoundError, CheckpointError, DatasetError, ValueError) as error:
-        sys.exit(f"error: {error}")
+        raise SystemExit(f"pm: {error}") from error
+
+
+if __name__ == "__main__":
+    main()

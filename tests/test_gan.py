@@ -1,4 +1,5 @@
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from common.checkpoint import load_checkpoint
 from common.data import load_dataset
 from common.images import ImageStore, image_cache
 from common.runlog import RunLog
-from gan.classifier import condition_consistency, train_classifier, train_or_load_classifier
+from gan.classifier import condition_consistency, load_classifier, split_items, train_or_load_classifier
 from gan.model import Discriminator, Generator, SameConv, SameDeconv
 from gan.train import PRESETS, GANConfig, build_gan, build_optimizers, labelled_items, sample, train, train_step
 
@@ -37,6 +38,20 @@ def tiny_dataset(tmp_path_factory):
     path = tmp_path_factory.mktemp("catalogue") / "Tiny.npy"
     generate_catalogue(path, CatalogueConfig(num_users=12, num_items=240, image_size=32, image_source="procedural"))
     return load_dataset(path)
+
+
+@pytest.fixture(scope="module")
+def classifier_path(tiny_dataset, tmp_path_factory):
+    """A category classifier trained once (briefly) and copied into each run directory, so training loads it."""
+    path = tmp_path_factory.mktemp("classifier") / "classifier.pt"
+    train_or_load_classifier(tiny_dataset, 32, path, epochs=1, min_steps=60)
+    return path
+
+
+def run_dir(tmp_path, classifier_path, name="run"):
+    (tmp_path / name).mkdir()
+    shutil.copy(classifier_path, tmp_path / name / "classifier.pt")
+    return tmp_path / name
 
 
 # ----------------------------------------------------------------------------- architecture
@@ -154,7 +169,9 @@ def test_conditioning_changes_both_nets_outputs():
         assert ((scores - other_scores).abs() > 1e-6).all()
 
 
-def test_training_writes_grids_log_and_a_checkpoint_and_sampling_writes_one_grid_per_category(tiny_dataset, tmp_path):
+def test_training_writes_grids_log_and_a_checkpoint_and_sampling_writes_one_grid_per_category(
+        tiny_dataset, classifier_path, tmp_path):
+    tmp_path = run_dir(tmp_path, classifier_path)
     cfg = tiny_config()
     consistency = train(cfg, tiny_dataset, tmp_path, CPU)
     iterations = len(labelled_items(tiny_dataset)) // cfg.batch_size
@@ -176,22 +193,25 @@ def test_training_writes_grids_log_and_a_checkpoint_and_sampling_writes_one_grid
     assert not np.array_equal(grids[0], grids[5])
 
 
-def test_resume_continues_the_iteration_count_and_the_same_run(tiny_dataset, tmp_path):
+def test_resume_continues_the_iteration_count_and_the_same_run(tiny_dataset, classifier_path, tmp_path):
     iterations = len(labelled_items(tiny_dataset)) // 16
-    train(tiny_config(epochs=2), tiny_dataset, tmp_path / "straight", CPU)
-    train(tiny_config(epochs=1), tiny_dataset, tmp_path / "resumed", CPU)
-    train(tiny_config(epochs=2, resume=True), tiny_dataset, tmp_path / "resumed", CPU)
-    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
-    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    straight_dir, resumed_dir = run_dir(tmp_path, classifier_path, "straight"), run_dir(tmp_path, classifier_path)
+    train(tiny_config(epochs=2), tiny_dataset, straight_dir, CPU)
+    train(tiny_config(epochs=1), tiny_dataset, resumed_dir, CPU)
+    train(tiny_config(epochs=2, resume=True), tiny_dataset, resumed_dir, CPU)
+    straight = load_checkpoint(straight_dir / "checkpoint.pt")
+    resumed = load_checkpoint(resumed_dir / "checkpoint.pt")
     assert resumed["step"] == straight["step"] == 2 * iterations
-    steps = [r["step"] for r in RunLog(tmp_path / "resumed", resume=True).records() if "g_loss" in r]
+    steps = [r["step"] for r in RunLog(resumed_dir, resume=True).records() if "g_loss" in r]
     assert steps == sorted(set(steps)) and steps[-1] == 2 * iterations and max(steps) > iterations
-    for name, weight in straight["model"]["generator"].items():
-        torch.testing.assert_close(resumed["model"]["generator"][name], weight, msg=name)
+    for net in ("generator", "discriminator"):
+        for name, weight in straight["model"][net].items():
+            torch.testing.assert_close(resumed["model"][net][name], weight, msg=f"{net} {name}")
 
 
-def test_resume_refuses_a_different_architecture(tiny_dataset, tmp_path):
-    train(tiny_config(), tiny_dataset, tmp_path, CPU)
+def test_resume_refuses_a_different_architecture(tiny_dataset, classifier_path, tmp_path):
+    tmp_path = run_dir(tmp_path, classifier_path)
+    train(tiny_config(epochs=1, batch_size=64), tiny_dataset, tmp_path, CPU)
     with pytest.raises(ValueError, match="image_size"):
         train(tiny_config(image_size=16, resume=True), tiny_dataset, tmp_path, CPU)
 
@@ -213,23 +233,24 @@ def test_items_without_a_category_are_left_out_and_none_at_all_is_an_error(tiny_
 
 # ----------------------------------------------------------------------------- the category classifier
 
-def test_the_classifier_learns_the_categories(tiny_dataset):
+def test_the_classifier_learns_the_categories(tiny_dataset, classifier_path):
+    classifier = load_classifier(load_checkpoint(classifier_path))
     store = ImageStore(image_cache(tiny_dataset, 32), CPU)
-    classifier, metrics = train_classifier(store, tiny_dataset.item_category, 6, epochs=15)
-    assert metrics["held_out_accuracy"] > 0.6  # chance is 1/6
-    probs = classifier.predict_proba(store(torch.arange(8)))
-    torch.testing.assert_close(probs.sum(1), torch.ones(8))
-    assert classifier.predict_proba(F.interpolate(store(torch.arange(8)), size=64)).shape == (8, 6)
+    _, held_out = split_items(tiny_dataset.item_category)
+    probs = classifier.predict_proba(store(held_out))
+    torch.testing.assert_close(probs.sum(1), torch.ones(len(held_out)))
+    accuracy = (probs.argmax(1) == torch.as_tensor(tiny_dataset.item_category[held_out])).float().mean()
+    assert accuracy > 0.6  # chance is 1/6
+    assert classifier.predict_proba(F.interpolate(store(held_out), size=64)).shape == (len(held_out), 6)
 
 
-def test_train_or_load_classifier_trains_once_and_then_loads(tiny_dataset, tmp_path):
-    path = tmp_path / "classifier.pt"
-    first = train_or_load_classifier(tiny_dataset, 32, path)
-    stamp = path.stat().st_mtime_ns
-    second = train_or_load_classifier(tiny_dataset, 32, path)
-    assert path.stat().st_mtime_ns == stamp
+def test_a_trained_classifier_is_loaded_not_trained_again(tiny_dataset, classifier_path):
+    stamp = classifier_path.stat().st_mtime_ns
+    loaded = train_or_load_classifier(tiny_dataset, 32, classifier_path)
+    assert classifier_path.stat().st_mtime_ns == stamp
     images = torch.rand(4, 3, 32, 32) * 2 - 1
-    torch.testing.assert_close(first.predict_proba(images), second.predict_proba(images))
+    expected = load_classifier(load_checkpoint(classifier_path)).predict_proba(images)
+    torch.testing.assert_close(loaded.predict_proba(images), expected)
 
 
 def test_condition_consistency_on_a_hand_made_case():

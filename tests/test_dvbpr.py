@@ -1,0 +1,205 @@
+"""DVBPR: the CNN as the original built it, triplet sampling, BPR training, resume and the command line."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.catalogue import CatalogueConfig, generate_catalogue
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.data import load_dataset
+from common.images import ImageStore, image_cache
+from dvbpr.main import (DVBPRConfig, TripletSampler, epoch_end_step, item_embeddings, main, resolve_config,
+                        train_steps)
+from dvbpr.model import CNN, DVBPR, same_padding
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "Tiny.npy"
+    generate_catalogue(path, CatalogueConfig(num_users=6, num_items=20, image_size=32, image_source="procedural"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_path):
+    dataset = load_dataset(tiny_path)
+    return dataset, ImageStore(image_cache(dataset, 32), CPU)
+
+
+def test_parameter_count_and_shapes_at_224_match_the_original():
+    with torch.device("meta"):  # shapes only: nothing is allocated or computed
+        cnn = CNN(image_size=224, k=100)
+        model = DVBPR(usernum=10, k=100, image_size=224)
+        phi = cnn(torch.empty(2, 3, 224, 224))
+    assert sum(p.numel() for p in cnn.parameters()) == 70_778_724
+    assert same_padding(224, kernel=11, stride=4) == (3, 4)
+    assert cnn.fc1.in_features == 7 * 7 * 256
+    assert phi.shape == (2, 100)
+    assert model.theta.shape == (10, 100)
+
+
+@pytest.mark.parametrize("size, side", [(64, 2), (32, 1)])
+def test_small_inputs_derive_fc1_width(size, side):
+    cnn = CNN(image_size=size, k=8)
+    assert cnn.fc1.in_features == 256 * side * side
+    assert cnn(torch.rand(3, 3, size, size) * 2 - 1).shape == (3, 8)
+
+
+def test_init_as_the_original():
+    torch.manual_seed(0)
+    model = DVBPR(usernum=50, k=8, image_size=32)
+    assert all((layer.bias == 0).all() for layer in model.cnn.layers())
+    fan_in, fan_out = 4096, 4096
+    bound = (6 / (fan_in + fan_out)) ** 0.5  # Xavier uniform
+    assert model.cnn.fc2.weight.abs().max() <= bound and model.cnn.fc2.weight.abs().max() > 0.99 * bound
+    assert 0 <= model.theta.min() and model.theta.max() < 0.01
+
+
+def test_sampler_draws_triplets_as_the_original(tiny, tmp_path):
+    dataset, _ = tiny
+    sampler = TripletSampler(dataset, seed=0)
+    users, positives, negatives = sampler.sample(3000)
+    train = [set(items.tolist()) for items in dataset.user_train]
+    assert all(i in train[u] for u, i in zip(users, positives))
+    assert all(j not in train[u] for u, j in zip(users, negatives))
+    assert (negatives == dataset.user_validation[users]).any()  # held-out items are not excluded
+    per_user = np.bincount(users, minlength=dataset.usernum)
+    assert per_user.min() > 0.7 * 3000 / dataset.usernum  # uniform over users, not over interactions
+
+    save_checkpoint(tmp_path / "sampler.pt", {"sampler": sampler.state_dict()})
+    expected = sampler.sample(100)
+    sampler.load_state_dict(load_checkpoint(tmp_path / "sampler.pt")["sampler"])
+    for drawn, again in zip(expected, sampler.sample(100)):
+        np.testing.assert_array_equal(drawn, again)
+
+
+def test_epoch_accounting_matches_the_original():
+    n = 267_638  # AmazonFashion's training interactions (reference: between 267,635 and 267,641)
+    assert epoch_end_step(19, n, 128) == 39_728  # the pretrained DVBPR_auc_100_39728 is epoch 19
+    assert (20 * n + 1) // 128 < epoch_end_step(20, n, 128)  # the original's loop stops before epoch 20 ends
+    assert epoch_end_step(1, 50, 128) == 1 and epoch_end_step(2, 50, 128) == 2  # tiny data: >= 1 step an epoch
+
+
+def test_presets_and_explicit_flags():
+    paper, _, _ = resolve_config([])
+    assert (paper.preset, paper.k, paper.protocol, paper.epochs, paper.save_every_epoch) == ("paper", 50, "exact", 20, False)
+    original, _, _ = resolve_config(["--preset", "original"])
+    assert (original.k, original.protocol, original.epochs, original.save_every_epoch) == (100, "sampled100", 19, True)
+    assert (original.lambda_w, original.lambda_theta, original.lr, original.batch_size) == (0.001, 1.0, 1e-4, 128)
+    assert resolve_config(["--preset", "original", "--k", "7"])[0].k == 7
+
+
+def bpr_loss(model, users, images_i, images_j):
+    return -F.logsigmoid(model.score_difference(users, images_i, images_j)).sum()
+
+
+def test_gradients_reach_conv1_and_the_loss_falls(tiny):
+    dataset, images = tiny
+    torch.manual_seed(0)
+    model = DVBPR(dataset.usernum, k=8, image_size=32)
+    users, positives, negatives = (torch.from_numpy(a) for a in TripletSampler(dataset, seed=0).sample(32))
+    batch = users, images(positives), images(negatives)
+
+    bpr_loss(model, *batch).backward()
+    assert model.cnn.conv1.weight.grad.abs().sum() > 0
+    theta_grad_rows = model.theta.grad.abs().sum(1) > 0
+    assert theta_grad_rows.tolist() == [u in users.tolist() for u in range(dataset.usernum)]
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model.eval()  # dropout off, so that the before/after losses compare the weights only
+    with torch.no_grad():
+        before = model.objective(*batch).item(), bpr_loss(model, *batch).item()
+    model.train()
+    for _ in range(10):
+        optimizer.zero_grad()
+        model.objective(*batch).backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        after = model.objective(*batch).item(), bpr_loss(model, *batch).item()
+    assert after[0] < before[0] and after[1] < before[1]
+
+
+def training_pair_auc(model, dataset, images):
+    """Mean over users of P(x_ui > x_uj) for i in the user's training items and j outside them."""
+    scores = model.theta.detach() @ item_embeddings(model, images, dataset.itemnum, 64, CPU).T
+    aucs = []
+    for u, train in enumerate(dataset.user_train):
+        positive = np.zeros(dataset.itemnum, dtype=bool)
+        positive[train] = True
+        aucs.append((scores[u, positive][:, None] > scores[u, ~positive][None, :]).float().mean().item())
+    return float(np.mean(aucs))
+
+
+def test_model_overfits_a_tiny_catalogue(tiny):
+    dataset, images = tiny
+    torch.manual_seed(0)
+    cfg = DVBPRConfig(k=16, image_size=32, batch_size=32, lr=1e-3, lambda_w=0.0, lambda_theta=0.0, dropout=0.0)
+    model = DVBPR(dataset.usernum, cfg.k, cfg.image_size, cfg.dropout)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sampler = TripletSampler(dataset, seed=0)
+    before = training_pair_auc(model, dataset, images)
+    triplets = [torch.from_numpy(a) for a in sampler.sample(60 * cfg.batch_size)]
+    train_steps(model, optimizer, images, triplets, cfg, CPU)
+    after = training_pair_auc(model, dataset, images)
+    assert after > 0.95 and after > before
+
+
+def cli_args(dataset_path, out, *extra):
+    return ["--dataset", str(dataset_path), "--out", str(out), "--image-size", "32", "--k", "8", "--batch-size", "16",
+            "--eval-batch-size", "64", "--save-every-epoch", *extra]
+
+
+def test_cli_writes_the_run_and_resume_reproduces_it(tiny_path, tmp_path):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    subprocess.run([sys.executable, "dvbpr/main.py", *cli_args(tiny_path, whole, "--epochs", "2")], cwd=ROOT,
+                   check=True, capture_output=True, text=True)
+
+    log = (whole / "DVBPR.log").read_text().splitlines()
+    records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for line, record in zip(log, records):
+        epoch, test_auc, valid_auc = re.fullmatch(r"Epoch #(\d+):(\S+) (\S+)", line).groups()
+        assert int(epoch) == record["epoch"]
+        assert float(test_auc) == pytest.approx(record["test_auc"], rel=1e-11)
+        assert float(valid_auc) == pytest.approx(record["valid_auc"], rel=1e-11)
+        assert 0 <= record["valid_auc_cold"] <= 1 and record["protocol"] == "exact" and record["loss"] > 0
+    results = json.loads((whole / "results.json").read_text())
+    best = max(records, key=lambda r: r["valid_auc"])
+    assert (results["best_epoch"], results["test_auc"], results["test_auc_cold"]) == \
+           (best["epoch"], best["test_auc"], best["test_auc_cold"])
+    assert results["preset"] == "paper" and results["dataset"] == "Tiny" and results["wall_seconds"] > 0
+
+    embeddings = load_checkpoint(whole / "embeddings.pt")
+    assert embeddings["theta"].shape == (6, 8) and embeddings["items"].shape == (20, 8)
+    assert load_checkpoint(whole / "best.pt")["epoch"] == best["epoch"]
+    last_step = records[-1]["step"]
+    theta, items = np.load(whole / f"UI_8_{last_step}.npy", allow_pickle=True)
+    assert theta.shape == (6, 8) and items.shape == (20, 8)
+    assert load_checkpoint(whole / f"DVBPR_auc_8_{last_step}.pt")["step"] == last_step
+
+    main(cli_args(tiny_path, resumed, "--epochs", "1"))
+    main(["--out", str(resumed), "--resume", "--epochs", "2"])
+    expected, got = load_checkpoint(whole / "checkpoint.pt"), load_checkpoint(resumed / "checkpoint.pt")
+    assert got["step"] == expected["step"]
+    for name, tensor in expected["model"].items():
+        torch.testing.assert_close(got["model"][name], tensor, rtol=1e-5, atol=1e-7)
+    assert (resumed / "DVBPR.log").read_text() == (whole / "DVBPR.log").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--resume"], "no checkpoint"),
+    (["--dataset", "missing.npy"], "not found"),
+])
+def test_clear_errors(tmp_path, argv, message):
+    with pytest.raises(SystemExit, match=message):
+        main(["--out", str(tmp_path / "run"), *[str(tmp_path / a) if a.endswith(".npy") else a for a in argv]])

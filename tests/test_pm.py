@@ -1,0 +1,199 @@
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from common.catalogue import CatalogueConfig, generate_catalogue
+from common.data import load_dataset
+from dvbpr.main import DVBPRConfig, train as train_dvbpr
+from dvbpr.model import CNN
+from gan.model import Discriminator, Generator
+from gan.train import GANConfig, train as train_gan
+from pm.design import Designer, choose, resize, retrieve, to_z
+from pm.main import main, pick_user
+from pm.metrics import ImageNetInception, inception_score, ssim_diversity
+
+Z_DIM = 8
+
+
+class TinyPhi(torch.nn.Module):
+    """A small stand-in for DVBPR's CNN (same interface: 32 px images in [-1, 1] -> K), to keep the loops fast."""
+    image_size = 32
+
+    def __init__(self, k):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, kernel_size=4, stride=4)
+        self.fc = torch.nn.Linear(8 * 8 * 8, k)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def tiny_designer(seed=0, usernum=5, k=8, phi=TinyPhi):
+    """Random-weight Phi (32 px) and GAN (16 px, so Delta upscales), G's BN statistics from one batch."""
+    torch.manual_seed(seed)
+    generator, discriminator = Generator(16, Z_DIM, 3, width=8), Discriminator(16, 3, width=8)
+    labels = torch.arange(64) % 3
+    discriminator(generator(torch.randn(64, Z_DIM), labels), labels)  # train mode: fills the running statistics
+    return Designer(phi(k=k), torch.randn(usernum, k), generator, discriminator)
+
+
+def test_resize_is_nearest_up_and_down():
+    images = torch.arange(16.0).view(1, 1, 4, 4)
+    up = resize(images, 8)
+    assert torch.equal(up[0, 0, ::2, ::2], images[0, 0]) and torch.equal(up[0, 0, 1::2, 1::2], images[0, 0])
+    assert torch.equal(resize(up, 4), images)
+
+
+def test_objective_gradient_reaches_only_the_latent():
+    designer = tiny_designer(phi=lambda k: CNN(32, k))
+    z_prime = torch.randn(4, Z_DIM, requires_grad=True)
+    objective, preference, realism, _ = designer.objective(to_z(z_prime, "tanh"), user=1, category=2, eta=1.0)
+    objective.sum().backward()
+    assert z_prime.grad is not None and z_prime.grad.abs().sum() > 0 and torch.isfinite(z_prime.grad).all()
+    assert torch.allclose(objective, preference - realism)
+    networks = [designer.cnn, designer.generator, designer.discriminator]
+    assert all(p.grad is None for net in networks for p in net.parameters())
+
+
+def test_maximisation_raises_the_objective_and_tanh_keeps_z_in_the_box():
+    designer = tiny_designer()
+    z_prime = torch.randn(6, Z_DIM)
+    start = designer.objective(to_z(z_prime, "tanh"), 0, 1, 1.0)[0]
+    design = designer.maximise(z_prime, user=0, category=1, steps=30, lr=0.1)
+    assert design.objective.mean() > start.mean()
+    wild = designer.maximise(z_prime, user=0, category=1, steps=10, lr=5.0)
+    assert wild.z.abs().max() <= 1
+    direct = designer.maximise(z_prime, user=0, category=1, steps=10, lr=5.0, latent="direct")
+    assert direct.z.abs().max() > 1
+
+
+def test_larger_eta_lowers_the_realism_loss():
+    designer = tiny_designer(seed=1)
+    z_prime = torch.atanh(torch.rand(16, Z_DIM) * 1.8 - 0.9)
+    realism = {eta: designer.maximise(z_prime, user=2, category=0, steps=30, lr=0.1, eta=eta).realism.mean()
+               for eta in (0.0, 100.0)}
+    assert realism[100.0] < realism[0.0]
+
+
+def test_inversion_reduces_the_l1_error():
+    designer = tiny_designer()
+    query = torch.rand(3, 32, 32) * 2 - 1  # at DVBPR's size: nabla downscales it
+    z_prime, errors = designer.invert(query, category=1, steps=40, lr=0.1, starts=4,
+                                      generator=torch.Generator().manual_seed(0))
+    assert z_prime.shape == (1, Z_DIM) and len(errors) == 41
+    assert errors[-1] < errors[0]
+    reached = (designer.generate(torch.tanh(z_prime), 1) - resize(query[None], 16)).abs().mean()
+    assert torch.isclose(reached, errors[-1], atol=1e-5)
+
+
+def test_tailoring_keeps_every_step():
+    designer = tiny_designer()
+    designs, _ = designer.tailor(torch.zeros(3, 16, 16), 0, users=[0, 3], steps=5, lr=0.1, invert_steps=3)
+    assert len(designs) == 2 and all(len(d.history) == 6 for d in designs)
+    assert torch.equal(designs[0].history[0].images, designs[1].history[0].images)  # one inversion, shared
+
+
+def test_retrieval_is_the_top_of_the_category():
+    theta_u, embeddings = torch.randn(4), torch.randn(30, 4)
+    candidates = torch.arange(0, 30, 3)
+    items, scores = retrieve(theta_u, embeddings, candidates, 3)
+    all_scores = embeddings @ theta_u
+    expected = candidates[all_scores[candidates].argsort(descending=True)[:3]]
+    assert torch.equal(items, expected) and torch.allclose(scores, all_scores[expected])
+
+
+def test_softmax_sampling_follows_eq_11():
+    objective = torch.tensor([0.0, 1.0, 2.0, 0.5])
+    p = torch.softmax(objective.double(), 0)
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.stack([choose(objective, 2, "softmax", generator) for _ in range(8000)])
+    assert (draws[:, 0] != draws[:, 1]).all()
+    first = torch.bincount(draws[:, 0], minlength=4).double() / len(draws)
+    assert torch.allclose(first, p, atol=0.02)
+    # without replacement: P(second = j) = sum_i p_i p_j / (1 - p_i)
+    second_expected = torch.stack([sum(p[i] * p[j] / (1 - p[i]) for i in range(4) if i != j) for j in range(4)])
+    second = torch.bincount(draws[:, 1], minlength=4).double() / len(draws)
+    assert torch.allclose(second, second_expected, atol=0.02)
+    assert torch.equal(choose(objective, 2, "best"), torch.tensor([2, 1]))
+
+
+def test_inception_score_on_known_tables():
+    assert inception_score(torch.full((10, 7), 1 / 7))[0] == pytest.approx(1.0)
+    assert inception_score(torch.eye(5))[0] == pytest.approx(5.0)
+    assert inception_score(torch.eye(4)[[0, 0, 1, 1]])[0] == pytest.approx(2.0)
+    mean, std = inception_score(torch.eye(3).repeat(4, 1), splits=4)  # every part holds each class once
+    assert mean == pytest.approx(3.0) and std == pytest.approx(0.0, abs=1e-9)
+    assert 1.0 < inception_score(torch.softmax(torch.randn(50, 10), 1))[0] < 10.0
+
+
+def test_inception_score_through_a_random_inception_v3():
+    torch.manual_seed(0)
+    network = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
+    scorer = ImageNetInception(network)
+    a, b = torch.rand(2, 3, 32, 32) * 2 - 1
+    probs = scorer.predict_proba(torch.stack([a, a, b]))
+    assert probs.shape == (3, 1000) and torch.allclose(probs.sum(1), torch.ones(3))
+    assert inception_score(probs[:2])[0] == pytest.approx(1.0, abs=1e-6)
+    assert 1.0 <= inception_score(probs[[0, 2]])[0] <= 2.0
+
+
+def test_ssim_diversity():
+    images = torch.rand(1, 3, 32, 32) * 2 - 1
+    assert ssim_diversity(images.repeat(3, 1, 1, 1)) == pytest.approx(0.0, abs=1e-6)
+    assert ssim_diversity(torch.rand(3, 3, 32, 32) * 2 - 1) > 0.5
+
+
+def test_pick_user_follows_the_original_and_relaxes_the_threshold(capsys):
+    dataset = SimpleNamespace(user_train=[np.arange(n) for n in (12, 3, 15, 4)],
+                              user_test=np.array([0, 1, 2, 3]), item_category=np.array([0, 1, 1, 2]))
+    rng = np.random.default_rng(0)
+    assert {pick_user(dataset, 0, rng, 10) for _ in range(20)} == {0}
+    assert {pick_user(dataset, 1, rng, 10) for _ in range(20)} == {2}   # user 1 has too few training items
+    assert {pick_user(dataset, 2, rng, 10) for _ in range(5)} == {3}    # nobody has > 10: relaxed
+    assert "more than 3" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny catalogue, and DVBPR and GAN run directories written by those stages' own training code."""
+    root = tmp_path_factory.mktemp("runs")
+    dataset = generate_catalogue(root / "tiny.npy", CatalogueConfig(num_users=40, num_items=90, image_size=32,
+                                                                    image_source="procedural"))
+    train_dvbpr(DVBPRConfig(dataset=str(dataset), out=str(root / "dvbpr"), k=8, image_size=32, epochs=1,
+                            batch_size=32, device="cpu"), explicit=set())
+    train_gan(GANConfig(image_size=16, z_dim=Z_DIM, g_width=8, d_width=8, batch_size=16, epochs=1,
+                        consistency_samples=4, device="cpu"), load_dataset(dataset), root / "gan", torch.device("cpu"))
+    return root
+
+
+def test_missing_run_directories_say_how_to_make_them(runs, tmp_path):
+    with pytest.raises(SystemExit, match=f"python gan/main.py --train --out {tmp_path / 'nogan'}"):
+        main(["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(tmp_path / "nogan")])
+    with pytest.raises(SystemExit, match=f"python dvbpr/main.py --out {tmp_path / 'nodvbpr'}"):
+        main(["--dvbpr-run", str(tmp_path / "nodvbpr"), "--gan-run", str(runs / "gan")])
+
+
+def test_figures_table_and_sweep_are_written(runs, tmp_path):
+    common = ["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--out", str(tmp_path),
+              "--starts", "4", "--steps", "3", "--device", "cpu"]
+    main(common + ["--category", "1", "--tailor-users", "2", "--invert-steps", "3", "--neighbour-samples", "2"])
+    for name in ("personal_design", "tailoring", "neighbours"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 0
+    design = json.loads((tmp_path / "personal_design.json").read_text())["queries"][0]
+    assert design["category"] == 1 and len(design["real"]) == 3 and len(design["generated"]) == 3
+    tailored = json.loads((tmp_path / "tailoring.json").read_text())["users"]
+    assert len(tailored) == 2 and all(len(user["preference"]) == 4 for user in tailored)
+
+    main(common + ["--table", "--trials", "4", "--splits", "2", "--sweep-eta", "0", "10"])
+    table = json.loads((tmp_path / "table_iv.json").read_text())["ours"]
+    assert set(table) == {"real", "generated", "retrieval", "synthesis"}
+    assert table["retrieval"]["preference"][0] >= table["real"]["preference"][0]  # the top 3 of the same category
+    assert all(np.isfinite(v).all() for row in table.values() for v in row.values())
+    assert "Paper: preference" in (tmp_path / "table_iv.md").read_text()
+    assert len((tmp_path / "table_iv.csv").read_text().splitlines()) == 5
+    assert (tmp_path / "eta_sweep.png").stat().st_size > 0
+    assert set(json.loads((tmp_path / "eta_sweep.json").read_text())["synthesis"]) == {"0", "10"}
