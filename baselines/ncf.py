@@ -30,7 +30,7 @@ class GMF(nn.Module):
         self.itemnum = itemnum
         self.p_user = factor_matrix(usernum, factors)
         self.q_item = factor_matrix(itemnum, factors)
-        self.h = nn.Parameter(torch.ones(factors))
+        self.h = nn.Parameter(torch.ones(factors))   # GMF starts as plain MF and learns the weighting
 
     def forward(self, users, items):
         return (self.p_user[users][:, None, :] * self.q_item[items]) @ self.h

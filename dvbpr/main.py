@@ -30,7 +30,8 @@ import torch
 from tqdm import tqdm
 
 from common.catalogue import open_dataset
-from common.checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
+from common.checkpoint import (CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint,
+                               seed_everything)
 from common.config import apply_defaults, parse_config
 from common.data import DatasetError
 from common.device import autocast, describe, fused_adam_kwargs, memory_format, pick_device
@@ -45,8 +46,9 @@ class DVBPRConfig:
     preset: str = field(default="paper", metadata={"help": "paper: K=50, exact All/Cold AUC, 20 epochs; "
                                                            "original: K=100, sampled-100 AUC, 19 evaluated epochs, "
                                                            "a checkpoint every epoch"})
-    dataset: str | None = field(default=None, metadata={"help": "dataset .npy in the original format "
-                                                                "(default: AmazonFashion, else the embedded catalogue)"})
+    dataset: str | None = field(default=None, metadata={"help": "dataset .npy in the original format, or "
+                                                                "'embedded' (default: data/AmazonFashion6Img"
+                                                                "Partitioned.npy, else the embedded catalogue)"})
     out: str | None = field(default=None, metadata={"help": "run directory (default: runs/dvbpr)"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from its checkpoint.pt; "
                                                           "flags given now override the saved settings"})
@@ -56,7 +58,8 @@ class DVBPRConfig:
                                                                     "(the original's Pillow default was nearest)"})
     fc_width: int = field(default=4096, metadata={"help": "width of fc1 and fc2 (smaller for quick CPU runs)"})
     dropout: float = field(default=0.5, metadata={"help": "dropout probability on fc1 and fc2"})
-    lambda_w: float = field(default=0.001, metadata={"help": "weight decay on conv and fc weights (lambda_w/2 ||W||^2)"})
+    lambda_w: float = field(default=0.001, metadata={"help": "weight decay on conv and fc weights "
+                                                             "(lambda_w/2 ||W||^2)"})
     lambda_theta: float = field(default=1.0, metadata={"help": "regulariser of the batch's theta_u "
                                                                "(lambda_theta/2 ||theta_u||^2)"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
@@ -212,7 +215,8 @@ def model_snapshot(model, cfg, record):
 
 
 def save_epoch_files(out, model, items, cfg, record):
-    """The original's per-epoch outputs: a model checkpoint (the last few kept) and UI_<K>_<step>.npy = [theta, items]."""
+    """The original's per-epoch outputs: a model checkpoint (the last few kept) and UI_<K>_<step>.npy, an object
+    array [theta, item embeddings] as the original's np.save([U, I]) wrote it."""
     save_checkpoint(out / f"DVBPR_auc_{cfg.k}_{record['step']}.pt", model_snapshot(model, cfg, record))
     kept = sorted(out.glob(f"DVBPR_auc_{cfg.k}_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
     for old in kept[:-KEPT_EPOCH_CHECKPOINTS]:
@@ -253,7 +257,8 @@ def train(cfg, explicit, checkpoint=None):
     cache = image_cache(dataset, cfg.image_size, cfg.resize_filter, strict=cfg.strict_images)
     images = ImageStore(cache, device)
     seed_everything(cfg.seed)
-    model = DVBPR(dataset.usernum, cfg.k, cfg.image_size, cfg.dropout, cfg.fc_width).to(device, memory_format=memory_format(device))
+    model = DVBPR(dataset.usernum, cfg.k, cfg.image_size, cfg.dropout, cfg.fc_width)
+    model = model.to(device, memory_format=memory_format(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, **fused_adam_kwargs(device))
     sampler = TripletSampler(dataset, cfg.seed)
     epoch, step, history, best, elapsed = 0, 0, [], None, 0.0

@@ -97,10 +97,11 @@ class DVBPR(nn.Module):
         return (self.theta[users] * (phi_i - phi_j)).sum(dim=1)
 
     def objective(self, users, images_i, images_j, lambda_w=0.001, lambda_theta=1.0):
-        """The original's loss to minimise: -sum log sigmoid(x_uij) + lambda_w/2 sum ||W||^2 + lambda_theta/2 sum ||theta_u||^2.
+        """The original's loss, to minimise:
+            -sum_batch log sigmoid(x_uij) + lambda_w/2 sum_W ||W||^2 + lambda_theta/2 sum_batch ||theta_u||^2.
 
-        The BPR term is a sum over the batch, not a mean; the theta term counts each triplet's user once
-        per occurrence; the weight term covers conv and fc weights only.
+        The BPR term is a sum over the batch, not a mean; the theta term counts each triplet's user once per
+        occurrence; the weight term covers the conv and fc weights, not the biases.
         """
         bpr = F.logsigmoid(self.score_difference(users, images_i, images_j)).sum()
         weight_decay = sum(w.pow(2).sum() for w in self.cnn.weights())

@@ -77,8 +77,8 @@ def load_weights(run):
     """The checkpoint recommending uses: best.pt (the best validation epoch, as embeddings.pt), else checkpoint.pt."""
     path = next((p for p in (run / "best.pt", run / "checkpoint.pt") if p.is_file()), None)
     if path is None:
-        raise RecommendError(f"no trained DVBPR in {run} (best.pt, checkpoint.pt or embeddings.pt): "
-                             f"make one with `python dvbpr/main.py --out {run}`")
+        raise RecommendError(f"no DVBPR weights (best.pt or checkpoint.pt) in {run}: "
+                             f"make them with `python dvbpr/main.py --out {run}`")
     return path, load_checkpoint(path)
 
 

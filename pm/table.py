@@ -108,9 +108,12 @@ def summarise(results, scorer, splits):
     return rows
 
 
-def pm(mean_std, digits=4):
-    mean, std = mean_std
-    return f"{mean:.{digits}f} ± {std:.{digits - 1}f}"
+def mean_std(pair):
+    return f"{pair[0]:.4f} ± {pair[1]:.3f}"
+
+
+def paper_mean_std(pair):
+    return f"{pair[0]:.4f} ± {pair[1]:g}"  # the paper gives the std to one or two digits
 
 
 def write_table(out, rows, quality_label, notes):
@@ -122,8 +125,8 @@ def write_table(out, rows, quality_label, notes):
              "|---|---|---|---|---|---|---|"]
     for source, row in rows.items():
         paper = PAPER_TABLE_IV[source]
-        lines.append(f"| {SOURCES[source]} | " + " | ".join(pm(row[m]) for m in METRICS) + " | "
-                     + " | ".join(pm(paper[m]) for m in METRICS) + " |")
+        lines.append(f"| {SOURCES[source]} | " + " | ".join(mean_std(row[m]) for m in METRICS) + " | "
+                     + " | ".join(paper_mean_std(paper[m]) for m in METRICS) + " |")
     (out / "table_iv.md").write_text("\n".join(lines) + "\n")
     with open(out / "table_iv.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -149,7 +152,7 @@ def sweep_eta(stages, cfg, trials, etas, scorer, out, quality_label):
         by_eta[eta] = summarise(results, scorer, cfg.splits)["synthesis"]
     labels = [f"{eta:g}" for eta in etas]
     titles = {"preference": "preference score", "quality": "quality (IS)", "diversity": "diversity (1 - SSIM)"}
-    panels = [line_panel(f"{titles[m]} vs eta", labels,
+    panels = [line_panel(titles[m], "eta", labels,
                          {"synthesis": [by_eta[eta][m][0] for eta in etas],
                           "retrieval": [reference["retrieval"][m][0]] * len(etas)})
               for m in METRICS]

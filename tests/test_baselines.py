@@ -323,14 +323,13 @@ def test_cnnf_features_need_categories(tmp_path):
 
 def test_imagenet_features_are_alexnet_fc7_of_the_given_weights(tmp_path):
     torch.manual_seed(0)
+    reference = torchvision.models.alexnet().eval()       # random weights stand in for ImageNet's
     weights = tmp_path / "alexnet-random.pth"
-    torch.save(torchvision.models.alexnet().state_dict(), weights)
+    torch.save(reference.state_dict(), weights)
     dataset = write_image_dataset(tmp_path / "Four.npy", [(250, 0, 0), (0, 250, 0), (0, 0, 250), (90, 90, 90)])
     features, description = imagenet_features(dataset, FeatureSettings(imagenet_weights=str(weights)), CPU)
     assert "alexnet-random.pth" in description and features.shape == (4, 4096) and (features >= 0).all()
 
-    reference = torchvision.models.alexnet().eval()
-    reference.load_state_dict(torch.load(weights, weights_only=True))
     image = torch.tensor([0.0, 0.0, 250 / 255])[:, None, None].expand(3, 224, 224)
     normalised = (image - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor(
         [0.229, 0.224, 0.225])[:, None, None]
