@@ -53,12 +53,13 @@ TABLE_NAMES = {"rand": "RAND", "poprank": "PopRank", "warp": "WARP", "bpr-mf": "
 class BaselinesConfig:
     preset: str = field(default="paper", metadata={"help": "paper: the paper's grid, 20 epochs per setting; "
                                                            "quick: a narrow grid and fewer epochs"})
-    dataset: str | None = field(default=None, metadata={"help": "dataset .npy in the original format "
-                                                                "(default: AmazonFashion, else the embedded catalogue)"})
-    out: str | None = field(default=None, metadata={"help": "output directory (default: runs/baselines)"})
-    dvbpr_run: str | None = field(default=None, metadata={"help": "finished DVBPR run directory to read "
-                                                                  "results.json from (default: train DVBPR into "
-                                                                  "OUT/dvbpr)"})
+    dataset: str | None = field(default=None, metadata={"help": "dataset .npy in the original format; without it "
+                                                                "AmazonFashion if present, else the embedded "
+                                                                "catalogue"})
+    out: str | None = field(default=None, metadata={"help": "output directory; without it runs/baselines"})
+    dvbpr_run: str | None = field(default=None, metadata={"help": "finished DVBPR run directory whose "
+                                                                  "results.json to use; without it DVBPR is "
+                                                                  "trained into OUT/dvbpr"})
     models: list[str] = field(default_factory=lambda: list(MODELS),
                               metadata={"help": "methods to run, of " + " ".join(MODELS)})
     factors: list[int] = field(default_factory=lambda: [10, 30, 50], metadata={"help": "latent factors grid"})
@@ -71,8 +72,8 @@ class BaselinesConfig:
     warp_max_trials: int = field(default=MAX_TRIALS, metadata={"help": "WARP's negatives drawn per positive "
                                                                        "before giving up"})
     imagenet_weights: str | None = field(default=None, metadata={"help": "torchvision AlexNet ImageNet weights "
-                                                                         "file for the visual features (default: "
-                                                                         "CNN-F pre-trained on the categories)"})
+                                                                         "file for the visual features; without it "
+                                                                         "CNN-F is pre-trained on the categories"})
     feature_image_size: int = field(default=224, metadata={"help": "CNN-F input side for the pre-trained features"})
     feature_epochs: int = field(default=5, metadata={"help": "epochs of CNN-F category pre-training"})
     feature_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of CNN-F pre-training"})

@@ -47,9 +47,9 @@ class DVBPRConfig:
                                                            "original: K=100, sampled-100 AUC, 19 evaluated epochs, "
                                                            "a checkpoint every epoch"})
     dataset: str | None = field(default=None, metadata={"help": "dataset .npy in the original format, or "
-                                                                "'embedded' (default: data/AmazonFashion6Img"
-                                                                "Partitioned.npy, else the embedded catalogue)"})
-    out: str | None = field(default=None, metadata={"help": "run directory (default: runs/dvbpr)"})
+                                                                "'embedded'; None: data/AmazonFashion6Img"
+                                                                "Partitioned.npy, else the embedded catalogue"})
+    out: str | None = field(default=None, metadata={"help": "run directory; None: runs/dvbpr"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from its checkpoint.pt; "
                                                           "flags given now override the saved settings"})
     k: int = field(default=50, metadata={"help": "latent dimensions K of theta_u and Phi(X_i)"})
@@ -70,7 +70,7 @@ class DVBPRConfig:
     save_every_epoch: bool = field(default=False, metadata={"help": "also write DVBPR_auc_<K>_<step>.pt (the last 5 "
                                                                     "kept) and UI_<K>_<step>.npy every epoch"})
     eval_batch_size: int = field(default=512, metadata={"help": "images per no-grad batch for the item embeddings"})
-    eval_chunk: int | None = field(default=None, metadata={"help": "users per AUC chunk (default: sized to memory)"})
+    eval_chunk: int | None = field(default=None, metadata={"help": "users per AUC chunk; None: sized to memory"})
     seed: int = field(default=0, metadata={"help": "seed of the initialisation, dropout, triplets and sampled AUC"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (CPU always runs float32)"})
@@ -234,19 +234,47 @@ def resolve_config(argv):
         checkpoint = load_checkpoint(run_dir(cfg.out, "dvbpr") / "checkpoint.pt")
         saved = {name: value for name, value in checkpoint["config"].items() if name not in explicit}
         cfg = dataclasses.replace(cfg, **saved)
+    for name in ("k", "image_size", "fc_width", "batch_size", "epochs"):
+        if getattr(cfg, name) < 1:
+            raise SystemExit(f"dvbpr: --{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     return cfg, explicit, checkpoint
 
 
-def train(cfg, explicit, checkpoint=None):
-    """Train and evaluate as configured; returns the results dict also written to results.json."""
-    started = time.time()
-    out = run_dir(cfg.out, "dvbpr")
+def open_run_dataset(cfg, explicit, resuming):
+    """The dataset of the run; a fresh run on the embedded catalogue takes the demo settings not given explicitly."""
     dataset, embedded = open_dataset(cfg.dataset)
-    if embedded and checkpoint is None:
+    if embedded and not resuming:
         changed = apply_defaults(cfg, DEMO_SETTINGS, explicit)
         if changed:
             print("embedded catalogue: demo settings " + ", ".join(f"{k}={v}" for k, v in changed.items()))
     cfg.dataset = str(dataset.path)  # a resumed run reopens this very file
+    return dataset, embedded
+
+
+def save_epoch(out, cfg, model, optimizer, sampler, items, progress):
+    """Everything an epoch leaves on disk, the checkpoint last: best.pt and embeddings.pt when validation improved,
+    the original's per-epoch files if asked, then checkpoint.pt (so a crash at any point resumes correctly)."""
+    record = progress["history"][-1]
+    if progress["best"] is record:
+        save_checkpoint(out / "best.pt", model_snapshot(model, cfg, record))
+        save_checkpoint(out / "embeddings.pt", {"theta": model.theta.detach().cpu(), "items": items.cpu(),
+                                                "config": dataclasses.asdict(cfg), "epoch": record["epoch"],
+                                                "step": record["step"]})
+    if cfg.save_every_epoch:
+        save_epoch_files(out, model, items, cfg, record)
+    save_checkpoint(out / "checkpoint.pt", {
+        "stage": "dvbpr", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "config": dataclasses.asdict(cfg), "epoch": record["epoch"], "step": record["step"], "rng": capture_rng(),
+        "sampler": sampler.state_dict(), "metrics": {"history": progress["history"], "best": progress["best"]},
+        "seconds": progress["seconds"]})
+
+
+def train(cfg, explicit, checkpoint=None):
+    """Train and evaluate as configured (resuming from `checkpoint` if given); returns the results dict that is
+    also written to results.json."""
+    started = time.time()
+    out = run_dir(cfg.out, "dvbpr")
+    dataset, embedded = open_run_dataset(cfg, explicit, resuming=checkpoint is not None)
     device = pick_device(cfg.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -254,63 +282,57 @@ def train(cfg, explicit, checkpoint=None):
           f"{dataset.num_train_interactions} training interactions; preset {cfg.preset}, K={cfg.k}, "
           f"{cfg.image_size} px, {cfg.epochs} epochs, {cfg.protocol} AUC; device {describe(device)}; out {out}")
 
-    cache = image_cache(dataset, cfg.image_size, cfg.resize_filter, strict=cfg.strict_images)
-    images = ImageStore(cache, device)
+    images = ImageStore(image_cache(dataset, cfg.image_size, cfg.resize_filter, strict=cfg.strict_images,
+                                    device=device), device)
     seed_everything(cfg.seed)
     model = DVBPR(dataset.usernum, cfg.k, cfg.image_size, cfg.dropout, cfg.fc_width)
     model = model.to(device, memory_format=memory_format(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, **fused_adam_kwargs(device))
     sampler = TripletSampler(dataset, cfg.seed)
-    epoch, step, history, best, elapsed = 0, 0, [], None, 0.0
-    if checkpoint is None:
-        if (out / "checkpoint.pt").exists():
-            print(f"starting afresh in {out} (pass --resume to continue the run there)")
-        runlog = rewrite_logs(out, history)
-    else:
+    progress = dict(epoch=0, step=0, history=[], best=None, seconds=0.0)
+    if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         sampler.load_state_dict(checkpoint["sampler"])
         restore_rng(checkpoint["rng"])
-        epoch, step = checkpoint["epoch"], checkpoint["step"]
-        history, best, elapsed = checkpoint["metrics"]["history"], checkpoint["metrics"]["best"], checkpoint["seconds"]
-        runlog = rewrite_logs(out, history)
-        print(f"resuming {out} after epoch {epoch} (step {step})")
+        progress = dict(epoch=checkpoint["epoch"], step=checkpoint["step"], seconds=checkpoint["seconds"],
+                        **checkpoint["metrics"])
+        print(f"resuming {out} after epoch {progress['epoch']} (step {progress['step']})")
+    elif (out / "checkpoint.pt").exists():
+        print(f"starting afresh in {out} (pass --resume to continue the run there)")
+    runlog = rewrite_logs(out, progress["history"])
+    seconds_before = progress["seconds"]
 
-    for epoch in range(epoch + 1, cfg.epochs + 1):
+    for epoch in range(progress["epoch"] + 1, cfg.epochs + 1):
         epoch_started = time.time()
         last_step = epoch_end_step(epoch, dataset.num_train_interactions, cfg.batch_size)
-        triplets = [torch.from_numpy(a).to(device) for a in sampler.sample((last_step - step) * cfg.batch_size)]
-        loss = train_steps(model, optimizer, images, triplets, cfg, device, desc=f"epoch {epoch}/{cfg.epochs}")
-        step = last_step
+        triplets = sampler.sample((last_step - progress["step"]) * cfg.batch_size)
+        loss = train_steps(model, optimizer, images, [torch.from_numpy(a).to(device) for a in triplets], cfg,
+                           device, desc=f"epoch {epoch}/{cfg.epochs}")
         valid, test, items = evaluate(model, dataset, images, cfg, device)
-        record = dict(epoch=epoch, step=step, loss=loss, valid_auc=valid["all"], valid_auc_cold=valid["cold"],
+        record = dict(epoch=epoch, step=last_step, loss=loss, valid_auc=valid["all"], valid_auc_cold=valid["cold"],
                       test_auc=test["all"], test_auc_cold=test["cold"], protocol=cfg.protocol,
                       seconds=round(time.time() - epoch_started, 3))
-        history.append(record)
-        if best is None or record["valid_auc"] > best["valid_auc"]:
-            best = record
-            save_checkpoint(out / "best.pt", model_snapshot(model, cfg, record))
-            save_checkpoint(out / "embeddings.pt", {"theta": model.theta.detach().cpu(), "items": items.cpu(),
-                                                    "config": dataclasses.asdict(cfg), "epoch": epoch, "step": step})
-        if cfg.save_every_epoch:
-            save_epoch_files(out, model, items, cfg, record)
-        save_checkpoint(out / "checkpoint.pt", {
-            "stage": "dvbpr", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "config": dataclasses.asdict(cfg), "epoch": epoch, "step": step, "rng": capture_rng(),
-            "sampler": sampler.state_dict(), "metrics": {"history": history, "best": best},
-            "seconds": elapsed + time.time() - started})
+        progress.update(epoch=epoch, step=last_step, seconds=seconds_before + time.time() - started)
+        progress["history"].append(record)
+        if progress["best"] is None or record["valid_auc"] > progress["best"]["valid_auc"]:
+            progress["best"] = record
+        save_epoch(out, cfg, model, optimizer, sampler, items, progress)
         with open(out / "DVBPR.log", "a") as log:
             log.write(log_line(record) + "\n")
         runlog.record(**record)
         tqdm.write(f"{log_line(record)}  cold items: test {fmt(record['test_auc_cold'])} "
                    f"valid {fmt(record['valid_auc_cold'])}  loss {loss:.4g}")
+    return write_results(out, cfg, dataset, embedded, progress["best"], seconds_before + time.time() - started,
+                         device)
 
+
+def write_results(out, cfg, dataset, embedded, best, seconds, device):
     results = dict(preset=cfg.preset, protocol=cfg.protocol, dataset=dataset.name, dataset_path=str(dataset.path),
                    embedded=embedded, epochs=cfg.epochs, k=cfg.k, image_size=cfg.image_size,
                    best_epoch=best["epoch"], best_step=best["step"], valid_auc=best["valid_auc"],
                    valid_auc_cold=best["valid_auc_cold"], test_auc=best["test_auc"],
-                   test_auc_cold=best["test_auc_cold"], wall_seconds=round(elapsed + time.time() - started, 1),
-                   device=describe(device))
+                   test_auc_cold=best["test_auc_cold"], wall_seconds=round(seconds, 1), device=describe(device))
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print("results (best validation epoch): " + json.dumps(results))
     return results

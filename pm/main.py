@@ -185,8 +185,9 @@ def nearest_neighbours(stages, cfg, out, generator):
         better = value < best
         best[better], nearest[better] = value[better], ids[index[better]]
     images = torch.stack([samples.cpu(), stages.images(nearest).cpu()], dim=1).flatten(0, 1)
-    captions = [text for c in categories for _ in range(n) for text in (f"G(z, {c})", "")]
-    captions[1::2] = [f"#{i} L1={d:.2f}" for i, d in zip(nearest.tolist(), best.tolist())]
+    labels = [c for c in categories for _ in range(n)]
+    captions = [text for c, i, d in zip(labels, nearest.tolist(), best.tolist())
+                for text in (f"G(z, {c})", f"#{i} L1={d:.2f}")]
     save_captioned_grid(out / "neighbours.png", images, captions, 2 * n)
     write_json(out / "neighbours.json", {"columns": "pairs: a sample G(z, c), its L1 nearest catalogue item",
                                          "rows": [category_name(c) for c in categories],
@@ -202,7 +203,7 @@ def quality_scorer(cfg, stages, out):
     return CategoryInception(stages.category_classifier(out))
 
 
-def table(stages, cfg, out):
+def tables(stages, cfg, out):
     scorer = quality_scorer(cfg, stages, out)
     trials = draw_trials(stages.dataset, cfg.trials, np.random.default_rng(cfg.seed))
     if cfg.select == "all":
@@ -253,7 +254,7 @@ def run(cfg, explicit):
     seed_everything(cfg.seed)
     print(f"preference maximisation on {describe(device)}: DVBPR {cfg.dvbpr_run}, GAN {cfg.gan_run}, out {out}")
     if cfg.table or cfg.sweep_eta:
-        table(stages, cfg, out)
+        tables(stages, cfg, out)
     else:
         figures(stages, cfg, out)
 

@@ -17,15 +17,17 @@ from PIL import Image
 from baselines.bpr import BPRMF, bpr_loss
 from baselines.features import FeatureError, FeatureSettings, alexnet_fc7, imagenet_features, visual_features
 from baselines.fm import FactorizationMachine
+from baselines.main import main as baselines_main
 from baselines.ncf import GMF, MLP, NEGATIVES_PER_POSITIVE, log_loss
 from baselines.poprank import PopRank
 from baselines.rand import Random
 from baselines.table import (METHODS, PAPER_METHODS, PAPER_TABLE, VS_BEST, VS_BPRMF, build_table, improvements,
                              write_table)
-from baselines.train import FitSettings, Fitted, Interactions, evaluate, fit, grid_search, unlearned
+from baselines.train import FitSettings, Interactions, evaluate, fit, grid_search, unlearned
 from baselines.vbpr import VBPR
 from baselines.visrank import VisRank
 from baselines.warp import harmonic, warp_loss
+from common.catalogue import CatalogueConfig, generate_catalogue
 from common.data import load_dataset, save_original_format
 
 CPU = torch.device("cpu")
@@ -346,6 +348,9 @@ def test_a_weights_file_that_is_not_alexnet_is_refused(tmp_path):
         alexnet_fc7(weights)
     with pytest.raises(FeatureError, match="download_pretrained_models.sh"):
         alexnet_fc7(tmp_path / "missing.pth")
+    (tmp_path / "truncated.pth").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(FeatureError, match="cannot read"):
+        alexnet_fc7(tmp_path / "truncated.pth")
 
 
 # --------------------------------------------------------------------------------------------------- table
@@ -394,3 +399,49 @@ def test_a_dataset_not_in_the_paper_gets_no_paper_rows(tmp_path):
     assert rows[0] == ["setting", "source", "BPR-MF", "DVBPR", VS_BPRMF, VS_BEST]
     assert [row[1] for row in rows[1:]] == ["ours", "ours"]
     assert rows[1][4:] == ["10.0", "10.0"] and rows[2][3:] == ["", "", ""]
+
+
+# --------------------------------------------------------------------------------------------- entry point
+
+@pytest.fixture(scope="module")
+def paper_named_catalogue(tmp_path_factory):
+    """A tiny catalogue saved under the AmazonFashion file name, so that the paper's row is printed beside."""
+    path = tmp_path_factory.mktemp("data") / "AmazonFashion6ImgPartitioned.npy"
+    generate_catalogue(path, CatalogueConfig(num_users=40, num_items=60, image_size=32, image_source="procedural"))
+    return path
+
+
+def finished_dvbpr_run(directory, dataset_name, protocol="exact"):
+    directory.mkdir()
+    (directory / "results.json").write_text(json.dumps(dict(
+        dataset=dataset_name, protocol=protocol, k=50, image_size=32, best_epoch=4, valid_auc=0.71,
+        valid_auc_cold=0.69, test_auc=0.7, test_auc_cold=0.68)))
+    return directory
+
+
+def quick_argv(dataset_path, out, dvbpr_run):
+    return ["--dataset", str(dataset_path), "--out", str(out), "--dvbpr-run", str(dvbpr_run), "--factors", "4",
+            "--regs", "0.01", "--epochs", "2", "--feature-image-size", "32", "--feature-epochs", "1",
+            "--device", "cpu"]
+
+
+def test_main_runs_every_method_and_writes_table_iii(tmp_path, paper_named_catalogue):
+    run = finished_dvbpr_run(tmp_path / "dvbpr", "AmazonFashion6ImgPartitioned")
+    table = baselines_main(quick_argv(paper_named_catalogue, tmp_path / "out", run))
+    rows = list(csv.reader(open(tmp_path / "out" / "table.csv")))
+    assert rows[0] == ["setting", "source", *METHODS, VS_BPRMF, VS_BEST]
+    assert [row[1] for row in rows[1:]] == ["ours", "paper", "ours", "paper"]
+    assert float(dict(zip(rows[0], rows[1]))["DVBPR"]) == 0.7
+    assert table["selected"]["VBPR"]["params"] == {"factors": 4, "reg": 0.01}
+    assert all(0 <= table["rows"]["All Items"][method] <= 1 for method in METHODS)
+    assert "CNN-F" in table["features"]
+    logged = [json.loads(line)["name"] for line in open(tmp_path / "out" / "metrics.jsonl")]
+    assert logged == list(METHODS)
+
+
+def test_main_refuses_a_dvbpr_run_of_another_dataset(tmp_path, paper_named_catalogue):
+    run = finished_dvbpr_run(tmp_path / "dvbpr", "AmazonMenWithImgPartitioned")
+    with pytest.raises(SystemExit, match="AmazonMenWithImgPartitioned"):
+        baselines_main(quick_argv(paper_named_catalogue, tmp_path / "out", run) + ["--models", "poprank", "dvbpr"])
+    with pytest.raises(SystemExit, match="unknown model"):
+        baselines_main(["--models", "poprank", "svd"])

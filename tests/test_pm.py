@@ -7,9 +7,11 @@ import torch
 import torchvision
 
 from common.catalogue import CatalogueConfig, generate_catalogue
+from common.checkpoint import save_checkpoint
 from common.data import load_dataset
 from dvbpr.main import DVBPRConfig, train as train_dvbpr
 from dvbpr.model import CNN
+from gan.classifier import CategoryClassifier, classifier_identity
 from gan.model import Discriminator, Generator
 from gan.train import GANConfig, train as train_gan
 from pm.design import Designer, choose, resize, retrieve, to_z
@@ -159,14 +161,19 @@ def test_pick_user_follows_the_original_and_relaxes_the_threshold(capsys):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A tiny catalogue, and DVBPR and GAN run directories written by those stages' own training code."""
+    """A tiny catalogue, and DVBPR and GAN run directories written by those stages' own training code (the GAN's
+    category classifier is a random-weight one put in place first, which its training then reuses)."""
     root = tmp_path_factory.mktemp("runs")
-    dataset = generate_catalogue(root / "tiny.npy", CatalogueConfig(num_users=40, num_items=90, image_size=32,
-                                                                    image_source="procedural"))
-    train_dvbpr(DVBPRConfig(dataset=str(dataset), out=str(root / "dvbpr"), k=8, image_size=32, epochs=1,
+    path = generate_catalogue(root / "tiny.npy", CatalogueConfig(num_users=40, num_items=90, image_size=32,
+                                                                 image_source="procedural"))
+    dataset = load_dataset(path)
+    train_dvbpr(DVBPRConfig(dataset=str(path), out=str(root / "dvbpr"), k=8, image_size=32, epochs=1,
                             batch_size=32, device="cpu"), explicit=set())
+    save_checkpoint(root / "gan" / "classifier.pt", {
+        "stage": "classifier", "model": CategoryClassifier(16, dataset.num_categories).state_dict(),
+        "config": classifier_identity(dataset, 16, "nearest"), "metrics": {}})
     train_gan(GANConfig(image_size=16, z_dim=Z_DIM, g_width=8, d_width=8, batch_size=16, epochs=1,
-                        consistency_samples=4, device="cpu"), load_dataset(dataset), root / "gan", torch.device("cpu"))
+                        consistency_samples=4, device="cpu"), dataset, root / "gan", torch.device("cpu"))
     return root
 
 
