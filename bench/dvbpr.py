@@ -101,7 +101,7 @@ def main(argv=None):
         device = torch.device(name)
         triplets_per_s, embeddings_per_s, auc_seconds = measure(bench, dataset, device)
         print(f"{describe(device)}: training {triplets_per_s:,.0f} triplets/s "
-              f"(an AmazonFashion epoch of {AMAZON_FASHION_TRIPLETS:,} triplets: "
+              f"(an AmazonFashion epoch of {AMAZON_FASHION_TRIPLETS:,} triplets at {bench.image_size} px: "
               f"{AMAZON_FASHION_TRIPLETS / triplets_per_s:,.0f} s); "
               f"item embeddings {embeddings_per_s:,.0f} images/s; "
               f"exact AUC {bench.users / auc_seconds:,.0f} users/s ({bench.users} users x {bench.items} items "

@@ -40,8 +40,8 @@ class CNN(nn.Module):
 
     Smaller inputs (64, 32 px) work: conv1's SAME pads and fc1's input width are derived from `image_size`.
     `fc_width` (4096 in the original) can be shrunk for quick CPU runs and tests.
-    Flatten order: PyTorch flattens (C, H, W), the original flattened (H, W, C). The two differ by a fixed
-    permutation of fc1's input rows, so training results cannot depend on it; it matters only when importing
+    Flatten order: PyTorch flattens (C, H, W), the original flattened (H, W, C). The two differ only by a fixed
+    permutation of fc1's input rows, to which Xavier init and training are blind; it matters only when importing
     the original's TF weights (permute the rows of wd1 from (h, w, c) to (c, h, w)).
     """
 

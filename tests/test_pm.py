@@ -195,7 +195,7 @@ def test_figures_table_and_sweep_are_written(runs, tmp_path):
     tailored = json.loads((tmp_path / "tailoring.json").read_text())["users"]
     assert len(tailored) == 2 and all(len(user["preference"]) == 4 for user in tailored)
 
-    main(common + ["--table", "--trials", "4", "--splits", "2", "--sweep-eta", "0", "10"])
+    main(common + ["--table", "--trials", "3", "--splits", "2", "--sweep-eta", "0", "10"])
     table = json.loads((tmp_path / "table_iv.json").read_text())["ours"]
     assert set(table) == {"real", "generated", "retrieval", "synthesis"}
     assert table["retrieval"]["preference"][0] >= table["real"]["preference"][0]  # the top 3 of the same category
