@@ -223,10 +223,10 @@ def tables(stages, cfg, out):
         rows = summarise(run_trials(stages, cfg, trials), scorer, cfg.splits)
         print(write_table(out, rows, scorer.label, notes))
     if cfg.sweep_eta:
-        by_eta, retrieval = sweep_eta(stages, cfg, trials, cfg.sweep_eta, scorer, out, scorer.label)
+        by_eta, retrieval = sweep_eta(stages, cfg, trials, cfg.sweep_eta, scorer, out)
         for eta, row in by_eta.items():
             print(f"eta {eta:g}: " + ", ".join(f"{m} {v[0]:.4f} ± {v[1]:.3f}" for m, v in row.items()))
-        print(f"retrieval: " + ", ".join(f"{m} {v[0]:.4f} ± {v[1]:.3f}" for m, v in retrieval.items()))
+        print("retrieval: " + ", ".join(f"{m} {v[0]:.4f} ± {v[1]:.3f}" for m, v in retrieval.items()))
         print(f"wrote {out / 'eta_sweep.png'}")
 
 

@@ -142,7 +142,7 @@ def write_table(out, rows, quality_label, notes):
     return "\n".join(lines)
 
 
-def sweep_eta(stages, cfg, trials, etas, scorer, out, quality_label):
+def sweep_eta(stages, cfg, trials, etas, scorer, out):
     """Figure 3: synthesis over the same trials for each eta; eta_sweep.png (three panels) and eta_sweep.json.
     Retrieval, which does not depend on eta, is drawn as the reference line."""
     reference = summarise(run_trials(stages, cfg, trials, ("retrieval",), desc="retrieval"), scorer, cfg.splits)
@@ -157,7 +157,7 @@ def sweep_eta(stages, cfg, trials, etas, scorer, out, quality_label):
                           "retrieval": [reference["retrieval"][m][0]] * len(etas)})
               for m in METRICS]
     save_panels(out / "eta_sweep.png", panels)
-    write_json(out / "eta_sweep.json", {"quality": quality_label, "trials": len(trials),
+    write_json(out / "eta_sweep.json", {"quality": scorer.label, "trials": len(trials),
                                         "synthesis": {f"{eta:g}": {m: list(v) for m, v in row.items()}
                                                       for eta, row in by_eta.items()},
                                         "retrieval": {m: list(v) for m, v in reference["retrieval"].items()}})
