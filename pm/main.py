@@ -255,10 +255,11 @@ def run(cfg, explicit):
             print("embedded catalogue, demo settings: " + ", ".join(f"--{k.replace('_', '-')} {v}"
                                                                    for k, v in changed.items()))
     out = run_dir(cfg.out, "pm")
-    write_json(out / "config.json", asdict(cfg))
+    mode = "table" if cfg.table or cfg.sweep_eta else "figures"
+    write_json(out / f"{mode}_config.json", asdict(cfg))
     seed_everything(cfg.seed)
     print(f"preference maximisation on {describe(device)}: DVBPR {cfg.dvbpr_run}, GAN {cfg.gan_run}, out {out}")
-    if cfg.table or cfg.sweep_eta:
+    if mode == "table":
         tables(stages, cfg, out)
     else:
         figures(stages, cfg, out)

@@ -81,6 +81,16 @@ def feature_dataset(usernum=200, itemnum=120, clusters=4, per_user=8, seed=0):
     return split_choices(choices, itemnum), torch.tensor(features, dtype=torch.float32)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tensors here are tiny: one thread spares the per-op synchronisation of a thread team, which dominates
+    (and varies wildly) when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def popular():
     return popularity_dataset()
