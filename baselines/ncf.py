@@ -51,6 +51,9 @@ class MLP(nn.Module):
         self.layer1 = nn.Linear(2 * factors, factors)
         self.layer2 = nn.Linear(factors, max(factors // 2, 1))
         self.h = nn.Linear(max(factors // 2, 1), 1)
+        for layer in (self.layer1, self.layer2, self.h):   # NCF's (Keras') initialisation
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     def tower(self, first_layer):
         """The tower above the first layer's pre-activation; [p_u, q_i] W1^T splits into a user and an item part."""

@@ -18,7 +18,9 @@ def _strip_optional(kind):
 
 def _add_argument(parser, name, kind, default, help_text, choices):
     flag = "--" + name.replace("_", "-")
-    common = dict(dest=name, default=argparse.SUPPRESS, help=f"{help_text} (default: {default})".strip())
+    if "(default" not in help_text:
+        help_text = f"{help_text} (default: {default})".strip()
+    common = dict(dest=name, default=argparse.SUPPRESS, help=help_text)
     kind = _strip_optional(kind)
     if kind is bool:
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
