@@ -1,10 +1,10 @@
 """Pre-trained visual features f_i for VisRank, FM and VBPR: 4096-d CNN features of each item's image, as the
 paper used (it took them from an ImageNet CNN). Two sources:
 
-- "cnnf" (default, offline): the CNN-F of dvbpr/model.py trained briefly to classify the catalogue's categories
+- by default, offline: the CNN-F of dvbpr/model.py trained briefly to classify the catalogue's categories
   with cross-entropy, then read at fc2 (4096-d, after its ReLU, no dropout): a network pre-trained on a task
   other than recommendation, as the paper's was.
-- "imagenet": torchvision's AlexNet with ImageNet weights from a file the user supplies (e.g.
+- with --imagenet-weights: torchvision's AlexNet with ImageNet weights from a file the user supplies (e.g.
   pretrained/alexnet-owt-7be5be79.pth, fetched by download_pretrained_models.sh), read at fc7 (4096-d, after
   its ReLU), on ImageNet-normalised 224 px images. Nothing is downloaded here.
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
+from common.data import DatasetError
 from common.metrics import evaluate_auc
 
 SPLIT_SEED_OFFSET = {"validation": 0, "test": 1}
@@ -63,6 +64,11 @@ class Interactions:
         users = torch.repeat_interleave(torch.arange(self.usernum, device=self.device), self.lengths)
         self.keys = torch.unique(users * self.itemnum + self.items)   # sorted, for membership tests
         self.num_interactions = len(self.items)
+        distinct = torch.bincount(self.keys // self.itemnum, minlength=self.usernum)
+        if (distinct == 0).any() or (distinct == self.itemnum).any():
+            offender = int(torch.nonzero((distinct == 0) | (distinct == self.itemnum))[0])
+            raise DatasetError(f"user {offender} has {int(distinct[offender])} distinct training items of "
+                               f"{self.itemnum}: triplets need a positive and a negative for every user")
 
     def contains(self, users, items):
         """Whether each (user, item) is a training pair; users broadcast against items."""
@@ -99,8 +105,7 @@ def fit(model, dataset, loss, reg, settings, device, desc="fit"):
     generator = torch.Generator(device).manual_seed(settings.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     steps = math.ceil(data.num_interactions / settings.batch_size)
-    best = Fitted(model, valid={"all": -math.inf})
-    best_state = None
+    best, best_state = None, None
     bar = tqdm(range(1, settings.epochs + 1), desc=desc, unit="epoch", leave=False)
     for epoch in bar:
         model.train()
@@ -110,7 +115,7 @@ def fit(model, dataset, loss, reg, settings, device, desc="fit"):
             value.backward()
             optimizer.step()
         valid = evaluate(model, dataset, "validation", device, settings.protocol, settings.seed)
-        if valid["all"] > best.valid["all"]:
+        if best is None or valid["all"] > best.valid["all"]:
             best = Fitted(model, valid, epoch)
             best_state = copy.deepcopy(model.state_dict())
         bar.set_postfix(loss=f"{value.item():.4f}", valid_auc=f"{valid['all']:.4f}", best_epoch=best.epoch)

@@ -1,9 +1,10 @@
 """WARP (Weston et al., IJCAI'11): matrix factorisation (the BPR-MF model) trained with the WARP loss, as LightFM's
-`loss="warp"` does.
+`loss="warp"` trains it.
 
 For a positive (u, i), negatives j are drawn one by one until one violates the margin, x_uj > x_ui - 1, or
-`max_trials` draws fail. A violator found at draw t means about floor((N-1)/t) items outrank i, so its hinge
-1 - x_ui + x_uj is weighted by L(k) = sum_{r<=k} 1/r, the rank loss that weights top positions most.
+`max_trials` draws fail. A violator found at draw t means about k = floor((N-1)/t) items outrank i, so its hinge
+1 - x_ui + x_uj is weighted by Weston et al.'s L(k) = sum_{r<=k} 1/r, which weights top positions most
+(LightFM uses its approximation log k; L(k) ~ log k + 0.577).
 Here the draws of a whole batch are made at once ([B, max_trials] negatives) and the first violator per row taken,
 which is the same distribution as drawing sequentially.
 """

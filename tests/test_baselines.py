@@ -15,7 +15,8 @@ import torchvision
 from PIL import Image
 
 from baselines.bpr import BPRMF, bpr_loss
-from baselines.features import FeatureError, FeatureSettings, alexnet_fc7, imagenet_features, visual_features
+from baselines.features import (FeatureError, FeatureSettings, alexnet_fc7, imagenet_features, pretrain_cnnf,
+                                visual_features)
 from baselines.fm import FactorizationMachine
 from baselines.main import main as baselines_main
 from baselines.ncf import GMF, MLP, NEGATIVES_PER_POSITIVE, log_loss
@@ -28,7 +29,8 @@ from baselines.vbpr import VBPR
 from baselines.visrank import VisRank
 from baselines.warp import harmonic, warp_loss
 from common.catalogue import CatalogueConfig, generate_catalogue
-from common.data import load_dataset, save_original_format
+from common.data import DatasetError, load_dataset, save_original_format
+from common.images import ImageStore, image_cache
 
 CPU = torch.device("cpu")
 
@@ -220,6 +222,13 @@ def test_sampler_draws_positives_from_training_and_negatives_outside_it(popular)
     assert len(set(users.tolist())) > 0.9 * popular.usernum
 
 
+def test_sampler_refuses_a_user_without_a_possible_positive_or_negative():
+    with pytest.raises(DatasetError, match="user 1 has 0 distinct training items"):
+        Interactions(split_choices([[0, 1, 2], [0, 1]], 3), CPU)
+    with pytest.raises(DatasetError, match="user 0 has 3 distinct training items of 3"):
+        Interactions(split_choices([[0, 1, 0, 1, 2], [0, 1, 2]], 3), CPU)
+
+
 # ----------------------------------------------------------------------------------- each model beats RAND
 
 SETTINGS = FitSettings(epochs=6, batch_size=64, lr=0.02)
@@ -311,17 +320,24 @@ def write_image_dataset(path, colours, categories=None):
     return load_dataset(path)
 
 
-def test_cnnf_features_are_pre_trained_on_categories_and_cached(tmp_path):
-    colours = [(220, 30, 30), (30, 30, 220)] * 8
-    dataset = write_image_dataset(tmp_path / "Colours.npy", colours, categories=[0, 1] * 8)
-    settings = FeatureSettings(image_size=32, epochs=4, batch_size=16, lr=3e-4)
+def test_cnnf_features_are_the_last_hidden_layer_of_a_category_classifier(tmp_path):
+    rng = np.random.default_rng(0)
+    categories = [0, 1] * 12
+    colours = [tuple(int(v) for v in rng.integers(0, 90, 3) + (150 if c == 0 else 0, 0, 150 if c == 1 else 0))
+               for c in categories]                                  # reddish or bluish, every one different
+    dataset = write_image_dataset(tmp_path / "Colours.npy", colours, categories)
+    settings = FeatureSettings(image_size=32, epochs=4, batch_size=8, lr=3e-4)
     features, description = visual_features(dataset, settings, CPU, tmp_path / "features")
-    assert features.shape == (16, 4096) and (features >= 0).all()
+    assert features.shape == (24, 4096) and (features >= 0).all()
     assert "CNN-F" in description and "2 item categories" in description
-    red, blue = F.normalize(features[0::2], dim=1), F.normalize(features[1::2], dim=1)
-    assert (red @ red.T).min() > (red @ blue.T).max()          # same look, same category: closest features
-    cached = list((tmp_path / "features").glob("Colours-features-*.pt"))
-    assert len(cached) == 1
+
+    # the same seed trains the same network: its output layer reads the categories off the features
+    network, accuracy = pretrain_cnnf(dataset, ImageStore(image_cache(dataset, 32), CPU), settings, CPU)
+    assert accuracy == 1.0
+    with torch.no_grad():
+        assert network.fc3(features).argmax(1).tolist() == categories
+
+    assert len(list((tmp_path / "features").glob("Colours-features-*.pt"))) == 1
     again, again_description = visual_features(dataset, settings, CPU, tmp_path / "features")
     torch.testing.assert_close(again, features, atol=1e-2, rtol=1e-3)   # read back from the float16 cache
     assert again_description == description
