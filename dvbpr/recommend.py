@@ -84,7 +84,8 @@ def load_weights(run):
 
 def build_model(checkpoint, device):
     cfg = checkpoint["config"]
-    model = DVBPR(checkpoint["model"]["theta"].shape[0], cfg["k"], cfg["image_size"], cfg["dropout"])
+    model = DVBPR(checkpoint["model"]["theta"].shape[0], cfg["k"], cfg["image_size"], cfg["dropout"],
+                  fc_width=cfg.get("fc_width", 4096))
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval().requires_grad_(False)
 

@@ -30,7 +30,7 @@ def load_dvbpr(run, device="cpu"):
     checkpoint = load_checkpoint(path, map_location=device)
     cfg = checkpoint["config"]
     usernum = checkpoint["model"]["theta"].shape[0]
-    model = DVBPR(usernum, cfg["k"], cfg["image_size"], cfg["dropout"])
+    model = DVBPR(usernum, cfg["k"], cfg["image_size"], cfg["dropout"], fc_width=cfg.get("fc_width", 4096))
     model.load_state_dict(checkpoint["model"])
     model = model.to(device).eval().requires_grad_(False)
     items = None
