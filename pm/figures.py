@@ -71,7 +71,7 @@ def line_panel(title, x_label, x_values, series, size=(340, 260)):
     for k, label in enumerate(x_values):
         draw.line([x_of(k), height - bottom, x_of(k), height - bottom + 4], fill="black")
         draw.text((x_of(k), height - bottom + 6), label, fill="black", font=font, anchor="mt")
-    draw.text((width - right, height - bottom + 6), x_label, fill="black", font=font, anchor="rt")
+    draw.text((width - right, height - 12), x_label, fill="black", font=font, anchor="rm")
     legend_x = left
     for colour, (name, ys) in zip(COLOURS, series.items()):
         points = [(x_of(k), y_of(y)) for k, y in enumerate(ys)]
