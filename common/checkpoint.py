@@ -1,6 +1,8 @@
 """One checkpoint format for every stage, written atomically and read with weights_only=True.
 
-A checkpoint is a dict: {"stage", "model", "optimizer", "config", "epoch", "step", "rng", "metrics", ...}.
+A checkpoint is a dict: {"stage", "model", "optimizer", "config", "epoch", "step", "metrics", ...}. It holds no
+global random state: each stage draws its batches from seeds derived from (seed, epoch or step), or keeps its
+sampler's state, so that a run resumes exactly, under any number of ranks.
 """
 import os
 import random
@@ -41,34 +43,12 @@ def load_checkpoint(path, map_location="cpu"):
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
 
 
-def _numpy_state_to_tensors(state):
-    # weights_only loading admits tensors but not numpy arrays
-    return {**state, "state": {"key": torch.from_numpy(state["state"]["key"].copy()), "pos": state["state"]["pos"]}}
-
-
-def capture_rng():
-    state = {
-        "python": random.getstate(),
-        "numpy": _numpy_state_to_tensors(np.random.get_state(legacy=False)),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state):
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    numpy_state = dict(state["numpy"])
-    numpy_state["state"] = {"key": numpy_state["state"]["key"].numpy(), "pos": numpy_state["state"]["pos"]}
-    np.random.set_state(numpy_state)
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def derived_seed(*keys):
+    """A seed made from several integers (e.g. seed, step, rank), distinct for distinct keys."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])

@@ -20,11 +20,11 @@ def autocast(device, enabled=True):
 
 
 def memory_format(device):
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    return torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format
 
 
 def fused_adam_kwargs(device):
-    return {"fused": True} if device.type == "cuda" else {}
+    return {"fused": True} if torch.device(device).type == "cuda" else {}
 
 
 def describe(device):

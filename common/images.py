@@ -7,7 +7,7 @@ import io
 import json
 import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -221,6 +221,7 @@ class ImageStore:
 
     Keeps the whole uint8 cache on the device when it fits (`resident`; by default only on CUDA, with headroom
     left for training), else gathers the rows from the memory-mapped cache, through pinned memory on CUDA.
+    `stream` overlaps that gathering with the work on the previous batch.
     """
 
     def __init__(self, cache: np.ndarray, device, resident: bool | None = None):
@@ -236,18 +237,42 @@ class ImageStore:
         return len(self.cache)
 
     def _gather(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """The uint8 rows of `item_ids` from the memory-mapped cache, in pinned memory on CUDA."""
         ids = item_ids.cpu().numpy()
         if self.device.type != "cuda":
             return torch.from_numpy(self.cache[ids])
         pinned = torch.empty((len(ids), *self.cache.shape[1:]), dtype=torch.uint8, pin_memory=True)
         np.take(self.cache, ids, axis=0, out=pinned.numpy())
-        return pinned.to(self.device, non_blocking=True)
+        return pinned
 
-    def __call__(self, item_ids: torch.Tensor) -> torch.Tensor:
-        if self.resident:
-            batch = self.images[item_ids.to(self.device)]
-        else:
-            batch = self._gather(item_ids)
+    def _finish(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)
         return to_unit_range(batch)
+
+    def __call__(self, item_ids: torch.Tensor) -> torch.Tensor:
+        if self.resident:
+            return self._finish(self.images[item_ids.to(self.device)])
+        return self._finish(self._gather(item_ids))
+
+    def stream(self, batches):
+        """Yields (batch, images of batch[0]) for each tuple `batch` whose first element holds item ids.
+
+        When the images are not resident, a background thread gathers the next batch from the memory-mapped
+        cache (numpy copies release the GIL) while the caller works on the current one, so the device does not
+        wait on the page cache or the disk.
+        """
+        if self.resident:
+            for batch in batches:
+                yield batch, self(batch[0])
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = None
+            for batch in batches:
+                gathered = batch, pool.submit(self._gather, batch[0])
+                if pending is not None:
+                    yield pending[0], self._finish(pending[1].result())
+                pending = gathered
+            if pending is not None:
+                yield pending[0], self._finish(pending[1].result())

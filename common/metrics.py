@@ -166,9 +166,11 @@ def per_user_auc_sampled(score_fn, positives, train_indptr, train_indices, negat
 
 
 def evaluate_auc(dataset, score_fn, split="validation", protocol="exact", device="cpu", chunk_users=None,
-                 cold_threshold=5, seed=0, users=None):
+                 cold_threshold=5, seed=0, users=None, combine=None):
     """All-Items and Cold-Items AUC of score_fn on the validation or test items of `users` (default: all).
 
+    Sharded evaluation: each rank passes its share of the users and `combine` (e.g. Ranks.gather), which
+    concatenates the ranks' per-user results before the means are taken.
     Returns dict(all, cold (None without cold users), num_users (users averaged), num_cold_users, num_skipped,
     protocol, split). `seed` only matters for "sampled100".
     """
@@ -187,6 +189,9 @@ def evaluate_auc(dataset, score_fn, split="validation", protocol="exact", device
                                    device=device, chunk_users=chunk_users)
     counts = torch.as_tensor(np.asarray(dataset.item_train_counts()))
     cold = counts[positives[users]] < cold_threshold
+    if combine is not None:
+        auc, cold = combine(torch.stack([auc, cold.double()], 1)).unbind(1)
+        cold = cold.bool()
     defined = ~torch.isnan(auc)
     cold_auc = auc[defined & cold]
     return dict(

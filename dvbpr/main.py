@@ -3,6 +3,7 @@
     python dvbpr/main.py                      # --preset paper: K=50, exact All/Cold AUC, best.pt = best validation
     python dvbpr/main.py --preset original    # K=100, the original code's sampled-100 AUC, a checkpoint every epoch
     python dvbpr/main.py --out runs/dvbpr --resume
+    torchrun --nproc_per_node=N dvbpr/main.py     # N GPUs; --batch-size stays the global batch (see the README)
 
 Without the AmazonFashion file the run falls back to the embedded catalogue with demo-sized settings (printed
 first; explicit flags win). Everything a run writes goes to --out: DVBPR.log (the original's lines), metrics.jsonl,
@@ -30,15 +31,16 @@ import torch
 from tqdm import tqdm
 
 from common.catalogue import open_dataset
-from common.checkpoint import (CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint,
-                               seed_everything)
+from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, seed_everything
 from common.config import apply_defaults, parse_config
 from common.data import DatasetError
-from common.device import autocast, describe, fused_adam_kwargs, memory_format, pick_device
+from common.device import autocast, fused_adam_kwargs, memory_format
+from common.distributed import Ranks, setup, teardown, unwrap
 from common.images import ImageStore, image_cache
 from common.metrics import evaluate_auc
 from common.runlog import RunLog, run_dir
 from dvbpr.model import DVBPR
+from dvbpr.run import save_embeddings
 
 
 @dataclass
@@ -141,22 +143,30 @@ def epoch_end_step(epoch, num_interactions, batch_size):
     return max(-(-epoch * num_interactions // batch_size), epoch)
 
 
-def train_steps(model, optimizer, images, triplets, cfg, device, desc="train"):
-    """One Adam step per batch of `triplets` (users, positives, negatives: LongTensors on device); mean loss.
+def train_steps(model, optimizer, images, triplets, cfg, ranks, desc="train"):
+    """One Adam step per global batch of `triplets` (users, positives, negatives: CPU LongTensors), of which this
+    rank takes its share; returns the mean over the steps of the global batch's loss.
 
-    `images(item_ids)` returns the normalised images on device. The loss is read back only every few steps, so
-    that CUDA runs ahead of the progress bar.
+    The loss is read back only every few steps, so that CUDA runs ahead of the progress bar.
     """
     model.train()
+    device, share = ranks.device, ranks.share(cfg.batch_size)
     users, positives, negatives = triplets
     num_steps = len(users) // cfg.batch_size
-    total = torch.zeros((), device=device)
-    with tqdm(total=num_steps * cfg.batch_size, unit="triplet", unit_scale=True, desc=desc, leave=False) as bar:
+
+    def batches():
         for step in range(num_steps):
-            batch = slice(step * cfg.batch_size, (step + 1) * cfg.batch_size)
+            rows = slice(step * cfg.batch_size + share.start, step * cfg.batch_size + share.stop)
+            yield torch.cat([positives[rows], negatives[rows]]), users[rows]
+
+    total = torch.zeros((), device=device)
+    with tqdm(total=num_steps * cfg.batch_size, unit="triplet", unit_scale=True, desc=desc, leave=False,
+              disable=not ranks.is_main) as bar:
+        for step, ((_, batch_users), pair_images) in enumerate(images.stream(batches())):
+            batch_users = batch_users.to(device)
             with autocast(device, cfg.bf16):
-                loss = model.objective(users[batch], images(positives[batch]), images(negatives[batch]),
-                                       cfg.lambda_w, cfg.lambda_theta)
+                x_uij = model(batch_users, *pair_images.chunk(2))
+            loss = unwrap(model).objective(x_uij, batch_users, cfg.lambda_w, cfg.lambda_theta, ranks.world_size)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -164,28 +174,34 @@ def train_steps(model, optimizer, images, triplets, cfg, device, desc="train"):
             bar.update(cfg.batch_size)
             if (step + 1) % 10 == 0 or step + 1 == num_steps:
                 bar.set_postfix(loss=f"{total.item() / (step + 1):.4g}")
-    return total.item() / max(num_steps, 1)
+    return ranks.mean(total).item() / max(num_steps, 1)
 
 
 @torch.no_grad()
-def item_embeddings(model, images, itemnum, batch_size, device, bf16=True):
-    """Phi(X_i) of every item, float32 [itemnum, K], in eval mode (no dropout)."""
+def item_embeddings(model, images, batch_size, ranks=Ranks(), bf16=True):
+    """Phi(X_i) of every item, float32 [itemnum, K] on every rank, in eval mode (no dropout); each rank embeds
+    its shard of the items."""
     model.eval()
-    embeddings = []
-    for start in tqdm(range(0, itemnum, batch_size), desc="item embeddings", unit="batch", leave=False):
-        item_ids = torch.arange(start, min(start + batch_size, itemnum), device=device)
-        with autocast(device, bf16):
-            embeddings.append(model.cnn(images(item_ids)).float())
+    mine = ranks.shard(len(images))
+    batches = ((torch.arange(start, min(start + batch_size, mine.stop)),)
+               for start in range(mine.start, mine.stop, batch_size))
+    embeddings = [torch.empty(0, model.cnn.fc3.out_features, device=ranks.device)]
+    for _, batch_images in tqdm(images.stream(batches), total=-(-len(mine) // batch_size), desc="item embeddings",
+                                unit="batch", leave=False, disable=not ranks.is_main):
+        with autocast(ranks.device, bf16):
+            embeddings.append(model.cnn(batch_images).float())
     model.train()
-    return torch.cat(embeddings)
+    return ranks.gather(torch.cat(embeddings))
 
 
-def evaluate(model, dataset, images, cfg, device):
-    """(validation AUC dict, test AUC dict, item embeddings) under cfg.protocol."""
-    items = item_embeddings(model, images, dataset.itemnum, cfg.eval_batch_size, device, cfg.bf16)
+def evaluate(model, dataset, images, cfg, ranks):
+    """(validation AUC dict, test AUC dict, item embeddings) under cfg.protocol, sharded over the ranks."""
+    items = item_embeddings(model, images, cfg.eval_batch_size, ranks, cfg.bf16)
     theta = model.theta.detach()
     score = lambda users: theta[users] @ items.T
-    options = dict(protocol=cfg.protocol, device=device, chunk_users=cfg.eval_chunk, cold_threshold=cfg.cold_threshold)
+    options = dict(protocol=cfg.protocol, device=ranks.device, chunk_users=cfg.eval_chunk,
+                   cold_threshold=cfg.cold_threshold, users=torch.tensor(ranks.shard(dataset.usernum)),
+                   combine=ranks.gather)
     valid = evaluate_auc(dataset, score, split="validation", seed=cfg.seed, **options)
     test = evaluate_auc(dataset, score, split="test", seed=cfg.seed + 1, **options)
     return valid, test, items
@@ -240,13 +256,13 @@ def resolve_config(argv):
     return cfg, explicit, checkpoint
 
 
-def open_run_dataset(cfg, explicit, resuming):
+def open_run_dataset(cfg, explicit, resuming, ranks):
     """The dataset of the run; a fresh run on the embedded catalogue takes the demo settings not given explicitly."""
     dataset, embedded = open_dataset(cfg.dataset)
     if embedded and not resuming:
         changed = apply_defaults(cfg, DEMO_SETTINGS, explicit)
         if changed:
-            print("embedded catalogue: demo settings " + ", ".join(f"{k}={v}" for k, v in changed.items()))
+            ranks.print("embedded catalogue: demo settings " + ", ".join(f"{k}={v}" for k, v in changed.items()))
     cfg.dataset = str(dataset.path)  # a resumed run reopens this very file
     return dataset, embedded
 
@@ -257,33 +273,39 @@ def save_epoch(out, cfg, model, optimizer, sampler, items, progress):
     record = progress["history"][-1]
     if progress["best"] is record:
         save_checkpoint(out / "best.pt", model_snapshot(model, cfg, record))
-        save_checkpoint(out / "embeddings.pt", {"theta": model.theta.detach().cpu(), "items": items.cpu(),
-                                                "config": dataclasses.asdict(cfg), "epoch": record["epoch"],
-                                                "step": record["step"]})
+        save_embeddings(out / "embeddings.pt", model.theta, items, dataclasses.asdict(cfg), record["epoch"],
+                        record["step"])
     if cfg.save_every_epoch:
         save_epoch_files(out, model, items, cfg, record)
     save_checkpoint(out / "checkpoint.pt", {
         "stage": "dvbpr", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "config": dataclasses.asdict(cfg), "epoch": record["epoch"], "step": record["step"], "rng": capture_rng(),
+        "config": dataclasses.asdict(cfg), "epoch": record["epoch"], "step": record["step"],
         "sampler": sampler.state_dict(), "metrics": {"history": progress["history"], "best": progress["best"]},
         "seconds": progress["seconds"]})
 
 
-def train(cfg, explicit, checkpoint=None):
+def train(cfg, explicit, checkpoint=None, ranks=Ranks()):
     """Train and evaluate as configured (resuming from `checkpoint` if given); returns the results dict that is
-    also written to results.json."""
+    also written to results.json. Under torchrun every rank calls this with its `ranks`; rank 0 writes the files.
+
+    Randomness: the initialisation and the triplets come from cfg.seed alone, so every rank has the same ones;
+    dropout is reseeded at each epoch from (seed, epoch, rank), so a resumed run, under any number of ranks,
+    continues as the uninterrupted one would have.
+    """
     started = time.time()
     out = run_dir(cfg.out, "dvbpr")
-    dataset, embedded = open_run_dataset(cfg, explicit, resuming=checkpoint is not None)
-    device = pick_device(cfg.device)
+    device = ranks.device
+    with ranks.main_first():  # rank 0 builds the catalogue and the image cache, the others then open them
+        dataset, embedded = open_run_dataset(cfg, explicit, checkpoint is not None, ranks)
+        cache = image_cache(dataset, cfg.image_size, cfg.resize_filter, strict=cfg.strict_images, device=device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    print(f"DVBPR on {dataset.name}: {dataset.usernum} users, {dataset.itemnum} items, "
-          f"{dataset.num_train_interactions} training interactions; preset {cfg.preset}, K={cfg.k}, "
-          f"{cfg.image_size} px, {cfg.epochs} epochs, {cfg.protocol} AUC; device {describe(device)}; out {out}")
+    ranks.share(cfg.batch_size)  # fails early if the batch does not split over the ranks
+    ranks.print(f"DVBPR on {dataset.name}: {dataset.usernum} users, {dataset.itemnum} items, "
+                f"{dataset.num_train_interactions} training interactions; preset {cfg.preset}, K={cfg.k}, "
+                f"{cfg.image_size} px, {cfg.epochs} epochs, {cfg.protocol} AUC; device {ranks.describe()}; out {out}")
 
-    images = ImageStore(image_cache(dataset, cfg.image_size, cfg.resize_filter, strict=cfg.strict_images,
-                                    device=device), device)
+    images = ImageStore(cache, device)
     seed_everything(cfg.seed)
     model = DVBPR(dataset.usernum, cfg.k, cfg.image_size, cfg.dropout, cfg.fc_width)
     model = model.to(device, memory_format=memory_format(device))
@@ -294,22 +316,23 @@ def train(cfg, explicit, checkpoint=None):
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         sampler.load_state_dict(checkpoint["sampler"])
-        restore_rng(checkpoint["rng"])
         progress = dict(epoch=checkpoint["epoch"], step=checkpoint["step"], seconds=checkpoint["seconds"],
                         **checkpoint["metrics"])
-        print(f"resuming {out} after epoch {progress['epoch']} (step {progress['step']})")
+        ranks.print(f"resuming {out} after epoch {progress['epoch']} (step {progress['step']})")
     elif (out / "checkpoint.pt").exists():
-        print(f"starting afresh in {out} (pass --resume to continue the run there)")
-    runlog = rewrite_logs(out, progress["history"])
+        ranks.print(f"starting afresh in {out} (pass --resume to continue the run there)")
+    network = ranks.wrap(model)
+    runlog = rewrite_logs(out, progress["history"]) if ranks.is_main else None
     seconds_before = progress["seconds"]
 
     for epoch in range(progress["epoch"] + 1, cfg.epochs + 1):
         epoch_started = time.time()
+        torch.manual_seed(ranks.seed(cfg.seed, epoch))
         last_step = epoch_end_step(epoch, dataset.num_train_interactions, cfg.batch_size)
         triplets = sampler.sample((last_step - progress["step"]) * cfg.batch_size)
-        loss = train_steps(model, optimizer, images, [torch.from_numpy(a).to(device) for a in triplets], cfg,
-                           device, desc=f"epoch {epoch}/{cfg.epochs}")
-        valid, test, items = evaluate(model, dataset, images, cfg, device)
+        loss = train_steps(network, optimizer, images, [torch.from_numpy(a) for a in triplets], cfg, ranks,
+                           desc=f"epoch {epoch}/{cfg.epochs}")
+        valid, test, items = evaluate(model, dataset, images, cfg, ranks)
         record = dict(epoch=epoch, step=last_step, loss=loss, valid_auc=valid["all"], valid_auc_cold=valid["cold"],
                       test_auc=test["all"], test_auc_cold=test["cold"], protocol=cfg.protocol,
                       seconds=round(time.time() - epoch_started, 3))
@@ -317,32 +340,39 @@ def train(cfg, explicit, checkpoint=None):
         progress["history"].append(record)
         if progress["best"] is None or record["valid_auc"] > progress["best"]["valid_auc"]:
             progress["best"] = record
-        save_epoch(out, cfg, model, optimizer, sampler, items, progress)
-        with open(out / "DVBPR.log", "a") as log:
-            log.write(log_line(record) + "\n")
-        runlog.record(**record)
-        tqdm.write(f"{log_line(record)}  cold items: test {fmt(record['test_auc_cold'])} "
-                   f"valid {fmt(record['valid_auc_cold'])}  loss {loss:.4g}")
-    return write_results(out, cfg, dataset, embedded, progress["best"], seconds_before + time.time() - started,
-                         device)
-
-
-def write_results(out, cfg, dataset, embedded, best, seconds, device):
-    results = dict(preset=cfg.preset, protocol=cfg.protocol, dataset=dataset.name, dataset_path=str(dataset.path),
-                   embedded=embedded, epochs=cfg.epochs, k=cfg.k, image_size=cfg.image_size,
-                   best_epoch=best["epoch"], best_step=best["step"], valid_auc=best["valid_auc"],
-                   valid_auc_cold=best["valid_auc_cold"], test_auc=best["test_auc"],
-                   test_auc_cold=best["test_auc_cold"], wall_seconds=round(seconds, 1), device=describe(device))
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print("results (best validation epoch): " + json.dumps(results))
+        if ranks.is_main:
+            save_epoch(out, cfg, model, optimizer, sampler, items, progress)
+            with open(out / "DVBPR.log", "a") as log:
+                log.write(log_line(record) + "\n")
+            runlog.record(**record)
+            tqdm.write(f"{log_line(record)}  cold items: test {fmt(record['test_auc_cold'])} "
+                       f"valid {fmt(record['valid_auc_cold'])}  loss {loss:.4g}")
+    results = results_summary(cfg, dataset, embedded, progress["best"], seconds_before + time.time() - started,
+                              ranks)
+    if ranks.is_main:
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        print("results (best validation epoch): " + json.dumps(results))
+    ranks.barrier()
     return results
+
+
+def results_summary(cfg, dataset, embedded, best, seconds, ranks):
+    return dict(preset=cfg.preset, protocol=cfg.protocol, dataset=dataset.name, dataset_path=str(dataset.path),
+                embedded=embedded, epochs=cfg.epochs, k=cfg.k, image_size=cfg.image_size, batch_size=cfg.batch_size,
+                best_epoch=best["epoch"], best_step=best["step"], valid_auc=best["valid_auc"],
+                valid_auc_cold=best["valid_auc_cold"], test_auc=best["test_auc"],
+                test_auc_cold=best["test_auc_cold"], wall_seconds=round(seconds, 1), device=ranks.describe())
 
 
 def main(argv=None):
     try:
         cfg, explicit, checkpoint = resolve_config(argv)
-        return train(cfg, explicit, checkpoint)
-    except (DatasetError, CheckpointError, FileNotFoundError) as exc:
+        ranks = setup(cfg.device)
+        try:
+            return train(cfg, explicit, checkpoint, ranks)
+        finally:
+            teardown()
+    except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"dvbpr: {exc}") from exc
 
 

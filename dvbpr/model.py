@@ -91,19 +91,21 @@ class DVBPR(nn.Module):
         self.cnn = CNN(image_size, k, dropout, fc_width)
         self.theta = nn.Parameter(torch.rand(usernum, k) / 100)  # Uniform[0, 1) / 100, as the original
 
-    def score_difference(self, users, images_i, images_j):
+    def forward(self, users, images_i, images_j):
         """x_ui - x_uj for a batch of triplets. Siamese: one CNN pass over the 2B images, shared weights."""
         phi_i, phi_j = self.cnn(torch.cat([images_i, images_j])).float().chunk(2)
         return (self.theta[users] * (phi_i - phi_j)).sum(dim=1)
 
-    def objective(self, users, images_i, images_j, lambda_w=0.001, lambda_theta=1.0):
-        """The original's loss, to minimise:
+    def objective(self, x_uij, users, lambda_w=0.001, lambda_theta=1.0, shares=1):
+        """The original's loss, to minimise, from the batch's x_uij = forward(users, ...):
             -sum_batch log sigmoid(x_uij) + lambda_w/2 sum_W ||W||^2 + lambda_theta/2 sum_batch ||theta_u||^2.
 
         The BPR term is a sum over the batch, not a mean; the theta term counts each triplet's user once per
-        occurrence; the weight term covers the conv and fc weights, not the biases.
+        occurrence; the weight term covers the conv and fc weights, not the biases. When the batch is one of
+        `shares` equal parts of a global batch whose gradients DistributedDataParallel averages, the batch terms
+        are multiplied by `shares`, so that the average is the gradient of the global batch's loss.
         """
-        bpr = F.logsigmoid(self.score_difference(users, images_i, images_j)).sum()
-        weight_decay = sum(w.pow(2).sum() for w in self.cnn.weights())
+        bpr = F.logsigmoid(x_uij).sum()
         theta_decay = self.theta[users].pow(2).sum()
-        return -bpr + lambda_w / 2 * weight_decay + lambda_theta / 2 * theta_decay
+        weight_decay = sum(w.pow(2).sum() for w in self.cnn.weights())
+        return shares * (-bpr + lambda_theta / 2 * theta_decay) + lambda_w / 2 * weight_decay

@@ -22,14 +22,13 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
 
-from common.catalogue import CATEGORY_NAMES, open_dataset
-from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from common.catalogue import CATEGORY_NAMES
+from common.checkpoint import CheckpointError
 from common.config import parse_config
-from common.data import Dataset, DatasetError
+from common.data import DatasetError
 from common.device import autocast, pick_device
-from common.images import GREY, ImageStore, decode_image, image_cache, to_unit_range
-from dvbpr.main import item_embeddings
-from dvbpr.model import DVBPR
+from common.images import GREY, decode_image, to_unit_range
+from dvbpr.run import RunError, open_run
 
 
 @dataclass
@@ -59,77 +58,6 @@ class RecommendConfig:
 
 class RecommendError(ValueError):
     """A request this run cannot answer: the message says what was wrong."""
-
-
-@dataclass
-class TrainedRun:
-    """What recommending needs from a run: its dataset, theta [usernum, K] and Phi(X_i) [itemnum, K] of one epoch."""
-    path: Path
-    config: dict
-    dataset: Dataset
-    theta: torch.Tensor
-    items: torch.Tensor
-    epoch: int
-    model: DVBPR | None  # only loaded to score new images
-
-
-def load_weights(run):
-    """The checkpoint recommending uses: best.pt (the best validation epoch, as embeddings.pt), else checkpoint.pt."""
-    path = next((p for p in (run / "best.pt", run / "checkpoint.pt") if p.is_file()), None)
-    if path is None:
-        raise RecommendError(f"no DVBPR weights (best.pt or checkpoint.pt) in {run}: "
-                             f"make them with `python dvbpr/main.py --out {run}`")
-    return path, load_checkpoint(path)
-
-
-def build_model(checkpoint, device):
-    cfg = checkpoint["config"]
-    model = DVBPR(checkpoint["model"]["theta"].shape[0], cfg["k"], cfg["image_size"], cfg["dropout"],
-                  fc_width=cfg.get("fc_width", 4096))
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval().requires_grad_(False)
-
-
-def export_embeddings(run, model, dataset, checkpoint, device):
-    """Phi(X_i) of every item under the checkpoint's weights, saved as training saves embeddings.pt."""
-    cfg = checkpoint["config"]
-    store = ImageStore(image_cache(dataset, cfg["image_size"], cfg["resize_filter"]), device)
-    items = item_embeddings(model, store, dataset.itemnum, cfg["eval_batch_size"], device, cfg["bf16"])
-    model.eval()  # item_embeddings leaves the model in training mode
-    save_checkpoint(run / "embeddings.pt", {"theta": model.theta.cpu(), "items": items.cpu(), "config": cfg,
-                                            "epoch": checkpoint["epoch"], "step": checkpoint["step"]})
-    return {"theta": model.theta, "items": items, "epoch": checkpoint["epoch"]}
-
-
-def open_run(run, dataset_path=None, device="cpu", with_model=False):
-    """The run in directory `run`, with its model when `with_model`; embeddings.pt is computed if missing or stale."""
-    run, device = Path(run), torch.device(device)
-    if not run.is_dir():
-        raise RecommendError(f"no run directory {run}: make one with `python dvbpr/main.py --out {run}`")
-    exported = load_checkpoint(run / "embeddings.pt") if (run / "embeddings.pt").is_file() else None
-    weights, checkpoint = load_weights(run) if with_model or exported is None else (None, None)
-    config = (checkpoint or exported)["config"]
-    dataset, _ = open_dataset(dataset_path or config["dataset"])
-    model = build_model(checkpoint, device) if checkpoint else None
-    if checkpoint and model.theta.shape[0] != dataset.usernum:
-        raise mismatch(run, model.theta.shape[0], "users", dataset)
-    if exported is None or (checkpoint and exported["step"] != checkpoint["step"]):
-        reason = "missing" if exported is None else f"from step {exported['step']}, not {checkpoint['step']}"
-        print(f"{run / 'embeddings.pt'} {reason}: computing the item embeddings of {weights.name} "
-              f"(epoch {checkpoint['epoch']}) once and saving them there")
-        exported = export_embeddings(run, model, dataset, checkpoint, device)
-    theta, items = exported["theta"].float().to(device), exported["items"].float().to(device)
-    if len(theta) != dataset.usernum:
-        raise mismatch(run, len(theta), "users", dataset)
-    if len(items) != dataset.itemnum:
-        raise mismatch(run, len(items), "items", dataset)
-    return TrainedRun(run, config, dataset, theta, items, exported["epoch"], model)
-
-
-def mismatch(run, count, what, dataset):
-    actual = dataset.usernum if what == "users" else dataset.itemnum
-    return RecommendError(f"the run in {run} has {count} {what} but {dataset.path} has {actual}: "
-                          "give the --dataset it was trained on")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -320,7 +248,7 @@ def main(argv=None):
     cfg, _ = parse_config(RecommendConfig, argv, description=f"{summary} {details}")
     try:
         return recommend(cfg)
-    except (RecommendError, DatasetError, CheckpointError, FileNotFoundError) as exc:
+    except (RecommendError, RunError, DatasetError, CheckpointError, FileNotFoundError) as exc:
         raise SystemExit(f"recommend: {exc}") from exc
 
 

@@ -30,6 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.distributed import GlobalBatchNorm2d
+
 
 def sample_z(n, z_dim, distribution="uniform", device="cpu", generator=None):
     """Latent codes: 'uniform' is U(-1, 1) as in the paper, 'normal' is N(0, 1) as the original trained with."""
@@ -64,7 +66,8 @@ class SameConv(nn.Conv2d):
 
 
 def batch_norm(channels):
-    return nn.BatchNorm2d(channels, momentum=0.1, eps=1e-5)  # TF decay 0.9, eps 1e-5, with scale and centre
+    # TF decay 0.9, eps 1e-5, with scale and centre; statistics of the global batch under torchrun
+    return GlobalBatchNorm2d(channels, momentum=0.1, eps=1e-5)
 
 
 def num_stages(image_size, smallest):

@@ -1,8 +1,9 @@
 """Training and sampling of the conditional LSGAN (reference §5.2-5.8, paper section III-C).
 
-Each iteration draws `batch_size` items uniformly with replacement from the items that have a category and a z;
-D takes one Adam step on the real batch and the fake batch (two separate calls, so each gets its own BN
-statistics), then G takes one Adam step with the same z and the real batch's labels. An epoch is
+Each iteration draws `batch_size` items uniformly with replacement from the items that have a category and a z,
+from a generator seeded by (seed, iteration), so that a resumed run, or one under torchrun with any number of
+ranks (each keeping its share of the global batch), sees the same batches. D takes one Adam step on the real
+batch and the fake batch (two separate calls, so each gets its own BN statistics), then G takes one Adam step with the same z and the real batch's labels. An epoch is
 floor(items / batch_size) iterations, as in the original.
 
 Departures from the original, none of which changes what is optimised:
@@ -26,8 +27,9 @@ import torch
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from common.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
-from common.device import autocast, describe, fused_adam_kwargs, memory_format
+from common.checkpoint import derived_seed, load_checkpoint, save_checkpoint, seed_everything
+from common.device import autocast, fused_adam_kwargs, memory_format
+from common.distributed import Ranks, unwrap
 from common.images import ImageStore, image_cache
 from common.runlog import RunLog
 from gan.classifier import condition_consistency, load_classifier, train_or_load_classifier
@@ -96,7 +98,10 @@ def build_optimizers(cfg, generator, discriminator, device):
 
 
 def train_step(generator, discriminator, opt_g, opt_d, real, labels, z, bf16=True):
-    """One D step then one G step (LSGAN, reference §5.6); returns the losses as tensors."""
+    """One D step then one G step (LSGAN, reference §5.6); returns the losses as tensors.
+
+    Under DistributedDataParallel the G step goes through D's own module: D's weights are frozen there, and
+    DDP must not wait for gradients of them."""
     device = real.device
     with autocast(device, bf16):
         fake = generator(z, labels)
@@ -111,7 +116,7 @@ def train_step(generator, discriminator, opt_g, opt_d, real, labels, z, bf16=Tru
 
     discriminator.requires_grad_(False)  # the G step needs gradients through D, not for D's weights
     with autocast(device, bf16):
-        g_loss = ((discriminator(fake, labels).float() - 1) ** 2).mean()
+        g_loss = ((unwrap(discriminator)(fake, labels).float() - 1) ** 2).mean()
     opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
     opt_g.step()
@@ -160,10 +165,20 @@ def format_consistency(result):
     return f"condition consistency {result['overall']:.3f} (per category {per})"
 
 
-def train(cfg, dataset, out_dir, device):
-    """Train the GAN on `dataset`, writing checkpoint.pt, samples/ and metrics.jsonl into `out_dir`."""
+def training_batch(cfg, items, step):
+    """Item ids and z of iteration `step`, drawn from (seed, step) alone: the same on every rank, and the same
+    after a resume."""
+    generator = torch.Generator().manual_seed(derived_seed(cfg.seed, step))
+    ids = items[torch.randint(len(items), (cfg.batch_size,), generator=generator)]
+    return ids, sample_z(cfg.batch_size, cfg.z_dim, cfg.z_distribution, "cpu", generator)
+
+
+def train(cfg, dataset, out_dir, ranks=Ranks()):
+    """Train the GAN on `dataset`, writing checkpoint.pt, samples/ and metrics.jsonl into `out_dir` (rank 0).
+    Returns the condition consistency on rank 0, None on the others."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    device = ranks.device
     seed_everything(cfg.seed)
     items = labelled_items(dataset)
     num_categories = dataset.num_categories
@@ -171,8 +186,10 @@ def train(cfg, dataset, out_dir, device):
     if iterations_per_epoch == 0:
         raise ValueError(f"batch size {cfg.batch_size} is larger than the {len(items)} items with a category")
     total_iterations = cfg.epochs * iterations_per_epoch
+    share = ranks.share(cfg.batch_size)
 
-    store = ImageStore(image_cache(dataset, cfg.image_size, cfg.resize_filter, device=device), device)
+    with ranks.main_first():
+        store = ImageStore(image_cache(dataset, cfg.image_size, cfg.resize_filter, device=device), device)
     item_labels = torch.as_tensor(dataset.item_category, device=device)
     generator, discriminator = build_gan(cfg, num_categories, device)
     opt_g, opt_d = build_optimizers(cfg, generator, discriminator, device)
@@ -190,52 +207,55 @@ def train(cfg, dataset, out_dir, device):
         sample_z_fixed = checkpoint["sample_z"].to(device)
         sample_labels = checkpoint["sample_labels"].to(device)
         step = checkpoint["step"]
-        restore_rng(checkpoint["rng"])
 
-    def save(metrics=None, rng=None):
+    def save(metrics=None):
         save_checkpoint(checkpoint_path, {
             "stage": "gan", "model": {"generator": generator.state_dict(), "discriminator": discriminator.state_dict()},
             "optimizer": {"generator": opt_g.state_dict(), "discriminator": opt_d.state_dict()},
             "config": asdict(cfg), "num_categories": num_categories, "epoch": step // iterations_per_epoch,
-            "step": step, "rng": rng or capture_rng(), "metrics": metrics or {},
-            "sample_z": sample_z_fixed, "sample_labels": sample_labels})
+            "step": step, "metrics": metrics or {}, "sample_z": sample_z_fixed, "sample_labels": sample_labels})
 
-    log = RunLog(out_dir, resume=cfg.resume)
-    print(f"training the GAN on {describe(device)}: {len(items)} items, {num_categories} categories, "
-          f"{cfg.image_size} px, {iterations_per_epoch} iterations per epoch, iterations {step} -> {total_iterations}")
-    generator.train()
-    discriminator.train()
-    progress = tqdm(range(step + 1, total_iterations + 1), initial=step, total=total_iterations, desc="GAN",
-                    unit="it")
+    def batches(first):
+        for iteration in range(first, total_iterations + 1):
+            ids, z = training_batch(cfg, items, iteration)
+            yield ids[share], z[share], iteration
+
+    log = RunLog(out_dir, resume=cfg.resume) if ranks.is_main else None
+    ranks.print(f"training the GAN on {ranks.describe()}: {len(items)} items, {num_categories} categories, "
+                f"{cfg.image_size} px, {iterations_per_epoch} iterations per epoch, "
+                f"iterations {step} -> {total_iterations}")
+    g_net, d_net = ranks.wrap(generator.train()), ranks.wrap(discriminator.train())
+    progress = tqdm(initial=step, total=total_iterations, desc="GAN", unit="it", disable=not ranks.is_main)
     tick, tick_step = time.perf_counter(), step
-    for step in progress:
-        ids = items[torch.randint(len(items), (cfg.batch_size,))]
-        real = store(ids)
-        z = sample_z(cfg.batch_size, cfg.z_dim, cfg.z_distribution, device)
-        losses = train_step(generator, discriminator, opt_g, opt_d, real, item_labels[ids.to(device)], z, cfg.bf16)
+    for (ids, z, step), real in store.stream(batches(step + 1)):
+        losses = train_step(g_net, d_net, opt_g, opt_d, real, item_labels[ids.to(device)], z.to(device), cfg.bf16)
+        progress.update()
         epoch, index = divmod(step - 1, iterations_per_epoch)  # of the iteration just done, as the original
         if step % LOG_EVERY == 0 or step == total_iterations:
-            losses = {name: value.item() for name, value in losses.items()}
+            losses = dict(zip(losses, ranks.mean(torch.stack(list(losses.values()))).tolist()))
             now = time.perf_counter()
             images_per_second = (step - tick_step) * cfg.batch_size / (now - tick)
             tick, tick_step = now, step
             progress.set_postfix(d_loss=f"{losses['d_loss']:.3f}", g_loss=f"{losses['g_loss']:.3f}",
                                  img_s=f"{images_per_second:.0f}")
-            log.record(step=step, epoch=epoch, **losses, images_per_second=images_per_second)
-        if step % cfg.sample_every == 0 or step == total_iterations:
+            if ranks.is_main:
+                log.record(step=step, epoch=epoch, **losses, images_per_second=images_per_second)
+        if ranks.is_main and (step % cfg.sample_every == 0 or step == total_iterations):
             save_grid(generate(generator, sample_z_fixed, sample_labels, cfg.bf16),
                       out_dir / "samples" / f"train_{epoch:02d}_{index:04d}.png")
-        if step % cfg.checkpoint_every == 0:
+        if ranks.is_main and step % cfg.checkpoint_every == 0:
             save()
+    progress.close()
+    if not ranks.is_main:
+        return None
 
-    rng = capture_rng()  # where a resumed run must continue, whatever measuring draws below
     classifier = train_or_load_classifier(dataset, cfg.image_size, out_dir / "classifier.pt", device,
                                           cfg.resize_filter, store)
     consistency = measure_consistency(generator, classifier, num_categories, cfg.consistency_samples, cfg.z_dim,
                                       device, cfg.bf16, cfg.seed)
     print(format_consistency(consistency))
     log.record(step=step, condition_consistency=consistency)
-    save({"condition_consistency": consistency}, rng)
+    save({"condition_consistency": consistency})
     return consistency
 
 

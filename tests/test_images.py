@@ -169,3 +169,16 @@ def test_image_store_batches(dataset, tmp_path, resident):
     assert batch.min() >= -1 and batch.max() <= 1 and batch.min() < -0.5 and batch.max() > 0.5
     expected = (torch.from_numpy(np.array(cache[[3, 0, 9, 3]])).float() - 127.5) / 127.5
     torch.testing.assert_close(batch, expected, rtol=0, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:2 of 10 images")
+@pytest.mark.parametrize("resident", [False, True])
+def test_image_store_stream_keeps_order_and_payload(dataset, tmp_path, resident):
+    store = ImageStore(image_cache(dataset, 32, cache_dir=tmp_path / "c"), "cpu", resident=resident)
+    id_batches = [torch.tensor([3, 0]), torch.tensor([9]), torch.tensor([1, 2, 3])]
+    streamed = list(store.stream((ids, f"payload {n}") for n, ids in enumerate(id_batches)))
+    assert [batch[1] for batch, _ in streamed] == ["payload 0", "payload 1", "payload 2"]
+    for ids, (batch, images) in zip(id_batches, streamed):
+        assert batch[0] is ids
+        torch.testing.assert_close(images, store(ids), rtol=0, atol=0)
+    assert list(store.stream(iter([]))) == []

@@ -17,6 +17,7 @@ from gan.train import GANConfig, train as train_gan
 from pm.design import Designer, choose, resize, retrieve, to_z
 from pm.main import main, pick_user
 from pm.metrics import ImageNetInception, inception_score, ssim_diversity
+from tests.helpers import place_random_classifier
 
 Z_DIM = 8
 
@@ -169,11 +170,9 @@ def runs(tmp_path_factory):
     dataset = load_dataset(path)
     train_dvbpr(DVBPRConfig(dataset=str(path), out=str(root / "dvbpr"), k=8, image_size=32, epochs=1,
                             batch_size=32, device="cpu"), explicit=set())
-    save_checkpoint(root / "gan" / "classifier.pt", {
-        "stage": "classifier", "model": CategoryClassifier(16, dataset.num_categories).state_dict(),
-        "config": classifier_identity(dataset, 16, "nearest"), "metrics": {}})
+    place_random_classifier(root / "gan", dataset, 16)
     train_gan(GANConfig(image_size=16, z_dim=Z_DIM, g_width=8, d_width=8, batch_size=16, epochs=1,
-                        consistency_samples=4, device="cpu"), dataset, root / "gan", torch.device("cpu"))
+                        consistency_samples=4, device="cpu"), dataset, root / "gan")
     return root
 
 

@@ -1,0 +1,172 @@
+"""Two ranks with gloo on CPU: the distributed step, evaluation and checkpoints equal the single-process ones."""
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from common.catalogue import CatalogueConfig, generate_catalogue
+from common.checkpoint import load_checkpoint, seed_everything
+from common.data import load_dataset
+from common.distributed import Ranks, setup, teardown
+from common.images import ImageStore, image_cache
+from common.metrics import evaluate_auc
+from dvbpr.main import DVBPRConfig, TripletSampler, item_embeddings, train_steps
+from dvbpr.model import DVBPR
+from gan.train import GANConfig, build_gan, labelled_items, train_step, training_batch
+from tests.helpers import place_random_classifier
+
+ROOT = Path(__file__).resolve().parents[1]
+WORLD = 2
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory):
+    path = tmp_path_factory.mktemp("catalogue") / "Tiny.npy"
+    generate_catalogue(path, CatalogueConfig(num_users=12, num_items=240, image_size=32, image_source="procedural"))
+    image_cache(load_dataset(path), 32)  # built once here, so that the ranks only read it
+    return path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The step tests use SGD: Adam divides by sqrt(v) + 1e-8, which turns a gradient of 1e-9 (float noise where the
+# single-process sum cancels to 0) into a step of lr/10, so it would hide what is compared behind its noise.
+
+def dvbpr_steps(dataset, store, ranks):
+    """Two SGD steps on global batches of 8 triplets, dropout off; (mean loss, model)."""
+    torch.manual_seed(0)
+    model = DVBPR(dataset.usernum, k=8, image_size=32, dropout=0.0, fc_width=64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    cfg = DVBPRConfig(batch_size=8, image_size=32, bf16=False)
+    triplets = [torch.from_numpy(a) for a in TripletSampler(dataset, seed=0).sample(16)]
+    loss = train_steps(ranks.wrap(model), optimizer, store, triplets, cfg, ranks)
+    return loss, model
+
+
+def gan_steps(dataset, store, ranks):
+    """Two GAN iterations (SGD) on global batches of 8 images; the generator's and discriminator's state."""
+    torch.manual_seed(0)
+    cfg = GANConfig(image_size=32, z_dim=16, g_width=4, d_width=4, batch_size=8, bf16=False)
+    generator, discriminator = build_gan(cfg, dataset.num_categories, ranks.device)
+    opt_g, opt_d = (torch.optim.SGD(net.parameters(), lr=0.05) for net in (generator, discriminator))
+    g_net, d_net = ranks.wrap(generator), ranks.wrap(discriminator)
+    items, labels, share = labelled_items(dataset), torch.as_tensor(dataset.item_category), ranks.share(8)
+    for step in (1, 2):
+        ids, z = training_batch(cfg, items, step)
+        train_step(g_net, d_net, opt_g, opt_d, store(ids[share]), labels[ids[share]], z[share], bf16=False)
+    return {**generator.state_dict(), **{f"D.{k}": v for k, v in discriminator.state_dict().items()}}
+
+
+def auc_of(dataset, ranks, protocol):
+    generator = torch.Generator().manual_seed(1)
+    theta, items = torch.randn(dataset.usernum, 8, generator=generator), torch.randn(dataset.itemnum, 8,
+                                                                                      generator=generator)
+    return evaluate_auc(dataset, lambda users: theta[users] @ items.T, protocol=protocol, split="test",
+                        users=torch.tensor(ranks.shard(dataset.usernum)), combine=ranks.gather)
+
+
+def rank_worker(rank, path, port):
+    torch.set_num_threads(1)
+    dataset = load_dataset(path)
+    store = ImageStore(image_cache(dataset, 32), "cpu")
+    single = Ranks()
+    reference = dict(dvbpr=dvbpr_steps(dataset, store, single), gan=gan_steps(dataset, store, single),
+                     auc={p: auc_of(dataset, single, p) for p in ("exact", "sampled100")})
+    reference["embeddings"] = item_embeddings(reference["dvbpr"][1], store, 64, single, bf16=False)
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    ranks = setup("cpu")
+    try:
+        assert (ranks.rank, ranks.world_size) == (rank, WORLD)
+        loss, model = dvbpr_steps(dataset, store, ranks)
+        assert loss == pytest.approx(reference["dvbpr"][0], rel=1e-5)
+        torch.testing.assert_close(model.state_dict(), reference["dvbpr"][1].state_dict(), rtol=1e-4, atol=1e-6)
+        embeddings = item_embeddings(model, store, 64, ranks, bf16=False)
+        torch.testing.assert_close(embeddings, reference["embeddings"], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(gan_steps(dataset, store, ranks), reference["gan"], rtol=1e-4, atol=1e-5)
+        for protocol, expected in reference["auc"].items():
+            sharded = auc_of(dataset, ranks, protocol)
+            assert sharded["num_users"] == expected["num_users"] == dataset.usernum
+            assert sharded["all"] == pytest.approx(expected["all"]) and sharded["cold"] == pytest.approx(
+                expected["cold"])
+        assert ranks.gather(torch.arange(rank + 1)).tolist() == [0, 0, 1]
+    finally:
+        teardown()
+
+
+def test_two_ranks_step_evaluate_and_gather_as_one_process(catalogue):
+    """One DDP step (DVBPR: BPR sums and weight decay; GAN: global batch norm) equals the single-process step on
+    the same global batch; sharded embeddings and AUC equal the single ones."""
+    mp.spawn(rank_worker, args=(catalogue, free_port()), nprocs=WORLD)
+
+
+def test_ranks_split_batches_and_shards():
+    assert Ranks(1, 4).share(128) == slice(32, 64)
+    with pytest.raises(ValueError, match="does not split evenly over 3 ranks"):
+        Ranks(0, 3).share(128)
+    shards = [Ranks(rank, 3).shard(10) for rank in range(3)]
+    assert [list(s) for s in shards] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+
+
+def run_stage(script, args, nproc=1):
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+                if nproc > 1 else [sys.executable])
+    result = subprocess.run(launcher + [str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_dvbpr_under_torchrun_resumes_in_one_process_as_the_uninterrupted_run(catalogue, tmp_path):
+    """Epoch 1 on two ranks then epoch 2 in one process ends where two epochs in one process end (dropout off, so
+    that the ranks' own dropout streams do not enter), and the two-rank run writes one log."""
+    tiny = ["--dataset", str(catalogue), "--image-size", "32", "--fc-width", "64", "--k", "8", "--batch-size", "8",
+            "--dropout", "0", "--device", "cpu"]
+    run_stage("dvbpr/main.py", tiny + ["--epochs", "2", "--out", str(tmp_path / "one")])
+    ranked = run_stage("dvbpr/main.py", tiny + ["--epochs", "1", "--out", str(tmp_path / "two")], nproc=2)
+    assert "x 2 ranks" in ranked.stdout
+    assert ranked.stdout.count("Epoch #1:") == 1
+    assert (tmp_path / "two" / "DVBPR.log").read_text().count("\n") == 1
+    run_stage("dvbpr/main.py", ["--resume", "--epochs", "2", "--out", str(tmp_path / "two")])
+
+    one, two = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("one", "two"))
+    assert one["step"] == two["step"]
+    # Adam turns float noise in a near-zero gradient into a step of up to lr (1e-4), hence atol
+    torch.testing.assert_close(two["model"], one["model"], rtol=1e-3, atol=1e-4)
+    results = [json.loads((tmp_path / name / "results.json").read_text()) for name in ("one", "two")]
+    assert results[1]["test_auc"] == pytest.approx(results[0]["test_auc"], abs=0.01)
+
+
+def test_gan_under_torchrun_learns_what_one_process_learns(catalogue, tmp_path):
+    """The same iterations under two ranks move the nets as one process does. Compared as the whole update from
+    the shared initialisation: Adam turns float noise in near-zero gradients (e.g. of the conv biases ahead of
+    batch norm, which have none) into steps of up to lr, so the runs differ by ~3% of the update; with per-rank
+    batch norm instead of the global one they differ by ~35%."""
+    dataset = load_dataset(catalogue)
+    cfg = GANConfig(image_size=32, z_dim=16, g_width=4, d_width=4, batch_size=16, epochs=1)
+    tiny = ["--train", "--dataset", str(catalogue), "--image-size", "32", "--z-dim", "16", "--g-width", "4",
+            "--d-width", "4", "--batch-size", "16", "--epochs", "1", "--consistency-samples", "4", "--device", "cpu"]
+    for name, nproc in (("one", 1), ("two", 2)):
+        place_random_classifier(tmp_path / name, dataset, 32)
+        run_stage("gan/main.py", tiny + ["--out", str(tmp_path / name)], nproc)
+    one, two = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("one", "two"))
+    assert one["step"] == two["step"] == len(labelled_items(dataset)) // 16
+    seed_everything(cfg.seed)  # as training does before building the nets
+    initial = dict(zip(("generator", "discriminator"), build_gan(cfg, dataset.num_categories, torch.device("cpu"))))
+    for net, start in initial.items():
+        names = [name for name, _ in start.named_parameters()]
+        update_one, update_two = (torch.cat([(run["model"][net][name] - start.state_dict()[name]).flatten()
+                                             for name in names]) for run in (one, two))
+        assert (update_two - update_one).norm() < 0.1 * update_one.norm(), net
