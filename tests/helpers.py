@@ -1,5 +1,10 @@
 """Stand-ins shared by several test files."""
+from pathlib import Path
+
+import numpy as np
+
 from common.checkpoint import save_checkpoint
+from common.data import Dataset
 from gan.classifier import CategoryClassifier, classifier_identity
 
 
@@ -9,3 +14,12 @@ def place_random_classifier(run_dir, dataset, image_size, resize_filter="nearest
     save_checkpoint(run_dir / "classifier.pt", {
         "stage": "classifier", "model": CategoryClassifier(image_size, dataset.num_categories).state_dict(),
         "config": classifier_identity(dataset, image_size, resize_filter), "metrics": {}})
+
+
+def interactions_only(usernum, itemnum, user_train, user_validation, user_test, name="tiny"):
+    """A real Dataset with interactions and no images or categories, for the code that reads only those."""
+    return Dataset(name=name, path=Path(f"{name}.npy"), usernum=usernum, itemnum=itemnum,
+                   user_train=[np.asarray(items, dtype=np.int64) for items in user_train],
+                   user_validation=np.asarray(user_validation, dtype=np.int64),
+                   user_test=np.asarray(user_test, dtype=np.int64), item_category=np.full(itemnum, -1),
+                   num_categories=0, image_bytes=[])

@@ -4,7 +4,6 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
@@ -31,35 +30,14 @@ from baselines.warp import harmonic, warp_loss
 from common.catalogue import CatalogueConfig, generate_catalogue
 from common.data import DatasetError, load_dataset, save_original_format
 from common.images import ImageStore, image_cache
+from tests.helpers import interactions_only
 
 CPU = torch.device("cpu")
 
 
-@dataclass
-class TinyDataset:
-    """Stand-in with the fields and helpers of common.data.Dataset that the baselines read."""
-    usernum: int
-    itemnum: int
-    user_train: list
-    user_validation: np.ndarray
-    user_test: np.ndarray
-    name: str = "tiny"
-
-    @property
-    def num_train_interactions(self):
-        return sum(len(items) for items in self.user_train)
-
-    def train_csr(self):
-        indptr = np.concatenate([[0], np.cumsum([len(items) for items in self.user_train])]).astype(np.int64)
-        return indptr, np.concatenate(self.user_train).astype(np.int64)
-
-    def item_train_counts(self):
-        return np.bincount(self.train_csr()[1], minlength=self.itemnum).astype(np.int64)
-
-
 def split_choices(choices, itemnum):
     """Per user, distinct items in the order chosen: the first is validation, the second test, the rest training."""
-    return TinyDataset(len(choices), itemnum, [np.array(c[2:], dtype=np.int64) for c in choices],
+    return interactions_only(len(choices), itemnum, [np.array(c[2:], dtype=np.int64) for c in choices],
                        np.array([c[0] for c in choices]), np.array([c[1] for c in choices]))
 
 

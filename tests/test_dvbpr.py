@@ -209,6 +209,14 @@ def test_cli_writes_the_run_and_resume_reproduces_it(tiny_path, tmp_path):
     assert (resumed / "DVBPR.log").read_text() == (whole / "DVBPR.log").read_text()
 
 
+def test_resize_filter_picks_its_own_cache_and_eval_chunk_leaves_the_auc_alone(tiny_path, tmp_path):
+    bilinear = ("--epochs", "1", "--resize-filter", "bilinear")
+    chunked = main(cli_args(tiny_path, tmp_path / "chunked", *bilinear, "--eval-chunk", "2"))
+    whole = main(cli_args(tiny_path, tmp_path / "whole", *bilinear))
+    assert (chunked["valid_auc"], chunked["test_auc"]) == (whole["valid_auc"], whole["test_auc"])
+    assert (tiny_path.parent / "cache" / "Tiny-32px-bilinear.npy").is_file()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--resume"], "no checkpoint"),
     (["--dataset", "missing.npy"], "not found"),

@@ -1,5 +1,4 @@
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -7,6 +6,7 @@ import torch
 
 from common.metrics import (evaluate_auc, observed_csr, per_user_auc_exact, per_user_auc_sampled,
                             sample_negatives)
+from tests.helpers import interactions_only
 
 
 def to_csr(lists):
@@ -14,27 +14,12 @@ def to_csr(lists):
     return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), np.concatenate(lists).astype(np.int64)
 
 
-@dataclass
-class TinyDataset:
-    """Stand-in with the fields and helpers of common.data.Dataset that the metrics read."""
-    usernum: int
-    itemnum: int
-    user_train: list
-    user_validation: np.ndarray
-    user_test: np.ndarray
-
-    def train_csr(self):
-        return to_csr(self.user_train)
-
-    def item_train_counts(self):
-        return np.bincount(np.concatenate(self.user_train), minlength=self.itemnum).astype(np.int64)
-
-
 def random_dataset(usernum, itemnum, seed, max_train=8):
     """Training lists drawn with replacement, so some hold an item twice."""
     rng = np.random.default_rng(seed)
     train = [rng.integers(0, itemnum, rng.integers(1, max_train + 1)).astype(np.int64) for _ in range(usernum)]
-    return TinyDataset(usernum, itemnum, train, rng.integers(0, itemnum, usernum), rng.integers(0, itemnum, usernum))
+    return interactions_only(usernum, itemnum, train, rng.integers(0, itemnum, usernum),
+                             rng.integers(0, itemnum, usernum))
 
 
 def integer_scores(dataset, seed, levels=4):
