@@ -34,7 +34,7 @@ from common.catalogue import open_dataset
 from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, seed_everything
 from common.config import apply_defaults, parse_config
 from common.data import DatasetError
-from common.device import autocast, fused_adam_kwargs, memory_format
+from common.device import autocast, fused_adam_kwargs, memory_format, pick_device
 from common.distributed import Ranks, setup, teardown, unwrap
 from common.images import ImageStore, image_cache
 from common.metrics import evaluate_auc
@@ -178,9 +178,10 @@ def train_steps(model, optimizer, images, triplets, cfg, ranks, desc="train"):
 
 
 @torch.no_grad()
-def item_embeddings(model, images, batch_size, ranks=Ranks(), bf16=True):
+def item_embeddings(model, images, batch_size, ranks=None, bf16=True):
     """Phi(X_i) of every item, float32 [itemnum, K] on every rank, in eval mode (no dropout); each rank embeds
-    its shard of the items."""
+    its shard of the items (default: one process, on the model's device)."""
+    ranks = ranks or Ranks(device=model.theta.device)
     model.eval()
     mine = ranks.shard(len(images))
     batches = ((torch.arange(start, min(start + batch_size, mine.stop)),)
@@ -284,15 +285,17 @@ def save_epoch(out, cfg, model, optimizer, sampler, items, progress):
         "seconds": progress["seconds"]})
 
 
-def train(cfg, explicit, checkpoint=None, ranks=Ranks()):
+def train(cfg, explicit, checkpoint=None, ranks=None):
     """Train and evaluate as configured (resuming from `checkpoint` if given); returns the results dict that is
-    also written to results.json. Under torchrun every rank calls this with its `ranks`; rank 0 writes the files.
+    also written to results.json. Under torchrun every rank calls this with its `ranks` (default: one process on
+    cfg.device); rank 0 writes the files.
 
     Randomness: the initialisation and the triplets come from cfg.seed alone, so every rank has the same ones;
     dropout is reseeded at each epoch from (seed, epoch, rank), so a resumed run, under any number of ranks,
     continues as the uninterrupted one would have.
     """
     started = time.time()
+    ranks = ranks or Ranks(device=pick_device(cfg.device))
     out = run_dir(cfg.out, "dvbpr")
     device = ranks.device
     with ranks.main_first():  # rank 0 builds the catalogue and the image cache, the others then open them

@@ -8,7 +8,6 @@ import torch
 from common.catalogue import open_dataset
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.data import Dataset
-from common.distributed import Ranks
 from common.images import ImageStore, image_cache
 from dvbpr.model import DVBPR
 
@@ -72,7 +71,7 @@ def open_run(run, dataset_path=None, device="cpu", with_model=False):
               f"(epoch {checkpoint['epoch']}) once and saving them there")
         check_size(run, len(model.theta), "users", dataset)
         store = ImageStore(image_cache(dataset, config["image_size"], config["resize_filter"]), device)
-        items = item_embeddings(model, store, config["eval_batch_size"], Ranks(device=device), config["bf16"])
+        items = item_embeddings(model, store, config["eval_batch_size"], bf16=config["bf16"])
         model.eval()  # item_embeddings leaves the model in training mode
         save_embeddings(run / "embeddings.pt", model.theta, items, config, checkpoint["epoch"], checkpoint["step"])
         exported = {"theta": model.theta, "items": items, "epoch": checkpoint["epoch"]}

@@ -28,7 +28,7 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from common.checkpoint import derived_seed, load_checkpoint, save_checkpoint, seed_everything
-from common.device import autocast, fused_adam_kwargs, memory_format
+from common.device import autocast, fused_adam_kwargs, memory_format, pick_device
 from common.distributed import Ranks, unwrap
 from common.images import ImageStore, image_cache
 from common.runlog import RunLog
@@ -173,11 +173,13 @@ def training_batch(cfg, items, step):
     return ids, sample_z(cfg.batch_size, cfg.z_dim, cfg.z_distribution, "cpu", generator)
 
 
-def train(cfg, dataset, out_dir, ranks=Ranks()):
+def train(cfg, dataset, out_dir, ranks=None):
     """Train the GAN on `dataset`, writing checkpoint.pt, samples/ and metrics.jsonl into `out_dir` (rank 0).
-    Returns the condition consistency on rank 0, None on the others."""
+    `ranks`: this process's place under torchrun (default: one process on cfg.device). Returns the condition
+    consistency on rank 0, None on the others."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    ranks = ranks or Ranks(device=pick_device(cfg.device))
     device = ranks.device
     seed_everything(cfg.seed)
     items = labelled_items(dataset)
