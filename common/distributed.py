@@ -110,18 +110,35 @@ def unwrap(module):
     return module.module if isinstance(module, DistributedDataParallel) else module
 
 
+def cuda_placement(local_rank, local_world_size, device_count):
+    """(GPU index, backend) of a local rank: one GPU each over NCCL while there are enough GPUs. With more local
+    ranks than GPUs, the ranks share them in turn over gloo, because NCCL refuses two ranks on one GPU: a
+    functional check of the distributed code on a single GPU, not a way to go faster."""
+    if device_count < 1:
+        raise RuntimeError("CUDA ranks were asked for but no GPU is visible")
+    backend = "nccl" if local_world_size <= device_count else "gloo"
+    return local_rank % device_count, backend
+
+
 def setup(device="auto"):
-    """Ranks of this process: under torchrun joins the process group (one GPU per local rank on CUDA)."""
+    """Ranks of this process: under torchrun joins the process group (one GPU per local rank on CUDA, see
+    cuda_placement when there are fewer GPUs than local ranks)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     device = pick_device(device)
     if world_size == 1:
         return Ranks(0, 1, device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    backend = "gloo"
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
+        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        index, backend = cuda_placement(local_rank, local_world_size, torch.cuda.device_count())
+        device = torch.device("cuda", index)
         torch.cuda.set_device(device)
+        if backend == "gloo" and rank == 0:
+            print(f"{local_world_size} ranks share {torch.cuda.device_count()} GPU(s) over gloo: a functional "
+                  "check, not a speed-up")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend)
     return Ranks(rank, world_size, device)
 
 

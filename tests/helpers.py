@@ -1,4 +1,7 @@
 """Stand-ins shared by several test files."""
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -6,6 +9,8 @@ import numpy as np
 from common.checkpoint import save_checkpoint
 from common.data import Dataset
 from gan.classifier import CategoryClassifier, classifier_identity
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def place_random_classifier(run_dir, dataset, image_size, resize_filter="nearest"):
@@ -23,3 +28,13 @@ def interactions_only(usernum, itemnum, user_train, user_validation, user_test, 
                    user_validation=np.asarray(user_validation, dtype=np.int64),
                    user_test=np.asarray(user_test, dtype=np.int64), item_category=np.full(itemnum, -1),
                    num_categories=0, image_bytes=[])
+
+
+def run_stage(script, args, nproc=1):
+    """Run an entry point in a fresh process, or under torchrun with `nproc` ranks; asserts that it succeeds."""
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+                if nproc > 1 else [sys.executable])
+    result = subprocess.run(launcher + [str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result

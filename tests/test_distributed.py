@@ -1,11 +1,7 @@
 """Two ranks with gloo on CPU: the distributed step, evaluation and checkpoints equal the single-process ones."""
-import dataclasses
 import json
 import os
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,15 +10,14 @@ import torch.multiprocessing as mp
 from common.catalogue import CatalogueConfig, generate_catalogue
 from common.checkpoint import load_checkpoint, seed_everything
 from common.data import load_dataset
-from common.distributed import Ranks, setup, teardown
+from common.distributed import Ranks, cuda_placement, setup, teardown
 from common.images import ImageStore, image_cache
 from common.metrics import evaluate_auc
 from dvbpr.main import DVBPRConfig, TripletSampler, item_embeddings, train_steps
 from dvbpr.model import DVBPR
 from gan.train import GANConfig, build_gan, labelled_items, train_step, training_batch
-from tests.helpers import place_random_classifier
+from tests.helpers import place_random_classifier, run_stage
 
-ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
 
 
@@ -120,13 +115,13 @@ def test_ranks_split_batches_and_shards():
     assert [list(s) for s in shards] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
 
 
-def run_stage(script, args, nproc=1):
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-                if nproc > 1 else [sys.executable])
-    result = subprocess.run(launcher + [str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+def test_cuda_ranks_take_one_gpu_each_or_share_them_over_gloo():
+    assert [cuda_placement(rank, 4, 4) for rank in range(4)] == [(0, "nccl"), (1, "nccl"), (2, "nccl"), (3, "nccl")]
+    assert [cuda_placement(rank, 2, 4) for rank in range(2)] == [(0, "nccl"), (1, "nccl")]
+    assert [cuda_placement(rank, 2, 1) for rank in range(2)] == [(0, "gloo"), (0, "gloo")]
+    assert [cuda_placement(rank, 3, 2) for rank in range(3)] == [(0, "gloo"), (1, "gloo"), (0, "gloo")]
+    with pytest.raises(RuntimeError, match="no GPU"):
+        cuda_placement(0, 2, 0)
 
 
 def test_dvbpr_under_torchrun_resumes_in_one_process_as_the_uninterrupted_run(catalogue, tmp_path):

@@ -178,7 +178,7 @@ def test_image_store_stream_keeps_order_and_payload(dataset, tmp_path, resident)
     id_batches = [torch.tensor([3, 0]), torch.tensor([9]), torch.tensor([1, 2, 3])]
     streamed = list(store.stream((ids, f"payload {n}") for n, ids in enumerate(id_batches)))
     assert [batch[1] for batch, _ in streamed] == ["payload 0", "payload 1", "payload 2"]
-    for ids, (batch, images) in zip(id_batches, streamed):
+    for ids, (batch, batch_images) in zip(id_batches, streamed):
         assert batch[0] is ids
-        torch.testing.assert_close(images, store(ids), rtol=0, atol=0)
+        torch.testing.assert_close(batch_images, store(ids), rtol=0, atol=0)
     assert list(store.stream(iter([]))) == []

@@ -7,11 +7,9 @@ import torch
 import torchvision
 
 from common.catalogue import CatalogueConfig, generate_catalogue
-from common.checkpoint import save_checkpoint
 from common.data import load_dataset
 from dvbpr.main import DVBPRConfig, train as train_dvbpr
 from dvbpr.model import CNN
-from gan.classifier import CategoryClassifier, classifier_identity
 from gan.model import Discriminator, Generator
 from gan.train import GANConfig, train as train_gan
 from pm.design import Designer, choose, resize, retrieve, to_z

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Every check and figure that needs a CUDA GPU, in three groups (all by default):
+#   tests   the test suite on the GPU machine, tests/test_cuda.py included (the other tests then take "auto" = cuda)
+#   bench   DVBPR and GAN throughput at AmazonFashion size (bf16 and fp32, resident and streamed images), and
+#           one vs two ranks sharing the GPU under torchrun (a functional check: one GPU cannot show scaling)
+#   demos   `python dvbpr/main.py` and `python gan/main.py --train` on the embedded catalogue, on the GPU
+#
+#     OUT=/some/folder bash bench/gpu_check.sh tests bench     # logs and grids go to $OUT (default runs/gpu_check)
+#
+# Each step has its own time limit (a group's limits add up to under five minutes); a failed step is reported and
+# the next one runs. The summary at the end lists every step's exit status and the figures.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/gpu_check}
+mkdir -p "$OUT"
+LOG="$OUT/gpu_check.log"
+: > "$LOG"
+export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=5
+STATUS=()
+
+step() {  # step NAME SECONDS COMMAND...
+  local name=$1 limit=$2 started=$SECONDS rc
+  shift 2
+  echo "=== $name: $*" | tee -a "$LOG"
+  timeout "$limit" "$@" >> "$LOG" 2>&1
+  rc=$?
+  STATUS+=("$name: exit $rc in $((SECONDS - started)) s")
+  echo "--- $name: exit $rc in $((SECONDS - started)) s" | tee -a "$LOG"
+}
+
+AMAZON=(--users 64583 --items 234892 --image-size 224 --steps 100 --warmup 10 --devices cuda)
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+} 2>&1 | tee -a "$LOG"
+
+tests() {
+  step cuda-tests 100 python3 -m pytest -q -rs tests/test_cuda.py
+  step all-tests 180 python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/test_cuda.py
+}
+
+bench() {
+  step dvbpr-bf16 45 python3 bench/dvbpr.py "${AMAZON[@]}"
+  step dvbpr-fp32 45 python3 bench/dvbpr.py "${AMAZON[@]}" --no-bf16
+  step dvbpr-stream 45 python3 bench/dvbpr.py "${AMAZON[@]}" --stream --images 8192
+  step gan-bf16 30 python3 bench/gan.py --preset paper --devices cuda --iterations 50
+  step gan-fp32 30 python3 bench/gan.py --preset paper --devices cuda --iterations 50 --no-bf16
+  step dvbpr-1-rank 30 python3 bench/dvbpr.py --devices cuda --image-size 224 --steps 50
+  step dvbpr-2-ranks 60 python3 -m torch.distributed.run --standalone --nproc_per_node=2 bench/dvbpr.py \
+    --devices cuda --image-size 224 --steps 50
+}
+
+demos() {  # at the paper's sizes, in bf16 and in fp32 (does bf16 spoil training?); the catalogue's images are 128 px
+  local dvbpr=(python3 dvbpr/main.py --device cuda --image-size 224 --epochs 20)
+  local gan=(python3 gan/main.py --train --device cuda --image-size 128 --g-width 64 --d-width 64 --epochs 25)
+  step dvbpr-demo 70 "${dvbpr[@]}" --out "$OUT/dvbpr"
+  step dvbpr-demo-fp32 70 "${dvbpr[@]}" --no-bf16 --out "$OUT/dvbpr-fp32"
+  step gan-demo 70 "${gan[@]}" --out "$OUT/gan"
+  step gan-demo-fp32 70 "${gan[@]}" --no-bf16 --out "$OUT/gan-fp32"
+  step gan-grids 20 python3 gan/main.py --device cuda --out "$OUT/gan"
+  # what comes back stays small: the log, the DVBPR results and two grids
+  cp "$OUT/dvbpr/results.json" "$OUT/dvbpr_results.json"
+  cp "$OUT/gan/samples/test_arange_0.png" "$OUT/gan_category_0.png"
+  cp "$OUT/gan/samples/test_arange_5.png" "$OUT/gan_category_5.png"
+  rm -rf "$OUT/dvbpr" "$OUT/dvbpr-fp32" "$OUT/gan" "$OUT/gan-fp32"
+}
+
+for group in "${@:-tests bench demos}"; do
+  for name in $group; do
+    case $name in
+      tests|bench|demos) $name ;;
+      *) echo "unknown group $name (tests, bench, demos)" >&2; exit 2 ;;
+    esac
+  done
+done
+
+echo "=== summary" | tee -a "$LOG"
+printf '%s\n' "${STATUS[@]}" | tee -a "$LOG"
+grep -E "passed|failed|triplets/s|images/s|condition consistency|results \(best" "$LOG" | tee -a "$OUT/summary.txt"
