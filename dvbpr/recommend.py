@@ -169,7 +169,7 @@ def table(dataset, item_ids, values, value_name, notes=None):
     for rank, (item, value) in enumerate(zip(item_ids.tolist(), values.tolist()), start=1):
         note = f"  ({notes[item]})" if notes and item in notes else ""
         category = category_name(dataset, dataset.item_category[item])
-        lines.append(f"{rank:>4}  {item:>7}  {value:>11.5g}  {category}{note}")
+        lines.append(f"{rank:>4}  {item:>7}  {value:>11.6f}  {category}{note}")
     return "\n".join(lines)
 
 
