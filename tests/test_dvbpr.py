@@ -13,8 +13,11 @@ import torch.nn.functional as F
 from common.catalogue import CatalogueConfig, generate_catalogue
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.data import load_dataset
+from common.distributed import Ranks
 from common.images import ImageStore, image_cache
-from dvbpr.main import TripletSampler, epoch_end_step, item_embeddings, main, resolve_config
+import dvbpr.main
+from dvbpr.main import (DEMO_SETTINGS, TripletSampler, epoch_end_step, item_embeddings, main, open_run_dataset,
+                        resolve_config)
 from dvbpr.model import CNN, DVBPR, same_padding
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +100,18 @@ def test_presets_and_explicit_flags():
     assert (original.k, original.protocol, original.epochs, original.save_every_epoch) == (100, "sampled100", 19, True)
     assert (original.lambda_w, original.lambda_theta, original.lr, original.batch_size) == (0.001, 1.0, 1e-4, 128)
     assert resolve_config(["--preset", "original", "--k", "7"])[0].k == 7
+
+
+def test_the_embedded_catalogue_takes_the_demo_settings_that_no_flag_gives(tiny_path, monkeypatch):
+    monkeypatch.setattr(dvbpr.main, "open_dataset", lambda path: (load_dataset(tiny_path), True))
+    cfg, explicit, _ = resolve_config(["--epochs", "3"])
+    open_run_dataset(cfg, explicit, resuming=False, ranks=Ranks())
+    assert (cfg.image_size, cfg.fc_width, cfg.lr, cfg.epochs) == (DEMO_SETTINGS["image_size"],
+                                                                 DEMO_SETTINGS["fc_width"], DEMO_SETTINGS["lr"], 3)
+    assert cfg.dataset == str(tiny_path)
+    resumed, explicit, _ = resolve_config([])
+    open_run_dataset(resumed, explicit, resuming=True, ranks=Ranks())  # a resumed run keeps its saved settings
+    assert (resumed.image_size, resumed.fc_width, resumed.epochs) == (224, 4096, 20)
 
 
 def bpr_loss(model, users, images_i, images_j):
