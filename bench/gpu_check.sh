@@ -7,8 +7,8 @@
 #
 #     OUT=/some/folder bash bench/gpu_check.sh tests bench     # logs and grids go to $OUT (default runs/gpu_check)
 #
-# Each step has its own time limit (a group's limits add up to five and a half minutes at most); a failed step is reported and
-# the next one runs. The summary at the end lists every step's exit status and the figures.
+# Each step has its own time limit (a group's limits add up to five and a half minutes at most); a failed step is
+# reported and the next one runs. The summary at the end lists every step's exit status and the figures.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}

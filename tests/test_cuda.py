@@ -11,6 +11,7 @@ from PIL import Image
 
 from common.catalogue import CatalogueConfig, generate_catalogue
 from common.data import load_dataset
+from common.device import fused_adam_kwargs, memory_format
 from common.distributed import Ranks
 from common.images import ImageStore, decode_resize_nearest, image_cache
 from common.metrics import evaluate_auc
@@ -89,9 +90,8 @@ def dvbpr_on(device, dataset, cache, bf16, steps=2):
     """A tiny DVBPR after `steps` Adam steps (dropout off) on `device`, as dvbpr.main builds it there."""
     torch.manual_seed(0)
     model = DVBPR(dataset.usernum, k=16, image_size=32, dropout=0.0, fc_width=256)
-    fast = device.type == "cuda"
-    model = model.to(device, memory_format=torch.channels_last if fast else torch.contiguous_format)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fast or None)
+    model = model.to(device, memory_format=memory_format(device))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, **fused_adam_kwargs(device))
     cfg = DVBPRConfig(batch_size=32, image_size=32, bf16=bf16)
     triplets = [torch.from_numpy(a) for a in TripletSampler(dataset, seed=0).sample(steps * 32)]
     loss = train_steps(model, optimizer, ImageStore(cache, device), triplets, cfg, Ranks(device=device))
@@ -99,8 +99,8 @@ def dvbpr_on(device, dataset, cache, bf16, steps=2):
 
 
 def test_dvbpr_cuda_step_tracks_the_cpu_step(catalogue):
-    """fp32 on CUDA (channels_last, fused Adam, TF32 convolutions) follows the CPU steps; bf16 autocast gives embeddings that point the
-    same way and a loss within a percent."""
+    """fp32 on CUDA (channels_last, fused Adam, TF32 convolutions) follows the CPU steps; bf16 autocast gives
+    embeddings that point the same way and a loss within a percent."""
     dataset, cache = catalogue
     cpu_model, cpu_loss = dvbpr_on(CPU, dataset, cache, bf16=False)
     reference = item_embeddings(cpu_model, ImageStore(cache, CPU), 64)
