@@ -41,3 +41,7 @@ class BPRMF(nn.Module):
 
     def scorer(self):
         return lambda users: self.beta_item + self.gamma_user[users] @ self.gamma_item.T
+
+
+def run(ctx):
+    return ctx.learned(lambda k: BPRMF(ctx.dataset.usernum, ctx.dataset.itemnum, k), bpr_loss)

@@ -1,9 +1,9 @@
 """Pre-trained visual features f_i for VisRank, FM and VBPR: 4096-d CNN features of each item's image, as the
 paper used (it took them from an ImageNet CNN). Two sources:
 
-- by default, offline: the CNN-F of dvbpr/model.py trained briefly to classify the catalogue's categories
-  with cross-entropy, then read at fc2 (4096-d, after its ReLU, no dropout): a network pre-trained on a task
-  other than recommendation, as the paper's was.
+- by default, offline: DVBPR's CNN-F backbone trained briefly to classify the catalogue's categories (the
+  category-classifier loop of common/classifier.py, with a linear head), then read at fc2 (4096-d, after its
+  ReLU, no dropout): a network pre-trained on a task other than recommendation, as the paper's was.
 - with --imagenet-weights: torchvision's AlexNet with ImageNet weights from a file the user supplies (e.g.
   pretrained/alexnet-owt-7be5be79.pth, fetched by download_pretrained_models.sh), read at fc7 (4096-d, after
   its ReLU), on ImageNet-normalised 224 px images. Nothing is downloaded here.
@@ -11,34 +11,25 @@ paper used (it took them from an ImageNet CNN). Two sources:
 Both read the image cache of common/images.py with DVBPR's resize (nearest by default), so that a 224 px cache
 (35 GB for AmazonFashion) is shared with DVBPR rather than built twice.
 
-Features are computed once and cached (float16) under the cache directory, keyed by dataset and settings.
+Features are computed once and cached (float16) under the run's features/ folder, keyed by dataset and settings.
 """
 import dataclasses
-import hashlib
-import json
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torchvision
 from tqdm import tqdm
 
-from common.checkpoint import load_checkpoint, save_checkpoint
+from common.checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from common.classifier import train_classifier
 from common.device import autocast, memory_format
+from common.errors import DatasetError
 from common.images import ImageStore, image_cache
-from dvbpr.model import CNN
+from dvbpr.run import ImageNetInput, build_backbone, load_torchvision_weights
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_SIZE = 224
-
-
-class FeatureError(RuntimeError):
-    """Visual features cannot be computed as asked (no categories to pre-train on, unusable weights file)."""
 
 
 @dataclass
@@ -57,9 +48,8 @@ class FeatureSettings:
             weights = Path(self.imagenet_weights)
             settings = {"imagenet_weights": weights.name, "resize_filter": self.resize_filter,
                         "weights_bytes": weights.stat().st_size if weights.is_file() else None}
-        key = json.dumps({"dataset": dataset.name, "usernum": dataset.usernum, "itemnum": dataset.itemnum,
-                          **settings}, sort_keys=True)
-        return hashlib.sha1(key.encode()).hexdigest()[:10]
+        return fingerprint({"dataset": dataset.name, "usernum": dataset.usernum, "itemnum": dataset.itemnum,
+                            **settings})
 
 
 @torch.no_grad()
@@ -73,74 +63,30 @@ def extract(network, images, itemnum, device, batch_size=256, desc="features"):
     return torch.cat(outputs)
 
 
-def pretrain_cnnf(dataset, images, settings, device):
-    """CNN-F trained with cross-entropy to predict the item category; returns (network, last epoch's accuracy)."""
-    labelled = torch.from_numpy(np.flatnonzero(dataset.item_category >= 0))
-    if dataset.num_categories < 2 or len(labelled) == 0:
-        raise FeatureError(f"{dataset.name} has no item categories to pre-train CNN-F on; "
-                           "pass --imagenet-weights with an AlexNet weights file instead")
-    labels = torch.as_tensor(dataset.item_category, device=device)
-    torch.manual_seed(settings.seed)
-    network = CNN(settings.image_size, k=dataset.num_categories).to(device, memory_format=memory_format(device))
-    optimizer = torch.optim.Adam(network.parameters(), lr=settings.lr)
-    network.train()
-    accuracy = 0.0
-    for epoch in tqdm(range(1, settings.epochs + 1), desc="pre-training CNN-F on categories", unit="epoch"):
-        correct, total_loss = 0, 0.0
-        for batch in labelled[torch.randperm(len(labelled))].split(settings.batch_size):
-            with autocast(device):
-                logits = network(images(batch)).float()
-            targets = labels[batch.to(device)]
-            loss = F.cross_entropy(logits, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            correct += (logits.argmax(1) == targets).sum().item()
-            total_loss += loss.item() * len(batch)
-        accuracy = correct / len(labelled)
-        tqdm.write(f"CNN-F pre-training epoch {epoch}: cross-entropy {total_loss / len(labelled):.4f}, "
-                   f"training accuracy {accuracy:.3f}")
-    return network, accuracy
-
-
 def cnnf_features(dataset, settings, device):
     """(features, description) from CNN-F pre-trained on the categories."""
-    cache = image_cache(dataset, settings.image_size, settings.resize_filter)
-    images = ImageStore(cache, device)
-    network, accuracy = pretrain_cnnf(dataset, images, settings, device)
-    network.fc3 = nn.Identity()     # the forward pass now ends at fc2's ReLU (and dropout, off in eval mode)
-    features = extract(network, images, dataset.itemnum, device, desc="CNN-F features")
-    return features, (f"CNN-F fc2 (4096-d), pre-trained {settings.epochs} epochs at {settings.image_size} px to "
-                      f"classify the {dataset.num_categories} item categories (training accuracy {accuracy:.2f})")
-
-
-class ImageNetInput(nn.Module):
-    """Images in [-1, 1] -> ImageNet-normalised."""
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN)[:, None, None])
-        self.register_buffer("std", torch.tensor(IMAGENET_STD)[:, None, None])
-
-    def forward(self, x):
-        return ((x + 1) / 2 - self.mean) / self.std
+    if dataset.num_categories < 2 or (dataset.item_category < 0).all():
+        raise DatasetError(f"{dataset.name} has no item categories to pre-train CNN-F on; "
+                           "pass --imagenet-weights with an AlexNet weights file instead")
+    images = ImageStore(image_cache(dataset, settings.image_size, settings.resize_filter), device)
+    torch.manual_seed(settings.seed)
+    backbone = build_backbone("cnn-f", settings.image_size)
+    head = nn.Linear(backbone.feature_width, dataset.num_categories)
+    backbone.initialise()
+    network = nn.Sequential(backbone, head).to(device, memory_format=memory_format(device))
+    _, metrics = train_classifier(network, images, dataset.item_category, epochs=settings.epochs, min_steps=0,
+                                  batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
+                                  desc="pre-training CNN-F on categories")
+    features = extract(backbone, images, dataset.itemnum, device, desc="CNN-F features")
+    return features, (f"CNN-F fc2 ({backbone.feature_width}-d), pre-trained {settings.epochs} epochs at "
+                      f"{settings.image_size} px to classify the {dataset.num_categories} item categories "
+                      f"(held-out accuracy {metrics['held_out_accuracy']:.2f})")
 
 
 def alexnet_fc7(weights_path):
     """AlexNet with the given ImageNet weights, cut after fc7's ReLU."""
-    try:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise FeatureError(f"no AlexNet weights at {weights_path} "
-                           "(bash download_pretrained_models.sh torchvision fetches them)") from exc
-    except (RuntimeError, pickle.UnpicklingError, EOFError) as exc:
-        raise FeatureError(f"cannot read {weights_path} as a PyTorch weights file: {exc}") from exc
-    with torch.device("meta"):        # no random initialisation: every tensor comes from the file
-        network = torchvision.models.alexnet()
-    try:
-        network.load_state_dict(state, assign=True)
-    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:
-        raise FeatureError(f"{weights_path} is not a torchvision AlexNet state dict: {exc}") from exc
+    network = torchvision.models.alexnet()
+    load_torchvision_weights(network, weights_path, "AlexNet")
     network.classifier = network.classifier[:6]   # drop fc8: dropout, fc6, ReLU, dropout, fc7, ReLU remain
     return nn.Sequential(ImageNetInput(), network)
 
@@ -157,10 +103,10 @@ def visual_features(dataset, settings, device, cache_dir):
     """(float32 [itemnum, 4096] features on device, description), computed or read from the cache."""
     path = Path(cache_dir) / f"{dataset.name}-features-{settings.cache_key(dataset)}.pt"
     if path.exists():
-        cached = load_checkpoint(path, map_location=device)
+        cached = load_checkpoint(path, "features", map_location=device)
         return cached["features"].float(), cached["description"]
     features, description = (imagenet_features if settings.imagenet_weights else cnnf_features)(dataset, settings,
                                                                                                  device)
-    save_checkpoint(path, {"features": features.half().cpu(), "description": description,
+    save_checkpoint(path, {"stage": "features", "features": features.half().cpu(), "description": description,
                            "settings": dataclasses.asdict(settings), "dataset": dataset.name})
     return features, description

@@ -11,7 +11,7 @@ of its features' embeddings (dense features weighted by their values):
 import torch
 import torch.nn as nn
 
-from baselines.bpr import factor_matrix
+from baselines.bpr import bpr_loss, factor_matrix
 
 
 class FactorizationMachine(nn.Module):
@@ -43,3 +43,7 @@ class FactorizationMachine(nn.Module):
         every_item = torch.arange(self.itemnum, device=self.features.device)
         vectors, biases = self.item_vectors(every_item), self.item_biases(every_item)
         return lambda users: biases + self.v_user[users] @ vectors.T
+
+
+def run(ctx):
+    return ctx.learned(lambda k: FactorizationMachine(ctx.dataset.usernum, ctx.features, k), bpr_loss)

@@ -8,14 +8,10 @@
 Each learned model (WARP, BPR-MF, GMF, MLP, FM, VBPR) is trained for every (factors, regulariser) pair of the
 grid, keeping its best epoch by validation AUC; the setting with the best validation All-Items AUC is selected
 and only its test AUC is reported. RAND, PopRank and VisRank have nothing to tune. DVBPR comes from a finished
-run (--dvbpr-run DIR, its results.json) or is trained here with dvbpr/main.py (demo settings on the embedded
-catalogue). Writes Table III as table.md, table.csv and table.json, and metrics.jsonl, into --out.
+run (--dvbpr-run DIR, its results.json) or is trained here with DVBPR's own settings (its demo settings on the
+embedded catalogue). The methods and their order come from baselines/registry.py. Writes Table III as table.md,
+table.csv and table.json, and metrics.jsonl, into --out.
 """
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import dataclasses
 import json
 import time
@@ -23,30 +19,16 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from baselines.bpr import BPRMF, bpr_loss
-from baselines.features import FeatureError, FeatureSettings, visual_features
-from baselines.fm import FactorizationMachine
-from baselines.ncf import GMF, MLP, NEGATIVES_PER_POSITIVE, log_loss
-from baselines.poprank import PopRank
-from baselines.rand import Random
+from baselines.features import FeatureSettings, visual_features
+from baselines.registry import METHODS
 from baselines.table import build_table, render_markdown, write_table
-from baselines.train import FitSettings, Selection, fit, grid_search, parameter_grid, unlearned
-from baselines.visrank import VisRank
-from baselines.vbpr import VBPR
-from baselines.warp import MAX_TRIALS, warp_loss
-from common.catalogue import open_dataset
-from common.checkpoint import seed_everything
-from common.config import apply_defaults, parse_config
-from common.data import DatasetError
+from baselines.train import Context
+from baselines.warp import MAX_TRIALS
+from common.cli import parse_config, settle, stage_errors
+from common.data import open_dataset
 from common.device import describe, pick_device
+from common.errors import ConfigError
 from common.runlog import RunLog, run_dir
-from dvbpr.main import main as dvbpr_main
-
-MODELS = ("rand", "poprank", "warp", "bpr-mf", "gmf", "mlp", "visrank", "fm", "vbpr", "dvbpr")
-LEARNED = ("warp", "bpr-mf", "gmf", "mlp", "fm", "vbpr")
-VISUAL = ("visrank", "fm", "vbpr")
-TABLE_NAMES = {"rand": "RAND", "poprank": "PopRank", "warp": "WARP", "bpr-mf": "BPR-MF", "gmf": "GMF", "mlp": "MLP",
-               "visrank": "VisRank", "fm": "FM", "vbpr": "VBPR", "dvbpr": "DVBPR"}
 
 
 @dataclass
@@ -60,8 +42,8 @@ class BaselinesConfig:
     dvbpr_run: str | None = field(default=None, metadata={"help": "finished DVBPR run directory whose "
                                                                   "results.json to use; without it DVBPR is "
                                                                   "trained into OUT/dvbpr"})
-    models: list[str] = field(default_factory=lambda: list(MODELS),
-                              metadata={"help": "methods to run, of " + " ".join(MODELS)})
+    models: list[str] = field(default_factory=lambda: list(METHODS),
+                              metadata={"help": "methods to run, of " + " ".join(METHODS)})
     factors: list[int] = field(default_factory=lambda: [10, 30, 50], metadata={"help": "latent factors grid"})
     regs: list[float] = field(default_factory=lambda: [0, 0.001, 0.01, 0.1, 1, 10, 30],
                               metadata={"help": "regulariser grid"})
@@ -87,60 +69,7 @@ PRESETS = {
     "quick": dict(factors=[10], regs=[0.01, 0.1, 1], epochs=10),
 }
 # The embedded catalogue on a CPU: the baselines in a few minutes on 2 cores (DVBPR brings its own demo settings).
-# A preset given explicitly keeps its grid.
-DEMO_SETTINGS = dict(PRESETS["quick"], feature_image_size=32, feature_epochs=3, feature_lr=3e-4)
-
-
-def learned_models(dataset, features, cfg):
-    """name -> (model constructor of factors, loss, negatives per positive)."""
-    u, i = dataset.usernum, dataset.itemnum
-    return {
-        "warp": (lambda k: BPRMF(u, i, k), warp_loss, cfg.warp_max_trials),
-        "bpr-mf": (lambda k: BPRMF(u, i, k), bpr_loss, 1),
-        "gmf": (lambda k: GMF(u, i, k), log_loss, NEGATIVES_PER_POSITIVE),
-        "mlp": (lambda k: MLP(u, i, k), log_loss, NEGATIVES_PER_POSITIVE),
-        "fm": (lambda k: FactorizationMachine(u, features, k), bpr_loss, 1),
-        "vbpr": (lambda k: VBPR(u, features, k), bpr_loss, 1),
-    }
-
-
-def run_learned(name, dataset, features, cfg, device):
-    build, loss, negatives = learned_models(dataset, features, cfg)[name]
-    settings = FitSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, negatives=negatives,
-                           protocol=cfg.protocol, seed=cfg.seed)
-
-    def train(factors, reg):
-        seed_everything(cfg.seed)
-        return fit(build(factors), dataset, loss, reg, settings, device, desc=f"{TABLE_NAMES[name]} K={factors} "
-                                                                              f"reg={reg}")
-    return grid_search(TABLE_NAMES[name], dataset, train, parameter_grid(cfg.factors, cfg.regs), device,
-                       cfg.protocol, cfg.seed)
-
-
-def run_unlearned(name, dataset, features, cfg, device):
-    model = {"rand": lambda: Random(dataset.itemnum, device, cfg.seed),
-             "poprank": lambda: PopRank(dataset, device),
-             "visrank": lambda: VisRank(dataset, features)}[name]()
-    train = lambda: unlearned(model, dataset, device, cfg.protocol, cfg.seed)
-    return grid_search(TABLE_NAMES[name], dataset, train, [{}], device, cfg.protocol, cfg.seed)
-
-
-def run_dvbpr(cfg, dataset, embedded, out):
-    """DVBPR's Selection from a finished run's results.json, training it first without --dvbpr-run."""
-    run = Path(cfg.dvbpr_run) if cfg.dvbpr_run else out / "dvbpr"
-    if not cfg.dvbpr_run:
-        dvbpr_main(["--out", str(run), "--dataset", "embedded" if embedded else str(dataset.path),
-                    "--protocol", cfg.protocol, "--seed", str(cfg.seed), "--device", cfg.device])
-    path = run / "results.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no results.json in {run}: is it a finished dvbpr/main.py run?")
-    results = json.loads(path.read_text())
-    if results["dataset"] != dataset.name or results["protocol"] != cfg.protocol:
-        raise DatasetError(f"{path} is a {results['protocol']} run on {results['dataset']}, not a {cfg.protocol} "
-                           f"run on {dataset.name}")
-    return Selection("DVBPR", {"k": results["k"], "image_size": results["image_size"]}, results["best_epoch"],
-                     valid={"all": results["valid_auc"], "cold": results["valid_auc_cold"]},
-                     test={"all": results["test_auc"], "cold": results["test_auc_cold"]})
+DEMO = dict(PRESETS["quick"], feature_image_size=32, feature_epochs=3, feature_lr=3e-4)
 
 
 def report(selection):
@@ -150,53 +79,38 @@ def report(selection):
                f"valid {selection.valid['all']:.4f} (cold {cold(selection.valid['cold'])})  [{params}]")
 
 
-def resolve_config(argv):
-    cfg, explicit = parse_config(BaselinesConfig, argv, PRESETS, description=__doc__.split("\n")[0])
-    unknown = sorted(set(cfg.models) - set(MODELS))
+def check_config(cfg):
+    unknown = sorted(set(cfg.models) - set(METHODS))
     if unknown:
-        raise SystemExit(f"baselines: unknown model(s) {', '.join(unknown)}; choose from {' '.join(MODELS)}")
-    return cfg, explicit
+        raise ConfigError(f"unknown model(s) {', '.join(unknown)}; choose from {' '.join(METHODS)}")
+    for name in ("epochs", "batch_size", "feature_image_size", "feature_epochs"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
 
 
-def main(argv=None):
+def table_iii(cfg):
+    """Run the chosen methods in the registry's order and write Table III; returns the table dict."""
     started = time.time()
-    cfg, explicit = resolve_config(argv)
-    try:
-        dataset, embedded = open_dataset(cfg.dataset)
-        if embedded:
-            kept = explicit | (set(PRESETS[cfg.preset]) if "preset" in explicit else set())
-            changed = apply_defaults(cfg, DEMO_SETTINGS, kept)
-            if changed:
-                print("embedded catalogue: demo settings " + ", ".join(f"{k}={v}" for k, v in changed.items()))
-        device = pick_device(cfg.device)
-        out = run_dir(cfg.out, "baselines")
-        features_settings = FeatureSettings(cfg.imagenet_weights, cfg.feature_image_size, epochs=cfg.feature_epochs,
-                                            lr=cfg.feature_lr, seed=cfg.seed)
-        print("settings: " + json.dumps(dataclasses.asdict(cfg)))
-        print(f"baselines on {dataset.name}: {dataset.usernum} users, {dataset.itemnum} items, "
-              f"{dataset.num_train_interactions} training interactions; {cfg.protocol} AUC; "
-              f"device {describe(device)}; out {out}")
-        models = [name for name in MODELS if name in cfg.models]
-        features, features_description = None, "none"
-        if any(name in VISUAL for name in models):
-            features, features_description = visual_features(dataset, features_settings, device, out / "features")
-            print(f"visual features: {features_description}")
-
-        runlog = RunLog(out)
-        selections = {}
-        for name in tqdm(models, desc="methods", unit="method"):
-            if name == "dvbpr":
-                selection = run_dvbpr(cfg, dataset, embedded, out)
-            elif name in LEARNED:
-                selection = run_learned(name, dataset, features, cfg, device)
-            else:
-                selection = run_unlearned(name, dataset, features, cfg, device)
-            selections[selection.name] = selection
-            runlog.record(**dataclasses.asdict(selection))
-            report(selection)
-    except (DatasetError, FeatureError, FileNotFoundError) as exc:
-        raise SystemExit(f"baselines: {exc}") from exc
-
+    dataset, embedded = open_dataset(cfg.dataset)
+    device = pick_device(cfg.device)
+    out = run_dir(cfg.out, "baselines")
+    print("settings: " + json.dumps(dataclasses.asdict(cfg)))
+    print(f"baselines on {dataset.name}: {dataset.usernum} users, {dataset.itemnum} items, "
+          f"{dataset.num_train_interactions} training interactions; {cfg.protocol} AUC; "
+          f"device {describe(device)}; out {out}")
+    methods = {name: method for name, method in METHODS.items() if name in cfg.models}
+    features, features_description = None, "none"
+    if any(method.visual for method in methods.values()):
+        settings = FeatureSettings(cfg.imagenet_weights, cfg.feature_image_size, epochs=cfg.feature_epochs,
+                                   lr=cfg.feature_lr, seed=cfg.seed)
+        features, features_description = visual_features(dataset, settings, device, out / "features")
+        print(f"visual features: {features_description}")
+    runlog, selections = RunLog(out), {}
+    for method in tqdm(methods.values(), desc="methods", unit="method"):
+        selection = method.run(Context(method.label, dataset, features, cfg, device, out, embedded))
+        selections[selection.name] = selection
+        runlog.record(**dataclasses.asdict(selection))
+        report(selection)
     table = build_table(dataset.name, selections, features_description, cfg.protocol)
     table["wall_seconds"] = round(time.time() - started, 1)
     paths = write_table(out, table)
@@ -205,6 +119,13 @@ def main(argv=None):
     return table
 
 
+def main(argv=None):
+    with stage_errors("baselines"):
+        cfg, protected = parse_config(BaselinesConfig, argv, PRESETS, description=__doc__.split("\n")[0])
+        settle(cfg, protected, "baselines", DEMO)
+        check_config(cfg)
+        return table_iii(cfg)
+
+
 if __name__ == "__main__":
     main()
-

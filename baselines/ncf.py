@@ -80,3 +80,11 @@ class MLP(nn.Module):
             user_parts = self.user_part(users)
             return torch.cat([self.tower(part[:, None, :] + items) for part in user_parts.split(rows)])
         return score
+
+
+def run_gmf(ctx):
+    return ctx.learned(lambda k: GMF(ctx.dataset.usernum, ctx.dataset.itemnum, k), log_loss, NEGATIVES_PER_POSITIVE)
+
+
+def run_mlp(ctx):
+    return ctx.learned(lambda k: MLP(ctx.dataset.usernum, ctx.dataset.itemnum, k), log_loss, NEGATIVES_PER_POSITIVE)

@@ -10,3 +10,7 @@ class PopRank:
 
     def scorer(self):
         return lambda users: self.popularity.expand(len(users), -1)
+
+
+def run(ctx):
+    return ctx.unlearned(PopRank(ctx.dataset, ctx.device))

@@ -7,5 +7,9 @@ class Random:
         self.itemnum, self.device, self.seed = itemnum, torch.device(device), seed
 
     def scorer(self):
-        generator = torch.Generator(self.device).manual_seed(self.seed)
-        return lambda users: torch.rand(len(users), self.itemnum, device=self.device, generator=generator)
+        rng = torch.Generator(self.device).manual_seed(self.seed)
+        return lambda users: torch.rand(len(users), self.itemnum, device=self.device, generator=rng)
+
+
+def run(ctx):
+    return ctx.unlearned(Random(ctx.dataset.itemnum, ctx.device, ctx.cfg.seed))

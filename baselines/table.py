@@ -5,10 +5,10 @@ Improvements are relative, as in the paper: DVBPR / other - 1 (Amazon Fashion, A
 The paper's numbers are printed beside ours when the dataset is one of the paper's (matched by file stem).
 """
 import csv
-import json
 from pathlib import Path
 
-METHODS = ("RAND", "PopRank", "WARP", "BPR-MF", "GMF", "MLP", "VisRank", "FM", "VBPR", "DVBPR")
+from common.checkpoint import write_json
+
 PAPER_METHODS = ("RAND", "PopRank", "WARP", "BPR-MF", "VisRank", "FM", "VBPR", "DVBPR")
 SETTINGS = ("All Items", "Cold Items")
 VS_BPRMF, VS_BEST = "DVBPR vs BPR-MF (%)", "DVBPR vs best (%)"
@@ -48,8 +48,9 @@ def paper_rows(dataset_name):
 
 
 def build_table(dataset_name, selections, features, protocol):
-    """The table as a dict (what table.json holds); `selections` maps method name -> train.Selection-like object."""
-    methods = [method for method in METHODS if method in selections]
+    """The table as a dict (what table.json holds); `selections` maps method label -> train.Selection-like object,
+    in the order of the columns."""
+    methods = list(selections)
     rows = {}
     for setting in SETTINGS:
         row = {method: selections[method].test[SPLIT_KEYS[setting]] for method in methods}
@@ -115,5 +116,5 @@ def write_table(out_dir, table):
         for label, source, row in table_lines(table):
             setting = label.removesuffix(" (paper)")
             writer.writerow([setting, source, *("" if row.get(c) is None else row[c] for c in table["columns"])])
-    paths[2].write_text(json.dumps(table, indent=2) + "\n")
+    write_json(paths[2], table)
     return paths

@@ -7,7 +7,7 @@ per call, for evaluation). A learned baseline is also an nn.Module with
 and is trained by `fit` with a loss(model, users, positives, negatives, reg) -> scalar:
 BPR (bpr.py), WARP (warp.py) or NCF's log loss (ncf.py).
 
-Triplets are drawn as DVBPR draws them (reference §3.5): u uniform over users, i uniform over u's training items,
+Triplets come from DVBPR's sampler (common/sampling.py): u uniform over users, i uniform over u's training items,
 negatives uniform over the items outside u's training set; an epoch is as many triplets as training interactions.
 """
 import copy
@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from common.data import DatasetError
+from common.errors import TrainingDiverged
 from common.metrics import evaluate_auc
+from common.sampling import TripletSampler
+from common.seeding import seed_everything
 
 SPLIT_SEED_OFFSET = {"validation": 0, "test": 1}
 
@@ -51,43 +53,6 @@ class Selection:
     trials: list = field(default_factory=list)   # every setting tried, with its validation AUC
 
 
-class Interactions:
-    """The training (user, item) pairs of a dataset on a device, and the triplet sampler."""
-
-    def __init__(self, dataset, device):
-        indptr, items = dataset.train_csr()
-        self.device = torch.device(device)
-        self.indptr = torch.as_tensor(indptr, dtype=torch.long, device=self.device)
-        self.items = torch.as_tensor(items, dtype=torch.long, device=self.device)
-        self.lengths = self.indptr.diff()
-        self.usernum, self.itemnum = dataset.usernum, dataset.itemnum
-        users = torch.repeat_interleave(torch.arange(self.usernum, device=self.device), self.lengths)
-        self.keys = torch.unique(users * self.itemnum + self.items)   # sorted, for membership tests
-        self.num_interactions = len(self.items)
-        distinct = torch.bincount(self.keys // self.itemnum, minlength=self.usernum)
-        if (distinct == 0).any() or (distinct == self.itemnum).any():
-            offender = int(torch.nonzero((distinct == 0) | (distinct == self.itemnum))[0])
-            raise DatasetError(f"user {offender} has {int(distinct[offender])} distinct training items of "
-                               f"{self.itemnum}: triplets need a positive and a negative for every user")
-
-    def contains(self, users, items):
-        """Whether each (user, item) is a training pair; users broadcast against items."""
-        keys = users * self.itemnum + items
-        found = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
-        return self.keys[found] == keys
-
-    def sample(self, batch_size, num_negatives, generator):
-        """users [B], positives [B], negatives [B, num_negatives]."""
-        users = torch.randint(self.usernum, (batch_size,), device=self.device, generator=generator)
-        offsets = (torch.rand(batch_size, device=self.device, generator=generator) * self.lengths[users]).long()
-        positives = self.items[self.indptr[users] + offsets]
-        negatives = torch.randint(self.itemnum, (batch_size, num_negatives), device=self.device, generator=generator)
-        while (taken := self.contains(users[:, None], negatives)).any():
-            negatives[taken] = torch.randint(self.itemnum, (int(taken.sum()),), device=self.device,
-                                             generator=generator)
-        return users, positives, negatives
-
-
 @torch.no_grad()
 def evaluate(model, dataset, split, device, protocol="exact", seed=0):
     """AUC dict of the model on a split; sampled100 draws its negatives as dvbpr/main.py does (seed, seed + 1)."""
@@ -101,19 +66,21 @@ def fit(model, dataset, loss, reg, settings, device, desc="fit"):
     """Train with Adam on `loss`, evaluate on validation after every epoch, keep the best epoch's weights."""
     device = torch.device(device)
     model.to(device)
-    data = Interactions(dataset, device)
-    generator = torch.Generator(device).manual_seed(settings.seed)
+    sampler = TripletSampler(dataset, settings.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    steps = math.ceil(data.num_interactions / settings.batch_size)
+    steps = math.ceil(dataset.num_train_interactions / settings.batch_size)
     best, best_state = None, None
     bar = tqdm(range(1, settings.epochs + 1), desc=desc, unit="epoch", leave=False)
     for epoch in bar:
         model.train()
         for _ in range(steps):
-            value = loss(model, *data.sample(settings.batch_size, settings.negatives, generator), reg)
+            triplets = sampler.sample(settings.batch_size, settings.negatives)
+            value = loss(model, *(torch.from_numpy(a).to(device) for a in triplets), reg)
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
+        if not math.isfinite(value.item()):
+            raise TrainingDiverged(f"{desc}: the loss became {value.item()} in epoch {epoch}; lower --lr")
         valid = evaluate(model, dataset, "validation", device, settings.protocol, settings.seed)
         if best is None or valid["all"] > best.valid["all"]:
             best = Fitted(model, valid, epoch)
@@ -144,3 +111,33 @@ def grid_search(name, dataset, train, grid, device, protocol="exact", seed=0):
             best, best_params = fitted, params
     test = evaluate(best.model, dataset, "test", device, protocol, seed)
     return Selection(name, best_params, best.epoch, best.valid, test, trials)
+
+
+@dataclass
+class Context:
+    """What every method of Table III runs with; `label` is the method's column."""
+    label: str
+    dataset: object
+    features: torch.Tensor | None
+    cfg: object
+    device: torch.device
+    out: object
+    embedded: bool
+
+    def learned(self, build, loss, negatives=1):
+        """Grid search over (factors, regulariser) of a model build(factors) trained with `loss`."""
+        cfg = self.cfg
+        settings = FitSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, negatives=negatives,
+                               protocol=cfg.protocol, seed=cfg.seed)
+
+        def train(factors, reg):
+            seed_everything(cfg.seed)
+            return fit(build(factors), self.dataset, loss, reg, settings, self.device,
+                       desc=f"{self.label} K={factors} reg={reg}")
+        return grid_search(self.label, self.dataset, train, parameter_grid(cfg.factors, cfg.regs), self.device,
+                           cfg.protocol, cfg.seed)
+
+    def unlearned(self, model):
+        """A method with nothing to train or tune, evaluated once."""
+        train = lambda: unlearned(model, self.dataset, self.device, self.cfg.protocol, self.cfg.seed)
+        return grid_search(self.label, self.dataset, train, [{}], self.device, self.cfg.protocol, self.cfg.seed)

@@ -9,7 +9,7 @@ The visual and non-visual factor spaces get the same width (the grid's `factors`
 import torch
 import torch.nn as nn
 
-from baselines.bpr import factor_matrix
+from baselines.bpr import bpr_loss, factor_matrix
 
 
 class VBPR(nn.Module):
@@ -40,3 +40,7 @@ class VBPR(nn.Module):
         biases = self.beta_item + self.features @ self.beta_visual
         return lambda users: (biases + self.gamma_user[users] @ self.gamma_item.T
                               + self.theta_user[users] @ visual_items.T)
+
+
+def run(ctx):
+    return ctx.learned(lambda k: VBPR(ctx.dataset.usernum, ctx.features, k), bpr_loss)

@@ -25,3 +25,7 @@ class VisRank:
 
     def scorer(self):
         return lambda users: self.user_profiles(users) @ self.unit_features.T
+
+
+def run(ctx):
+    return ctx.unlearned(VisRank(ctx.dataset, ctx.features))

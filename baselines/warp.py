@@ -10,6 +10,8 @@ which is the same distribution as drawing sequentially.
 """
 import torch
 
+from baselines.bpr import BPRMF
+
 MAX_TRIALS = 10  # LightFM's max_sampled default
 
 
@@ -31,3 +33,7 @@ def warp_loss(model, users, positives, negatives, reg):
     penalty = model.penalty(users, chosen) * found
     return (weight.detach() * hinge).mean() + reg / 2 * penalty.mean()
 
+
+def run(ctx):
+    return ctx.learned(lambda k: BPRMF(ctx.dataset.usernum, ctx.dataset.itemnum, k), warp_loss,
+                       ctx.cfg.warp_max_trials)

@@ -39,13 +39,13 @@ tests() {
 }
 
 bench() {
-  step dvbpr-bf16 45 python3 bench/dvbpr.py "${AMAZON[@]}"
-  step dvbpr-fp32 45 python3 bench/dvbpr.py "${AMAZON[@]}" --no-bf16
-  step dvbpr-stream 45 python3 bench/dvbpr.py "${AMAZON[@]}" --stream --images 8192
-  step gan-bf16 30 python3 bench/gan.py --preset paper --devices cuda --iterations 50
-  step gan-fp32 30 python3 bench/gan.py --preset paper --devices cuda --iterations 50 --no-bf16
-  step dvbpr-1-rank 30 python3 bench/dvbpr.py --devices cuda --image-size 224 --steps 50
-  step dvbpr-2-ranks 60 python3 -m torch.distributed.run --standalone --nproc_per_node=2 bench/dvbpr.py \
+  step dvbpr-bf16 45 python3 bench/dvbpr_throughput.py "${AMAZON[@]}"
+  step dvbpr-fp32 45 python3 bench/dvbpr_throughput.py "${AMAZON[@]}" --no-bf16
+  step dvbpr-stream 45 python3 bench/dvbpr_throughput.py "${AMAZON[@]}" --stream --images 8192
+  step gan-bf16 30 python3 bench/gan_throughput.py --preset paper --devices cuda --iterations 50
+  step gan-fp32 30 python3 bench/gan_throughput.py --preset paper --devices cuda --iterations 50 --no-bf16
+  step dvbpr-1-rank 30 python3 bench/dvbpr_throughput.py --devices cuda --image-size 224 --steps 50
+  step dvbpr-2-ranks 60 python3 -m torch.distributed.run --standalone --nproc_per_node=2 bench/dvbpr_throughput.py \
     --devices cuda --image-size 224 --steps 50
 }
 

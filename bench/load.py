@@ -5,19 +5,20 @@ with random bytes standing in for the JPEGs. Loading runs in a fresh interpreter
 
     python bench/load.py --size-gb 1
 """
-import sys; from pathlib import Path; sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import json
 import resource
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from common.data import load_dataset, save_original_format
+from common.data import load_dataset
+from common.original_format import save_original_format
 
 IMAGE_BYTES = 14_000                       # 3.3 GB / 234K items
 USERS_PER_ITEM = 64 / 234

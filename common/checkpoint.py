@@ -1,30 +1,28 @@
 """One checkpoint format for every stage, written atomically and read with weights_only=True.
 
-A checkpoint is a dict: {"stage", "model", "optimizer", "config", "epoch", "step", "metrics", ...}. It holds no
-global random state: each stage draws its batches from seeds derived from (seed, epoch or step), or keeps its
-sampler's state, so that a run resumes exactly, under any number of ranks.
+A checkpoint is a dict: {"stage", "model", "optimizer", "config", "epoch", "step", "metrics", ...}; `stage` names
+the stage that wrote it ("dvbpr", "gan", "classifier", ...) and every load checks it.
 """
+import hashlib
+import json
 import os
-import random
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, truncated or not one of ours."""
+from common.errors import CheckpointError
 
 
-def save_checkpoint(path, state):
-    """Write `state` to `path` so that a crash at any moment leaves either the old file or the new one."""
+def atomic_write(path, write):
+    """Call write(binary file) on a temporary file beside `path`, then rename it over `path`: a crash at any
+    moment leaves either the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -33,22 +31,30 @@ def save_checkpoint(path, state):
         raise
 
 
-def load_checkpoint(path, map_location="cpu"):
+def save_checkpoint(path, state):
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def write_json(path, content):
+    """`content` as indented JSON, written atomically."""
+    atomic_write(path, lambda f: f.write((json.dumps(content, indent=2) + "\n").encode()))
+
+
+def fingerprint(content, length=10):
+    """A short hex digest of a JSON-able dict: the key of every cache (images, features, classifiers, catalogues)."""
+    return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:length]
+
+
+def load_checkpoint(path, stage=None, map_location="cpu"):
+    """The checkpoint dict at `path`; with `stage`, refused unless that stage wrote it."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-
-
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def derived_seed(*keys):
-    """A seed made from several integers (e.g. seed, step, rank), distinct for distinct keys."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+    found = checkpoint.get("stage") if isinstance(checkpoint, dict) else type(checkpoint).__name__
+    if stage is not None and found != stage:
+        raise CheckpointError(f"{path} was written by the {found!r} stage, not by {stage!r}: give a {stage} run")
+    return checkpoint

@@ -9,24 +9,17 @@ The pickle is never run with plain pickle: only numpy's array/scalar reconstruct
 may be named in it.
 """
 import operator
-import os
 import pickle
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from common.catalogue import ensure_embedded_catalogue, is_embedded
+from common.errors import DatasetError, UnsafePickleError
+
 DEFAULT_DATASET = Path("data/AmazonFashion6ImgPartitioned.npy")
 SPLITS = ("train", "validation", "test")
-
-
-class DatasetError(ValueError):
-    """A dataset file that is not in the original layout or fails validation."""
-
-
-class UnsafePickleError(DatasetError):
-    """The dataset's pickle names a global outside the allow-list (it could run code)."""
 
 
 @dataclass
@@ -226,44 +219,26 @@ def load_dataset(path) -> Dataset:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Writing the original layout
+# Choosing the dataset of a run
 
-class _Python2Pickler(pickle._Pickler):
-    """Protocol 2 as Python 2 wrote it: str and bytes both as (SHORT_)BINSTRING (Python 2 had one str type),
-    numpy callables under numpy.core (numpy 2 moved them to numpy._core)."""
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def save_py2_str(self, obj):
-        data = obj.encode() if isinstance(obj, str) else obj
-        if len(data) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]))
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(data)))
-        self.write(data)
-        self.memoize(obj)
-
-    dispatch[str] = save_py2_str
-    dispatch[bytes] = save_py2_str
-
-    def save_global(self, obj, name=None):
-        module = getattr(obj, "__module__", "") or ""
-        if not module.startswith("numpy._core"):
-            return super().save_global(obj, name)
-        module = "numpy.core" + module[len("numpy._core"):]
-        self.write(pickle.GLOBAL + f"{module}\n{name or obj.__name__}\n".encode())
-        self.memoize(obj)
+def resolve_dataset(path=None) -> tuple[Path, bool]:
+    """(absolute path, embedded) of a run's dataset: `path` if given ("embedded" forces the demo catalogue), else
+    the real AmazonFashion file at its default path, else the embedded catalogue (generated once)."""
+    if path and path != "embedded":
+        if not Path(path).is_file():
+            raise DatasetError(f"dataset {path} not found (bash download_dataset.sh fetches the originals)")
+        return Path(path).resolve(), is_embedded(path)
+    if path is None and DEFAULT_DATASET.is_file():
+        return DEFAULT_DATASET.resolve(), False
+    return ensure_embedded_catalogue().resolve(), True
 
 
-def save_original_format(path, user_train, user_validation, user_test, items, usernum, itemnum) -> None:
-    """Write a dataset exactly as the original files are: a version-1.0 .npy of a 6-entry object array pickled
-    by (a faithful imitation of) Python 2.
-    Records are dicts {"productid": int}; items are dicts {"imgs": bytes, "c": one-hot list or array}."""
-    top = np.empty(6, dtype=object)
-    for k, entry in enumerate((user_train, user_validation, user_test, items, usernum, itemnum)):
-        top[k] = entry
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(top))
-        _Python2Pickler(f, protocol=2).dump(top)
-    os.replace(tmp, path)
+def open_dataset(path=None) -> tuple[Dataset, bool]:
+    """(Dataset, embedded) for a run, as `resolve_dataset` chooses it; the fallback to the embedded catalogue is
+    announced in one line."""
+    resolved, embedded = resolve_dataset(path)
+    dataset = load_dataset(resolved)
+    if embedded and path is None:
+        print(f"{DEFAULT_DATASET} not found: using the embedded demo catalogue {resolved} ({dataset.usernum} "
+              f"users, {dataset.itemnum} items, {dataset.num_train_interactions} training actions)")
+    return dataset, embedded

@@ -3,13 +3,20 @@ import contextlib
 
 import torch
 
+from common.errors import ConfigError
+
 
 def pick_device(name="auto"):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name}: this project runs on cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA GPU is available")
+        raise ConfigError(f"--device {name} was asked for but no CUDA GPU is available (use --device cpu)")
     return device
 
 

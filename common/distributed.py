@@ -18,7 +18,7 @@ import torch.nn as nn
 from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 from torch.nn.parallel import DistributedDataParallel
 
-from common.checkpoint import derived_seed
+from common.seeding import derived_seed
 from common.device import describe, pick_device
 
 

@@ -16,7 +16,9 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from tqdm import tqdm
 
-from common.data import Dataset, DatasetError, name_offenders
+from common.checkpoint import fingerprint, write_json
+from common.data import Dataset, name_offenders
+from common.errors import ConfigError, DatasetError
 
 RESIZE_FILTERS = {
     "nearest": Image.Resampling.NEAREST,
@@ -149,19 +151,13 @@ def _build(dataset: Dataset, size: int, resize_filter: str, path: Path, device: 
     return sorted(bad)
 
 
-def _write_json(path: Path, content: dict) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(content, indent=1))
-    os.replace(tmp, path)
-
-
 def _cached_bad_items(path: Path, sidecar: Path, key: dict) -> list[int] | None:
     """The bad item ids recorded for a cache built with `key`, or None if there is no such cache."""
     try:
         meta = json.loads(sidecar.read_text())
     except (OSError, ValueError):
         return None
-    return meta["bad_items"] if meta.get("key") == key and path.exists() else None
+    return meta["bad_items"] if meta.get("key") == fingerprint(key) and path.exists() else None
 
 
 def image_cache(dataset: Dataset, size: int, resize_filter: str = "nearest", cache_dir=None, strict: bool = False,
@@ -174,7 +170,7 @@ def image_cache(dataset: Dataset, size: int, resize_filter: str = "nearest", cac
     otherwise `workers` processes (default: all cores) decode with PIL.
     """
     if resize_filter not in RESIZE_FILTERS:
-        raise ValueError(f"resize_filter must be one of {', '.join(RESIZE_FILTERS)}, got {resize_filter!r}")
+        raise ConfigError(f"resize_filter must be one of {', '.join(RESIZE_FILTERS)}, got {resize_filter!r}")
     cache_dir = Path(cache_dir) if cache_dir is not None else dataset.path.parent / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{dataset.name}-{size}px-{resize_filter}.npy"
@@ -185,7 +181,7 @@ def image_cache(dataset: Dataset, size: int, resize_filter: str = "nearest", cac
     bad = _cached_bad_items(path, sidecar, key)
     if bad is None:
         bad = _build(dataset, size, resize_filter, path, torch.device(device), workers or os.cpu_count() or 1)
-        _write_json(sidecar, {"key": key, "bad_items": bad})
+        write_json(sidecar, {"key": fingerprint(key), "bad_items": bad})
     if bad:
         message = (f"{len(bad)} of {dataset.itemnum} images in {dataset.path.name} do not decode: "
                    f"items {name_offenders(bad, limit=20)} (all listed in {sidecar})")

@@ -1,14 +1,23 @@
-"""DVBPR: a Siamese CNN Phi trained end to end with user factors theta (paper eq. 6: x_ui = theta_u . Phi(X_i)).
+"""DVBPR (paper Sec. III-A/B): an image network Phi trained end to end with user factors theta,
+x_ui = theta_u . Phi(X_i) (eq. 6), where Phi(X) = head(backbone(X)): a backbone maps images to features and a
+linear head maps those to K dimensions.
 
-Phi is the "CNN-F"-like network as the original code implemented it (not the CNN-F of Chatfield et al.):
-no LRN, 2x2/2 max-pools, TF "SAME" padding, Xavier-uniform weights, zero biases, trained from scratch.
-At 224 px and K=100 it has 70,778,724 parameters, the original's figure.
+The default backbone is the "CNN-F"-like network as the original code implemented it (DVBPR/main.py of the
+original repository), not the CNN-F of Chatfield et al.: no LRN, 2x2/2 max-pools, TF "SAME" padding,
+Xavier-uniform weights, zero biases, trained from scratch. At 224 px and K=100 it has 70,778,724 parameters, the
+original's figure. Other backbones (torchvision's ResNet and ViT) are in dvbpr/backbones.py.
 """
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
+
+from common.device import autocast
+from common.distributed import Ranks
+
+CNNF_WIDTHS = (64, 256, 256, 256, 256)   # conv1..conv5 channels of the original
 
 
 def same_padding(size, kernel, stride):
@@ -25,8 +34,8 @@ def feature_map_size(image_size):
     return side
 
 
-class CNN(nn.Module):
-    """Phi: images [B, 3, S, S] in [-1, 1] -> item embeddings [B, K].
+class CNNF(nn.Module):
+    """The backbone of Phi: images [B, 3, S, S] in [-1, 1] -> features [B, fc_width]; the head is fc3.
 
         layer  kernel  stride  padding       channels   output at 224 px
         conv1  11x11   4       SAME (3, 4)   64         56 x 56     ReLU, then 2x2/2 max-pool -> 28
@@ -36,64 +45,87 @@ class CNN(nn.Module):
         conv5  3x3     1       1             256        14 x 14     ReLU, then 2x2/2 max-pool -> 7
         fc1    256*7*7 = 12544 -> 4096                               ReLU, dropout 0.5
         fc2    4096 -> 4096                                          ReLU, dropout 0.5
-        fc3    4096 -> K                                             linear
+        (fc3   4096 -> K, linear: DVBPR's head)
 
     Smaller inputs (64, 32 px) work: conv1's SAME pads and fc1's input width are derived from `image_size`.
-    `fc_width` (4096 in the original) can be shrunk for quick CPU runs and tests.
+    `widths` (conv1..conv5 channels) and `fc_width` can be shrunk for quick CPU runs and tests.
     Flatten order: PyTorch flattens (C, H, W), the original flattened (H, W, C). The two differ only by a fixed
     permutation of fc1's input rows, to which Xavier init and training are blind; it matters only when importing
     the original's TF weights (permute the rows of wd1 from (h, w, c) to (c, h, w)).
     """
 
-    def __init__(self, image_size=224, k=100, dropout=0.5, fc_width=4096):
+    def __init__(self, image_size=224, fc_width=4096, dropout=0.5, widths=CNNF_WIDTHS):
         super().__init__()
-        self.image_size = image_size
+        self.input_size, self.feature_width = image_size, fc_width
         pad_before, pad_after = same_padding(image_size, kernel=11, stride=4)
         self.conv1_pad = (pad_before, pad_after, pad_before, pad_after)  # F.pad order: left, right, top, bottom
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=11, stride=4)
-        self.conv2 = nn.Conv2d(64, 256, kernel_size=5, padding=2)
-        self.conv3 = nn.Conv2d(256, 256, kernel_size=3, padding=1)
-        self.conv4 = nn.Conv2d(256, 256, kernel_size=3, padding=1)
-        self.conv5 = nn.Conv2d(256, 256, kernel_size=3, padding=1)
-        self.fc1 = nn.Linear(256 * feature_map_size(image_size) ** 2, fc_width)
+        w1, w2, w3, w4, w5 = widths
+        self.conv1 = nn.Conv2d(3, w1, kernel_size=11, stride=4)
+        self.conv2 = nn.Conv2d(w1, w2, kernel_size=5, padding=2)
+        self.conv3 = nn.Conv2d(w2, w3, kernel_size=3, padding=1)
+        self.conv4 = nn.Conv2d(w3, w4, kernel_size=3, padding=1)
+        self.conv5 = nn.Conv2d(w4, w5, kernel_size=3, padding=1)
+        self.fc1 = nn.Linear(w5 * feature_map_size(image_size) ** 2, fc_width)
         self.fc2 = nn.Linear(fc_width, fc_width)
-        self.fc3 = nn.Linear(fc_width, k)
         self.dropout = nn.Dropout(dropout)
+
+    def layers(self):
+        return [self.conv1, self.conv2, self.conv3, self.conv4, self.conv5, self.fc1, self.fc2]
+
+    def initialise(self):
+        """The original's initialisation: Xavier-uniform weights, zero biases."""
         for layer in self.layers():
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def layers(self):
-        return [self.conv1, self.conv2, self.conv3, self.conv4, self.conv5, self.fc1, self.fc2, self.fc3]
-
-    def weights(self):
-        """The 8 weight tensors the original regularises (wc1-wc5, wd1-wd3); biases are not."""
+    def regularised_weights(self):
+        """The weights the original decays (wc1-wc5, wd1-wd2; the head's wd3 is DVBPR's); biases are not."""
         return [layer.weight for layer in self.layers()]
 
-    def forward(self, x):
+    def feature_map(self, x):
+        """conv5's pooled output [B, widths[4], s, s]: the image regions the fc layers see."""
         pool = lambda t: F.max_pool2d(t, kernel_size=2, stride=2, ceil_mode=True)  # ceil = TF SAME on odd sides
         x = pool(F.relu(self.conv1(F.pad(x, self.conv1_pad))))
         x = pool(F.relu(self.conv2(x)))
         x = F.relu(self.conv3(x))
         x = F.relu(self.conv4(x))
-        x = pool(F.relu(self.conv5(x)))
-        x = torch.flatten(x, 1)
+        return pool(F.relu(self.conv5(x)))
+
+    def forward(self, x):
+        x = torch.flatten(self.feature_map(x), 1)
         x = self.dropout(F.relu(self.fc1(x)))
-        x = self.dropout(F.relu(self.fc2(x)))
-        return self.fc3(x)
+        return self.dropout(F.relu(self.fc2(x)))
 
 
 class DVBPR(nn.Module):
-    """Phi plus one K-dim visual preference vector theta_u per user; no biases, no non-visual item factors."""
+    """Phi = head(backbone(.)) plus one K-dim visual preference vector theta_u per user; no biases, no non-visual
+    item factors.
 
-    def __init__(self, usernum, k=50, image_size=224, dropout=0.5, fc_width=4096):
+    The backbone declares `input_size`, `feature_width`, `regularised_weights()` and `initialise()`. The original
+    initialised its weights after building the whole network, so DVBPR initialises the backbone and the head once
+    both exist, then draws theta: with CNN-F the random stream is the original layout's.
+    """
+
+    def __init__(self, backbone, usernum, k=50):
         super().__init__()
-        self.cnn = CNN(image_size, k, dropout, fc_width)
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.feature_width, k)
+        backbone.initialise()
+        nn.init.xavier_uniform_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
         self.theta = nn.Parameter(torch.rand(usernum, k) / 100)  # Uniform[0, 1) / 100, as the original
 
+    @property
+    def k(self):
+        return self.head.out_features
+
+    def phi(self, images):
+        """Item embeddings Phi(X) [B, K]."""
+        return self.head(self.backbone(images))
+
     def forward(self, users, images_i, images_j):
-        """x_ui - x_uj for a batch of triplets. Siamese: one CNN pass over the 2B images, shared weights."""
-        phi_i, phi_j = self.cnn(torch.cat([images_i, images_j])).float().chunk(2)
+        """x_ui - x_uj for a batch of triplets. Siamese: one pass over the 2B images, shared weights."""
+        phi_i, phi_j = self.phi(torch.cat([images_i, images_j])).float().chunk(2)
         return (self.theta[users] * (phi_i - phi_j)).sum(dim=1)
 
     def objective(self, x_uij, users, lambda_w=0.001, lambda_theta=1.0, shares=1):
@@ -101,11 +133,31 @@ class DVBPR(nn.Module):
             -sum_batch log sigmoid(x_uij) + lambda_w/2 sum_W ||W||^2 + lambda_theta/2 sum_batch ||theta_u||^2.
 
         The BPR term is a sum over the batch, not a mean; the theta term counts each triplet's user once per
-        occurrence; the weight term covers the conv and fc weights, not the biases. When the batch is one of
-        `shares` equal parts of a global batch whose gradients DistributedDataParallel averages, the batch terms
-        are multiplied by `shares`, so that the average is the gradient of the global batch's loss.
+        occurrence; the weight term covers the backbone's regularised weights and the head's, not the biases.
+        When the batch is one of `shares` equal parts of a global batch whose gradients DistributedDataParallel
+        averages, the batch terms are multiplied by `shares`, so that the average is the gradient of the global
+        batch's loss.
         """
         bpr = F.logsigmoid(x_uij).sum()
         theta_decay = self.theta[users].pow(2).sum()
-        weight_decay = sum(w.pow(2).sum() for w in self.cnn.weights())
+        weight_decay = sum(w.pow(2).sum() for w in [*self.backbone.regularised_weights(), self.head.weight])
         return shares * (-bpr + lambda_theta / 2 * theta_decay) + lambda_w / 2 * weight_decay
+
+
+@torch.no_grad()
+def embed_items(model, images, batch_size, ranks=None, bf16=True):
+    """Phi(X_i) of every item, float32 [itemnum, K] on every rank, with dropout off (the model's mode is restored
+    afterwards); each rank embeds its shard of the items (default: one process, on the model's device)."""
+    ranks = ranks or Ranks(device=model.theta.device)
+    was_training = model.training
+    model.eval()
+    mine = ranks.shard(len(images))
+    batches = ((torch.arange(start, min(start + batch_size, mine.stop)),)
+               for start in range(mine.start, mine.stop, batch_size))
+    embeddings = [torch.empty(0, model.k, device=ranks.device)]
+    for _, batch_images in tqdm(images.stream(batches), total=-(-len(mine) // batch_size), desc="item embeddings",
+                                unit="batch", leave=False, disable=not ranks.is_main):
+        with autocast(ranks.device, bf16):
+            embeddings.append(model.phi(batch_images).float())
+    model.train(was_training)
+    return ranks.gather(torch.cat(embeddings))

@@ -10,12 +10,8 @@ training saved in embeddings.pt; only a new image goes through the CNN. Similar 
 similarity of Phi(X_i), the similarity-based recommender done with DVBPR's learned visual features.
 Lists are printed as a table and saved as a strip of the items' images (in the run directory, or --out).
 """
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,12 +19,11 @@ import torch.nn.functional as F
 from torchvision.utils import save_image
 
 from common.catalogue import CATEGORY_NAMES
-from common.checkpoint import CheckpointError
-from common.config import parse_config
-from common.data import DatasetError
+from common.cli import parse_config, stage_errors
 from common.device import autocast, pick_device
+from common.errors import ConfigError
 from common.images import GREY, decode_image, to_unit_range
-from dvbpr.run import RunError, open_run
+from dvbpr.run import open_run
 
 
 @dataclass
@@ -56,7 +51,7 @@ class RecommendConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
 
 
-class RecommendError(ValueError):
+class RecommendError(ConfigError):
     """A request this run cannot answer: the message says what was wrong."""
 
 
@@ -144,10 +139,10 @@ def read_image(path):
 
 def score_image(run, data, user):
     """theta_u . Phi(x) for an encoded image, preprocessed as in training (size, resize filter, [-1, 1])."""
-    pixels = torch.from_numpy(decode_image(data, run.config["image_size"], run.config["resize_filter"]))
+    pixels = torch.from_numpy(decode_image(data, run.config.image_size, run.config.resize_filter))
     device = run.theta.device
-    with torch.no_grad(), autocast(device, run.config["bf16"]):
-        phi = run.model.cnn(to_unit_range(pixels[None]).to(device)).float()
+    with torch.no_grad(), autocast(device, run.config.bf16):
+        phi = run.model.phi(to_unit_range(pixels[None]).to(device)).float()
     return (phi[0] @ run.theta[user]).item()
 
 
@@ -245,11 +240,9 @@ def recommend(cfg):
 
 def main(argv=None):
     summary, _examples, details = __doc__.strip().split("\n\n")
-    cfg, _ = parse_config(RecommendConfig, argv, description=f"{summary} {details}")
-    try:
+    with stage_errors("recommend"):
+        cfg, _ = parse_config(RecommendConfig, argv, description=f"{summary} {details}")
         return recommend(cfg)
-    except (RecommendError, RunError, DatasetError, CheckpointError, FileNotFoundError) as exc:
-        raise SystemExit(f"recommend: {exc}") from exc
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The conditional generator and discriminator of the original DCGAN-style LSGAN (reference §5.3-5.5).
+"""The conditional generator and discriminator of the original DCGAN-style LSGAN (paper Sec. III-C; GAN/model.py and GAN/ops.py of the original repository).
 
 At 64x64 with width 64 the layers are exactly the original's (G 3,811,075 and D 4,460,545 parameters):
 
@@ -21,7 +21,7 @@ conditional networks modified from DCGAN and LSGAN". y is tiled as planes at D's
 but the last, as the original did after its first three of four. `width` scales every channel count (64 gives
 the original's).
 
-TensorFlow's SAME padding is reproduced (reference §7.5): D's 5x5/2 convs pad 1 top/left and 2
+TensorFlow's SAME padding is reproduced: D's 5x5/2 convs pad 1 top/left and 2
 bottom/right; G's 3x3/2 transposed convs keep the first 2n of the 2n+1 rows and columns.
 """
 import math
@@ -31,14 +31,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.distributed import GlobalBatchNorm2d
+from common.errors import ConfigError
 
 
-def sample_z(n, z_dim, distribution="uniform", device="cpu", generator=None):
+def sample_z(n, z_dim, distribution="uniform", device="cpu", rng=None):
     """Latent codes: 'uniform' is U(-1, 1) as in the paper, 'normal' is N(0, 1) as the original trained with."""
     if distribution == "uniform":
-        return torch.rand(n, z_dim, device=device, generator=generator) * 2 - 1
+        return torch.rand(n, z_dim, device=device, generator=rng) * 2 - 1
     if distribution == "normal":
-        return torch.randn(n, z_dim, device=device, generator=generator)
+        return torch.randn(n, z_dim, device=device, generator=rng)
     raise ValueError(f"unknown z distribution {distribution!r} (expected 'uniform' or 'normal')")
 
 
@@ -73,7 +74,7 @@ def batch_norm(channels):
 def num_stages(image_size, smallest):
     stages = math.log2(image_size / smallest)
     if image_size < 16 or stages != int(stages):
-        raise ValueError(f"image size must be a power of two of at least 16, got {image_size}")
+        raise ConfigError(f"image size must be a power of two of at least 16, got {image_size}")
     return int(stages)
 
 

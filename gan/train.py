@@ -1,4 +1,4 @@
-"""Training and sampling of the conditional LSGAN (reference §5.2-5.8, paper section III-C).
+"""Training of the conditional LSGAN (paper Sec. III-C; GAN/main.py and GAN/model.py of the original repository).
 
 Each iteration draws `batch_size` items uniformly with replacement from the items that have a category and a z,
 from a generator seeded by (seed, iteration), so that a resumed run, or one under torchrun with any number of
@@ -19,20 +19,23 @@ On CUDA the forward passes run under bf16 autocast (`--bf16`, on by default ther
 and fused Adam. bf16 was chosen for speed and is not yet measured against fp32 for sample quality: compare the
 grids and the condition consistency of a `--no-bf16` run before relying on it.
 """
+import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from common.checkpoint import derived_seed, load_checkpoint, save_checkpoint, seed_everything
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.classifier import train_or_load_classifier
+from common.data import open_dataset
 from common.device import autocast, fused_adam_kwargs, memory_format, pick_device
 from common.distributed import Ranks, unwrap
+from common.errors import ConfigError, DatasetError, TrainingDiverged
 from common.images import ImageStore, image_cache
-from common.runlog import RunLog
-from gan.classifier import condition_consistency, load_classifier, train_or_load_classifier
+from common.runlog import RunLog, run_dir
+from common.seeding import derived_seed, seed_everything
 from gan.model import Discriminator, Generator, sample_z
 
 LOG_EVERY = 10          # iterations between loss read-outs (each one waits for the GPU)
@@ -98,7 +101,7 @@ def build_optimizers(cfg, generator, discriminator, device):
 
 
 def train_step(generator, discriminator, opt_g, opt_d, real, labels, z, bf16=True):
-    """One D step then one G step (LSGAN, reference §5.6); returns the losses as tensors.
+    """One D step then one G step (LSGAN, a=0, b=c=1); returns the losses as tensors.
 
     Under DistributedDataParallel the G step goes through D's own module: D's weights are frozen there, and
     DDP must not wait for gradients of them."""
@@ -146,8 +149,19 @@ def labelled_items(dataset):
     """Ids of the items that have a category; the conditional GAN trains on these only."""
     items = torch.as_tensor(dataset.item_category).ge(0).nonzero().squeeze(1)
     if len(items) == 0:
-        raise ValueError(f"no item of {dataset.name} has a category (`c`); the conditional GAN needs them")
+        raise DatasetError(f"no item of {dataset.name} has a category (`c`); the conditional GAN needs them")
     return items
+
+
+def condition_consistency(probs, conditioned_on, num_categories):
+    """The fraction of images whose most likely category is the one they were generated for.
+
+    Returns {"per_category": [fraction for c in 0..C-1] (None where no image was conditioned on c), "overall": float}.
+    """
+    hits = (probs.argmax(dim=1) == conditioned_on).float()
+    per_category = [hits[conditioned_on == c].mean().item() if (conditioned_on == c).any() else None
+                    for c in range(num_categories)]
+    return {"per_category": per_category, "overall": hits.mean().item()}
 
 
 def measure_consistency(generator, classifier, num_categories, per_category, z_dim, device, bf16=True, seed=0):
@@ -168,73 +182,121 @@ def format_consistency(result):
 def training_batch(cfg, items, step):
     """Item ids and z of iteration `step`, drawn from (seed, step) alone: the same on every rank, and the same
     after a resume."""
-    generator = torch.Generator().manual_seed(derived_seed(cfg.seed, step))
-    ids = items[torch.randint(len(items), (cfg.batch_size,), generator=generator)]
-    return ids, sample_z(cfg.batch_size, cfg.z_dim, cfg.z_distribution, "cpu", generator)
+    rng = torch.Generator().manual_seed(derived_seed(cfg.seed, step))
+    ids = items[torch.randint(len(items), (cfg.batch_size,), generator=rng)]
+    return ids, sample_z(cfg.batch_size, cfg.z_dim, cfg.z_distribution, "cpu", rng)
 
 
-def train(cfg, dataset, out_dir, ranks=None):
-    """Train the GAN on `dataset`, writing checkpoint.pt, samples/ and metrics.jsonl into `out_dir` (rank 0).
-    `ranks`: this process's place under torchrun (default: one process on cfg.device). Returns the condition
-    consistency on rank 0, None on the others."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def check_config(cfg):
+    for name in ("image_size", "z_dim", "g_width", "d_width", "batch_size", "epochs", "sample_every",
+                 "checkpoint_every", "consistency_samples"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.lr <= 0:
+        raise ConfigError(f"--lr must be positive, got {cfg.lr}")
+
+
+def check_architecture(cfg, saved_config):
+    different = {name: (saved_config[name], getattr(cfg, name)) for name in ARCHITECTURE_FIELDS
+                 if saved_config[name] != getattr(cfg, name)}
+    if different:
+        raise ConfigError("cannot resume: the checkpoint was trained with different settings (saved, now): "
+                          + ", ".join(f"{name} {old!r} vs {new!r}" for name, (old, new) in different.items()))
+
+
+class GANTraining:
+    """The nets, optimisers and fixed sample codes of a run, and its checkpoint."""
+
+    def __init__(self, cfg, num_categories, device, iterations_per_epoch):
+        self.cfg, self.num_categories, self.iterations_per_epoch = cfg, num_categories, iterations_per_epoch
+        self.generator, self.discriminator = build_gan(cfg, num_categories, device)
+        self.opt_g, self.opt_d = build_optimizers(cfg, self.generator, self.discriminator, device)
+        self.sample_z = sample_z(GRID_SIZE, cfg.z_dim, cfg.z_distribution, device)
+        self.sample_labels = torch.arange(GRID_SIZE, device=device) % num_categories
+        self.step = 0
+
+    def resume(self, path, device):
+        checkpoint = load_checkpoint(path, "gan")
+        check_architecture(self.cfg, checkpoint["config"])
+        self.generator.load_state_dict(checkpoint["model"]["generator"])
+        self.discriminator.load_state_dict(checkpoint["model"]["discriminator"])
+        self.opt_g.load_state_dict(checkpoint["optimizer"]["generator"])
+        self.opt_d.load_state_dict(checkpoint["optimizer"]["discriminator"])
+        self.sample_z = checkpoint["sample_z"].to(device)
+        self.sample_labels = checkpoint["sample_labels"].to(device)
+        self.step = checkpoint["step"]
+
+    def save(self, path, metrics=None):
+        save_checkpoint(path, {
+            "stage": "gan",
+            "model": {"generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict()},
+            "optimizer": {"generator": self.opt_g.state_dict(), "discriminator": self.opt_d.state_dict()},
+            "config": asdict(self.cfg), "num_categories": self.num_categories,
+            "epoch": self.step // self.iterations_per_epoch, "step": self.step, "metrics": metrics or {},
+            "sample_z": self.sample_z, "sample_labels": self.sample_labels})
+
+
+def train(cfg, ranks=None):
+    """Train the GAN on cfg.dataset, writing checkpoint.pt, samples/, metrics.jsonl and classifier.pt into cfg.out
+    (rank 0; default runs/gan). `ranks`: this process's place under torchrun (default: one process on
+    cfg.device). Returns the condition consistency on rank 0, None on the others."""
+    check_config(cfg)
     ranks = ranks or Ranks(device=pick_device(cfg.device))
     device = ranks.device
+    with ranks.main_first():
+        out_dir = run_dir(cfg.out, "gan")
+        dataset, _ = open_dataset(cfg.dataset)
+        store = ImageStore(image_cache(dataset, cfg.image_size, cfg.resize_filter, device=device), device)
     seed_everything(cfg.seed)
     items = labelled_items(dataset)
-    num_categories = dataset.num_categories
     iterations_per_epoch = len(items) // cfg.batch_size
     if iterations_per_epoch == 0:
-        raise ValueError(f"batch size {cfg.batch_size} is larger than the {len(items)} items with a category")
+        raise ConfigError(f"batch size {cfg.batch_size} is larger than the {len(items)} items with a category")
     total_iterations = cfg.epochs * iterations_per_epoch
     share = ranks.share(cfg.batch_size)
-
-    with ranks.main_first():
-        store = ImageStore(image_cache(dataset, cfg.image_size, cfg.resize_filter, device=device), device)
-    item_labels = torch.as_tensor(dataset.item_category, device=device)
-    generator, discriminator = build_gan(cfg, num_categories, device)
-    opt_g, opt_d = build_optimizers(cfg, generator, discriminator, device)
-    sample_z_fixed = sample_z(GRID_SIZE, cfg.z_dim, cfg.z_distribution, device)
-    sample_labels = torch.arange(GRID_SIZE, device=device) % num_categories
-    step = 0
-    checkpoint_path = out_dir / "checkpoint.pt"
+    run = GANTraining(cfg, dataset.num_categories, device, iterations_per_epoch)
     if cfg.resume:
-        checkpoint = load_checkpoint(checkpoint_path)
-        check_architecture(cfg, checkpoint["config"])
-        generator.load_state_dict(checkpoint["model"]["generator"])
-        discriminator.load_state_dict(checkpoint["model"]["discriminator"])
-        opt_g.load_state_dict(checkpoint["optimizer"]["generator"])
-        opt_d.load_state_dict(checkpoint["optimizer"]["discriminator"])
-        sample_z_fixed = checkpoint["sample_z"].to(device)
-        sample_labels = checkpoint["sample_labels"].to(device)
-        step = checkpoint["step"]
-
-    def save(metrics=None):
-        save_checkpoint(checkpoint_path, {
-            "stage": "gan", "model": {"generator": generator.state_dict(), "discriminator": discriminator.state_dict()},
-            "optimizer": {"generator": opt_g.state_dict(), "discriminator": opt_d.state_dict()},
-            "config": asdict(cfg), "num_categories": num_categories, "epoch": step // iterations_per_epoch,
-            "step": step, "metrics": metrics or {}, "sample_z": sample_z_fixed, "sample_labels": sample_labels})
+        run.resume(out_dir / "checkpoint.pt", device)
 
     def batches(first):
         for iteration in range(first, total_iterations + 1):
             ids, z = training_batch(cfg, items, iteration)
             yield ids[share], z[share], iteration
 
-    log = RunLog(out_dir, resume=cfg.resume) if ranks.is_main else None
-    ranks.print(f"training the GAN on {ranks.describe()}: {len(items)} items, {num_categories} categories, "
+    ranks.print(f"training the GAN on {ranks.describe()}: {len(items)} items, {dataset.num_categories} categories, "
                 f"{cfg.image_size} px, {iterations_per_epoch} iterations per epoch, "
-                f"iterations {step} -> {total_iterations}")
-    g_net, d_net = ranks.wrap(generator.train()), ranks.wrap(discriminator.train())
-    progress = tqdm(initial=step, total=total_iterations, desc="GAN", unit="it", disable=not ranks.is_main)
-    tick, tick_step = time.perf_counter(), step
-    for (ids, z, step), real in store.stream(batches(step + 1)):
-        losses = train_step(g_net, d_net, opt_g, opt_d, real, item_labels[ids.to(device)], z.to(device), cfg.bf16)
+                f"iterations {run.step} -> {total_iterations}")
+    train_iterations(run, store, batches(run.step + 1), torch.as_tensor(dataset.item_category, device=device),
+                     total_iterations, out_dir, ranks)
+    if not ranks.is_main:
+        return None
+    classifier = train_or_load_classifier(dataset, cfg.image_size, out_dir / "classifier.pt", device,
+                                          cfg.resize_filter, store)
+    consistency = measure_consistency(run.generator, classifier, dataset.num_categories, cfg.consistency_samples,
+                                      cfg.z_dim, device, cfg.bf16, cfg.seed)
+    print(format_consistency(consistency))
+    RunLog(out_dir, resume=True).record(step=run.step, condition_consistency=consistency)
+    run.save(out_dir / "checkpoint.pt", {"condition_consistency": consistency})
+    return consistency
+
+
+def train_iterations(run, store, batches, item_labels, total_iterations, out_dir, ranks):
+    """The training loop: losses logged every LOG_EVERY iterations, sample grids and checkpoints as configured."""
+    cfg, device = run.cfg, ranks.device
+    log = RunLog(out_dir, resume=cfg.resume) if ranks.is_main else None
+    g_net, d_net = ranks.wrap(run.generator.train()), ranks.wrap(run.discriminator.train())
+    progress = tqdm(initial=run.step, total=total_iterations, desc="GAN", unit="it", disable=not ranks.is_main)
+    tick, tick_step = time.perf_counter(), run.step
+    for (ids, z, step), real in store.stream(batches):
+        losses = train_step(g_net, d_net, run.opt_g, run.opt_d, real, item_labels[ids.to(device)], z.to(device),
+                            cfg.bf16)
         progress.update()
-        epoch, index = divmod(step - 1, iterations_per_epoch)  # of the iteration just done, as the original
+        epoch, index = divmod(step - 1, run.iterations_per_epoch)  # of the iteration just done, as the original
         if step % LOG_EVERY == 0 or step == total_iterations:
             losses = dict(zip(losses, ranks.mean(torch.stack(list(losses.values()))).tolist()))
+            if not all(map(math.isfinite, losses.values())):
+                raise TrainingDiverged(f"the GAN's losses became {losses} by iteration {step}; lower --lr (the "
+                                       "last checkpoint before it is kept, and --resume continues from there)")
             now = time.perf_counter()
             images_per_second = (step - tick_step) * cfg.batch_size / (now - tick)
             tick, tick_step = now, step
@@ -242,64 +304,10 @@ def train(cfg, dataset, out_dir, ranks=None):
                                  img_s=f"{images_per_second:.0f}")
             if ranks.is_main:
                 log.record(step=step, epoch=epoch, **losses, images_per_second=images_per_second)
+        run.step = step
         if ranks.is_main and (step % cfg.sample_every == 0 or step == total_iterations):
-            save_grid(generate(generator, sample_z_fixed, sample_labels, cfg.bf16),
+            save_grid(generate(run.generator, run.sample_z, run.sample_labels, cfg.bf16),
                       out_dir / "samples" / f"train_{epoch:02d}_{index:04d}.png")
         if ranks.is_main and step % cfg.checkpoint_every == 0:
-            save()
+            run.save(out_dir / "checkpoint.pt")
     progress.close()
-    if not ranks.is_main:
-        return None
-
-    classifier = train_or_load_classifier(dataset, cfg.image_size, out_dir / "classifier.pt", device,
-                                          cfg.resize_filter, store)
-    consistency = measure_consistency(generator, classifier, num_categories, cfg.consistency_samples, cfg.z_dim,
-                                      device, cfg.bf16, cfg.seed)
-    print(format_consistency(consistency))
-    log.record(step=step, condition_consistency=consistency)
-    save({"condition_consistency": consistency})
-    return consistency
-
-
-def check_architecture(cfg, saved_config):
-    different = {name: (saved_config[name], getattr(cfg, name)) for name in ARCHITECTURE_FIELDS
-                 if saved_config[name] != getattr(cfg, name)}
-    if different:
-        raise ValueError("cannot resume: the checkpoint was trained with different settings (saved, now): "
-                         + ", ".join(f"{name} {old!r} vs {new!r}" for name, (old, new) in different.items()))
-
-
-def load_gan(out_dir, device="cpu"):
-    """(generator, discriminator, checkpoint) from a GAN run directory, both nets in eval mode."""
-    path = Path(out_dir) / "checkpoint.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"no trained GAN in {out_dir}: run `python gan/main.py --train` first "
-                                f"(with the same --out)")
-    checkpoint = load_checkpoint(path)
-    cfg = GANConfig(**checkpoint["config"])
-    generator, discriminator = build_gan(cfg, checkpoint["num_categories"], device)
-    generator.load_state_dict(checkpoint["model"]["generator"])
-    discriminator.load_state_dict(checkpoint["model"]["discriminator"])
-    return generator.eval(), discriminator.eval(), checkpoint
-
-
-def sample(out_dir, device, bf16=True, seed=0):
-    """Write samples/test_arange_<c>.png, one 4x4 grid per category from one shared z ~ U(-1, 1) (reference §5.8),
-    and print the condition consistency when the run's classifier is there."""
-    out_dir = Path(out_dir)
-    generator, _, checkpoint = load_gan(out_dir, device)
-    num_categories = checkpoint["num_categories"]
-    z = sample_z(GRID_SIZE, generator.z_dim, "uniform", device, torch.Generator(device=device).manual_seed(seed))
-    paths = []
-    for category in range(num_categories):
-        labels = torch.full((GRID_SIZE,), category, device=device)
-        paths.append(out_dir / "samples" / f"test_arange_{category}.png")
-        save_grid(generate(generator, z, labels, bf16), paths[-1])
-    print(f"wrote {len(paths)} grids to {out_dir / 'samples'} (step {checkpoint['step']})")
-    classifier_path = out_dir / "classifier.pt"
-    if classifier_path.exists():
-        classifier = load_classifier(load_checkpoint(classifier_path, map_location=device), device)
-        print(format_consistency(measure_consistency(generator, classifier, num_categories,
-                                                     checkpoint["config"]["consistency_samples"], generator.z_dim,
-                                                     device, bf16, seed)))
-    return paths

@@ -9,12 +9,15 @@ tailoring of an existing item (eq. 12 then eq. 10).
 
 Delta and nabla are nearest-neighbour resizes between the GAN's size and DVBPR's input size. Phi runs in eval
 mode (no dropout), G and D in BN inference mode; only z' receives gradients. With latent="direct" z itself is
-optimised without a bound, as the original code did (reference §6.1).
+optimised without a bound, as the original code did (PM/main.py of the original repository).
 """
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from common.errors import ConfigError
+from gan.run import sample_z
 
 ATANH_LIMIT = 1 - 1e-6  # U(-1, 1) can draw -1 exactly; atanh(+-1) is infinite
 
@@ -31,27 +34,27 @@ def to_z(z_prime, latent):
     return torch.tanh(z_prime) if latent == "tanh" else z_prime
 
 
-def initial_latents(m, z_dim, init, device="cpu", generator=None):
+def initial_latents(m, z_dim, init, device="cpu", rng=None):
     """m starting points z': 'uniform' is atanh(z), z ~ U(-1, 1) (the paper); 'normal' is N(0, 0.5^2) (the original)."""
     if init == "uniform":
-        z = torch.rand(m, z_dim, device=device, generator=generator) * 2 - 1
+        z = sample_z(m, z_dim, "uniform", device, rng)
         return torch.atanh(z.clamp(-ATANH_LIMIT, ATANH_LIMIT))
     if init == "normal":
-        return 0.5 * torch.randn(m, z_dim, device=device, generator=generator)
-    raise ValueError(f"unknown latent init {init!r} (expected 'uniform' or 'normal')")
+        return 0.5 * sample_z(m, z_dim, "normal", device, rng)
+    raise ConfigError(f"unknown latent init {init!r} (expected 'uniform' or 'normal')")
 
 
-def choose(objective, k, select, generator=None):
+def choose(objective, k, select, rng=None):
     """Indices of k of the m results: 'softmax' draws without replacement with p = softmax(objective) (eq. 11), in
     the order drawn; 'best' takes the k highest; 'all' returns every result, best first."""
     if select == "softmax":
         probabilities = torch.softmax(objective.double(), dim=0)
-        return torch.multinomial(probabilities, min(k, len(objective)), replacement=False, generator=generator)
+        return torch.multinomial(probabilities, min(k, len(objective)), replacement=False, generator=rng)
     if select == "best":
         return objective.topk(min(k, len(objective))).indices
     if select == "all":
         return objective.argsort(descending=True)
-    raise ValueError(f"unknown selection {select!r} (expected 'softmax', 'best' or 'all')")
+    raise ConfigError(f"unknown selection {select!r} (expected 'softmax', 'best' or 'all')")
 
 
 @dataclass
@@ -84,9 +87,9 @@ class Designer:
     All three networks are put in eval mode and frozen, so gradients reach only the latent codes.
     """
 
-    def __init__(self, cnn, theta, generator, discriminator):
-        self.cnn = cnn.eval().requires_grad_(False)
-        self.theta = theta.detach()
+    def __init__(self, dvbpr, generator, discriminator):
+        self.dvbpr = dvbpr.eval().requires_grad_(False)
+        self.theta = dvbpr.theta.detach()
         self.generator = generator.eval().requires_grad_(False)
         self.discriminator = discriminator.eval().requires_grad_(False)
         self.z_dim = generator.z_dim
@@ -94,7 +97,7 @@ class Designer:
 
     def preference(self, user, images):
         """x_{u,e} = theta_u . Phi(Delta e) (eq. 6) of images at the GAN's size; [B]."""
-        return self.cnn(resize(images, self.cnn.image_size)) @ self.theta[user]
+        return self.dvbpr.phi(resize(images, self.dvbpr.backbone.input_size)) @ self.theta[user]
 
     def realism_loss(self, images, category):
         """L_real(e, c) = [D_c(e) - 1]^2; [B]."""
@@ -134,13 +137,13 @@ class Designer:
                       objective.detach(), history)
 
     def synthesise(self, user, category, starts, steps, lr, eta=1.0, init="uniform", latent="tanh",
-                   generator=None, record=None):
+                   rng=None, record=None):
         """Preference maximisation from `starts` random initial points (eq. 10); every result is kept."""
         device = self.theta.device
-        z_prime = initial_latents(starts, self.z_dim, init, device, generator)
+        z_prime = initial_latents(starts, self.z_dim, init, device, rng)
         return self.maximise(z_prime, user, category, steps, lr, eta, latent, record)
 
-    def invert(self, query, category, steps, lr, starts=8, latent="tanh", generator=None):
+    def invert(self, query, category, steps, lr, starts=8, latent="tanh", rng=None):
         """z' whose G_c(tanh z') is nearest in mean L1 to the query resized to the GAN's size (eq. 12).
 
         Optimises `starts` random initial points and keeps the best; returns (z' [1, z_dim], L1 error per step of
@@ -148,7 +151,7 @@ class Designer:
         """
         target = resize(query[None] if query.dim() == 3 else query, self.image_size)
         init = "uniform" if latent == "tanh" else "normal"
-        z_prime = initial_latents(starts, self.z_dim, init, self.theta.device, generator).requires_grad_(True)
+        z_prime = initial_latents(starts, self.z_dim, init, self.theta.device, rng).requires_grad_(True)
         optimizer = torch.optim.Adam([z_prime], lr=lr)
         errors = []
         for step in range(steps + 1):
@@ -163,13 +166,14 @@ class Designer:
         return z_prime.detach()[best:best + 1], torch.stack(errors)[:, best].cpu()
 
     def tailor(self, query, category, users, steps, lr, eta=1.0, invert_steps=300, invert_lr=0.05, latent="tanh",
-               generator=None):
+               rng=None):
         """Tailoring an existing item to users: invert it into z' once (eq. 12), then maximise each user's preference
         from there (eq. 10), keeping every step's image and scores. Returns ([Design per user], L1 errors)."""
-        z_prime, errors = self.invert(query, category, invert_steps, invert_lr, latent=latent, generator=generator)
+        z_prime, errors = self.invert(query, category, invert_steps, invert_lr, latent=latent, rng=rng)
         designs = [self.maximise(z_prime, user, category, steps, lr, eta, latent, record=lambda step: True)
                    for user in users]
         return designs, errors
+
 
 def retrieve(theta_u, item_embeddings, candidates, k):
     """The k items of `candidates` with the highest theta_u . Phi(X_i) (eq. 8); (item ids, scores), best first."""

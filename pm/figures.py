@@ -1,5 +1,4 @@
 """Image grids with a caption under every tile, a small line plot, and JSON beside them; drawn with PIL."""
-import json
 import math
 
 import torch
@@ -40,10 +39,6 @@ def save_captioned_grid(path, images, captions, columns):
 def save_plain_grid(path, images, columns):
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(to_unit(images), path, nrow=columns, padding=2, pad_value=1)
-
-
-def write_json(path, content):
-    path.write_text(json.dumps(content, indent=1) + "\n")
 
 
 def _ticks(low, high, count=4):

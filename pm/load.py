@@ -1,25 +1,11 @@
 """The trained stages preference maximisation reads, from their run directories: DVBPR and the GAN."""
-from pathlib import Path
-
 import torch
 
-from common.checkpoint import load_checkpoint
-from common.data import DatasetError
+from common.errors import DatasetError
 from common.images import ImageStore, image_cache
 from dvbpr.run import open_run
-from gan.classifier import load_classifier, train_or_load_classifier
-from gan.train import load_gan
+from gan.run import open_gan_run
 from pm.design import Designer
-
-
-class MissingRunError(FileNotFoundError):
-    """A run directory this stage needs has no trained model; the message says how to make it."""
-
-
-def check_gan_run(run):
-    if not (Path(run) / "checkpoint.pt").is_file():
-        raise MissingRunError(f"no trained GAN in {run} (checkpoint.pt): "
-                              f"make it with `python gan/main.py --train --out {run}`")
 
 
 class Stages:
@@ -28,18 +14,15 @@ class Stages:
 
     def __init__(self, dvbpr_run, gan_run, dataset=None, device="cpu"):
         self.device = torch.device(device)
-        self.gan_run = Path(gan_run)
-        check_gan_run(gan_run)
+        self.gan = open_gan_run(gan_run, self.device)
         trained = open_run(dvbpr_run, dataset, self.device, with_model=True)
-        dvbpr, self.dataset, self.item_embeddings = trained.model, trained.dataset, trained.items
-        self.dvbpr_config = trained.config
-        generator, discriminator, self.gan_checkpoint = load_gan(gan_run, self.device)
-        if generator.num_categories != self.dataset.num_categories:
-            raise DatasetError(f"the GAN has {generator.num_categories} categories but {self.dataset.name} has "
+        self.dataset, self.item_embeddings, self.dvbpr_config = trained.dataset, trained.items, trained.config
+        if self.gan.num_categories != self.dataset.num_categories:
+            raise DatasetError(f"the GAN has {self.gan.num_categories} categories but {self.dataset.name} has "
                                f"{self.dataset.num_categories}")
-        self.designer = Designer(dvbpr.cnn, dvbpr.theta, generator, discriminator)
-        gan_filter = self.gan_checkpoint["config"]["resize_filter"]
-        self.images = ImageStore(image_cache(self.dataset, generator.image_size, gan_filter), self.device)
+        self.designer = Designer(trained.model, self.gan.generator, self.gan.discriminator)
+        self.images = ImageStore(image_cache(self.dataset, self.gan.config.image_size, self.gan.config.resize_filter),
+                                 self.device)
         self.item_category = torch.as_tensor(self.dataset.item_category, device=self.device)
 
     def items_of(self, category):
@@ -47,8 +30,4 @@ class Stages:
 
     def category_classifier(self, fallback_dir):
         """The GAN run's category classifier (classifier.pt), else one trained now and saved in `fallback_dir`."""
-        path = self.gan_run / "classifier.pt"
-        if path.is_file():
-            return load_classifier(load_checkpoint(path, map_location=self.device), self.device)
-        return train_or_load_classifier(self.dataset, self.designer.image_size, Path(fallback_dir) / "classifier.pt",
-                                        self.device, self.gan_checkpoint["config"]["resize_filter"], self.images)
+        return self.gan.category_classifier(self.dataset, self.device, self.images, fallback_dir)

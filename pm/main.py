@@ -9,13 +9,9 @@
 Reads the trained models from --dvbpr-run (default runs/dvbpr) and --gan-run (default runs/gan) and writes into
 --out (default runs/pm). Preset `paper`: z = tanh(z') from 64 starts z ~ U(-1, 1), eta 1, the top 3 drawn by
 eq. 11, and 200 Adam steps at lr 0.1 (the paper gives neither; chosen by measurement, see DEMO below). Preset
-`original`: what the original code did (reference §6): z optimised directly from N(0, 0.5^2), 16 starts, 10 Adam
+`original`: what the original code did (PM/main.py of the original repository): z optimised directly from N(0, 0.5^2), 16 starts, 10 Adam
 steps at lr 0.05, all 16 kept. On the embedded demo catalogue fewer queries, starts and steps are used (printed).
 """
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataclasses import asdict, dataclass, field
 
@@ -23,14 +19,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.catalogue import CATEGORY_NAMES, embedded_dataset_path
-from common.checkpoint import CheckpointError, seed_everything
-from common.config import apply_defaults, parse_config
-from common.data import DatasetError
+from common.catalogue import CATEGORY_NAMES, is_embedded
+from common.checkpoint import write_json
+from common.cli import parse_config, settle, stage_errors
 from common.device import describe, pick_device
+from common.errors import DatasetError
 from common.runlog import run_dir
+from common.seeding import seed_everything
+from gan.run import sample_z
 from pm.design import choose, retrieve
-from pm.figures import save_captioned_grid, save_plain_grid, write_json
+from pm.figures import save_captioned_grid, save_plain_grid
 from pm.load import Stages
 from pm.metrics import DEFAULT_INCEPTION_WEIGHTS, CategoryInception, ImageNetInception
 from pm.table import draw_trials, run_trials, summarise, sweep_eta, write_table
@@ -92,12 +90,12 @@ DEMO = dict(trials=50, starts=16, steps=100)
 
 
 def pick_user(dataset, category, rng, min_train_items):
-    """Reference §6.3: users drawn uniformly until one has more than `min_train_items` training items and a test
+    """As PM/main.py of the original repository: users drawn uniformly until one has more than `min_train_items` training items and a test
     item of `category`. Where no such user exists the threshold is relaxed to the largest that one meets."""
     train_sizes = np.array([len(items) for items in dataset.user_train])
     candidates = np.flatnonzero(dataset.item_category[dataset.user_test] == category)
     if len(candidates) == 0:
-        raise ValueError(f"no user's test item is in category {category}")
+        raise DatasetError(f"no user's test item is in category {category}")
     threshold = min(min_train_items, int(train_sizes[candidates].max()) - 1)
     if threshold < min_train_items:
         print(f"category {category}: no user with a test item there has more than {min_train_items} training items;"
@@ -114,7 +112,7 @@ def category_name(category):
     return CATEGORY_NAMES[category] if category < len(CATEGORY_NAMES) else f"category {category}"
 
 
-def personal_design(stages, cfg, queries, out, generator):
+def personal_design(stages, cfg, queries, out, rng):
     """Fig. 5: per (user, category) the top-k real items (eq. 8) and top-k generated images (eq. 10, 11), scores
     under the tiles; and the original's picture of every start's trajectory (starts_<c>_user<u>.png)."""
     designer, k = stages.designer, cfg.top_k
@@ -123,8 +121,8 @@ def personal_design(stages, cfg, queries, out, generator):
     for user, category in tqdm(queries, desc="personal design", unit="user"):
         items, real_scores = retrieve(designer.theta[user], stages.item_embeddings, stages.items_of(category), k)
         design = designer.synthesise(user, category, cfg.starts, cfg.steps, cfg.lr, cfg.eta, cfg.init, cfg.latent,
-                                     generator, record=lambda step: step in shown)
-        kept = choose(design.objective, k, cfg.select, generator)
+                                     rng, record=lambda step: step in shown)
+        kept = choose(design.objective, k, cfg.select, rng)
         kept = kept[design.objective[kept].argsort(descending=True)]
         generated = design.pick(kept)
         images += [stages.images(items).cpu(), generated.images.cpu()]
@@ -145,18 +143,18 @@ def personal_design(stages, cfg, queries, out, generator):
                                               "select": cfg.select, "queries": record})
 
 
-def tailoring(stages, cfg, users, out, generator):
+def tailoring(stages, cfg, users, out, rng):
     """Fig. 6: a prototype item inverted into the GAN (eq. 12), then tailored to each user (eq. 10); each row is
     the prototype, its L1 approximation and snapshots of the optimisation, every step's scores in the JSON."""
-    designer, rng = stages.designer, np.random.default_rng(cfg.seed)
+    designer, draws = stages.designer, np.random.default_rng(cfg.seed)
     if cfg.prototype is None:
-        item = int(rng.choice(stages.items_of(cfg.prototype_category).cpu().numpy()))
+        item = int(draws.choice(stages.items_of(cfg.prototype_category).cpu().numpy()))
     else:
         item = cfg.prototype
     category = int(stages.dataset.item_category[item])
     query = stages.images(torch.tensor([item]))
     designs, errors = designer.tailor(query, category, users, cfg.steps, cfg.lr, cfg.eta, cfg.invert_steps,
-                                      cfg.invert_lr, cfg.latent, generator)
+                                      cfg.invert_lr, cfg.latent, rng)
     shown = snapshot_steps(cfg.steps, count=8)
     images, captions, record = [], [], []
     for user, design in zip(users, designs):
@@ -175,12 +173,12 @@ def tailoring(stages, cfg, users, out, generator):
 
 
 @torch.no_grad()
-def nearest_neighbours(stages, cfg, out, generator):
+def nearest_neighbours(stages, cfg, out, rng):
     """Fig. 4: G(z, c) for z ~ U(-1, 1) beside the catalogue image nearest in mean L1 (searched over all items)."""
     designer, n = stages.designer, cfg.neighbour_samples
     categories = range(stages.dataset.num_categories)
-    samples = torch.cat([designer.generate(torch.rand(n, designer.z_dim, generator=generator,
-                                                      device=stages.device) * 2 - 1, c) for c in categories])
+    samples = torch.cat([designer.generate(sample_z(n, designer.z_dim, "uniform", stages.device, rng), c)
+                         for c in categories])
     best = torch.full((len(samples),), float("inf"), device=stages.device)
     nearest = torch.zeros(len(samples), dtype=torch.long, device=stages.device)
     for start in range(0, len(stages.images), 256):
@@ -213,8 +211,8 @@ def tables(stages, cfg, out):
     trials = draw_trials(stages.dataset, cfg.trials, np.random.default_rng(cfg.seed))
     if cfg.select == "all":
         print("--select all: Table IV takes the best 3 of the m results")
-    notes = [f"{cfg.trials} trials on {stages.dataset.name}; DVBPR {stages.dvbpr_config['image_size']} px, "
-             f"K={stages.dvbpr_config['k']}; GAN {stages.designer.image_size} px.",
+    notes = [f"{cfg.trials} trials on {stages.dataset.name}; DVBPR {stages.dvbpr_config.image_size} px, "
+             f"K={stages.dvbpr_config.k}; GAN {stages.designer.image_size} px.",
              f"Synthesis: preset {cfg.preset}, {cfg.starts} starts, {cfg.steps} Adam steps at lr {cfg.lr}, "
              f"eta {cfg.eta}, latent {cfg.latent}, init {cfg.init}, select {cfg.select}.",
              "Preference and diversity: mean ± std over trials; quality: over all 3 x trials images of a source, "
@@ -231,29 +229,25 @@ def tables(stages, cfg, out):
 
 
 def figures(stages, cfg, out):
-    rng = np.random.default_rng(cfg.seed)
-    generator = torch.Generator(device=stages.device).manual_seed(cfg.seed)
+    draws = np.random.default_rng(cfg.seed)
+    rng = torch.Generator(device=stages.device).manual_seed(cfg.seed)
     dataset = stages.dataset
     categories = [cfg.category] if cfg.category is not None else range(dataset.num_categories)
-    queries = [(cfg.user if cfg.user is not None else pick_user(dataset, c, rng, cfg.min_train_items), c)
+    queries = [(cfg.user if cfg.user is not None else pick_user(dataset, c, draws, cfg.min_train_items), c)
                for c in categories]
-    personal_design(stages, cfg, queries, out, generator)
-    users = list(rng.choice(dataset.usernum, size=cfg.tailor_users, replace=False))
+    personal_design(stages, cfg, queries, out, rng)
+    users = list(draws.choice(dataset.usernum, size=cfg.tailor_users, replace=False))
     if cfg.user is not None:
         users = [cfg.user] + [u for u in users if u != cfg.user][:cfg.tailor_users - 1]
-    tailoring(stages, cfg, [int(u) for u in users], out, generator)
-    nearest_neighbours(stages, cfg, out, generator)
+    tailoring(stages, cfg, [int(u) for u in users], out, rng)
+    nearest_neighbours(stages, cfg, out, rng)
     print(f"wrote personal_design, tailoring, neighbours (.png, .json) and starts_<c>_user<u>.png to {out}")
 
 
-def run(cfg, explicit):
+def run(cfg, protected):
     device = pick_device(cfg.device)
     stages = Stages(cfg.dvbpr_run, cfg.gan_run, cfg.dataset, device)
-    if stages.dataset.path.resolve() == embedded_dataset_path().resolve():
-        changed = apply_defaults(cfg, DEMO, explicit | set(PRESETS[cfg.preset]))
-        if changed:
-            print("embedded catalogue, demo settings: " + ", ".join(f"--{k.replace('_', '-')} {v}"
-                                                                   for k, v in changed.items()))
+    settle(cfg, protected, "pm", DEMO, embedded=is_embedded(stages.dataset.path))
     out = run_dir(cfg.out, "pm")
     mode = "table" if cfg.table or cfg.sweep_eta else "figures"
     write_json(out / f"{mode}_config.json", asdict(cfg))
@@ -266,11 +260,9 @@ def run(cfg, explicit):
 
 
 def main(argv=None):
-    cfg, explicit = parse_config(PMConfig, argv, PRESETS, description=__doc__.splitlines()[0])
-    try:
-        run(cfg, explicit)
-    except (FileNotFoundError, CheckpointError, DatasetError, ValueError) as error:
-        raise SystemExit(f"pm: {error}") from error
+    with stage_errors("pm"):
+        cfg, protected = parse_config(PMConfig, argv, PRESETS, description=__doc__.splitlines()[0])
+        run(cfg, protected)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.checkpoint import write_json
+from gan.run import sample_z
 from pm.design import choose, retrieve
-from pm.figures import line_panel, save_panels, write_json
+from pm.figures import line_panel, save_panels
 from pm.metrics import inception_score, ssim_diversity
 
 SOURCES = {
@@ -50,19 +52,19 @@ def draw_trials(dataset, n, rng):
 class Sources:
     """The four sources of Table IV for one (user, category): (images [3, 3, S, S], preference scores [3])."""
 
-    def __init__(self, stages, cfg, generator):
-        self.stages, self.cfg, self.generator = stages, cfg, generator
+    def __init__(self, stages, cfg, rng):
+        self.stages, self.cfg, self.rng = stages, cfg, rng
         self.select = "best" if cfg.select == "all" else cfg.select
 
     def real(self, user, category):
         items = self.stages.items_of(category)
-        pick = items[torch.randperm(len(items), generator=self.generator, device=items.device)[:TOP]]
+        pick = items[torch.randperm(len(items), generator=self.rng, device=items.device)[:TOP]]
         return self.stages.images(pick), self.stages.item_embeddings[pick] @ self.stages.designer.theta[user]
 
     @torch.no_grad()
     def generated(self, user, category):
         designer = self.stages.designer
-        z = torch.rand(TOP, designer.z_dim, generator=self.generator, device=designer.theta.device) * 2 - 1
+        z = sample_z(TOP, designer.z_dim, "uniform", designer.theta.device, self.rng)
         images = designer.generate(z, category)
         return images, designer.preference(user, images)
 
@@ -74,15 +76,15 @@ class Sources:
     def synthesis(self, user, category, eta=None):
         cfg = self.cfg
         design = self.stages.designer.synthesise(user, category, cfg.starts, cfg.steps, cfg.lr,
-                                                 cfg.eta if eta is None else eta, cfg.init, cfg.latent, self.generator)
-        kept = choose(design.objective, TOP, self.select, self.generator)
+                                                 cfg.eta if eta is None else eta, cfg.init, cfg.latent, self.rng)
+        kept = choose(design.objective, TOP, self.select, self.rng)
         return design.images[kept], design.preference[kept]
 
 
 def run_trials(stages, cfg, trials, sources=tuple(SOURCES), eta=None, desc="Table IV trials"):
     """{source: {"images": [N, 3, 3, S, S] on the CPU, "preference": [N], "diversity": [N]}} over the trials."""
-    generator = torch.Generator(device=stages.device).manual_seed(cfg.seed)
-    pick = Sources(stages, cfg, generator)
+    rng = torch.Generator(device=stages.device).manual_seed(cfg.seed)
+    pick = Sources(stages, cfg, rng)
     results = {source: {"images": [], "preference": [], "diversity": []} for source in sources}
     for user, category in tqdm(trials, desc=desc, unit="trial"):
         for source in sources:

@@ -1,35 +1,33 @@
 """DVBPR throughput on a synthetic catalogue: training triplets/s, item embeddings/s and exact-AUC users/s.
 
-    python bench/dvbpr.py                                      # 64 px, small catalogue, CPU and CUDA if present
-    python bench/dvbpr.py --devices cuda --image-size 224 --users 64583 --items 234892 --steps 100
-    python bench/dvbpr.py --stream                             # images streamed from a memory-mapped file
-    torchrun --nproc_per_node=2 bench/dvbpr.py --devices cuda  # the same under DistributedDataParallel
+    python bench/dvbpr_throughput.py                                      # 64 px, small catalogue, CPU and CUDA if present
+    python bench/dvbpr_throughput.py --devices cuda --image-size 224 --users 64583 --items 234892 --steps 100
+    python bench/dvbpr_throughput.py --stream                             # images streamed from a memory-mapped file
+    torchrun --nproc_per_node=2 bench/dvbpr_throughput.py --devices cuda  # the same under DistributedDataParallel
 
 Images are random uint8 (item i shows image i mod --images, so a full-size catalogue needs no 35 GB cache), kept
 on the device when they fit, or with --stream read from a memory-mapped .npy file through ImageStore.stream, the
 path of a catalogue too large for GPU memory. Interactions are random; the work per step is the real one
-(dvbpr.main's training and evaluation code). The first --warmup steps are not timed. Item embeddings are timed
+(dvbpr.train's training and evaluation code). The first --warmup steps are not timed. Item embeddings are timed
 over the --images images; the exact AUC scores random K-dim embeddings of every item.
 """
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import torch
 
-from common.config import parse_config
+from common.cli import parse_config
 from common.data import Dataset
 from common.device import fused_adam_kwargs, memory_format
 from common.distributed import setup, teardown
 from common.images import ImageStore
 from common.metrics import evaluate_auc
-from dvbpr.main import DVBPRConfig, TripletSampler, item_embeddings, train_steps
-from dvbpr.model import DVBPR
+from common.sampling import TripletSampler
+from dvbpr.model import embed_items
+from dvbpr.train import DVBPRConfig, build_model, train_steps
 
 AMAZON_FASHION_TRIPLETS = 267_638  # training interactions of AmazonFashion = triplets per epoch
 
@@ -86,7 +84,7 @@ def measure(bench, dataset, ranks):
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:
         store = image_store(bench, device, Path(folder))
-        model = DVBPR(dataset.usernum, cfg.k, cfg.image_size).to(device, memory_format=memory_format(device))
+        model = build_model(cfg, dataset.usernum).to(device, memory_format=memory_format(device))
         network = ranks.wrap(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, **fused_adam_kwargs(device))
         sampler = TripletSampler(dataset, seed=0)
@@ -98,7 +96,7 @@ def measure(bench, dataset, ranks):
         train_steps(network, optimizer, store, triplets(bench.warmup), cfg, ranks, desc="warm-up")
         batch = triplets(bench.steps)
         train_seconds = timed(lambda: train_steps(network, optimizer, store, batch, cfg, ranks), device)
-        embed_seconds = timed(lambda: item_embeddings(model, store, bench.eval_batch_size, ranks, bench.bf16),
+        embed_seconds = timed(lambda: embed_items(model, store, bench.eval_batch_size, ranks, bench.bf16),
                               device)
 
     theta = torch.randn(dataset.usernum, cfg.k, device=device)

@@ -1,22 +1,18 @@
 """Training throughput of the conditional LSGAN: images per second on the CPU and, where present, CUDA.
 
-    python bench/gan.py --preset paper --batch-size 64
-    python bench/gan.py --image-size 32 --g-width 16 --d-width 16 --devices cpu
+    python bench/gan_throughput.py --preset paper --batch-size 64
+    python bench/gan_throughput.py --image-size 32 --g-width 16 --d-width 16 --devices cpu
 
 Each iteration is the real one (gather a batch from an ImageStore of random images, one D and one G step); the
 first iterations are a warm-up and not timed.
 """
-import sys
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
 
-from common.config import parse_config
+from common.cli import parse_config
 from common.device import describe
 from common.images import ImageStore
 from gan.model import sample_z

@@ -1,0 +1,30 @@
+"""DVBPR as a column of Table III: read from a finished run (--dvbpr-run DIR, its results.json), or trained here
+into OUT/dvbpr with DVBPR's own settings rule (its demo settings on the embedded catalogue)."""
+import json
+from pathlib import Path
+
+from baselines.train import Selection
+from common.cli import settle
+from common.errors import DatasetError, RunError
+from dvbpr.train import DEMO, DVBPRConfig, check_config, train
+
+
+def run(ctx):
+    cfg = ctx.cfg
+    run_path = Path(cfg.dvbpr_run) if cfg.dvbpr_run else Path(ctx.out) / "dvbpr"
+    if not cfg.dvbpr_run:
+        dvbpr_cfg = DVBPRConfig(out=str(run_path), dataset=str(ctx.dataset.path), protocol=cfg.protocol,
+                                seed=cfg.seed, device=cfg.device)
+        settle(dvbpr_cfg, {"out", "dataset", "protocol", "seed", "device"}, "dvbpr", DEMO)
+        check_config(dvbpr_cfg)
+        train(dvbpr_cfg)
+    path = run_path / "results.json"
+    if not path.is_file():
+        raise RunError(f"no results.json in {run_path}: is it a finished dvbpr/main.py run?")
+    results = json.loads(path.read_text())
+    if results["dataset"] != ctx.dataset.name or results["protocol"] != cfg.protocol:
+        raise DatasetError(f"{path} is a {results['protocol']} run on {results['dataset']}, not a {cfg.protocol} "
+                           f"run on {ctx.dataset.name}")
+    return Selection(ctx.label, {"k": results["k"], "image_size": results["image_size"]}, results["best_epoch"],
+                     valid={"all": results["valid_auc"], "cold": results["valid_auc_cold"]},
+                     test={"all": results["test_auc"], "cold": results["test_auc_cold"]})

@@ -1,0 +1,102 @@
+"""The command line of every stage: a config dataclass parsed from flags, presets, demo settings, resumed runs,
+and one line per error.
+
+Where a setting comes from, highest first (the one rule of every stage):
+    1. a flag given on the command line;
+    2. the preset typed on the command line (--preset NAME);
+    3. on the embedded demo catalogue, the stage's demo settings (printed first);
+    4. the default preset;
+    5. the dataclass's field defaults.
+A resumed run (--resume) takes its saved settings instead of 3-5, so it goes on as it began.
+A field's help text and choices come from its metadata: `field(default=..., metadata={"help": ...})`.
+"""
+import argparse
+import contextlib
+import dataclasses
+import types
+import typing
+from pathlib import Path
+
+from common.checkpoint import load_checkpoint
+from common.data import resolve_dataset
+from common.errors import ConfigError, ProjectError
+
+
+def _strip_optional(kind):
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    return kind
+
+
+def _add_argument(parser, name, kind, default, help_text, choices):
+    flag = "--" + name.replace("_", "-")
+    if "(default" not in help_text:
+        help_text = f"{help_text} (default: {default})".strip()
+    common = dict(dest=name, default=argparse.SUPPRESS, help=help_text)
+    kind = _strip_optional(kind)
+    if kind is bool:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+    elif typing.get_origin(kind) in (list, tuple):
+        parser.add_argument(flag, type=typing.get_args(kind)[0], nargs="+", **common)
+    else:
+        parser.add_argument(flag, type=kind, choices=choices, **common)
+
+
+def parse_config(cfg_cls, argv=None, presets=None, description=""):
+    """Parse argv into `cfg_cls` with its preset applied; return (config, protected): the names of the fields
+    that rules 1 and 2 set, which demo settings and saved settings leave alone."""
+    presets = presets or {}
+    defaults = cfg_cls()
+    parser = argparse.ArgumentParser(description=description)
+    hints = typing.get_type_hints(cfg_cls)
+    for field in dataclasses.fields(cfg_cls):
+        choices = sorted(presets) if field.name == "preset" and presets else field.metadata.get("choices")
+        _add_argument(parser, field.name, hints[field.name], getattr(defaults, field.name),
+                      field.metadata.get("help", ""), choices)
+    given = vars(parser.parse_args(argv))
+    preset = presets.get(given.get("preset", getattr(defaults, "preset", None)), {})
+    cfg = dataclasses.replace(dataclasses.replace(defaults, **preset), **given)
+    return cfg, set(given) | (set(preset) if "preset" in given else set())
+
+
+def describe_settings(settings):
+    return ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in settings.items())
+
+
+def apply_settings(cfg, settings, protected):
+    """Set each of `settings` that is not protected; return those that changed."""
+    changed = {name: value for name, value in settings.items()
+               if name not in protected and getattr(cfg, name) != value}
+    for name, value in changed.items():
+        setattr(cfg, name, value)
+    return changed
+
+
+def settle(cfg, protected, stage, demo=None, say=print, embedded=None):
+    """The run's final settings: a resumed run's saved ones under the protected flags, or, on the embedded
+    catalogue, the demo settings under the protected flags and the typed preset. Unless `embedded` is given (a
+    stage that reads its data from an earlier run), `cfg.dataset` is resolved to the absolute path of the dataset
+    file, so that the run reopens the very file from any working directory."""
+    if getattr(cfg, "resume", False):
+        saved = load_checkpoint(Path(cfg.out or Path("runs") / stage) / "checkpoint.pt", stage)["config"]
+        unknown = sorted(set(saved) - {field.name for field in dataclasses.fields(cfg)})
+        if unknown:
+            raise ConfigError(f"the run to resume has settings this version does not know: {', '.join(unknown)}")
+        apply_settings(cfg, saved, protected | {"resume"})
+    if embedded is None:
+        path, embedded = resolve_dataset(cfg.dataset)
+        cfg.dataset = str(path)
+    if embedded and demo and not getattr(cfg, "resume", False):
+        changed = apply_settings(cfg, demo, protected)
+        if changed:
+            say(f"{stage}: embedded catalogue, demo settings {describe_settings(changed)}")
+    return cfg
+
+
+@contextlib.contextmanager
+def stage_errors(stage):
+    """Turn a ProjectError into SystemExit("<stage>: <message>"): one line, no traceback."""
+    try:
+        yield
+    except ProjectError as error:
+        raise SystemExit(f"{stage}: {error}") from error

@@ -1,0 +1,322 @@
+"""DVBPR training (paper Sec. III-A/B): BPR on (user, positive, negative) triplets, AUC every epoch.
+
+Epochs: an epoch is as many triplets as training interactions N; epoch e ends at step ceil(e*N/batch), the
+boundary the original used (so its pretrained step 39728 is epoch 19 here too). The original's loop bound
+(step*128 <= 20*N+1) stops just short of the 20th boundary, so it evaluated and saved 19 times and discarded the
+rest of its 20th epoch. --preset original therefore runs 19 epochs, which gives the same 19 evaluations and
+checkpoints; --preset paper runs the 20 epochs that the original's settings state.
+
+Randomness: the initialisation and the triplets come from cfg.seed alone, so every rank has the same ones;
+dropout is reseeded at each epoch from (seed, epoch, rank), so a resumed run, under any number of ranks,
+continues as the uninterrupted one would have.
+"""
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common.checkpoint import load_checkpoint, save_checkpoint, write_json
+from common.data import open_dataset
+from common.device import autocast, fused_adam_kwargs, memory_format, pick_device
+from common.distributed import Ranks, unwrap
+from common.errors import ConfigError, TrainingDiverged
+from common.images import ImageStore, image_cache
+from common.metrics import evaluate_auc
+from common.runlog import RunLog, run_dir
+from common.sampling import TripletSampler
+from common.seeding import seed_everything
+from dvbpr.backbones import BACKBONES, build_backbone
+from dvbpr.model import DVBPR, embed_items
+
+
+@dataclass
+class DVBPRConfig:
+    preset: str = field(default="paper", metadata={"help": "paper: K=50, exact All/Cold AUC, 20 epochs; "
+                                                           "original: K=100, sampled-100 AUC, 19 evaluated epochs, "
+                                                           "a checkpoint every epoch"})
+    dataset: str | None = field(default=None, metadata={"help": "dataset .npy in the original format, or "
+                                                                "'embedded'; None: data/AmazonFashion6Img"
+                                                                "Partitioned.npy, else the embedded catalogue"})
+    out: str | None = field(default=None, metadata={"help": "run directory; None: runs/dvbpr"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in --out from its checkpoint.pt; "
+                                                          "flags given now override the saved settings"})
+    k: int = field(default=50, metadata={"help": "latent dimensions K of theta_u and Phi(X_i)"})
+    backbone: str = field(default="cnn-f", metadata={"help": "image network before the linear head to K",
+                                                     "choices": list(BACKBONES)})
+    backbone_weights: str | None = field(default=None, metadata={"help": "ImageNet weights file of a torchvision "
+                                                                         "backbone (None: random init)"})
+    image_size: int = field(default=224, metadata={"help": "side of the image network's input in pixels"})
+    resize_filter: str = field(default="nearest", metadata={"help": "PIL filter resizing the images "
+                                                                    "(the original's Pillow default was nearest)"})
+    conv_widths: list[int] | None = field(default=None, metadata={"help": "cnn-f conv1..conv5 channels (None: the "
+                                                                          "original's 64 256 256 256 256)"})
+    fc_width: int = field(default=4096, metadata={"help": "cnn-f width of fc1 and fc2 (smaller for quick CPU "
+                                                          "runs)"})
+    dropout: float = field(default=0.5, metadata={"help": "dropout probability on fc1 and fc2"})
+    lambda_w: float = field(default=0.001, metadata={"help": "weight decay on the backbone's "
+                                                             "weights and the head's (lambda_w/2 ||W||^2)"})
+    lambda_theta: float = field(default=1.0, metadata={"help": "regulariser of the batch's theta_u "
+                                                               "(lambda_theta/2 ||theta_u||^2)"})
+    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
+    batch_size: int = field(default=128, metadata={"help": "triplets per step"})
+    epochs: int = field(default=20, metadata={"help": "epochs of N triplets, N = number of training interactions"})
+    protocol: str = field(default="exact", metadata={"help": "AUC protocol", "choices": ["exact", "sampled100"]})
+    cold_threshold: int = field(default=5, metadata={"help": "an item is cold with fewer training interactions"})
+    save_every_epoch: bool = field(default=False, metadata={"help": "also write DVBPR_auc_<K>_<step>.pt (the last 5 "
+                                                                    "kept) and UI_<K>_<step>.npy every epoch"})
+    eval_batch_size: int = field(default=512, metadata={"help": "images per no-grad batch for the item embeddings"})
+    eval_chunk: int | None = field(default=None, metadata={"help": "users per AUC chunk; None: sized to memory"})
+    seed: int = field(default=0, metadata={"help": "seed of the initialisation, dropout, triplets and sampled AUC"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (CPU always runs float32)"})
+    strict_images: bool = field(default=False, metadata={"help": "fail on an undecodable image instead of "
+                                                                 "using a grey one"})
+
+
+PRESETS = {
+    "paper": dict(k=50, protocol="exact", epochs=20, save_every_epoch=False),
+    "original": dict(k=100, protocol="sampled100", epochs=19, save_every_epoch=True),
+}
+# The embedded catalogue on a CPU, in about 3 minutes on 2 cores: 32 px, fc1 and fc2 1024 wide (at 32 px the
+# 4096-wide fc2 is most of the work), 30 epochs of ~70 steps; a learning rate above the original's 1e-4 makes up
+# for so few steps (one AmazonFashion epoch has ~2,100).
+DEMO = dict(image_size=32, fc_width=1024, epochs=30, lr=1e-3)
+KEPT_EPOCH_CHECKPOINTS = 5  # as TF's Saver kept
+POSITIVE_FIELDS = ("k", "image_size", "fc_width", "batch_size", "epochs", "eval_batch_size")
+
+
+def check_config(cfg):
+    for name in POSITIVE_FIELDS:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.conv_widths is not None and (len(cfg.conv_widths) != 5 or min(cfg.conv_widths) < 1):
+        raise ConfigError(f"--conv-widths takes five positive channel counts, got {cfg.conv_widths}")
+    if cfg.eval_chunk is not None and cfg.eval_chunk < 1:
+        raise ConfigError(f"--eval-chunk must be at least 1, got {cfg.eval_chunk}")
+
+
+def build_model(cfg, usernum):
+    """The DVBPR network of a config: its backbone, a head to K and theta for `usernum` users."""
+    backbone = build_backbone(cfg.backbone, cfg.image_size, cfg.backbone_weights, fc_width=cfg.fc_width,
+                              dropout=cfg.dropout, widths=cfg.conv_widths)
+    return DVBPR(backbone, usernum, cfg.k)
+
+
+def epoch_end_step(epoch, num_interactions, batch_size):
+    """Step at which epoch `epoch` ends: the first with step*batch >= epoch*N (at least one step per epoch)."""
+    return max(-(-epoch * num_interactions // batch_size), epoch)
+
+
+def check_finite(loss, where):
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"the loss became {loss} {where}; lower --lr (the last checkpoint before it is "
+                               "kept, and --resume continues from there)")
+
+
+def train_steps(model, optimizer, images, triplets, cfg, ranks, desc="train"):
+    """One Adam step per global batch of `triplets` (users, positives, negatives: CPU LongTensors), of which this
+    rank takes its share; returns the mean over the steps of the global batch's loss.
+
+    The loss is read back only every few steps, so that CUDA runs ahead of the progress bar.
+    """
+    model.train()
+    device, share = ranks.device, ranks.share(cfg.batch_size)
+    users, positives, negatives = triplets
+    num_steps = len(users) // cfg.batch_size
+
+    def batches():
+        for step in range(num_steps):
+            rows = slice(step * cfg.batch_size + share.start, step * cfg.batch_size + share.stop)
+            yield torch.cat([positives[rows], negatives[rows]]), users[rows]
+
+    total = torch.zeros((), device=device)
+    with tqdm(total=num_steps * cfg.batch_size, unit="triplet", unit_scale=True, desc=desc, leave=False,
+              disable=not ranks.is_main) as bar:
+        for step, ((_, batch_users), pair_images) in enumerate(images.stream(batches())):
+            batch_users = batch_users.to(device)
+            with autocast(device, cfg.bf16):
+                x_uij = model(batch_users, *pair_images.chunk(2))
+            loss = unwrap(model).objective(x_uij, batch_users, cfg.lambda_w, cfg.lambda_theta, ranks.world_size)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+            bar.update(cfg.batch_size)
+            if (step + 1) % 10 == 0 or step + 1 == num_steps:
+                mean = total.item() / (step + 1)
+                check_finite(mean, f"in {desc}, step {step + 1}")
+                bar.set_postfix(loss=f"{mean:.4g}")
+    return ranks.mean(total).item() / max(num_steps, 1)
+
+
+def evaluate(model, dataset, images, cfg, ranks):
+    """(validation AUC dict, test AUC dict, item embeddings) under cfg.protocol, sharded over the ranks."""
+    items = embed_items(model, images, cfg.eval_batch_size, ranks, cfg.bf16)
+    theta = model.theta.detach()
+    score = lambda users: theta[users] @ items.T
+    options = dict(protocol=cfg.protocol, device=ranks.device, chunk_users=cfg.eval_chunk,
+                   cold_threshold=cfg.cold_threshold, users=torch.tensor(ranks.shard(dataset.usernum)),
+                   combine=ranks.gather)
+    valid = evaluate_auc(dataset, score, split="validation", seed=cfg.seed, **options)
+    test = evaluate_auc(dataset, score, split="test", seed=cfg.seed + 1, **options)
+    return valid, test, items
+
+
+def log_line(record):
+    """The original's DVBPR.log line: test AUC first, then validation, as Python 2's str(float) printed them."""
+    return f"Epoch #{record['epoch']}:{record['test_auc']:.12g} {record['valid_auc']:.12g}"
+
+
+def fmt(auc):
+    return "n/a" if auc is None else f"{auc:.4f}"
+
+
+def rewrite_logs(out, history):
+    """DVBPR.log and metrics.jsonl as of the checkpoint, dropping lines a killed run wrote after it."""
+    (out / "DVBPR.log").write_text("".join(log_line(record) + "\n" for record in history))
+    runlog = RunLog(out, resume=False)
+    for record in history:
+        runlog.record(**record)
+    return runlog
+
+
+def model_snapshot(model, cfg, record):
+    return {"stage": "dvbpr", "model": model.state_dict(), "config": dataclasses.asdict(cfg),
+            "epoch": record["epoch"], "step": record["step"], "metrics": record}
+
+
+def save_embeddings(path, theta, items, config, epoch, step):
+    """embeddings.pt: theta and every item's Phi(X_i) (the original's UI_*.npy), float32 on CPU."""
+    save_checkpoint(path, {"stage": "dvbpr-embeddings", "theta": theta.detach().float().cpu(),
+                           "items": items.float().cpu(), "config": config, "epoch": epoch, "step": step})
+
+
+def save_epoch_files(out, model, items, cfg, record):
+    """The original's per-epoch outputs: a model checkpoint (the last few kept) and UI_<K>_<step>.npy, an object
+    array [theta, item embeddings] as the original's np.save([U, I]) wrote it."""
+    save_checkpoint(out / f"DVBPR_auc_{cfg.k}_{record['step']}.pt", model_snapshot(model, cfg, record))
+    kept = sorted(out.glob(f"DVBPR_auc_{cfg.k}_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    for old in kept[:-KEPT_EPOCH_CHECKPOINTS]:
+        old.unlink()
+    ui = np.empty(2, dtype=object)
+    ui[0], ui[1] = model.theta.detach().cpu().numpy(), items.cpu().numpy()
+    np.save(out / f"UI_{cfg.k}_{record['step']}.npy", ui, allow_pickle=True)
+
+
+def save_epoch(out, cfg, model, optimizer, sampler, items, progress):
+    """Everything an epoch leaves on disk, the checkpoint last: best.pt and embeddings.pt when validation improved,
+    the original's per-epoch files if asked, then checkpoint.pt (so a crash at any point resumes correctly)."""
+    record = progress["history"][-1]
+    if progress["best"] is record:
+        save_checkpoint(out / "best.pt", model_snapshot(model, cfg, record))
+        save_embeddings(out / "embeddings.pt", model.theta, items, dataclasses.asdict(cfg), record["epoch"],
+                        record["step"])
+    if cfg.save_every_epoch:
+        save_epoch_files(out, model, items, cfg, record)
+    save_checkpoint(out / "checkpoint.pt", {
+        "stage": "dvbpr", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "config": dataclasses.asdict(cfg), "epoch": record["epoch"], "step": record["step"],
+        "sampler": sampler.state_dict(), "metrics": {"history": progress["history"], "best": progress["best"]},
+        "seconds": progress["seconds"]})
+
+
+def start_or_resume(cfg, out, model, optimizer, sampler, ranks):
+    """The run's progress so far: that of --out's checkpoint.pt when resuming (loaded into the model, optimizer
+    and sampler), else nothing done."""
+    if not cfg.resume:
+        if (out / "checkpoint.pt").exists():
+            ranks.print(f"starting afresh in {out} (pass --resume to continue the run there)")
+        return dict(epoch=0, step=0, history=[], best=None, seconds=0.0)
+    checkpoint = load_checkpoint(out / "checkpoint.pt", "dvbpr")
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    sampler.load_state_dict(checkpoint["sampler"])
+    ranks.print(f"resuming {out} after epoch {checkpoint['epoch']} (step {checkpoint['step']})")
+    return dict(epoch=checkpoint["epoch"], step=checkpoint["step"], seconds=checkpoint["seconds"],
+                **checkpoint["metrics"])
+
+
+def open_data(cfg, ranks):
+    """(dataset, embedded, image store) of the run; rank 0 builds the catalogue and the image cache first."""
+    with ranks.main_first():
+        dataset, embedded = open_dataset(cfg.dataset)
+        cache = image_cache(dataset, cfg.image_size, cfg.resize_filter, strict=cfg.strict_images,
+                            device=ranks.device)
+    ranks.print(f"DVBPR on {dataset.name}: {dataset.usernum} users, {dataset.itemnum} items, "
+                f"{dataset.num_train_interactions} training interactions; preset {cfg.preset}, K={cfg.k}, "
+                f"{cfg.backbone} at {cfg.image_size} px, {cfg.epochs} epochs, {cfg.protocol} AUC; "
+                f"device {ranks.describe()}")
+    return dataset, embedded, ImageStore(cache, ranks.device)
+
+
+def train(cfg, ranks=None):
+    """Train and evaluate as configured (resuming from --out's checkpoint.pt with cfg.resume); returns the
+    results dict that is also written to results.json. Under torchrun every rank calls this with its `ranks`
+    (default: one process on cfg.device); rank 0 writes the files."""
+    started = time.time()
+    check_config(cfg)
+    ranks = ranks or Ranks(device=pick_device(cfg.device))
+    out, device = run_dir(cfg.out, "dvbpr"), ranks.device
+    dataset, embedded, images = open_data(cfg, ranks)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    ranks.share(cfg.batch_size)  # fails early if the batch does not split over the ranks
+    seed_everything(cfg.seed)
+    model = build_model(cfg, dataset.usernum).to(device, memory_format=memory_format(device))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, **fused_adam_kwargs(device))
+    sampler = TripletSampler(dataset, cfg.seed)
+    progress = start_or_resume(cfg, out, model, optimizer, sampler, ranks)
+    network = ranks.wrap(model)
+    runlog = rewrite_logs(out, progress["history"]) if ranks.is_main else None
+    seconds_before = progress["seconds"]
+    for epoch in range(progress["epoch"] + 1, cfg.epochs + 1):
+        record = train_epoch(epoch, network, optimizer, sampler, dataset, images, cfg, ranks, progress)
+        progress["seconds"] = seconds_before + time.time() - started
+        if ranks.is_main:
+            save_epoch(out, cfg, model, optimizer, sampler, record.pop("items"), progress)
+            with open(out / "DVBPR.log", "a") as log:
+                log.write(log_line(record) + "\n")
+            runlog.record(**record)
+            tqdm.write(f"{log_line(record)}  cold items: test {fmt(record['test_auc_cold'])} "
+                       f"valid {fmt(record['valid_auc_cold'])}  loss {record['loss']:.4g}")
+    results = results_summary(cfg, dataset, embedded, progress["best"], seconds_before + time.time() - started,
+                              ranks)
+    if ranks.is_main:
+        write_json(out / "results.json", results)
+        print("results (best validation epoch): " + json.dumps(results))
+    ranks.barrier()
+    return results
+
+
+def train_epoch(epoch, network, optimizer, sampler, dataset, images, cfg, ranks, progress):
+    """Train one epoch, evaluate, and add its record to `progress` (the record carries the item embeddings
+    under "items" until they are saved)."""
+    epoch_started = time.time()
+    torch.manual_seed(ranks.seed(cfg.seed, epoch))
+    last_step = epoch_end_step(epoch, dataset.num_train_interactions, cfg.batch_size)
+    triplets = sampler.sample((last_step - progress["step"]) * cfg.batch_size)
+    loss = train_steps(network, optimizer, images, [torch.from_numpy(a) for a in triplets], cfg, ranks,
+                       desc=f"epoch {epoch}/{cfg.epochs}")
+    check_finite(loss, f"in epoch {epoch}")
+    valid, test, items = evaluate(unwrap(network), dataset, images, cfg, ranks)
+    record = dict(epoch=epoch, step=last_step, loss=loss, valid_auc=valid["all"], valid_auc_cold=valid["cold"],
+                  test_auc=test["all"], test_auc_cold=test["cold"], protocol=cfg.protocol,
+                  seconds=round(time.time() - epoch_started, 3))
+    progress.update(epoch=epoch, step=last_step)
+    progress["history"].append(record)
+    if progress["best"] is None or record["valid_auc"] > progress["best"]["valid_auc"]:
+        progress["best"] = record
+    return {**record, "items": items}
+
+
+def results_summary(cfg, dataset, embedded, best, seconds, ranks):
+    return dict(preset=cfg.preset, protocol=cfg.protocol, dataset=dataset.name, dataset_path=str(dataset.path),
+                embedded=embedded, epochs=cfg.epochs, k=cfg.k, backbone=cfg.backbone, image_size=cfg.image_size,
+                batch_size=cfg.batch_size, best_epoch=best["epoch"], best_step=best["step"],
+                valid_auc=best["valid_auc"], valid_auc_cold=best["valid_auc_cold"], test_auc=best["test_auc"],
+                test_auc_cold=best["test_auc_cold"], wall_seconds=round(seconds, 1), device=ranks.describe())

@@ -1,0 +1,82 @@
+"""A trained GAN read back from its run directory: G and D in inference mode, its settings and its category
+classifier. Preference maximisation opens the GAN through this module alone."""
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from common.checkpoint import load_checkpoint
+from common.classifier import load_classifier, train_or_load_classifier
+from common.errors import RunError
+from gan.model import Discriminator, Generator, sample_z
+from gan.train import (
+    GRID_SIZE,
+    GANConfig,
+    build_gan,
+    format_consistency,
+    generate,
+    measure_consistency,
+    save_grid,
+)
+
+__all__ = ["GANRun", "open_gan_run", "sample_z", "generate", "write_category_grids"]
+
+
+@dataclass
+class GANRun:
+    path: Path
+    config: GANConfig
+    generator: Generator
+    discriminator: Discriminator
+    num_categories: int
+    step: int
+
+    def category_classifier(self, dataset, device, store=None, fallback_dir=None):
+        """The run's category classifier (classifier.pt), else one trained now and saved in `fallback_dir`."""
+        path = self.path / "classifier.pt"
+        if path.is_file():
+            return load_classifier(load_checkpoint(path, "classifier", map_location=device), device)
+        return train_or_load_classifier(dataset, self.config.image_size, Path(fallback_dir) / "classifier.pt",
+                                        device, self.config.resize_filter, store)
+
+
+def open_gan_run(run, device="cpu"):
+    """The GAN trained in directory `run`, both nets in eval mode without gradients."""
+    run = Path(run)
+    if not (run / "checkpoint.pt").is_file():
+        raise RunError(f"no trained GAN in {run} (checkpoint.pt): make it with "
+                       f"`python gan/main.py --train --out {run}`")
+    checkpoint = load_checkpoint(run / "checkpoint.pt", "gan", map_location=device)
+    known = {field.name for field in dataclasses.fields(GANConfig)}
+    unknown = sorted(set(checkpoint["config"]) - known)
+    if unknown:
+        raise RunError(f"{run / 'checkpoint.pt'} has settings this version of the GAN does not know: "
+                       f"{', '.join(unknown)}")
+    cfg = GANConfig(**checkpoint["config"])
+    generator, discriminator = build_gan(cfg, checkpoint["num_categories"], device)
+    generator.load_state_dict(checkpoint["model"]["generator"])
+    discriminator.load_state_dict(checkpoint["model"]["discriminator"])
+    return GANRun(run, cfg, generator.eval().requires_grad_(False), discriminator.eval().requires_grad_(False),
+                  checkpoint["num_categories"], checkpoint["step"])
+
+
+def write_category_grids(run_path, device, bf16=True, seed=0):
+    """samples/test_arange_<c>.png, one 4x4 grid per category from one shared z ~ U(-1, 1) (GAN/main.py's
+    visualize option 1 in the original repository), and the condition consistency when the run's classifier is
+    there."""
+    run = open_gan_run(run_path, device)
+    rng = torch.Generator(device=device).manual_seed(seed)
+    z = sample_z(GRID_SIZE, run.generator.z_dim, "uniform", device, rng)
+    paths = []
+    for category in range(run.num_categories):
+        labels = torch.full((GRID_SIZE,), category, device=device)
+        paths.append(run.path / "samples" / f"test_arange_{category}.png")
+        save_grid(generate(run.generator, z, labels, bf16), paths[-1])
+    print(f"wrote {len(paths)} grids to {run.path / 'samples'} (step {run.step})")
+    if (run.path / "classifier.pt").is_file():
+        classifier = run.category_classifier(None, device)
+        print(format_consistency(measure_consistency(run.generator, classifier, run.num_categories,
+                                                     run.config.consistency_samples, run.generator.z_dim,
+                                                     device, bf16, seed)))
+    return paths
