@@ -63,12 +63,11 @@ def extract(network, images, itemnum, device, batch_size=256, desc="features"):
     return torch.cat(outputs)
 
 
-def cnnf_features(dataset, settings, device):
-    """(features, description) from CNN-F pre-trained on the categories."""
+def pretrain_cnnf(dataset, images, settings, device):
+    """(CNN-F backbone, its linear category head, accuracies) after training both to predict the category."""
     if dataset.num_categories < 2 or (dataset.item_category < 0).all():
         raise DatasetError(f"{dataset.name} has no item categories to pre-train CNN-F on; "
                            "pass --imagenet-weights with an AlexNet weights file instead")
-    images = ImageStore(image_cache(dataset, settings.image_size, settings.resize_filter), device)
     torch.manual_seed(settings.seed)
     backbone = build_backbone("cnn-f", settings.image_size)
     head = nn.Linear(backbone.feature_width, dataset.num_categories)
@@ -77,6 +76,13 @@ def cnnf_features(dataset, settings, device):
     _, metrics = train_classifier(network, images, dataset.item_category, epochs=settings.epochs, min_steps=0,
                                   batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
                                   desc="pre-training CNN-F on categories")
+    return backbone, head, metrics
+
+
+def cnnf_features(dataset, settings, device):
+    """(features, description) from CNN-F pre-trained on the categories."""
+    images = ImageStore(image_cache(dataset, settings.image_size, settings.resize_filter), device)
+    backbone, _, metrics = pretrain_cnnf(dataset, images, settings, device)
     features = extract(backbone, images, dataset.itemnum, device, desc="CNN-F features")
     return features, (f"CNN-F fc2 ({backbone.feature_width}-d), pre-trained {settings.epochs} epochs at "
                       f"{settings.image_size} px to classify the {dataset.num_categories} item categories "

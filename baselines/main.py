@@ -122,8 +122,8 @@ def table_iii(cfg):
 def main(argv=None):
     with stage_errors("baselines"):
         cfg, protected = parse_config(BaselinesConfig, argv, PRESETS, description=__doc__.split("\n")[0])
-        settle(cfg, protected, "baselines", DEMO)
         check_config(cfg)
+        settle(cfg, protected, "baselines", DEMO)
         return table_iii(cfg)
 
 

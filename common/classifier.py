@@ -106,10 +106,11 @@ def classifier_checkpoint(classifier, dataset, resize_filter, metrics):
                        "key": classifier_key(dataset, classifier.image_size, resize_filter)}, "metrics": metrics}
 
 
-def train_or_load_classifier(dataset, image_size, path, device="cpu", resize_filter="nearest", store=None):
+def train_or_load_classifier(dataset, image_size, path, device="cpu", resize_filter="nearest", store=None,
+                             **training):
     """The CategoryClassifier for `dataset` at `image_size`: loaded from `path` if it was trained there for the
-    same data, else trained (printing its held-out accuracy) and saved there. `store`: an ImageStore over the same
-    images to reuse. Returned in eval mode without gradients."""
+    same data, else trained (printing its held-out accuracy; `training`: arguments of `train_classifier`) and saved
+    there. `store`: an ImageStore over the same images to reuse. Returned in eval mode without gradients."""
     device, path = torch.device(device), Path(path)
     if path.exists():
         checkpoint = load_checkpoint(path, "classifier", map_location=device)
@@ -119,7 +120,7 @@ def train_or_load_classifier(dataset, image_size, path, device="cpu", resize_fil
     with torch.random.fork_rng(devices=[]):  # seeded, and leaves the caller's random stream alone
         torch.manual_seed(0)
         classifier = CategoryClassifier(image_size, dataset.num_categories)
-    classifier, metrics = train_classifier(classifier, store, dataset.item_category)
+    classifier, metrics = train_classifier(classifier, store, dataset.item_category, **training)
     print(f"category classifier: held-out accuracy {metrics['held_out_accuracy']:.3f} "
           f"(chance {1 / dataset.num_categories:.3f}), saved to {path}")
     save_checkpoint(path, classifier_checkpoint(classifier, dataset, resize_filter, metrics))

@@ -65,8 +65,7 @@ class TorchvisionBackbone(nn.Module):
         return self.network(self.normalise(x))
 
 
-def torchvision_backbone(constructor, classifier_attribute, name, image_size, weights=None, **kwargs):
-    network = constructor(**kwargs)
+def torchvision_backbone(network, classifier_attribute, name, image_size, weights=None):
     if weights:
         load_torchvision_weights(network, weights, name)
     classifier = getattr(network, classifier_attribute)
@@ -84,15 +83,15 @@ def cnn_f(image_size=224, weights=None, fc_width=4096, dropout=0.5, widths=None,
 
 def resnet(depth):
     constructor = {18: torchvision.models.resnet18, 50: torchvision.models.resnet50}[depth]
-    return lambda image_size=224, weights=None, **_: torchvision_backbone(constructor, "fc", f"ResNet-{depth}",
+    return lambda image_size=224, weights=None, **_: torchvision_backbone(constructor(), "fc", f"ResNet-{depth}",
                                                                           image_size, weights)
 
 
 def vit_b16(image_size=224, weights=None, **_):
     if image_size % 16:
         raise ConfigError(f"vit-b16 needs an image size divisible by 16, got {image_size}")
-    return torchvision_backbone(torchvision.models.vit_b_16, "heads", "ViT-B/16", image_size, weights,
-                                image_size=image_size)
+    return torchvision_backbone(torchvision.models.vit_b_16(image_size=image_size), "heads", "ViT-B/16", image_size,
+                                weights)
 
 
 BACKBONES = {

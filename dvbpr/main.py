@@ -20,6 +20,7 @@ from dvbpr.train import DEMO, PRESETS, DVBPRConfig, check_config, train
 def main(argv=None):
     with stage_errors("dvbpr"):
         cfg, protected = parse_config(DVBPRConfig, argv, PRESETS, description=__doc__.split("\n")[0])
+        check_config(cfg)  # the flags as given, before any data is read
         ranks = setup(cfg.device)
         try:
             with ranks.main_first():

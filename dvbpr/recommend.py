@@ -51,6 +51,9 @@ class RecommendConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
 
 
+MAX_K = 100   # items in one list and its image strip
+
+
 class RecommendError(ConfigError):
     """A request this run cannot answer: the message says what was wrong."""
 
@@ -217,8 +220,8 @@ def recommend(cfg):
         raise RecommendError("give either --similar-to or --image, not both")
     if cfg.user is None and cfg.similar_to is None:
         raise RecommendError("give --user U (top-k items, or with --image) or --similar-to ITEM")
-    if cfg.k < 1:
-        raise RecommendError(f"--k must be at least 1, not {cfg.k}")
+    if not 1 <= cfg.k <= MAX_K:
+        raise RecommendError(f"--k must be from 1 to {MAX_K} (one image strip), not {cfg.k}")
     image = None if cfg.image is None else read_image(cfg.image)
     run = open_run(cfg.run, cfg.dataset, pick_device(cfg.device), with_model=image is not None)
     category = None if cfg.category is None else parse_category(cfg.category, run.dataset)

@@ -235,6 +235,8 @@ def start_or_resume(cfg, out, model, optimizer, sampler, ranks):
     checkpoint = load_checkpoint(out / "checkpoint.pt", "dvbpr")
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
+    for group in optimizer.param_groups:  # a --lr given now applies to the resumed run
+        group["lr"] = cfg.lr
     sampler.load_state_dict(checkpoint["sampler"])
     ranks.print(f"resuming {out} after epoch {checkpoint['epoch']} (step {checkpoint['step']})")
     return dict(epoch=checkpoint["epoch"], step=checkpoint["step"], seconds=checkpoint["seconds"],

@@ -21,6 +21,7 @@ def main(argv=None):
         cfg, protected = parse_config(GANConfig, argv, PRESETS, description=__doc__.splitlines()[0])
         if not cfg.train:
             return write_category_grids(Path(cfg.out or "runs/gan"), pick_device(cfg.device), cfg.bf16, cfg.seed)
+        check_config(cfg)  # the flags as given, before any data is read
         ranks = setup(cfg.device)
         try:
             with ranks.main_first():

@@ -1,4 +1,20 @@
-import sys
-from pathlib import Path
+"""The tiny catalogues the tests share, each generated once per session."""
+import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common.catalogue import CatalogueConfig, generate_catalogue
+
+
+@pytest.fixture(scope="session")
+def catalogue(tmp_path_factory):
+    """catalogue(num_users, num_items, image_size, name) -> the path of a procedural catalogue in the original
+    layout, made once per session for each set of arguments (so modules asking for the same one share it)."""
+    made = {}
+
+    def make(num_users=12, num_items=240, image_size=32, name="Tiny"):
+        key = (num_users, num_items, image_size, name)
+        if key not in made:
+            path = tmp_path_factory.mktemp("catalogue") / f"{name}.npy"
+            made[key] = generate_catalogue(path, CatalogueConfig(num_users=num_users, num_items=num_items,
+                                                                 image_size=image_size, image_source="procedural"))
+        return made[key]
+    return make

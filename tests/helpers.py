@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from common.checkpoint import save_checkpoint
+from common.classifier import CategoryClassifier, classifier_checkpoint
 from common.data import Dataset
-from gan.classifier import CategoryClassifier, classifier_identity
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,9 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def place_random_classifier(run_dir, dataset, image_size, resize_filter="nearest"):
     """A random-weight category classifier in a GAN run directory, which GAN training then reuses instead of
     training one (the tests that use it check plumbing, not the classifier)."""
-    save_checkpoint(run_dir / "classifier.pt", {
-        "stage": "classifier", "model": CategoryClassifier(image_size, dataset.num_categories).state_dict(),
-        "config": classifier_identity(dataset, image_size, resize_filter), "metrics": {}})
+    classifier = CategoryClassifier(image_size, dataset.num_categories)
+    save_checkpoint(run_dir / "classifier.pt", classifier_checkpoint(classifier, dataset, resize_filter, {}))
 
 
 def interactions_only(usernum, itemnum, user_train, user_validation, user_test, name="tiny"):

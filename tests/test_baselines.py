@@ -14,23 +14,28 @@ import torchvision
 from PIL import Image
 
 from baselines.bpr import BPRMF, bpr_loss
-from baselines.features import (FeatureError, FeatureSettings, alexnet_fc7, imagenet_features, pretrain_cnnf,
+from baselines.features import (FeatureSettings, alexnet_fc7, imagenet_features, pretrain_cnnf,
                                 visual_features)
 from baselines.fm import FactorizationMachine
 from baselines.main import main as baselines_main
 from baselines.ncf import GMF, MLP, NEGATIVES_PER_POSITIVE, log_loss
 from baselines.poprank import PopRank
 from baselines.rand import Random
-from baselines.table import (METHODS, PAPER_METHODS, PAPER_TABLE, VS_BEST, VS_BPRMF, build_table, improvements,
+from baselines.registry import METHODS as REGISTRY
+from baselines.table import (PAPER_METHODS, PAPER_TABLE, VS_BEST, VS_BPRMF, build_table, improvements,
                              write_table)
-from baselines.train import FitSettings, Interactions, evaluate, fit, grid_search, unlearned
+from baselines.train import FitSettings, evaluate, fit, grid_search, unlearned
 from baselines.vbpr import VBPR
 from baselines.visrank import VisRank
 from baselines.warp import harmonic, warp_loss
-from common.catalogue import CatalogueConfig, generate_catalogue
-from common.data import DatasetError, load_dataset, save_original_format
+from common.data import load_dataset
+from common.errors import ConfigError, DatasetError
 from common.images import ImageStore, image_cache
+from common.original_format import save_original_format
+from common.sampling import TripletSampler
 from tests.helpers import interactions_only
+
+LABELS = [method.label for method in REGISTRY.values()]
 
 CPU = torch.device("cpu")
 
@@ -192,8 +197,8 @@ def test_ncf_log_loss_labels_the_positive_one_and_negatives_zero():
 
 
 def test_sampler_draws_positives_from_training_and_negatives_outside_it(popular):
-    data = Interactions(popular, CPU)
-    users, positives, negatives = data.sample(4000, NEGATIVES_PER_POSITIVE, torch.Generator().manual_seed(0))
+    users, positives, negatives = TripletSampler(popular, seed=0).sample(4000, NEGATIVES_PER_POSITIVE)
+    assert negatives.shape == (4000, NEGATIVES_PER_POSITIVE)
     train = [set(items.tolist()) for items in popular.user_train]
     assert all(i in train[u] for u, i in zip(users.tolist(), positives.tolist()))
     assert not any(j in train[u] for u, row in zip(users.tolist(), negatives.tolist()) for j in row)
@@ -201,10 +206,10 @@ def test_sampler_draws_positives_from_training_and_negatives_outside_it(popular)
 
 
 def test_sampler_refuses_a_user_without_a_possible_positive_or_negative():
-    with pytest.raises(DatasetError, match="user 1 has 0 distinct training items"):
-        Interactions(split_choices([[0, 1, 2], [0, 1]], 3), CPU)
-    with pytest.raises(DatasetError, match="user 0 has 3 distinct training items of 3"):
-        Interactions(split_choices([[0, 1, 0, 1, 2], [0, 1, 2]], 3), CPU)
+    with pytest.raises(DatasetError, match=r"1 users have no training item \(e.g. user 1\)"):
+        TripletSampler(split_choices([[0, 1, 2], [0, 1]], 3), seed=0)
+    with pytest.raises(DatasetError, match="user 0 has every item in training"):
+        TripletSampler(split_choices([[0, 1, 0, 1, 2], [0, 1, 2]], 3), seed=0)
 
 
 # ----------------------------------------------------------------------------------- each model beats RAND
@@ -310,10 +315,10 @@ def test_cnnf_features_are_the_last_hidden_layer_of_a_category_classifier(tmp_pa
     assert "CNN-F" in description and "2 item categories" in description
 
     # the same seed trains the same network: its output layer reads the categories off the features
-    network, accuracy = pretrain_cnnf(dataset, ImageStore(image_cache(dataset, 32), CPU), settings, CPU)
-    assert accuracy == 1.0
+    _, head, metrics = pretrain_cnnf(dataset, ImageStore(image_cache(dataset, 32), CPU), settings, CPU)
+    assert metrics["train_accuracy"] == 1.0
     with torch.no_grad():
-        assert network.fc3(features).argmax(1).tolist() == categories
+        assert head(features).argmax(1).tolist() == categories
 
     assert len(list((tmp_path / "features").glob("Colours-features-*.pt"))) == 1
     again, again_description = visual_features(dataset, settings, CPU, tmp_path / "features")
@@ -323,7 +328,7 @@ def test_cnnf_features_are_the_last_hidden_layer_of_a_category_classifier(tmp_pa
 
 def test_cnnf_features_need_categories(tmp_path):
     dataset = write_image_dataset(tmp_path / "Plain.npy", [(200, 200, 200)] * 4)
-    with pytest.raises(FeatureError, match="imagenet-weights"):
+    with pytest.raises(DatasetError, match="imagenet-weights"):
         visual_features(dataset, FeatureSettings(image_size=32, epochs=1), CPU, tmp_path / "features")
 
 
@@ -348,12 +353,12 @@ def test_imagenet_features_are_alexnet_fc7_of_the_given_weights(tmp_path):
 def test_a_weights_file_that_is_not_alexnet_is_refused(tmp_path):
     weights = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.zeros(1)}, weights)
-    with pytest.raises(FeatureError, match="not a torchvision AlexNet"):
+    with pytest.raises(ConfigError, match="not a torchvision AlexNet"):
         alexnet_fc7(weights)
-    with pytest.raises(FeatureError, match="download_pretrained_models.sh"):
+    with pytest.raises(ConfigError, match="download_pretrained_models.sh"):
         alexnet_fc7(tmp_path / "missing.pth")
     (tmp_path / "truncated.pth").write_bytes(b"PK\x03\x04 not a zip")
-    with pytest.raises(FeatureError, match="cannot read"):
+    with pytest.raises(ConfigError, match="cannot read"):
         alexnet_fc7(tmp_path / "truncated.pth")
 
 
@@ -373,13 +378,13 @@ def test_improvements_reproduce_the_papers_percentages():
 
 
 def test_table_files_have_every_method_and_the_papers_numbers(tmp_path):
-    selections = {method: fake_selection(0.5 + 0.03 * k, 0.45 + 0.03 * k) for k, method in enumerate(METHODS)}
+    selections = {method: fake_selection(0.5 + 0.03 * k, 0.45 + 0.03 * k) for k, method in enumerate(LABELS)}
     table = build_table("AmazonFashion6ImgPartitioned", selections, "test features", "exact")
     paths = write_table(tmp_path, table)
     assert [p.name for p in paths] == ["table.md", "table.csv", "table.json"]
 
     rows = list(csv.reader(open(tmp_path / "table.csv")))
-    assert rows[0] == ["setting", "source", *METHODS, VS_BPRMF, VS_BEST]
+    assert rows[0] == ["setting", "source", *LABELS, VS_BPRMF, VS_BEST]
     assert [row[:2] for row in rows[1:]] == [["All Items", "ours"], ["All Items", "paper"],
                                              ["Cold Items", "ours"], ["Cold Items", "paper"]]
     paper_all = dict(zip(rows[0], rows[2]))
@@ -408,11 +413,9 @@ def test_a_dataset_not_in_the_paper_gets_no_paper_rows(tmp_path):
 # --------------------------------------------------------------------------------------------- entry point
 
 @pytest.fixture(scope="module")
-def paper_named_catalogue(tmp_path_factory):
+def paper_named_catalogue(catalogue):
     """A tiny catalogue saved under the AmazonFashion file name, so that the paper's row is printed beside."""
-    path = tmp_path_factory.mktemp("data") / "AmazonFashion6ImgPartitioned.npy"
-    generate_catalogue(path, CatalogueConfig(num_users=40, num_items=60, image_size=32, image_source="procedural"))
-    return path
+    return catalogue(num_users=40, num_items=60, name="AmazonFashion6ImgPartitioned")
 
 
 def finished_dvbpr_run(directory, dataset_name, protocol="exact"):
@@ -433,14 +436,14 @@ def test_main_runs_every_method_and_writes_table_iii(tmp_path, paper_named_catal
     run = finished_dvbpr_run(tmp_path / "dvbpr", "AmazonFashion6ImgPartitioned")
     table = baselines_main(quick_argv(paper_named_catalogue, tmp_path / "out", run))
     rows = list(csv.reader(open(tmp_path / "out" / "table.csv")))
-    assert rows[0] == ["setting", "source", *METHODS, VS_BPRMF, VS_BEST]
+    assert rows[0] == ["setting", "source", *LABELS, VS_BPRMF, VS_BEST]
     assert [row[1] for row in rows[1:]] == ["ours", "paper", "ours", "paper"]
     assert float(dict(zip(rows[0], rows[1]))["DVBPR"]) == 0.7
     assert table["selected"]["VBPR"]["params"] == {"factors": 4, "reg": 0.01}
-    assert all(0 <= table["rows"]["All Items"][method] <= 1 for method in METHODS)
+    assert all(0 <= table["rows"]["All Items"][method] <= 1 for method in LABELS)
     assert "CNN-F" in table["features"]
     logged = [json.loads(line)["name"] for line in open(tmp_path / "out" / "metrics.jsonl")]
-    assert logged == list(METHODS)
+    assert logged == LABELS
 
 
 def test_main_refuses_a_dvbpr_run_of_another_dataset(tmp_path, paper_named_catalogue):

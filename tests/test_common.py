@@ -5,10 +5,12 @@ import pickle
 import pytest
 import torch
 
-from common.checkpoint import CheckpointError, derived_seed, load_checkpoint, save_checkpoint
-from common.config import apply_defaults, parse_config
+from common.checkpoint import fingerprint, load_checkpoint, save_checkpoint, write_json
+from common.cli import apply_settings, parse_config, settle, stage_errors
 from common.device import autocast, pick_device
+from common.errors import CheckpointError, ConfigError, DatasetError
 from common.runlog import RunLog, run_dir
+from common.seeding import derived_seed
 
 
 @dataclasses.dataclass
@@ -19,20 +21,22 @@ class ToyConfig:
     amp: bool = True
     etas: list[float] = dataclasses.field(default_factory=lambda: [1.0])
     out: str | None = None
+    resume: bool = False
 
 
-PRESETS = {"paper": {}, "original": {"factors": 100}}
+PRESETS = {"paper": {"lr": 2e-4}, "original": {"factors": 100}}
+DEMO = {"factors": 8, "lr": 0.1, "amp": False}
 
 
 def test_parse_config_defaults_presets_and_explicit_flags():
-    cfg, explicit = parse_config(ToyConfig, [], PRESETS)
-    assert (cfg.factors, cfg.lr, cfg.amp, cfg.out, explicit) == (50, 1e-4, True, None, set())
-    cfg, _ = parse_config(ToyConfig, ["--preset", "original"], PRESETS)
-    assert cfg.factors == 100
-    cfg, explicit = parse_config(ToyConfig, ["--preset", "original", "--factors", "7", "--no-amp",
-                                             "--etas", "0.1", "10", "--out", "x"], PRESETS)
+    cfg, protected = parse_config(ToyConfig, [], PRESETS)
+    assert (cfg.factors, cfg.lr, cfg.amp, cfg.out, protected) == (50, 2e-4, True, None, set())
+    cfg, protected = parse_config(ToyConfig, ["--preset", "original"], PRESETS)
+    assert (cfg.factors, cfg.lr, protected) == (100, 1e-4, {"preset", "factors"})
+    cfg, protected = parse_config(ToyConfig, ["--preset", "original", "--factors", "7", "--no-amp",
+                                              "--etas", "0.1", "10", "--out", "x"], PRESETS)
     assert (cfg.factors, cfg.amp, cfg.etas, cfg.out) == (7, False, [0.1, 10.0], "x")
-    assert explicit == {"preset", "factors", "amp", "etas", "out"}
+    assert protected == {"preset", "factors", "amp", "etas", "out"}
 
 
 def test_parse_config_rejects_unknown_preset_and_flags(capsys):
@@ -46,11 +50,55 @@ def test_parse_config_rejects_unknown_preset_and_flags(capsys):
     assert "latent factors K" in capsys.readouterr().out
 
 
-def test_apply_defaults_never_overrides_explicit_flags():
-    cfg, explicit = parse_config(ToyConfig, ["--lr", "0.5"], PRESETS)
-    changed = apply_defaults(cfg, {"lr": 0.1, "factors": 8}, explicit)
-    assert changed == {"factors": 8}
+def settled(argv, embedded=True):
+    cfg, protected = parse_config(ToyConfig, argv, PRESETS)
+    return settle(cfg, protected, "toy", DEMO, say=lambda line: None, embedded=embedded)
+
+
+def test_one_rule_flag_then_typed_preset_then_demo_then_default_preset_then_defaults():
+    cfg = settled([])                                  # demo beats the default preset and the defaults
+    assert (cfg.factors, cfg.lr, cfg.amp, cfg.etas) == (8, 0.1, False, [1.0])
+    cfg = settled(["--preset", "original"])            # a typed preset beats the demo for its own fields
+    assert (cfg.factors, cfg.lr, cfg.amp) == (100, 0.1, False)
+    cfg = settled(["--preset", "original", "--factors", "7", "--amp"])   # flags beat everything
+    assert (cfg.factors, cfg.lr, cfg.amp) == (7, 0.1, True)
+    cfg = settled([], embedded=False)                  # no demo off the embedded catalogue
+    assert (cfg.factors, cfg.lr, cfg.amp) == (50, 2e-4, True)
+
+
+def test_apply_settings_never_overrides_protected_fields():
+    cfg, protected = parse_config(ToyConfig, ["--lr", "0.5"], PRESETS)
+    assert apply_settings(cfg, {"lr": 0.1, "factors": 8}, protected) == {"factors": 8}
     assert (cfg.lr, cfg.factors) == (0.5, 8)
+
+
+def test_a_resumed_run_takes_its_saved_settings_under_the_flags(tmp_path):
+    save_checkpoint(tmp_path / "checkpoint.pt", {"stage": "toy", "config": {
+        **dataclasses.asdict(ToyConfig()), "factors": 3, "lr": 0.25, "out": str(tmp_path)}})
+    cfg = settled(["--resume", "--out", str(tmp_path), "--lr", "0.5"])
+    assert (cfg.factors, cfg.lr, cfg.amp, cfg.resume) == (3, 0.5, True, True)   # no demo on a resumed run
+    save_checkpoint(tmp_path / "checkpoint.pt", {"stage": "toy", "config": {"factors": 3, "stranger": 1}})
+    with pytest.raises(ConfigError, match="stranger"):
+        settled(["--resume", "--out", str(tmp_path)])
+    save_checkpoint(tmp_path / "checkpoint.pt", {"stage": "gan", "config": {}})
+    with pytest.raises(CheckpointError, match="written by the 'gan' stage, not by 'toy'"):
+        settled(["--resume", "--out", str(tmp_path)])
+
+
+def test_stage_errors_are_one_line_naming_the_stage():
+    with pytest.raises(SystemExit, match="^toy: no such thing$"):
+        with stage_errors("toy"):
+            raise DatasetError("no such thing")
+    with pytest.raises(KeyError):           # not a project error: a bug keeps its traceback
+        with stage_errors("toy"):
+            raise KeyError("bug")
+
+
+def test_json_is_written_atomically_and_fingerprints_are_stable(tmp_path):
+    write_json(tmp_path / "a.json", {"b": [1, 2]})
+    assert (tmp_path / "a.json").read_text() == '{\n  "b": [\n    1,\n    2\n  ]\n}\n'
+    assert list(tmp_path.iterdir()) == [tmp_path / "a.json"]
+    assert fingerprint({"x": 1, "y": 2}) == fingerprint({"y": 2, "x": 1}) != fingerprint({"x": 1, "y": 3})
 
 
 def test_checkpoint_round_trip_leaves_no_temporary_file(tmp_path):
@@ -115,5 +163,7 @@ def test_cpu_device_helpers():
         y = torch.ones(2, 2) @ torch.ones(2, 2)
     assert y.dtype == torch.float32
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError):
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
             pick_device("cuda")
+    with pytest.raises(ConfigError, match="'tpu' is not a device|runs on cpu or cuda"):
+        pick_device("tpu")

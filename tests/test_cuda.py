@@ -9,14 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from common.catalogue import CatalogueConfig, generate_catalogue
 from common.data import load_dataset
 from common.device import fused_adam_kwargs, memory_format
 from common.distributed import Ranks
 from common.images import ImageStore, decode_resize_nearest, image_cache
 from common.metrics import evaluate_auc
-from dvbpr.main import DVBPRConfig, TripletSampler, item_embeddings, main as dvbpr_main, train_steps
-from dvbpr.model import DVBPR
+from common.sampling import TripletSampler
+from dvbpr.main import main as dvbpr_main
+from dvbpr.model import embed_items
+from dvbpr.train import DVBPRConfig, build_model, train_steps
 from gan.train import GANConfig, build_gan, build_optimizers, train_step
 from tests.helpers import run_stage
 from tests.test_images import BROKEN, make_payloads
@@ -29,10 +30,9 @@ CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def catalogue(tmp_path_factory):
+def tiny(catalogue):
     """Colour JPEGs (4:2:0, as product photos are stored) of a tiny catalogue, with its CPU-built cache."""
-    path = tmp_path_factory.mktemp("catalogue") / "Tiny.npy"
-    generate_catalogue(path, CatalogueConfig(num_users=40, num_items=300, image_size=96, image_source="procedural"))
+    path = catalogue(num_users=40, num_items=300, image_size=96)
     dataset = load_dataset(path)
     return dataset, image_cache(dataset, 32, cache_dir=path.parent / "cpu")
 
@@ -66,15 +66,15 @@ def test_gpu_jpeg_decoding_matches_pillow(size):
     assert bad_cpu == list(BROKEN)
 
 
-def test_image_cache_built_on_the_gpu_matches_the_cpu_one(catalogue, tmp_path):
-    dataset, cpu_cache = catalogue
+def test_image_cache_built_on_the_gpu_matches_the_cpu_one(tiny, tmp_path):
+    dataset, cpu_cache = tiny
     gpu_cache = image_cache(dataset, 32, cache_dir=tmp_path, device=CUDA)
     assert gpu_cache.shape == cpu_cache.shape
     assert np.abs(gpu_cache.astype(np.int16) - cpu_cache.astype(np.int16)).mean() < 2
 
 
-def test_resident_images_equal_streamed_ones_in_channels_last(catalogue):
-    _, cache = catalogue
+def test_resident_images_equal_streamed_ones_in_channels_last(tiny):
+    _, cache = tiny
     resident, streamed = ImageStore(cache, CUDA), ImageStore(cache, CUDA, resident=False)
     assert resident.resident and not streamed.resident
     ids = torch.tensor([5, 0, 299, 5])
@@ -87,44 +87,43 @@ def test_resident_images_equal_streamed_ones_in_channels_last(catalogue):
 
 
 def dvbpr_on(device, dataset, cache, bf16, steps=2):
-    """A tiny DVBPR after `steps` Adam steps (dropout off) on `device`, as dvbpr.main builds it there."""
+    """A tiny DVBPR after `steps` Adam steps (dropout off) on `device`, as dvbpr.train builds it there."""
     torch.manual_seed(0)
-    model = DVBPR(dataset.usernum, k=16, image_size=32, dropout=0.0, fc_width=256)
-    model = model.to(device, memory_format=memory_format(device))
+    cfg = DVBPRConfig(k=16, image_size=32, dropout=0.0, fc_width=256, batch_size=32, bf16=bf16)
+    model = build_model(cfg, dataset.usernum).to(device, memory_format=memory_format(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, **fused_adam_kwargs(device))
-    cfg = DVBPRConfig(batch_size=32, image_size=32, bf16=bf16)
     triplets = [torch.from_numpy(a) for a in TripletSampler(dataset, seed=0).sample(steps * 32)]
     loss = train_steps(model, optimizer, ImageStore(cache, device), triplets, cfg, Ranks(device=device))
     return model, loss
 
 
-def test_dvbpr_cuda_step_tracks_the_cpu_step(catalogue):
+def test_dvbpr_cuda_step_tracks_the_cpu_step(tiny):
     """fp32 on CUDA (channels_last, fused Adam, TF32 convolutions) follows the CPU steps; bf16 autocast gives
     embeddings that point the same way and a loss within a percent."""
-    dataset, cache = catalogue
+    dataset, cache = tiny
     cpu_model, cpu_loss = dvbpr_on(CPU, dataset, cache, bf16=False)
-    reference = item_embeddings(cpu_model, ImageStore(cache, CPU), 64)
+    reference = embed_items(cpu_model, ImageStore(cache, CPU), 64)
     for bf16, cosine_limit in ((False, 0.999), (True, 0.99)):
         model, loss = dvbpr_on(CUDA, dataset, cache, bf16)
         assert loss == pytest.approx(cpu_loss, rel=0.01)
-        embeddings = item_embeddings(model, ImageStore(cache, CUDA), 64, bf16=bf16).cpu()
+        embeddings = embed_items(model, ImageStore(cache, CUDA), 64, bf16=bf16).cpu()
         assert embeddings.dtype == torch.float32 and embeddings.shape == reference.shape
         cosine = torch.nn.functional.cosine_similarity(embeddings, reference, dim=1)
         assert cosine.min() > cosine_limit, f"bf16={bf16}: cosine {cosine.min():.5f}"
 
 
-def test_dvbpr_loss_falls_under_bf16_on_cuda(catalogue):
-    dataset, cache = catalogue
+def test_dvbpr_loss_falls_under_bf16_on_cuda(tiny):
+    dataset, cache = tiny
     _, first = dvbpr_on(CUDA, dataset, cache, bf16=True, steps=1)
     _, later = dvbpr_on(CUDA, dataset, cache, bf16=True, steps=60)
     assert np.isfinite(later) and later < first
 
 
-def test_exact_and_sampled_auc_on_cuda_equal_the_cpu_ones(catalogue):
+def test_exact_and_sampled_auc_on_cuda_equal_the_cpu_ones(tiny):
     """Small integer factors: every score is exact in float32 on both devices, and many scores tie."""
-    dataset, _ = catalogue
-    generator = torch.Generator().manual_seed(0)
-    theta, items = (torch.randint(-2, 3, (n, 4), generator=generator).float()
+    dataset, _ = tiny
+    rng = torch.Generator().manual_seed(0)
+    theta, items = (torch.randint(-2, 3, (n, 4), generator=rng).float()
                     for n in (dataset.usernum, dataset.itemnum))
     for protocol in ("exact", "sampled100"):
         on_cpu = evaluate_auc(dataset, lambda u: theta[u] @ items.T, protocol=protocol)
@@ -135,8 +134,8 @@ def test_exact_and_sampled_auc_on_cuda_equal_the_cpu_ones(catalogue):
 
 
 @pytest.mark.parametrize("bf16", [False, True])
-def test_gan_step_on_cuda_is_finite_and_moves_both_nets(catalogue, bf16):
-    dataset, cache = catalogue
+def test_gan_step_on_cuda_is_finite_and_moves_both_nets(tiny, bf16):
+    dataset, cache = tiny
     cfg = GANConfig(image_size=32, z_dim=16, g_width=8, d_width=8, batch_size=16, bf16=bf16)
     generator, discriminator = build_gan(cfg, dataset.num_categories, CUDA)
     opt_g, opt_d = build_optimizers(cfg, generator, discriminator, CUDA)
@@ -155,16 +154,16 @@ def cli(dataset_path, out, *extra):
             "--batch-size", "16", "--epochs", "2", "--device", "cuda", *extra]
 
 
-def test_dvbpr_main_runs_on_cuda(catalogue, tmp_path):
-    dataset, _ = catalogue
+def test_dvbpr_main_runs_on_cuda(tiny, tmp_path):
+    dataset, _ = tiny
     results = dvbpr_main(cli(dataset.path, tmp_path / "run"))
     assert results["device"].startswith("cuda") and results["best_epoch"] in (1, 2)
     assert 0 <= results["test_auc"] <= 1 and json.loads((tmp_path / "run" / "results.json").read_text()) == results
 
 
-def test_two_ranks_share_one_gpu_under_torchrun(catalogue, tmp_path):
+def test_two_ranks_share_one_gpu_under_torchrun(tiny, tmp_path):
     """A functional check of DDP, sharded evaluation and rank-0 writing on one GPU (gloo, see cuda_placement)."""
-    dataset, _ = catalogue
+    dataset, _ = tiny
     ranked = run_stage("dvbpr/main.py", cli(dataset.path, tmp_path / "two"), nproc=2)
     assert "x 2 ranks" in ranked.stdout and ranked.stdout.count("Epoch #2:") == 1
     assert (tmp_path / "two" / "DVBPR.log").read_text().count("\n") == 2

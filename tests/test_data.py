@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.data import DatasetError, UnsafePickleError, load_dataset, save_original_format
+from common.data import DatasetError, UnsafePickleError, load_dataset
+from common.original_format import save_original_format
 
 NUM_USERS, NUM_ITEMS, NUM_CATEGORIES = 5, 8, 6
 

@@ -7,14 +7,15 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from common.catalogue import CatalogueConfig, generate_catalogue
-from common.checkpoint import load_checkpoint, seed_everything
+from common.checkpoint import load_checkpoint
 from common.data import load_dataset
 from common.distributed import Ranks, cuda_placement, setup, teardown
 from common.images import ImageStore, image_cache
 from common.metrics import evaluate_auc
-from dvbpr.main import DVBPRConfig, TripletSampler, item_embeddings, train_steps
-from dvbpr.model import DVBPR
+from common.sampling import TripletSampler
+from common.seeding import seed_everything
+from dvbpr.model import embed_items
+from dvbpr.train import DVBPRConfig, build_model, train_steps
 from gan.train import GANConfig, build_gan, labelled_items, train_step, training_batch
 from tests.helpers import place_random_classifier, run_stage
 
@@ -22,9 +23,8 @@ WORLD = 2
 
 
 @pytest.fixture(scope="module")
-def catalogue(tmp_path_factory):
-    path = tmp_path_factory.mktemp("catalogue") / "Tiny.npy"
-    generate_catalogue(path, CatalogueConfig(num_users=12, num_items=240, image_size=32, image_source="procedural"))
+def tiny(catalogue):
+    path = catalogue()
     image_cache(load_dataset(path), 32)  # built once here, so that the ranks only read it
     return path
 
@@ -41,9 +41,9 @@ def free_port():
 def dvbpr_steps(dataset, store, ranks):
     """Two SGD steps on global batches of 8 triplets, dropout off; (mean loss, model)."""
     torch.manual_seed(0)
-    model = DVBPR(dataset.usernum, k=8, image_size=32, dropout=0.0, fc_width=64)
+    cfg = DVBPRConfig(k=8, image_size=32, dropout=0.0, fc_width=64, batch_size=8, bf16=False)
+    model = build_model(cfg, dataset.usernum)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-    cfg = DVBPRConfig(batch_size=8, image_size=32, bf16=False)
     triplets = [torch.from_numpy(a) for a in TripletSampler(dataset, seed=0).sample(16)]
     loss = train_steps(ranks.wrap(model), optimizer, store, triplets, cfg, ranks)
     return loss, model
@@ -64,9 +64,8 @@ def gan_steps(dataset, store, ranks):
 
 
 def auc_of(dataset, ranks, protocol):
-    generator = torch.Generator().manual_seed(1)
-    theta, items = torch.randn(dataset.usernum, 8, generator=generator), torch.randn(dataset.itemnum, 8,
-                                                                                      generator=generator)
+    rng = torch.Generator().manual_seed(1)
+    theta, items = torch.randn(dataset.usernum, 8, generator=rng), torch.randn(dataset.itemnum, 8, generator=rng)
     return evaluate_auc(dataset, lambda users: theta[users] @ items.T, protocol=protocol, split="test",
                         users=torch.tensor(ranks.shard(dataset.usernum)), combine=ranks.gather)
 
@@ -78,7 +77,7 @@ def rank_worker(rank, path, port):
     single = Ranks()
     reference = dict(dvbpr=dvbpr_steps(dataset, store, single), gan=gan_steps(dataset, store, single),
                      auc={p: auc_of(dataset, single, p) for p in ("exact", "sampled100")})
-    reference["embeddings"] = item_embeddings(reference["dvbpr"][1], store, 64, single, bf16=False)
+    reference["embeddings"] = embed_items(reference["dvbpr"][1], store, 64, single, bf16=False)
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -88,7 +87,7 @@ def rank_worker(rank, path, port):
         loss, model = dvbpr_steps(dataset, store, ranks)
         assert loss == pytest.approx(reference["dvbpr"][0], rel=1e-5)
         torch.testing.assert_close(model.state_dict(), reference["dvbpr"][1].state_dict(), rtol=1e-4, atol=1e-6)
-        embeddings = item_embeddings(model, store, 64, ranks, bf16=False)
+        embeddings = embed_items(model, store, 64, ranks, bf16=False)
         torch.testing.assert_close(embeddings, reference["embeddings"], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(gan_steps(dataset, store, ranks), reference["gan"], rtol=1e-4, atol=1e-5)
         for protocol, expected in reference["auc"].items():
@@ -101,10 +100,10 @@ def rank_worker(rank, path, port):
         teardown()
 
 
-def test_two_ranks_step_evaluate_and_gather_as_one_process(catalogue):
+def test_two_ranks_step_evaluate_and_gather_as_one_process(tiny):
     """One DDP step (DVBPR: BPR sums and weight decay; GAN: global batch norm) equals the single-process step on
     the same global batch; sharded embeddings and AUC equal the single ones."""
-    mp.spawn(rank_worker, args=(catalogue, free_port()), nprocs=WORLD)
+    mp.spawn(rank_worker, args=(tiny, free_port()), nprocs=WORLD)
 
 
 def test_ranks_split_batches_and_shards():
@@ -124,13 +123,13 @@ def test_cuda_ranks_take_one_gpu_each_or_share_them_over_gloo():
         cuda_placement(0, 2, 0)
 
 
-def test_dvbpr_under_torchrun_resumes_in_one_process_as_the_uninterrupted_run(catalogue, tmp_path):
+def test_dvbpr_under_torchrun_resumes_in_one_process_as_the_uninterrupted_run(tiny, tmp_path):
     """Epoch 1 on two ranks then epoch 2 in one process ends where two epochs in one process end (dropout off, so
     that the ranks' own dropout streams do not enter), and the two-rank run writes one log."""
-    tiny = ["--dataset", str(catalogue), "--image-size", "32", "--fc-width", "64", "--k", "8", "--batch-size", "8",
-            "--dropout", "0", "--device", "cpu"]
-    run_stage("dvbpr/main.py", tiny + ["--epochs", "2", "--out", str(tmp_path / "one")])
-    ranked = run_stage("dvbpr/main.py", tiny + ["--epochs", "1", "--out", str(tmp_path / "two")], nproc=2)
+    flags = ["--dataset", str(tiny), "--image-size", "32", "--fc-width", "64", "--k", "8", "--batch-size", "8",
+             "--dropout", "0", "--device", "cpu"]
+    run_stage("dvbpr/main.py", flags + ["--epochs", "2", "--out", str(tmp_path / "one")])
+    ranked = run_stage("dvbpr/main.py", flags + ["--epochs", "1", "--out", str(tmp_path / "two")], nproc=2)
     assert "x 2 ranks" in ranked.stdout
     assert ranked.stdout.count("Epoch #1:") == 1
     assert (tmp_path / "two" / "DVBPR.log").read_text().count("\n") == 1
@@ -144,18 +143,18 @@ def test_dvbpr_under_torchrun_resumes_in_one_process_as_the_uninterrupted_run(ca
     assert results[1]["test_auc"] == pytest.approx(results[0]["test_auc"], abs=0.01)
 
 
-def test_gan_under_torchrun_learns_what_one_process_learns(catalogue, tmp_path):
+def test_gan_under_torchrun_learns_what_one_process_learns(tiny, tmp_path):
     """The same iterations under two ranks move the nets as one process does. Compared as the whole update from
     the shared initialisation: Adam turns float noise in near-zero gradients (e.g. of the conv biases ahead of
     batch norm, which have none) into steps of up to lr, so the runs differ by ~3% of the update; with per-rank
     batch norm instead of the global one they differ by ~35%."""
-    dataset = load_dataset(catalogue)
+    dataset = load_dataset(tiny)
     cfg = GANConfig(image_size=32, z_dim=16, g_width=4, d_width=4, batch_size=16, epochs=1)
-    tiny = ["--train", "--dataset", str(catalogue), "--image-size", "32", "--z-dim", "16", "--g-width", "4",
-            "--d-width", "4", "--batch-size", "16", "--epochs", "1", "--consistency-samples", "4", "--device", "cpu"]
+    flags = ["--train", "--dataset", str(tiny), "--image-size", "32", "--z-dim", "16", "--g-width", "4",
+             "--d-width", "4", "--batch-size", "16", "--epochs", "1", "--consistency-samples", "4", "--device", "cpu"]
     for name, nproc in (("one", 1), ("two", 2)):
         place_random_classifier(tmp_path / name, dataset, 32)
-        run_stage("gan/main.py", tiny + ["--out", str(tmp_path / name)], nproc)
+        run_stage("gan/main.py", flags + ["--out", str(tmp_path / name)], nproc)
     one, two = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("one", "two"))
     assert one["step"] == two["step"] == len(labelled_items(dataset)) // 16
     seed_everything(cfg.seed)  # as training does before building the nets

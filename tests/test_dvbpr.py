@@ -1,4 +1,6 @@
-"""DVBPR: the CNN as the original built it, triplet sampling, BPR training, resume and the command line."""
+"""DVBPR: the CNN as the original built it, the backbones, triplet sampling, BPR training, resume and the command
+line."""
+import dataclasses
 import json
 import re
 import subprocess
@@ -10,25 +12,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.catalogue import CatalogueConfig, generate_catalogue
+import torchvision
+
 from common.checkpoint import load_checkpoint, save_checkpoint
+from common.cli import parse_config, settle
 from common.data import load_dataset
-from common.distributed import Ranks
+from common.errors import ConfigError
 from common.images import ImageStore, image_cache
-import dvbpr.main
-from dvbpr.main import (DEMO_SETTINGS, TripletSampler, epoch_end_step, item_embeddings, main, open_run_dataset,
-                        resolve_config)
-from dvbpr.model import CNN, DVBPR, same_padding
+from common.sampling import TripletSampler
+from dvbpr.backbones import BACKBONES, build_backbone
+from dvbpr.main import main
+from dvbpr.model import CNNF, DVBPR, embed_items, same_padding
+from dvbpr.train import DEMO, PRESETS, DVBPRConfig, build_model, epoch_end_step
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "Tiny.npy"
-    generate_catalogue(path, CatalogueConfig(num_users=6, num_items=20, image_size=32, image_source="procedural"))
-    return path
+def tiny_path(catalogue):
+    return catalogue(num_users=6, num_items=20)
 
 
 @pytest.fixture(scope="module")
@@ -37,30 +40,37 @@ def tiny(tiny_path):
     return dataset, ImageStore(image_cache(dataset, 32), CPU)
 
 
+def dvbpr_model(usernum, k=8, image_size=32, fc_width=256, dropout=0.5, **settings):
+    return build_model(DVBPRConfig(k=k, image_size=image_size, fc_width=fc_width, dropout=dropout, **settings),
+                       usernum)
+
+
 def test_parameter_count_and_shapes_at_224_match_the_original():
     with torch.device("meta"):  # shapes only: nothing is allocated or computed
-        cnn = CNN(image_size=224, k=100)
-        model = DVBPR(usernum=10, k=100, image_size=224)
-        phi = cnn(torch.empty(2, 3, 224, 224))
-    assert sum(p.numel() for p in cnn.parameters()) == 70_778_724
+        model = DVBPR(CNNF(image_size=224), usernum=10, k=100)
+        phi = model.phi(torch.empty(2, 3, 224, 224))
+    network = [p for name, p in model.named_parameters() if name != "theta"]
+    assert sum(p.numel() for p in network) == 70_778_724
     assert same_padding(224, kernel=11, stride=4) == (3, 4)
-    assert cnn.fc1.in_features == 7 * 7 * 256
+    assert model.backbone.fc1.in_features == 7 * 7 * 256
     assert phi.shape == (2, 100)
     assert model.theta.shape == (10, 100)
+    assert len(model.backbone.regularised_weights()) + 1 == 8     # wc1-wc5, wd1-wd3
 
 
 @pytest.mark.parametrize("size, side", [(64, 2), (32, 1)])
 def test_small_inputs_derive_fc1_width(size, side):
-    cnn = CNN(image_size=size, k=8)
-    assert cnn.fc1.in_features == 256 * side * side
-    assert cnn(torch.rand(3, 3, size, size) * 2 - 1).shape == (3, 8)
+    model = dvbpr_model(3, k=8, image_size=size, conv_widths=[8, 16, 16, 16, 12])
+    assert model.backbone.fc1.in_features == 12 * side * side
+    assert model.phi(torch.rand(3, 3, size, size) * 2 - 1).shape == (3, 8)
 
 
 def test_init_as_the_original():
     torch.manual_seed(0)
-    model = DVBPR(usernum=50, k=8, image_size=32, fc_width=512)
-    assert all((layer.bias == 0).all() for layer in model.cnn.layers())
-    for layer in model.cnn.layers():
+    model = dvbpr_model(50, k=8, fc_width=512)
+    layers = [*model.backbone.layers(), model.head]
+    assert all((layer.bias == 0).all() for layer in layers)
+    for layer in layers:
         fan_in, fan_out = layer.weight[0].numel(), layer.weight.shape[0] * layer.weight[0, 0].numel()
         bound = (6 / (fan_in + fan_out)) ** 0.5  # Xavier uniform
         assert 0.99 * bound < layer.weight.abs().max() <= bound
@@ -92,26 +102,35 @@ def test_epoch_accounting_matches_the_original():
     assert epoch_end_step(1, 50, 128) == 1 and epoch_end_step(2, 50, 128) == 2  # tiny data: >= 1 step an epoch
 
 
+def configured(argv):
+    return parse_config(DVBPRConfig, argv, PRESETS)[0]
+
+
 def test_presets_and_explicit_flags():
-    paper, _, _ = resolve_config([])
+    paper = configured([])
     assert (paper.preset, paper.k, paper.protocol, paper.epochs) == ("paper", 50, "exact", 20)
     assert not paper.save_every_epoch
-    original, _, _ = resolve_config(["--preset", "original"])
+    original = configured(["--preset", "original"])
     assert (original.k, original.protocol, original.epochs, original.save_every_epoch) == (100, "sampled100", 19, True)
     assert (original.lambda_w, original.lambda_theta, original.lr, original.batch_size) == (0.001, 1.0, 1e-4, 128)
-    assert resolve_config(["--preset", "original", "--k", "7"])[0].k == 7
+    assert configured(["--preset", "original", "--k", "7"]).k == 7
 
 
-def test_the_embedded_catalogue_takes_the_demo_settings_that_no_flag_gives(tiny_path, monkeypatch):
-    monkeypatch.setattr(dvbpr.main, "open_dataset", lambda path: (load_dataset(tiny_path), True))
-    cfg, explicit, _ = resolve_config(["--epochs", "3"])
-    open_run_dataset(cfg, explicit, resuming=False, ranks=Ranks())
-    assert (cfg.image_size, cfg.fc_width, cfg.lr, cfg.epochs) == (DEMO_SETTINGS["image_size"],
-                                                                 DEMO_SETTINGS["fc_width"], DEMO_SETTINGS["lr"], 3)
-    assert cfg.dataset == str(tiny_path)
-    resumed, explicit, _ = resolve_config([])
-    open_run_dataset(resumed, explicit, resuming=True, ranks=Ranks())  # a resumed run keeps its saved settings
-    assert (resumed.image_size, resumed.fc_width, resumed.epochs) == (224, 4096, 20)
+def test_the_embedded_catalogue_takes_the_demo_settings_that_no_flag_gives(tiny_path, tmp_path):
+    cfg, protected = parse_config(DVBPRConfig, ["--epochs", "3", "--dataset", str(tiny_path)], PRESETS)
+    settle(cfg, protected, "dvbpr", DEMO, embedded=True)
+    assert (cfg.image_size, cfg.fc_width, cfg.lr, cfg.epochs) == (DEMO["image_size"], DEMO["fc_width"], DEMO["lr"], 3)
+    cfg, protected = parse_config(DVBPRConfig, ["--preset", "original"], PRESETS)
+    settle(cfg, protected, "dvbpr", DEMO, embedded=True)   # a typed preset keeps its epochs over the demo's
+    assert (cfg.epochs, cfg.k, cfg.image_size) == (19, 100, DEMO["image_size"])
+    cfg, protected = parse_config(DVBPRConfig, ["--dataset", str(tiny_path)], PRESETS)
+    settle(cfg, protected, "dvbpr", DEMO)                  # a file that is not the embedded catalogue: no demo
+    assert (cfg.image_size, cfg.dataset) == (224, str(tiny_path.resolve()))
+    saved = dataclasses.asdict(DVBPRConfig(out=str(tmp_path), image_size=48, epochs=4))
+    save_checkpoint(tmp_path / "checkpoint.pt", {"stage": "dvbpr", "config": saved})
+    cfg, protected = parse_config(DVBPRConfig, ["--resume", "--out", str(tmp_path), "--epochs", "6"], PRESETS)
+    settle(cfg, protected, "dvbpr", DEMO, embedded=True)   # a resumed run keeps its saved settings
+    assert (cfg.image_size, cfg.fc_width, cfg.epochs) == (48, 4096, 6)
 
 
 def bpr_loss(model, users, images_i, images_j):
@@ -125,12 +144,12 @@ def objective(model, users, images_i, images_j):
 def test_gradients_reach_conv1_and_the_loss_falls(tiny):
     dataset, images = tiny
     torch.manual_seed(0)
-    model = DVBPR(dataset.usernum, k=8, image_size=32, fc_width=256)
+    model = dvbpr_model(dataset.usernum)
     users, positives, negatives = (torch.from_numpy(a) for a in TripletSampler(dataset, seed=0).sample(16))
     batch = users, images(positives), images(negatives)
 
     bpr_loss(model, *batch).backward()
-    assert model.cnn.conv1.weight.grad.abs().sum() > 0
+    assert model.backbone.conv1.weight.grad.abs().sum() > 0
     theta_grad_rows = model.theta.grad.abs().sum(1) > 0
     assert theta_grad_rows.tolist() == [u in users.tolist() for u in range(dataset.usernum)]
 
@@ -151,7 +170,7 @@ def test_gradients_reach_conv1_and_the_loss_falls(tiny):
 
 def training_pair_auc(model, dataset, images):
     """Mean over users of P(x_ui > x_uj) for i in the user's training items and j outside them."""
-    scores = model.theta.detach() @ item_embeddings(model, images, 64).T
+    scores = model.theta.detach() @ embed_items(model, images, 64).T
     aucs = []
     for u, train in enumerate(dataset.user_train):
         positive = np.zeros(dataset.itemnum, dtype=bool)
@@ -164,7 +183,7 @@ def test_model_overfits_a_tiny_catalogue(tiny):
     """Phi and theta can fit every training pair: full-batch BPR over all (u, i, j) of the tiny catalogue."""
     dataset, images = tiny
     torch.manual_seed(0)
-    model = DVBPR(dataset.usernum, k=16, image_size=32, dropout=0.0, fc_width=256)
+    model = dvbpr_model(dataset.usernum, k=16, dropout=0.0)
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
     liked = torch.zeros(dataset.usernum, dataset.itemnum, dtype=torch.bool)
     for u, items in enumerate(dataset.user_train):
@@ -173,7 +192,7 @@ def test_model_overfits_a_tiny_catalogue(tiny):
     every_image = images(torch.arange(dataset.itemnum))
     before = training_pair_auc(model, dataset, images)
     for _ in range(80):
-        scores = model.theta @ model.cnn(every_image).T
+        scores = model.theta @ model.phi(every_image).T
         loss = -F.logsigmoid(scores[:, :, None] - scores[:, None, :])[pairs].sum()
         optimizer.zero_grad()
         loss.backward()
@@ -232,10 +251,58 @@ def test_resize_filter_picks_its_own_cache_and_eval_chunk_leaves_the_auc_alone(t
     assert (tiny_path.parent / "cache" / "Tiny-32px-bilinear.npy").is_file()
 
 
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tiny_path, tmp_path):
+    main(cli_args(tiny_path, tmp_path, "--epochs", "1"))
+    good = load_checkpoint(tmp_path / "checkpoint.pt")
+    (tmp_path / "results.json").unlink()
+    with pytest.raises(SystemExit, match="dvbpr: the loss became (nan|inf).*lower --lr"):
+        main(["--out", str(tmp_path), "--resume", "--epochs", "2", "--lr", "1e9"])
+    kept = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert kept["epoch"] == good["epoch"] == 1 and not (tmp_path / "results.json").exists()
+    assert all(torch.equal(kept["model"][name], tensor) for name, tensor in good["model"].items())
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_every_backbone_trains_a_step_and_loads_back(name, tiny):
+    dataset, images = tiny
+    torch.manual_seed(0)
+    model = dvbpr_model(dataset.usernum, backbone=name, fc_width=64, conv_widths=[8, 8, 8, 8, 8])
+    users, positives, negatives = (torch.from_numpy(a) for a in TripletSampler(dataset, seed=0).sample(4))
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    loss = model.objective(model(users, images(positives), images(negatives)), users)
+    loss.backward()
+    torch.optim.SGD(model.parameters(), lr=1e-3).step()
+    moved = [key for key, value in model.state_dict().items() if not torch.equal(value, before[key])]
+    assert "head.weight" in moved and any(key.startswith("backbone.") for key in moved)
+    again = dvbpr_model(dataset.usernum, backbone=name, fc_width=64, conv_widths=[8, 8, 8, 8, 8])
+    again.load_state_dict(model.state_dict())
+    model.eval(), again.eval()
+    torch.testing.assert_close(again.phi(images(positives)), model.phi(images(positives)))
+
+
+def test_a_backbone_weights_file_is_applied_and_a_foreign_one_refused(tmp_path):
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18()
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
+    backbone = build_backbone("resnet18", 32, weights=tmp_path / "resnet18.pth")
+    assert torch.equal(backbone.network.conv1.weight, reference.conv1.weight)
+    assert backbone.feature_width == 512
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "foreign.pth")
+    with pytest.raises(ConfigError, match="not a torchvision ResNet-18 state dict"):
+        build_backbone("resnet18", 32, weights=tmp_path / "foreign.pth")
+    with pytest.raises(ConfigError, match="trained from scratch"):
+        build_backbone("cnn-f", 32, weights=tmp_path / "resnet18.pth")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--resume"], "no checkpoint"),
     (["--dataset", "missing.npy"], "not found"),
+    (["--eval-batch-size", "0"], "--eval-batch-size must be at least 1"),
+    (["--conv-widths", "8", "8"], "five positive channel counts"),
+    (["--device", "tpu"], "cpu or cuda"),
 ])
-def test_clear_errors(tmp_path, argv, message):
+def test_clear_errors(tmp_path, tiny_path, argv, message):
+    dataset = [] if "--dataset" in argv else ["--dataset", str(tiny_path)]
     with pytest.raises(SystemExit, match=message):
-        main(["--out", str(tmp_path / "run"), *[str(tmp_path / a) if a.endswith(".npy") else a for a in argv]])
+        main(["--out", str(tmp_path / "run"), *dataset,
+              *[str(tmp_path / a) if a.endswith(".npy") else a for a in argv]])

@@ -7,14 +7,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from common.catalogue import CatalogueConfig, generate_catalogue
-from common.checkpoint import load_checkpoint
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.classifier import load_classifier, split_items, train_or_load_classifier
 from common.data import load_dataset
+from common.errors import ConfigError, RunError
 from common.images import ImageStore, image_cache
 from common.runlog import RunLog
-from gan.classifier import condition_consistency, load_classifier, split_items, train_or_load_classifier
+from gan.main import main
 from gan.model import Discriminator, Generator, SameConv, SameDeconv
-from gan.train import PRESETS, GANConfig, build_gan, build_optimizers, labelled_items, sample, train, train_step
+from gan.run import open_gan_run, write_category_grids
+from gan.train import (PRESETS, GANConfig, build_gan, build_optimizers, condition_consistency, labelled_items,
+                       train as train_gan, train_step)
 
 CPU = torch.device("cpu")
 
@@ -34,10 +37,12 @@ def tiny_config(**overrides):
 
 
 @pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    path = tmp_path_factory.mktemp("catalogue") / "Tiny.npy"
-    generate_catalogue(path, CatalogueConfig(num_users=12, num_items=240, image_size=32, image_source="procedural"))
-    return load_dataset(path)
+def tiny_dataset(catalogue):
+    return load_dataset(catalogue())
+
+
+def train(cfg, dataset, out):
+    return train_gan(dataclasses.replace(cfg, dataset=str(dataset.path), out=str(out)))
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +191,7 @@ def test_training_writes_grids_log_and_a_checkpoint_and_sampling_writes_one_grid
     losses = [r for r in RunLog(tmp_path, resume=True).records() if "g_loss" in r]
     assert losses and all(np.isfinite(r["d_loss"]) and np.isfinite(r["g_loss"]) for r in losses)
 
-    paths = sample(tmp_path, CPU)
+    paths = write_category_grids(tmp_path, CPU)
     assert [p.name for p in paths] == [f"test_arange_{c}.png" for c in range(6)]
     grids = [np.asarray(Image.open(p)) for p in paths]
     assert grids[0].shape == (4 * 32 + 5 * 2, 4 * 32 + 5 * 2, 3)
@@ -212,13 +217,31 @@ def test_resume_continues_the_iteration_count_and_the_same_run(tiny_dataset, cla
 def test_resume_refuses_a_different_architecture(tiny_dataset, classifier_path, tmp_path):
     tmp_path = run_dir(tmp_path, classifier_path)
     train(tiny_config(epochs=1, batch_size=64), tiny_dataset, tmp_path)
-    with pytest.raises(ValueError, match="image_size"):
+    with pytest.raises(ConfigError, match="image_size"):
         train(tiny_config(image_size=16, resume=True), tiny_dataset, tmp_path)
 
 
 def test_sampling_without_a_trained_model_says_how_to_train(tmp_path):
-    with pytest.raises(FileNotFoundError, match="gan/main.py --train"):
-        sample(tmp_path, CPU)
+    with pytest.raises(RunError, match="gan/main.py --train"):
+        write_category_grids(tmp_path, CPU)
+
+
+def test_a_checkpoint_of_another_stage_is_refused_naming_both(tmp_path):
+    save_checkpoint(tmp_path / "checkpoint.pt", {"stage": "dvbpr", "config": {}})
+    with pytest.raises(SystemExit, match="gan: .*written by the 'dvbpr' stage, not by 'gan'"):
+        main(["--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="gan: .*written by the 'dvbpr' stage, not by 'gan'"):
+        main(["--train", "--resume", "--out", str(tmp_path)])
+    save_checkpoint(tmp_path / "checkpoint.pt", {"stage": "gan", "config": {"image_size": 32, "extra": 1}})
+    with pytest.raises(RunError, match="does not know: extra"):
+        open_gan_run(tmp_path)
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--g-width", "--image-size", "--epochs"])
+def test_bad_sizes_are_refused_before_any_data_is_read(flag, tmp_path):
+    value = "-1" if flag == "--epochs" else "0"
+    with pytest.raises(SystemExit, match=f"gan: {flag} must be at least 1, got {value}"):
+        main(["--train", "--dataset", str(tmp_path / "absent.npy"), "--out", str(tmp_path), flag, value])
 
 
 def test_items_without_a_category_are_left_out_and_none_at_all_is_an_error(tiny_dataset):

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from common import images
-from common.data import DatasetError, load_dataset, save_original_format
+from common.data import DatasetError, load_dataset
+from common.original_format import save_original_format
 from common.images import (GREY, ImageStore, decode_image, decode_resize_nearest, image_cache, pillow_nearest_index,
                            to_unit_range)
 

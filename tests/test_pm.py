@@ -6,10 +6,9 @@ import pytest
 import torch
 import torchvision
 
-from common.catalogue import CatalogueConfig, generate_catalogue
 from common.data import load_dataset
-from dvbpr.main import DVBPRConfig, train as train_dvbpr
-from dvbpr.model import CNN
+from dvbpr.model import CNNF, DVBPR
+from dvbpr.train import DVBPRConfig, train as train_dvbpr
 from gan.model import Discriminator, Generator
 from gan.train import GANConfig, train as train_gan
 from pm.design import Designer, choose, resize, retrieve, to_z
@@ -20,26 +19,33 @@ from tests.helpers import place_random_classifier
 Z_DIM = 8
 
 
-class TinyPhi(torch.nn.Module):
-    """A small stand-in for DVBPR's CNN (same interface: 32 px images in [-1, 1] -> K), to keep the loops fast."""
-    image_size = 32
+class TinyBackbone(torch.nn.Module):
+    """A small backbone of the DVBPR interface (32 px images in [-1, 1] -> features), to keep the loops fast."""
+    input_size, feature_width = 32, 8 * 8 * 8
 
-    def __init__(self, k):
+    def __init__(self):
         super().__init__()
         self.conv = torch.nn.Conv2d(3, 8, kernel_size=4, stride=4)
-        self.fc = torch.nn.Linear(8 * 8 * 8, k)
+
+    def initialise(self):
+        pass
+
+    def regularised_weights(self):
+        return [self.conv.weight]
 
     def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).flatten(1))
+        return torch.relu(self.conv(x)).flatten(1)
 
 
-def tiny_designer(seed=0, usernum=5, k=8, phi=TinyPhi):
+def tiny_designer(seed=0, usernum=5, k=8, backbone=TinyBackbone):
     """Random-weight Phi (32 px) and GAN (16 px, so Delta upscales), G's BN statistics from one batch."""
     torch.manual_seed(seed)
     generator, discriminator = Generator(16, Z_DIM, 3, width=8), Discriminator(16, 3, width=8)
     labels = torch.arange(64) % 3
     discriminator(generator(torch.randn(64, Z_DIM), labels), labels)  # train mode: fills the running statistics
-    return Designer(phi(k=k), torch.randn(usernum, k), generator, discriminator)
+    dvbpr = DVBPR(backbone(), usernum, k)
+    dvbpr.theta.data = torch.randn(usernum, k)
+    return Designer(dvbpr, generator, discriminator)
 
 
 def test_resize_is_nearest_up_and_down():
@@ -50,13 +56,13 @@ def test_resize_is_nearest_up_and_down():
 
 
 def test_objective_gradient_reaches_only_the_latent():
-    designer = tiny_designer(phi=lambda k: CNN(32, k))
+    designer = tiny_designer(backbone=lambda: CNNF(32, fc_width=64))
     z_prime = torch.randn(4, Z_DIM, requires_grad=True)
     objective, preference, realism, _ = designer.objective(to_z(z_prime, "tanh"), user=1, category=2, eta=1.0)
     objective.sum().backward()
     assert z_prime.grad is not None and z_prime.grad.abs().sum() > 0 and torch.isfinite(z_prime.grad).all()
     assert torch.allclose(objective, preference - realism)
-    networks = [designer.cnn, designer.generator, designer.discriminator]
+    networks = [designer.dvbpr, designer.generator, designer.discriminator]
     assert all(p.grad is None for net in networks for p in net.parameters())
 
 
@@ -84,7 +90,7 @@ def test_inversion_reduces_the_l1_error():
     designer = tiny_designer()
     query = torch.rand(3, 32, 32) * 2 - 1  # at DVBPR's size: nabla downscales it
     z_prime, errors = designer.invert(query, category=1, steps=40, lr=0.1, starts=4,
-                                      generator=torch.Generator().manual_seed(0))
+                                      rng=torch.Generator().manual_seed(0))
     assert z_prime.shape == (1, Z_DIM) and len(errors) == 41
     assert errors[-1] < errors[0]
     reached = (designer.generate(torch.tanh(z_prime), 1) - resize(query[None], 16)).abs().mean()
@@ -159,18 +165,17 @@ def test_pick_user_follows_the_original_and_relaxes_the_threshold(capsys):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, catalogue):
     """A tiny catalogue, and DVBPR and GAN run directories written by those stages' own training code (the GAN's
     category classifier is a random-weight one put in place first, which its training then reuses)."""
     root = tmp_path_factory.mktemp("runs")
-    path = generate_catalogue(root / "tiny.npy", CatalogueConfig(num_users=40, num_items=90, image_size=32,
-                                                                 image_source="procedural"))
+    path = catalogue(num_users=40, num_items=90)
     dataset = load_dataset(path)
-    train_dvbpr(DVBPRConfig(dataset=str(path), out=str(root / "dvbpr"), k=8, image_size=32, epochs=1,
-                            batch_size=32, device="cpu"), explicit=set())
+    train_dvbpr(DVBPRConfig(dataset=str(path), out=str(root / "dvbpr"), k=8, image_size=32, fc_width=256, epochs=1,
+                            batch_size=32, device="cpu"))
     place_random_classifier(root / "gan", dataset, 16)
-    train_gan(GANConfig(image_size=16, z_dim=Z_DIM, g_width=8, d_width=8, batch_size=16, epochs=1,
-                        consistency_samples=4, device="cpu"), dataset, root / "gan")
+    train_gan(GANConfig(dataset=str(path), out=str(root / "gan"), image_size=16, z_dim=Z_DIM, g_width=8, d_width=8,
+                        batch_size=16, epochs=1, consistency_samples=4, device="cpu"))
     return root
 
 

@@ -1,4 +1,3 @@
-import dataclasses
 import io
 import shutil
 import subprocess
@@ -12,36 +11,33 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from common.catalogue import CatalogueConfig, generate_catalogue
 from common.checkpoint import save_checkpoint
 from common.data import load_dataset
 from common.images import decode_image, image_cache, to_unit_range
-from dvbpr.main import DVBPRConfig, model_snapshot
-from dvbpr.model import DVBPR
+from dvbpr.train import DVBPRConfig, build_model, model_snapshot
 from dvbpr.recommend import RecommendError, history, main, open_run, parse_category, similar_items, top_k
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = CatalogueConfig(num_users=12, num_items=40, image_size=32, image_source="procedural")
 
 
 def save_random_run(run, dataset):
     """A run directory as training leaves it (best.pt, random weights), but without embeddings.pt."""
     torch.manual_seed(0)
-    model = DVBPR(dataset.usernum, k=8, image_size=32)
+    cfg = DVBPRConfig(dataset=str(dataset.path), out=str(run), k=8, image_size=32, fc_width=256, epochs=1)
+    model = build_model(cfg, dataset.usernum)
     model.theta.data = torch.randn_like(model.theta)  # trained users are spread out, not the tiny initial theta
-    cfg = DVBPRConfig(dataset=str(dataset.path), out=str(run), k=8, image_size=32, epochs=1)
     save_checkpoint(run / "best.pt", model_snapshot(model, cfg, {"epoch": 1, "step": 3}))
     return model.eval()
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, catalogue):
     """Tiny catalogue, a run with random weights, and its item embeddings computed here straight from the pixels."""
     root = tmp_path_factory.mktemp("recommend")
-    dataset = load_dataset(generate_catalogue(root / "tiny.npy", TINY))
+    dataset = load_dataset(catalogue(num_users=12, num_items=40))
     model = save_random_run(root / "run", dataset)
     with torch.no_grad():
-        items = model.cnn(to_unit_range(torch.from_numpy(np.array(image_cache(dataset, 32)))))
+        items = model.phi(to_unit_range(torch.from_numpy(np.array(image_cache(dataset, 32)))))
     run = open_run(root / "run")  # computes embeddings.pt
     return SimpleNamespace(root=root, run=run, dataset=dataset, theta=model.theta.detach(), items=items)
 
@@ -165,7 +161,7 @@ def test_missing_embeddings_are_computed_once_and_saved(trained, tmp_path, capsy
     assert "computing" not in capsys.readouterr().out
 
 
-def test_bad_requests_give_clear_errors(trained, tmp_path):
+def test_bad_requests_give_clear_errors(trained, tmp_path, catalogue):
     run = str(trained.root / "run")
     cases = {
         ("--run", str(tmp_path / "nowhere"), "--user", "0"): r"make one with `python dvbpr/main\.py --out",
@@ -173,10 +169,11 @@ def test_bad_requests_give_clear_errors(trained, tmp_path):
         ("--run", run, "--similar-to", "40"): r"item 40 is out of range",
         ("--run", run, "--user", "0", "--category", "hats"): r"unknown category 'hats'.*0 \(men's tops\)",
         ("--run", run): r"give --user U",
+        ("--run", run, "--user", "0", "--k", "1000"): r"--k must be from 1 to 100",
     }
     for argv, message in cases.items():
         with pytest.raises(SystemExit, match=message):
             cli(list(argv))
-    other = generate_catalogue(tmp_path / "other.npy", dataclasses.replace(TINY, num_users=13))
+    other = catalogue(num_users=13, num_items=40)
     with pytest.raises(SystemExit, match="has 12 users but .* has 13: give the --dataset it was trained on"):
         cli(["--run", run, "--user", "0", "--dataset", str(other)])
