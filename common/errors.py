@@ -15,7 +15,9 @@ class DatasetError(ProjectError, ValueError):
 
 
 class UnsafePickleError(DatasetError):
-    """The dataset's pickle names a global outside the allow-list (it could run code)."""
+    """The dataset's pickle asks for what the format never holds: a global outside the allow-list (it could run
+    code), a forged dtype, an object array or scalar made from raw bytes (pointers), or a structure that would
+    expand without bound."""
 
 
 class CheckpointError(ProjectError):

@@ -215,12 +215,22 @@ def drop_image(c):
     del c[3][4]["imgs"]
 
 
+def record_not_a_dict(c):
+    c[0][3][0] = 5
+
+
+def widen_category(c):
+    c[3][4]["c"] = c[3][4]["c"] + [0]
+
+
 @pytest.mark.parametrize("corrupt, message", [
     (break_user_id, "1 user ids outside 0..4: 7 (train)"),
     (break_item_id, "1 item ids outside 0..7: 99 (user 2, test)"),
     (drop_validation, "2 users without a validation record: 1, 3"),
     (drop_item, "Item has 7 entries but itemnum is 8"),
     (drop_image, "1 items without image bytes ('imgs'): 4"),
+    (record_not_a_dict, "user_train[3][0] is an int (5), not a record dict"),
+    (widen_category, "1 items have a one-hot category ('c') of another width than the 6 of the others: 4 (width 7)"),
 ])
 def test_validation_names_offenders(tmp_path, corrupt, message):
     catalogue = list(make_catalogue())
