@@ -39,23 +39,25 @@ class CNN(nn.Module):
         fc3    4096 -> K                                             linear
 
     Smaller inputs (64, 32 px) work: conv1's SAME pads and fc1's input width are derived from `image_size`.
-    `fc_width` (4096 in the original) can be shrunk for quick CPU runs and tests.
+    `fc_width` (4096 in the original) and the conv `widths` (64, 256, 256, 256, 256) can be shrunk for quick CPU
+    runs and tests.
     Flatten order: PyTorch flattens (C, H, W), the original flattened (H, W, C). The two differ only by a fixed
     permutation of fc1's input rows, to which Xavier init and training are blind; it matters only when importing
     the original's TF weights (permute the rows of wd1 from (h, w, c) to (c, h, w)).
     """
 
-    def __init__(self, image_size=224, k=100, dropout=0.5, fc_width=4096):
+    def __init__(self, image_size=224, k=100, dropout=0.5, fc_width=4096, widths=(64, 256, 256, 256, 256)):
         super().__init__()
         self.image_size = image_size
         pad_before, pad_after = same_padding(image_size, kernel=11, stride=4)
         self.conv1_pad = (pad_before, pad_after, pad_before, pad_after)  # F.pad order: left, right, top, bottom
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=11, stride=4)
-        self.conv2 = nn.Conv2d(64, 256, kernel_size=5, padding=2)
-        self.conv3 = nn.Conv2d(256, 256, kernel_size=3, padding=1)
-        self.conv4 = nn.Conv2d(256, 256, kernel_size=3, padding=1)
-        self.conv5 = nn.Conv2d(256, 256, kernel_size=3, padding=1)
-        self.fc1 = nn.Linear(256 * feature_map_size(image_size) ** 2, fc_width)
+        c1, c2, c3, c4, c5 = widths
+        self.conv1 = nn.Conv2d(3, c1, kernel_size=11, stride=4)
+        self.conv2 = nn.Conv2d(c1, c2, kernel_size=5, padding=2)
+        self.conv3 = nn.Conv2d(c2, c3, kernel_size=3, padding=1)
+        self.conv4 = nn.Conv2d(c3, c4, kernel_size=3, padding=1)
+        self.conv5 = nn.Conv2d(c4, c5, kernel_size=3, padding=1)
+        self.fc1 = nn.Linear(c5 * feature_map_size(image_size) ** 2, fc_width)
         self.fc2 = nn.Linear(fc_width, fc_width)
         self.fc3 = nn.Linear(fc_width, k)
         self.dropout = nn.Dropout(dropout)
@@ -86,9 +88,9 @@ class CNN(nn.Module):
 class DVBPR(nn.Module):
     """Phi plus one K-dim visual preference vector theta_u per user; no biases, no non-visual item factors."""
 
-    def __init__(self, usernum, k=50, image_size=224, dropout=0.5, fc_width=4096):
+    def __init__(self, usernum, k=50, image_size=224, dropout=0.5, fc_width=4096, widths=(64, 256, 256, 256, 256)):
         super().__init__()
-        self.cnn = CNN(image_size, k, dropout, fc_width)
+        self.cnn = CNN(image_size, k, dropout, fc_width, widths)
         self.theta = nn.Parameter(torch.rand(usernum, k) / 100)  # Uniform[0, 1) / 100, as the original
 
     def forward(self, users, images_i, images_j):
