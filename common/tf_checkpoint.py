@@ -1,0 +1,394 @@
+"""Read TensorFlow's V2 checkpoints (the `.index` + `.data-XXXXX-of-YYYYY` "tensor bundle") without TensorFlow.
+
+    PREFIX.index                  an SSTable (LevelDB's table format) mapping each tensor's name to a
+                                  BundleEntryProto (dtype, shape, shard, offset, size, masked crc32c); the
+                                  entry under the empty key is the BundleHeaderProto (shard count, endianness)
+    PREFIX.data-00000-of-00001    the tensors' raw bytes, row-major, back to back
+
+Usage:
+    ckpt = TFCheckpoint("DVBPR_auc_100_39728.ckpt")    # parses the index only
+    ckpt.variables()                                   # {name: (numpy dtype, shape)}
+    ckpt["DVBPR/wc1"]                                  # reads one tensor, checks its size and crc32c
+    read_checkpoint(prefix)                            # every numeric tensor, eagerly
+
+Anything unexpected raises TFCheckpointError (a ValueError) that says what and where. The SSTable blocks'
+checksums are checked as well as each tensor's; string tensors and sliced (partitioned) variables are listed in
+`unsupported` and refused when read.
+"""
+import re
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+TABLE_MAGIC = 0xDB4775248B80FB57
+FOOTER_SIZE = 48   # two block handles (varints) padded to 40 bytes, then the 8-byte magic
+BLOCK_TRAILER = 5  # compression type (1 byte), masked crc32c of block + type (4 bytes)
+CRC_MASK_DELTA = 0xA282EAD8
+READ_CHUNK = 1 << 24
+
+# TensorFlow DataType enum -> numpy (types.proto). bfloat16, the quantised types, resources and variants have
+# no numpy equivalent and are refused.
+DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 8: np.complex64,
+          9: np.int64, 10: np.bool_, 17: np.uint16, 18: np.complex128, 19: np.float16, 22: np.uint32, 23: np.uint64}
+DT_STRING = 7
+
+
+class TFCheckpointError(ValueError):
+    """A TensorFlow checkpoint is missing, corrupted, or holds something this reader does not support."""
+
+
+# ---------------------------------------------------------------- crc32c
+
+def crc32c_extend(crc, chunk):
+    """crc32c of (what `crc` covered) + chunk; Google's C implementation, since pure Python is ~1000x slower."""
+    try:
+        import google_crc32c
+    except ImportError as exc:
+        raise TFCheckpointError("checking a TensorFlow checkpoint's checksums needs the google-crc32c package "
+                                "(pip install google-crc32c), or pass verify=False") from exc
+    return google_crc32c.extend(crc, bytes(chunk))
+
+
+def mask(crc):
+    """LevelDB's and TensorFlow's stored form of a crc32c: rotated right by 15 bits plus a constant."""
+    return (((crc >> 15) | (crc << 17)) + CRC_MASK_DELTA) & 0xFFFFFFFF
+
+
+# ---------------------------------------------------------------- protobuf wire format
+
+def read_varint(buf, pos):
+    result, shift = 0, 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise TFCheckpointError("truncated or overlong varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def as_int(value):
+    """A numeric field as a signed 64-bit integer (how int32 and int64 fields encode negatives)."""
+    if isinstance(value, bytes):
+        raise TFCheckpointError("malformed protobuf message: a length-delimited value where a number belongs")
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def as_message(value):
+    if not isinstance(value, bytes):
+        raise TFCheckpointError("malformed protobuf message: a number where a sub-message belongs")
+    return value
+
+
+def proto_fields(buf):
+    """The (field number, value) pairs of a protobuf message: an int for varint and fixed fields, bytes for
+    length-delimited ones (sub-messages, strings, packed arrays)."""
+    fields, pos = [], 0
+    while pos < len(buf):
+        key, pos = read_varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = read_varint(buf, pos)
+        elif wire == 1:
+            value, pos = int.from_bytes(buf[pos:pos + 8], "little"), pos + 8
+        elif wire == 2:
+            length, pos = read_varint(buf, pos)
+            value, pos = bytes(buf[pos:pos + length]), pos + length
+        elif wire == 5:
+            value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
+        else:
+            raise TFCheckpointError(f"unsupported protobuf wire type {wire}")
+        if pos > len(buf):
+            raise TFCheckpointError("truncated protobuf message")
+        fields.append((number, value))
+    return fields
+
+
+def parse_header(buf):
+    """BundleHeaderProto: num_shards = 1, endianness = 2 (0 little, 1 big), version = 3 (VersionDef)."""
+    header = {"num_shards": 0, "big_endian": False, "min_consumer": 0}
+    for number, value in proto_fields(buf):
+        if number == 1:
+            header["num_shards"] = as_int(value)
+        elif number == 2:
+            header["big_endian"] = as_int(value) == 1
+        elif number == 3:
+            version = dict(proto_fields(as_message(value)))  # VersionDef: producer = 1, min_consumer = 2
+            header["min_consumer"] = as_int(version.get(2, 0))
+    return header
+
+
+def parse_shape(buf):
+    """TensorShapeProto: repeated Dim dim = 2 (Dim.size = 1), bool unknown_rank = 3."""
+    dims = []
+    for number, value in proto_fields(buf):
+        if number == 2:
+            dims.append(as_int(dict(proto_fields(as_message(value))).get(1, 0)))
+        elif number == 3 and as_int(value):
+            raise TFCheckpointError("tensor of unknown rank")
+    return tuple(dims)
+
+
+def parse_entry(buf):
+    """BundleEntryProto: dtype = 1, shape = 2, shard_id = 3, offset = 4, size = 5, crc32c = 6 (fixed32),
+    slices = 7. proto3 leaves zero-valued fields out, hence the defaults."""
+    entry = {"tf_dtype": 0, "shape": (), "shard": 0, "offset": 0, "size": 0, "crc": 0, "sliced": False}
+    for number, value in proto_fields(buf):
+        if number == 1:
+            entry["tf_dtype"] = as_int(value)
+        elif number == 2:
+            entry["shape"] = parse_shape(as_message(value))
+        elif number == 3:
+            entry["shard"] = as_int(value)
+        elif number == 4:
+            entry["offset"] = as_int(value)
+        elif number == 5:
+            entry["size"] = as_int(value)
+        elif number == 6:
+            entry["crc"] = as_int(value)
+        elif number == 7:
+            entry["sliced"] = True
+    return entry
+
+
+# ---------------------------------------------------------------- SSTable
+
+def block_handle(buf, pos):
+    offset, pos = read_varint(buf, pos)
+    size, pos = read_varint(buf, pos)
+    return (offset, size), pos
+
+
+def read_block(table, handle, what, verify):
+    offset, size = handle
+    end = offset + size + BLOCK_TRAILER
+    if end > len(table):
+        raise TFCheckpointError(f"{what} at bytes {offset}..{end} runs past the end of the index ({len(table)} bytes)")
+    stored = struct.unpack_from("<I", table, offset + size + 1)[0]
+    if verify and mask(crc32c_extend(0, table[offset:offset + size + 1])) != stored:
+        raise TFCheckpointError(f"{what} fails its checksum: the index is corrupted")
+    compression = table[offset + size]
+    if compression == 1:
+        raise TFCheckpointError(f"{what} is snappy-compressed, which this reader does not support "
+                                "(TensorFlow writes checkpoint indexes uncompressed)")
+    if compression != 0:
+        raise TFCheckpointError(f"{what} has unknown compression type {compression}")
+    return table[offset:offset + size]
+
+
+def block_entries(block, what):
+    """The (key, value) pairs of a block. Keys are prefix-compressed: each entry stores how many bytes it shares
+    with the previous key, then the rest; the restart array at the end only serves seeking, so it is skipped."""
+    if len(block) < 4:
+        raise TFCheckpointError(f"{what} is too short")
+    num_restarts = struct.unpack_from("<I", block, len(block) - 4)[0]
+    limit = len(block) - 4 * (num_restarts + 1)
+    if limit < 0:
+        raise TFCheckpointError(f"{what} has a bad restart count ({num_restarts})")
+    entries, key, pos = [], b"", 0
+    while pos < limit:
+        shared, pos = read_varint(block, pos)
+        unshared, pos = read_varint(block, pos)
+        value_size, pos = read_varint(block, pos)
+        if shared > len(key) or pos + unshared + value_size > limit:
+            raise TFCheckpointError(f"{what} has a malformed entry at byte {pos}")
+        key = key[:shared] + bytes(block[pos:pos + unshared])
+        pos += unshared
+        entries.append((key, block[pos:pos + value_size]))
+        pos += value_size
+    return entries
+
+
+def table_entries(table, verify):
+    """Every (key, value) of an SSTable, in key order: footer -> index block -> data blocks."""
+    if len(table) < FOOTER_SIZE:
+        raise TFCheckpointError(f"the index is truncated ({len(table)} bytes, less than its {FOOTER_SIZE}-byte footer)")
+    footer = table[-FOOTER_SIZE:]
+    if struct.unpack_from("<Q", footer, 40)[0] != TABLE_MAGIC:
+        raise TFCheckpointError("the index has a bad magic number: not an SSTable, or truncated or corrupted")
+    _, pos = block_handle(footer, 0)  # the meta-index block: no filters in a checkpoint
+    index_handle, _ = block_handle(footer, pos)
+    index = read_block(table, index_handle, "the index block", verify)
+    entries = []
+    for i, (_, value) in enumerate(block_entries(index, "the index block")):
+        handle, _ = block_handle(value, 0)
+        what = f"data block {i}"
+        entries += block_entries(read_block(table, handle, what, verify), what)
+    return entries
+
+
+# ---------------------------------------------------------------- the checkpoint
+
+class TFCheckpoint(Mapping):
+    """A lazy mapping {tensor name: np.ndarray} over a TF V2 checkpoint; only the index is read up front."""
+
+    def __init__(self, prefix, verify=True):
+        self.prefix, self.verify = str(prefix), verify
+        index_path = Path(self.prefix + ".index")
+        if not index_path.is_file():
+            raise TFCheckpointError(f"not a TensorFlow checkpoint: no {index_path}")
+        table = memoryview(index_path.read_bytes())
+        try:
+            entries = table_entries(table, verify)
+            if not entries or entries[0][0] != b"":
+                raise TFCheckpointError("the index has no bundle header")
+            self.header = parse_header(entries[0][1])
+            self.entries = {key.decode(): parse_entry(value) for key, value in entries[1:]}
+        except UnicodeDecodeError:
+            raise TFCheckpointError(f"{index_path}: a tensor name is not UTF-8: the index is corrupted") from None
+        except TFCheckpointError as exc:
+            raise TFCheckpointError(f"{index_path}: {exc}") from None
+        self.check_header()
+        self.unsupported = {name: why for name, entry in self.entries.items() if (why := self.refusal(entry))}
+        for name, entry in self.entries.items():
+            if name not in self.unsupported:
+                self.check_size(name, entry)
+        self.check_shards()
+
+    def check_header(self):
+        if self.header["num_shards"] < 1:
+            raise TFCheckpointError(f"{self.prefix}.index: bad shard count {self.header['num_shards']}")
+        if self.header["min_consumer"] > 1:
+            raise TFCheckpointError(f"{self.prefix}.index: bundle format version {self.header['min_consumer']} is "
+                                    "newer than this reader (1)")
+
+    def refusal(self, entry):
+        if entry["sliced"]:
+            return "saved in slices (a partitioned variable)"
+        if entry["tf_dtype"] == DT_STRING:
+            return "a string tensor"
+        if entry["tf_dtype"] not in DTYPES:
+            return f"of TensorFlow dtype {entry['tf_dtype']}, which has no numpy equivalent here"
+        return None
+
+    def check_size(self, name, entry):
+        if not 0 <= entry["shard"] < self.header["num_shards"]:
+            raise TFCheckpointError(f"{name}: shard {entry['shard']} of a {self.header['num_shards']}-shard checkpoint")
+        expected = int(np.prod(entry["shape"], dtype=np.int64)) * self.dtype(name).itemsize
+        if entry["size"] != expected or min(entry["shape"], default=0) < 0 or entry["offset"] < 0:
+            raise TFCheckpointError(f"{name}: {entry['size']} bytes stored for shape {list(entry['shape'])} of "
+                                    f"{self.dtype(name)} ({expected} bytes): the index is corrupted")
+
+    def check_shards(self):
+        """Every shard is there and long enough for the tensors it should hold."""
+        for shard in range(self.header["num_shards"]):
+            path = self.shard_path(shard)
+            if not path.is_file():
+                raise TFCheckpointError(f"missing data shard {path}")
+            have = path.stat().st_size
+            for name, entry in self.entries.items():
+                end = entry["offset"] + entry["size"]
+                if entry["shard"] == shard and end > have:
+                    raise TFCheckpointError(f"data shard {path} is truncated: {name} needs bytes "
+                                            f"{entry['offset']}..{end}, the file has {have}")
+
+    def dtype(self, name):
+        byte_order = ">" if self.header["big_endian"] else "<"
+        return np.dtype(DTYPES[self.entries[name]["tf_dtype"]]).newbyteorder(byte_order)
+
+    def shard_path(self, shard):
+        return Path(f"{self.prefix}.data-{shard:05d}-of-{self.header['num_shards']:05d}")
+
+    def variables(self):
+        """{name: (numpy dtype, shape)} of every tensor this reader can read."""
+        return {name: (self.dtype(name).newbyteorder("="), entry["shape"])
+                for name, entry in self.entries.items() if name not in self.unsupported}
+
+    def read(self, name):
+        if name not in self.entries:
+            raise KeyError(name)
+        if name in self.unsupported:
+            raise TFCheckpointError(f"{name} is {self.unsupported[name]}, which this reader does not support")
+        entry = self.entries[name]
+        path = self.shard_path(entry["shard"])
+        data, crc = bytearray(entry["size"]), 0
+        try:
+            with open(path, "rb") as f:
+                f.seek(entry["offset"])
+                for start in range(0, entry["size"], READ_CHUNK):  # chunks keep the peak memory near one tensor
+                    want = min(READ_CHUNK, entry["size"] - start)
+                    chunk = f.read(want)
+                    if len(chunk) != want:
+                        raise TFCheckpointError(f"data shard {path} is truncated: {name} runs past its end")
+                    data[start:start + want] = chunk
+                    crc = crc32c_extend(crc, chunk) if self.verify else 0
+        except OSError as exc:
+            raise TFCheckpointError(f"cannot read {name} from data shard {path}: {exc}") from exc
+        if self.verify and mask(crc) != entry["crc"]:
+            raise TFCheckpointError(f"{name} fails its checksum in {path}: the data is corrupted")
+        array = np.frombuffer(data, dtype=self.dtype(name)).reshape(entry["shape"])
+        return array.astype(array.dtype.newbyteorder("="), copy=False)
+
+    def __getitem__(self, name):
+        return self.read(name)
+
+    def __contains__(self, name):  # Mapping's default would read the tensor
+        return name in self.entries and name not in self.unsupported
+
+    def __iter__(self):
+        return (name for name in self.entries if name not in self.unsupported)
+
+    def __len__(self):
+        return len(self.entries) - len(self.unsupported)
+
+
+def list_variables(prefix):
+    """{name: (numpy dtype, shape)} of a checkpoint's readable tensors, from its index alone."""
+    return TFCheckpoint(prefix).variables()
+
+
+def read_checkpoint(prefix, names=None, verify=True):
+    """{name: np.ndarray} of the named tensors (default: every readable one), each checked against its crc32c."""
+    ckpt = TFCheckpoint(prefix, verify)
+    return {name: ckpt[name] for name in (ckpt if names is None else names)}
+
+
+# ---------------------------------------------------------------- for the converters to PyTorch
+
+OPTIMIZER_STATE = re.compile(r"/Adam(_\d+)?$|(^|/)beta[12]_power(_\d+)?$")  # Adam's slots and its beta powers
+
+
+def require(tensors, names, model):
+    """Refuses a checkpoint's tensors (a mapping, e.g. a TFCheckpoint) that lack any of these variables, or that
+    hold anything else but optimizer state."""
+    missing = [name for name in names if name not in tensors]
+    if missing:
+        held = [name for name in tensors if not OPTIMIZER_STATE.search(name)]
+        raise TFCheckpointError(f"not a {model} checkpoint: it lacks {listing(missing)}; it holds {listing(held)}")
+    unexpected = [name for name in tensors if name not in names and not OPTIMIZER_STATE.search(name)]
+    if unexpected:
+        raise TFCheckpointError(f"the {model} checkpoint holds variables the model does not have: "
+                                f"{listing(unexpected)}")
+
+
+def shapes_of(tensors, names):
+    """{name: shape}, from a TFCheckpoint's index without reading the data."""
+    if isinstance(tensors, TFCheckpoint):
+        return {name: tuple(tensors.entries[name]["shape"]) for name in names}
+    return {name: tuple(np.shape(tensors[name])) for name in names}
+
+
+def check_shapes(shapes, expected, model):
+    """Refuses the first variable whose shape is not the one `model` (a description of the target) needs."""
+    for name, shape in expected.items():
+        if shapes[name] != tuple(shape):
+            raise TFCheckpointError(f"{name} has shape {list(shapes[name])}, but {model} needs {list(shape)}")
+
+
+def dim(shapes, name, axis):
+    """One dimension of a variable's shape, refusing a variable of too low a rank."""
+    if not -len(shapes[name]) <= axis < len(shapes[name]):
+        raise TFCheckpointError(f"{name} has shape {list(shapes[name])}: expected more dimensions")
+    return shapes[name][axis]
+
+
+def listing(names, limit=6):
+    names = list(names)
+    if not names:
+        return "nothing"
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
