@@ -3,7 +3,6 @@
 The fixtures under tests/fixtures/tf/ come from make_tf_fixtures.py there (TensorFlow is needed only to remake them).
 """
 import shutil
-import struct
 from pathlib import Path
 
 import numpy as np
