@@ -13,9 +13,9 @@ def run(ctx):
     cfg = ctx.cfg
     run_path = Path(cfg.dvbpr_run) if cfg.dvbpr_run else Path(ctx.out) / "dvbpr"
     if not cfg.dvbpr_run:
-        dvbpr_cfg = DVBPRConfig(out=str(run_path), dataset=str(ctx.dataset.path), protocol=cfg.protocol,
-                                seed=cfg.seed, device=cfg.device)
-        settle(dvbpr_cfg, {"out", "dataset", "protocol", "seed", "device"}, "dvbpr", DEMO)
+        dvbpr_cfg = DVBPRConfig(out=str(run_path), dataset=str(ctx.dataset.path), cache_dir=cfg.cache_dir,
+                                protocol=cfg.protocol, seed=cfg.seed, device=cfg.device)
+        settle(dvbpr_cfg, {"out", "dataset", "cache_dir", "protocol", "seed", "device"}, "dvbpr", DEMO)
         check_config(dvbpr_cfg)
         train(dvbpr_cfg)
     path = run_path / "results.json"

@@ -39,6 +39,8 @@ class BaselinesConfig:
                                                                 "AmazonFashion if present, else the embedded "
                                                                 "catalogue"})
     out: str | None = field(default=None, metadata={"help": "output directory; without it runs/baselines"})
+    cache_dir: str | None = field(default=None, metadata={"help": "folder of the decoded-image cache (None: a "
+                                                                  "cache/ folder beside the dataset)"})
     dvbpr_run: str | None = field(default=None, metadata={"help": "finished DVBPR run directory whose "
                                                                   "results.json to use; without it DVBPR is "
                                                                   "trained into OUT/dvbpr"})
@@ -91,7 +93,7 @@ def check_config(cfg):
 def table_iii(cfg):
     """Run the chosen methods in the registry's order and write Table III; returns the table dict."""
     started = time.time()
-    dataset, embedded = open_dataset(cfg.dataset)
+    dataset, embedded = open_dataset(cfg.dataset, cfg.cache_dir)
     device = pick_device(cfg.device)
     out = run_dir(cfg.out, "baselines")
     print("settings: " + json.dumps(dataclasses.asdict(cfg)))

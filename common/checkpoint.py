@@ -3,9 +3,11 @@
 A checkpoint is a dict: {"stage", "model", "optimizer", "config", "epoch", "step", "metrics", ...}; `stage` names
 the stage that wrote it ("dvbpr", "gan", "classifier", ...) and every load checks it.
 """
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,22 +15,43 @@ import torch
 
 from common.errors import CheckpointError
 
+TEMPORARY = ".tmp"
+
 
 def atomic_write(path, write):
     """Call write(binary file) on a temporary file beside `path`, then rename it over `path`: a crash at any
-    moment leaves either the old file or the new one."""
+    moment leaves either the old file or the new one (and a *.tmp that `remove_stale_temporaries` clears)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=TEMPORARY)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        Path(tmp).unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write {path}: {write_failure(exc, path.parent)}") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_failure(exc, folder):
+    full = getattr(exc, "errno", None) == errno.ENOSPC or shutil.disk_usage(folder).free < 1 << 20
+    return "no space left on the device" if full else str(exc.strerror if isinstance(exc, OSError) else exc)
+
+
+def remove_stale_temporaries(folder):
+    """Delete the *.tmp files that saves killed mid-write left in `folder`; returns their names."""
+    stale = sorted(Path(folder).glob(f"*{TEMPORARY}"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return [path.name for path in stale]
 
 
 def save_checkpoint(path, state):
@@ -45,8 +68,9 @@ def fingerprint(content, length=10):
     return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:length]
 
 
-def load_checkpoint(path, stage=None, map_location="cpu"):
-    """The checkpoint dict at `path`; with `stage`, refused unless that stage wrote it."""
+def load_checkpoint(path, stage=None, map_location="cpu", fields=()):
+    """The checkpoint dict at `path`; with `stage`, refused unless that stage wrote it, and unless it has every
+    one of `fields`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -57,4 +81,7 @@ def load_checkpoint(path, stage=None, map_location="cpu"):
     found = checkpoint.get("stage") if isinstance(checkpoint, dict) else type(checkpoint).__name__
     if stage is not None and found != stage:
         raise CheckpointError(f"{path} was written by the {found!r} stage, not by {stage!r}: give a {stage} run")
+    missing = [name for name in fields if name not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}: not a complete {stage} checkpoint")
     return checkpoint

@@ -38,6 +38,7 @@ class Dataset:
     item_category: np.ndarray = field(repr=False)      # (itemnum,) int64: argmax of the one-hot `c`, -1 where absent
     num_categories: int                                # width of `c` (0 if no item has `c`)
     image_bytes: list[bytes] = field(repr=False)       # encoded image per item
+    cache_dir: Path | None = None                      # decoded images' cache (None: cache/ beside the file)
 
     @property
     def num_train_interactions(self) -> int:
@@ -503,11 +504,12 @@ def resolve_dataset(path=None) -> tuple[Path, bool]:
     return ensure_embedded_catalogue().resolve(), True
 
 
-def open_dataset(path=None) -> tuple[Dataset, bool]:
-    """(Dataset, embedded) for a run, as `resolve_dataset` chooses it; the fallback to the embedded catalogue is
-    announced in one line."""
+def open_dataset(path=None, cache_dir=None) -> tuple[Dataset, bool]:
+    """(Dataset, embedded) for a run, as `resolve_dataset` chooses it, its decoded images cached in `cache_dir`
+    (None: a cache/ folder beside the file); the fallback to the embedded catalogue is announced in one line."""
     resolved, embedded = resolve_dataset(path)
     dataset = load_dataset(resolved)
+    dataset.cache_dir = Path(cache_dir) if cache_dir else None
     if embedded and path is None:
         print(f"{DEFAULT_DATASET} not found: using the embedded demo catalogue {resolved} ({dataset.usernum} "
               f"users, {dataset.itemnum} items, {dataset.num_train_interactions} training actions)")

@@ -30,12 +30,16 @@ GREY = 128                    # stands in for an image that does not decode
 _CHUNK = 256                  # images per unit of work while building the cache
 _PARALLEL_MIN_ITEMS = 2000    # below this a process pool costs more than it saves
 _GPU_HEADROOM = 0.25          # fraction of GPU memory left for the model when deciding to keep images resident
+MAX_PIXELS = 40_000_000       # a larger image is treated as undecodable (product photos are far smaller)
 
 
 def decode_image(data: bytes, size: int, resize_filter: str = "nearest") -> np.ndarray | None:
-    """uint8 [3, size, size] as the original preprocessed it, or None if `data` is not a readable image."""
+    """uint8 [3, size, size] as the original preprocessed it, or None if `data` is not a readable image or has
+    more than MAX_PIXELS pixels (checked from the header, before anything is decoded)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > MAX_PIXELS:
+                return None
             image = image.convert("RGB").resize((size, size), RESIZE_FILTERS[resize_filter])
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         return None
@@ -164,15 +168,19 @@ def image_cache(dataset: Dataset, size: int, resize_filter: str = "nearest", cac
                 device="cpu", workers: int | None = None) -> np.ndarray:
     """All images of `dataset` decoded and resized: uint8 [itemnum, 3, size, size], memory-mapped read-only.
 
-    Built once (into `cache_dir`, default a cache/ folder next to the dataset file) and reused while the dataset
+    Built once (into `cache_dir`, default the dataset's own, else a cache/ folder next to the dataset file) and reused while the dataset
     file keeps its name, size and mtime. Images that do not decode become flat grey and are named in one warning;
     with `strict` they raise DatasetError instead. On CUDA with the nearest filter JPEGs are decoded on the GPU;
     otherwise `workers` processes (default: all cores) decode with PIL.
     """
     if resize_filter not in RESIZE_FILTERS:
         raise ConfigError(f"resize_filter must be one of {', '.join(RESIZE_FILTERS)}, got {resize_filter!r}")
-    cache_dir = Path(cache_dir) if cache_dir is not None else dataset.path.parent / "cache"
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(cache_dir or dataset.cache_dir or dataset.path.parent / "cache")
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"cannot make the image cache folder {cache_dir}: {exc.strerror or exc}; "
+                           "give --cache-dir DIR to put it elsewhere") from exc
     path = cache_dir / f"{dataset.name}-{size}px-{resize_filter}.npy"
     sidecar = path.with_suffix(".json")
     stat = dataset.path.stat()
@@ -183,7 +191,8 @@ def image_cache(dataset: Dataset, size: int, resize_filter: str = "nearest", cac
         bad = _build(dataset, size, resize_filter, path, torch.device(device), workers or os.cpu_count() or 1)
         write_json(sidecar, {"key": fingerprint(key), "bad_items": bad})
     if bad:
-        message = (f"{len(bad)} of {dataset.itemnum} images in {dataset.path.name} do not decode: "
+        message = (f"{len(bad)} of {dataset.itemnum} images in {dataset.path.name} do not decode (or have more "
+                   f"than {MAX_PIXELS:,} pixels): "
                    f"items {name_offenders(bad, limit=20)} (all listed in {sidecar})")
         if strict:
             raise DatasetError(message)

@@ -29,6 +29,8 @@ import math
 import numpy as np
 import torch
 
+from common.errors import TrainingDiverged
+
 # Score-matrix elements per chunk. On CPU a 16 MB chunk stays in cache and compares about 2x faster than 128 MB ones.
 SCORE_BUDGET = {"cpu": 2**22, "cuda": 2**28}
 SAMPLED_NEGATIVES = 100
@@ -102,6 +104,10 @@ def scored_chunks(score_fn, users, chunk_users, device):
         size = chunk_users or 1
         batch = users[start:start + size]
         scores = score_fn(batch).float()
+        if not torch.isfinite(scores).all():
+            user = int(batch[~torch.isfinite(scores).all(dim=1)][0])
+            raise TrainingDiverged(f"the model's scores are NaN or infinite (e.g. for user {user}): the AUC is "
+                                   "undefined; the model diverged")
         yield start, batch, scores
         if chunk_users is None:
             chunk_users = max(1, SCORE_BUDGET[device.type] // scores.shape[1])

@@ -48,7 +48,7 @@ def load_weights(run, device="cpu"):
     if path is None:
         raise RunError(f"no trained DVBPR in {run} (best.pt or checkpoint.pt): "
                        f"make it with `python dvbpr/main.py --out {run}`")
-    return path, load_checkpoint(path, "dvbpr", map_location=device)
+    return path, load_checkpoint(path, "dvbpr", device, ("model", "config", "epoch", "step"))
 
 
 def load_model(checkpoint, path, device="cpu"):
@@ -69,7 +69,7 @@ def open_run(run, dataset_path=None, device="cpu", with_model=False):
         else None
     weights, checkpoint = load_weights(run, device) if with_model or exported is None else (None, None)
     config = run_config((checkpoint or exported)["config"], run)
-    dataset = open_run_dataset(run, dataset_path or config.dataset)
+    dataset = open_run_dataset(run, dataset_path or config.dataset, config.cache_dir)
     model = load_model(checkpoint, weights, device) if checkpoint else None
     if exported is None or (checkpoint and exported["step"] != checkpoint["step"]):
         reason = "missing" if exported is None else f"from step {exported['step']}, not {checkpoint['step']}"
@@ -87,11 +87,11 @@ def open_run(run, dataset_path=None, device="cpu", with_model=False):
     return TrainedRun(run, config, dataset, theta, items, exported["epoch"], model)
 
 
-def open_run_dataset(run, path):
+def open_run_dataset(run, path, cache_dir):
     if path and path != "embedded" and not Path(path).is_file():
         raise RunError(f"the dataset the run in {run} was trained on, {path}, is not there any more: "
                        "give its new place with --dataset")
-    return open_dataset(path)[0]
+    return open_dataset(path, cache_dir)[0]
 
 
 def check_size(run, count, what, dataset):

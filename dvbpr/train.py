@@ -43,6 +43,8 @@ class DVBPRConfig:
                                                                 "'embedded'; None: data/AmazonFashion6Img"
                                                                 "Partitioned.npy, else the embedded catalogue"})
     out: str | None = field(default=None, metadata={"help": "run directory; None: runs/dvbpr"})
+    cache_dir: str | None = field(default=None, metadata={"help": "folder of the decoded-image cache (None: a "
+                                                                  "cache/ folder beside the dataset)"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from its checkpoint.pt; "
                                                           "flags given now override the saved settings"})
     k: int = field(default=50, metadata={"help": "latent dimensions K of theta_u and Phi(X_i)"})
@@ -232,7 +234,8 @@ def start_or_resume(cfg, out, model, optimizer, sampler, ranks):
         if (out / "checkpoint.pt").exists():
             ranks.print(f"starting afresh in {out} (pass --resume to continue the run there)")
         return dict(epoch=0, step=0, history=[], best=None, seconds=0.0)
-    checkpoint = load_checkpoint(out / "checkpoint.pt", "dvbpr")
+    checkpoint = load_checkpoint(out / "checkpoint.pt", "dvbpr", fields=("model", "optimizer", "sampler", "epoch",
+                                                                          "step", "seconds", "metrics"))
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     for group in optimizer.param_groups:  # a --lr given now applies to the resumed run
@@ -246,7 +249,7 @@ def start_or_resume(cfg, out, model, optimizer, sampler, ranks):
 def open_data(cfg, ranks):
     """(dataset, embedded, image store) of the run; rank 0 builds the catalogue and the image cache first."""
     with ranks.main_first():
-        dataset, embedded = open_dataset(cfg.dataset)
+        dataset, embedded = open_dataset(cfg.dataset, cfg.cache_dir)
         cache = image_cache(dataset, cfg.image_size, cfg.resize_filter, strict=cfg.strict_images,
                             device=ranks.device)
     ranks.print(f"DVBPR on {dataset.name}: {dataset.usernum} users, {dataset.itemnum} items, "

@@ -47,7 +47,7 @@ def open_gan_run(run, device="cpu"):
     if not (run / "checkpoint.pt").is_file():
         raise RunError(f"no trained GAN in {run} (checkpoint.pt): make it with "
                        f"`python gan/main.py --train --out {run}`")
-    checkpoint = load_checkpoint(run / "checkpoint.pt", "gan", map_location=device)
+    checkpoint = load_checkpoint(run / "checkpoint.pt", "gan", device, ("model", "config", "num_categories", "step"))
     known = {field.name for field in dataclasses.fields(GANConfig)}
     unknown = sorted(set(checkpoint["config"]) - known)
     if unknown:

@@ -56,6 +56,8 @@ class GANConfig:
                                                                 "else the embedded catalogue)"})
     out: str | None = field(default=None, metadata={"help": "run directory shared by training and sampling "
                                                             "(None: runs/gan)"})
+    cache_dir: str | None = field(default=None, metadata={"help": "folder of the decoded-image cache (None: a "
+                                                                  "cache/ folder beside the dataset)"})
     image_size: int = field(default=128, metadata={"help": "output side in pixels, a power of two >= 16"})
     z_dim: int = field(default=100, metadata={"help": "latent size"})
     z_distribution: str = field(default="uniform", metadata={"help": "training z: U(-1,1) or N(0,1)",
@@ -216,7 +218,8 @@ class GANTraining:
         self.step = 0
 
     def resume(self, path, device):
-        checkpoint = load_checkpoint(path, "gan")
+        checkpoint = load_checkpoint(path, "gan", fields=("model", "optimizer", "config", "step", "sample_z",
+                                                          "sample_labels"))
         check_architecture(self.cfg, checkpoint["config"])
         self.generator.load_state_dict(checkpoint["model"]["generator"])
         self.discriminator.load_state_dict(checkpoint["model"]["discriminator"])
@@ -245,7 +248,7 @@ def train(cfg, ranks=None):
     device = ranks.device
     with ranks.main_first():
         out_dir = run_dir(cfg.out, "gan")
-        dataset, _ = open_dataset(cfg.dataset)
+        dataset, _ = open_dataset(cfg.dataset, cfg.cache_dir)
         store = ImageStore(image_cache(dataset, cfg.image_size, cfg.resize_filter, device=device), device)
     seed_everything(cfg.seed)
     items = labelled_items(dataset)

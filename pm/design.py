@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from common.errors import ConfigError
+from common.errors import ConfigError, TrainingDiverged
 from gan.run import sample_z
 
 ATANH_LIMIT = 1 - 1e-6  # U(-1, 1) can draw -1 exactly; atanh(+-1) is infinite
@@ -133,6 +133,9 @@ class Designer:
             optimizer.zero_grad(set_to_none=True)
             (-objective.sum()).backward()  # a sum: every start follows its own gradient
             optimizer.step()
+        if not torch.isfinite(objective).all():
+            raise TrainingDiverged(f"preference maximisation diverged (the objective became "
+                                   f"{objective[~torch.isfinite(objective)][0].item()}); lower --lr")
         return Design(to_z(z_prime, latent).detach(), images.detach(), preference.detach(), realism.detach(),
                       objective.detach(), history)
 

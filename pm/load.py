@@ -14,8 +14,8 @@ class Stages:
 
     def __init__(self, dvbpr_run, gan_run, dataset=None, device="cpu"):
         self.device = torch.device(device)
-        self.gan = open_gan_run(gan_run, self.device)
         trained = open_run(dvbpr_run, dataset, self.device, with_model=True)
+        self.gan = open_gan_run(gan_run, self.device)
         self.dataset, self.item_embeddings, self.dvbpr_config = trained.dataset, trained.items, trained.config
         if self.gan.num_categories != self.dataset.num_categories:
             raise DatasetError(f"the GAN has {self.gan.num_categories} categories but {self.dataset.name} has "
