@@ -19,6 +19,7 @@ from pathlib import Path
 
 from common.checkpoint import load_checkpoint
 from common.data import resolve_dataset
+from common.distributed import setup, teardown
 from common.errors import ConfigError, ProjectError
 
 
@@ -91,6 +92,21 @@ def settle(cfg, protected, stage, demo=None, say=print, embedded=None):
         if changed:
             say(f"{stage}: embedded catalogue, demo settings {describe_settings(changed)}")
     return cfg
+
+
+def train_stage(cfg, protected, stage, demo, check, train):
+    """A training stage's run: the flags checked as given (before any data is read), the ranks joined (under
+    torchrun) or one process, the settings settled (rank 0 first, as it may generate the embedded catalogue) and
+    checked again, then train(cfg, ranks)."""
+    check(cfg)
+    ranks = setup(cfg.device)
+    try:
+        with ranks.main_first():
+            settle(cfg, protected, stage, demo, say=ranks.print)
+        check(cfg)
+        return train(cfg, ranks)
+    finally:
+        teardown()
 
 
 @contextlib.contextmanager

@@ -12,23 +12,14 @@ DVBPR.log (the original's lines), metrics.jsonl, checkpoint.pt (latest, for --re
 (theta and all item embeddings of the best validation epoch), results.json; under --preset original also
 DVBPR_auc_<K>_<step>.pt and UI_<K>_<step>.npy.
 """
-from common.cli import parse_config, settle, stage_errors
-from common.distributed import setup, teardown
+from common.cli import parse_config, stage_errors, train_stage
 from dvbpr.train import DEMO, PRESETS, DVBPRConfig, check_config, train
 
 
 def main(argv=None):
     with stage_errors("dvbpr"):
         cfg, protected = parse_config(DVBPRConfig, argv, PRESETS, description=__doc__.split("\n")[0])
-        check_config(cfg)  # the flags as given, before any data is read
-        ranks = setup(cfg.device)
-        try:
-            with ranks.main_first():
-                settle(cfg, protected, "dvbpr", DEMO, say=ranks.print)
-            check_config(cfg)
-            return train(cfg, ranks)
-        finally:
-            teardown()
+        return train_stage(cfg, protected, "dvbpr", DEMO, check_config, train)
 
 
 if __name__ == "__main__":

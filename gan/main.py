@@ -9,9 +9,8 @@ settings is in common/cli.py).
 """
 from pathlib import Path
 
-from common.cli import parse_config, settle, stage_errors
+from common.cli import parse_config, stage_errors, train_stage
 from common.device import pick_device
-from common.distributed import setup, teardown
 from gan.run import write_category_grids
 from gan.train import DEMO, PRESETS, GANConfig, check_config, train
 
@@ -21,15 +20,7 @@ def main(argv=None):
         cfg, protected = parse_config(GANConfig, argv, PRESETS, description=__doc__.splitlines()[0])
         if not cfg.train:
             return write_category_grids(Path(cfg.out or "runs/gan"), pick_device(cfg.device), cfg.bf16, cfg.seed)
-        check_config(cfg)  # the flags as given, before any data is read
-        ranks = setup(cfg.device)
-        try:
-            with ranks.main_first():
-                settle(cfg, protected, "gan", DEMO, say=ranks.print)
-            check_config(cfg)
-            return train(cfg, ranks)
-        finally:
-            teardown()
+        return train_stage(cfg, protected, "gan", DEMO, check_config, train)
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def test_sampler_draws_triplets_as_the_original(tiny, tmp_path):
 
 
 def test_epoch_accounting_matches_the_original():
-    n = 267_638  # AmazonFashion's training interactions (reference: between 267,635 and 267,641)
+    n = 267_638  # AmazonFashion's training interactions (about 267,638 by the original's published step 39728)
     assert epoch_end_step(19, n, 128) == 39_728  # the pretrained DVBPR_auc_100_39728 is epoch 19
     assert (20 * n + 1) // 128 < epoch_end_step(20, n, 128)  # the original's loop stops before epoch 20 ends
     assert epoch_end_step(1, 50, 128) == 1 and epoch_end_step(2, 50, 128) == 2  # tiny data: >= 1 step an epoch
