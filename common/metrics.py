@@ -83,11 +83,11 @@ def sample_negatives(num_users, itemnum, num_negatives=SAMPLED_NEGATIVES, seed=0
     Floyd's algorithm, vectorised over users: each of the num_negatives steps draws one id per user, so the cost
     does not depend on itemnum. Row u holds user u's draw, whatever subset of users is later evaluated.
     """
-    generator = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed)
     k = min(num_negatives, itemnum)
     chosen = torch.empty(num_users, k, dtype=torch.long)
     for step, top in enumerate(range(itemnum - k, itemnum)):
-        draw = torch.randint(0, top + 1, (num_users,), generator=generator)
+        draw = torch.randint(0, top + 1, (num_users,), generator=rng)
         taken = (chosen[:, :step] == draw[:, None]).any(1)
         chosen[:, step] = torch.where(taken, top, draw)
     return chosen

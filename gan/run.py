@@ -74,8 +74,9 @@ def write_category_grids(run_path, device, bf16=True, seed=0):
         paths.append(run.path / "samples" / f"test_arange_{category}.png")
         save_grid(generate(run.generator, z, labels, bf16), paths[-1])
     print(f"wrote {len(paths)} grids to {run.path / 'samples'} (step {run.step})")
-    if (run.path / "classifier.pt").is_file():
-        classifier = run.category_classifier(None, device)
+    classifier_path = run.path / "classifier.pt"
+    if classifier_path.is_file():
+        classifier = load_classifier(load_checkpoint(classifier_path, "classifier", map_location=device), device)
         print(format_consistency(measure_consistency(run.generator, classifier, run.num_categories,
                                                      run.config.consistency_samples, run.generator.z_dim,
                                                      device, bf16, seed)))

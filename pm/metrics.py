@@ -3,7 +3,7 @@
 Inception Score (Salimans et al., 2016): IS = exp(E_x KL(p(y|x) || p(y))), p(y) the mean of p(y|x) over the set,
 computed on each of `splits` equal parts of a set of images and reported as mean and std over the parts.
 p(y|x) comes from torchvision's Inception v3 with the ImageNet weights file download_pretrained_models.sh fetches
-(the paper's choice), or, offline, from the catalogue's category classifier (gan/classifier.py): an in-domain
+(the paper's choice), or, offline, from the catalogue's category classifier (common/classifier.py): an in-domain
 score bounded by the number of categories, not comparable with the paper's numbers.
 """
 import itertools
