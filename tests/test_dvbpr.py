@@ -299,7 +299,7 @@ def test_a_backbone_weights_file_is_applied_and_a_foreign_one_refused(tmp_path):
     (["--dataset", "missing.npy"], "not found"),
     (["--eval-batch-size", "0"], "--eval-batch-size must be at least 1"),
     (["--conv-widths", "8", "8"], "five positive channel counts"),
-    (["--device", "tpu"], "cpu or cuda"),
+    (["--device", "tpu"], "--device .tpu. is not a device"),
 ])
 def test_clear_errors(tmp_path, tiny_path, argv, message):
     dataset = [] if "--dataset" in argv else ["--dataset", str(tiny_path)]
