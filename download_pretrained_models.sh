@@ -2,7 +2,9 @@
 # Fetch pretrained weights into pretrained/ (resumable; verifies what can be verified).
 #   torchvision ImageNet weights: Inception v3 (Inception Score, pm/) and AlexNet (4096-d visual features for the
 #   baselines). Their file names carry the first 8 hex digits of the SHA-256, which is checked.
-#   The original TensorFlow checkpoints of DVBPR and the GAN (reference only: TF1 format, no checksum published).
+#   The original TensorFlow checkpoints of DVBPR and the GAN, the files its README's script fetches (no checksum
+#   published; the converter checks each tensor's crc32c). dvbpr/main.py and gan/main.py --from-tf turn them into
+#   runs of this project, without TensorFlow; the commands are printed at the end.
 # Usage: bash download_pretrained_models.sh [torchvision] [original]     (default: both)
 set -euo pipefail
 DEST="${DVBPR_PRETRAINED_DIR:-pretrained}"
@@ -52,3 +54,10 @@ for part in "${parts[@]}"; do
     *) echo "error: unknown part '$part' (torchvision or original)" >&2; exit 2 ;;
   esac
 done
+
+if [[ " ${parts[*]} " == *" original "* ]]; then
+  echo "Convert the original's checkpoints into runs (no TensorFlow needed; DVBPR needs the AmazonFashion dataset):"
+  echo "  python dvbpr/main.py --preset original --from-tf $DEST/original/DVBPR/DVBPR_auc_100_39728.ckpt" \
+       "--dataset data/AmazonFashion6ImgPartitioned.npy --out runs/dvbpr_original"
+  echo "  python gan/main.py --preset original --from-tf $DEST/original/GAN/DCGAN.model-311502 --out runs/gan_original"
+fi

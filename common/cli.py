@@ -7,7 +7,9 @@ Where a setting comes from, highest first (the one rule of every stage):
     3. on the embedded demo catalogue, the stage's demo settings (printed first);
     4. the default preset;
     5. the dataclass's field defaults.
-A resumed run (--resume) takes its saved settings instead of 3-5, so it goes on as it began.
+A resumed run (--resume) takes its saved settings instead of 3-5, so it goes on as it began. A run made from a
+TensorFlow checkpoint (--from-tf) takes the model's sizes from the checkpoint instead of 2-5; a flag typed for one
+of them must agree with it.
 A field's help text and choices come from its metadata: `field(default=..., metadata={"help": ...})`.
 """
 import argparse
@@ -58,6 +60,11 @@ def parse_config(cfg_cls, argv=None, presets=None, description=""):
     preset = presets.get(given.get("preset", getattr(defaults, "preset", None)), {})
     cfg = dataclasses.replace(dataclasses.replace(defaults, **preset), **given)
     return cfg, set(given) | (set(preset) if "preset" in given else set())
+
+
+def typed_flags(cfg_cls, argv=None):
+    """The names of the fields that flags typed on the command line set (rule 1 alone, without the preset's)."""
+    return parse_config(cfg_cls, argv)[1]
 
 
 def describe_settings(settings):

@@ -11,9 +11,9 @@ Usage:
     ckpt["DVBPR/wc1"]                                  # reads one tensor, checks its size and crc32c
     read_checkpoint(prefix)                            # every numeric tensor, eagerly
 
-Anything unexpected raises TFCheckpointError (a ValueError) that says what and where. The SSTable blocks'
-checksums are checked as well as each tensor's; string tensors and sliced (partitioned) variables are listed in
-`unsupported` and refused when read.
+Anything unexpected raises TFCheckpointError (a ValueError, and a CheckpointError, which a stage's command line
+prints as one line) that says what and where. The SSTable blocks' checksums are checked as well as each tensor's;
+string tensors and sliced (partitioned) variables are listed in `unsupported` and refused when read.
 """
 import re
 import struct
@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from common.errors import CheckpointError
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48   # two block handles (varints) padded to 40 bytes, then the 8-byte magic
@@ -35,7 +37,7 @@ DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6
 DT_STRING = 7
 
 
-class TFCheckpointError(ValueError):
+class TFCheckpointError(CheckpointError, ValueError):
     """A TensorFlow checkpoint is missing, corrupted, or holds something this reader does not support."""
 
 
@@ -334,6 +336,20 @@ class TFCheckpoint(Mapping):
 
     def __len__(self):
         return len(self.entries) - len(self.unsupported)
+
+
+def checkpoint_prefix(path):
+    """The prefix of a checkpoint given by its prefix or by one of its files (.index, .data-*, .meta)."""
+    path = Path(path)
+    name = re.sub(r"\.(index|meta|data-\d{5}-of-\d{5})$", "", path.name)
+    return path.with_name(name) if name else path
+
+
+def prefix_step(prefix):
+    """The global step at the end of a prefix, as TF's Saver and the original code named their checkpoints
+    (DVBPR_auc_100_39728.ckpt -> 39728, DCGAN.model-311502 -> 311502), else None."""
+    found = re.search(r"[-_](\d+)(\.ckpt)?$", Path(prefix).name)
+    return int(found.group(1)) if found else None
 
 
 def list_variables(prefix):

@@ -3,6 +3,7 @@
     python dvbpr/main.py                      # --preset paper: K=50, exact All/Cold AUC, best.pt = best validation
     python dvbpr/main.py --preset original    # K=100, the original code's sampled-100 AUC, a checkpoint every epoch
     python dvbpr/main.py --out runs/dvbpr --resume
+    python dvbpr/main.py --preset original --from-tf DVBPR_auc_100_39728.ckpt --out runs/dvbpr_original
     python dvbpr/main.py --backbone resnet18 --backbone-weights pretrained/resnet18-f37072fd.pth
     torchrun --nproc_per_node=N dvbpr/main.py     # N GPUs; --batch-size stays the global batch (see the README)
 
@@ -10,16 +11,24 @@ Without the AmazonFashion file the run falls back to the embedded catalogue with
 first; the rule for settings is in common/cli.py). Everything a run writes goes to --out (default runs/dvbpr):
 DVBPR.log (the original's lines), metrics.jsonl, checkpoint.pt (latest, for --resume), best.pt and embeddings.pt
 (theta and all item embeddings of the best validation epoch), results.json; under --preset original also
-DVBPR_auc_<K>_<step>.pt and UI_<K>_<step>.npy.
+DVBPR_auc_<K>_<step>.pt and UI_<K>_<step>.npy. With --from-tf the original's TensorFlow checkpoint is evaluated,
+not trained, and written as such a run (dvbpr/tf_run.py).
 """
-from common.cli import parse_config, stage_errors, train_stage
+from common.cli import parse_config, stage_errors, train_stage, typed_flags
+from dvbpr.tf_run import evaluate_tf_checkpoint, take_tf_settings
 from dvbpr.train import DEMO, PRESETS, DVBPRConfig, check_config, train
 
 
 def main(argv=None):
     with stage_errors("dvbpr"):
         cfg, protected = parse_config(DVBPRConfig, argv, PRESETS, description=__doc__.split("\n")[0])
-        return train_stage(cfg, protected, "dvbpr", DEMO, check_config, train)
+        typed = typed_flags(DVBPRConfig, argv)
+
+        def check(cfg):
+            check_config(cfg)
+            if cfg.from_tf:  # the checkpoint's sizes, under the flags typed for them
+                take_tf_settings(cfg, typed)
+        return train_stage(cfg, protected, "dvbpr", DEMO, check, evaluate_tf_checkpoint if cfg.from_tf else train)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,9 @@ class DVBPRConfig:
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (CPU always runs float32)"})
     strict_images: bool = field(default=False, metadata={"help": "fail on an undecodable image instead of "
                                                                  "using a grey one"})
+    from_tf: str | None = field(default=None, metadata={"help": "the original's TensorFlow checkpoint (prefix, e.g. "
+                                                                "DVBPR_auc_100_39728.ckpt): evaluate it as a run, "
+                                                                "no training; K, fc and conv widths are its own"})
 
 
 PRESETS = {
@@ -100,6 +103,8 @@ def check_config(cfg):
         raise ConfigError(f"--conv-widths takes five positive channel counts, got {cfg.conv_widths}")
     if cfg.eval_chunk is not None and cfg.eval_chunk < 1:
         raise ConfigError(f"--eval-chunk must be at least 1, got {cfg.eval_chunk}")
+    if cfg.from_tf and cfg.resume:
+        raise ConfigError("a run made with --from-tf is evaluated, not trained: it cannot be resumed")
 
 
 def build_model(cfg, usernum):
@@ -246,28 +251,37 @@ def start_or_resume(cfg, out, model, optimizer, sampler, ranks):
                 **checkpoint["metrics"])
 
 
-def open_data(cfg, ranks):
-    """(dataset, embedded, image store) of the run; rank 0 builds the catalogue and the image cache first."""
+def open_data(cfg, ranks, check=None):
+    """(dataset, embedded, image store) of the run; rank 0 builds the catalogue and the image cache first.
+    `check(dataset)`, if given, runs before the image cache is built."""
     with ranks.main_first():
         dataset, embedded = open_dataset(cfg.dataset, cfg.cache_dir)
+        if check:
+            check(dataset)
         cache = image_cache(dataset, cfg.image_size, cfg.resize_filter, strict=cfg.strict_images,
                             device=ranks.device)
-    ranks.print(f"DVBPR on {dataset.name}: {dataset.usernum} users, {dataset.itemnum} items, "
-                f"{dataset.num_train_interactions} training interactions; preset {cfg.preset}, K={cfg.k}, "
-                f"{cfg.backbone} at {cfg.image_size} px, {cfg.epochs} epochs, {cfg.protocol} AUC; "
-                f"device {ranks.describe()}")
     return dataset, embedded, ImageStore(cache, ranks.device)
+
+
+def describe_data(dataset):
+    return (f"{dataset.name}: {dataset.usernum} users, {dataset.itemnum} items, {dataset.num_train_interactions} "
+            "training interactions")
 
 
 def train(cfg, ranks=None):
     """Train and evaluate as configured (resuming from --out's checkpoint.pt with cfg.resume); returns the
     results dict that is also written to results.json. Under torchrun every rank calls this with its `ranks`
-    (default: one process on cfg.device); rank 0 writes the files."""
+    (default: one process on cfg.device); rank 0 writes the files. (A config with from_tf is evaluated by
+    dvbpr.tf_run.evaluate_tf_checkpoint instead.)"""
     started = time.time()
     check_config(cfg)
+    if cfg.from_tf:
+        raise ConfigError("from_tf is evaluated, not trained: call dvbpr.tf_run.evaluate_tf_checkpoint")
     ranks = ranks or Ranks(device=pick_device(cfg.device))
     out, device = run_dir(cfg.out, "dvbpr"), ranks.device
     dataset, embedded, images = open_data(cfg, ranks)
+    ranks.print(f"DVBPR on {describe_data(dataset)}; preset {cfg.preset}, K={cfg.k}, {cfg.backbone} at "
+                f"{cfg.image_size} px, {cfg.epochs} epochs, {cfg.protocol} AUC; device {ranks.describe()}")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     ranks.share(cfg.batch_size)  # fails early if the batch does not split over the ranks

@@ -78,6 +78,10 @@ class GANConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (no effect on CPU)"})
+    from_tf: str | None = field(default=None, metadata={"help": "the original's TensorFlow checkpoint (prefix, e.g. "
+                                                                "DCGAN.model-311502): write it as a run in --out, "
+                                                                "then its grids; z_dim, widths and categories are "
+                                                                "its own"})
 
 
 PRESETS = {
@@ -196,6 +200,9 @@ def check_config(cfg):
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     if cfg.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.from_tf and (cfg.train or cfg.resume):
+        raise ConfigError("--from-tf writes the original's trained GAN as a run and trains nothing: leave out "
+                          "--train and --resume")
 
 
 def check_architecture(cfg, saved_config):
@@ -207,7 +214,8 @@ def check_architecture(cfg, saved_config):
 
 
 class GANTraining:
-    """The nets, optimisers and fixed sample codes of a run, and its checkpoint."""
+    """The nets, optimisers and fixed sample codes of a run, and its checkpoint (whose epoch is None when
+    `iterations_per_epoch` is: a run converted from a TensorFlow checkpoint)."""
 
     def __init__(self, cfg, num_categories, device, iterations_per_epoch):
         self.cfg, self.num_categories, self.iterations_per_epoch = cfg, num_categories, iterations_per_epoch
@@ -235,7 +243,8 @@ class GANTraining:
             "model": {"generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict()},
             "optimizer": {"generator": self.opt_g.state_dict(), "discriminator": self.opt_d.state_dict()},
             "config": asdict(self.cfg), "num_categories": self.num_categories,
-            "epoch": self.step // self.iterations_per_epoch, "step": self.step, "metrics": metrics or {},
+            "epoch": self.step // self.iterations_per_epoch if self.iterations_per_epoch else None,
+            "step": self.step, "metrics": metrics or {},
             "sample_z": self.sample_z, "sample_labels": self.sample_labels})
 
 

@@ -1,30 +1,55 @@
-"""Reading the original's TensorFlow checkpoints and converting them, checked against outputs of real TensorFlow.
+"""Reading the original's TensorFlow checkpoints and converting them, checked against outputs of real TensorFlow,
+and the runs that dvbpr/main.py and gan/main.py write from them with --from-tf.
 
 The fixtures under tests/fixtures/tf/ come from make_tf_fixtures.py there (TensorFlow is needed only to remake them).
 """
+import io
+import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from common.tf_checkpoint import FOOTER_SIZE, TFCheckpoint, TFCheckpointError, block_handle, list_variables, \
-    read_checkpoint
+from common.checkpoint import load_checkpoint
+from common.data import load_dataset
+from common.original_format import save_original_format
+from common.tf_checkpoint import (
+    FOOTER_SIZE,
+    TFCheckpoint,
+    TFCheckpointError,
+    block_handle,
+    checkpoint_prefix,
+    list_variables,
+    prefix_step,
+    read_checkpoint,
+)
+from dvbpr.main import main as dvbpr_main
 from dvbpr.model import CNNF, DVBPR
+from dvbpr.run import open_run
 from dvbpr.tf_import import dvbpr_config_from_tf, dvbpr_state_from_tf
+from dvbpr.tf_run import epoch_at_step
+from dvbpr.train import epoch_end_step
+from gan.main import main as gan_main
 from gan.model import Discriminator, Generator
+from gan.run import open_gan_run
 from gan.tf_import import gan_config_from_tf, gan_state_from_tf
+from pm.main import main as pm_main
+from tests.helpers import place_random_classifier
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tf"
 DVBPR_CKPT, GAN_CKPT = FIXTURES / "dvbpr.ckpt", FIXTURES / "gan.ckpt"
 SHARD = ".data-00000-of-00001"
 
 
-def copy_checkpoint(prefix, tmp_path):
+def copy_checkpoint(prefix, tmp_path, name=None):
+    name = name or prefix.name
     for suffix in (".index", SHARD):
-        shutil.copy(f"{prefix}{suffix}", tmp_path / f"{prefix.name}{suffix}")
-    return tmp_path / prefix.name
+        shutil.copy(f"{prefix}{suffix}", tmp_path / f"{name}{suffix}")
+    return tmp_path / name
 
 
 def flip_byte(path, offset):
@@ -226,3 +251,142 @@ def test_optimizer_slots_are_never_read(tmp_path):
     entry = TFCheckpoint(prefix).entries["DVBPR/wd1/Adam"]
     flip_byte(Path(f"{prefix}{SHARD}"), entry["offset"])
     dvbpr_state_from_tf(TFCheckpoint(prefix))  # the corrupted slot is skipped, not read
+
+
+# ----------------------------------------------------------------------------- runs made with --from-tf
+
+def png(image):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_fixture_dataset(path, usernum, num_items=30, num_categories=6):
+    """A dataset in the original layout for the fixtures' models: its first items are the DVBPR fixture's images
+    (lossless PNGs at 64 px, so that its embeddings can be compared with TensorFlow's), then random ones; 5
+    interactions per user, one each for validation and test."""
+    rng = np.random.default_rng(0)
+    fixture = list(np.load(FIXTURES / "dvbpr_outputs.npz")["images"])
+    images = fixture + list(rng.integers(0, 256, (num_items - len(fixture), 64, 64, 3), dtype=np.uint8))
+    items = [{"imgs": png(image), "c": [int(i % num_categories == c) for c in range(num_categories)]}
+             for i, image in enumerate(images)]
+    train, validation, test = {}, {}, {}
+    for user in range(usernum):
+        records = [{"productid": int(i)} for i in rng.choice(num_items, size=5, replace=False)]
+        validation[user], test[user], train[user] = records[:1], records[1:2], records[2:]
+    save_original_format(path, train, validation, test, items, usernum, num_items)
+    return path
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """The fixtures' dataset (7 users: theta's rows; 6 categories: the GAN's y_dim) and the runs that the two
+    command lines write from the fixtures. The DVBPR checkpoint is renamed as the original named its own, so that
+    its prefix carries a global step (3)."""
+    root = tmp_path_factory.mktemp("from_tf")
+    dataset = write_fixture_dataset(root / "Fixture.npy", usernum=7)
+    prefix = copy_checkpoint(DVBPR_CKPT, root, "DVBPR_auc_10_3.ckpt")
+    dvbpr_main(["--preset", "original", "--from-tf", str(prefix), "--dataset", str(dataset), "--out",
+                str(root / "dvbpr"), "--image-size", "64", "--device", "cpu"])
+    gan_main(["--preset", "original", "--from-tf", str(GAN_CKPT), "--out", str(root / "gan"), "--device", "cpu"])
+    return root
+
+
+def test_global_steps_and_epochs_of_checkpoint_names():
+    assert prefix_step("DVBPR_auc_100_39728.ckpt") == 39728 and prefix_step("x/DCGAN.model-311502") == 311502
+    assert prefix_step("dvbpr.ckpt") is None and prefix_step("gan64.ckpt") is None
+    assert checkpoint_prefix("p/DVBPR_auc_100_39728.ckpt.index") == Path("p/DVBPR_auc_100_39728.ckpt")
+    assert checkpoint_prefix("p/DCGAN.model-311502.data-00000-of-00001") == Path("p/DCGAN.model-311502")
+    for interactions, batch in ((267_640, 128), (21, 128), (1000, 7)):
+        for epoch in (1, 2, 19):
+            step = epoch_end_step(epoch, interactions, batch)
+            assert epoch_at_step(step, interactions, batch) == epoch
+    assert epoch_at_step(epoch_end_step(19, 267_640, 128) - 1, 267_640, 128) is None  # within epoch 19
+    assert epoch_at_step(None, 21, 128) is None
+
+
+def test_the_dvbpr_cli_writes_the_checkpoint_as_a_finished_run(converted):
+    run = converted / "dvbpr"
+    record, = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert (record["epoch"], record["step"], record["protocol"]) == (3, 3, "sampled100")  # 21 interactions/epoch
+    epoch, test_auc, valid_auc = re.fullmatch(r"Epoch #(\d+):(\S+) (\S+)\n", (run / "DVBPR.log").read_text()).groups()
+    assert (int(epoch), float(test_auc), float(valid_auc)) == pytest.approx((3, record["test_auc"],
+                                                                            record["valid_auc"]), rel=1e-11)
+    results = json.loads((run / "results.json").read_text())
+    assert results["from_tf"].endswith("DVBPR_auc_10_3.ckpt") and results["k"] == 10 and results["best_epoch"] == 3
+    for name in ("best.pt", "checkpoint.pt", "DVBPR_auc_10_3.pt"):
+        assert load_checkpoint(run / name, "dvbpr")["step"] == 3
+    embeddings = load_checkpoint(run / "embeddings.pt", "dvbpr-embeddings")
+    tf_out, tensors = np.load(FIXTURES / "dvbpr_outputs.npz"), TFCheckpoint(DVBPR_CKPT)
+    np.testing.assert_allclose(embeddings["items"][:5].numpy(), tf_out["embeddings"], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(embeddings["theta"].numpy(), tensors["DVBPR/Variable"])
+    opened = open_run(run, with_model=True)
+    assert opened.epoch == 3 and opened.config.conv_widths == [8, 16, 16, 16, 16] and opened.config.fc_width == 32
+    np.testing.assert_allclose(opened.model.theta @ opened.items[:5].T, tf_out["scores"], rtol=0, atol=1e-5)
+
+
+def test_a_prefix_without_a_step_gives_no_epoch_and_exact_auc_works(converted, tmp_path):
+    results = dvbpr_main(["--preset", "original", "--from-tf", str(DVBPR_CKPT), "--dataset",
+                          str(converted / "Fixture.npy"), "--out", str(tmp_path), "--image-size", "64",
+                          "--protocol", "exact", "--device", "cpu"])
+    assert results["best_epoch"] is None and results["best_step"] is None and results["protocol"] == "exact"
+    assert (tmp_path / "DVBPR.log").read_text().startswith("Epoch #None:")
+    assert not list(tmp_path.glob("DVBPR_auc_*")) and open_run(tmp_path).epoch is None
+
+
+def test_the_gan_cli_writes_a_run_whose_generator_is_tensorflows(converted):
+    run = open_gan_run(converted / "gan")
+    tf_out = np.load(FIXTURES / "gan_outputs.npz")
+    assert run.num_categories == int(tf_out["config_y_dim"]) == 6 and run.generator.z_dim == 16
+    assert run.config.image_size == 64 and run.config.from_tf == str(GAN_CKPT)
+    with torch.no_grad():
+        images = run.generator(torch.from_numpy(tf_out["z"]), torch.from_numpy(tf_out["labels"]).long())
+    np.testing.assert_allclose(images.permute(0, 2, 3, 1).numpy(), tf_out["images"], rtol=0, atol=1e-4)
+    assert len(list((converted / "gan" / "samples").glob("test_arange_*.png"))) == 6
+
+
+def test_preference_maximisation_runs_on_the_converted_runs(converted, tmp_path):
+    dataset = load_dataset(converted / "Fixture.npy")
+    place_random_classifier(converted / "gan", dataset, 64)  # instead of training one for the in-domain IS
+    pm_main(["--preset", "original", "--dvbpr-run", str(converted / "dvbpr"), "--gan-run", str(converted / "gan"),
+             "--out", str(tmp_path), "--table", "--trials", "2", "--splits", "2", "--starts", "2", "--steps", "2",
+             "--device", "cpu"])
+    table = json.loads((tmp_path / "table_iv.json").read_text())["ours"]
+    assert all(np.isfinite(v).all() for row in table.values() for v in row.values())
+
+
+@pytest.mark.parametrize("users, flags, message", [
+    (8, [], r"^dvbpr: DVBPR/Variable \(theta\) has shape \[7, 10\], but \S+ has 8 users, which need \[8, 10\]"),
+    (7, ["--k", "12"], r"^dvbpr: DVBPR/Variable has shape \[7, 10\], but a DVBPR .*K=12.* needs \[7, 12\]"),
+    (7, ["--image-size", "224"], r"^dvbpr: DVBPR/wd1 has shape \[64, 32\]: .*--image-size 33 to 64 gives"),
+])
+def test_a_checkpoint_that_does_not_fit_is_refused(converted, tmp_path, users, flags, message):
+    dataset = converted / "Fixture.npy" if users == 7 else write_fixture_dataset(tmp_path / "Eight.npy", users)
+    with pytest.raises(SystemExit, match=message) as refusal:
+        dvbpr_main(["--preset", "original", "--from-tf", str(DVBPR_CKPT), "--dataset", str(dataset), "--out",
+                    str(tmp_path / "run"), "--image-size", "64", "--device", "cpu", *flags])
+    assert "\n" not in str(refusal.value) and not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused_in_one_line(converted, tmp_path):
+    (tmp_path / "model.ckpt.index").write_bytes(b"not a checkpoint")
+    for given in (tmp_path / "model.ckpt.index", converted / "Fixture.npy"):
+        with pytest.raises(SystemExit, match=r"^dvbpr: .*(the index is truncated|not a TensorFlow checkpoint)") \
+                as refusal:
+            dvbpr_main(["--from-tf", str(given), "--dataset", str(converted / "Fixture.npy"), "--out",
+                        str(tmp_path / "run"), "--device", "cpu"])
+        assert "\n" not in str(refusal.value)
+    with pytest.raises(SystemExit, match="^gan: not a GAN checkpoint: it lacks GAN/generator/"):
+        gan_main(["--from-tf", str(DVBPR_CKPT), "--out", str(tmp_path / "gan"), "--device", "cpu"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--image-size", "128"], r"^gan: the checkpoint's G has 7 transposed convs .* 64 px GAN.*--image-size 64"),
+    (["--z-dim", "100"], r"^gan: GAN/generator/g_h0_lin/Matrix has shape \[22, 512\], .* needs \[106, 512\]"),
+    (["--train"], r"^gan: --from-tf .* trains nothing"),
+])
+def test_a_gan_checkpoint_that_does_not_fit_is_refused(tmp_path, flags, message):
+    with pytest.raises(SystemExit, match=message):
+        gan_main(["--preset", "original", "--from-tf", str(GAN_CKPT), "--out", str(tmp_path), "--device", "cpu",
+                  *flags])
+    assert not (tmp_path / "checkpoint.pt").exists()
