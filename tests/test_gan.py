@@ -10,7 +10,7 @@ from PIL import Image
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.classifier import load_classifier, split_items, train_or_load_classifier
 from common.data import load_dataset
-from common.errors import ConfigError, RunError
+from common.errors import CheckpointError, ConfigError, RunError
 from common.images import ImageStore, image_cache
 from common.runlog import RunLog
 from gan.main import main
@@ -232,7 +232,11 @@ def test_a_checkpoint_of_another_stage_is_refused_naming_both(tmp_path):
         main(["--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="gan: .*written by the 'dvbpr' stage, not by 'gan'"):
         main(["--train", "--resume", "--out", str(tmp_path)])
-    save_checkpoint(tmp_path / "checkpoint.pt", {"stage": "gan", "config": {"image_size": 32, "extra": 1}})
+    save_checkpoint(tmp_path / "checkpoint.pt", {"stage": "gan", "config": {}})
+    with pytest.raises(CheckpointError, match="lacks model, num_categories, step: not a complete gan checkpoint"):
+        open_gan_run(tmp_path)
+    save_checkpoint(tmp_path / "checkpoint.pt", {"stage": "gan", "config": {"image_size": 32, "extra": 1},
+                                                 "model": {}, "num_categories": 6, "step": 1})
     with pytest.raises(RunError, match="does not know: extra"):
         open_gan_run(tmp_path)
 
