@@ -100,9 +100,9 @@ def open_attention(run, checkpoint, dataset_path, device):
                      lambda users: scorer()(users.to(device)))
 
 
-def hot(heat):
-    """[..., 3] colours of heat in [0, 1]: black, red, yellow, white."""
-    return np.clip(np.stack([3 * heat, 3 * heat - 1, 3 * heat - 2], axis=-1), 0, 1)
+def heat_colours(heat):
+    """[..., 3] colours of heat in [0, 1]: red where it is low, yellow where it is high."""
+    return np.stack([np.ones_like(heat), heat, np.zeros_like(heat)], axis=-1)
 
 
 def overlay_tile(image, heat, tile_size):
@@ -110,9 +110,10 @@ def overlay_tile(image, heat, tile_size):
     picture = Image.fromarray(image.transpose(1, 2, 0)).resize((tile_size, tile_size), Image.NEAREST)
     heat = heat / heat.max() if heat.max() > 0 else heat
     heat = np.asarray(Image.fromarray(heat.astype(np.float32)).resize((tile_size, tile_size), Image.BILINEAR))
+    heat = np.clip(heat, 0, 1)
     base = np.asarray(picture, dtype=np.float32) / 255
-    weight = 0.75 * np.clip(heat, 0, 1)[..., None]
-    tinted = (1 - weight) * base + weight * hot(np.clip(heat, 0, 1))
+    weight = 0.8 * heat[..., None]
+    tinted = (1 - weight) * base + weight * heat_colours(heat)
     return picture, Image.fromarray((tinted * 255 + 0.5).astype(np.uint8))
 
 

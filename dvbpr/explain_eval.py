@@ -139,25 +139,25 @@ def write_eval(out, result):
     return [out / f"explain_eval.{ext}" for ext in ("json", "csv", "md")]
 
 
+def markdown_table(header, rows):
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(map(str, row)) + " |" for row in rows)]
+
+
 def render_markdown(result):
     methods = result["methods"]
     lines = [f"Faithfulness of the heat maps of {result['model']} on {result['dataset']}: {result['pairs']} (user, "
-             f"top item) pairs, seed {result['seed']}; {result['device']}, {result['wall_seconds']} s.", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(str(v) for v in [m, *(row[c] for c in COLUMNS[1:])]) + " |"
-              for m, row in methods.items()]
-    percents = [f"{round(100 * f)}%" for f in result["deletion_fractions"]]
-    lines += ["", "Deletion curves: mean score with the most-heated (salient) or random share of pixels greyed.", "",
-              "| method | order | " + " | ".join(percents) + " |", "|---|---|" + "---|" * len(percents)]
-    for m, row in methods.items():
-        for order in ("salient", "random"):
-            lines.append(f"| {m} | {order} | " + " | ".join(map(str, row[f"deletion_{order}"])) + " |")
-    lines += ["", "garment_heat_share (garment_area_share) by the group of the user's most-weighted taste attribute.",
-              "", "| method | " + " | ".join(f"{g} ({methods[m]['by_top_attribute'][g]['pairs']} pairs)"
-                                               for m in list(methods)[:1] for g in GROUPS) + " |",
-              "|---|" + "---|" * len(GROUPS)]
-    for m, row in methods.items():
-        cells = [f"{row['by_top_attribute'][g]['garment_heat_share']} ({row['by_top_attribute'][g]['garment_area_share']})"
-                 for g in GROUPS]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+             f"top item) pairs, seed {result['seed']}; {result['device']}, {result['wall_seconds']} s.", ""]
+    lines += markdown_table(COLUMNS, [[m, *(row[c] for c in COLUMNS[1:])] for m, row in methods.items()])
+    lines += ["", "Deletion curves: the mean score with the most-heated (salient) or random share of pixels greyed.", ""]
+    lines += markdown_table(["method", "order", *(f"{round(100 * f)}%" for f in result["deletion_fractions"])],
+                            [[m, order, *row[f"deletion_{order}"]] for m, row in methods.items()
+                             for order in ("salient", "random")])
+    groups = {g: n["pairs"] for g, n in next(iter(methods.values()))["by_top_attribute"].items() if n["pairs"]}
+    lines += ["", "garment_heat_share (garment_area_share) by the group of the attribute the user's hidden taste "
+              "weights most.", ""]
+    lines += markdown_table(["method", *(f"{g} ({n} pairs)" for g, n in groups.items())],
+                            [[m, *(f"{row['by_top_attribute'][g]['garment_heat_share']} "
+                                   f"({row['by_top_attribute'][g]['garment_area_share']})" for g in groups)]
+                             for m, row in methods.items()])
     return "\n".join(lines) + "\n"
