@@ -1,6 +1,7 @@
-"""A user-conditioned region-attention recommender: the visual attention of Chen et al. (SIGIR'19, "Personalized
-Fashion Recommendation with Visual Explanations based on Multimodal Attention Network") without its reviews,
-trained end to end with DVBPR's BPR loss on DVBPR's triplets:
+"""A user-conditioned region-attention recommender, trained end to end with DVBPR's BPR loss on DVBPR's triplets.
+
+The visual attention of Chen et al. (SIGIR'19, "Personalized Fashion Recommendation with Visual Explanations based
+on Multimodal Attention Network"), without its reviews:
 
     f_r     = the backbone's last convolutional map, one C-dim feature per region r (CNN-F: conv5, h x h regions)
     a_u(r)  = softmax_r( w . tanh(W [f_r ; theta_u] + b) )
@@ -13,7 +14,6 @@ theta_u . P f_r split into an item part (one CNN pass per item) and a user part.
     python dvbpr/attention.py --dataset embedded --out runs/attention
 """
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -205,6 +205,7 @@ def train_attention(cfg, dataset=None):
 def main(argv=None):
     with stage_errors("attention"):
         cfg, protected = parse_config(AttentionConfig, argv, description=__doc__.split("\n")[0])
+        check_config(cfg)
         settle(cfg, protected, "attention")
         results = train_attention(cfg)
         print(f"attention: best epoch {results['best_epoch']}, test AUC {results['test']['all']:.4f} "

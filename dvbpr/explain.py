@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
 from common.checkpoint import load_checkpoint, write_json
 from common.cli import parse_config, stage_errors

@@ -149,7 +149,8 @@ def render_markdown(result):
     lines = [f"Faithfulness of the heat maps of {result['model']} on {result['dataset']}: {result['pairs']} (user, "
              f"top item) pairs, seed {result['seed']}; {result['device']}, {result['wall_seconds']} s.", ""]
     lines += markdown_table(COLUMNS, [[m, *(row[c] for c in COLUMNS[1:])] for m, row in methods.items()])
-    lines += ["", "Deletion curves: the mean score with the most-heated (salient) or random share of pixels greyed.", ""]
+    lines += ["", "Deletion curves: the mean score with the most-heated (salient) or random share of pixels greyed.",
+              ""]
     lines += markdown_table(["method", "order", *(f"{round(100 * f)}%" for f in result["deletion_fractions"])],
                             [[m, order, *row[f"deletion_{order}"]] for m, row in methods.items()
                              for order in ("salient", "random")])
