@@ -99,20 +99,23 @@ def open_attention(run, checkpoint, dataset_path, device):
                      lambda users: scorer()(users.to(device)))
 
 
+INFERNO = np.array([[0.0, 0.0, 0.02], [0.34, 0.06, 0.43], [0.8, 0.25, 0.3], [0.99, 0.64, 0.04], [0.99, 1.0, 0.64]])
+
+
 def heat_colours(heat):
-    """[..., 3] colours of heat in [0, 1]: red where it is low, yellow where it is high."""
-    return np.stack([np.ones_like(heat), heat, np.zeros_like(heat)], axis=-1)
+    """[..., 3] colours of heat in [0, 1] on an inferno-like ramp: black, purple, red, orange, pale yellow."""
+    stops = np.linspace(0, 1, len(INFERNO))
+    return np.stack([np.interp(heat, stops, INFERNO[:, c]) for c in range(3)], axis=-1)
 
 
 def overlay_tile(image, heat, tile_size):
-    """(image, image under its heat map) as PIL tiles: the heat, scaled to its maximum, tints where it is high."""
+    """(image, heat map over the image in grey) as PIL tiles; the heat is scaled to its maximum. The grey keeps the
+    garment's own colours from being read as heat."""
     picture = Image.fromarray(image.transpose(1, 2, 0)).resize((tile_size, tile_size), Image.NEAREST)
     heat = heat / heat.max() if heat.max() > 0 else heat
     heat = np.asarray(Image.fromarray(heat.astype(np.float32)).resize((tile_size, tile_size), Image.BILINEAR))
-    heat = np.clip(heat, 0, 1)
-    base = np.asarray(picture, dtype=np.float32) / 255
-    weight = 0.8 * heat[..., None]
-    tinted = (1 - weight) * base + weight * heat_colours(heat)
+    grey = np.asarray(picture.convert("L"), dtype=np.float32)[..., None] / 255
+    tinted = 0.3 * grey + 0.7 * heat_colours(np.clip(heat, 0, 1))
     return picture, Image.fromarray((tinted * 255 + 0.5).astype(np.uint8))
 
 
