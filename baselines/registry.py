@@ -5,7 +5,7 @@ and one line below."""
 from dataclasses import dataclass
 from typing import Callable
 
-from baselines import bpr, dvbpr_method, fm, ncf, poprank, rand, vbpr, visrank, warp
+from baselines import attention_method, bpr, dvbpr_method, fm, ncf, poprank, rand, vbpr, visrank, warp
 
 
 @dataclass(frozen=True)
@@ -25,5 +25,6 @@ METHODS = {
     "visrank": Method("VisRank", visrank.run, visual=True),
     "fm": Method("FM", fm.run, visual=True),
     "vbpr": Method("VBPR", vbpr.run, visual=True),
+    "attention": Method("Attention", attention_method.run),
     "dvbpr": Method("DVBPR", dvbpr_method.run),
 }

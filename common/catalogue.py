@@ -25,7 +25,8 @@ seed) a catalogue shaped like it, so that every stage runs on a fresh machine wi
   distinct items with probability proportional to popularity * exp(taste score); item popularity is lognormal,
   so most items are cold (< 5 training interactions). One interaction per user is held out for validation and
   one for test at random, as in the paper.
-The hidden truth is saved beside the catalogue as <name>.truth.npz (see `load_truth`, `true_scores`).
+The hidden truth is saved beside the catalogue as <name>.truth.npz (see `load_truth`, `true_scores`): the
+taste and attributes, each item's garment mask as the renderer drew it, and each user's top attribute.
 """
 import colorsys
 import dataclasses
@@ -41,6 +42,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from common.checkpoint import fingerprint
+from common.errors import DatasetError
 from common.original_format import save_original_format
 
 EMBEDDED_PREFIX = "EmbeddedFashion6_"
@@ -53,6 +55,8 @@ COLOUR_FAMILIES = {
 }
 PATTERNS = ("plain", "stripes", "dots", "checks")
 ATTRIBUTE_NAMES = (*CATEGORY_NAMES, *COLOUR_FAMILIES, *PATTERNS, "bulk")
+ATTRIBUTE_GROUPS = (("category",) * len(CATEGORY_NAMES) + ("colour",) * len(COLOUR_FAMILIES)
+                    + ("pattern",) * len(PATTERNS) + ("bulk",))
 FASHION_MNIST_CLASSES = {0: (2, 4, 6), 1: (0,), 2: (1,), 3: (3,), 4: (7, 9), 5: (5,)}
 FASHION_MNIST_DIRS = (Path("data/fashion-mnist"), Path("/usr/share/datasets/fashion-mnist"))
 MIN_INTERACTIONS = 5
@@ -82,6 +86,8 @@ class CatalogueTruth:
     item_category: np.ndarray       # [itemnum] int64
     item_colour: np.ndarray         # [itemnum] int64, index into COLOUR_FAMILIES
     item_pattern: np.ndarray        # [itemnum] int64, index into PATTERNS
+    item_garment_mask: np.ndarray   # [itemnum, image_size, image_size] bool: garment alpha >= 0.5
+    user_top_attribute: np.ndarray  # [usernum] int64: the attribute whose presence raises the taste score most
     attribute_names: tuple
     config: dict
 
@@ -139,6 +145,11 @@ def ensure_embedded_catalogue(data_dir=Path("data/embedded"), cfg: CatalogueConf
     return path
 
 
+def _streams(seed):
+    """The generator's four random streams: items, images, users, interactions."""
+    return [np.random.default_rng(seq) for seq in np.random.SeedSequence(seed).spawn(4)]
+
+
 def generate_catalogue(path, cfg: CatalogueConfig) -> Path:
     """Write the catalogue to `path` (.npy, original layout) and its truth beside it; both appear atomically."""
     if cfg.num_users < 1 or cfg.num_items < 4 * MIN_INTERACTIONS or cfg.image_size < 16:
@@ -147,11 +158,10 @@ def generate_catalogue(path, cfg: CatalogueConfig) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     source = resolve_image_source(cfg)
-    item_rng, image_rng, user_rng, interaction_rng = (
-        np.random.default_rng(seq) for seq in np.random.SeedSequence(cfg.seed).spawn(4))
+    item_rng, image_rng, user_rng, interaction_rng = _streams(cfg.seed)
 
     items = _sample_items(item_rng, cfg.num_items)
-    images, bulk = _render_images(image_rng, items, cfg, source)
+    images, bulk, masks = _render_images(image_rng, items, cfg, source)
     attributes = _item_attributes(items, bulk)
     taste = _sample_taste(user_rng, cfg.num_users)
     log_popularity = item_rng.normal(0.0, cfg.popularity_sigma, cfg.num_items).astype(np.float32)
@@ -161,19 +171,49 @@ def generate_catalogue(path, cfg: CatalogueConfig) -> Path:
     records = [{"imgs": image, "c": [int(c == k) for k in range(len(CATEGORY_NAMES))]}
                for image, c in zip(images, items["category"])]
     temp_npy = path.with_name(f".{path.stem}.{os.getpid()}.partial.npy")
-    temp_truth = path.with_name(f".{path.stem}.{os.getpid()}.partial.truth.npz")
     try:
         save_original_format(temp_npy, user_train, user_validation, user_test, records, cfg.num_users, cfg.num_items)
-        np.savez(temp_truth, user_taste=taste, item_attributes=attributes, item_log_popularity=log_popularity,
-                 item_category=items["category"], item_colour=items["colour"], item_pattern=items["pattern"],
-                 attribute_names=np.array(ATTRIBUTE_NAMES),
-                 config=np.array(json.dumps({**dataclasses.asdict(cfg), "image_source": source})))
-        os.replace(temp_truth, truth_path(path))
+        _write_truth(truth_path(path), user_taste=taste, item_attributes=attributes,
+                     item_log_popularity=log_popularity, item_category=items["category"],
+                     item_colour=items["colour"], item_pattern=items["pattern"], item_garment_mask=masks,
+                     user_top_attribute=taste.argmax(axis=1), attribute_names=np.array(ATTRIBUTE_NAMES),
+                     config=np.array(json.dumps({**dataclasses.asdict(cfg), "image_source": source})))
         os.replace(temp_npy, path)
     finally:
         temp_npy.unlink(missing_ok=True)
-        temp_truth.unlink(missing_ok=True)
     return path
+
+
+def _write_truth(path, **fields):
+    temp = path.with_name(f".{path.stem}.{os.getpid()}.partial.npz")
+    try:
+        np.savez_compressed(temp, **fields)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _add_missing_truth(path, fields):
+    """The garment masks and top attributes of a truth file written before it kept them: the renderer runs again
+    on the saved settings (same seed, same streams, so the same images) and its bulk must match the saved one.
+    The completed file replaces the old one where it can be written."""
+    cfg = CatalogueConfig(**json.loads(fields["config"].item()))
+    item_rng, image_rng, _, _ = _streams(cfg.seed)
+    items = _sample_items(item_rng, cfg.num_items)
+    try:
+        _, bulk, masks = _render_images(image_rng, items, cfg, cfg.image_source)
+    except FileNotFoundError as exc:
+        raise DatasetError(f"{path} has no garment masks and they cannot be redrawn ({exc}): generate the "
+                           "catalogue again") from exc
+    if not np.allclose(_item_attributes(items, bulk), fields["item_attributes"], atol=1e-4):
+        raise DatasetError(f"{path} has no garment masks and redrawing them gave other images: generate the "
+                           "catalogue again")
+    fields.update(item_garment_mask=masks, user_top_attribute=fields["user_taste"].argmax(axis=1))
+    try:
+        _write_truth(path, **fields)
+    except OSError:
+        pass  # a read-only copy: the masks are used from memory
+    return fields
 
 
 def load_truth(path) -> CatalogueTruth:
@@ -182,11 +222,13 @@ def load_truth(path) -> CatalogueTruth:
     if not path.name.endswith(".truth.npz"):
         path = truth_path(path)
     with np.load(path) as f:
-        return CatalogueTruth(
-            user_taste=f["user_taste"], item_attributes=f["item_attributes"],
-            item_log_popularity=f["item_log_popularity"], item_category=f["item_category"],
-            item_colour=f["item_colour"], item_pattern=f["item_pattern"],
-            attribute_names=tuple(f["attribute_names"].tolist()), config=json.loads(f["config"].item()))
+        fields = {name: f[name] for name in f.files}
+    if "item_garment_mask" not in fields:
+        fields = _add_missing_truth(path, fields)
+    return CatalogueTruth(
+        **{name: fields[name] for name in ("user_taste", "item_attributes", "item_log_popularity", "item_category",
+                                           "item_colour", "item_pattern", "item_garment_mask", "user_top_attribute")},
+        attribute_names=tuple(fields["attribute_names"].tolist()), config=json.loads(fields["config"].item()))
 
 
 def true_scores(truth: CatalogueTruth) -> np.ndarray:
@@ -276,21 +318,21 @@ def _split(rng, chosen):
 # ----------------------------------------------------------------------------- images
 
 def _render_images(rng, items, cfg, source):
-    """JPEG bytes of every item and its bulk (mean garment alpha)."""
+    """JPEG bytes of every item, its bulk (mean garment alpha) and its garment mask (alpha >= 0.5)."""
     size, n = cfg.image_size, len(items["category"])
     photos = _fashion_mnist_photos(rng, items["category"], cfg.fashion_mnist_dir) if source == "fashion-mnist" else None
-    images, bulk = [], np.zeros(n)
+    images, bulk, masks = [], np.zeros(n), np.zeros((n, size, size), dtype=bool)
     for i in tqdm(range(n), desc=f"rendering {source} catalogue", unit="img", leave=False):
         item = {key: value[i] for key, value in items.items()}
         if photos is None:
             pixels, alpha = render_procedural(item, size, rng)
         else:
             pixels, alpha = colourise_photo(photos[i], item, size, rng)
-        bulk[i] = alpha.mean()
+        bulk[i], masks[i] = alpha.mean(), alpha >= 0.5
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="JPEG", quality=cfg.jpeg_quality)
         images.append(buffer.getvalue())
-    return images, bulk
+    return images, bulk, masks
 
 
 def _fill(item, size, rng):

@@ -1,6 +1,7 @@
 """Backbones of DVBPR's image network Phi, by name (`--backbone`): each maps images [B, 3, S, S] in [-1, 1] to
 features [B, feature_width] and declares `input_size`, `feature_width`, `regularised_weights()` (what the
-lambda_w decay covers) and `initialise()` (called by DVBPR once its head exists).
+lambda_w decay covers), `initialise()` (called by DVBPR once its head exists) and `last_conv_map`: the module whose
+output is its last convolutional map [B, C, h, w] (Grad-CAM's layer), or None where it has none (ViT's tokens).
 
 Adding one is a builder function here and one line in BACKBONES. torchvision's networks are built from
 torchvision's own constructors, with ImageNet weights read from a file (`--backbone-weights`, e.g. one fetched by
@@ -60,6 +61,11 @@ class TorchvisionBackbone(nn.Module):
 
     def regularised_weights(self):
         return [p for p in self.network.parameters() if p.ndim > 1]
+
+    @property
+    def last_conv_map(self):
+        """A ResNet's layer4; None for ViT."""
+        return getattr(self.network, "layer4", None)
 
     def forward(self, x):
         return self.network(self.normalise(x))

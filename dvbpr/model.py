@@ -34,6 +34,11 @@ def feature_map_size(image_size):
     return side
 
 
+def pool(x):
+    """The original's 2x2/2 max-pool; ceil_mode is TF's SAME on odd sides."""
+    return F.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
+
+
 class CNNF(nn.Module):
     """The backbone of Phi: images [B, 3, S, S] in [-1, 1] -> features [B, fc_width]; the head is fc3.
 
@@ -68,6 +73,7 @@ class CNNF(nn.Module):
         self.fc1 = nn.Linear(w5 * feature_map_size(image_size) ** 2, fc_width)
         self.fc2 = nn.Linear(fc_width, fc_width)
         self.dropout = nn.Dropout(dropout)
+        self.last_conv_map = nn.Identity()  # where layer attributions (Grad-CAM) hook conv5's map; no weights
 
     def layers(self):
         return [self.conv1, self.conv2, self.conv3, self.conv4, self.conv5, self.fc1, self.fc2]
@@ -82,14 +88,18 @@ class CNNF(nn.Module):
         """The weights the original decays (wc1-wc5, wd1-wd2; the head's wd3 is DVBPR's); biases are not."""
         return [layer.weight for layer in self.layers()]
 
-    def feature_map(self, x):
-        """conv5's pooled output [B, widths[4], s, s]: the image regions the fc layers see."""
-        pool = lambda t: F.max_pool2d(t, kernel_size=2, stride=2, ceil_mode=True)  # ceil = TF SAME on odd sides
+    def conv_map(self, x):
+        """conv5's output after its ReLU, before the last pool [B, widths[4], h, h]: the last convolutional map,
+        14 x 14 at 224 px and 2 x 2 at 32 px (where the pooled map is a single cell)."""
         x = pool(F.relu(self.conv1(F.pad(x, self.conv1_pad))))
         x = pool(F.relu(self.conv2(x)))
         x = F.relu(self.conv3(x))
         x = F.relu(self.conv4(x))
-        return pool(F.relu(self.conv5(x)))
+        return self.last_conv_map(F.relu(self.conv5(x)))
+
+    def feature_map(self, x):
+        """conv5's pooled output [B, widths[4], s, s]: the image regions the fc layers see."""
+        return pool(self.conv_map(x))
 
     def forward(self, x):
         x = torch.flatten(self.feature_map(x), 1)
@@ -122,6 +132,10 @@ class DVBPR(nn.Module):
     def phi(self, images):
         """Item embeddings Phi(X) [B, K]."""
         return self.head(self.backbone(images))
+
+    def score(self, users, images):
+        """x_ui = theta_u . Phi(X_i) [B] of each user with the image in the same row."""
+        return (self.theta[users] * self.phi(images).float()).sum(dim=1)
 
     def forward(self, users, images_i, images_j):
         """x_ui - x_uj for a batch of triplets. Siamese: one pass over the 2B images, shared weights."""

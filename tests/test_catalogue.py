@@ -77,6 +77,27 @@ def test_truth_matches_the_dataset(tiny):
     assert truth.config["image_source"] == "procedural"
 
 
+def test_truth_keeps_the_garment_masks_and_each_users_top_attribute(tiny):
+    dataset, truth = tiny
+    masks = truth.item_garment_mask
+    assert masks.shape == (dataset.itemnum, 32, 32) and masks.dtype == bool
+    pixels = np.stack([decode(b) for b in dataset.image_bytes]).min(axis=3)
+    assert np.mean(pixels[~masks] > 200) > 0.9 and np.mean(pixels[masks] < 200) > 0.5  # white around the garment
+    np.testing.assert_array_equal(truth.user_top_attribute, truth.user_taste.argmax(axis=1))
+
+
+def test_a_truth_file_without_masks_gets_them_redrawn(tmp_path, tiny):
+    _, truth = tiny
+    path = generate_catalogue(tmp_path / "old.npy", TINY)
+    with np.load(truth_path(path)) as f:
+        old = {name: f[name] for name in f.files if name not in ("item_garment_mask", "user_top_attribute")}
+    np.savez(truth_path(path), **old)   # as the generator wrote it before it kept them
+    redrawn = load_truth(path)
+    np.testing.assert_array_equal(redrawn.item_garment_mask, truth.item_garment_mask)
+    np.testing.assert_array_equal(redrawn.user_top_attribute, truth.user_top_attribute)
+    assert "item_garment_mask" in np.load(truth_path(path)).files   # saved, not redrawn every time
+
+
 def test_same_config_gives_identical_bytes(tmp_path):
     first = generate_catalogue(tmp_path / "a.npy", TINY).read_bytes()
     assert generate_catalogue(tmp_path / "b.npy", TINY).read_bytes() == first
