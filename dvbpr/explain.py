@@ -87,7 +87,7 @@ def open_explained(run, dataset_path=None, device="cpu"):
 
 def open_attention(run, checkpoint, dataset_path, device):
     cfg = AttentionConfig(**checkpoint["config"])
-    dataset = open_run_dataset(run, dataset_path or cfg.dataset)
+    dataset = open_run_dataset(run, dataset_path or cfg.dataset, None)
     model = build_attention(cfg, checkpoint["model"]["theta"].shape[0])
     model.load_state_dict(checkpoint["model"])
     model = model.to(device).eval().requires_grad_(False)
