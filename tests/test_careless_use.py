@@ -119,3 +119,18 @@ def test_a_huge_image_is_not_decoded(tmp_path):
     Image.new("1", (64, 64)).save(tmp_path / "small.png")
     assert decode_image((tmp_path / "small.png").read_bytes(), 32).shape == (3, 32, 32)
     assert np.asarray(decode_image((tmp_path / "small.png").read_bytes(), 32)).max() == 0
+
+
+def test_preference_maximisation_and_a_baseline_stop_when_they_diverge():
+    from baselines.bpr import BPRMF
+    from baselines.train import FitSettings, fit
+    from tests.test_pm import tiny_designer
+
+    designer = tiny_designer()
+    designer.dvbpr.head.weight.data[0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="preference maximisation diverged .* lower --lr"):
+        designer.maximise(torch.zeros(2, designer.z_dim), user=0, category=1, steps=2, lr=0.1)
+    dataset = interactions_only(3, 6, [[0, 1], [2], [3]], [4, 5, 4], [5, 4, 5])
+    nan_loss = lambda model, users, positives, negatives, reg: model(users, positives[:, None]).sum() * float("nan")
+    with pytest.raises(TrainingDiverged, match="BPR-MF: the loss became nan in epoch 1; lower --lr"):
+        fit(BPRMF(3, 6, 2), dataset, nan_loss, 0.0, FitSettings(epochs=2, batch_size=4), "cpu", desc="BPR-MF")
