@@ -27,7 +27,7 @@ from common.classifier import train_classifier
 from common.device import autocast, memory_format
 from common.errors import DatasetError
 from common.images import ImageStore, image_cache
-from dvbpr.run import ImageNetInput, build_backbone, load_torchvision_weights
+from dvbpr.backbones import ImageNetInput, build_backbone, load_torchvision_weights
 
 IMAGENET_SIZE = 224
 

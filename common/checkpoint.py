@@ -3,6 +3,7 @@
 A checkpoint is a dict: {"stage", "model", "optimizer", "config", "epoch", "step", "metrics", ...}; `stage` names
 the stage that wrote it ("dvbpr", "gan", "classifier", ...) and every load checks it.
 """
+import dataclasses
 import errno
 import hashlib
 import json
@@ -63,19 +64,28 @@ def write_json(path, content):
     atomic_write(path, lambda f: f.write((json.dumps(content, indent=2) + "\n").encode()))
 
 
+def saved_config(cfg_cls, saved, source):
+    """The `cfg_cls` a checkpoint's config dict describes; CheckpointError naming the settings this version of the
+    code does not know."""
+    unknown = sorted(set(saved) - {field.name for field in dataclasses.fields(cfg_cls)})
+    if unknown:
+        raise CheckpointError(f"{source} has settings this version does not know: {', '.join(unknown)}")
+    return cfg_cls(**saved)
+
+
 def fingerprint(content, length=10):
     """A short hex digest of a JSON-able dict: the key of every cache (images, features, classifiers, catalogues)."""
     return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:length]
 
 
-def load_checkpoint(path, stage=None, map_location="cpu", fields=()):
+def load_checkpoint(path, stage=None, map_location="cpu", fields=(), mmap=False):
     """The checkpoint dict at `path`; with `stage`, refused unless that stage wrote it, and unless it has every
-    one of `fields`."""
+    one of `fields`. `mmap` maps the tensors instead of reading them (for a look at the config alone)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     found = checkpoint.get("stage") if isinstance(checkpoint, dict) else type(checkpoint).__name__

@@ -19,10 +19,10 @@ import types
 import typing
 from pathlib import Path
 
-from common.checkpoint import load_checkpoint
+from common.checkpoint import load_checkpoint, saved_config
 from common.data import resolve_dataset
 from common.distributed import setup, teardown
-from common.errors import ConfigError, ProjectError
+from common.errors import ProjectError
 
 
 def _strip_optional(kind):
@@ -86,11 +86,9 @@ def settle(cfg, protected, stage, demo=None, say=print, embedded=None):
     stage that reads its data from an earlier run), `cfg.dataset` is resolved to the absolute path of the dataset
     file, so that the run reopens the very file from any working directory."""
     if getattr(cfg, "resume", False):
-        saved = load_checkpoint(Path(cfg.out or Path("runs") / stage) / "checkpoint.pt", stage)["config"]
-        unknown = sorted(set(saved) - {field.name for field in dataclasses.fields(cfg)})
-        if unknown:
-            raise ConfigError(f"the run to resume has settings this version does not know: {', '.join(unknown)}")
-        apply_settings(cfg, saved, protected | {"resume"})
+        path = Path(cfg.out or Path("runs") / stage) / "checkpoint.pt"
+        saved = saved_config(type(cfg), load_checkpoint(path, stage, mmap=True)["config"], path)
+        apply_settings(cfg, dataclasses.asdict(saved), protected | {"resume"})
     if embedded is None:
         path, embedded = resolve_dataset(cfg.dataset)
         cfg.dataset = str(path)

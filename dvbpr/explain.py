@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from common.checkpoint import load_checkpoint, write_json
+from common.checkpoint import load_checkpoint, saved_config, write_json
 from common.cli import parse_config, stage_errors
 from common.device import pick_device
 from common.errors import ConfigError, RunError
@@ -86,7 +86,7 @@ def open_explained(run, dataset_path=None, device="cpu"):
 
 
 def open_attention(run, checkpoint, dataset_path, device):
-    cfg = AttentionConfig(**checkpoint["config"])
+    cfg = saved_config(AttentionConfig, checkpoint["config"], run)
     dataset = open_run_dataset(run, dataset_path or cfg.dataset, None)
     model = build_attention(cfg, checkpoint["model"]["theta"].shape[0])
     model.load_state_dict(checkpoint["model"])

@@ -1,22 +1,15 @@
 """A finished DVBPR run read back from its directory: settings, dataset, weights and item embeddings. Every later
-stage (recommending, preference maximisation, the baselines' table) opens DVBPR through this module alone; it
-also hands on the backbone registry, which the baselines' visual features share."""
+stage (recommending, preference maximisation, the baselines' table) opens a trained DVBPR through this module."""
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from common.checkpoint import load_checkpoint
+from common.checkpoint import load_checkpoint, saved_config
 from common.data import Dataset, open_dataset
 from common.errors import RunError
 from common.images import ImageStore, image_cache
-from dvbpr.backbones import (  # noqa: F401
-    BACKBONES,
-    ImageNetInput,
-    build_backbone,
-    load_torchvision_weights,
-)
 from dvbpr.model import DVBPR, embed_items
 from dvbpr.train import DVBPRConfig, build_model, save_embeddings
 
@@ -33,15 +26,6 @@ class TrainedRun:
     model: DVBPR | None
 
 
-def run_config(saved, path):
-    """The DVBPRConfig a checkpoint was written with; RunError naming the settings this version does not know."""
-    known = {field.name for field in dataclasses.fields(DVBPRConfig)}
-    unknown = sorted(set(saved) - known)
-    if unknown:
-        raise RunError(f"{path} has settings this version of DVBPR does not know: {', '.join(unknown)}")
-    return DVBPRConfig(**saved)
-
-
 def load_weights(run, device="cpu"):
     """(path, checkpoint) of best.pt (the best validation epoch, as embeddings.pt), else of checkpoint.pt."""
     path = next((p for p in (run / "best.pt", run / "checkpoint.pt") if p.is_file()), None)
@@ -53,7 +37,7 @@ def load_weights(run, device="cpu"):
 
 def load_model(checkpoint, path, device="cpu"):
     """The checkpoint's DVBPR in eval mode, without gradients."""
-    cfg = run_config(checkpoint["config"], path)
+    cfg = saved_config(DVBPRConfig, checkpoint["config"], path)
     model = build_model(cfg, checkpoint["model"]["theta"].shape[0])
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval().requires_grad_(False)
@@ -68,7 +52,7 @@ def open_run(run, dataset_path=None, device="cpu", with_model=False):
     exported = load_checkpoint(run / "embeddings.pt", "dvbpr-embeddings") if (run / "embeddings.pt").is_file() \
         else None
     weights, checkpoint = load_weights(run, device) if with_model or exported is None else (None, None)
-    config = run_config((checkpoint or exported)["config"], run)
+    config = saved_config(DVBPRConfig, (checkpoint or exported)["config"], run)
     dataset = open_run_dataset(run, dataset_path or config.dataset, config.cache_dir)
     model = load_model(checkpoint, weights, device) if checkpoint else None
     if exported is None or (checkpoint and exported["step"] != checkpoint["step"]):

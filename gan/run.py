@@ -1,12 +1,11 @@
 """A trained GAN read back from its run directory: G and D in inference mode, its settings and its category
 classifier. Preference maximisation opens the GAN through this module alone."""
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from common.checkpoint import load_checkpoint
+from common.checkpoint import load_checkpoint, saved_config
 from common.classifier import load_classifier, train_or_load_classifier
 from common.errors import RunError
 from gan.model import Discriminator, Generator, sample_z
@@ -32,12 +31,15 @@ class GANRun:
     num_categories: int
     step: int
 
-    def category_classifier(self, dataset, device, store=None, fallback_dir=None):
-        """The run's category classifier (classifier.pt), else one trained now and saved in `fallback_dir`."""
+    def saved_classifier(self, device):
+        """The category classifier trained with the run (classifier.pt), or None."""
         path = self.path / "classifier.pt"
-        if path.is_file():
-            return load_classifier(load_checkpoint(path, "classifier", map_location=device), device)
-        return train_or_load_classifier(dataset, self.config.image_size, Path(fallback_dir) / "classifier.pt",
+        return load_classifier(load_checkpoint(path, "classifier", map_location=device), device) \
+            if path.is_file() else None
+
+    def category_classifier(self, dataset, device, store=None, fallback_dir=None):
+        """The run's category classifier, else one trained now and saved in `fallback_dir`."""
+        return self.saved_classifier(device) or train_or_load_classifier(dataset, self.config.image_size, Path(fallback_dir) / "classifier.pt",
                                         device, self.config.resize_filter, store)
 
 
@@ -48,12 +50,7 @@ def open_gan_run(run, device="cpu"):
         raise RunError(f"no trained GAN in {run} (checkpoint.pt): make it with "
                        f"`python gan/main.py --train --out {run}`")
     checkpoint = load_checkpoint(run / "checkpoint.pt", "gan", device, ("model", "config", "num_categories", "step"))
-    known = {field.name for field in dataclasses.fields(GANConfig)}
-    unknown = sorted(set(checkpoint["config"]) - known)
-    if unknown:
-        raise RunError(f"{run / 'checkpoint.pt'} has settings this version of the GAN does not know: "
-                       f"{', '.join(unknown)}")
-    cfg = GANConfig(**checkpoint["config"])
+    cfg = saved_config(GANConfig, checkpoint["config"], run / "checkpoint.pt")
     generator, discriminator = build_gan(cfg, checkpoint["num_categories"], device)
     generator.load_state_dict(checkpoint["model"]["generator"])
     discriminator.load_state_dict(checkpoint["model"]["discriminator"])
@@ -74,9 +71,8 @@ def write_category_grids(run_path, device, bf16=True, seed=0):
         paths.append(run.path / "samples" / f"test_arange_{category}.png")
         save_grid(generate(run.generator, z, labels, bf16), paths[-1])
     print(f"wrote {len(paths)} grids to {run.path / 'samples'} (step {run.step})")
-    classifier_path = run.path / "classifier.pt"
-    if classifier_path.is_file():
-        classifier = load_classifier(load_checkpoint(classifier_path, "classifier", map_location=device), device)
+    classifier = run.saved_classifier(device)
+    if classifier is not None:
         print(format_consistency(measure_consistency(run.generator, classifier, run.num_categories,
                                                      run.config.consistency_samples, run.generator.z_dim,
                                                      device, bf16, seed)))

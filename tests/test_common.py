@@ -78,7 +78,7 @@ def test_a_resumed_run_takes_its_saved_settings_under_the_flags(tmp_path):
     cfg = settled(["--resume", "--out", str(tmp_path), "--lr", "0.5"])
     assert (cfg.factors, cfg.lr, cfg.amp, cfg.resume) == (3, 0.5, True, True)   # no demo on a resumed run
     save_checkpoint(tmp_path / "checkpoint.pt", {"stage": "toy", "config": {"factors": 3, "stranger": 1}})
-    with pytest.raises(ConfigError, match="stranger"):
+    with pytest.raises(CheckpointError, match="stranger"):
         settled(["--resume", "--out", str(tmp_path)])
     save_checkpoint(tmp_path / "checkpoint.pt", {"stage": "gan", "config": {}})
     with pytest.raises(CheckpointError, match="written by the 'gan' stage, not by 'toy'"):

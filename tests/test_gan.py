@@ -237,7 +237,7 @@ def test_a_checkpoint_of_another_stage_is_refused_naming_both(tmp_path):
         open_gan_run(tmp_path)
     save_checkpoint(tmp_path / "checkpoint.pt", {"stage": "gan", "config": {"image_size": 32, "extra": 1},
                                                  "model": {}, "num_categories": 6, "step": 1})
-    with pytest.raises(RunError, match="does not know: extra"):
+    with pytest.raises(CheckpointError, match="does not know: extra"):
         open_gan_run(tmp_path)
 
 
