@@ -78,6 +78,14 @@ def fingerprint(content, length=10):
     return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:length]
 
 
+def restore_optimizer(optimizer, state, lr):
+    """An optimizer's saved state, at the learning rate of the settings now (a --lr given with --resume applies;
+    the saved param groups would otherwise bring back the old one)."""
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def load_checkpoint(path, stage=None, map_location="cpu", fields=(), mmap=False):
     """The checkpoint dict at `path`; with `stage`, refused unless that stage wrote it, and unless it has every
     one of `fields`. `mmap` maps the tensors instead of reading them (for a look at the config alone)."""

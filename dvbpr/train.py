@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.checkpoint import load_checkpoint, save_checkpoint, write_json
+from common.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint, write_json
 from common.data import open_dataset
 from common.device import autocast, fused_adam_kwargs, memory_format, pick_device
 from common.distributed import Ranks, unwrap
@@ -242,9 +242,7 @@ def start_or_resume(cfg, out, model, optimizer, sampler, ranks):
     checkpoint = load_checkpoint(out / "checkpoint.pt", "dvbpr", fields=("model", "optimizer", "sampler", "epoch",
                                                                           "step", "seconds", "metrics"))
     model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    for group in optimizer.param_groups:  # a --lr given now applies to the resumed run
-        group["lr"] = cfg.lr
+    restore_optimizer(optimizer, checkpoint["optimizer"], cfg.lr)
     sampler.load_state_dict(checkpoint["sampler"])
     ranks.print(f"resuming {out} after epoch {checkpoint['epoch']} (step {checkpoint['step']})")
     return dict(epoch=checkpoint["epoch"], step=checkpoint["step"], seconds=checkpoint["seconds"],

@@ -27,7 +27,7 @@ import torch
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from common.checkpoint import load_checkpoint, save_checkpoint
+from common.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
 from common.classifier import train_or_load_classifier
 from common.data import open_dataset
 from common.device import autocast, fused_adam_kwargs, memory_format, pick_device
@@ -231,8 +231,8 @@ class GANTraining:
         check_architecture(self.cfg, checkpoint["config"])
         self.generator.load_state_dict(checkpoint["model"]["generator"])
         self.discriminator.load_state_dict(checkpoint["model"]["discriminator"])
-        self.opt_g.load_state_dict(checkpoint["optimizer"]["generator"])
-        self.opt_d.load_state_dict(checkpoint["optimizer"]["discriminator"])
+        restore_optimizer(self.opt_g, checkpoint["optimizer"]["generator"], self.cfg.lr)
+        restore_optimizer(self.opt_d, checkpoint["optimizer"]["discriminator"], self.cfg.lr)
         self.sample_z = checkpoint["sample_z"].to(device)
         self.sample_labels = checkpoint["sample_labels"].to(device)
         self.step = checkpoint["step"]

@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from common.checkpoint import fingerprint, load_checkpoint, save_checkpoint, write_json
+from common.checkpoint import fingerprint, load_checkpoint, restore_optimizer, save_checkpoint, write_json
 from common.cli import apply_settings, parse_config, settle, stage_errors
 from common.device import autocast, pick_device
 from common.errors import CheckpointError, ConfigError, DatasetError
@@ -167,3 +167,13 @@ def test_cpu_device_helpers():
             pick_device("cuda")
     with pytest.raises(ConfigError, match="'tpu' is not a device|runs on cpu or cuda"):
         pick_device("tpu")
+
+
+def test_a_restored_optimizer_takes_the_learning_rate_given_now():
+    weight = torch.nn.Parameter(torch.ones(2))
+    saved = torch.optim.Adam([weight], lr=0.1)
+    weight.sum().backward()
+    saved.step()
+    resumed = torch.optim.Adam([weight], lr=0.1)
+    restore_optimizer(resumed, saved.state_dict(), lr=0.5)
+    assert resumed.param_groups[0]["lr"] == 0.5 and resumed.state[weight]["step"] == 1
