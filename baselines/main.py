@@ -24,7 +24,7 @@ from baselines.registry import METHODS
 from baselines.table import build_table, render_markdown, write_table
 from baselines.train import Context
 from baselines.warp import MAX_TRIALS
-from common.cli import parse_config, settle, stage_errors
+from common.cli import parse_config, require_positive, settle, stage_errors
 from common.data import open_dataset
 from common.device import describe, pick_device
 from common.errors import ConfigError
@@ -85,9 +85,7 @@ def check_config(cfg):
     unknown = sorted(set(cfg.models) - set(METHODS))
     if unknown:
         raise ConfigError(f"unknown model(s) {', '.join(unknown)}; choose from {' '.join(METHODS)}")
-    for name in ("epochs", "batch_size", "feature_image_size", "feature_epochs"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    require_positive(cfg, "epochs", "batch_size", "feature_image_size", "feature_epochs")
 
 
 def table_iii(cfg):

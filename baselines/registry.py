@@ -5,7 +5,18 @@ and one line below."""
 from dataclasses import dataclass
 from typing import Callable
 
-from baselines import attention_method, bpr, dvbpr_method, fm, ncf, poprank, rand, vbpr, visrank, warp
+from baselines import (
+    attention_method,
+    bpr,
+    dvbpr_method,
+    fm,
+    ncf,
+    poprank,
+    rand,
+    vbpr,
+    visrank,
+    warp,
+)
 
 
 @dataclass(frozen=True)

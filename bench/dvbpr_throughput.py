@@ -1,8 +1,8 @@
 """DVBPR throughput on a synthetic catalogue: training triplets/s, item embeddings/s and exact-AUC users/s.
 
-    python bench/dvbpr_throughput.py                                      # 64 px, small catalogue, CPU and CUDA if present
+    python bench/dvbpr_throughput.py                               # 64 px, small catalogue, CPU and CUDA if present
     python bench/dvbpr_throughput.py --devices cuda --image-size 224 --users 64583 --items 234892 --steps 100
-    python bench/dvbpr_throughput.py --stream                             # images streamed from a memory-mapped file
+    python bench/dvbpr_throughput.py --stream                      # images streamed from a memory-mapped file
     torchrun --nproc_per_node=2 bench/dvbpr_throughput.py --devices cuda  # the same under DistributedDataParallel
 
 Images are random uint8 (item i shows image i mod --images, so a full-size catalogue needs no 35 GB cache), kept

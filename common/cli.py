@@ -22,7 +22,7 @@ from pathlib import Path
 from common.checkpoint import load_checkpoint, saved_config
 from common.data import resolve_dataset
 from common.distributed import setup, teardown
-from common.errors import ProjectError
+from common.errors import ConfigError, ProjectError
 
 
 def _strip_optional(kind):
@@ -65,6 +65,14 @@ def parse_config(cfg_cls, argv=None, presets=None, description=""):
 def typed_flags(cfg_cls, argv=None):
     """The names of the fields that flags typed on the command line set (rule 1 alone, without the preset's)."""
     return parse_config(cfg_cls, argv)[1]
+
+
+def require_positive(cfg, *names):
+    """ConfigError naming the first of the fields `names` below 1 (sizes, counts and epochs)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
 def describe_settings(settings):

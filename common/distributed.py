@@ -18,8 +18,8 @@ import torch.nn as nn
 from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 from torch.nn.parallel import DistributedDataParallel
 
-from common.seeding import derived_seed
 from common.device import describe, pick_device
+from common.seeding import derived_seed
 
 
 def _initialised():

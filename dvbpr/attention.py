@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common.checkpoint import load_checkpoint, save_checkpoint, write_json
-from common.cli import parse_config, settle, stage_errors
+from common.cli import parse_config, require_positive, settle, stage_errors
 from common.data import open_dataset
 from common.device import pick_device
 from common.errors import ConfigError, TrainingDiverged
@@ -138,9 +138,7 @@ class AttentionConfig:
 
 
 def check_config(cfg):
-    for name in ("k", "hidden", "image_size", "batch_size", "epochs"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    require_positive(cfg, "k", "hidden", "image_size", "batch_size", "epochs")
     if len(cfg.conv_widths) != 5 or min(cfg.conv_widths) < 1:
         raise ConfigError(f"--conv-widths takes five positive channel counts, got {cfg.conv_widths}")
 

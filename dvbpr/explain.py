@@ -20,14 +20,14 @@ import torch
 from PIL import Image, ImageDraw
 
 from common.checkpoint import load_checkpoint, saved_config, write_json
-from common.cli import parse_config, stage_errors
+from common.cli import parse_config, require_positive, stage_errors
 from common.device import pick_device
 from common.errors import ConfigError, RunError
 from common.images import ImageStore, image_cache
 from dvbpr.attention import AttentionConfig, build_attention
+from dvbpr.explain_eval import evaluate
 from dvbpr.recommend import category_name, check_id, history
 from dvbpr.run import check_size, open_run, open_run_dataset
-from dvbpr.explain_eval import evaluate
 from dvbpr.saliency import METHODS, check_method, explain_items
 
 MAX_K = 20   # items in one strip
@@ -173,9 +173,7 @@ def explain_user(explained, cfg):
 
 
 def check_request(cfg):
-    for name in ("users", "ig_steps", "batch_size", "tile_size"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    require_positive(cfg, "users", "ig_steps", "batch_size", "tile_size")
     if cfg.evaluate:
         return
     if cfg.user is None:

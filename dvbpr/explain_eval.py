@@ -26,8 +26,14 @@ from common.device import describe
 from common.errors import ConfigError
 from common.images import RESIZE_FILTERS
 from dvbpr.recommend import history
-from dvbpr.saliency import (DELETION_FRACTIONS, applicable_methods, deletion_curve, explain_items,
-                            garment_heat_share, salience_order)
+from dvbpr.saliency import (
+    DELETION_FRACTIONS,
+    applicable_methods,
+    deletion_curve,
+    explain_items,
+    garment_heat_share,
+    salience_order,
+)
 
 GROUPS = tuple(dict.fromkeys(ATTRIBUTE_GROUPS))
 COLUMNS = ("method", "pairs", "garment_heat_share", "garment_area_share", "deletion_gap", "score", "score_grey")

@@ -20,7 +20,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint, write_json
+from common.checkpoint import (
+    load_checkpoint,
+    restore_optimizer,
+    save_checkpoint,
+    write_json,
+)
+from common.cli import require_positive
 from common.data import open_dataset
 from common.device import autocast, fused_adam_kwargs, memory_format, pick_device
 from common.distributed import Ranks, unwrap
@@ -92,17 +98,13 @@ PRESETS = {
 # for so few steps (one AmazonFashion epoch has ~2,100).
 DEMO = dict(image_size=32, fc_width=1024, epochs=30, lr=1e-3)
 KEPT_EPOCH_CHECKPOINTS = 5  # as TF's Saver kept
-POSITIVE_FIELDS = ("k", "image_size", "fc_width", "batch_size", "epochs", "eval_batch_size")
+POSITIVE_FIELDS = ("k", "image_size", "fc_width", "batch_size", "epochs", "eval_batch_size", "eval_chunk")
 
 
 def check_config(cfg):
-    for name in POSITIVE_FIELDS:
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    require_positive(cfg, *POSITIVE_FIELDS)
     if cfg.conv_widths is not None and (len(cfg.conv_widths) != 5 or min(cfg.conv_widths) < 1):
         raise ConfigError(f"--conv-widths takes five positive channel counts, got {cfg.conv_widths}")
-    if cfg.eval_chunk is not None and cfg.eval_chunk < 1:
-        raise ConfigError(f"--eval-chunk must be at least 1, got {cfg.eval_chunk}")
     if cfg.from_tf and cfg.resume:
         raise ConfigError("a run made with --from-tf is evaluated, not trained: it cannot be resumed")
 

@@ -25,7 +25,15 @@ from common.tf_checkpoint import (
 )
 from gan.model import num_stages
 from gan.run import write_category_grids
-from gan.tf_import import D_SCOPE, G_SCOPE, describe, expected_shapes, gan_config_from_tf, gan_state_from_tf, tf_names
+from gan.tf_import import (
+    D_SCOPE,
+    G_SCOPE,
+    describe,
+    expected_shapes,
+    gan_config_from_tf,
+    gan_state_from_tf,
+    tf_names,
+)
 from gan.train import GANTraining, check_config
 
 

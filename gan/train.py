@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from common.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
 from common.classifier import train_or_load_classifier
+from common.cli import require_positive
 from common.data import open_dataset
 from common.device import autocast, fused_adam_kwargs, memory_format, pick_device
 from common.distributed import Ranks, unwrap
@@ -194,10 +195,8 @@ def training_batch(cfg, items, step):
 
 
 def check_config(cfg):
-    for name in ("image_size", "z_dim", "g_width", "d_width", "batch_size", "epochs", "sample_every",
-                 "checkpoint_every", "consistency_samples"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    require_positive(cfg, "image_size", "z_dim", "g_width", "d_width", "batch_size", "epochs", "sample_every",
+                     "checkpoint_every", "consistency_samples")
     if cfg.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {cfg.lr}")
     if cfg.from_tf and (cfg.train or cfg.resume):

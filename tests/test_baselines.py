@@ -14,16 +14,28 @@ import torchvision
 from PIL import Image
 
 from baselines.bpr import BPRMF, bpr_loss
-from baselines.features import (FeatureSettings, alexnet_fc7, imagenet_features, pretrain_cnnf,
-                                visual_features)
+from baselines.features import (
+    FeatureSettings,
+    alexnet_fc7,
+    imagenet_features,
+    pretrain_cnnf,
+    visual_features,
+)
 from baselines.fm import FactorizationMachine
 from baselines.main import main as baselines_main
 from baselines.ncf import GMF, MLP, NEGATIVES_PER_POSITIVE, log_loss
 from baselines.poprank import PopRank
 from baselines.rand import Random
 from baselines.registry import METHODS as REGISTRY
-from baselines.table import (PAPER_METHODS, PAPER_TABLE, VS_BEST, VS_BPRMF, build_table, improvements,
-                             write_table)
+from baselines.table import (
+    PAPER_METHODS,
+    PAPER_TABLE,
+    VS_BEST,
+    VS_BPRMF,
+    build_table,
+    improvements,
+    write_table,
+)
 from baselines.train import FitSettings, evaluate, fit, grid_search, unlearned
 from baselines.vbpr import VBPR
 from baselines.visrank import VisRank

@@ -5,9 +5,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.catalogue import (CATEGORY_NAMES, CatalogueConfig, embedded_dataset_path,
-                              ensure_embedded_catalogue, find_fashion_mnist, generate_catalogue, load_truth,
-                              read_idx, true_scores, truth_path)
+from common.catalogue import (
+    CATEGORY_NAMES,
+    CatalogueConfig,
+    embedded_dataset_path,
+    ensure_embedded_catalogue,
+    find_fashion_mnist,
+    generate_catalogue,
+    load_truth,
+    read_idx,
+    true_scores,
+    truth_path,
+)
 from common.data import load_dataset
 
 TINY = CatalogueConfig(num_users=40, num_items=90, image_size=32, image_source="procedural")

@@ -5,7 +5,13 @@ import pickle
 import pytest
 import torch
 
-from common.checkpoint import fingerprint, load_checkpoint, restore_optimizer, save_checkpoint, write_json
+from common.checkpoint import (
+    fingerprint,
+    load_checkpoint,
+    restore_optimizer,
+    save_checkpoint,
+    write_json,
+)
 from common.cli import apply_settings, parse_config, settle, stage_errors
 from common.device import autocast, pick_device
 from common.errors import CheckpointError, ConfigError, DatasetError

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 import torchvision
 
 from common.checkpoint import load_checkpoint, save_checkpoint

@@ -17,7 +17,13 @@ from dvbpr.backbones import build_backbone
 from dvbpr.explain import main
 from dvbpr.explain_eval import COLUMNS, garment_masks
 from dvbpr.model import DVBPR
-from dvbpr.saliency import METHODS, applicable_methods, check_method, garment_heat_share, heat_maps
+from dvbpr.saliency import (
+    METHODS,
+    applicable_methods,
+    check_method,
+    garment_heat_share,
+    heat_maps,
+)
 from dvbpr.train import DVBPRConfig, build_model, model_snapshot
 
 SIDE, QUADRANT = 16, 8

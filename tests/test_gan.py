@@ -16,8 +16,16 @@ from common.runlog import RunLog
 from gan.main import main
 from gan.model import Discriminator, Generator, SameConv, SameDeconv
 from gan.run import open_gan_run, write_category_grids
-from gan.train import (PRESETS, GANConfig, build_gan, build_optimizers, condition_consistency, labelled_items,
-                       train as train_gan, train_step)
+from gan.train import (
+    PRESETS,
+    GANConfig,
+    build_gan,
+    build_optimizers,
+    condition_consistency,
+    labelled_items,
+    train_step,
+)
+from gan.train import train as train_gan
 
 CPU = torch.device("cpu")
 

@@ -9,9 +9,16 @@ from PIL import Image
 
 from common import images
 from common.data import DatasetError, load_dataset
+from common.images import (
+    GREY,
+    ImageStore,
+    decode_image,
+    decode_resize_nearest,
+    image_cache,
+    pillow_nearest_index,
+    to_unit_range,
+)
 from common.original_format import save_original_format
-from common.images import (GREY, ImageStore, decode_image, decode_resize_nearest, image_cache, pillow_nearest_index,
-                           to_unit_range)
 
 # torchvision 0.29 deprecates its decoders in favour of TorchCodec, which the project does not depend on
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")

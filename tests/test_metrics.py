@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from common.metrics import (evaluate_auc, observed_csr, per_user_auc_exact, per_user_auc_sampled,
-                            sample_negatives)
+from common.metrics import (
+    evaluate_auc,
+    observed_csr,
+    per_user_auc_exact,
+    per_user_auc_sampled,
+    sample_negatives,
+)
 from tests.helpers import interactions_only
 
 

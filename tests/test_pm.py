@@ -8,9 +8,11 @@ import torchvision
 
 from common.data import load_dataset
 from dvbpr.model import CNNF, DVBPR
-from dvbpr.train import DVBPRConfig, train as train_dvbpr
+from dvbpr.train import DVBPRConfig
+from dvbpr.train import train as train_dvbpr
 from gan.model import Discriminator, Generator
-from gan.train import GANConfig, train as train_gan
+from gan.train import GANConfig
+from gan.train import train as train_gan
 from pm.design import Designer, choose, resize, retrieve, to_z
 from pm.main import main, pick_user
 from pm.metrics import ImageNetInception, inception_score, ssim_diversity

@@ -14,8 +14,16 @@ from PIL import Image
 from common.checkpoint import save_checkpoint
 from common.data import load_dataset
 from common.images import decode_image, image_cache, to_unit_range
+from dvbpr.recommend import (
+    RecommendError,
+    history,
+    main,
+    open_run,
+    parse_category,
+    similar_items,
+    top_k,
+)
 from dvbpr.train import DVBPRConfig, build_model, model_snapshot
-from dvbpr.recommend import RecommendError, history, main, open_run, parse_category, similar_items, top_k
 
 ROOT = Path(__file__).resolve().parents[1]
 
