@@ -168,7 +168,8 @@ def image_cache(dataset: Dataset, size: int, resize_filter: str = "nearest", cac
                 device="cpu", workers: int | None = None) -> np.ndarray:
     """All images of `dataset` decoded and resized: uint8 [itemnum, 3, size, size], memory-mapped read-only.
 
-    Built once (into `cache_dir`, default the dataset's own, else a cache/ folder next to the dataset file) and reused while the dataset
+    Built once (into `cache_dir`, default the dataset's own, else a cache/ folder next to the dataset file) and
+    reused while the dataset
     file keeps its name, size and mtime. Images that do not decode become flat grey and are named in one warning;
     with `strict` they raise DatasetError instead. On CUDA with the nearest filter JPEGs are decoded on the GPU;
     otherwise `workers` processes (default: all cores) decode with PIL.

@@ -1,4 +1,5 @@
-"""The conditional generator and discriminator of the original DCGAN-style LSGAN (paper Sec. III-C; GAN/model.py and GAN/ops.py of the original repository).
+"""The conditional generator and discriminator of the original DCGAN-style LSGAN (paper Sec. III-C; GAN/model.py
+and GAN/ops.py of the original repository).
 
 At 64x64 with width 64 the layers are exactly the original's (G 3,811,075 and D 4,460,545 parameters):
 

@@ -39,8 +39,9 @@ class GANRun:
 
     def category_classifier(self, dataset, device, store=None, fallback_dir=None):
         """The run's category classifier, else one trained now and saved in `fallback_dir`."""
-        return self.saved_classifier(device) or train_or_load_classifier(dataset, self.config.image_size, Path(fallback_dir) / "classifier.pt",
-                                        device, self.config.resize_filter, store)
+        return self.saved_classifier(device) or train_or_load_classifier(
+            dataset, self.config.image_size, Path(fallback_dir) / "classifier.pt", device, self.config.resize_filter,
+            store)
 
 
 def open_gan_run(run, device="cpu"):

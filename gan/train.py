@@ -3,7 +3,8 @@
 Each iteration draws `batch_size` items uniformly with replacement from the items that have a category and a z,
 from a generator seeded by (seed, iteration), so that a resumed run, or one under torchrun with any number of
 ranks (each keeping its share of the global batch), sees the same batches. D takes one Adam step on the real
-batch and the fake batch (two separate calls, so each gets its own BN statistics), then G takes one Adam step with the same z and the real batch's labels. An epoch is
+batch and the fake batch (two separate calls, so each gets its own BN statistics), then G takes one Adam step with
+the same z and the real batch's labels. An epoch is
 floor(items / batch_size) iterations, as in the original.
 
 Departures from the original, none of which changes what is optimised:
