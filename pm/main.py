@@ -10,7 +10,8 @@ Reads the trained models from --dvbpr-run (default runs/dvbpr) and --gan-run (de
 --out (default runs/pm). Preset `paper`: z = tanh(z') from 64 starts z ~ U(-1, 1), eta 1, the top 3 drawn by
 eq. 11, and 200 Adam steps at lr 0.1 (the paper gives neither; chosen by measurement, see DEMO below). Preset
 `original`: what the original code did (PM/main.py of the original repository): z optimised directly from
-N(0, 0.5^2), 16 starts, 10 Adam steps at lr 0.05, all 16 kept. On the embedded demo catalogue fewer queries, starts and steps are used (printed).
+N(0, 0.5^2), 16 starts, 10 Adam steps at lr 0.05, all 16 kept. On the embedded demo catalogue fewer queries, starts
+and steps are used (printed).
 """
 
 from dataclasses import asdict, dataclass, field
@@ -91,7 +92,8 @@ DEMO = dict(trials=50, starts=16, steps=100)
 
 def pick_user(dataset, category, rng, min_train_items):
     """As PM/main.py of the original repository: users drawn uniformly until one has more than `min_train_items`
-    training items and a test item of `category`. Where no such user exists the threshold is relaxed to the largest that one meets."""
+    training items and a test item of `category`. Where no such user exists the threshold is relaxed to the largest
+    that one meets."""
     train_sizes = np.array([len(items) for items in dataset.user_train])
     candidates = np.flatnonzero(dataset.item_category[dataset.user_test] == category)
     if len(candidates) == 0:
