@@ -74,6 +74,11 @@ class CatalogueConfig:
                                                                           "IDX files (default: search)"})
     mean_extra_interactions: float = field(default=3.0, metadata={"help": "mean interactions per user beyond 5"})
     popularity_sigma: float = field(default=0.75, metadata={"help": "spread of the lognormal item popularity"})
+    category_weight: float = field(default=1.0, metadata={"help": "scale of the taste for categories (shapes)"})
+    colour_weight: float = field(default=1.0, metadata={"help": "scale of the taste for colour families"})
+    pattern_weight: float = field(default=1.0, metadata={"help": "scale of the taste for patterns"})
+    bulk_weight: float = field(default=1.0, metadata={"help": "scale of the taste for bulk (garment's share of "
+                                                             "the picture)"})
     jpeg_quality: int = field(default=90, metadata={"help": "JPEG quality of the item images"})
 
 
@@ -163,7 +168,7 @@ def generate_catalogue(path, cfg: CatalogueConfig) -> Path:
     items = _sample_items(item_rng, cfg.num_items)
     images, bulk, masks = _render_images(image_rng, items, cfg, source)
     attributes = _item_attributes(items, bulk)
-    taste = _sample_taste(user_rng, cfg.num_users)
+    taste = _sample_taste(user_rng, cfg.num_users) * _taste_weights(cfg)
     log_popularity = item_rng.normal(0.0, cfg.popularity_sigma, cfg.num_items).astype(np.float32)
     chosen = _sample_interactions(interaction_rng, taste @ attributes.T, log_popularity, cfg.mean_extra_interactions)
 
@@ -290,6 +295,13 @@ def _sample_taste(rng, num_users):
     pattern[users, rng.integers(n_pat, size=num_users)] += 1.5
     bulk = rng.normal(0, 0.5, (num_users, 1))
     return np.concatenate([category, colour, pattern, bulk], axis=1).astype(np.float32)
+
+
+def _taste_weights(cfg):
+    """Per attribute, the scale its taste group gets: the catalogue's taste mix."""
+    by_group = {"category": cfg.category_weight, "colour": cfg.colour_weight, "pattern": cfg.pattern_weight,
+                "bulk": cfg.bulk_weight}
+    return np.array([by_group[group] for group in ATTRIBUTE_GROUPS], dtype=np.float32)
 
 
 def _sample_interactions(rng, scores, log_popularity, mean_extra, chunk=512):

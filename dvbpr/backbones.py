@@ -80,11 +80,11 @@ def torchvision_backbone(network, classifier_attribute, name, image_size, weight
     return TorchvisionBackbone(network, feature_width, image_size)
 
 
-def cnn_f(image_size=224, weights=None, fc_width=4096, dropout=0.5, widths=None, **_):
+def cnn_f(image_size=224, weights=None, fc_width=4096, dropout=0.5, widths=None, init="xavier", **_):
     if weights:
         raise ConfigError("cnn-f is trained from scratch, as in the paper; --backbone-weights is for torchvision "
                           "backbones")
-    return CNNF(image_size, fc_width, dropout, tuple(widths or CNNF_WIDTHS))
+    return CNNF(image_size, fc_width, dropout, tuple(widths or CNNF_WIDTHS), init)
 
 
 def resnet(depth):

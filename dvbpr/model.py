@@ -59,9 +59,9 @@ class CNNF(nn.Module):
     the original's TF weights (permute the rows of wd1 from (h, w, c) to (c, h, w)).
     """
 
-    def __init__(self, image_size=224, fc_width=4096, dropout=0.5, widths=CNNF_WIDTHS):
+    def __init__(self, image_size=224, fc_width=4096, dropout=0.5, widths=CNNF_WIDTHS, init="xavier"):
         super().__init__()
-        self.input_size, self.feature_width = image_size, fc_width
+        self.input_size, self.feature_width, self.init = image_size, fc_width, init
         pad_before, pad_after = same_padding(image_size, kernel=11, stride=4)
         self.conv1_pad = (pad_before, pad_after, pad_before, pad_after)  # F.pad order: left, right, top, bottom
         w1, w2, w3, w4, w5 = widths
@@ -79,9 +79,13 @@ class CNNF(nn.Module):
         return [self.conv1, self.conv2, self.conv3, self.conv4, self.conv5, self.fc1, self.fc2]
 
     def initialise(self):
-        """The original's initialisation: Xavier-uniform weights, zero biases."""
+        """Zero biases and Xavier-uniform weights (the original's), or Kaiming-uniform ones (init="kaiming"),
+        which keep the scale of ReLU activations from layer to layer."""
         for layer in self.layers():
-            nn.init.xavier_uniform_(layer.weight)
+            if self.init == "kaiming":
+                nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")
+            else:
+                nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
 
     def regularised_weights(self):
@@ -116,14 +120,16 @@ class DVBPR(nn.Module):
     both exist, then draws theta: with CNN-F the random stream is the original layout's.
     """
 
-    def __init__(self, backbone, usernum, k=50):
+    def __init__(self, backbone, usernum, k=50, theta_init="uniform"):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.feature_width, k)
         backbone.initialise()
         nn.init.xavier_uniform_(self.head.weight)
         nn.init.zeros_(self.head.bias)
-        self.theta = nn.Parameter(torch.rand(usernum, k) / 100)  # Uniform[0, 1) / 100, as the original
+        theta = torch.rand(usernum, k) / 100  # Uniform[0, 1) / 100, as the original
+        # "centred": the same draw shifted to mean 0, so that users do not all start along one direction
+        self.theta = nn.Parameter(theta - 0.005 if theta_init == "centred" else theta)
 
     @property
     def k(self):

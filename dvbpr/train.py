@@ -65,12 +65,22 @@ class DVBPRConfig:
                                                                           "original's 64 256 256 256 256)"})
     fc_width: int = field(default=4096, metadata={"help": "cnn-f width of fc1 and fc2 (smaller for quick CPU "
                                                           "runs)"})
+    init: str = field(default="xavier", metadata={"help": "cnn-f weight initialisation (xavier: the original's)",
+                                                  "choices": ["xavier", "kaiming"]})
+    theta_init: str = field(default="uniform", metadata={"help": "theta_u's start: uniform U[0, 0.01) (the "
+                                                                 "original's), or centred U[-0.005, 0.005)",
+                                                         "choices": ["uniform", "centred"]})
     dropout: float = field(default=0.5, metadata={"help": "dropout probability on fc1 and fc2"})
     lambda_w: float = field(default=0.001, metadata={"help": "weight decay on the backbone's "
                                                              "weights and the head's (lambda_w/2 ||W||^2)"})
     lambda_theta: float = field(default=1.0, metadata={"help": "regulariser of the batch's theta_u "
                                                                "(lambda_theta/2 ||theta_u||^2)"})
-    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
+    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate (the peak one under a schedule)"})
+    lr_schedule: str = field(default="constant", metadata={"help": "constant: lr throughout (paper, original); "
+                                                                   "cosine: linear warm-up then cosine decay to 0",
+                                                           "choices": ["constant", "cosine"]})
+    warmup_epochs: float = field(default=0.0, metadata={"help": "epochs of linear warm-up under --lr-schedule "
+                                                                "cosine"})
     batch_size: int = field(default=128, metadata={"help": "triplets per step"})
     epochs: int = field(default=20, metadata={"help": "epochs of N triplets, N = number of training interactions"})
     protocol: str = field(default="exact", metadata={"help": "AUC protocol", "choices": ["exact", "sampled100"]})
@@ -105,6 +115,8 @@ def check_config(cfg):
     require_positive(cfg, *POSITIVE_FIELDS)
     if cfg.conv_widths is not None and (len(cfg.conv_widths) != 5 or min(cfg.conv_widths) < 1):
         raise ConfigError(f"--conv-widths takes five positive channel counts, got {cfg.conv_widths}")
+    if cfg.warmup_epochs < 0 or cfg.warmup_epochs > cfg.epochs:
+        raise ConfigError(f"--warmup-epochs must be between 0 and --epochs ({cfg.epochs}), got {cfg.warmup_epochs}")
     if cfg.from_tf and cfg.resume:
         raise ConfigError("a run made with --from-tf is evaluated, not trained: it cannot be resumed")
 
@@ -112,8 +124,8 @@ def check_config(cfg):
 def build_model(cfg, usernum):
     """The DVBPR network of a config: its backbone, a head to K and theta for `usernum` users."""
     backbone = build_backbone(cfg.backbone, cfg.image_size, cfg.backbone_weights, fc_width=cfg.fc_width,
-                              dropout=cfg.dropout, widths=cfg.conv_widths)
-    return DVBPR(backbone, usernum, cfg.k)
+                              dropout=cfg.dropout, widths=cfg.conv_widths, init=cfg.init)
+    return DVBPR(backbone, usernum, cfg.k, cfg.theta_init)
 
 
 def epoch_end_step(epoch, num_interactions, batch_size):
@@ -127,9 +139,21 @@ def check_finite(loss, where):
                                "kept, and --resume continues from there)")
 
 
-def train_steps(model, optimizer, images, triplets, cfg, ranks, desc="train"):
+def learning_rate(cfg, step, num_interactions):
+    """The learning rate of global step `step` (counted from 0) under cfg.lr_schedule."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    total = epoch_end_step(cfg.epochs, num_interactions, cfg.batch_size)
+    warmup = cfg.warmup_epochs * num_interactions / cfg.batch_size
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(total - warmup, 1))))
+
+
+def train_steps(model, optimizer, images, triplets, cfg, ranks, desc="train", lr_at=None):
     """One Adam step per global batch of `triplets` (users, positives, negatives: CPU LongTensors), of which this
-    rank takes its share; returns the mean over the steps of the global batch's loss.
+    rank takes its share; returns the mean over the steps of the global batch's loss. `lr_at(i)`, if given, sets
+    the learning rate of the i-th step of this call.
 
     The loss is read back only every few steps, so that CUDA runs ahead of the progress bar.
     """
@@ -148,6 +172,9 @@ def train_steps(model, optimizer, images, triplets, cfg, ranks, desc="train"):
               disable=not ranks.is_main) as bar:
         for step, ((_, batch_users), pair_images) in enumerate(images.stream(batches())):
             batch_users = batch_users.to(device)
+            if lr_at is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step)
             with autocast(device, cfg.bf16):
                 x_uij = model(batch_users, *pair_images.chunk(2))
             loss = unwrap(model).objective(x_uij, batch_users, cfg.lambda_w, cfg.lambda_theta, ranks.world_size)
@@ -318,9 +345,11 @@ def train_epoch(epoch, network, optimizer, sampler, dataset, images, cfg, ranks,
     epoch_started = time.time()
     torch.manual_seed(ranks.seed(cfg.seed, epoch))
     last_step = epoch_end_step(epoch, dataset.num_train_interactions, cfg.batch_size)
-    triplets = sampler.sample((last_step - progress["step"]) * cfg.batch_size)
+    first_step = progress["step"]
+    triplets = sampler.sample((last_step - first_step) * cfg.batch_size)
+    lr_at = lambda step: learning_rate(cfg, first_step + step, dataset.num_train_interactions)
     loss = train_steps(network, optimizer, images, [torch.from_numpy(a) for a in triplets], cfg, ranks,
-                       desc=f"epoch {epoch}/{cfg.epochs}")
+                       desc=f"epoch {epoch}/{cfg.epochs}", lr_at=lr_at)
     check_finite(loss, f"in epoch {epoch}")
     valid, test, items = evaluate(unwrap(network), dataset, images, cfg, ranks)
     record = dict(epoch=epoch, step=last_step, loss=loss, valid_auc=valid["all"], valid_auc_cold=valid["cold"],

@@ -1,0 +1,170 @@
+"""Table III over a family of embedded catalogues with different hidden tastes, and the choice of DVBPR's demo
+recipe by validation AUC over that family.
+
+    python baselines/family.py --search    # every candidate recipe on every catalogue: search.{md,json}
+    python baselines/family.py             # every catalogue x every method, DVBPR with its demo recipe: grid.*
+
+The family: four taste mixes (which visible attribute leads the users' choices) x two seeds, the first seed's
+images from Fashion-MNIST photos and the second's drawn procedurally. A catalogue is generated once into
+--data-dir. The search trains each recipe of RECIPES on each catalogue and ranks the recipes by their mean
+validation AUC (All and Cold Items averaged); test AUC is neither shown nor used there. The grid then runs
+baselines/main.py's Table III on each catalogue, reusing the search's run of the recipe that is DVBPR's demo.
+Both are resumable: a finished run is read back, not trained again.
+"""
+import dataclasses
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from baselines.main import DEMO as BASELINES_DEMO
+from baselines.main import BaselinesConfig, check_config, table_iii
+from baselines.registry import METHODS
+from common.catalogue import CatalogueConfig, ensure_embedded_catalogue
+from common.checkpoint import write_json
+from common.cli import parse_config, settle, stage_errors
+from dvbpr.health import health
+from dvbpr.train import DEMO, DVBPRConfig, train
+
+# Which visible attribute leads: scales of the generator's taste groups (common/catalogue.py).
+TASTE_MIXES = {
+    "colour-led": {},   # the default catalogue's mix: a favourite colour family +3, a second one +1.5
+    "shape-led": dict(category_weight=2.0, colour_weight=0.2, bulk_weight=3.0),
+    "pattern-led": dict(pattern_weight=2.5, colour_weight=0.2),
+    "popularity-heavy": dict(popularity_sigma=1.5, category_weight=0.5, colour_weight=0.5, pattern_weight=0.5,
+                             bulk_weight=0.5),
+}
+SEEDS = {1: "fashion-mnist", 2: "procedural"}
+CATALOGUES = {f"{mix}-s{seed}": CatalogueConfig(seed=seed, image_source=source, **weights)
+              for mix, weights in TASTE_MIXES.items() for seed, source in SEEDS.items()}
+
+# Candidate demo recipes: DVBPR settings over the paper preset (K 50, 128 triplets a batch, weight decay 1e-3).
+NARROW = dict(image_size=64, conv_widths=[32, 64, 64, 64, 64], fc_width=256)
+RECIPES = {
+    "old-demo": dict(image_size=32, fc_width=1024, epochs=30, lr=1e-3),
+    "narrow64": dict(NARROW, epochs=10, lr=1e-3),
+    "narrow64-cosine": dict(NARROW, epochs=10, lr=1e-3, lr_schedule="cosine", warmup_epochs=1.0),
+    "narrow64-cosine-3e-3": dict(NARROW, epochs=10, lr=3e-3, lr_schedule="cosine", warmup_epochs=1.0),
+    "narrow64-cosine-drop0.2": dict(NARROW, epochs=10, lr=1e-3, lr_schedule="cosine", warmup_epochs=1.0,
+                                    dropout=0.2),
+    "narrow64-cosine-centred": dict(NARROW, epochs=10, lr=1e-3, lr_schedule="cosine", warmup_epochs=1.0,
+                                    theta_init="centred"),
+    "narrow64-cosine-kaiming-centred": dict(NARROW, epochs=10, lr=1e-3, lr_schedule="cosine", warmup_epochs=1.0,
+                                            theta_init="centred", init="kaiming"),
+}
+
+
+@dataclass
+class FamilyConfig:
+    out: str = field(default="runs/family", metadata={"help": "output directory"})
+    data_dir: str = field(default="data/family", metadata={"help": "where the family's catalogues are generated"})
+    search: bool = field(default=False, metadata={"help": "train every recipe on every catalogue and rank them by "
+                                                          "validation AUC, instead of the grid"})
+    recipes: list[str] = field(default_factory=lambda: [name for name in RECIPES if name != "old-demo"],
+                               metadata={"help": "recipes to search, of " + " ".join(RECIPES)})
+    catalogues: list[str] = field(default_factory=lambda: list(CATALOGUES),
+                                  metadata={"help": "catalogues, of " + " ".join(CATALOGUES)})
+    models: list[str] = field(default_factory=lambda: [name for name in METHODS if name != "attention"],
+                              metadata={"help": "grid methods, of " + " ".join(METHODS)})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+
+
+def catalogue_path(cfg, name):
+    return ensure_embedded_catalogue(Path(cfg.data_dir), CATALOGUES[name])
+
+
+def recipe_run(cfg, recipe, name):
+    """results.json of DVBPR with `recipe` on catalogue `name`, trained first if it is not there, with the run's
+    health figures."""
+    out = Path(cfg.out) / "search" / recipe / name
+    if not (out / "results.json").is_file():
+        train(DVBPRConfig(dataset=str(catalogue_path(cfg, name)), out=str(out), device=cfg.device,
+                          **RECIPES[recipe]))
+    results = json.loads((out / "results.json").read_text())
+    if not (out / "health.json").is_file():
+        write_json(out / "health.json", health(out))
+    return {**results, "health": json.loads((out / "health.json").read_text())}
+
+
+def search(cfg):
+    runs = {recipe: {name: recipe_run(cfg, recipe, name) for name in cfg.catalogues} for recipe in cfg.recipes}
+    summary = {recipe: dict(
+        valid_auc=statistics.mean(r["valid_auc"] for r in by_name.values()),
+        valid_auc_cold=statistics.mean(r["valid_auc_cold"] for r in by_name.values()),
+        wall_seconds=statistics.mean(r["wall_seconds"] for r in by_name.values()))
+        for recipe, by_name in runs.items()}
+    ranked = sorted(summary, key=lambda r: -(summary[r]["valid_auc"] + summary[r]["valid_auc_cold"]) / 2)
+    write_json(Path(cfg.out) / "search.json", dict(catalogues=cfg.catalogues, ranked=ranked, summary=summary,
+                                                    recipes={r: RECIPES[r] for r in cfg.recipes}, runs=runs))
+    markdown = search_markdown(cfg, runs, summary, ranked)
+    (Path(cfg.out) / "search.md").write_text(markdown)
+    print(markdown)
+    return ranked
+
+
+def search_markdown(cfg, runs, summary, ranked):
+    lines = ["| recipe | " + " | ".join(cfg.catalogues) + " | mean All | mean Cold | mean wall s |",
+             "|---" * (len(cfg.catalogues) + 4) + "|"]
+    for recipe in ranked:
+        cells = [f"{runs[recipe][n]['valid_auc']:.4f} / {runs[recipe][n]['valid_auc_cold']:.4f}"
+                 for n in cfg.catalogues]
+        s = summary[recipe]
+        lines.append(f"| {recipe} | " + " | ".join(cells)
+                     + f" | {s['valid_auc']:.4f} | {s['valid_auc_cold']:.4f} | {s['wall_seconds']:.0f} |")
+    lines.append("")
+    lines.append("Validation AUC (All / Cold Items) at each run's best validation epoch.")
+    return "\n".join(lines) + "\n"
+
+
+def demo_recipe():
+    """The name of the recipe that is DVBPR's demo settings, or None."""
+    return next((name for name, recipe in RECIPES.items() if recipe == DEMO), None)
+
+
+def grid(cfg):
+    started, tables = time.time(), {}
+    for name in cfg.catalogues:
+        path = catalogue_path(cfg, name)
+        search_run = Path(cfg.out) / "search" / str(demo_recipe()) / name
+        baselines = BaselinesConfig(dataset=str(path), out=str(Path(cfg.out) / "grid" / name), models=cfg.models,
+                                    device=cfg.device,
+                                    dvbpr_run=str(search_run) if (search_run / "results.json").is_file() else None)
+        settle(baselines, {"dataset", "out", "models", "device", "dvbpr_run"}, "baselines", BASELINES_DEMO)
+        check_config(baselines)
+        tables[name] = table_iii(baselines)
+    result = dict(catalogues={n: dataclasses.asdict(CATALOGUES[n]) for n in cfg.catalogues}, tables=tables,
+                  wall_seconds=round(time.time() - started, 1))
+    write_json(Path(cfg.out) / "grid.json", result)
+    markdown = grid_markdown(tables)
+    (Path(cfg.out) / "grid.md").write_text(markdown)
+    print(markdown)
+    return result
+
+
+def grid_markdown(tables):
+    methods = [m for m in next(iter(tables.values()))["rows"]["All Items"] if not m.startswith("DVBPR vs")]
+    lines = ["| catalogue | setting | " + " | ".join(methods) + " |", "|---" * (len(methods) + 2) + "|"]
+    for name, table in tables.items():
+        for setting, row in table["rows"].items():
+            best_other = max(v for m, v in row.items() if m in methods and m != "DVBPR" and v is not None)
+            cells = [("n/a" if row[m] is None else f"**{row[m]:.4f}**" if m == "DVBPR" and row[m] > best_other
+                      else f"{row[m]:.4f}") for m in methods]
+            lines.append(f"| {name} | {setting} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Test AUC of each method's setting selected by validation AUC; DVBPR in bold where it beats "
+                 "every other method of the row.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    with stage_errors("family"):
+        cfg, _ = parse_config(FamilyConfig, argv, description=__doc__.split("\n")[0])
+        unknown = sorted(set(cfg.recipes) - set(RECIPES)) + sorted(set(cfg.catalogues) - set(CATALOGUES))
+        if unknown:
+            raise SystemExit(f"family: unknown recipe or catalogue {', '.join(unknown)}")
+        return search(cfg) if cfg.search else grid(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The demo recipe's pieces: the learning-rate schedule (and its resume), the initialisations, the health figures
+of a trained network, and the generator's taste mixes."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from common.catalogue import ATTRIBUTE_GROUPS, CatalogueConfig, generate_catalogue, load_truth
+from common.checkpoint import load_checkpoint
+from common.data import load_dataset
+from common.errors import ConfigError
+from common.images import ImageStore, image_cache
+from dvbpr.health import directions_holding, ever_active_units
+from dvbpr.main import main
+from dvbpr.model import CNNF
+from dvbpr.train import DVBPRConfig, build_model, check_config, learning_rate
+
+
+def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
+    cfg = DVBPRConfig(lr=1e-3, lr_schedule="cosine", warmup_epochs=1, epochs=4, batch_size=10)
+    rates = [learning_rate(cfg, step, num_interactions=100) for step in range(40)]   # 10 steps an epoch
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert all(a < b for a, b in zip(rates[:10], rates[1:10]))
+    assert all(a > b for a, b in zip(rates[10:], rates[11:]))
+    assert rates[-1] < 2e-5
+    assert learning_rate(DVBPRConfig(lr=3e-4), 17, 100) == 3e-4
+
+
+def test_warmup_longer_than_the_run_is_refused():
+    with pytest.raises(ConfigError, match="warmup"):
+        check_config(DVBPRConfig(epochs=2, warmup_epochs=3))
+
+
+def test_centred_theta_and_kaiming_init():
+    torch.manual_seed(0)
+    original = build_model(DVBPRConfig(image_size=32, fc_width=64, k=8), 2000)
+    torch.manual_seed(0)
+    changed = build_model(DVBPRConfig(image_size=32, fc_width=64, k=8, theta_init="centred", init="kaiming"), 2000)
+    assert original.theta.min() >= 0 and original.theta.max() < 0.01
+    assert abs(changed.theta.mean().item()) < 2e-4 and changed.theta.abs().max() <= 0.005
+    xavier = original.backbone.conv3.weight.std().item()
+    kaiming = changed.backbone.conv3.weight.std().item()
+    assert kaiming == pytest.approx(math.sqrt(2 / (256 * 9)), rel=0.05)
+    assert xavier == pytest.approx(math.sqrt(2 / (2 * 256 * 9)), rel=0.05)
+
+
+def test_a_cosine_run_resumes_to_identical_weights(catalogue, tmp_path):
+    path = catalogue(num_users=6, num_items=20)
+    args = ["--dataset", str(path), "--image-size", "32", "--k", "8", "--fc-width", "64", "--batch-size", "16",
+            "--lr-schedule", "cosine", "--warmup-epochs", "1", "--lr", "3e-3"]
+    main([*args, "--out", str(tmp_path / "whole"), "--epochs", "3"])
+    whole = load_checkpoint(tmp_path / "whole" / "checkpoint.pt")
+    main([*args, "--out", str(tmp_path / "part"), "--epochs", "1"])
+    main(["--out", str(tmp_path / "part"), "--resume", "--epochs", "3"])
+    resumed = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
+    assert resumed["step"] == whole["step"]
+    for name, tensor in whole["model"].items():
+        torch.testing.assert_close(resumed["model"][name], tensor, rtol=1e-5, atol=1e-7)
+
+
+def test_directions_holding_the_variance():
+    rng = np.random.default_rng(0)
+    rank_two = torch.tensor(rng.normal(size=(500, 2)) @ rng.normal(size=(2, 16)), dtype=torch.float32)
+    assert directions_holding(rank_two) == 2
+    assert directions_holding(torch.tensor(rng.normal(size=(2000, 16)))) >= 15
+
+
+def test_ever_active_units_finds_dead_ones(catalogue):
+    dataset = load_dataset(catalogue(num_users=6, num_items=20))
+    store = ImageStore(image_cache(dataset, 32), "cpu")
+    torch.manual_seed(0)
+    network = CNNF(32, fc_width=64, widths=(8, 16, 16, 16, 16))
+    network.initialise()
+    with torch.no_grad():
+        network.fc1.bias[:48] = -1e3      # 48 of fc1's 64 units can never be positive
+    active = ever_active_units(network.eval(), store, batch_size=7)
+    assert active["fc1"] == pytest.approx(16 / 64, abs=1 / 64)
+    assert active["conv1"] > 0.5
+
+
+def test_taste_weights_scale_each_group_and_default_to_the_old_catalogue(tmp_path):
+    tiny = dict(num_users=30, num_items=120, image_size=32, image_source="procedural")
+    plain = load_truth(generate_catalogue(tmp_path / "a.npy", CatalogueConfig(**tiny)))
+    mixed = load_truth(generate_catalogue(tmp_path / "b.npy", CatalogueConfig(**tiny, colour_weight=0.0,
+                                                                             pattern_weight=2.0)))
+    groups = np.array(ATTRIBUTE_GROUPS)
+    assert not mixed.user_taste[:, groups == "colour"].any()
+    np.testing.assert_array_equal(mixed.user_taste[:, groups == "pattern"],
+                                  2 * plain.user_taste[:, groups == "pattern"])
+    np.testing.assert_array_equal(mixed.user_taste[:, groups == "category"],
+                                  plain.user_taste[:, groups == "category"])
+    explicit = generate_catalogue(tmp_path / "c.npy", CatalogueConfig(**tiny, category_weight=1.0))
+    assert (tmp_path / "a.npy").read_bytes() == explicit.read_bytes()
