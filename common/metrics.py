@@ -41,6 +41,8 @@ SAMPLED_NEGATIVES = 100
 PROTOCOLS = ("exact", "sampled100")
 TIE_CREDIT = {"fail": 0.0, "half": 0.5}
 TIES = tuple(TIE_CREDIT)
+TIES_HELP = ("exact AUC: a tie x_ui = x_uj counts as a failure (fail: the paper's delta(x_ui > x_uj)) or as half "
+             "(half); sampled100 always counts it as a failure, so there this has no effect")
 SPLITS = ("validation", "test")
 
 
