@@ -4,7 +4,8 @@ Epochs: an epoch is as many triplets as training interactions N; epoch e ends at
 boundary the original used (so its pretrained step 39728 is epoch 19 here too). The original's loop bound
 (step*128 <= 20*N+1) stops just short of the 20th boundary, so it evaluated and saved 19 times and discarded the
 rest of its 20th epoch. --preset original therefore runs 19 epochs, which gives the same 19 evaluations and
-checkpoints; --preset paper runs the 20 epochs that the original's settings state.
+checkpoints, and keeps the last of them (--select last), as the authors published their last checkpoint;
+--preset paper runs the 20 epochs that the original's settings state and keeps the best validation epoch.
 
 Randomness: the initialisation and the triplets come from cfg.seed alone, so every rank has the same ones;
 dropout is reseeded at each epoch from (seed, epoch, rank), so a resumed run, under any number of ranks,
