@@ -10,7 +10,7 @@ from dvbpr.attention import AttentionConfig, train_attention
 def run(ctx):
     cfg = ctx.cfg
     settings = AttentionConfig(dataset=str(ctx.dataset.path), out=str(Path(ctx.out) / "attention"),
-                               protocol=cfg.protocol, seed=cfg.seed, device=cfg.device)
+                               protocol=cfg.protocol, ties=cfg.ties, seed=cfg.seed, device=cfg.device)
     settings.epochs = min(settings.epochs, cfg.epochs)
     results = train_attention(settings, ctx.dataset)
     return Selection(ctx.label, {"k": settings.k, "image_size": settings.image_size, "hidden": settings.hidden},

@@ -6,6 +6,7 @@ from pathlib import Path
 from baselines.train import Selection
 from common.cli import settle
 from common.errors import DatasetError, RunError
+from common.metrics import tie_rule
 from dvbpr.train import DEMO, DVBPRConfig, check_config, train
 
 
@@ -14,17 +15,22 @@ def run(ctx):
     run_path = Path(cfg.dvbpr_run) if cfg.dvbpr_run else Path(ctx.out) / "dvbpr"
     if not cfg.dvbpr_run:
         dvbpr_cfg = DVBPRConfig(out=str(run_path), dataset=str(ctx.dataset.path), cache_dir=cfg.cache_dir,
-                                protocol=cfg.protocol, seed=cfg.seed, device=cfg.device)
-        settle(dvbpr_cfg, {"out", "dataset", "cache_dir", "protocol", "seed", "device"}, "dvbpr", DEMO)
+                                protocol=cfg.protocol, ties=cfg.ties, seed=cfg.seed, device=cfg.device)
+        settle(dvbpr_cfg, {"out", "dataset", "cache_dir", "protocol", "ties", "seed", "device"}, "dvbpr", DEMO)
         check_config(dvbpr_cfg)
         train(dvbpr_cfg)
     path = run_path / "results.json"
     if not path.is_file():
         raise RunError(f"no results.json in {run_path}: is it a finished dvbpr/main.py run?")
     results = json.loads(path.read_text())
-    if results["dataset"] != ctx.dataset.name or results["protocol"] != cfg.protocol:
-        raise DatasetError(f"{path} is a {results['protocol']} run on {results['dataset']}, not a {cfg.protocol} "
-                           f"run on {ctx.dataset.name}")
-    return Selection(ctx.label, {"k": results["k"], "image_size": results["image_size"]}, results["best_epoch"],
+    made = (results["protocol"], results.get("ties", "not recorded"), results["dataset"])
+    wanted = (cfg.protocol, tie_rule(cfg.protocol, cfg.ties), ctx.dataset.name)
+    if made != wanted:
+        raise DatasetError(f"{path} is a {describe_run(*made)}, not a {describe_run(*wanted)}")
+    return Selection(ctx.label, {"k": results["k"], "image_size": results["image_size"]}, results["epoch"],
                      valid={"all": results["valid_auc"], "cold": results["valid_auc_cold"]},
                      test={"all": results["test_auc"], "cold": results["test_auc_cold"]})
+
+
+def describe_run(protocol, ties, dataset):
+    return f"{protocol} run (ties: {ties}) on {dataset}"

@@ -28,6 +28,7 @@ from common.cli import parse_config, require_positive, settle, stage_errors
 from common.data import open_dataset
 from common.device import describe, pick_device
 from common.errors import ConfigError
+from common.metrics import TIES, TIES_HELP, tie_rule
 from common.runlog import RunLog, run_dir
 
 
@@ -62,12 +63,13 @@ class BaselinesConfig:
     feature_epochs: int = field(default=5, metadata={"help": "epochs of CNN-F category pre-training"})
     feature_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of CNN-F pre-training"})
     protocol: str = field(default="exact", metadata={"help": "AUC protocol", "choices": ["exact", "sampled100"]})
+    ties: str = field(default="fail", metadata={"help": TIES_HELP, "choices": list(TIES)})
     seed: int = field(default=0, metadata={"help": "seed of initialisations and sampling"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
 
 
 PRESETS = {
-    "paper": dict(factors=[10, 30, 50], regs=[0, 0.001, 0.01, 0.1, 1, 10, 30], epochs=20),
+    "paper": dict(factors=[10, 30, 50], regs=[0, 0.001, 0.01, 0.1, 1, 10, 30], epochs=20, ties="fail"),
     "quick": dict(factors=[10], regs=[0.01, 0.1, 1], epochs=10),
 }
 # The embedded catalogue on a CPU: the baselines in a few minutes on 2 cores (DVBPR brings its own demo settings).
@@ -96,7 +98,8 @@ def table_iii(cfg):
     out = run_dir(cfg.out, "baselines")
     print("settings: " + json.dumps(dataclasses.asdict(cfg)))
     print(f"baselines on {dataset.name}: {dataset.usernum} users, {dataset.itemnum} items, "
-          f"{dataset.num_train_interactions} training interactions; {cfg.protocol} AUC; "
+          f"{dataset.num_train_interactions} training interactions; {cfg.protocol} AUC, ties "
+          f"{tie_rule(cfg.protocol, cfg.ties)}; "
           f"device {describe(device)}; out {out}")
     methods = {name: method for name, method in METHODS.items() if name in cfg.models}
     features, features_description = None, "none"
@@ -111,7 +114,8 @@ def table_iii(cfg):
         selections[selection.name] = selection
         runlog.record(**dataclasses.asdict(selection))
         report(selection)
-    table = build_table(dataset.name, selections, features_description, cfg.protocol)
+    table = build_table(dataset.name, selections, features_description, cfg.protocol,
+                        tie_rule(cfg.protocol, cfg.ties))
     table["wall_seconds"] = round(time.time() - started, 1)
     paths = write_table(out, table)
     print(render_markdown(table))

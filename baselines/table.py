@@ -13,6 +13,7 @@ PAPER_METHODS = ("RAND", "PopRank", "WARP", "BPR-MF", "VisRank", "FM", "VBPR", "
 SETTINGS = ("All Items", "Cold Items")
 VS_BPRMF, VS_BEST = "DVBPR vs BPR-MF (%)", "DVBPR vs best (%)"
 SPLIT_KEYS = {"All Items": "all", "Cold Items": "cold"}
+TIE_WORDS = {"fail": "a tie counts as a failure", "half": "a tie counts half"}
 
 # file stem -> (name in the paper, {setting: (AUC per PAPER_METHODS..., improvement over BPR-MF %, over best %)})
 PAPER_TABLE = {
@@ -47,7 +48,7 @@ def paper_rows(dataset_name):
     return {setting: dict(zip((*PAPER_METHODS, VS_BPRMF, VS_BEST), values)) for setting, values in rows.items()}
 
 
-def build_table(dataset_name, selections, features, protocol):
+def build_table(dataset_name, selections, features, protocol, ties="fail"):
     """The table as a dict (what table.json holds); `selections` maps method label -> train.Selection-like object,
     in the order of the columns."""
     methods = list(selections)
@@ -59,6 +60,7 @@ def build_table(dataset_name, selections, features, protocol):
         "dataset": dataset_name,
         "paper_dataset": PAPER_TABLE[dataset_name][0] if dataset_name in PAPER_TABLE else None,
         "protocol": protocol,
+        "ties": ties,
         "features": features,
         "columns": [*methods, VS_BPRMF, VS_BEST],
         "rows": rows,
@@ -87,7 +89,8 @@ def render_markdown(table):
     columns = table["columns"]
     title = table["paper_dataset"] or table["dataset"]
     lines = [f"## Table III: {title}", "",
-             f"Test AUC ({table['protocol']} protocol) of the setting each method selected by validation AUC. "
+             f"Test AUC ({table['protocol']} protocol, {TIE_WORDS[table['ties']]}) of the setting each method "
+             "selected by validation AUC. "
              f"Visual features: {table['features']}. Best method of each row in bold.", "",
              "| Setting | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for label, _, row in table_lines(table):

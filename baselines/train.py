@@ -33,6 +33,7 @@ class FitSettings:
     negatives: int = 1          # drawn per positive: 1 for BPR, WARP's maximum trials, NCF's 4
     protocol: str = "exact"
     seed: int = 0
+    ties: str = "fail"
 
 
 @dataclass
@@ -54,12 +55,12 @@ class Selection:
 
 
 @torch.no_grad()
-def evaluate(model, dataset, split, device, protocol="exact", seed=0):
+def evaluate(model, dataset, split, device, protocol="exact", seed=0, ties="fail"):
     """AUC dict of the model on a split; sampled100 draws its negatives as dvbpr/main.py does (seed, seed + 1)."""
     if isinstance(model, torch.nn.Module):
         model.eval()
     return evaluate_auc(dataset, model.scorer(), split=split, protocol=protocol, device=device,
-                        seed=seed + SPLIT_SEED_OFFSET[split])
+                        seed=seed + SPLIT_SEED_OFFSET[split], ties=ties)
 
 
 def fit(model, dataset, loss, reg, settings, device, desc="fit"):
@@ -81,7 +82,7 @@ def fit(model, dataset, loss, reg, settings, device, desc="fit"):
             optimizer.step()
         if not math.isfinite(value.item()):
             raise TrainingDiverged(f"{desc}: the loss became {value.item()} in epoch {epoch}; lower --lr")
-        valid = evaluate(model, dataset, "validation", device, settings.protocol, settings.seed)
+        valid = evaluate(model, dataset, "validation", device, settings.protocol, settings.seed, settings.ties)
         if best is None or valid["all"] > best.valid["all"]:
             best = Fitted(model, valid, epoch)
             best_state = copy.deepcopy(model.state_dict())
@@ -90,16 +91,16 @@ def fit(model, dataset, loss, reg, settings, device, desc="fit"):
     return best
 
 
-def unlearned(model, dataset, device, protocol="exact", seed=0):
+def unlearned(model, dataset, device, protocol="exact", seed=0, ties="fail"):
     """A model without training or hyper-parameters (RAND, PopRank, VisRank), evaluated on validation."""
-    return Fitted(model, evaluate(model, dataset, "validation", device, protocol, seed))
+    return Fitted(model, evaluate(model, dataset, "validation", device, protocol, seed, ties))
 
 
 def parameter_grid(factors, regs):
     return [{"factors": k, "reg": reg} for k in factors for reg in regs]
 
 
-def grid_search(name, dataset, train, grid, device, protocol="exact", seed=0):
+def grid_search(name, dataset, train, grid, device, protocol="exact", seed=0, ties="fail"):
     """Train one model per setting (train(**setting) -> Fitted), select by validation All-Items AUC only,
     and evaluate the test split for the selected model alone."""
     best, best_params, trials = None, None, []
@@ -109,7 +110,7 @@ def grid_search(name, dataset, train, grid, device, protocol="exact", seed=0):
                        "valid_cold": fitted.valid["cold"]})
         if best is None or fitted.valid["all"] > best.valid["all"]:
             best, best_params = fitted, params
-    test = evaluate(best.model, dataset, "test", device, protocol, seed)
+    test = evaluate(best.model, dataset, "test", device, protocol, seed, ties)
     return Selection(name, best_params, best.epoch, best.valid, test, trials)
 
 
@@ -128,16 +129,17 @@ class Context:
         """Grid search over (factors, regulariser) of a model build(factors) trained with `loss`."""
         cfg = self.cfg
         settings = FitSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, negatives=negatives,
-                               protocol=cfg.protocol, seed=cfg.seed)
+                               protocol=cfg.protocol, seed=cfg.seed, ties=cfg.ties)
 
         def train(factors, reg):
             seed_everything(cfg.seed)
             return fit(build(factors), self.dataset, loss, reg, settings, self.device,
                        desc=f"{self.label} K={factors} reg={reg}")
         return grid_search(self.label, self.dataset, train, parameter_grid(cfg.factors, cfg.regs), self.device,
-                           cfg.protocol, cfg.seed)
+                           cfg.protocol, cfg.seed, cfg.ties)
 
     def unlearned(self, model):
         """A method with nothing to train or tune, evaluated once."""
-        train = lambda: unlearned(model, self.dataset, self.device, self.cfg.protocol, self.cfg.seed)
-        return grid_search(self.label, self.dataset, train, [{}], self.device, self.cfg.protocol, self.cfg.seed)
+        cfg = self.cfg
+        train = lambda: unlearned(model, self.dataset, self.device, cfg.protocol, cfg.seed, cfg.ties)
+        return grid_search(self.label, self.dataset, train, [{}], self.device, cfg.protocol, cfg.seed, cfg.ties)

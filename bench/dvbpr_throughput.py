@@ -24,6 +24,7 @@ from common.data import Dataset
 from common.device import fused_adam_kwargs, memory_format
 from common.distributed import setup, teardown
 from common.images import ImageStore
+from common.machine import machine_line
 from common.metrics import evaluate_auc
 from common.sampling import TripletSampler
 from dvbpr.model import embed_items
@@ -120,6 +121,8 @@ def main(argv=None):
             continue
         ranks = setup(name)
         triplets_per_s, embeddings_per_s, auc_seconds = measure(bench, dataset, ranks)
+        if ranks.is_main:  # one rank measures it: ranks measuring at once would share the cores
+            print(machine_line())
         ranks.print(f"{ranks.describe()}, images {images}: training {triplets_per_s:,.0f} triplets/s "
               f"(an AmazonFashion epoch of {AMAZON_FASHION_TRIPLETS:,} triplets at {bench.image_size} px: "
               f"{AMAZON_FASHION_TRIPLETS / triplets_per_s:,.0f} s); "

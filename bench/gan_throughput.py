@@ -15,6 +15,7 @@ import torch
 from common.cli import parse_config
 from common.device import describe
 from common.images import ImageStore
+from common.machine import machine_line
 from gan.model import sample_z
 from gan.train import PRESETS, GANConfig, build_gan, build_optimizers, train_step
 
@@ -80,6 +81,7 @@ def main(argv=None):
         device = torch.device(name)
         rate = images_per_second(cfg, bench, device)
         precision = "bf16 autocast" if device.type == "cuda" and bench.bf16 else "fp32"
+        print(machine_line())
         print(f"{describe(device)}, {precision}: {rate:,.0f} images/s, "
               f"{AMAZON_FASHION_ITEMS / rate:,.0f} s per epoch of {AMAZON_FASHION_ITEMS:,} images")
 

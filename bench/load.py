@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common.data import load_dataset
+from common.machine import machine_line
 from common.original_format import save_original_format
 
 IMAGE_BYTES = 14_000                       # 3.3 GB / 234K items
@@ -77,6 +78,7 @@ def main():
         run("generate")
     result = json.loads(run("measure"))
     file_bytes = path.stat().st_size
+    print(machine_line())
     print(f"file      {path} ({file_bytes / 2**30:.2f} GiB, {result['itemnum']} items, {result['usernum']} users, "
           f"{result['interactions']} training interactions)")
     print(f"load      {result['load_s']:.1f} s ({file_bytes / 2**20 / result['load_s']:.0f} MiB/s)")

@@ -6,17 +6,22 @@ negatives j and take the mean of the per-user AUCs, every user weighted equally.
 "exact" (paper, Sec. IV-A): the negatives are every item outside the user's train ∪ validation ∪ test sets
 (duplicates in a training list count once; the positive is never a negative) and
 
-    AUC_u = (#{j : x_uj < x_ui} + 0.5 * #{j : x_uj = x_ui}) / #negatives.
+    AUC_u = (#{j : x_uj < x_ui} + c * #{j : x_uj = x_ui}) / #negatives,
 
-The paper's formula counts strict wins only; a tie counting half makes a constant scorer get 0.5 (the RAND row of
-Table III) and changes nothing when scores are continuous.
+with c = 0 (ties="fail", the default: the paper's delta(x_ui > x_uj) counts a tie as a failure) or c = 0.5
+(ties="half", the usual Mann-Whitney convention). The two differ wherever a scorer gives many items one score:
+PopRank, whose score is an item's training count and most items have 0-4 of them, has a test AUC of 0.6153 All /
+0.3499 Cold on the embedded catalogue with ties failing and 0.6604 / 0.4242 with ties counting half. A scorer
+meant to be uninformative must therefore give continuous random scores, not a constant (which scores 0 under
+"fail"); RAND (baselines/rand.py) draws them uniformly.
 "Cold Items" (Sec. IV-C) is the same per-user AUC averaged over the users whose held-out item has fewer than
 `cold_threshold` (5) training interactions.
 
 "sampled100" (the original code): per user, 100 distinct item ids drawn uniformly; those in the user's training
 set or equal to the positive are skipped (the other held-out item is kept), and
-AUC_u = #{used j : x_ui > x_uj} / #used (ties count as failures). The draw is made for every user id from `seed`,
-so the same seed gives the same negatives in every epoch, to both splits, and to any subset of users.
+AUC_u = #{used j : x_ui > x_uj} / #used (ties count as failures, whatever `ties` says). The draw is made for
+every user id from `seed`, so the same seed gives the same negatives in every epoch, to both splits, and to any
+subset of users.
 
 A user left with no negative has no AUC: its per-user value is NaN and it is left out of the means
 (`num_skipped` counts such users).
@@ -35,6 +40,10 @@ from common.errors import TrainingDiverged
 SCORE_BUDGET = {"cpu": 2**22, "cuda": 2**28}
 SAMPLED_NEGATIVES = 100
 PROTOCOLS = ("exact", "sampled100")
+TIE_CREDIT = {"fail": 0.0, "half": 0.5}
+TIES = tuple(TIE_CREDIT)
+TIES_HELP = ("exact AUC: a tie x_ui = x_uj counts as a failure (fail: the paper's delta(x_ui > x_uj)) or as half "
+             "(half); sampled100 always counts it as a failure, so there this has no effect")
 SPLITS = ("validation", "test")
 
 
@@ -115,13 +124,15 @@ def scored_chunks(score_fn, users, chunk_users, device):
 
 
 def per_user_auc_exact(score_fn, positives, exclude_indptr, exclude_indices, users=None, device="cpu",
-                       chunk_users=None):
-    """Exact per-user AUC (ties count half), float64 [len(users)] on CPU, NaN for a user with no negative.
+                       chunk_users=None, ties="fail"):
+    """Exact per-user AUC (a tie counts as a failure, or half with ties="half"), float64 [len(users)] on CPU, NaN
+    for a user with no negative.
 
     positives: held-out item per user id [usernum]. The exclusion CSR (rows = user ids) may hold duplicates and
     need not hold the positive. Rather than masking whole score rows, the comparisons are counted over all items
     and those of the (few) excluded items are subtracted.
     """
+    credit = TIE_CREDIT[ties]
     device = torch.device(device)
     positives = torch.as_tensor(positives, dtype=torch.long).to(device)
     indptr, indices = (a.to(device) for a in unique_csr(exclude_indptr, exclude_indices))
@@ -132,15 +143,15 @@ def per_user_auc_exact(score_fn, positives, exclude_indptr, exclude_indices, use
         pos = positives[batch]
         pos_scores = scores.gather(1, pos[:, None])
         below = torch.count_nonzero(scores < pos_scores, dim=1)
-        ties = torch.count_nonzero(scores == pos_scores, dim=1) - 1  # the positive ties with itself
+        tied = torch.count_nonzero(scores == pos_scores, dim=1) - 1  # the positive ties with itself
         local, items = gather_rows(indptr, indices, batch)
         keep = items != pos[local]
         local, items = local[keep], items[keep]
         excluded_scores, reference = scores[local, items], pos_scores[local, 0]
         below.index_add_(0, local, -(excluded_scores < reference).long())
-        ties.index_add_(0, local, -(excluded_scores == reference).long())
+        tied.index_add_(0, local, -(excluded_scores == reference).long())
         num_negatives = scores.shape[1] - 1 - torch.bincount(local, minlength=len(batch))
-        per_user = (below + 0.5 * ties).double() / num_negatives
+        per_user = (below + credit * tied).double() / num_negatives
         auc[start:start + len(batch)] = torch.where(num_negatives > 0, per_user, math.nan)
     return auc.cpu()
 
@@ -171,24 +182,32 @@ def per_user_auc_sampled(score_fn, positives, train_indptr, train_indices, negat
     return auc.cpu()
 
 
+def tie_rule(protocol, ties):
+    """How a tie counts under `protocol` with the setting `ties`: sampled100 always counts it as a failure."""
+    return ties if protocol == "exact" else "fail"
+
+
 def evaluate_auc(dataset, score_fn, split="validation", protocol="exact", device="cpu", chunk_users=None,
-                 cold_threshold=5, seed=0, users=None, combine=None):
+                 cold_threshold=5, seed=0, users=None, combine=None, ties="fail"):
     """All-Items and Cold-Items AUC of score_fn on the validation or test items of `users` (default: all).
 
     Sharded evaluation: each rank passes its share of the users and `combine` (e.g. Ranks.gather), which
     concatenates the ranks' per-user results before the means are taken.
     Returns dict(all, cold (None without cold users), num_users (users averaged), num_cold_users, num_skipped,
-    protocol, split). `seed` only matters for "sampled100".
+    protocol, ties (the rule applied, see tie_rule), split). `seed` only matters for "sampled100", `ties` only for
+    "exact".
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
     positives = torch.as_tensor(dataset.user_validation if split == "validation" else dataset.user_test)
     users = torch.arange(dataset.usernum) if users is None else torch.as_tensor(users, dtype=torch.long)
     if protocol == "exact":
         auc = per_user_auc_exact(score_fn, positives, *observed_csr(dataset), users=users, device=device,
-                                 chunk_users=chunk_users)
+                                 chunk_users=chunk_users, ties=ties)
     else:
         negatives = sample_negatives(dataset.usernum, dataset.itemnum, SAMPLED_NEGATIVES, seed)
         auc = per_user_auc_sampled(score_fn, positives, *dataset.train_csr(), negatives, users=users,
@@ -207,5 +226,6 @@ def evaluate_auc(dataset, score_fn, split="validation", protocol="exact", device
         num_cold_users=len(cold_auc),
         num_skipped=int((~defined).sum()),
         protocol=protocol,
+        ties=tie_rule(protocol, ties),
         split=split,
     )

@@ -29,7 +29,7 @@ from common.data import open_dataset
 from common.device import pick_device
 from common.errors import ConfigError, TrainingDiverged
 from common.images import ImageStore, image_cache
-from common.metrics import evaluate_auc
+from common.metrics import TIES, TIES_HELP, evaluate_auc, tie_rule
 from common.runlog import run_dir
 from common.sampling import TripletSampler
 from common.seeding import seed_everything
@@ -133,6 +133,7 @@ class AttentionConfig:
     batch_size: int = field(default=128, metadata={"help": "triplets per step"})
     epochs: int = field(default=4, metadata={"help": "epochs of N triplets; the best validation epoch is kept"})
     protocol: str = field(default="exact", metadata={"help": "AUC protocol", "choices": ["exact", "sampled100"]})
+    ties: str = field(default="fail", metadata={"help": TIES_HELP, "choices": list(TIES)})
     seed: int = field(default=0, metadata={"help": "seed of the initialisation and the triplets"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
 
@@ -180,7 +181,7 @@ def train_attention(cfg, dataset=None):
     sampler = TripletSampler(dataset, cfg.seed)
     steps = max(1, dataset.num_train_interactions // cfg.batch_size)
     evaluate = lambda split: evaluate_auc(dataset, model.scorer(store), split, cfg.protocol, device,
-                                          seed=cfg.seed + (split == "test"))
+                                          seed=cfg.seed + (split == "test"), ties=cfg.ties)
     history, best = [], None
     for epoch in range(1, cfg.epochs + 1):
         loss = train_epoch(model, optimizer, store, sampler, cfg, steps, f"attention epoch {epoch}/{cfg.epochs}")
@@ -194,6 +195,7 @@ def train_attention(cfg, dataset=None):
                                               "step": record["step"], "metrics": record})
     model.load_state_dict(load_checkpoint(out / "best.pt", "attention")["model"])
     results = dict(dataset=dataset.name, dataset_path=str(dataset.path), protocol=cfg.protocol,
+                   ties=tie_rule(cfg.protocol, cfg.ties),
                    best_epoch=best["epoch"], valid=best["valid"], test=evaluate("test"), history=history,
                    wall_seconds=round(time.time() - started, 1))
     write_json(out / "results.json", results)

@@ -27,7 +27,8 @@ class TrainedRun:
 
 
 def load_weights(run, device="cpu"):
-    """(path, checkpoint) of best.pt (the best validation epoch, as embeddings.pt), else of checkpoint.pt."""
+    """(path, checkpoint) of best.pt (the kept epoch, as embeddings.pt: the best validation one, or the last with
+    --select last), else of checkpoint.pt."""
     path = next((p for p in (run / "best.pt", run / "checkpoint.pt") if p.is_file()), None)
     if path is None:
         raise RunError(f"no trained DVBPR in {run} (best.pt or checkpoint.pt): "

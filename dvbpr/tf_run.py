@@ -130,7 +130,7 @@ def write_run(out, cfg, model, dataset, items, record, results):
     """The files of a finished run: DVBPR.log, metrics.jsonl, best.pt, embeddings.pt, checkpoint.pt (with a fresh
     optimizer and sampler: the original's Adam state is not carried over) and results.json."""
     rewrite_logs(out, [record])
-    progress = dict(history=[record], best=record, seconds=record["seconds"])
+    progress = dict(history=[record], kept=record, seconds=record["seconds"])
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if record["step"] is None:  # the original's per-epoch files are named by the step
         cfg = dataclasses.replace(cfg, save_every_epoch=False)

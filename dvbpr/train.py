@@ -4,7 +4,8 @@ Epochs: an epoch is as many triplets as training interactions N; epoch e ends at
 boundary the original used (so its pretrained step 39728 is epoch 19 here too). The original's loop bound
 (step*128 <= 20*N+1) stops just short of the 20th boundary, so it evaluated and saved 19 times and discarded the
 rest of its 20th epoch. --preset original therefore runs 19 epochs, which gives the same 19 evaluations and
-checkpoints; --preset paper runs the 20 epochs that the original's settings state.
+checkpoints, and keeps the last of them (--select last), as the authors published their last checkpoint;
+--preset paper runs the 20 epochs that the original's settings state and keeps the best validation epoch.
 
 Randomness: the initialisation and the triplets come from cfg.seed alone, so every rank has the same ones;
 dropout is reseeded at each epoch from (seed, epoch, rank), so a resumed run, under any number of ranks,
@@ -32,19 +33,22 @@ from common.device import autocast, fused_adam_kwargs, memory_format, pick_devic
 from common.distributed import Ranks, unwrap
 from common.errors import ConfigError, TrainingDiverged
 from common.images import ImageStore, image_cache
-from common.metrics import evaluate_auc
+from common.metrics import TIES, TIES_HELP, evaluate_auc, tie_rule
 from common.runlog import RunLog, run_dir
 from common.sampling import TripletSampler
 from common.seeding import seed_everything
 from dvbpr.backbones import BACKBONES, build_backbone
 from dvbpr.model import DVBPR, embed_items
 
+SELECTIONS = ("best-valid", "last")
+
 
 @dataclass
 class DVBPRConfig:
-    preset: str = field(default="paper", metadata={"help": "paper: K=50, exact All/Cold AUC, 20 epochs; "
-                                                           "original: K=100, sampled-100 AUC, 19 evaluated epochs, "
-                                                           "a checkpoint every epoch"})
+    preset: str = field(default="paper", metadata={"help": "paper: K=50, exact All/Cold AUC with ties failing, 20 "
+                                                           "epochs, the best validation epoch kept; original: K=100, "
+                                                           "sampled-100 AUC, 19 evaluated epochs, a checkpoint every "
+                                                           "epoch, the last epoch kept"})
     dataset: str | None = field(default=None, metadata={"help": "dataset .npy in the original format, or "
                                                                 "'embedded'; None: data/AmazonFashion6Img"
                                                                 "Partitioned.npy, else the embedded catalogue"})
@@ -84,6 +88,11 @@ class DVBPRConfig:
     batch_size: int = field(default=128, metadata={"help": "triplets per step"})
     epochs: int = field(default=20, metadata={"help": "epochs of N triplets, N = number of training interactions"})
     protocol: str = field(default="exact", metadata={"help": "AUC protocol", "choices": ["exact", "sampled100"]})
+    ties: str = field(default="fail", metadata={"help": TIES_HELP, "choices": list(TIES)})
+    select: str = field(default="best-valid", metadata={
+        "help": "the epoch kept in best.pt and embeddings.pt, reported in results.json and used by recommend.py and "
+                "pm/: best-valid, the best validation AUC (the paper); last, the last epoch (the authors published "
+                "their last checkpoint)", "choices": list(SELECTIONS)})
     cold_threshold: int = field(default=5, metadata={"help": "an item is cold with fewer training interactions"})
     save_every_epoch: bool = field(default=False, metadata={"help": "also write DVBPR_auc_<K>_<step>.pt (the last 5 "
                                                                     "kept) and UI_<K>_<step>.npy every epoch"})
@@ -100,8 +109,8 @@ class DVBPRConfig:
 
 
 PRESETS = {
-    "paper": dict(k=50, protocol="exact", epochs=20, save_every_epoch=False),
-    "original": dict(k=100, protocol="sampled100", epochs=19, save_every_epoch=True),
+    "paper": dict(k=50, protocol="exact", ties="fail", epochs=20, save_every_epoch=False, select="best-valid"),
+    "original": dict(k=100, protocol="sampled100", epochs=19, save_every_epoch=True, select="last"),
 }
 # The embedded catalogue on a CPU, in about 3 minutes on 2 cores: 32 px, fc1 and fc2 1024 wide (at 32 px the
 # 4096-wide fc2 is most of the work), 30 epochs of ~70 steps; a learning rate above the original's 1e-4 makes up
@@ -195,7 +204,7 @@ def evaluate(model, dataset, images, cfg, ranks):
     items = embed_items(model, images, cfg.eval_batch_size, ranks, cfg.bf16)
     theta = model.theta.detach()
     score = lambda users: theta[users] @ items.T
-    options = dict(protocol=cfg.protocol, device=ranks.device, chunk_users=cfg.eval_chunk,
+    options = dict(protocol=cfg.protocol, ties=cfg.ties, device=ranks.device, chunk_users=cfg.eval_chunk,
                    cold_threshold=cfg.cold_threshold, users=torch.tensor(ranks.shard(dataset.usernum)),
                    combine=ranks.gather)
     valid = evaluate_auc(dataset, score, split="validation", seed=cfg.seed, **options)
@@ -245,10 +254,11 @@ def save_epoch_files(out, model, items, cfg, record):
 
 
 def save_epoch(out, cfg, model, optimizer, sampler, items, progress):
-    """Everything an epoch leaves on disk, the checkpoint last: best.pt and embeddings.pt when validation improved,
-    the original's per-epoch files if asked, then checkpoint.pt (so a crash at any point resumes correctly)."""
+    """Everything an epoch leaves on disk, the checkpoint last: best.pt and embeddings.pt when this epoch is the
+    kept one (see keep_record), the original's per-epoch files if asked, then checkpoint.pt (so a crash at any point
+    resumes correctly)."""
     record = progress["history"][-1]
-    if progress["best"] is record:
+    if progress["kept"] is record:
         save_checkpoint(out / "best.pt", model_snapshot(model, cfg, record))
         save_embeddings(out / "embeddings.pt", model.theta, items, dataclasses.asdict(cfg), record["epoch"],
                         record["step"])
@@ -257,7 +267,7 @@ def save_epoch(out, cfg, model, optimizer, sampler, items, progress):
     save_checkpoint(out / "checkpoint.pt", {
         "stage": "dvbpr", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "config": dataclasses.asdict(cfg), "epoch": record["epoch"], "step": record["step"],
-        "sampler": sampler.state_dict(), "metrics": {"history": progress["history"], "best": progress["best"]},
+        "sampler": sampler.state_dict(), "metrics": {"history": progress["history"], "kept": progress["kept"]},
         "seconds": progress["seconds"]})
 
 
@@ -267,15 +277,17 @@ def start_or_resume(cfg, out, model, optimizer, sampler, ranks):
     if not cfg.resume:
         if (out / "checkpoint.pt").exists():
             ranks.print(f"starting afresh in {out} (pass --resume to continue the run there)")
-        return dict(epoch=0, step=0, history=[], best=None, seconds=0.0)
+        return dict(epoch=0, step=0, history=[], kept=None, seconds=0.0)
     checkpoint = load_checkpoint(out / "checkpoint.pt", "dvbpr", fields=("model", "optimizer", "sampler", "epoch",
                                                                           "step", "seconds", "metrics"))
     model.load_state_dict(checkpoint["model"])
     restore_optimizer(optimizer, checkpoint["optimizer"], cfg.lr)
     sampler.load_state_dict(checkpoint["sampler"])
     ranks.print(f"resuming {out} after epoch {checkpoint['epoch']} (step {checkpoint['step']})")
+    metrics = checkpoint["metrics"]
+    kept = metrics["kept"] if "kept" in metrics else metrics["best"]  # "best" before --select existed
     return dict(epoch=checkpoint["epoch"], step=checkpoint["step"], seconds=checkpoint["seconds"],
-                **checkpoint["metrics"])
+                history=metrics["history"], kept=kept)
 
 
 def open_data(cfg, ranks, check=None):
@@ -330,11 +342,11 @@ def train(cfg, ranks=None):
             runlog.record(**record)
             tqdm.write(f"{log_line(record)}  cold items: test {fmt(record['test_auc_cold'])} "
                        f"valid {fmt(record['valid_auc_cold'])}  loss {record['loss']:.4g}")
-    results = results_summary(cfg, dataset, embedded, progress["best"], seconds_before + time.time() - started,
+    results = results_summary(cfg, dataset, embedded, progress["kept"], seconds_before + time.time() - started,
                               ranks)
     if ranks.is_main:
         write_json(out / "results.json", results)
-        print("results (best validation epoch): " + json.dumps(results))
+        print(f"results ({cfg.select} epoch): " + json.dumps(results))
     ranks.barrier()
     return results
 
@@ -357,14 +369,23 @@ def train_epoch(epoch, network, optimizer, sampler, dataset, images, cfg, ranks,
                   seconds=round(time.time() - epoch_started, 3))
     progress.update(epoch=epoch, step=last_step)
     progress["history"].append(record)
-    if progress["best"] is None or record["valid_auc"] > progress["best"]["valid_auc"]:
-        progress["best"] = record
+    progress["kept"] = keep_record(cfg.select, progress["kept"], record)
     return {**record, "items": items}
 
 
-def results_summary(cfg, dataset, embedded, best, seconds, ranks):
-    return dict(preset=cfg.preset, protocol=cfg.protocol, dataset=dataset.name, dataset_path=str(dataset.path),
-                embedded=embedded, epochs=cfg.epochs, k=cfg.k, backbone=cfg.backbone, image_size=cfg.image_size,
-                batch_size=cfg.batch_size, best_epoch=best["epoch"], best_step=best["step"],
-                valid_auc=best["valid_auc"], valid_auc_cold=best["valid_auc_cold"], test_auc=best["test_auc"],
-                test_auc_cold=best["test_auc_cold"], wall_seconds=round(seconds, 1), device=ranks.describe())
+def keep_record(select, kept, record):
+    """The epoch record to keep after `record`: it, with select "last" or when its validation AUC beats the kept
+    one's; else the kept one."""
+    if select == "last" or kept is None or record["valid_auc"] > kept["valid_auc"]:
+        return record
+    return kept
+
+
+def results_summary(cfg, dataset, embedded, kept, seconds, ranks):
+    """results.json: the settings and the AUCs of the kept epoch (`selected` says how it was chosen)."""
+    return dict(preset=cfg.preset, protocol=cfg.protocol, ties=tie_rule(cfg.protocol, cfg.ties),
+                dataset=dataset.name, dataset_path=str(dataset.path), embedded=embedded, epochs=cfg.epochs, k=cfg.k,
+                backbone=cfg.backbone, image_size=cfg.image_size, batch_size=cfg.batch_size, selected=cfg.select,
+                epoch=kept["epoch"], step=kept["step"], valid_auc=kept["valid_auc"],
+                valid_auc_cold=kept["valid_auc_cold"], test_auc=kept["test_auc"], test_auc_cold=kept["test_auc_cold"],
+                wall_seconds=round(seconds, 1), device=ranks.describe())

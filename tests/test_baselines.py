@@ -432,10 +432,10 @@ def paper_named_catalogue(catalogue):
     return catalogue(num_users=40, num_items=60, name="AmazonFashion6ImgPartitioned")
 
 
-def finished_dvbpr_run(directory, dataset_name, protocol="exact"):
+def finished_dvbpr_run(directory, dataset_name, protocol="exact", ties="fail"):
     directory.mkdir()
     (directory / "results.json").write_text(json.dumps(dict(
-        dataset=dataset_name, protocol=protocol, k=50, image_size=32, best_epoch=4, valid_auc=0.71,
+        dataset=dataset_name, protocol=protocol, ties=ties, k=50, image_size=32, epoch=4, valid_auc=0.71,
         valid_auc_cold=0.69, test_auc=0.7, test_auc_cold=0.68)))
     return directory
 
@@ -466,3 +466,22 @@ def test_main_refuses_a_dvbpr_run_of_another_dataset(tmp_path, paper_named_catal
         baselines_main(quick_argv(paper_named_catalogue, tmp_path / "out", run) + ["--models", "poprank", "dvbpr"])
     with pytest.raises(SystemExit, match="unknown model"):
         baselines_main(["--models", "poprank", "svd"])
+
+
+def test_main_refuses_a_dvbpr_run_whose_ties_count_otherwise(tmp_path, paper_named_catalogue):
+    run = finished_dvbpr_run(tmp_path / "dvbpr", "AmazonFashion6ImgPartitioned", ties="half")
+    argv = quick_argv(paper_named_catalogue, tmp_path / "out", run) + ["--models", "dvbpr"]
+    with pytest.raises(SystemExit, match=r"exact run \(ties: half\).*not a exact run \(ties: fail\)"):
+        baselines_main(argv)
+    assert baselines_main(argv + ["--ties", "half"])["ties"] == "half"
+
+
+def test_ties_half_reaches_the_baselines_and_the_table(tmp_path, paper_named_catalogue):
+    run = finished_dvbpr_run(tmp_path / "dvbpr", "AmazonFashion6ImgPartitioned")
+    argv = quick_argv(paper_named_catalogue, tmp_path / "out", run) + ["--models", "rand", "poprank"]
+    fail = baselines_main(argv)
+    half = baselines_main(argv + ["--ties", "half", "--out", str(tmp_path / "half")])
+    assert (fail["ties"], half["ties"]) == ("fail", "half")
+    assert half["rows"]["All Items"]["PopRank"] > fail["rows"]["All Items"]["PopRank"]  # counts tie a lot
+    assert half["rows"]["All Items"]["RAND"] == fail["rows"]["All Items"]["RAND"] > 0.3   # continuous scores
+    assert "a tie counts half" in (tmp_path / "half" / "table.md").read_text()

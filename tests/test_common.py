@@ -1,6 +1,7 @@
 """Configs, checkpoints, run logs and device helpers shared by every stage."""
 import dataclasses
 import pickle
+import re
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from common.checkpoint import (
 from common.cli import apply_settings, parse_config, settle, stage_errors
 from common.device import autocast, pick_device
 from common.errors import CheckpointError, ConfigError, DatasetError
+from common.machine import machine_line, matmul_gflops
 from common.runlog import RunLog, run_dir
 from common.seeding import derived_seed
 
@@ -183,3 +185,9 @@ def test_a_restored_optimizer_takes_the_learning_rate_given_now():
     resumed = torch.optim.Adam([weight], lr=0.1)
     restore_optimizer(resumed, saved.state_dict(), lr=0.5)
     assert resumed.param_groups[0]["lr"] == 0.5 and resumed.state[weight]["step"] == 1
+
+
+def test_matmul_rate_is_a_positive_figure_and_the_machine_line_names_it():
+    assert matmul_gflops(n=32, warmup=1, repeats=2) > 0
+    line = machine_line(n=32)
+    assert re.fullmatch(r"machine: cpu fp32 matmul 32\^2: [\d,]+ GFLOP/s \(\d+ threads\)(; .+ GFLOP/s)?", line)

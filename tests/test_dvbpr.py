@@ -22,7 +22,8 @@ from common.sampling import TripletSampler
 from dvbpr.backbones import BACKBONES, build_backbone
 from dvbpr.main import main
 from dvbpr.model import CNNF, DVBPR, embed_items, same_padding
-from dvbpr.train import DEMO, PRESETS, DVBPRConfig, build_model, epoch_end_step
+from common.distributed import Ranks
+from dvbpr.train import DEMO, PRESETS, DVBPRConfig, build_model, epoch_end_step, evaluate, keep_record
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -108,9 +109,12 @@ def configured(argv):
 def test_presets_and_explicit_flags():
     paper = configured([])
     assert (paper.preset, paper.k, paper.protocol, paper.epochs) == ("paper", 50, "exact", 20)
-    assert not paper.save_every_epoch
+    assert (paper.ties, paper.select) == ("fail", "best-valid") and not paper.save_every_epoch
+    assert (DVBPRConfig().ties, DVBPRConfig().select) == ("fail", "best-valid")
     original = configured(["--preset", "original"])
     assert (original.k, original.protocol, original.epochs, original.save_every_epoch) == (100, "sampled100", 19, True)
+    assert original.select == "last" and configured(["--preset", "original", "--select", "best-valid"]).select == \
+        "best-valid"
     assert (original.lambda_w, original.lambda_theta, original.lr, original.batch_size) == (0.001, 1.0, 1e-4, 128)
     assert configured(["--preset", "original", "--k", "7"]).k == 7
 
@@ -130,6 +134,29 @@ def test_the_embedded_catalogue_takes_the_demo_settings_that_no_flag_gives(tiny_
     cfg, protected = parse_config(DVBPRConfig, ["--resume", "--out", str(tmp_path), "--epochs", "6"], PRESETS)
     settle(cfg, protected, "dvbpr", DEMO, embedded=True)   # a resumed run keeps its saved settings
     assert (cfg.image_size, cfg.fc_width, cfg.epochs) == (48, 4096, 6)
+
+
+def test_ties_half_reaches_the_metric(tiny):
+    """With theta = 0 every score ties: the exact AUC is 0 when ties fail (the default) and 0.5 when they count
+    half."""
+    dataset, images = tiny
+    small = ["--k", "8", "--image-size", "32", "--fc-width", "64"]
+    for argv, expected in (([], 0.0), (["--ties", "half"], 0.5)):
+        cfg = configured(small + argv)
+        model = build_model(cfg, dataset.usernum)
+        with torch.no_grad():
+            model.theta.zero_()
+        valid, test, _ = evaluate(model, dataset, images, cfg, Ranks())
+        assert valid["all"] == test["all"] == expected and valid["ties"] == cfg.ties
+
+
+def test_the_kept_record_is_the_best_validation_one_or_the_last():
+    history = [dict(epoch=e, valid_auc=auc) for e, auc in enumerate([0.6, 0.8, 0.7], start=1)]
+    for select, expected in (("best-valid", 2), ("last", 3)):
+        kept = None
+        for record in history:
+            kept = keep_record(select, kept, record)
+        assert kept["epoch"] == expected
 
 
 def bpr_loss(model, users, images_i, images_j):
@@ -220,14 +247,15 @@ def test_cli_writes_the_run_and_resume_reproduces_it(tiny_path, tmp_path):
         assert float(valid_auc) == pytest.approx(record["valid_auc"], rel=1e-11)
         assert 0 <= record["valid_auc_cold"] <= 1 and record["protocol"] == "sampled100" and record["loss"] > 0
     results = json.loads((whole / "results.json").read_text())
-    best = max(records, key=lambda r: r["valid_auc"])
-    assert (results["best_epoch"], results["test_auc"], results["test_auc_cold"]) == \
-           (best["epoch"], best["test_auc"], best["test_auc_cold"])
+    last = records[-1]
+    assert (results["selected"], results["epoch"], results["test_auc"], results["test_auc_cold"]) == \
+           ("last", 2, last["test_auc"], last["test_auc_cold"])
     assert results["preset"] == "original" and results["dataset"] == "Tiny" and results["wall_seconds"] > 0
+    assert (results["protocol"], results["ties"]) == ("sampled100", "fail")
 
     embeddings = load_checkpoint(whole / "embeddings.pt")
     assert embeddings["theta"].shape == (6, 8) and embeddings["items"].shape == (20, 8)
-    assert load_checkpoint(whole / "best.pt")["epoch"] == best["epoch"]
+    assert load_checkpoint(whole / "best.pt")["epoch"] == embeddings["epoch"] == 2
     last_step = records[-1]["step"]
     theta, items = np.load(whole / f"UI_8_{last_step}.npy", allow_pickle=True)
     assert theta.shape == (6, 8) and items.shape == (20, 8)
@@ -240,6 +268,22 @@ def test_cli_writes_the_run_and_resume_reproduces_it(tiny_path, tmp_path):
     for name, tensor in expected["model"].items():
         torch.testing.assert_close(got["model"][name], tensor, rtol=1e-5, atol=1e-7)
     assert (resumed / "DVBPR.log").read_text() == (whole / "DVBPR.log").read_text()
+
+
+def test_best_valid_keeps_the_best_validation_epoch_through_a_resume(tiny_path, tmp_path):
+    args = ("--select", "best-valid", "--protocol", "exact", "--ties", "half")
+    whole = main(cli_args(tiny_path, tmp_path / "whole", *args, "--epochs", "3"))
+    records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    best = max(records, key=lambda r: r["valid_auc"])
+    assert (whole["selected"], whole["epoch"], whole["valid_auc"]) == ("best-valid", best["epoch"], best["valid_auc"])
+    assert whole["ties"] == "half"
+    assert load_checkpoint(tmp_path / "whole" / "best.pt")["epoch"] == best["epoch"]
+    assert load_checkpoint(tmp_path / "whole" / "embeddings.pt")["epoch"] == best["epoch"]
+
+    main(cli_args(tiny_path, tmp_path / "resumed", *args, "--epochs", "1"))
+    resumed = main(["--out", str(tmp_path / "resumed"), "--resume", "--epochs", "3"])
+    same = lambda results: {key: value for key, value in results.items() if key != "wall_seconds"}
+    assert same(resumed) == same(whole)
 
 
 def test_resize_filter_picks_its_own_cache_and_eval_chunk_leaves_the_auc_alone(tiny_path, tmp_path):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from common.metrics import (
+    TIES,
     evaluate_auc,
     observed_csr,
     per_user_auc_exact,
@@ -37,13 +38,13 @@ def held_out(dataset, split):
     return dataset.user_validation if split == "validation" else dataset.user_test
 
 
-def brute_exact(dataset, scores, split):
+def brute_exact(dataset, scores, split, tie_credit=0.0):
     aucs = []
     for u in range(dataset.usernum):
         pos = held_out(dataset, split)[u]
         observed = set(dataset.user_train[u]) | {dataset.user_validation[u], dataset.user_test[u]}
         negatives = [j for j in range(dataset.itemnum) if j not in observed]
-        hits = sum(1.0 if scores[u, pos] > scores[u, j] else 0.5 if scores[u, pos] == scores[u, j] else 0.0
+        hits = sum(1.0 if scores[u, pos] > scores[u, j] else tie_credit if scores[u, pos] == scores[u, j] else 0.0
                    for j in negatives)
         aucs.append(hits / len(negatives) if negatives else math.nan)
     return torch.tensor(aucs, dtype=torch.float64)
@@ -64,16 +65,34 @@ def nanmean(values):
 
 
 @pytest.mark.parametrize("split", ["validation", "test"])
-def test_exact_matches_brute_force_with_ties_and_duplicate_training_items(split):
+@pytest.mark.parametrize("ties, credit", [("fail", 0.0), ("half", 0.5)])
+def test_exact_matches_brute_force_with_ties_and_duplicate_training_items(split, ties, credit):
     dataset = random_dataset(usernum=40, itemnum=30, seed=1)
     assert any(len(set(items)) < len(items) for items in dataset.user_train)
     scores = integer_scores(dataset, seed=2)
-    expected = brute_exact(dataset, scores, split)
-    got = per_user_auc_exact(lambda u: scores[u], held_out(dataset, split), *observed_csr(dataset))
+    expected = brute_exact(dataset, scores, split, credit)
+    got = per_user_auc_exact(lambda u: scores[u], held_out(dataset, split), *observed_csr(dataset), ties=ties)
     torch.testing.assert_close(got, expected)
-    result = evaluate_auc(dataset, lambda u: scores[u], split=split)
+    result = evaluate_auc(dataset, lambda u: scores[u], split=split, ties=ties)
     assert result["all"] == pytest.approx(expected.mean().item())
-    assert result["num_users"] == dataset.usernum and result["num_skipped"] == 0
+    assert result["num_users"] == dataset.usernum and result["num_skipped"] == 0 and result["ties"] == ties
+
+
+def test_a_tie_fails_by_default_and_counts_half_when_asked():
+    # user 0: test item 2 against negatives 3, 4, 5 (one win, two ties); user 1: item 5 against 0, 1, 2 (three ties)
+    dataset = interactions_only(2, 6, [[0], [3]], user_validation=[1, 4], user_test=[2, 5])
+    scores = torch.tensor([[9.0, 9.0, 1.0, 1.0, 0.0, 1.0],
+                           [2.0, 2.0, 2.0, 9.0, 9.0, 2.0]])
+    auc = lambda **kwargs: evaluate_auc(dataset, lambda u: scores[u], split="test", **kwargs)["all"]
+    assert auc() == auc(ties="fail") == pytest.approx((1 / 3 + 0) / 2)
+    assert auc(ties="half") == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+
+def test_ties_leave_sampled100_alone_and_say_so():
+    dataset = random_dataset(usernum=40, itemnum=150, seed=9, max_train=40)
+    scores = integer_scores(dataset, seed=10)
+    fail, half = (evaluate_auc(dataset, lambda u: scores[u], protocol="sampled100", ties=ties) for ties in TIES)
+    assert fail["all"] == half["all"] and fail["ties"] == half["ties"] == "fail"
 
 
 def test_positive_never_counts_as_negative_even_outside_the_exclusion_sets():
@@ -185,3 +204,5 @@ def test_unknown_split_or_protocol_raises():
         evaluate_auc(dataset, lambda u: torch.zeros(len(u), 5), split="train")
     with pytest.raises(ValueError, match="protocol"):
         evaluate_auc(dataset, lambda u: torch.zeros(len(u), 5), protocol="sampled")
+    with pytest.raises(ValueError, match="ties"):
+        evaluate_auc(dataset, lambda u: torch.zeros(len(u), 5), ties="third")

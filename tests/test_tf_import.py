@@ -313,7 +313,7 @@ def test_the_dvbpr_cli_writes_the_checkpoint_as_a_finished_run(converted):
     assert (int(epoch), float(test_auc), float(valid_auc)) == pytest.approx((3, record["test_auc"],
                                                                             record["valid_auc"]), rel=1e-11)
     results = json.loads((run / "results.json").read_text())
-    assert results["from_tf"].endswith("DVBPR_auc_10_3.ckpt") and results["k"] == 10 and results["best_epoch"] == 3
+    assert results["from_tf"].endswith("DVBPR_auc_10_3.ckpt") and results["k"] == 10 and results["epoch"] == 3
     for name in ("best.pt", "checkpoint.pt", "DVBPR_auc_10_3.pt"):
         assert load_checkpoint(run / name, "dvbpr")["step"] == 3
     embeddings = load_checkpoint(run / "embeddings.pt", "dvbpr-embeddings")
@@ -329,7 +329,8 @@ def test_a_prefix_without_a_step_gives_no_epoch_and_exact_auc_works(converted, t
     results = dvbpr_main(["--preset", "original", "--from-tf", str(DVBPR_CKPT), "--dataset",
                           str(converted / "Fixture.npy"), "--out", str(tmp_path), "--image-size", "64",
                           "--protocol", "exact", "--device", "cpu"])
-    assert results["best_epoch"] is None and results["best_step"] is None and results["protocol"] == "exact"
+    assert results["epoch"] is None and results["step"] is None and results["protocol"] == "exact"
+    assert results["ties"] == "fail" and results["selected"] == "last"
     assert (tmp_path / "DVBPR.log").read_text().startswith("Epoch #None:")
     assert not list(tmp_path.glob("DVBPR_auc_*")) and open_run(tmp_path).epoch is None
 
