@@ -52,6 +52,12 @@ RECIPES = {
                                     theta_init="centred"),
     "narrow64-cosine-kaiming-centred": dict(NARROW, epochs=10, lr=1e-3, lr_schedule="cosine", warmup_epochs=1.0,
                                             theta_init="centred", init="kaiming"),
+    "kc-b32": dict(NARROW, epochs=10, lr=1e-3, lr_schedule="cosine", warmup_epochs=1.0, theta_init="centred",
+                   init="kaiming", batch_size=32),
+    "kc-3e-3-k10": dict(NARROW, epochs=10, lr=3e-3, lr_schedule="cosine", warmup_epochs=1.0, theta_init="centred",
+                        init="kaiming", k=10),
+    "kc-3e-3-drop0": dict(NARROW, epochs=10, lr=3e-3, lr_schedule="cosine", warmup_epochs=1.0,
+                          theta_init="centred", init="kaiming", dropout=0.0),
 }
 
 
