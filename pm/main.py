@@ -5,6 +5,8 @@
                                          neighbours (fig. 4), and every start's trajectory per category
     python pm/main.py --table            Table IV (Markdown, CSV, JSON) over --trials random queries
     python pm/main.py --sweep-eta 0 0.1 1 10 100     Figure 3: the three metrics against eta
+    python pm/main.py --tune             the best objective that each --tune-starts x --tune-steps x --tune-lrs
+                                         reaches on --trials validation queries (how the defaults were chosen)
 
 Reads the trained models from --dvbpr-run (default runs/dvbpr) and --gan-run (default runs/gan) and writes into
 --out (default runs/pm). Preset `paper`: z = tanh(z') from 64 starts z ~ U(-1, 1), eta 1, the top 3 drawn by
@@ -32,7 +34,7 @@ from pm.design import choose, retrieve
 from pm.figures import save_captioned_grid, save_plain_grid
 from pm.load import Stages
 from pm.metrics import DEFAULT_INCEPTION_WEIGHTS, CategoryInception, ImageNetInception
-from pm.table import draw_trials, run_trials, summarise, sweep_eta, write_table
+from pm.table import draw_trials, run_trials, summarise, sweep_eta, tune, write_table
 
 
 @dataclass
@@ -70,6 +72,12 @@ class PMConfig:
                                                                 "neighbours"})
     table: bool = field(default=False, metadata={"help": "write Table IV instead of the figures"})
     trials: int = field(default=1000, metadata={"help": "random (user, category) queries of Table IV and the sweep"})
+    tune: bool = field(default=False, metadata={"help": "instead of the table: the mean best objective of each "
+                                                        "(starts, steps, lr) of the grids below on --trials "
+                                                        "queries of validation users"})
+    tune_starts: list[int] = field(default_factory=lambda: [8, 16, 32], metadata={"help": "starts grid of --tune"})
+    tune_steps: list[int] = field(default_factory=lambda: [25, 50, 100, 200], metadata={"help": "steps grid"})
+    tune_lrs: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.3], metadata={"help": "lr grid"})
     sweep_eta: list[float] | None = field(default=None, metadata={"help": "eta values of the Figure 3 sweep"})
     inception_weights: str | None = field(default=None, metadata={
         "help": f"ImageNet Inception v3 weights for the Inception Score (default: {DEFAULT_INCEPTION_WEIGHTS} if "
@@ -230,6 +238,17 @@ def tables(stages, cfg, out):
         print(f"wrote {out / 'eta_sweep.png'}")
 
 
+def tuning(stages, cfg, out):
+    queries = draw_trials(stages.dataset, cfg.trials, np.random.default_rng(cfg.seed + 1), split="validation")
+    rows = tune(stages, cfg, queries, cfg.tune_starts, cfg.tune_steps, cfg.tune_lrs)
+    write_json(out / "tune.json", {"queries": len(queries), "split": "validation", "eta": cfg.eta, "rows": rows})
+    lines = ["| starts | steps | lr | mean best objective | s per query |", "|---|---|---|---|---|"]
+    lines += [f"| {r['starts']} | {r['steps']} | {r['lr']:g} | {r['objective']:.4f} | {r['seconds_per_query']} |"
+              for r in rows]
+    (out / "tune.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def figures(stages, cfg, out):
     draws = np.random.default_rng(cfg.seed)
     rng = torch.Generator(device=stages.device).manual_seed(cfg.seed)
@@ -251,14 +270,11 @@ def run(cfg, protected):
     stages = Stages(cfg.dvbpr_run, cfg.gan_run, cfg.dataset, device)
     settle(cfg, protected, "pm", DEMO, embedded=is_embedded(stages.dataset.path))
     out = run_dir(cfg.out, "pm")
-    mode = "table" if cfg.table or cfg.sweep_eta else "figures"
+    mode = "tune" if cfg.tune else "table" if cfg.table or cfg.sweep_eta else "figures"
     write_json(out / f"{mode}_config.json", asdict(cfg))
     seed_everything(cfg.seed)
     print(f"preference maximisation on {describe(device)}: DVBPR {cfg.dvbpr_run}, GAN {cfg.gan_run}, out {out}")
-    if mode == "table":
-        tables(stages, cfg, out)
-    else:
-        figures(stages, cfg, out)
+    {"tune": tuning, "table": tables, "figures": figures}[mode](stages, cfg, out)
 
 
 def main(argv=None):

@@ -11,6 +11,7 @@ Preference score: theta_u . Phi(image) (eq. 6), averaged over the three, then me
 images over all trials (3 N of them), mean and std over `splits` parts (Salimans et al.).
 """
 import csv
+import time
 
 import numpy as np
 import torch
@@ -39,14 +40,37 @@ METRICS = ("preference", "quality", "diversity")
 TOP = 3
 
 
-def draw_trials(dataset, n, rng):
-    """n (user, category) queries: u uniform over the users whose test item has a category, c that category."""
-    test_category = dataset.item_category[dataset.user_test]
-    users = np.flatnonzero(test_category >= 0)
+def draw_trials(dataset, n, rng, split="test"):
+    """n (user, category) queries: u uniform over the users whose held-out item of `split` (test for Table IV,
+    validation for choosing PM's settings) has a category, c that category."""
+    held_out = dataset.user_test if split == "test" else dataset.user_validation
+    held_out_category = dataset.item_category[held_out]
+    users = np.flatnonzero(held_out_category >= 0)
     if len(users) == 0:
-        raise ValueError(f"no test item of {dataset.name} has a category; Table IV needs them")
+        raise ValueError(f"no {split} item of {dataset.name} has a category; Table IV needs them")
     chosen = rng.choice(users, size=n)
-    return [(int(u), int(test_category[u])) for u in chosen]
+    return [(int(u), int(held_out_category[u])) for u in chosen]
+
+
+def tune(stages, cfg, queries, starts_grid, steps_grid, lr_grid):
+    """The mean over `queries` of the best objective (eq. 9) that synthesis reaches with each (starts, steps, lr),
+    and its seconds per query; the steps of one run are read off its trajectory. A list of dicts."""
+    rows = []
+    for starts in starts_grid:
+        for lr in lr_grid:
+            rng = torch.Generator(device=stages.device).manual_seed(cfg.seed)
+            best = {steps: [] for steps in steps_grid}
+            started = time.time()
+            for user, category in tqdm(queries, desc=f"tuning: {starts} starts, lr {lr:g}", unit="query"):
+                design = stages.designer.synthesise(user, category, starts, max(steps_grid), lr, cfg.eta, cfg.init,
+                                                    cfg.latent, rng, record=lambda step: step in best)
+                for snapshot in design.history:
+                    best[snapshot.step].append(snapshot.objective.max().item())
+            seconds = (time.time() - started) / len(queries)
+            rows += [dict(starts=starts, steps=steps, lr=lr, objective=float(np.mean(values)),
+                          seconds_per_query=round(seconds * steps / max(steps_grid), 3))
+                     for steps, values in best.items()]
+    return rows
 
 
 class Sources:

@@ -16,6 +16,7 @@ from gan.train import train as train_gan
 from pm.design import Designer, choose, resize, retrieve, to_z
 from pm.main import main, pick_user
 from pm.metrics import ImageNetInception, inception_score, ssim_diversity
+from pm.table import draw_trials
 from tests.helpers import place_random_classifier
 
 Z_DIM = 8
@@ -208,3 +209,20 @@ def test_figures_table_and_sweep_are_written(runs, tmp_path):
     assert len((tmp_path / "table_iv.csv").read_text().splitlines()) == 5
     assert (tmp_path / "eta_sweep.png").stat().st_size > 0
     assert set(json.loads((tmp_path / "eta_sweep.json").read_text())["synthesis"]) == {"0", "10"}
+
+
+def test_tuning_reads_validation_queries_and_more_steps_reach_a_higher_objective(runs, tmp_path):
+    main(["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--out", str(tmp_path), "--tune",
+          "--trials", "3", "--tune-starts", "2", "--tune-steps", "0", "5", "20", "--tune-lrs", "0.1", "--device", "cpu"])
+    tuned = json.loads((tmp_path / "tune.json").read_text())
+    assert tuned["split"] == "validation" and tuned["queries"] == 3
+    by_steps = {row["steps"]: row["objective"] for row in tuned["rows"]}
+    assert set(by_steps) == {0, 5, 20}
+    assert by_steps[20] > by_steps[5] > by_steps[0]
+
+
+def test_trials_follow_the_split_they_are_drawn_from():
+    dataset = SimpleNamespace(user_test=np.array([0, 1]), user_validation=np.array([2, 3]),
+                              item_category=np.array([0, 0, 1, -1]), name="t")
+    assert set(draw_trials(dataset, 20, np.random.default_rng(0), split="validation")) == {(0, 1)}
+    assert set(draw_trials(dataset, 20, np.random.default_rng(0))) == {(0, 0), (1, 0)}
