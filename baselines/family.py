@@ -3,12 +3,14 @@ recipe by validation AUC over that family.
 
     python baselines/family.py --search    # every candidate recipe on every catalogue: search.{md,json}
     python baselines/family.py             # every catalogue x every method, DVBPR with its demo recipe: grid.*
+    python baselines/family.py --design    # the demo GAN and Table IV (pm/main.py --table) on every catalogue
 
 The family: four taste mixes (which visible attribute leads the users' choices) x two seeds, the first seed's
 images from Fashion-MNIST photos and the second's drawn procedurally. A catalogue is generated once into
 --data-dir. The search trains each recipe of RECIPES on each catalogue and ranks the recipes by their mean
 validation AUC (All and Cold Items averaged); test AUC is neither shown nor used there. The grid then runs
-baselines/main.py's Table III on each catalogue, reusing the search's run of the recipe that is DVBPR's demo.
+baselines/main.py's Table III on each catalogue, reusing the search's run of the recipe that is DVBPR's demo;
+--design trains the demo GAN on each catalogue and runs Table IV with it and that DVBPR run.
 Both are resumable: a finished run is read back, not trained again.
 """
 import dataclasses
@@ -26,6 +28,8 @@ from common.checkpoint import write_json
 from common.cli import parse_config, settle, stage_errors
 from dvbpr.health import health
 from dvbpr.train import DEMO, DVBPRConfig, train
+from gan.main import main as gan_main
+from pm.main import main as pm_main
 
 # Which visible attribute leads: scales of the generator's taste groups (common/catalogue.py).
 TASTE_MIXES = {
@@ -58,6 +62,18 @@ RECIPES = {
                         init="kaiming", k=10),
     "kc-3e-3-drop0": dict(NARROW, epochs=10, lr=3e-3, lr_schedule="cosine", warmup_epochs=1.0,
                           theta_init="centred", init="kaiming", dropout=0.0),
+    "kc-1e-3-drop0": dict(NARROW, epochs=10, lr=1e-3, lr_schedule="cosine", warmup_epochs=1.0,
+                          theta_init="centred", init="kaiming", dropout=0.0),
+    "c-3e-3-drop0": dict(NARROW, epochs=10, lr=3e-3, lr_schedule="cosine", warmup_epochs=1.0,
+                         theta_init="centred", dropout=0.0),
+    "kc-2e-3-drop0-w24-e12": dict(image_size=64, conv_widths=[24, 48, 48, 48, 48], fc_width=256, epochs=12, lr=2e-3,
+                                  lr_schedule="cosine", warmup_epochs=1.0, theta_init="centred", init="kaiming",
+                                  dropout=0.0),
+    "kc-1e-3-drop0-wd1e-2": dict(NARROW, epochs=10, lr=1e-3, lr_schedule="cosine", warmup_epochs=1.0,
+                                 theta_init="centred", init="kaiming", dropout=0.0, lambda_w=1e-2),
+    "kc-2e-3-drop0-w16-e16": dict(image_size=64, conv_widths=[16, 32, 32, 32, 32], fc_width=256, epochs=16, lr=2e-3,
+                                  lr_schedule="cosine", warmup_epochs=1.0, theta_init="centred", init="kaiming",
+                                  dropout=0.0),
 }
 
 
@@ -67,6 +83,9 @@ class FamilyConfig:
     data_dir: str = field(default="data/family", metadata={"help": "where the family's catalogues are generated"})
     search: bool = field(default=False, metadata={"help": "train every recipe on every catalogue and rank them by "
                                                           "validation AUC, instead of the grid"})
+    design: bool = field(default=False, metadata={"help": "the demo GAN and Table IV on every catalogue, instead of "
+                                                          "the grid"})
+    sweep_eta: list[float] | None = field(default=None, metadata={"help": "with --design, also the eta sweep"})
     recipes: list[str] = field(default_factory=lambda: [name for name in RECIPES if name != "old-demo"],
                                metadata={"help": "recipes to search, of " + " ".join(RECIPES)})
     catalogues: list[str] = field(default_factory=lambda: list(CATALOGUES),
@@ -163,13 +182,51 @@ def grid_markdown(tables):
     return "\n".join(lines) + "\n"
 
 
+def design(cfg):
+    rows = {}
+    for name in cfg.catalogues:
+        dvbpr_run = Path(cfg.out) / "search" / str(demo_recipe()) / name
+        recipe_run(cfg, demo_recipe(), name)
+        gan_run, pm_out = Path(cfg.out) / "design" / name / "gan", Path(cfg.out) / "design" / name / "pm"
+        if not (gan_run / "checkpoint.pt").is_file():
+            gan_main(["--train", "--dataset", str(catalogue_path(cfg, name)), "--out", str(gan_run),
+                      "--device", cfg.device])
+        sweep = ["--sweep-eta", *map(str, cfg.sweep_eta)] if cfg.sweep_eta else []
+        if not (pm_out / "table_iv.json").is_file() or (sweep and not (pm_out / "eta_sweep.json").is_file()):
+            pm_main(["--table", *sweep, "--dvbpr-run", str(dvbpr_run), "--gan-run", str(gan_run), "--out",
+                     str(pm_out), "--device", cfg.device])
+        consistency = [json.loads(line) for line in (gan_run / "metrics.jsonl").read_text().splitlines()
+                       if "condition_consistency" in line][-1]["condition_consistency"]["overall"]
+        sweep_file = pm_out / "eta_sweep.json"
+        rows[name] = dict(consistency=consistency, table=json.loads((pm_out / "table_iv.json").read_text())["ours"],
+                          eta_sweep=json.loads(sweep_file.read_text()) if sweep_file.is_file() else None)
+    write_json(Path(cfg.out) / "design.json", rows)
+    markdown = design_markdown(rows)
+    (Path(cfg.out) / "design.md").write_text(markdown)
+    print(markdown)
+    return rows
+
+
+def design_markdown(rows):
+    lines = ["| catalogue | GAN consistency | preference: retrieval | synthesis | synthesis vs retrieval | "
+             "quality (in-domain IS): retrieval | synthesis | diversity: retrieval | synthesis |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        t = row["table"]
+        r, s = t["retrieval"], t["synthesis"]
+        lines.append(f"| {name} | {row['consistency']:.3f} | {r['preference'][0]:.3f} | {s['preference'][0]:.3f} | "
+                     f"{100 * (s['preference'][0] / r['preference'][0] - 1):+.1f}% | {r['quality'][0]:.2f} | "
+                     f"{s['quality'][0]:.2f} | {r['diversity'][0]:.3f} | {s['diversity'][0]:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     with stage_errors("family"):
         cfg, _ = parse_config(FamilyConfig, argv, description=__doc__.split("\n")[0])
         unknown = sorted(set(cfg.recipes) - set(RECIPES)) + sorted(set(cfg.catalogues) - set(CATALOGUES))
         if unknown:
             raise SystemExit(f"family: unknown recipe or catalogue {', '.join(unknown)}")
-        return search(cfg) if cfg.search else grid(cfg)
+        return search(cfg) if cfg.search else design(cfg) if cfg.design else grid(cfg)
 
 
 if __name__ == "__main__":
