@@ -1,0 +1,48 @@
+"""The catalogue family: the recipe search ranks by validation AUC and the grid reuses the demo recipe's runs."""
+import json
+
+import pytest
+
+import baselines.family as family
+from common.catalogue import CatalogueConfig
+
+
+def test_the_demo_recipe_is_a_finalist_of_the_search():
+    assert family.demo_recipe() in family.FINALISTS
+    assert set(family.FINALISTS) <= set(family.RECIPES)
+
+
+def test_the_family_spans_taste_mixes_seeds_and_both_image_sources():
+    configs = list(family.CATALOGUES.values())
+    assert len(configs) == 8 and len({(c.seed, c.image_source) for c in configs}) == 2
+    assert len({(c.category_weight, c.colour_weight, c.pattern_weight, c.popularity_sigma) for c in configs}) == 4
+
+
+@pytest.fixture
+def tiny_family(monkeypatch, tmp_path):
+    tiny = dict(num_users=24, num_items=120, image_size=32, image_source="procedural")
+    monkeypatch.setattr(family, "CATALOGUES", {"colour": CatalogueConfig(seed=1, **tiny),
+                                               "pattern": CatalogueConfig(seed=2, pattern_weight=3, **tiny)})
+    quick = dict(image_size=32, fc_width=32, conv_widths=[4, 8, 8, 8, 8], k=4, batch_size=16, eval_batch_size=64)
+    recipes = {"slow": dict(quick, epochs=1, lr=1e-4), "quick": dict(quick, epochs=2, lr=3e-3, dropout=0.0)}
+    monkeypatch.setattr(family, "RECIPES", recipes)
+    monkeypatch.setattr(family, "DEMO", recipes["quick"])
+    return ["--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data"), "--catalogues", "colour",
+            "pattern", "--device", "cpu"]
+
+
+def test_search_ranks_by_validation_and_the_grid_reuses_the_demo_runs(tiny_family, tmp_path):
+    ranked = family.main([*tiny_family, "--search", "--recipes", "slow", "quick"])
+    found = json.loads((tmp_path / "out" / "search.json").read_text())
+    summary = found["summary"]
+    assert ranked == sorted(summary, key=lambda r: -(summary[r]["valid_auc"] + summary[r]["valid_auc_cold"]))
+    assert set(found["runs"]["quick"]) == {"colour", "pattern"}
+    assert "test_auc" not in (tmp_path / "out" / "search.md").read_text()
+    assert 0 < found["runs"]["quick"]["colour"]["health"]["directions_99"] <= 4
+
+    result = family.main([*tiny_family, "--models", "rand", "poprank", "dvbpr"])
+    for name in ("colour", "pattern"):
+        dvbpr = result["tables"][name]["rows"]["All Items"]["DVBPR"]
+        assert dvbpr == found["runs"]["quick"][name]["test_auc"]        # read back, not trained again
+    grid = (tmp_path / "out" / "grid.md").read_text()
+    assert grid.count("| colour |") == 2 and "PopRank" in grid
