@@ -8,13 +8,14 @@ import torch
 
 from common.catalogue import ATTRIBUTE_GROUPS, CatalogueConfig, generate_catalogue, load_truth
 from common.checkpoint import load_checkpoint
+from common.cli import parse_config
 from common.data import load_dataset
 from common.errors import ConfigError
 from common.images import ImageStore, image_cache
 from dvbpr.health import directions_holding, ever_active_units
 from dvbpr.main import main
 from dvbpr.model import CNNF
-from dvbpr.train import DVBPRConfig, build_model, check_config, learning_rate
+from dvbpr.train import DEMO, PRESETS, DVBPRConfig, build_model, check_config, learning_rate
 
 
 def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
@@ -93,3 +94,9 @@ def test_taste_weights_scale_each_group_and_default_to_the_old_catalogue(tmp_pat
                                   plain.user_taste[:, groups == "category"])
     explicit = generate_catalogue(tmp_path / "c.npy", CatalogueConfig(**tiny, category_weight=1.0))
     assert (tmp_path / "a.npy").read_bytes() == explicit.read_bytes()
+
+
+def test_preset_demo_gives_the_demo_recipe_on_any_dataset():
+    cfg, _ = parse_config(DVBPRConfig, ["--preset", "demo", "--dataset", "elsewhere.npy"], PRESETS)
+    assert all(getattr(cfg, name) == value for name, value in DEMO.items())
+    assert (cfg.k, cfg.protocol, cfg.ties, cfg.select) == (50, "exact", "fail", "best-valid")
