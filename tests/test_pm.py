@@ -213,7 +213,8 @@ def test_figures_table_and_sweep_are_written(runs, tmp_path):
 
 def test_tuning_reads_validation_queries_and_more_steps_reach_a_higher_objective(runs, tmp_path):
     main(["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--out", str(tmp_path), "--tune",
-          "--trials", "3", "--tune-starts", "2", "--tune-steps", "0", "5", "20", "--tune-lrs", "0.1", "--device", "cpu"])
+          "--trials", "3", "--tune-starts", "2", "--tune-steps", "0", "5", "20", "--tune-lrs", "0.1",
+          "--device", "cpu"])
     tuned = json.loads((tmp_path / "tune.json").read_text())
     assert tuned["split"] == "validation" and tuned["queries"] == 3
     by_steps = {row["steps"]: row["objective"] for row in tuned["rows"]}
