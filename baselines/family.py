@@ -28,8 +28,11 @@ from common.checkpoint import write_json
 from common.cli import parse_config, settle, stage_errors
 from dvbpr.health import health
 from dvbpr.train import DEMO, DVBPRConfig, train
-from gan.main import main as gan_main
-from pm.main import main as pm_main
+from gan.train import DEMO as GAN_DEMO
+from gan.train import GANConfig
+from gan.train import train as train_gan
+from pm.main import PMConfig
+from pm.main import run as run_pm
 
 # Which visible attribute leads: scales of the generator's taste groups (common/catalogue.py).
 TASTE_MIXES = {
@@ -188,12 +191,12 @@ def design(cfg):
         recipe_run(cfg, demo_recipe(), name)
         gan_run, pm_out = Path(cfg.out) / "design" / name / "gan", Path(cfg.out) / "design" / name / "pm"
         if not (gan_run / "checkpoint.pt").is_file():
-            gan_main(["--train", "--dataset", str(catalogue_path(cfg, name)), "--out", str(gan_run),
-                      "--device", cfg.device])
-        sweep = ["--sweep-eta", *map(str, cfg.sweep_eta)] if cfg.sweep_eta else []
-        if not (pm_out / "table_iv.json").is_file() or (sweep and not (pm_out / "eta_sweep.json").is_file()):
-            pm_main(["--table", *sweep, "--dvbpr-run", str(dvbpr_run), "--gan-run", str(gan_run), "--out",
-                     str(pm_out), "--device", cfg.device])
+            gan_cfg = GANConfig(train=True, dataset=str(catalogue_path(cfg, name)), out=str(gan_run), device=cfg.device)
+            train_gan(settle(gan_cfg, {"train", "dataset", "out", "device"}, "gan", GAN_DEMO))
+        if not (pm_out / "table_iv.json").is_file() or (cfg.sweep_eta and not (pm_out / "eta_sweep.json").is_file()):
+            pm_cfg = PMConfig(table=True, sweep_eta=cfg.sweep_eta, dvbpr_run=str(dvbpr_run), gan_run=str(gan_run),
+                              out=str(pm_out), device=cfg.device)
+            run_pm(pm_cfg, {"table", "sweep_eta", "dvbpr_run", "gan_run", "out", "device"})
         consistency = [json.loads(line) for line in (gan_run / "metrics.jsonl").read_text().splitlines()
                        if "condition_consistency" in line][-1]["condition_consistency"]["overall"]
         sweep_file = pm_out / "eta_sweep.json"

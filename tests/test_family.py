@@ -4,6 +4,7 @@ import json
 import pytest
 
 import baselines.family as family
+import pm.main
 from common.catalogue import CatalogueConfig
 
 
@@ -46,3 +47,16 @@ def test_search_ranks_by_validation_and_the_grid_reuses_the_demo_runs(tiny_famil
         assert dvbpr == found["runs"]["quick"][name]["test_auc"]        # read back, not trained again
     grid = (tmp_path / "out" / "grid.md").read_text()
     assert grid.count("| colour |") == 2 and "PopRank" in grid
+
+
+def test_design_trains_a_gan_and_writes_table_iv_per_catalogue(tiny_family, tmp_path, monkeypatch):
+    monkeypatch.setattr(family, "GAN_DEMO", dict(image_size=16, z_dim=8, g_width=8, d_width=8, batch_size=16,
+                                                 epochs=1, consistency_samples=4))
+    monkeypatch.setattr(pm.main, "DEMO", dict(trials=2, starts=2, steps=3, splits=2))
+    rows = family.main([*tiny_family, "--design"])
+    assert set(rows) == {"colour", "pattern"}
+    for name, row in rows.items():
+        assert 0 <= row["consistency"] <= 1
+        assert set(row["table"]) == {"real", "generated", "retrieval", "synthesis"}
+        assert (tmp_path / "out" / "design" / name / "gan" / "checkpoint.pt").is_file()
+    assert (tmp_path / "out" / "design.md").read_text().count("| colour |") == 1
