@@ -114,6 +114,13 @@ def recipe_run(cfg, recipe, name):
     return {**results, "health": json.loads((out / "health.json").read_text())}
 
 
+def write_outputs(cfg, stem, result, markdown):
+    """<stem>.json and <stem>.md in --out; the table is printed too."""
+    write_json(Path(cfg.out) / f"{stem}.json", result)
+    (Path(cfg.out) / f"{stem}.md").write_text(markdown)
+    print(markdown)
+
+
 def search(cfg):
     runs = {recipe: {name: recipe_run(cfg, recipe, name) for name in cfg.catalogues} for recipe in cfg.recipes}
     summary = {recipe: dict(
@@ -122,11 +129,9 @@ def search(cfg):
         wall_seconds=statistics.mean(r["wall_seconds"] for r in by_name.values()))
         for recipe, by_name in runs.items()}
     ranked = sorted(summary, key=lambda r: -(summary[r]["valid_auc"] + summary[r]["valid_auc_cold"]) / 2)
-    write_json(Path(cfg.out) / "search.json", dict(catalogues=cfg.catalogues, ranked=ranked, summary=summary,
-                                                    recipes={r: RECIPES[r] for r in cfg.recipes}, runs=runs))
-    markdown = search_markdown(cfg, runs, summary, ranked)
-    (Path(cfg.out) / "search.md").write_text(markdown)
-    print(markdown)
+    write_outputs(cfg, "search", dict(catalogues=cfg.catalogues, ranked=ranked, summary=summary,
+                                      recipes={r: RECIPES[r] for r in cfg.recipes}, runs=runs),
+                  search_markdown(cfg, runs, summary, ranked))
     return ranked
 
 
@@ -162,10 +167,7 @@ def grid(cfg):
         tables[name] = table_iii(baselines)
     result = dict(catalogues={n: dataclasses.asdict(CATALOGUES[n]) for n in cfg.catalogues}, tables=tables,
                   wall_seconds=round(time.time() - started, 1))
-    write_json(Path(cfg.out) / "grid.json", result)
-    markdown = grid_markdown(tables)
-    (Path(cfg.out) / "grid.md").write_text(markdown)
-    print(markdown)
+    write_outputs(cfg, "grid", result, grid_markdown(tables))
     return result
 
 
@@ -202,10 +204,7 @@ def design(cfg):
         sweep_file = pm_out / "eta_sweep.json"
         rows[name] = dict(consistency=consistency, table=json.loads((pm_out / "table_iv.json").read_text())["ours"],
                           eta_sweep=json.loads(sweep_file.read_text()) if sweep_file.is_file() else None)
-    write_json(Path(cfg.out) / "design.json", rows)
-    markdown = design_markdown(rows)
-    (Path(cfg.out) / "design.md").write_text(markdown)
-    print(markdown)
+    write_outputs(cfg, "design", rows, design_markdown(rows))
     return rows
 
 

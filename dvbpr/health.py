@@ -12,6 +12,8 @@ import json
 
 import torch
 
+from common.cli import stage_errors
+from common.errors import RunError
 from common.images import ImageStore, image_cache
 from dvbpr.run import open_run
 
@@ -52,7 +54,7 @@ def health(run_dir):
     """The two figures of the run's kept epoch, as a dict."""
     run = open_run(run_dir, with_model=True)
     if run.config.backbone != "cnn-f":
-        raise SystemExit(f"health: the unit figures are CNN-F's; this run's backbone is {run.config.backbone}")
+        raise RunError(f"the unit figures are CNN-F's; the run in {run_dir} has backbone {run.config.backbone}")
     store = ImageStore(image_cache(run.dataset, run.config.image_size, run.config.resize_filter), "cpu")
     return dict(epoch=run.epoch, ever_active=ever_active_units(run.model.backbone.eval(), store),
                 directions_99=directions_holding(run.items), k=run.items.shape[1])
@@ -61,7 +63,8 @@ def health(run_dir):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", default="runs/dvbpr", help="DVBPR run directory")
-    print(json.dumps(health(parser.parse_args(argv).run)))
+    with stage_errors("health"):
+        print(json.dumps(health(parser.parse_args(argv).run)))
 
 
 if __name__ == "__main__":

@@ -113,8 +113,9 @@ PRESETS = {
     "original": dict(k=100, protocol="sampled100", epochs=19, save_every_epoch=True, select="last"),
 }
 # The embedded catalogues on a CPU: the best recipe by validation AUC over eight catalogues of different hidden
-# tastes (baselines/family.py --search, its RECIPES and the README) among those that fit the demo's budget, about
-# 3 minutes on a 2-core 100 GFLOP/s machine (50 s of training on one with 275 GFLOP/s): 64 px, conv widths 16-32,
+# tastes (baselines/family.py --search, its RECIPES and the README), of the two level best the faster: 66 s for the
+# first set-up command on a 2-core machine with 281 GFLOP/s (51 s of training), 3.1-3.4 min by estimate at 100
+# GFLOP/s, where the other, 24-48 wide, would take about 3.5. 64 px, conv widths 16-32,
 # fc 256 wide, 16 epochs, no dropout, Kaiming-uniform weights, theta_u centred on 0, Adam at lr 2e-3 with a
 # one-epoch warm-up and cosine decay.
 DEMO = dict(image_size=64, conv_widths=[16, 32, 32, 32, 32], fc_width=256, epochs=16, lr=2e-3, lr_schedule="cosine",
@@ -130,6 +131,9 @@ def check_config(cfg):
         raise ConfigError(f"--conv-widths takes five positive channel counts, got {cfg.conv_widths}")
     if cfg.warmup_epochs < 0 or cfg.warmup_epochs > cfg.epochs:
         raise ConfigError(f"--warmup-epochs must be between 0 and --epochs ({cfg.epochs}), got {cfg.warmup_epochs}")
+    if cfg.init != "xavier" and cfg.backbone != "cnn-f":
+        raise ConfigError(f"--init {cfg.init} is for cnn-f; {cfg.backbone} is initialised by torchvision or its "
+                          "--backbone-weights")
     if cfg.from_tf and cfg.resume:
         raise ConfigError("a run made with --from-tf is evaluated, not trained: it cannot be resumed")
 

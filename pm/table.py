@@ -54,7 +54,8 @@ def draw_trials(dataset, n, rng, split="test"):
 
 def tune(stages, cfg, queries, starts_grid, steps_grid, lr_grid):
     """The mean over `queries` of the best objective (eq. 9) that synthesis reaches with each (starts, steps, lr),
-    and its seconds per query; the steps of one run are read off its trajectory. A list of dicts."""
+    and its seconds per query. Each (starts, lr) runs max(steps) steps once and the shorter lengths are read off
+    its trajectory, so their seconds are that run's, scaled by the share of its steps. A list of dicts."""
     rows = []
     for starts in starts_grid:
         for lr in lr_grid:

@@ -53,10 +53,11 @@ def test_design_trains_a_gan_and_writes_table_iv_per_catalogue(tiny_family, tmp_
     monkeypatch.setattr(family, "GAN_DEMO", dict(image_size=16, z_dim=8, g_width=8, d_width=8, batch_size=16,
                                                  epochs=1, consistency_samples=4))
     monkeypatch.setattr(pm.main, "DEMO", dict(trials=2, starts=2, steps=3, splits=2))
-    rows = family.main([*tiny_family, "--design"])
+    rows = family.main([*tiny_family, "--design", "--sweep-eta", "0", "10"])
     assert set(rows) == {"colour", "pattern"}
     for name, row in rows.items():
         assert 0 <= row["consistency"] <= 1
         assert set(row["table"]) == {"real", "generated", "retrieval", "synthesis"}
         assert (tmp_path / "out" / "design" / name / "gan" / "checkpoint.pt").is_file()
+        assert set(row["eta_sweep"]["synthesis"]) == {"0", "10"}
     assert (tmp_path / "out" / "design.md").read_text().count("| colour |") == 1

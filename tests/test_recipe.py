@@ -28,9 +28,12 @@ def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
     assert learning_rate(DVBPRConfig(lr=3e-4), 17, 100) == 3e-4
 
 
-def test_warmup_longer_than_the_run_is_refused():
+def test_warmup_longer_than_the_run_and_kaiming_on_a_torchvision_backbone_are_refused():
     with pytest.raises(ConfigError, match="warmup"):
         check_config(DVBPRConfig(epochs=2, warmup_epochs=3))
+    with pytest.raises(ConfigError, match="--init kaiming is for cnn-f"):
+        check_config(DVBPRConfig(backbone="resnet18", init="kaiming"))
+    check_config(DVBPRConfig(backbone="resnet18"))
 
 
 def test_centred_theta_and_kaiming_init():
