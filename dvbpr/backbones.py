@@ -14,7 +14,7 @@ import torch.nn as nn
 import torchvision
 
 from common.errors import ConfigError
-from dvbpr.model import CNNF, CNNF_WIDTHS
+from dvbpr.cnnf import CNNF, CNNF_WIDTHS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

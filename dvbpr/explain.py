@@ -27,7 +27,7 @@ from common.images import ImageStore, image_cache
 from dvbpr.attention import AttentionConfig, build_attention
 from dvbpr.explain_eval import evaluate
 from dvbpr.recommend import category_name, check_id, history
-from dvbpr.run import check_size, open_run, open_run_dataset
+from dvbpr.run import check_size, open_dvbpr_run, open_run_dataset
 from dvbpr.saliency import METHODS, check_method, explain_items
 
 MAX_K = 20   # items in one strip
@@ -77,7 +77,7 @@ def open_explained(run, dataset_path=None, device="cpu"):
     checkpoint = load_checkpoint(weights, map_location=device)
     if checkpoint["stage"] == "attention":
         return open_attention(run, checkpoint, dataset_path, device)
-    trained = open_run(run, dataset_path, device, with_model=True)
+    trained = open_dvbpr_run(run, dataset_path, device, with_model=True)
     cfg = trained.config
     store = ImageStore(image_cache(trained.dataset, cfg.image_size, cfg.resize_filter), device)
     return Explained(run, trained.model, trained.dataset, store, cfg.resize_filter,

@@ -15,7 +15,7 @@ import torch
 from common.cli import stage_errors
 from common.errors import RunError
 from common.images import ImageStore, image_cache
-from dvbpr.run import open_run
+from dvbpr.run import open_dvbpr_run
 
 VARIANCE_SHARE = 0.99
 
@@ -52,7 +52,7 @@ def directions_holding(embeddings, share=VARIANCE_SHARE):
 
 def health(run_dir):
     """The two figures of the run's kept epoch, as a dict."""
-    run = open_run(run_dir, with_model=True)
+    run = open_dvbpr_run(run_dir, with_model=True)
     if run.config.backbone != "cnn-f":
         raise RunError(f"the unit figures are CNN-F's; the run in {run_dir} has backbone {run.config.backbone}")
     store = ImageStore(image_cache(run.dataset, run.config.image_size, run.config.resize_filter), "cpu")

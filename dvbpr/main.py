@@ -17,7 +17,8 @@ not trained, and written as such a run (dvbpr/tf_run.py).
 """
 from common.cli import parse_config, stage_errors, train_stage, typed_flags
 from dvbpr.tf_run import evaluate_tf_checkpoint, take_tf_settings
-from dvbpr.train import DEMO, PRESETS, DVBPRConfig, check_config, train
+from dvbpr.config import DEMO, PRESETS, DVBPRConfig, check_config
+from dvbpr.train import train
 
 
 def main(argv=None):

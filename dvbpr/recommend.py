@@ -23,7 +23,7 @@ from common.cli import parse_config, stage_errors
 from common.device import autocast, pick_device
 from common.errors import ConfigError
 from common.images import GREY, decode_image, to_unit_range
-from dvbpr.run import open_run
+from dvbpr.run import open_dvbpr_run
 
 
 @dataclass
@@ -223,7 +223,7 @@ def recommend(cfg):
     if not 1 <= cfg.k <= MAX_K:
         raise RecommendError(f"--k must be from 1 to {MAX_K} (one image strip), not {cfg.k}")
     image = None if cfg.image is None else read_image(cfg.image)
-    run = open_run(cfg.run, cfg.dataset, pick_device(cfg.device), with_model=image is not None)
+    run = open_dvbpr_run(cfg.run, cfg.dataset, pick_device(cfg.device), with_model=image is not None)
     category = None if cfg.category is None else parse_category(cfg.category, run.dataset)
     if cfg.user is not None:
         check_id(cfg.user, run.dataset.usernum, "user")

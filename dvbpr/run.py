@@ -1,6 +1,6 @@
 """A finished DVBPR run read back from its directory: settings, dataset, weights and item embeddings. Every later
-stage (recommending, preference maximisation, the baselines' table) opens a trained DVBPR through this module."""
-import dataclasses
+stage (recommending, preference maximisation, the baselines' table) opens a trained DVBPR through this module,
+which reads and never writes, and imports nothing of the training code."""
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,12 +10,12 @@ from common.checkpoint import load_checkpoint, saved_config
 from common.data import Dataset, open_dataset
 from common.errors import RunError
 from common.images import ImageStore, image_cache
-from dvbpr.model import DVBPR, embed_items
-from dvbpr.train import DVBPRConfig, build_model, save_embeddings
+from dvbpr.config import DVBPRConfig
+from dvbpr.model import DVBPR, build_model, embed_items
 
 
 @dataclass
-class TrainedRun:
+class DVBPRRun:
     """A run's dataset, theta [usernum, K] and Phi(X_i) [itemnum, K] of one epoch, and the model if asked for."""
     path: Path
     config: DVBPRConfig
@@ -44,9 +44,9 @@ def load_model(checkpoint, path, device="cpu"):
     return model.to(device).eval().requires_grad_(False)
 
 
-def open_run(run, dataset_path=None, device="cpu", with_model=False):
-    """The run in directory `run`, with its model when `with_model`. embeddings.pt is computed (and saved) if it
-    is missing or was written by another step than the weights."""
+def open_dvbpr_run(run, dataset_path=None, device="cpu", with_model=False):
+    """The run in directory `run`, with its model when `with_model`. When embeddings.pt is missing or was written
+    by another step than the weights, the item embeddings are computed from the weights (and not saved)."""
     run, device = Path(run), torch.device(device)
     if not run.is_dir():
         raise RunError(f"no run directory {run}: make one with `python dvbpr/main.py --out {run}`")
@@ -59,17 +59,15 @@ def open_run(run, dataset_path=None, device="cpu", with_model=False):
     if exported is None or (checkpoint and exported["step"] != checkpoint["step"]):
         reason = "missing" if exported is None else f"from step {exported['step']}, not {checkpoint['step']}"
         print(f"{run / 'embeddings.pt'} {reason}: computing the item embeddings of {weights.name} "
-              f"(epoch {checkpoint['epoch']}) once and saving them there")
+              f"(epoch {checkpoint['epoch']})")
         check_size(run, len(model.theta), "users", dataset)
         store = ImageStore(image_cache(dataset, config.image_size, config.resize_filter), device)
         items = embed_items(model, store, config.eval_batch_size, bf16=config.bf16)
-        save_embeddings(run / "embeddings.pt", model.theta, items, dataclasses.asdict(config), checkpoint["epoch"],
-                        checkpoint["step"])
         exported = {"theta": model.theta, "items": items, "epoch": checkpoint["epoch"]}
     theta, items = exported["theta"].float().to(device), exported["items"].float().to(device)
     check_size(run, len(theta), "users", dataset)
     check_size(run, len(items), "items", dataset)
-    return TrainedRun(run, config, dataset, theta, items, exported["epoch"], model)
+    return DVBPRRun(run, config, dataset, theta, items, exported["epoch"], model)
 
 
 def open_run_dataset(run, path, cache_dir):

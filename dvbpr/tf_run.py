@@ -1,5 +1,5 @@
 """The original's pretrained DVBPR (a TensorFlow checkpoint, read without TensorFlow) evaluated and written as a
-finished run, so that everything that opens a DVBPR run (dvbpr.run.open_run, recommend.py, pm/, baselines/) takes
+finished run, so that everything that opens a DVBPR run (dvbpr.run.open_dvbpr_run, recommend.py, pm/, baselines/) takes
 it unchanged:
 
     python dvbpr/main.py --preset original --from-tf DVBPR_auc_100_39728.ckpt --dataset data/Amazon...npy
@@ -14,13 +14,12 @@ import json
 import time
 from pathlib import Path
 
-import torch
 
 from common.checkpoint import write_json
 from common.cli import apply_settings
 from common.errors import ConfigError, DatasetError
 from common.runlog import run_dir
-from common.sampling import TripletSampler
+from common.training import epoch_end_step
 from common.tf_checkpoint import (
     TFCheckpoint,
     TFCheckpointError,
@@ -29,7 +28,8 @@ from common.tf_checkpoint import (
     prefix_step,
     shapes_of,
 )
-from dvbpr.model import CNNF_WIDTHS, feature_map_size
+from dvbpr.cnnf import CNNF_WIDTHS, feature_map_size
+from dvbpr.model import build_model
 from dvbpr.tf_import import (
     SCOPE,
     describe,
@@ -39,9 +39,9 @@ from dvbpr.tf_import import (
     tf_names,
 )
 from dvbpr.train import (
-    build_model,
     describe_data,
-    epoch_end_step,
+    dvbpr_trainee,
+    epoch_metrics,
     evaluate,
     log_line,
     open_data,
@@ -115,26 +115,26 @@ def evaluate_tf_checkpoint(cfg, ranks):
     ranks.print(f"DVBPR from {Path(cfg.from_tf).name} (step {step}, epoch {epoch}) on {describe_data(dataset)}; "
                 f"K={cfg.k}, {cfg.image_size} px, {cfg.protocol} AUC; device {ranks.describe()}")
     valid, test, items = evaluate(model, dataset, images, cfg, ranks)
-    record = dict(epoch=epoch, step=step, loss=None, valid_auc=valid["all"], valid_auc_cold=valid["cold"],
-                  test_auc=test["all"], test_auc_cold=test["cold"], protocol=cfg.protocol,
+    record = dict(epoch=epoch, step=step, loss=None, **epoch_metrics(valid, test, cfg.protocol),
                   seconds=round(time.time() - started, 3))
     results = dict(results_summary(cfg, dataset, embedded, record, time.time() - started, ranks), epochs=epoch,
                    from_tf=cfg.from_tf)
     if ranks.is_main:
-        write_run(run_dir(cfg.out, "dvbpr"), cfg, model, dataset, items, record, results)
+        write_run(run_dir(cfg.out, "dvbpr"), cfg, dvbpr_trainee(model, dataset, images, cfg, ranks), items, record,
+                  results)
     ranks.barrier()
     return results
 
 
-def write_run(out, cfg, model, dataset, items, record, results):
+def write_run(out, cfg, trainee, items, record, results):
     """The files of a finished run: DVBPR.log, metrics.jsonl, best.pt, embeddings.pt, checkpoint.pt (with a fresh
     optimizer and sampler: the original's Adam state is not carried over) and results.json."""
     rewrite_logs(out, [record])
-    progress = dict(history=[record], kept=record, seconds=record["seconds"])
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    progress = dict(epoch=record["epoch"], step=record["step"], history=[record], kept=record,
+                    seconds=record["seconds"])
     if record["step"] is None:  # the original's per-epoch files are named by the step
         cfg = dataclasses.replace(cfg, save_every_epoch=False)
-    save_epoch(out, cfg, model, optimizer, TripletSampler(dataset, cfg.seed), items, progress)
+    save_epoch(out, cfg, trainee, items, progress)
     write_json(out / "results.json", results)
     print(log_line(record))
     print("results: " + json.dumps(results))

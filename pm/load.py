@@ -3,7 +3,7 @@ import torch
 
 from common.errors import DatasetError
 from common.images import ImageStore, image_cache
-from dvbpr.run import open_run
+from dvbpr.run import open_dvbpr_run
 from gan.run import open_gan_run
 from pm.design import Designer
 
@@ -14,7 +14,7 @@ class Stages:
 
     def __init__(self, dvbpr_run, gan_run, dataset=None, device="cpu"):
         self.device = torch.device(device)
-        trained = open_run(dvbpr_run, dataset, self.device, with_model=True)
+        trained = open_dvbpr_run(dvbpr_run, dataset, self.device, with_model=True)
         self.gan = open_gan_run(gan_run, self.device)
         self.dataset, self.item_embeddings, self.dvbpr_config = trained.dataset, trained.items, trained.config
         if self.gan.num_categories != self.dataset.num_categories:

@@ -18,7 +18,7 @@ from dvbpr.recommend import (
     RecommendError,
     history,
     main,
-    open_run,
+    open_dvbpr_run,
     parse_category,
     similar_items,
     top_k,
@@ -46,7 +46,7 @@ def trained(tmp_path_factory, catalogue):
     model = save_random_run(root / "run", dataset)
     with torch.no_grad():
         items = model.phi(to_unit_range(torch.from_numpy(np.array(image_cache(dataset, 32)))))
-    run = open_run(root / "run")  # computes embeddings.pt
+    run = open_dvbpr_run(root / "run")  # computes embeddings.pt
     return SimpleNamespace(root=root, run=run, dataset=dataset, theta=model.theta.detach(), items=items)
 
 

@@ -29,7 +29,7 @@ from common.tf_checkpoint import (
 )
 from dvbpr.main import main as dvbpr_main
 from dvbpr.model import CNNF, DVBPR
-from dvbpr.run import open_run
+from dvbpr.run import open_dvbpr_run
 from dvbpr.tf_import import dvbpr_config_from_tf, dvbpr_state_from_tf
 from dvbpr.tf_run import epoch_at_step
 from dvbpr.train import epoch_end_step
@@ -320,7 +320,7 @@ def test_the_dvbpr_cli_writes_the_checkpoint_as_a_finished_run(converted):
     tf_out, tensors = np.load(FIXTURES / "dvbpr_outputs.npz"), TFCheckpoint(DVBPR_CKPT)
     np.testing.assert_allclose(embeddings["items"][:5].numpy(), tf_out["embeddings"], rtol=0, atol=1e-5)
     np.testing.assert_array_equal(embeddings["theta"].numpy(), tensors["DVBPR/Variable"])
-    opened = open_run(run, with_model=True)
+    opened = open_dvbpr_run(run, with_model=True)
     assert opened.epoch == 3 and opened.config.conv_widths == [8, 16, 16, 16, 16] and opened.config.fc_width == 32
     np.testing.assert_allclose(opened.model.theta @ opened.items[:5].T, tf_out["scores"], rtol=0, atol=1e-5)
 
@@ -332,7 +332,7 @@ def test_a_prefix_without_a_step_gives_no_epoch_and_exact_auc_works(converted, t
     assert results["epoch"] is None and results["step"] is None and results["protocol"] == "exact"
     assert results["ties"] == "fail" and results["selected"] == "last"
     assert (tmp_path / "DVBPR.log").read_text().startswith("Epoch #None:")
-    assert not list(tmp_path.glob("DVBPR_auc_*")) and open_run(tmp_path).epoch is None
+    assert not list(tmp_path.glob("DVBPR_auc_*")) and open_dvbpr_run(tmp_path).epoch is None
 
 
 def test_the_gan_cli_writes_a_run_whose_generator_is_tensorflows(converted):
