@@ -22,7 +22,7 @@ from common.catalogue import CATEGORY_NAMES
 from common.cli import parse_config, stage_errors
 from common.device import autocast, pick_device
 from common.errors import ConfigError
-from common.images import GREY, decode_image, to_unit_range
+from common.images import GREY, decode_image, scale_to_model
 from dvbpr.run import open_run
 
 
@@ -145,7 +145,7 @@ def score_image(run, data, user):
     pixels = torch.from_numpy(decode_image(data, run.config.image_size, run.config.resize_filter))
     device = run.theta.device
     with torch.no_grad(), autocast(device, run.config.bf16):
-        phi = run.model.phi(to_unit_range(pixels[None]).to(device)).float()
+        phi = run.model.phi(scale_to_model(pixels[None]).to(device)).float()
     return (phi[0] @ run.theta[user]).item()
 
 
