@@ -1,11 +1,14 @@
-"""Writing a dataset in the original layout, byte for byte as Python 2 pickled it (the embedded catalogue and
-the tests use it)."""
+"""The original layout of a dataset: writing it byte for byte as Python 2 pickled it (the embedded catalogue and
+the tests use it), and the names of AmazonFashion6's categories, the one-hot `c` of its items."""
 import os
 import pickle
 import struct
 from pathlib import Path
 
 import numpy as np
+
+# AmazonFashion6's categories in the original's order (the index of the one hot in an item's `c`)
+CATEGORY_NAMES = ("men's tops", "women's tops", "men's bottoms", "women's bottoms", "men's shoes", "women's shoes")
 
 
 class _Python2Pickler(pickle._Pickler):

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
 
-from common.catalogue import CATEGORY_NAMES
 from common.cli import parse_config, stage_errors
 from common.device import autocast, pick_device
 from common.errors import ConfigError
 from common.images import GREY, decode_image, scale_to_model
+from common.original_format import CATEGORY_NAMES
 from dvbpr.run import open_run
 
 

@@ -28,7 +28,7 @@ from common.checkpoint import (
     write_json,
 )
 from common.cli import require_positive
-from common.data import open_dataset
+from common.datasets import open_dataset
 from common.device import autocast, fused_adam_kwargs, memory_format, pick_device
 from common.distributed import Ranks, unwrap
 from common.errors import ConfigError, TrainingDiverged

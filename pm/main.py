@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.catalogue import CATEGORY_NAMES, is_embedded
+from common.catalogue.config import is_embedded
 from common.checkpoint import write_json
 from common.cli import parse_config, settle, stage_errors
 from common.device import describe, pick_device
 from common.errors import DatasetError
+from common.original_format import CATEGORY_NAMES
 from common.runlog import run_dir
 from common.seeding import seed_everything
 from gan.run import sample_z

@@ -2,12 +2,15 @@ import io
 import os
 import pickletools
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from common.data import DatasetError, UnsafePickleError, load_dataset
+from common.data import load_dataset
+from common.errors import DatasetError, UnsafePickleError
 from common.original_format import save_original_format
 
 NUM_USERS, NUM_ITEMS, NUM_CATEGORIES = 5, 8, 6
@@ -129,6 +132,13 @@ def test_category_absent(tmp_path):
     dataset = load_dataset(tmp_path / "Tiny.npy")
     assert dataset.num_categories == 0
     assert dataset.item_category.tolist() == [-1] * itemnum
+
+
+
+def test_loading_a_dataset_does_not_import_the_generator():
+    loaded = subprocess.run([sys.executable, "-c", "import sys, common.data; print(sorted(sys.modules))"],
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True).stdout
+    assert "'common.data'" in loaded and "common.catalogue" not in loaded
 
 
 def test_train_helpers(tmp_path):
