@@ -11,6 +11,14 @@ import numpy as np
 CATEGORY_NAMES = ("men's tops", "women's tops", "men's bottoms", "women's bottoms", "men's shoes", "women's shoes")
 
 
+def category_name(category: int, num_categories: int) -> str:
+    """A category's name in a dataset of `num_categories` categories: AmazonFashion6's names for a dataset of six,
+    else "category <index>"; "-" for an item without one (category -1, see common/data.py)."""
+    if category < 0:
+        return "-"
+    return CATEGORY_NAMES[category] if num_categories == len(CATEGORY_NAMES) else f"category {category}"
+
+
 class _Python2Pickler(pickle._Pickler):
     """Protocol 2 as Python 2 wrote it: str and bytes both as (SHORT_)BINSTRING (Python 2 had one str type),
     numpy callables under numpy.core (numpy 2 moved them to numpy._core)."""

@@ -11,7 +11,7 @@ from PIL import Image
 
 from common.data import load_dataset
 from common.errors import DatasetError, UnsafePickleError
-from common.original_format import save_original_format
+from common.original_format import CATEGORY_NAMES, category_name, save_original_format
 
 NUM_USERS, NUM_ITEMS, NUM_CATEGORIES = 5, 8, 6
 
@@ -133,6 +133,12 @@ def test_category_absent(tmp_path):
     assert dataset.num_categories == 0
     assert dataset.item_category.tolist() == [-1] * itemnum
 
+
+
+def test_a_category_is_named_by_one_rule():
+    assert [category_name(c, len(CATEGORY_NAMES)) for c in range(6)] == list(CATEGORY_NAMES)
+    assert [category_name(c, 4) for c in (0, 3)] == ["category 0", "category 3"]  # not AmazonFashion6's six
+    assert category_name(-1, len(CATEGORY_NAMES)) == "-"                         # an item without `c`
 
 
 def test_loading_a_dataset_does_not_import_the_generator():
