@@ -54,10 +54,10 @@ def generate_catalogue(path, cfg: CatalogueConfig) -> Path:
     try:
         save_original_format(temp_npy, user_train, user_validation, user_test, records, cfg.num_users, cfg.num_items)
         write_truth(truth_path(path), user_taste=taste, item_attributes=attributes,
-                     item_log_popularity=log_popularity, item_category=items["category"],
-                     item_colour=items["colour"], item_pattern=items["pattern"], item_garment_mask=masks,
-                     user_top_attribute=taste.argmax(axis=1), attribute_names=np.array(ATTRIBUTE_NAMES),
-                     config=np.array(json.dumps({**dataclasses.asdict(cfg), "image_source": source})))
+                    item_log_popularity=log_popularity, item_category=items["category"],
+                    item_colour=items["colour"], item_pattern=items["pattern"], item_garment_mask=masks,
+                    user_top_attribute=taste.argmax(axis=1), attribute_names=np.array(ATTRIBUTE_NAMES),
+                    config=np.array(json.dumps({**dataclasses.asdict(cfg), "image_source": source})))
         os.replace(temp_npy, path)
     finally:
         temp_npy.unlink(missing_ok=True)
