@@ -23,7 +23,8 @@ from pathlib import Path
 from baselines.main import DEMO as BASELINES_DEMO
 from baselines.main import BaselinesConfig, check_config, table_iii
 from baselines.registry import METHODS
-from common.catalogue import CatalogueConfig, ensure_embedded_catalogue
+from common.catalogue.config import CatalogueConfig
+from common.catalogue.generate import ensure_embedded_catalogue
 from common.checkpoint import write_json
 from common.cli import parse_config, settle, stage_errors
 from dvbpr.health import health

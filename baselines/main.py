@@ -25,7 +25,7 @@ from baselines.table import build_table, render_markdown, write_table
 from baselines.train import Context
 from baselines.warp import MAX_TRIALS
 from common.cli import parse_config, require_positive, settle, stage_errors
-from common.data import open_dataset
+from common.datasets import open_dataset
 from common.device import describe, pick_device
 from common.errors import ConfigError
 from common.metrics import TIES, TIES_HELP, tie_rule

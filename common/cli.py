@@ -20,7 +20,7 @@ import typing
 from pathlib import Path
 
 from common.checkpoint import load_checkpoint, saved_config
-from common.data import resolve_dataset
+from common.datasets import resolve_dataset
 from common.distributed import setup, teardown
 from common.errors import ConfigError, ProjectError
 

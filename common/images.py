@@ -204,7 +204,7 @@ def image_cache(dataset: Dataset, size: int, resize_filter: str = "nearest", cac
 # ----------------------------------------------------------------------------------------------------------
 # Batches for training
 
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+def scale_to_model(images: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float in [-1, 1], as the original: (x - 127.5) / 127.5."""
     return (images.float() - 127.5) / 127.5
 
@@ -255,7 +255,7 @@ class ImageStore:
         batch = batch.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)
-        return to_unit_range(batch)
+        return scale_to_model(batch)
 
     def __call__(self, item_ids: torch.Tensor) -> torch.Tensor:
         if self.resident:

@@ -44,7 +44,7 @@ TIE_CREDIT = {"fail": 0.0, "half": 0.5}
 TIES = tuple(TIE_CREDIT)
 TIES_HELP = ("exact AUC: a tie x_ui = x_uj counts as a failure (fail: the paper's delta(x_ui > x_uj)) or as half "
              "(half); sampled100 always counts it as a failure, so there this has no effect")
-SPLITS = ("validation", "test")
+HELD_OUT_SPLITS = ("validation", "test")
 
 
 def csr_from_pairs(rows, items, num_rows):
@@ -197,8 +197,8 @@ def evaluate_auc(dataset, score_fn, split="validation", protocol="exact", device
     protocol, ties (the rule applied, see tie_rule), split). `seed` only matters for "sampled100", `ties` only for
     "exact".
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split not in HELD_OUT_SPLITS:
+        raise ValueError(f"split must be one of {HELD_OUT_SPLITS}, got {split!r}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if ties not in TIES:

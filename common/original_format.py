@@ -1,11 +1,22 @@
-"""Writing a dataset in the original layout, byte for byte as Python 2 pickled it (the embedded catalogue and
-the tests use it)."""
+"""The original layout of a dataset: writing it byte for byte as Python 2 pickled it (the embedded catalogue and
+the tests use it), and the names of AmazonFashion6's categories, the one-hot `c` of its items."""
 import os
 import pickle
 import struct
 from pathlib import Path
 
 import numpy as np
+
+# AmazonFashion6's categories in the original's order (the index of the one hot in an item's `c`)
+CATEGORY_NAMES = ("men's tops", "women's tops", "men's bottoms", "women's bottoms", "men's shoes", "women's shoes")
+
+
+def category_name(category: int, num_categories: int) -> str:
+    """A category's name in a dataset of `num_categories` categories: AmazonFashion6's names for a dataset of six,
+    else "category <index>"; "-" for an item without one (category -1, see common/data.py)."""
+    if category < 0:
+        return "-"
+    return CATEGORY_NAMES[category] if num_categories == len(CATEGORY_NAMES) else f"category {category}"
 
 
 class _Python2Pickler(pickle._Pickler):

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from common.checkpoint import load_checkpoint, save_checkpoint, write_json
 from common.cli import parse_config, require_positive, settle, stage_errors
-from common.data import open_dataset
+from common.datasets import open_dataset
 from common.device import pick_device
 from common.errors import ConfigError, TrainingDiverged
 from common.images import ImageStore, image_cache

@@ -24,9 +24,10 @@ from common.cli import parse_config, require_positive, stage_errors
 from common.device import pick_device
 from common.errors import ConfigError, RunError
 from common.images import ImageStore, image_cache
+from common.original_format import category_name
 from dvbpr.attention import AttentionConfig, build_attention
 from dvbpr.explain_eval import evaluate
-from dvbpr.recommend import category_name, check_id, history
+from dvbpr.recommend import check_id, history
 from dvbpr.run import check_size, open_dvbpr_run, open_run_dataset
 from dvbpr.saliency import METHODS, check_method, explain_items
 
@@ -164,7 +165,7 @@ def explain_user(explained, cfg):
     write_json(stem.with_suffix(".json"), {
         "run": str(explained.path), "model": explained.description, "user": user, "method": cfg.method,
         "items": [{"item": item, "score": score, "rank": rank, "in_history": item in seen,
-                   "category": category_name(dataset, int(dataset.item_category[item]))}
+                   "category": category_name(int(dataset.item_category[item]), dataset.num_categories)}
                   for item, score, rank in zip(items.tolist(), scores.tolist(), ranks)]})
     for item, score, rank in zip(items.tolist(), scores.tolist(), ranks):
         print(f"item {item:>6}  score {score:.6f}  rank {rank}{'  (in history)' if item in seen else ''}")

@@ -20,7 +20,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from common.catalogue import ATTRIBUTE_GROUPS, load_truth, truth_path
+from common.catalogue.config import truth_path
+from common.catalogue.taste import ATTRIBUTE_GROUPS
+from common.catalogue.truth import load_truth
 from common.checkpoint import write_json
 from common.device import describe
 from common.errors import ConfigError

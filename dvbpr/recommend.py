@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
 
-from common.catalogue import CATEGORY_NAMES
 from common.cli import parse_config, stage_errors
 from common.device import autocast, pick_device
 from common.errors import ConfigError
-from common.images import GREY, decode_image, to_unit_range
+from common.images import GREY, decode_image, scale_to_model
+from common.original_format import category_name
 from dvbpr.run import open_dvbpr_run
 
 
@@ -61,15 +61,9 @@ class RecommendError(ConfigError):
 # ----------------------------------------------------------------------------------------------------------
 # Requests
 
-def category_name(dataset, category):
-    if category < 0:
-        return "-"
-    return CATEGORY_NAMES[category] if dataset.num_categories == len(CATEGORY_NAMES) else f"category {category}"
-
-
 def parse_category(text, dataset):
     """A category index from its index or its name (case-insensitive)."""
-    names = [category_name(dataset, c).lower() for c in range(dataset.num_categories)]
+    names = [category_name(c, dataset.num_categories).lower() for c in range(dataset.num_categories)]
     text = text.strip()
     if text.isdigit() and int(text) < dataset.num_categories:
         return int(text)
@@ -145,7 +139,7 @@ def score_image(run, data, user):
     pixels = torch.from_numpy(decode_image(data, run.config.image_size, run.config.resize_filter))
     device = run.theta.device
     with torch.no_grad(), autocast(device, run.config.bf16):
-        phi = run.model.phi(to_unit_range(pixels[None]).to(device)).float()
+        phi = run.model.phi(scale_to_model(pixels[None]).to(device)).float()
     return (phi[0] @ run.theta[user]).item()
 
 
@@ -166,14 +160,14 @@ def table(dataset, item_ids, values, value_name, notes=None):
     lines = [f"{'rank':>4}  {'item':>7}  {value_name:>11}  category"]
     for rank, (item, value) in enumerate(zip(item_ids.tolist(), values.tolist()), start=1):
         note = f"  ({notes[item]})" if notes and item in notes else ""
-        category = category_name(dataset, dataset.item_category[item])
+        category = category_name(dataset.item_category[item], dataset.num_categories)
         lines.append(f"{rank:>4}  {item:>7}  {value:>11.6f}  {category}{note}")
     return "\n".join(lines)
 
 
 def describe(run, cfg, category):
     """What a request ranked among: ' among <category>' and ', leaving out user U's N ... items'."""
-    where = "" if category is None else f" among {category_name(run.dataset, category)}"
+    where = "" if category is None else f" among {category_name(category, run.dataset.num_categories)}"
     if cfg.user is None:
         return where, ""
     left_out = len(history(run.dataset, cfg.user, cfg.include_heldout))
@@ -196,7 +190,8 @@ def list_similar(run, cfg, category):
     item = cfg.similar_to
     ids, cosines = similar_items(run, item, cfg.k, category, cfg.user, cfg.include_heldout)
     where, left_out = describe(run, cfg, category)
-    print(f"{len(ids)} items nearest to item {item} ({category_name(run.dataset, run.dataset.item_category[item])})"
+    name = category_name(run.dataset.item_category[item], run.dataset.num_categories)
+    print(f"{len(ids)} items nearest to item {item} ({name})"
           f"{where} by cosine similarity of Phi(X_i) ({run.path}, epoch {run.epoch}){left_out}")
     print(table(run.dataset, ids, cosines, "cosine"))
     return ids, cosines, f"similar_to_item{item}_top{cfg.k}"

@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from common.checkpoint import load_checkpoint, saved_config
-from common.data import Dataset, open_dataset
+from common.data import Dataset
+from common.datasets import open_dataset
 from common.errors import RunError
 from common.images import ImageStore, image_cache
 from dvbpr.config import DVBPRConfig

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from common.checkpoint import save_checkpoint, write_json
-from common.data import open_dataset
+from common.datasets import open_dataset
 from common.device import fused_adam_kwargs, memory_format, pick_device
 from common.distributed import Ranks, unwrap
 from common.errors import ConfigError

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from common.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
 from common.classifier import train_or_load_classifier
 from common.cli import require_positive
-from common.data import open_dataset
+from common.datasets import open_dataset
 from common.device import autocast, fused_adam_kwargs, memory_format, pick_device
 from common.distributed import Ranks, unwrap
 from common.errors import ConfigError, DatasetError, TrainingDiverged

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.catalogue import CATEGORY_NAMES, is_embedded
+from common.catalogue.config import is_embedded
 from common.checkpoint import write_json
 from common.cli import parse_config, settle, stage_errors
 from common.device import describe, pick_device
 from common.errors import DatasetError
+from common.original_format import category_name
 from common.runlog import run_dir
 from common.seeding import seed_everything
 from gan.run import sample_z
@@ -119,10 +120,6 @@ def snapshot_steps(steps, count=11):
     return sorted({round(k * steps / (count - 1)) for k in range(count)})
 
 
-def category_name(category):
-    return CATEGORY_NAMES[category] if category < len(CATEGORY_NAMES) else f"category {category}"
-
-
 def personal_design(stages, cfg, queries, out, rng):
     """Fig. 5: per (user, category) the top-k real items (eq. 8) and top-k generated images (eq. 10, 11), scores
     under the tiles; and the original's picture of every start's trajectory (starts_<c>_user<u>.png)."""
@@ -141,7 +138,8 @@ def personal_design(stages, cfg, queries, out, rng):
         captions += [f"gen x={s:.2f}" for s in generated.preference.tolist()]
         trajectory = torch.stack([snapshot.images[:16] for snapshot in design.history], dim=1)
         save_plain_grid(out / f"starts_{category}_user{user}.png", trajectory.flatten(0, 1), len(shown))
-        record.append({"user": user, "category": category, "category_name": category_name(category),
+        record.append({"user": user, "category": category,
+                       "category_name": category_name(category, stages.dataset.num_categories),
                        "real": [{"item": i, "preference": s} for i, s in zip(items.tolist(), real_scores.tolist())],
                        "generated": [{"start": int(s), "preference": p, "objective": o, "realism_loss": r}
                                      for s, p, o, r in zip(kept.tolist(), generated.preference.tolist(),
@@ -204,7 +202,7 @@ def nearest_neighbours(stages, cfg, out, rng):
                 for text in (f"G(z, {c})", f"#{i} L1={d:.2f}")]
     save_captioned_grid(out / "neighbours.png", images, captions, 2 * n)
     write_json(out / "neighbours.json", {"columns": "pairs: a sample G(z, c), its L1 nearest catalogue item",
-                                         "rows": [category_name(c) for c in categories],
+                                         "rows": [category_name(c, stages.dataset.num_categories) for c in categories],
                                          "nearest": nearest.tolist(), "mean_l1": best.tolist()})
 
 

@@ -1,7 +1,8 @@
 """The tiny catalogues the tests share, each generated once per session."""
 import pytest
 
-from common.catalogue import CatalogueConfig, generate_catalogue
+from common.catalogue.config import CatalogueConfig
+from common.catalogue.generate import generate_catalogue
 
 
 @pytest.fixture(scope="session")

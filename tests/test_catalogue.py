@@ -5,19 +5,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.catalogue import (
-    CATEGORY_NAMES,
-    CatalogueConfig,
-    embedded_dataset_path,
-    ensure_embedded_catalogue,
-    find_fashion_mnist,
-    generate_catalogue,
-    load_truth,
-    read_idx,
-    true_scores,
-    truth_path,
-)
+from common.catalogue.config import CatalogueConfig, embedded_dataset_path, truth_path
+from common.catalogue.fashion_mnist import find_fashion_mnist, read_idx
+from common.catalogue.generate import ensure_embedded_catalogue, generate_catalogue
+from common.catalogue.truth import load_truth, true_scores
 from common.data import load_dataset
+from common.original_format import CATEGORY_NAMES
 
 TINY = CatalogueConfig(num_users=40, num_items=90, image_size=32, image_source="procedural")
 

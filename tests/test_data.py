@@ -2,13 +2,16 @@ import io
 import os
 import pickletools
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from common.data import DatasetError, UnsafePickleError, load_dataset
-from common.original_format import save_original_format
+from common.data import load_dataset
+from common.errors import DatasetError, UnsafePickleError
+from common.original_format import CATEGORY_NAMES, category_name, save_original_format
 
 NUM_USERS, NUM_ITEMS, NUM_CATEGORIES = 5, 8, 6
 
@@ -129,6 +132,19 @@ def test_category_absent(tmp_path):
     dataset = load_dataset(tmp_path / "Tiny.npy")
     assert dataset.num_categories == 0
     assert dataset.item_category.tolist() == [-1] * itemnum
+
+
+
+def test_a_category_is_named_by_one_rule():
+    assert [category_name(c, len(CATEGORY_NAMES)) for c in range(6)] == list(CATEGORY_NAMES)
+    assert [category_name(c, 4) for c in (0, 3)] == ["category 0", "category 3"]  # not AmazonFashion6's six
+    assert category_name(-1, len(CATEGORY_NAMES)) == "-"                         # an item without `c`
+
+
+def test_loading_a_dataset_does_not_import_the_generator():
+    loaded = subprocess.run([sys.executable, "-c", "import sys, common.data; print(sorted(sys.modules))"],
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True).stdout
+    assert "'common.data'" in loaded and "common.catalogue" not in loaded
 
 
 def test_train_helpers(tmp_path):

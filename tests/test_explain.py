@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.catalogue import load_truth
+from common.catalogue.truth import load_truth
 from common.checkpoint import save_checkpoint
 from common.data import load_dataset
 from common.errors import ConfigError

@@ -5,7 +5,7 @@ import pytest
 
 import baselines.family as family
 import pm.main
-from common.catalogue import CatalogueConfig
+from common.catalogue.config import CatalogueConfig
 
 
 def test_the_demo_recipe_is_a_finalist_of_the_search():

@@ -5,7 +5,8 @@ import pickle
 import numpy as np
 import pytest
 
-from common.data import MAX_CATEGORIES, DatasetError, UnsafePickleError, load_dataset
+from common.data import MAX_CATEGORIES, load_dataset
+from common.errors import DatasetError, UnsafePickleError
 from common.original_format import save_original_format
 from tests.test_data import make_catalogue
 

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from common import images
-from common.data import DatasetError, load_dataset
+from common.data import load_dataset
+from common.errors import DatasetError
 from common.images import (
     GREY,
     ImageStore,
@@ -16,7 +17,7 @@ from common.images import (
     decode_resize_nearest,
     image_cache,
     pillow_nearest_index,
-    to_unit_range,
+    scale_to_model,
 )
 from common.original_format import save_original_format
 
@@ -160,8 +161,8 @@ def test_nearest_index_is_pillows(in_size, out_size):
     assert pillow_nearest_index(in_size, out_size).tolist() == np.asarray(resized)[0].tolist()
 
 
-def test_to_unit_range():
-    unit = to_unit_range(torch.tensor([0, 255, 128], dtype=torch.uint8))
+def test_scale_to_model():
+    unit = scale_to_model(torch.tensor([0, 255, 128], dtype=torch.uint8))
     assert unit.dtype == torch.float32
     torch.testing.assert_close(unit, torch.tensor([-1.0, 1.0, 0.5 / 127.5]))
 

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from common.catalogue import ATTRIBUTE_GROUPS, CatalogueConfig, generate_catalogue, load_truth
+from common.catalogue.config import CatalogueConfig
+from common.catalogue.generate import generate_catalogue
+from common.catalogue.taste import ATTRIBUTE_GROUPS
+from common.catalogue.truth import load_truth
 from common.checkpoint import load_checkpoint
 from common.cli import parse_config
 from common.data import load_dataset

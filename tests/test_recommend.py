@@ -13,7 +13,7 @@ from PIL import Image
 
 from common.checkpoint import save_checkpoint
 from common.data import load_dataset
-from common.images import decode_image, image_cache, to_unit_range
+from common.images import decode_image, image_cache, scale_to_model
 from dvbpr.recommend import (
     RecommendError,
     history,
@@ -45,8 +45,8 @@ def trained(tmp_path_factory, catalogue):
     dataset = load_dataset(catalogue(num_users=12, num_items=40))
     model = save_random_run(root / "run", dataset)
     with torch.no_grad():
-        items = model.phi(to_unit_range(torch.from_numpy(np.array(image_cache(dataset, 32)))))
-    run = open_dvbpr_run(root / "run")  # computes embeddings.pt
+        items = model.phi(scale_to_model(torch.from_numpy(np.array(image_cache(dataset, 32)))))
+    run = open_dvbpr_run(root / "run")  # computes the embeddings (embeddings.pt is missing)
     return SimpleNamespace(root=root, run=run, dataset=dataset, theta=model.theta.detach(), items=items)
 
 

@@ -1,0 +1,33 @@
+"""The dataset of a run: the real AmazonFashion file when it is there, else the embedded demo catalogue."""
+from pathlib import Path
+
+from common.catalogue.config import is_embedded
+from common.catalogue.generate import ensure_embedded_catalogue
+from common.data import Dataset, load_dataset
+from common.errors import DatasetError
+
+DEFAULT_DATASET = Path("data/AmazonFashion6ImgPartitioned.npy")
+
+
+def resolve_dataset(path=None) -> tuple[Path, bool]:
+    """(absolute path, embedded) of a run's dataset: `path` if given ("embedded" forces the demo catalogue), else
+    the real AmazonFashion file at its default path, else the embedded catalogue (generated once)."""
+    if path and path != "embedded":
+        if not Path(path).is_file():
+            raise DatasetError(f"dataset {path} not found (bash download_dataset.sh fetches the originals)")
+        return Path(path).resolve(), is_embedded(path)
+    if path is None and DEFAULT_DATASET.is_file():
+        return DEFAULT_DATASET.resolve(), False
+    return ensure_embedded_catalogue().resolve(), True
+
+
+def open_dataset(path=None, cache_dir=None) -> tuple[Dataset, bool]:
+    """(Dataset, embedded) for a run, as `resolve_dataset` chooses it, its decoded images cached in `cache_dir`
+    (None: a cache/ folder beside the file); the fallback to the embedded catalogue is announced in one line."""
+    resolved, embedded = resolve_dataset(path)
+    dataset = load_dataset(resolved)
+    dataset.cache_dir = Path(cache_dir) if cache_dir else None
+    if embedded and path is None:
+        print(f"{DEFAULT_DATASET} not found: using the embedded demo catalogue {resolved} ({dataset.usernum} "
+              f"users, {dataset.itemnum} items, {dataset.num_train_interactions} training actions)")
+    return dataset, embedded
