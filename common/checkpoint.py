@@ -122,8 +122,8 @@ def torch_refusal(path, exc):
     reason = str(exc.__context__ or exc) if isinstance(exc, pickle.UnpicklingError) else str(exc)
     refused = re.search(r"GLOBAL (\S+)", reason)
     if refused:
-        return f"refusing to load {path}: its pickle asks for {refused.group(1)}, which the project's checkpoints never hold (it " \
-               "could run code)"
+        return (f"refusing to load {path}: its pickle asks for {refused.group(1)}, which the project's checkpoints "
+                "never hold (it could run code)")
     lines = [line.strip() for line in reason.splitlines() if line.strip()]
     first = lines[0].split(". ")[0] if lines else type(exc).__name__
     return f"cannot read checkpoint {path}: {first}"
