@@ -99,20 +99,22 @@ def check_archive(path):
     (or is truncated, losing the directory at its end), an entry stored compressed, entries larger than the file."""
     size = path.stat().st_size
     if size == 0:
-        raise CheckpointError(f"{path} is empty: not a checkpoint (a save or a copy that did not finish?)")
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (a save or a copy that did not "
+                              "finish?)")
     try:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OverflowError) as exc:
-        raise CheckpointError(f"{path} is truncated or not a checkpoint: not the zip archive torch.save writes "
-                              f"({exc})") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: truncated, or not a file torch.save wrote ({exc})") \
+            from None
     for entry in entries:
         if entry.compress_type != zipfile.ZIP_STORED:
-            raise CheckpointError(f"{path}: {entry.filename} is stored compressed, which torch.save never does: "
-                                  "refused before it is inflated")
+            raise CheckpointError(f"cannot read checkpoint {path}: its entry {entry.filename} is stored compressed, "
+                                  "which torch.save never does (refused before it is inflated)")
     stored = sum(entry.file_size for entry in entries)
     if stored > size:
-        raise CheckpointError(f"{path}: its entries claim {stored} bytes, more than the file's {size}: corrupted")
+        raise CheckpointError(f"cannot read checkpoint {path}: its entries claim {stored} bytes, more than the "
+                              f"file's {size}: corrupted")
 
 
 def torch_refusal(path, exc):
@@ -122,8 +124,8 @@ def torch_refusal(path, exc):
     reason = str(exc.__context__ or exc) if isinstance(exc, pickle.UnpicklingError) else str(exc)
     refused = re.search(r"GLOBAL (\S+)", reason)
     if refused:
-        return (f"refusing to load {path}: its pickle asks for {refused.group(1)}, which the project's checkpoints "
-                "never hold (it could run code)")
+        return (f"cannot read checkpoint {path}: its pickle asks for {refused.group(1)}, which the project's "
+                "checkpoints never hold (refused: it could run code)")
     lines = [line.strip() for line in reason.splitlines() if line.strip()]
     first = lines[0].split(". ")[0] if lines else type(exc).__name__
     return f"cannot read checkpoint {path}: {first}"
