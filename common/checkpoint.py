@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import shutil
+import struct
 import tempfile
 import zipfile
 from pathlib import Path
@@ -104,7 +105,8 @@ def check_archive(path):
     try:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OverflowError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, ValueError, EOFError, OverflowError,
+            struct.error) as exc:  # what zipfile raises on a directory it cannot parse
         raise CheckpointError(f"cannot read checkpoint {path}: truncated, or not a file torch.save wrote ({exc})") \
             from None
     for entry in entries:

@@ -30,6 +30,7 @@ and lie inside its shard. Parsing an index thus costs time linear in its size an
 reading a tensor allocates its size, which its shard's length bounds.
 """
 import math
+import os
 import re
 import struct
 from collections.abc import Mapping
@@ -281,18 +282,18 @@ def table_entries(table, verify):
 # ---------------------------------------------------------------- the checkpoint
 
 def read_index(path):
-    """The bytes of an .index file, read no further than MAX_INDEX_BYTES."""
+    """The bytes of an .index file, refused unread beyond MAX_INDEX_BYTES."""
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_INDEX_BYTES + 1)
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_INDEX_BYTES:
+                raise TFCheckpointError(f"{path} has {size:,} bytes, more than the {MAX_INDEX_BYTES:,} a checkpoint "
+                                        "index may have here (the original's have a few KB)")
+            return f.read(size)
     except FileNotFoundError:
         raise TFCheckpointError(f"not a TensorFlow checkpoint: no {path}") from None
     except OSError as exc:
         raise TFCheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_INDEX_BYTES:
-        raise TFCheckpointError(f"{path} is larger than {MAX_INDEX_BYTES:,} bytes, the most a checkpoint index "
-                                "takes here (the original's are a few KB)")
-    return data
 
 
 class TFCheckpoint(Mapping):
@@ -355,13 +356,13 @@ class TFCheckpoint(Mapping):
         shape, itemsize = entry["shape"], self.dtype(name).itemsize
         if min(shape, default=0) < 0:
             raise TFCheckpointError(f"{where}: negative dimension in shape {list(shape)}: the index is corrupted")
-        if math.prod(size for size in shape if size) * itemsize >= ADDRESSABLE:
-            raise TFCheckpointError(f"{where}: shape {list(shape)} of {self.dtype(name)} is beyond what an array "
-                                    "can address: the index is corrupted")
         expected = math.prod(shape) * itemsize
         if entry["size"] != expected:
             raise TFCheckpointError(f"{where}: {entry['size']} bytes stored for shape {list(shape)} of "
                                     f"{self.dtype(name)} ({expected} bytes): the index is corrupted")
+        if math.prod(size for size in shape if size) * itemsize >= ADDRESSABLE:  # an empty tensor's other sizes
+            raise TFCheckpointError(f"{where}: shape {list(shape)} of {self.dtype(name)} is beyond what an array "
+                                    "can address: the index is corrupted")
 
     def check_shards(self):
         """Every shard is there and long enough for the tensors it should hold."""
