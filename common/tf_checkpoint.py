@@ -18,7 +18,7 @@ and refused, as such, when read or required.
 
 An index is untrusted input, so what parsing it may cost is fixed up front and refused, in one line, before it is
 spent (the original's checkpoints hold under 200 tensors, in an index of a few KB):
-    MAX_INDEX_BYTES    the .index file is read only up to this size
+    MAX_INDEX_BYTES    a larger .index file is refused unread
     MAX_ENTRIES        tensors, and blocks, in the index
     MAX_KEY_BYTES      the bytes of all keys (tensor names) together, counted before each key is built: keys are
                        prefix-compressed, so a few bytes of file can stand for a long key
@@ -26,8 +26,8 @@ spent (the original's checkpoints hold under 200 tensors, in an index of a few K
 Each data block is read once: the blocks must follow one another in the file without overlapping, and the keys
 must increase strictly, as LevelDB writes them. A shape's element count is a product of Python integers, so a
 forged shape cannot wrap around to a small size; a tensor's size must then be that count times its dtype's size
-and lie inside its shard. Parsing an index thus costs time linear in its size and a few MB of memory at most;
-reading a tensor allocates its size, which its shard's length bounds.
+and lie inside its shard. Parsing an index thus costs time linear in its size and some 10 MB of memory at most
+(MAX_ENTRIES tensors with their names); reading a tensor allocates its size, which its shard's length bounds.
 """
 import math
 import os
