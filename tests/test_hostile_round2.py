@@ -41,6 +41,7 @@ from dvbpr.main import main as dvbpr_main
 from dvbpr.model import feature_map_size
 from dvbpr.tf_import import dvbpr_state_from_tf
 from dvbpr.tf_run import fitting_image_sizes
+from dvbpr.train import DVBPRConfig
 from pm.main import main as pm_main
 from tests.helpers import ROOT
 
@@ -212,7 +213,8 @@ def test_many_tiny_entries_stop_at_the_entry_budget(tmp_path):
 def test_the_largest_index_within_the_budgets_costs_a_few_mb(tmp_path):
     names = [f"scope/layer_{k:05d}/{'w' * 80}".encode() for k in range(MAX_ENTRIES - 2)]  # block + header too
     assert sum(map(len, names)) < MAX_KEY_BYTES
-    prefix = write_checkpoint(tmp_path / "large.ckpt", [(name, bundle_entry(shape=(0,), crc=mask(0))) for name in names])
+    empty = bundle_entry(shape=(0,), crc=mask(0))
+    prefix = write_checkpoint(tmp_path / "large.ckpt", [(name, empty) for name in names])
     with within(seconds=8, peak_bytes=16 << 20):  # about 0.4 s untraced
         ckpt = TFCheckpoint(prefix)
     assert len(ckpt) == MAX_ENTRIES - 2 and ckpt[names[-1].decode()].shape == (0,)
@@ -361,7 +363,8 @@ def test_a_stage_names_the_empty_checkpoint_it_resumes(tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 # 4. Silent wrong results and lost work
 
-HOLD = "import sys; from common.runlog import run_dir; run_dir(sys.argv[1], 'dvbpr'); print('held', flush=True); input()"
+HOLD = ("import sys; from common.runlog import run_dir; run_dir(sys.argv[1], 'dvbpr'); print('held', flush=True); "
+        "input()")
 
 
 def test_a_second_writer_of_a_run_directory_is_refused(tmp_path, monkeypatch):
@@ -427,7 +430,6 @@ def test_non_finite_float_flags_are_refused(argv, flag):
 
 
 def test_finite_float_flags_pass():
-    from dvbpr.train import DVBPRConfig
     assert parse_config(DVBPRConfig, ["--lr", "1e-4", "--dropout", "0"])[0].lr == 1e-4
     with pytest.raises(ConfigError, match="--dropout must be a finite number, got nan"):
         parse_config(DVBPRConfig, ["--dropout", "NaN"])
