@@ -2,14 +2,23 @@
 
 A checkpoint is a dict: {"stage", "model", "optimizer", "config", "epoch", "step", "metrics", ...}; `stage` names
 the stage that wrote it ("dvbpr", "gan", "classifier", ...) and every load checks it.
+
+Before torch reads a file, its zip directory is checked: torch.save stores every entry uncompressed, so an entry
+stored compressed (which torch would inflate, a few MB into GBs) or entries adding up to more than the file are
+refused, and what torch then reads is bounded by the file's size. torch's own errors become one line: a global
+its weights-only unpickler refuses is named, without its advice to load with weights_only=False.
 """
 import dataclasses
 import errno
 import hashlib
 import json
 import os
+import pickle
+import re
 import shutil
+import struct
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -86,17 +95,58 @@ def restore_optimizer(optimizer, state, lr):
         group["lr"] = lr
 
 
+def check_archive(path):
+    """Refuse what torch.save never writes, before torch reads it: an empty file, one that is not a zip archive
+    (or is truncated, losing the directory at its end), an entry stored compressed, entries larger than the file."""
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (a save or a copy that did not "
+                              "finish?)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, ValueError, EOFError, OverflowError,
+            struct.error) as exc:  # what zipfile raises on a directory it cannot parse
+        raise CheckpointError(f"cannot read checkpoint {path}: truncated, or not a file torch.save wrote ({exc})") \
+            from None
+    for entry in entries:
+        if entry.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(f"cannot read checkpoint {path}: its entry {entry.filename} is stored compressed, "
+                                  "which torch.save never does (refused before it is inflated)")
+    stored = sum(entry.file_size for entry in entries)
+    if stored > size:
+        raise CheckpointError(f"cannot read checkpoint {path}: its entries claim {stored} bytes, more than the "
+                              f"file's {size}: corrupted")
+
+
+def torch_refusal(path, exc):
+    """One line for what torch.load raised: the global the weights-only unpickler refused, if that is what it
+    was, else the first sentence of torch's message (torch wraps the unpickler's reason, kept as the context,
+    in advice to load with weights_only=False, which is no advice for a file that may run code)."""
+    reason = str(exc.__context__ or exc) if isinstance(exc, pickle.UnpicklingError) else str(exc)
+    refused = re.search(r"GLOBAL (\S+)", reason)
+    if refused:
+        return (f"cannot read checkpoint {path}: its pickle asks for {refused.group(1)}, which the project's "
+                "checkpoints never hold (refused: it could run code)")
+    lines = [line.strip() for line in reason.splitlines() if line.strip()]
+    first = lines[0].split(". ")[0] if lines else type(exc).__name__
+    return f"cannot read checkpoint {path}: {first}"
+
+
 def load_checkpoint(path, stage=None, map_location="cpu", fields=(), mmap=False):
     """The checkpoint dict at `path`; with `stage`, refused unless that stage wrote it, and unless it has every
     one of `fields`. `mmap` maps the tensors instead of reading them (for a look at the config alone)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    check_archive(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-    found = checkpoint.get("stage") if isinstance(checkpoint, dict) else type(checkpoint).__name__
+    except Exception as exc:  # torch raises what its parsers meet, of many types
+        raise CheckpointError(torch_refusal(path, exc)) from exc
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint's dict")
+    found = checkpoint.get("stage")
     if stage is not None and found != stage:
         raise CheckpointError(f"{path} was written by the {found!r} stage, not by {stage!r}: give a {stage} run")
     missing = [name for name in fields if name not in checkpoint]

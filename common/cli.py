@@ -15,6 +15,7 @@ A field's help text and choices come from its metadata: `field(default=..., meta
 import argparse
 import contextlib
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -57,9 +58,17 @@ def parse_config(cfg_cls, argv=None, presets=None, description=""):
         _add_argument(parser, field.name, hints[field.name], getattr(defaults, field.name),
                       field.metadata.get("help", ""), choices)
     given = vars(parser.parse_args(argv))
+    refuse_non_finite(given)
     preset = presets.get(given.get("preset", getattr(defaults, "preset", None)), {})
     cfg = dataclasses.replace(dataclasses.replace(defaults, **preset), **given)
     return cfg, set(given) | (set(preset) if "preset" in given else set())
+
+
+def refuse_non_finite(given):
+    """ConfigError naming the first float flag given as nan or inf, which argparse's float() accepts."""
+    for name, value in given.items():
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
 
 
 def typed_flags(cfg_cls, argv=None):

@@ -13,8 +13,24 @@ Usage:
 
 Anything unexpected raises TFCheckpointError (a ValueError, and a CheckpointError, which a stage's command line
 prints as one line) that says what and where. The SSTable blocks' checksums are checked as well as each tensor's;
-string tensors and sliced (partitioned) variables are listed in `unsupported` and refused when read.
+string tensors, dtypes numpy lacks (bfloat16, ...) and sliced (partitioned) variables are listed in `unsupported`
+and refused, as such, when read or required.
+
+An index is untrusted input, so what parsing it may cost is fixed up front and refused, in one line, before it is
+spent (the original's checkpoints hold under 200 tensors, in an index of a few KB):
+    MAX_INDEX_BYTES    a larger .index file is refused unread
+    MAX_ENTRIES        tensors, and blocks, in the index
+    MAX_KEY_BYTES      the bytes of all keys (tensor names) together, counted before each key is built: keys are
+                       prefix-compressed, so a few bytes of file can stand for a long key
+    MAX_RANK, MAX_SHARDS   dimensions of a shape (TensorFlow's own limit), data shards
+Each data block is read once: the blocks must follow one another in the file without overlapping, and the keys
+must increase strictly, as LevelDB writes them. A shape's element count is a product of Python integers, so a
+forged shape cannot wrap around to a small size; a tensor's size must then be that count times its dtype's size
+and lie inside its shard. Parsing an index thus costs time linear in its size and some 10 MB of memory at most
+(MAX_ENTRIES tensors with their names); reading a tensor allocates its size, which its shard's length bounds.
 """
+import math
+import os
 import re
 import struct
 from collections.abc import Mapping
@@ -30,10 +46,18 @@ BLOCK_TRAILER = 5  # compression type (1 byte), masked crc32c of block + type (4
 CRC_MASK_DELTA = 0xA282EAD8
 READ_CHUNK = 1 << 24
 
-# TensorFlow DataType enum -> numpy (types.proto). bfloat16, the quantised types, resources and variants have
-# no numpy equivalent and are refused.
+MAX_INDEX_BYTES = 16 << 20
+MAX_ENTRIES = 10_000
+MAX_KEY_BYTES = 1 << 20   # MAX_ENTRIES names of 100 bytes
+MAX_RANK = 254          # TensorShape's limit
+MAX_SHARDS = 1024
+ADDRESSABLE = 1 << 63   # numpy refuses an array whose dimensions (zeros aside) times its itemsize reach this
+
+# TensorFlow DataType enum -> numpy (types.proto). The others have no numpy equivalent and are refused.
 DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 8: np.complex64,
           9: np.int64, 10: np.bool_, 17: np.uint16, 18: np.complex128, 19: np.float16, 22: np.uint32, 23: np.uint64}
+UNSUPPORTED_DTYPES = {0: "DT_INVALID", 11: "qint8", 12: "quint8", 13: "qint32", 14: "bfloat16",
+                      15: "qint16", 16: "quint16", 20: "resource", 21: "variant"}
 DT_STRING = 7
 
 
@@ -69,6 +93,8 @@ def read_varint(buf, pos):
         pos += 1
         result |= (byte & 0x7F) << shift
         if byte < 0x80:
+            if result >> 64:
+                raise TFCheckpointError("a varint of more than 64 bits")
             return result, pos
         shift += 7
 
@@ -129,6 +155,8 @@ def parse_shape(buf):
     dims = []
     for number, value in proto_fields(buf):
         if number == 2:
+            if len(dims) == MAX_RANK:
+                raise TFCheckpointError(f"a shape of more than {MAX_RANK} dimensions")
             dims.append(as_int(dict(proto_fields(as_message(value))).get(1, 0)))
         elif number == 3 and as_int(value):
             raise TFCheckpointError("tensor of unknown rank")
@@ -182,7 +210,25 @@ def read_block(table, handle, what, verify):
     return table[offset:offset + size]
 
 
-def block_entries(block, what):
+class Budget:
+    """The entries and key bytes an index may still spend (MAX_ENTRIES, MAX_KEY_BYTES), charged before each key
+    is built."""
+
+    def __init__(self):
+        self.entries, self.key_bytes = MAX_ENTRIES, MAX_KEY_BYTES
+
+    def charge(self, key_length, what):
+        self.entries -= 1
+        self.key_bytes -= key_length
+        if self.entries < 0:
+            raise TFCheckpointError(f"{what}: more than {MAX_ENTRIES:,} entries in the index, the most this reader "
+                                    "takes (the index is corrupted or not a model's)")
+        if self.key_bytes < 0:
+            raise TFCheckpointError(f"{what}: keys of more than {MAX_KEY_BYTES:,} bytes in all, the most this "
+                                    "reader takes (the index is corrupted or not a model's)")
+
+
+def block_entries(block, what, budget):
     """The (key, value) pairs of a block. Keys are prefix-compressed: each entry stores how many bytes it shares
     with the previous key, then the rest; the restart array at the end only serves seeking, so it is skipped."""
     if len(block) < 4:
@@ -198,15 +244,17 @@ def block_entries(block, what):
         value_size, pos = read_varint(block, pos)
         if shared > len(key) or pos + unshared + value_size > limit:
             raise TFCheckpointError(f"{what} has a malformed entry at byte {pos}")
+        budget.charge(shared + unshared, what)
         key = key[:shared] + bytes(block[pos:pos + unshared])
         pos += unshared
-        entries.append((key, block[pos:pos + value_size]))
+        entries.append((key, bytes(block[pos:pos + value_size])))
         pos += value_size
     return entries
 
 
 def table_entries(table, verify):
-    """Every (key, value) of an SSTable, in key order: footer -> index block -> data blocks."""
+    """Every (key, value) of an SSTable, in key order: footer -> index block -> data blocks, each data block read
+    once, in file order."""
     if len(table) < FOOTER_SIZE:
         raise TFCheckpointError(f"the index is truncated ({len(table)} bytes, less than its {FOOTER_SIZE}-byte footer)")
     footer = table[-FOOTER_SIZE:]
@@ -214,16 +262,39 @@ def table_entries(table, verify):
         raise TFCheckpointError("the index has a bad magic number: not an SSTable, or truncated or corrupted")
     _, pos = block_handle(footer, 0)  # the meta-index block: no filters in a checkpoint
     index_handle, _ = block_handle(footer, pos)
+    budget = Budget()
     index = read_block(table, index_handle, "the index block", verify)
-    entries = []
-    for i, (_, value) in enumerate(block_entries(index, "the index block")):
+    entries, block_end = [], 0
+    for i, (_, value) in enumerate(block_entries(index, "the index block", budget)):
         handle, _ = block_handle(value, 0)
         what = f"data block {i}"
-        entries += block_entries(read_block(table, handle, what, verify), what)
+        if handle[0] < block_end:
+            raise TFCheckpointError(f"{what} at byte {handle[0]} overlaps the block before it, which ends at byte "
+                                    f"{block_end}: the index is corrupted")
+        for key, value in block_entries(read_block(table, handle, what, verify), what, budget):
+            if entries and key <= entries[-1][0]:
+                raise TFCheckpointError(f"{what}: the keys are out of order: the index is corrupted")
+            entries.append((key, value))
+        block_end = handle[0] + handle[1] + BLOCK_TRAILER
     return entries
 
 
 # ---------------------------------------------------------------- the checkpoint
+
+def read_index(path):
+    """The bytes of an .index file, refused unread beyond MAX_INDEX_BYTES."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_INDEX_BYTES:
+                raise TFCheckpointError(f"{path} has {size:,} bytes, more than the {MAX_INDEX_BYTES:,} a checkpoint "
+                                        "index may have here (the original's have a few KB)")
+            return f.read(size)
+    except FileNotFoundError:
+        raise TFCheckpointError(f"not a TensorFlow checkpoint: no {path}") from None
+    except OSError as exc:
+        raise TFCheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
+
 
 class TFCheckpoint(Mapping):
     """A lazy mapping {tensor name: np.ndarray} over a TF V2 checkpoint; only the index is read up front."""
@@ -231,15 +302,19 @@ class TFCheckpoint(Mapping):
     def __init__(self, prefix, verify=True):
         self.prefix, self.verify = str(prefix), verify
         index_path = Path(self.prefix + ".index")
-        if not index_path.is_file():
-            raise TFCheckpointError(f"not a TensorFlow checkpoint: no {index_path}")
-        table = memoryview(index_path.read_bytes())
+        table = memoryview(read_index(index_path))
         try:
             entries = table_entries(table, verify)
             if not entries or entries[0][0] != b"":
                 raise TFCheckpointError("the index has no bundle header")
             self.header = parse_header(entries[0][1])
-            self.entries = {key.decode(): parse_entry(value) for key, value in entries[1:]}
+            self.entries = {}
+            for key, value in entries[1:]:
+                name = key.decode()
+                try:
+                    self.entries[name] = parse_entry(value)
+                except TFCheckpointError as exc:
+                    raise TFCheckpointError(f"{name}: {exc}") from None
         except UnicodeDecodeError:
             raise TFCheckpointError(f"{index_path}: a tensor name is not UTF-8: the index is corrupted") from None
         except TFCheckpointError as exc:
@@ -248,12 +323,13 @@ class TFCheckpoint(Mapping):
         self.unsupported = {name: why for name, entry in self.entries.items() if (why := self.refusal(entry))}
         for name, entry in self.entries.items():
             if name not in self.unsupported:
-                self.check_size(name, entry)
+                self.check_entry(name, entry)
         self.check_shards()
 
     def check_header(self):
-        if self.header["num_shards"] < 1:
-            raise TFCheckpointError(f"{self.prefix}.index: bad shard count {self.header['num_shards']}")
+        if not 1 <= self.header["num_shards"] <= MAX_SHARDS:
+            raise TFCheckpointError(f"{self.prefix}.index: bad shard count {self.header['num_shards']} (this reader "
+                                    f"takes 1 to {MAX_SHARDS})")
         if self.header["min_consumer"] > 1:
             raise TFCheckpointError(f"{self.prefix}.index: bundle format version {self.header['min_consumer']} is "
                                     "newer than this reader (1)")
@@ -264,29 +340,46 @@ class TFCheckpoint(Mapping):
         if entry["tf_dtype"] == DT_STRING:
             return "a string tensor"
         if entry["tf_dtype"] not in DTYPES:
-            return f"of TensorFlow dtype {entry['tf_dtype']}, which has no numpy equivalent here"
+            known = UNSUPPORTED_DTYPES.get(entry["tf_dtype"])
+            return f"of TensorFlow dtype {entry['tf_dtype']}{f' ({known})' if known else ''}, which numpy lacks"
         return None
 
-    def check_size(self, name, entry):
+    def check_entry(self, name, entry):
+        """The entry's shard, offset, shape and size agree with one another; sizes as Python integers."""
+        where = f"{self.prefix}.index: {name}"
         if not 0 <= entry["shard"] < self.header["num_shards"]:
-            raise TFCheckpointError(f"{name}: shard {entry['shard']} of a {self.header['num_shards']}-shard checkpoint")
-        expected = int(np.prod(entry["shape"], dtype=np.int64)) * self.dtype(name).itemsize
-        if entry["size"] != expected or min(entry["shape"], default=0) < 0 or entry["offset"] < 0:
-            raise TFCheckpointError(f"{name}: {entry['size']} bytes stored for shape {list(entry['shape'])} of "
+            raise TFCheckpointError(f"{where}: shard {entry['shard']} of a {self.header['num_shards']}-shard "
+                                    "checkpoint")
+        if entry["offset"] < 0:
+            raise TFCheckpointError(f"{where}: negative offset {entry['offset']} into its data shard: the index is "
+                                    "corrupted")
+        shape, itemsize = entry["shape"], self.dtype(name).itemsize
+        if min(shape, default=0) < 0:
+            raise TFCheckpointError(f"{where}: negative dimension in shape {list(shape)}: the index is corrupted")
+        expected = math.prod(shape) * itemsize
+        if entry["size"] != expected:
+            raise TFCheckpointError(f"{where}: {entry['size']} bytes stored for shape {list(shape)} of "
                                     f"{self.dtype(name)} ({expected} bytes): the index is corrupted")
+        if math.prod(size for size in shape if size) * itemsize >= ADDRESSABLE:  # an empty tensor's other sizes
+            raise TFCheckpointError(f"{where}: shape {list(shape)} of {self.dtype(name)} is beyond what an array "
+                                    "can address: the index is corrupted")
 
     def check_shards(self):
         """Every shard is there and long enough for the tensors it should hold."""
+        furthest = {}  # shard -> (end, name) of the tensor that reaches furthest into it
+        for name, entry in self.entries.items():
+            if name not in self.unsupported:
+                reach = entry["offset"] + entry["size"], name
+                furthest[entry["shard"]] = max(furthest.get(entry["shard"], reach), reach)
         for shard in range(self.header["num_shards"]):
             path = self.shard_path(shard)
             if not path.is_file():
                 raise TFCheckpointError(f"missing data shard {path}")
-            have = path.stat().st_size
-            for name, entry in self.entries.items():
-                end = entry["offset"] + entry["size"]
-                if entry["shard"] == shard and end > have:
-                    raise TFCheckpointError(f"data shard {path} is truncated: {name} needs bytes "
-                                            f"{entry['offset']}..{end}, the file has {have}")
+            have, (end, name) = path.stat().st_size, furthest.get(shard, (0, ""))
+            if end > have:
+                entry = self.entries[name]
+                raise TFCheckpointError(f"data shard {path} is truncated: {name} needs bytes "
+                                        f"{entry['offset']}..{end}, the file has {have}")
 
     def dtype(self, name):
         byte_order = ">" if self.header["big_endian"] else "<"
@@ -304,7 +397,7 @@ class TFCheckpoint(Mapping):
         if name not in self.entries:
             raise KeyError(name)
         if name in self.unsupported:
-            raise TFCheckpointError(f"{name} is {self.unsupported[name]}, which this reader does not support")
+            raise TFCheckpointError(f"{name} is {self.unsupported[name]}: this reader does not support it")
         entry = self.entries[name]
         path = self.shard_path(entry["shard"])
         data, crc = bytearray(entry["size"]), 0
@@ -371,6 +464,11 @@ OPTIMIZER_STATE = re.compile(r"/Adam(_\d+)?$|(^|/)beta[12]_power(_\d+)?$")  # Ad
 def require(tensors, names, model):
     """Refuses a checkpoint's tensors (a mapping, e.g. a TFCheckpoint) that lack any of these variables, or that
     hold anything else but optimizer state."""
+    unsupported = tensors.unsupported if isinstance(tensors, TFCheckpoint) else {}
+    refused = [name for name in names if name in unsupported]
+    if refused:
+        raise TFCheckpointError(f"{refused[0]} is {unsupported[refused[0]]}: this reader does not support it, so "
+                                f"this {model} checkpoint cannot be read")
     missing = [name for name in names if name not in tensors]
     if missing:
         held = [name for name in tensors if not OPTIMIZER_STATE.search(name)]

@@ -73,8 +73,9 @@ def epoch_at_step(step, num_interactions, batch_size):
 
 
 def fitting_image_sizes(side):
-    sizes = [size for size in range(1, 32 * side + 1) if feature_map_size(size) == side]
-    return f"{sizes[0]} to {sizes[-1]}" if sizes else "none"
+    """The image sizes whose conv5 output has `side`. conv1's stride 4 and three 2x2 pools make that side
+    ceil(size / 32), so they are 32 * (side - 1) + 1 to 32 * side: no search, whatever side a checkpoint claims."""
+    return f"{32 * (side - 1) + 1} to {32 * side}" if side >= 1 else "none"
 
 
 def check_fits(tensors, cfg, dataset):

@@ -108,7 +108,7 @@ def test_temporaries_of_interrupted_saves_are_cleared_on_the_next_start(tmp_path
     (tmp_path / "checkpoint.pt.k2j4.tmp").write_bytes(b"half a checkpoint")
     (tmp_path / "best.pt").write_bytes(b"kept")
     run_dir(tmp_path, "dvbpr")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", ".lock.pid", "best.pt"]
     assert "removed 1 temporary files of interrupted saves (checkpoint.pt.k2j4.tmp)" in capsys.readouterr().out
 
 
