@@ -370,10 +370,12 @@ def train_epoch(epoch, network, optimizer, sampler, dataset, images, cfg, ranks,
     lr_at = lambda step: learning_rate(cfg, first_step + step, dataset.num_train_interactions)
     loss = train_steps(network, optimizer, images, [torch.from_numpy(a) for a in triplets], cfg, ranks,
                        desc=f"epoch {epoch}/{cfg.epochs}", lr_at=lr_at)
+    triplets_per_s = len(triplets[0]) / (time.time() - epoch_started)
     check_finite(loss, f"in epoch {epoch}")
     valid, test, items = evaluate(unwrap(network), dataset, images, cfg, ranks)
     record = dict(epoch=epoch, step=last_step, loss=loss, valid_auc=valid["all"], valid_auc_cold=valid["cold"],
                   test_auc=test["all"], test_auc_cold=test["cold"], protocol=cfg.protocol,
+                  lr=optimizer.param_groups[0]["lr"], triplets_per_s=round(triplets_per_s, 1),
                   seconds=round(time.time() - epoch_started, 3))
     progress.update(epoch=epoch, step=last_step)
     progress["history"].append(record)
