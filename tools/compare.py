@@ -70,10 +70,14 @@ def read_json_object(text, where):
     return value
 
 
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def curve_metrics(record):
     """The record's numeric valid_* and test_* fields (None, a metric with no users, counts as a number)."""
     return [name for name, value in record.items() if name.partition("_")[0] in SPLITS and name.partition("_")[2]
-            and (value is None or isinstance(value, (int, float)) and not isinstance(value, bool))]
+            and (value is None or is_number(value))]
 
 
 def read_records(path):
@@ -149,7 +153,7 @@ def plot_curves(runs, differing):
                 continue
             for run, label in zip(runs, labels):
                 epochs = [record["epoch"] for record in run.records]
-                values = [math.nan if record.get(name) is None else record[name] for record in run.records]
+                values = [record[name] if is_number(record.get(name)) else math.nan for record in run.records]
                 line, = ax.plot(epochs, values, label=label)
                 kept = run.results["epoch"]
                 if kept in epochs:
