@@ -37,8 +37,7 @@ def test_the_picture_has_one_line_per_run_per_metric_and_a_star_on_the_kept_epoc
             np.testing.assert_array_equal(line.get_ydata(), [r[ax.get_title()] for r in records])
             assert star.get_offsets().tolist() == [[results["epoch"], results[ax.get_title()]]]
     labels = panels[0].get_legend_handles_labels()[1]
-    assert labels[0].startswith(f"{two_runs[0]}: ") and "lr 0.01" in labels[0] and "lr 0.001" in labels[1]
-    assert "select best-valid" in labels[0] and "out" not in labels[0].replace(str(two_runs[0]), "")
+    assert labels == [f"{two_runs[0]}: lr=0.01, select=best-valid", f"{two_runs[1]}: lr=0.001, select=last"]
     width, height = figure.get_size_inches() * 110
     assert Image.open(tmp_path / "compare.png").size == (round(width), round(height))
 

@@ -122,7 +122,7 @@ def differing_settings(runs):
 
 def show(value):
     if isinstance(value, list):
-        return " ".join(map(show, value))
+        return ",".join(map(show, value))
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -136,8 +136,9 @@ def metric_grid(runs):
 
 
 def legend_label(run, index, differing):
-    settings = ", ".join(f"{name} {show(column[index])}" for name, column in differing.items())
-    return textwrap.fill(f"{run.name}: {settings}" if settings else run.name, width=110, subsequent_indent="    ")
+    settings = ", ".join(f"{name}={show(column[index])}" for name, column in differing.items())
+    return textwrap.fill(f"{run.name}: {settings}" if settings else run.name, width=110, subsequent_indent="    ",
+                         break_on_hyphens=False)
 
 
 def plot_curves(runs, differing):
