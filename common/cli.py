@@ -10,7 +10,9 @@ Where a setting comes from, highest first (the one rule of every stage):
 A resumed run (--resume) takes its saved settings instead of 3-5, so it goes on as it began. A run made from a
 TensorFlow checkpoint (--from-tf) takes the model's sizes from the checkpoint instead of 2-5; a flag typed for one
 of them must agree with it.
-A field's help text and choices come from its metadata: `field(default=..., metadata={"help": ...})`.
+A field's help text and choices come from its metadata: `field(default=..., metadata={"help": ...})`; a field
+with metadata {"positional": True} is a positional argument (a list field takes one or more), shown as its
+"metavar" (default: the name in capitals).
 """
 import argparse
 import contextlib
@@ -32,18 +34,22 @@ def _strip_optional(kind):
     return kind
 
 
-def _add_argument(parser, name, kind, default, help_text, choices):
-    flag = "--" + name.replace("_", "-")
+def _add_argument(parser, name, kind, default, metadata, choices):
+    help_text = metadata.get("help", "")
     if "(default" not in help_text:
         help_text = f"{help_text} (default: {default})".strip()
-    common = dict(dest=name, default=argparse.SUPPRESS, help=help_text)
     kind = _strip_optional(kind)
-    if kind is bool:
-        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
-    elif typing.get_origin(kind) in (list, tuple):
-        parser.add_argument(flag, type=typing.get_args(kind)[0], nargs="+", **common)
+    if metadata.get("positional"):
+        names, common = [name], dict(default=argparse.SUPPRESS, help=metadata.get("help"),
+                                     metavar=metadata.get("metavar", name.upper()))
     else:
-        parser.add_argument(flag, type=kind, choices=choices, **common)
+        names, common = ["--" + name.replace("_", "-")], dict(dest=name, default=argparse.SUPPRESS, help=help_text)
+    if kind is bool:
+        parser.add_argument(*names, action=argparse.BooleanOptionalAction, **common)
+    elif typing.get_origin(kind) in (list, tuple):
+        parser.add_argument(*names, type=typing.get_args(kind)[0], nargs="+", **common)
+    else:
+        parser.add_argument(*names, type=kind, choices=choices, **common)
 
 
 def parse_config(cfg_cls, argv=None, presets=None, description=""):
@@ -55,9 +61,8 @@ def parse_config(cfg_cls, argv=None, presets=None, description=""):
     hints = typing.get_type_hints(cfg_cls)
     for field in dataclasses.fields(cfg_cls):
         choices = sorted(presets) if field.name == "preset" and presets else field.metadata.get("choices")
-        _add_argument(parser, field.name, hints[field.name], getattr(defaults, field.name),
-                      field.metadata.get("help", ""), choices)
-    given = vars(parser.parse_args(argv))
+        _add_argument(parser, field.name, hints[field.name], getattr(defaults, field.name), field.metadata, choices)
+    given = vars(parser.parse_intermixed_args(argv))
     refuse_non_finite(given)
     preset = presets.get(given.get("preset", getattr(defaults, "preset", None)), {})
     cfg = dataclasses.replace(dataclasses.replace(defaults, **preset), **given)

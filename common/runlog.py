@@ -1,10 +1,14 @@
-"""Run directories, a JSON-lines metrics file and a human-readable log beside it."""
+"""Run directories, a JSON-lines metrics file and a human-readable log beside it, and TensorBoard event files
+when tensorboard is installed."""
+import functools
 import json
 import os
 import time
+import weakref
 from pathlib import Path
 
 from filelock import FileLock, Timeout
+from torchvision.utils import make_grid
 
 from common.checkpoint import remove_stale_temporaries
 from common.errors import RunError
@@ -54,18 +58,76 @@ def lock_run_dir(path):
     _held[key] = lock
 
 
+EVENT_FILES = "events.out.tfevents.*"
+
+
+def tensorboard_writer(log_dir):
+    """torch's TensorBoard writer into `log_dir`, or None when the tensorboard package is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def scalars(fields, prefix=""):
+    """{tag: number} of the numeric fields of a record, nested dicts' under "outer/inner" (lists are data, not
+    scalars, and are left out)."""
+    found = {}
+    for name, value in fields.items():
+        if isinstance(value, dict):
+            found.update(scalars(value, f"{prefix}{name}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            found[prefix + name] = value
+    return found
+
+
 class RunLog:
-    """Appends one JSON object per line; `resume=False` starts the file afresh."""
+    """Appends one JSON object per line; `resume=False` starts the file afresh.
+
+    When tensorboard is installed, each record also goes to TensorBoard event files in the run directory: every
+    numeric field as a scalar at the record's `step`, else its `epoch`, else its place in this log, and with its
+    `time` as wall time; a record with a `name` (a baselines method) has its tags under that name. Starting afresh
+    removes the event files of the run before, so that they hold what metrics.jsonl holds.
+    """
 
     def __init__(self, out_dir, jsonl_name="metrics.jsonl", resume=False):
         self.path = Path(out_dir) / jsonl_name
+        self.count = 0
         if not resume:
             self.path.write_text("")
+            for events in self.path.parent.glob(EVENT_FILES):
+                events.unlink()
 
     def record(self, **fields):
         fields.setdefault("time", round(time.time(), 3))
         with self.path.open("a") as f:
             f.write(json.dumps(fields) + "\n")
+        self.count += 1
+        if self.writer is not None:
+            step_field = next((name for name in ("step", "epoch") if isinstance(fields.get(name), int)), None)
+            step = fields[step_field] if step_field else self.count
+            prefix = f"{fields['name']}/" if isinstance(fields.get("name"), str) else ""
+            for tag, value in scalars({k: v for k, v in fields.items() if k not in (step_field, "time")}).items():
+                self.writer.add_scalar(prefix + tag, value, step, walltime=fields["time"])
+            self.writer.flush()
+
+    def add_image_grid(self, tag, images, step, nrow=4, value_range=None):
+        """A batch of images [B, C, H, W] as one grid image in TensorBoard (nothing without tensorboard);
+        `value_range` maps that range to black..white, as torchvision's save_image does."""
+        if self.writer is not None:
+            grid = make_grid(images.detach().float().cpu(), nrow=nrow, normalize=value_range is not None,
+                             value_range=value_range)
+            self.writer.add_image(tag, grid, step)
+            self.writer.flush()
+
+    @functools.cached_property
+    def writer(self):
+        """The TensorBoard writer, made on first use (closed when this log is collected or Python exits)."""
+        writer = tensorboard_writer(self.path.parent)
+        if writer is not None:
+            weakref.finalize(self, writer.close)
+        return writer
 
     def records(self):
         if not self.path.exists():

@@ -321,8 +321,9 @@ def train_iterations(run, store, batches, item_labels, total_iterations, out_dir
                 log.record(step=step, epoch=epoch, **losses, images_per_second=images_per_second)
         run.step = step
         if ranks.is_main and (step % cfg.sample_every == 0 or step == total_iterations):
-            save_grid(generate(run.generator, run.sample_z, run.sample_labels, cfg.bf16),
-                      out_dir / "samples" / f"train_{epoch:02d}_{index:04d}.png")
+            samples = generate(run.generator, run.sample_z, run.sample_labels, cfg.bf16)
+            save_grid(samples, out_dir / "samples" / f"train_{epoch:02d}_{index:04d}.png")
+            log.add_image_grid("samples", samples, step, value_range=(-1, 1))
         if ranks.is_main and step % cfg.checkpoint_every == 0:
             run.save(out_dir / "checkpoint.pt")
     progress.close()

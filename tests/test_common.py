@@ -47,6 +47,25 @@ def test_parse_config_defaults_presets_and_explicit_flags():
     assert protected == {"preset", "factors", "amp", "etas", "out"}
 
 
+@dataclasses.dataclass
+class PositionalConfig:
+    runs: list[str] = dataclasses.field(default_factory=list, metadata={"help": "run folders", "positional": True,
+                                                                        "metavar": "RUN"})
+    label: str = dataclasses.field(default="x", metadata={"positional": True})
+    out: str | None = None
+
+
+def test_a_positional_field_takes_its_values_among_the_flags(capsys):
+    cfg, protected = parse_config(PositionalConfig, ["a", "--out", "o", "b", "c", "last"])
+    assert (cfg.runs, cfg.label, cfg.out, protected) == (["a", "b", "c"], "last", "o", {"runs", "label", "out"})
+    with pytest.raises(SystemExit):
+        parse_config(PositionalConfig, ["--out", "o"])
+    assert "the following arguments are required: RUN, LABEL" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_config(PositionalConfig, ["--help"])
+    assert "[--out OUT] RUN [RUN ...] LABEL" in " ".join(capsys.readouterr().out.split())
+
+
 def test_parse_config_rejects_unknown_preset_and_flags(capsys):
     with pytest.raises(SystemExit):
         parse_config(ToyConfig, ["--preset", "nope"], PRESETS)
