@@ -7,7 +7,8 @@ from baselines.train import Selection
 from common.cli import settle
 from common.errors import DatasetError, RunError
 from common.metrics import tie_rule
-from dvbpr.train import DEMO, DVBPRConfig, check_config, train
+from dvbpr.config import DEMO, DVBPRConfig, check_config
+from dvbpr.train import train
 
 
 def run(ctx):

@@ -27,8 +27,9 @@ from common.catalogue.config import CatalogueConfig
 from common.catalogue.generate import ensure_embedded_catalogue
 from common.checkpoint import write_json
 from common.cli import parse_config, settle, stage_errors
+from dvbpr.config import DEMO, DVBPRConfig
 from dvbpr.health import health
-from dvbpr.train import DEMO, DVBPRConfig, train
+from dvbpr.train import train
 from gan.train import DEMO as GAN_DEMO
 from gan.train import GANConfig
 from gan.train import train as train_gan

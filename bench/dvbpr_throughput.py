@@ -21,14 +21,16 @@ import torch
 
 from common.cli import parse_config
 from common.data import Dataset
-from common.device import fused_adam_kwargs, memory_format
+from common.device import memory_format
 from common.distributed import setup, teardown
 from common.images import ImageStore
 from common.machine import machine_line
 from common.metrics import evaluate_auc
 from common.sampling import TripletSampler
-from dvbpr.model import embed_items
-from dvbpr.train import DVBPRConfig, build_model, train_steps
+from common.training import train_steps
+from dvbpr.config import DVBPRConfig
+from dvbpr.model import build_model, embed_items
+from dvbpr.train import dvbpr_trainee
 
 AMAZON_FASHION_TRIPLETS = 267_638  # training interactions of AmazonFashion = triplets per epoch
 
@@ -87,16 +89,16 @@ def measure(bench, dataset, ranks):
         store = image_store(bench, device, Path(folder))
         model = build_model(cfg, dataset.usernum).to(device, memory_format=memory_format(device))
         network = ranks.wrap(model)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, **fused_adam_kwargs(device))
+        trainee = dvbpr_trainee(model, dataset, store, cfg, ranks)
         sampler = TripletSampler(dataset, seed=0)
 
         def triplets(steps):
             users, positives, negatives = sampler.sample(steps * cfg.batch_size)
             return [torch.from_numpy(a) for a in (users, positives % bench.images, negatives % bench.images)]
 
-        train_steps(network, optimizer, store, triplets(bench.warmup), cfg, ranks, desc="warm-up")
+        train_steps(network, trainee, triplets(bench.warmup), cfg, ranks, desc="warm-up")
         batch = triplets(bench.steps)
-        train_seconds = timed(lambda: train_steps(network, optimizer, store, batch, cfg, ranks), device)
+        train_seconds = timed(lambda: train_steps(network, trainee, batch, cfg, ranks), device)
         embed_seconds = timed(lambda: embed_items(model, store, bench.eval_batch_size, ranks, bench.bf16),
                               device)
 

@@ -83,9 +83,9 @@ def keep_record(select, kept, record):
     return kept
 
 
-def train_steps(network, trainee, triplets, cfg, ranks, lr_at, desc="train"):
-    """One Adam step per global batch of `triplets`, of which this rank takes its share; `lr_at(i)` is the learning
-    rate of the i-th step. Returns the mean over the steps of the global batch's loss, read back only every few
+def train_steps(network, trainee, triplets, cfg, ranks, lr_at=None, desc="train"):
+    """One optimiser step per global batch of `triplets`, of which this rank takes its share; `lr_at(i)`, if given,
+    is the learning rate of the i-th step. Returns the mean over the steps of the global batch's loss, read back only every few
     steps so that CUDA runs ahead of the progress bar."""
     network.train()
     share = ranks.share(cfg.batch_size)
@@ -100,7 +100,7 @@ def train_steps(network, trainee, triplets, cfg, ranks, lr_at, desc="train"):
     with tqdm(total=num_steps * cfg.batch_size, unit="triplet", unit_scale=True, desc=desc, leave=False,
               disable=not ranks.is_main) as bar:
         for step, batch in enumerate(trainee.feed(rows())):
-            for group in trainee.optimizer.param_groups:
+            for group in trainee.optimizer.param_groups if lr_at else ():
                 group["lr"] = lr_at(step)
             with autocast(ranks.device, cfg.bf16):
                 loss = trainee.loss(network, batch)

@@ -16,8 +16,8 @@ DVBPR_auc_<K>_<step>.pt and UI_<K>_<step>.npy. With --from-tf the original's Ten
 not trained, and written as such a run (dvbpr/tf_run.py).
 """
 from common.cli import parse_config, stage_errors, train_stage, typed_flags
-from dvbpr.tf_run import evaluate_tf_checkpoint, take_tf_settings
 from dvbpr.config import DEMO, PRESETS, DVBPRConfig, check_config
+from dvbpr.tf_run import evaluate_tf_checkpoint, take_tf_settings
 from dvbpr.train import train
 
 

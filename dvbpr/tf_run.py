@@ -14,12 +14,10 @@ import json
 import time
 from pathlib import Path
 
-
 from common.checkpoint import write_json
 from common.cli import apply_settings
 from common.errors import ConfigError, DatasetError
 from common.runlog import run_dir
-from common.training import epoch_end_step
 from common.tf_checkpoint import (
     TFCheckpoint,
     TFCheckpointError,
@@ -28,6 +26,7 @@ from common.tf_checkpoint import (
     prefix_step,
     shapes_of,
 )
+from common.training import epoch_end_step
 from dvbpr.cnnf import CNNF_WIDTHS, feature_map_size
 from dvbpr.model import build_model
 from dvbpr.tf_import import (

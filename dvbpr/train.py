@@ -29,7 +29,13 @@ from common.metrics import evaluate_auc, tie_rule
 from common.runlog import RunLog, run_dir
 from common.sampling import TripletSampler
 from common.seeding import seed_everything
-from common.training import Trainee, save_training, snapshot, start_or_resume, train_epochs
+from common.training import (
+    Trainee,
+    save_training,
+    snapshot,
+    start_or_resume,
+    train_epochs,
+)
 from dvbpr.config import check_config
 from dvbpr.model import build_model, embed_items
 

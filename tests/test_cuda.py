@@ -10,14 +10,16 @@ import torch
 from PIL import Image
 
 from common.data import load_dataset
-from common.device import fused_adam_kwargs, memory_format
+from common.device import memory_format
 from common.distributed import Ranks
 from common.images import ImageStore, decode_resize_nearest, image_cache
 from common.metrics import evaluate_auc
 from common.sampling import TripletSampler
+from common.training import train_steps
+from dvbpr.config import DVBPRConfig
 from dvbpr.main import main as dvbpr_main
-from dvbpr.model import embed_items
-from dvbpr.train import DVBPRConfig, build_model, train_steps
+from dvbpr.model import build_model, embed_items
+from dvbpr.train import dvbpr_trainee
 from gan.train import GANConfig, build_gan, build_optimizers, train_step
 from tests.helpers import run_stage
 from tests.test_images import BROKEN, make_payloads
@@ -91,9 +93,10 @@ def dvbpr_on(device, dataset, cache, bf16, steps=2):
     torch.manual_seed(0)
     cfg = DVBPRConfig(k=16, image_size=32, dropout=0.0, fc_width=256, batch_size=32, bf16=bf16)
     model = build_model(cfg, dataset.usernum).to(device, memory_format=memory_format(device))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, **fused_adam_kwargs(device))
+    ranks = Ranks(device=device)
+    trainee = dvbpr_trainee(model, dataset, ImageStore(cache, device), cfg, ranks)
     triplets = [torch.from_numpy(a) for a in TripletSampler(dataset, seed=0).sample(steps * 32)]
-    loss = train_steps(model, optimizer, ImageStore(cache, device), triplets, cfg, Ranks(device=device))
+    loss = train_steps(model, trainee, triplets, cfg, ranks)
     return model, loss
 
 

@@ -1,4 +1,5 @@
 """Two ranks with gloo on CPU: the distributed step, evaluation and checkpoints equal the single-process ones."""
+import dataclasses
 import json
 import os
 import socket
@@ -14,8 +15,10 @@ from common.images import ImageStore, image_cache
 from common.metrics import evaluate_auc
 from common.sampling import TripletSampler
 from common.seeding import seed_everything
-from dvbpr.model import embed_items
-from dvbpr.train import DVBPRConfig, build_model, train_steps
+from common.training import train_steps
+from dvbpr.config import DVBPRConfig
+from dvbpr.model import build_model, embed_items
+from dvbpr.train import dvbpr_trainee
 from gan.train import GANConfig, build_gan, labelled_items, train_step, training_batch
 from tests.helpers import place_random_classifier, run_stage
 
@@ -43,9 +46,10 @@ def dvbpr_steps(dataset, store, ranks):
     torch.manual_seed(0)
     cfg = DVBPRConfig(k=8, image_size=32, dropout=0.0, fc_width=64, batch_size=8, bf16=False)
     model = build_model(cfg, dataset.usernum)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    trainee = dataclasses.replace(dvbpr_trainee(model, dataset, store, cfg, ranks),
+                                  optimizer=torch.optim.SGD(model.parameters(), lr=1e-3))
     triplets = [torch.from_numpy(a) for a in TripletSampler(dataset, seed=0).sample(16)]
-    loss = train_steps(ranks.wrap(model), optimizer, store, triplets, cfg, ranks)
+    loss = train_steps(ranks.wrap(model), trainee, triplets, cfg, ranks)
     return loss, model
 
 

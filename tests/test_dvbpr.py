@@ -16,14 +16,17 @@ import torchvision
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.cli import parse_config, settle
 from common.data import load_dataset
+from common.distributed import Ranks
 from common.errors import ConfigError
 from common.images import ImageStore, image_cache
 from common.sampling import TripletSampler
+from common.training import epoch_end_step, keep_record
 from dvbpr.backbones import BACKBONES, build_backbone
+from dvbpr.cnnf import CNNF, same_padding
+from dvbpr.config import DEMO, PRESETS, DVBPRConfig
 from dvbpr.main import main
-from dvbpr.model import CNNF, DVBPR, embed_items, same_padding
-from common.distributed import Ranks
-from dvbpr.train import DEMO, PRESETS, DVBPRConfig, build_model, epoch_end_step, evaluate, keep_record
+from dvbpr.model import DVBPR, build_model, embed_items
+from dvbpr.train import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

@@ -12,11 +12,13 @@ from common.checkpoint import save_checkpoint
 from common.data import load_dataset
 from common.errors import ConfigError
 from common.images import ImageStore, image_cache
+from common.training import snapshot
 from dvbpr.attention import AttentionConfig, RegionAttention, train_attention
 from dvbpr.backbones import build_backbone
+from dvbpr.config import DVBPRConfig
 from dvbpr.explain import main
 from dvbpr.explain_eval import COLUMNS, garment_masks
-from dvbpr.model import DVBPR
+from dvbpr.model import DVBPR, build_model
 from dvbpr.saliency import (
     METHODS,
     applicable_methods,
@@ -24,7 +26,6 @@ from dvbpr.saliency import (
     garment_heat_share,
     heat_maps,
 )
-from dvbpr.train import DVBPRConfig, build_model, model_snapshot
 
 SIDE, QUADRANT = 16, 8
 
@@ -134,7 +135,7 @@ def runs(tmp_path_factory, catalogue):
                       conv_widths=[8, 8, 8, 8, 8], epochs=1)
     model = build_model(cfg, dataset.usernum)
     model.theta.data = torch.randn_like(model.theta)
-    save_checkpoint(root / "dvbpr" / "best.pt", model_snapshot(model, cfg, {"epoch": 1, "step": 1}))
+    save_checkpoint(root / "dvbpr" / "best.pt", snapshot("dvbpr", model, cfg, {"epoch": 1, "step": 1}))
     attention = AttentionConfig(dataset=str(dataset.path), out=str(root / "attention"), k=8, hidden=8,
                                 image_size=32, conv_widths=[8, 8, 8, 8, 8], batch_size=16, epochs=6, lr=0.01,
                                 device="cpu")

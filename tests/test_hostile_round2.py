@@ -37,11 +37,11 @@ from common.tf_checkpoint import (
     parse_entry,
     table_entries,
 )
+from dvbpr.cnnf import feature_map_size
+from dvbpr.config import DVBPRConfig
 from dvbpr.main import main as dvbpr_main
-from dvbpr.model import feature_map_size
 from dvbpr.tf_import import dvbpr_state_from_tf
 from dvbpr.tf_run import fitting_image_sizes
-from dvbpr.train import DVBPRConfig
 from pm.main import main as pm_main
 from tests.helpers import ROOT
 

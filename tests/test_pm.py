@@ -7,8 +7,9 @@ import torch
 import torchvision
 
 from common.data import load_dataset
-from dvbpr.model import CNNF, DVBPR
-from dvbpr.train import DVBPRConfig
+from dvbpr.cnnf import CNNF
+from dvbpr.config import DVBPRConfig
+from dvbpr.model import DVBPR
 from dvbpr.train import train as train_dvbpr
 from gan.model import Discriminator, Generator
 from gan.train import GANConfig

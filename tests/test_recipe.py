@@ -15,10 +15,12 @@ from common.cli import parse_config
 from common.data import load_dataset
 from common.errors import ConfigError
 from common.images import ImageStore, image_cache
+from common.training import learning_rate
+from dvbpr.cnnf import CNNF
+from dvbpr.config import DEMO, PRESETS, DVBPRConfig, check_config
 from dvbpr.health import directions_holding, ever_active_units
 from dvbpr.main import main
-from dvbpr.model import CNNF
-from dvbpr.train import DEMO, PRESETS, DVBPRConfig, build_model, check_config, learning_rate
+from dvbpr.model import build_model
 
 
 def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():

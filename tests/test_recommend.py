@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import shutil
 import subprocess
@@ -14,6 +15,10 @@ from PIL import Image
 from common.checkpoint import save_checkpoint
 from common.data import load_dataset
 from common.images import decode_image, image_cache, scale_to_model
+from common.training import snapshot
+from dvbpr.config import DVBPRConfig
+from dvbpr.model import build_model
+from dvbpr.train import save_embeddings
 from dvbpr.recommend import (
     RecommendError,
     history,
@@ -23,7 +28,6 @@ from dvbpr.recommend import (
     similar_items,
     top_k,
 )
-from dvbpr.train import DVBPRConfig, build_model, model_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +38,7 @@ def save_random_run(run, dataset):
     cfg = DVBPRConfig(dataset=str(dataset.path), out=str(run), k=8, image_size=32, fc_width=256, epochs=1)
     model = build_model(cfg, dataset.usernum)
     model.theta.data = torch.randn_like(model.theta)  # trained users are spread out, not the tiny initial theta
-    save_checkpoint(run / "best.pt", model_snapshot(model, cfg, {"epoch": 1, "step": 3}))
+    save_checkpoint(run / "best.pt", snapshot("dvbpr", model, cfg, {"epoch": 1, "step": 3}))
     return model.eval()
 
 
@@ -46,7 +50,9 @@ def trained(tmp_path_factory, catalogue):
     model = save_random_run(root / "run", dataset)
     with torch.no_grad():
         items = model.phi(scale_to_model(torch.from_numpy(np.array(image_cache(dataset, 32)))))
-    run = open_dvbpr_run(root / "run")  # computes the embeddings (embeddings.pt is missing)
+    run = open_dvbpr_run(root / "run")  # computes the embeddings (embeddings.pt is missing) without writing
+    assert not (root / "run" / "embeddings.pt").exists()
+    save_embeddings(root / "run" / "embeddings.pt", run.theta, run.items, dataclasses.asdict(run.config), 1, 3)
     return SimpleNamespace(root=root, run=run, dataset=dataset, theta=model.theta.detach(), items=items)
 
 
@@ -157,16 +163,16 @@ def test_the_cli_saves_a_strip_of_the_listed_items_images(trained, tmp_path, cap
     assert [float(row[2]) for row in rows] == pytest.approx(values.tolist(), rel=1e-4, abs=1e-5)
 
 
-def test_missing_embeddings_are_computed_once_and_saved(trained, tmp_path, capsys):
+def test_missing_embeddings_are_computed_and_the_run_is_left_unwritten(trained, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(trained.root / "run" / "best.pt", run / "best.pt")
-    cli(["--run", str(run), "--user", "0", "--k", "2"])
+    ids, _ = cli(["--run", str(run), "--user", "0", "--k", "2", "--out", str(tmp_path / "strips")])
     assert "embeddings.pt missing: computing the item embeddings of best.pt" in capsys.readouterr().out
-    exported = torch.load(run / "embeddings.pt", weights_only=True)
-    torch.testing.assert_close(exported["items"], trained.items, rtol=1e-4, atol=1e-5)
-    cli(["--run", str(run), "--user", "0", "--k", "2"])
-    assert "computing" not in capsys.readouterr().out
+    assert sorted(path.name for path in run.iterdir()) == ["best.pt"]
+    torch.testing.assert_close(open_dvbpr_run(run).items, trained.items, rtol=1e-4, atol=1e-5)
+    assert ids.tolist() == cli(["--run", str(trained.root / "run"), "--user", "0", "--k", "2",
+                                "--out", str(tmp_path / "strips")])[0].tolist()
 
 
 def test_bad_requests_give_clear_errors(trained, tmp_path, catalogue):

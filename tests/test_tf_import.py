@@ -27,12 +27,13 @@ from common.tf_checkpoint import (
     prefix_step,
     read_checkpoint,
 )
+from common.training import epoch_end_step
+from dvbpr.cnnf import CNNF
 from dvbpr.main import main as dvbpr_main
-from dvbpr.model import CNNF, DVBPR
+from dvbpr.model import DVBPR
 from dvbpr.run import open_dvbpr_run
 from dvbpr.tf_import import dvbpr_config_from_tf, dvbpr_state_from_tf
 from dvbpr.tf_run import epoch_at_step
-from dvbpr.train import epoch_end_step
 from gan.main import main as gan_main
 from gan.model import Discriminator, Generator
 from gan.run import open_gan_run
