@@ -30,8 +30,8 @@ from common.cli import parse_config, settle, stage_errors
 from dvbpr.config import DEMO, DVBPRConfig
 from dvbpr.health import health
 from dvbpr.train import train
-from gan.train import DEMO as GAN_DEMO
-from gan.train import GANConfig
+from gan.config import DEMO as GAN_DEMO
+from gan.config import GANConfig
 from gan.train import train as train_gan
 from pm.main import PMConfig
 from pm.main import run as run_pm

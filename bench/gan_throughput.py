@@ -16,8 +16,9 @@ from common.cli import parse_config
 from common.device import describe
 from common.images import ImageStore
 from common.machine import machine_line
-from gan.model import sample_z
-from gan.train import PRESETS, GANConfig, build_gan, build_optimizers, train_step
+from gan.config import PRESETS, GANConfig
+from gan.model import build_gan, sample_z
+from gan.train import build_optimizers, train_step
 
 AMAZON_FASHION_ITEMS = 234_000  # about the size of the real catalogue, for the seconds-per-epoch estimate
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.utils import save_image
 
 from common.cli import parse_config, stage_errors
 from common.device import autocast, pick_device
 from common.errors import ConfigError
+from common.figures import save_grid
 from common.images import GREY, decode_image, scale_to_model
 from common.original_format import category_name
 from dvbpr.run import open_dvbpr_run
@@ -150,10 +150,10 @@ def rank_among(score, scores):
 
 
 def save_strip(dataset, item_ids, path, tile_size=128):
-    """One row of the items' own images (grey where one does not decode), via torchvision's save_image."""
+    """One row of the items' own images (grey where one does not decode)."""
     tiles = [decode_image(dataset.image_bytes[i], tile_size, "bicubic") for i in item_ids]
     tiles = [np.full((3, tile_size, tile_size), GREY, np.uint8) if tile is None else tile for tile in tiles]
-    save_image(torch.from_numpy(np.stack(tiles)).float() / 255, path, nrow=len(tiles), padding=2, pad_value=1.0)
+    save_grid(path, scale_to_model(torch.from_numpy(np.stack(tiles))), len(tiles))
 
 
 def table(dataset, item_ids, values, value_name, notes=None):

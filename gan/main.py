@@ -13,9 +13,10 @@ from pathlib import Path
 
 from common.cli import parse_config, stage_errors, train_stage, typed_flags
 from common.device import pick_device
-from gan.run import write_category_grids
+from gan.config import DEMO, PRESETS, GANConfig, check_config
+from gan.sample import write_category_grids
 from gan.tf_run import convert_tf_checkpoint
-from gan.train import DEMO, PRESETS, GANConfig, check_config, train
+from gan.train import train
 
 
 def main(argv=None):

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.device import autocast, memory_format
 from common.distributed import GlobalBatchNorm2d
 from common.errors import ConfigError
 
@@ -146,3 +147,21 @@ class Discriminator(nn.Module):
         for conv, bn in zip(self.convs, self.bns):
             h = F.leaky_relu(bn(conv(concat_planes(h, y))), 0.2)
         return self.h_lin(h.flatten(1)).squeeze(1)
+
+
+def build_gan(cfg, num_categories, device):
+    generator = Generator(cfg.image_size, cfg.z_dim, num_categories, cfg.g_width)
+    discriminator = Discriminator(cfg.image_size, num_categories, cfg.d_width)
+    fmt = memory_format(device)
+    return generator.to(device, memory_format=fmt), discriminator.to(device, memory_format=fmt)
+
+
+@torch.no_grad()
+def generate(generator, z, labels, bf16=True):
+    """G in BN inference mode; float32 images in [-1, 1]."""
+    was_training = generator.training
+    generator.eval()
+    with autocast(z.device, bf16):
+        images = generator(z, labels).float()
+    generator.train(was_training)
+    return images

@@ -3,23 +3,11 @@ classifier. Preference maximisation opens the GAN through this module alone."""
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from common.checkpoint import load_checkpoint, saved_config
 from common.classifier import load_classifier, train_or_load_classifier
 from common.errors import RunError
-from gan.model import Discriminator, Generator, sample_z
-from gan.train import (
-    GRID_SIZE,
-    GANConfig,
-    build_gan,
-    format_consistency,
-    generate,
-    measure_consistency,
-    save_grid,
-)
-
-__all__ = ["GANRun", "open_gan_run", "sample_z", "generate", "write_category_grids"]
+from gan.config import GANConfig
+from gan.model import Discriminator, Generator, build_gan
 
 
 @dataclass
@@ -57,24 +45,3 @@ def open_gan_run(run, device="cpu"):
     discriminator.load_state_dict(checkpoint["model"]["discriminator"])
     return GANRun(run, cfg, generator.eval().requires_grad_(False), discriminator.eval().requires_grad_(False),
                   checkpoint["num_categories"], checkpoint["step"])
-
-
-def write_category_grids(run_path, device, bf16=True, seed=0):
-    """samples/test_arange_<c>.png, one 4x4 grid per category from one shared z ~ U(-1, 1) (GAN/main.py's
-    visualize option 1 in the original repository), and the condition consistency when the run's classifier is
-    there."""
-    run = open_gan_run(run_path, device)
-    rng = torch.Generator(device=device).manual_seed(seed)
-    z = sample_z(GRID_SIZE, run.generator.z_dim, "uniform", device, rng)
-    paths = []
-    for category in range(run.num_categories):
-        labels = torch.full((GRID_SIZE,), category, device=device)
-        paths.append(run.path / "samples" / f"test_arange_{category}.png")
-        save_grid(generate(run.generator, z, labels, bf16), paths[-1])
-    print(f"wrote {len(paths)} grids to {run.path / 'samples'} (step {run.step})")
-    classifier = run.saved_classifier(device)
-    if classifier is not None:
-        print(format_consistency(measure_consistency(run.generator, classifier, run.num_categories,
-                                                     run.config.consistency_samples, run.generator.z_dim,
-                                                     device, bf16, seed)))
-    return paths

@@ -23,8 +23,9 @@ from common.tf_checkpoint import (
     prefix_step,
     shapes_of,
 )
+from gan.config import check_config
 from gan.model import num_stages
-from gan.run import write_category_grids
+from gan.sample import write_category_grids
 from gan.tf_import import (
     D_SCOPE,
     G_SCOPE,
@@ -34,7 +35,7 @@ from gan.tf_import import (
     gan_state_from_tf,
     tf_names,
 )
-from gan.train import GANTraining, check_config
+from gan.train import GANTraining
 
 
 def take_tf_settings(cfg, typed):

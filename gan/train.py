@@ -22,88 +22,26 @@ grids and the condition consistency of a `--no-bf16` run before relying on it.
 """
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
-from torchvision.utils import save_image
 from tqdm import tqdm
 
 from common.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
 from common.classifier import train_or_load_classifier
-from common.cli import require_positive
 from common.datasets import open_dataset
-from common.device import autocast, fused_adam_kwargs, memory_format, pick_device
+from common.device import autocast, fused_adam_kwargs, pick_device
 from common.distributed import Ranks, unwrap
 from common.errors import ConfigError, DatasetError, TrainingDiverged
+from common.figures import save_grid
 from common.images import ImageStore, image_cache
 from common.runlog import RunLog, run_dir
 from common.seeding import derived_seed, seed_everything
-from gan.model import Discriminator, Generator, sample_z
+from gan.config import ARCHITECTURE_FIELDS, GRID_SIZE, check_config
+from gan.consistency import format_consistency, measure_consistency
+from gan.model import build_gan, generate, sample_z
 
 LOG_EVERY = 10          # iterations between loss read-outs (each one waits for the GPU)
-GRID_SIZE = 16          # 4x4 sample grids
-ARCHITECTURE_FIELDS = ("image_size", "z_dim", "z_distribution", "g_width", "d_width")
-
-
-@dataclass
-class GANConfig:
-    preset: str = field(default="paper", metadata={"help": "paper: 128 px, z 100 ~ U(-1,1), batch 64, 25 epochs; "
-                                                           "original: the original code's 64 px, z 256 ~ N(0,1), "
-                                                           "batch 16, 30 epochs"})
-    train: bool = field(default=False, metadata={"help": "train; without it, write per-category grids from the "
-                                                         "trained model in --out"})
-    resume: bool = field(default=False, metadata={"help": "continue training from --out's checkpoint"})
-    dataset: str | None = field(default=None, metadata={"help": "the .npy dataset, or 'embedded' (None: "
-                                                                "data/AmazonFashion6ImgPartitioned.npy if present, "
-                                                                "else the embedded catalogue)"})
-    out: str | None = field(default=None, metadata={"help": "run directory shared by training and sampling "
-                                                            "(None: runs/gan)"})
-    cache_dir: str | None = field(default=None, metadata={"help": "folder of the decoded-image cache (None: a "
-                                                                  "cache/ folder beside the dataset)"})
-    image_size: int = field(default=128, metadata={"help": "output side in pixels, a power of two >= 16"})
-    z_dim: int = field(default=100, metadata={"help": "latent size"})
-    z_distribution: str = field(default="uniform", metadata={"help": "training z: U(-1,1) or N(0,1)",
-                                                             "choices": ["uniform", "normal"]})
-    g_width: int = field(default=64, metadata={"help": "G width (64 = the original's channels)"})
-    d_width: int = field(default=64, metadata={"help": "D width (64 = the original's channels)"})
-    batch_size: int = field(default=64, metadata={"help": "images per iteration"})
-    epochs: int = field(default=25, metadata={"help": "epochs of floor(items / batch) iterations"})
-    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of G and D"})
-    beta1: float = field(default=0.5, metadata={"help": "Adam beta1"})
-    beta2: float = field(default=0.99, metadata={"help": "Adam beta2"})
-    sample_every: int = field(default=100, metadata={"help": "iterations between training sample grids"})
-    checkpoint_every: int = field(default=500, metadata={"help": "iterations between checkpoints"})
-    resize_filter: str = field(default="nearest", metadata={"help": "image resize filter (original: nearest)",
-                                                            "choices": ["nearest", "bilinear", "bicubic", "lanczos"]})
-    consistency_samples: int = field(default=100, metadata={"help": "generated images per category for the "
-                                                                    "condition consistency"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (no effect on CPU)"})
-    from_tf: str | None = field(default=None, metadata={"help": "the original's TensorFlow checkpoint (prefix, e.g. "
-                                                                "DCGAN.model-311502): write it as a run in --out, "
-                                                                "then its grids; z_dim, widths and categories are "
-                                                                "its own"})
-
-
-PRESETS = {
-    "paper": {},
-    "original": dict(image_size=64, z_dim=256, z_distribution="normal", batch_size=16, epochs=30),
-}
-
-# The embedded catalogues' settings: recognisable category shapes from `python gan/main.py --train` in under two
-# minutes on two CPU cores with 275 GFLOP/s. Measured there on the embedded catalogue: 10 epochs at lr 2e-4 gave
-# condition consistency 0.80 at batch 64 (98 s) and 0.89 at batch 32 (109 s); 9 epochs at batch 32 took 111 s on a
-# fresh clone (0.86), so 8 epochs keep the time within 5 minutes on a 100 GFLOP/s machine.
-DEMO = dict(image_size=32, g_width=16, d_width=16, batch_size=32, epochs=8, lr=2e-4, sample_every=200,
-            checkpoint_every=500)
-
-
-def build_gan(cfg, num_categories, device):
-    generator = Generator(cfg.image_size, cfg.z_dim, num_categories, cfg.g_width)
-    discriminator = Discriminator(cfg.image_size, num_categories, cfg.d_width)
-    fmt = memory_format(device)
-    return generator.to(device, memory_format=fmt), discriminator.to(device, memory_format=fmt)
 
 
 def build_optimizers(cfg, generator, discriminator, device):
@@ -139,23 +77,6 @@ def train_step(generator, discriminator, opt_g, opt_d, real, labels, z, bf16=Tru
             "g_loss": g_loss.detach()}
 
 
-@torch.no_grad()
-def generate(generator, z, labels, bf16=True):
-    """G in BN inference mode; float32 images in [-1, 1]."""
-    was_training = generator.training
-    generator.eval()
-    with autocast(z.device, bf16):
-        images = generator(z, labels).float()
-    generator.train(was_training)
-    return images
-
-
-def save_grid(images, path):
-    """A 4x4 grid with the fixed mapping [-1, 1] -> [0, 1]."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images, path, nrow=4, normalize=True, value_range=(-1, 1))
-
-
 def labelled_items(dataset):
     """Ids of the items that have a category; the conditional GAN trains on these only."""
     items = torch.as_tensor(dataset.item_category).ge(0).nonzero().squeeze(1)
@@ -164,48 +85,12 @@ def labelled_items(dataset):
     return items
 
 
-def condition_consistency(probs, conditioned_on, num_categories):
-    """The fraction of images whose most likely category is the one they were generated for.
-
-    Returns {"per_category": [fraction for c in 0..C-1] (None where no image was conditioned on c), "overall": float}.
-    """
-    hits = (probs.argmax(dim=1) == conditioned_on).float()
-    per_category = [hits[conditioned_on == c].mean().item() if (conditioned_on == c).any() else None
-                    for c in range(num_categories)]
-    return {"per_category": per_category, "overall": hits.mean().item()}
-
-
-def measure_consistency(generator, classifier, num_categories, per_category, z_dim, device, bf16=True, seed=0):
-    """Condition consistency of G's samples (z ~ U(-1, 1), G in inference mode, as in sampling mode)."""
-    rng = torch.Generator(device=device).manual_seed(seed)
-    labels = torch.arange(num_categories, device=device).repeat_interleave(per_category)
-    probs = torch.cat([classifier.predict_proba(generate(generator, sample_z(len(chunk), z_dim, "uniform", device,
-                                                                               rng), chunk, bf16))
-                       for chunk in labels.split(256)])
-    return condition_consistency(probs, labels, num_categories)
-
-
-def format_consistency(result):
-    per = " ".join(f"{c}:{p:.2f}" for c, p in enumerate(result["per_category"]))
-    return f"condition consistency {result['overall']:.3f} (per category {per})"
-
-
 def training_batch(cfg, items, step):
     """Item ids and z of iteration `step`, drawn from (seed, step) alone: the same on every rank, and the same
     after a resume."""
     rng = torch.Generator().manual_seed(derived_seed(cfg.seed, step))
     ids = items[torch.randint(len(items), (cfg.batch_size,), generator=rng)]
     return ids, sample_z(cfg.batch_size, cfg.z_dim, cfg.z_distribution, "cpu", rng)
-
-
-def check_config(cfg):
-    require_positive(cfg, "image_size", "z_dim", "g_width", "d_width", "batch_size", "epochs", "sample_every",
-                     "checkpoint_every", "consistency_samples")
-    if cfg.lr <= 0:
-        raise ConfigError(f"--lr must be positive, got {cfg.lr}")
-    if cfg.from_tf and (cfg.train or cfg.resume):
-        raise ConfigError("--from-tf writes the original's trained GAN as a run and trains nothing: leave out "
-                          "--train and --resume")
 
 
 def check_architecture(cfg, saved_config):
@@ -322,7 +207,7 @@ def train_iterations(run, store, batches, item_labels, total_iterations, out_dir
         run.step = step
         if ranks.is_main and (step % cfg.sample_every == 0 or step == total_iterations):
             samples = generate(run.generator, run.sample_z, run.sample_labels, cfg.bf16)
-            save_grid(samples, out_dir / "samples" / f"train_{epoch:02d}_{index:04d}.png")
+            save_grid(out_dir / "samples" / f"train_{epoch:02d}_{index:04d}.png", samples, 4)
             log.add_image_grid("samples", samples, step, value_range=(-1, 1))
         if ranks.is_main and step % cfg.checkpoint_every == 0:
             run.save(out_dir / "checkpoint.pt")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import ConfigError, TrainingDiverged
-from gan.run import sample_z
+from gan.model import sample_z
 
 ATANH_LIMIT = 1 - 1e-6  # U(-1, 1) can draw -1 exactly; atanh(+-1) is infinite
 

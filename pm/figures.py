@@ -1,44 +1,9 @@
-"""Image grids with a caption under every tile, a small line plot, and JSON beside them; drawn with PIL."""
+"""A small line plot and panels side by side, drawn with PIL (the image grids are common/figures.py's)."""
 import math
 
-import torch
 from PIL import Image, ImageDraw, ImageFont
-from torchvision.transforms.functional import pil_to_tensor, to_pil_image
-from torchvision.utils import save_image
 
-from pm.design import resize
-
-MIN_TILE = 96        # tiles are upscaled (nearest) to at least this many pixels so that captions fit
-CAPTION_HEIGHT = 14
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e")
-
-
-def to_unit(images):
-    """[-1, 1] -> [0, 1], the fixed mapping the GAN's grids use."""
-    return ((images.detach().float().cpu() + 1) / 2).clamp(0, 1)
-
-
-def captioned(images, captions):
-    """Images [n, 3, S, S] in [-1, 1] -> tiles [n, 3, T + caption, T] in [0, 1], each caption drawn under its tile."""
-    tile = max(images.shape[-1], MIN_TILE)
-    font = ImageFont.load_default(size=11)
-    tiles = []
-    for image, caption in zip(resize(to_unit(images), tile), captions):
-        canvas = Image.new("RGB", (tile, tile + CAPTION_HEIGHT), "white")
-        canvas.paste(to_pil_image(image), (0, 0))
-        ImageDraw.Draw(canvas).text((2, tile + 1), caption, fill="black", font=font)
-        tiles.append(pil_to_tensor(canvas).float() / 255)
-    return torch.stack(tiles)
-
-
-def save_captioned_grid(path, images, captions, columns):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(captioned(images, captions), path, nrow=columns, padding=4, pad_value=1)
-
-
-def save_plain_grid(path, images, columns):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(to_unit(images), path, nrow=columns, padding=2, pad_value=1)
 
 
 def _ticks(low, high, count=4):

@@ -27,12 +27,12 @@ from common.checkpoint import write_json
 from common.cli import parse_config, settle, stage_errors
 from common.device import describe, pick_device
 from common.errors import DatasetError
+from common.figures import save_grid
 from common.original_format import category_name
 from common.runlog import run_dir
 from common.seeding import seed_everything
-from gan.run import sample_z
+from gan.model import sample_z
 from pm.design import choose, retrieve
-from pm.figures import save_captioned_grid, save_plain_grid
 from pm.load import Stages
 from pm.metrics import DEFAULT_INCEPTION_WEIGHTS, CategoryInception, ImageNetInception
 from pm.table import draw_trials, run_trials, summarise, sweep_eta, tune, write_table
@@ -137,7 +137,7 @@ def personal_design(stages, cfg, queries, out, rng):
         captions += [f"real x={s:.2f}" for s in real_scores.tolist()]
         captions += [f"gen x={s:.2f}" for s in generated.preference.tolist()]
         trajectory = torch.stack([snapshot.images[:16] for snapshot in design.history], dim=1)
-        save_plain_grid(out / f"starts_{category}_user{user}.png", trajectory.flatten(0, 1), len(shown))
+        save_grid(out / f"starts_{category}_user{user}.png", trajectory.flatten(0, 1), len(shown))
         record.append({"user": user, "category": category,
                        "category_name": category_name(category, stages.dataset.num_categories),
                        "real": [{"item": i, "preference": s} for i, s in zip(items.tolist(), real_scores.tolist())],
@@ -147,7 +147,7 @@ def personal_design(stages, cfg, queries, out, rng):
                        "starts": {"steps": shown, "preference": [s.preference[:16].tolist() for s in design.history],
                                   "objective": [s.objective[:16].tolist() for s in design.history]}})
     columns = len(captions) // len(queries)
-    save_captioned_grid(out / "personal_design.png", torch.cat(images), captions, columns)
+    save_grid(out / "personal_design.png", torch.cat(images), columns, captions)
     write_json(out / "personal_design.json", {"columns": f"{k} real (eq. 8), then {columns - k} generated",
                                               "select": cfg.select, "queries": record})
 
@@ -174,7 +174,7 @@ def tailoring(stages, cfg, users, out, rng):
         record.append({"user": user, "prototype_preference": prototype_score,
                        "preference": [s.preference[0].item() for s in design.history],
                        "objective": [s.objective[0].item() for s in design.history]})
-    save_captioned_grid(out / "tailoring.png", torch.cat(images), captions, len(shown) + 1)
+    save_grid(out / "tailoring.png", torch.cat(images), len(shown) + 1, captions)
     write_json(out / "tailoring.json", {"prototype": item, "category": category,
                                         "columns": "the prototype, then its optimisation at steps " + str(shown)
                                                    + " (step 0 = the L1 approximation, eq. 12)",
@@ -200,7 +200,7 @@ def nearest_neighbours(stages, cfg, out, rng):
     labels = [c for c in categories for _ in range(n)]
     captions = [text for c, i, d in zip(labels, nearest.tolist(), best.tolist())
                 for text in (f"G(z, {c})", f"#{i} L1={d:.2f}")]
-    save_captioned_grid(out / "neighbours.png", images, captions, 2 * n)
+    save_grid(out / "neighbours.png", images, 2 * n, captions)
     write_json(out / "neighbours.json", {"columns": "pairs: a sample G(z, c), its L1 nearest catalogue item",
                                          "rows": [category_name(c, stages.dataset.num_categories) for c in categories],
                                          "nearest": nearest.tolist(), "mean_l1": best.tolist()})

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from common.checkpoint import write_json
-from gan.run import sample_z
+from gan.model import sample_z
 from pm.design import choose, retrieve
 from pm.figures import line_panel, save_panels
 from pm.metrics import inception_score, ssim_diversity

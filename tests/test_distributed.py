@@ -19,7 +19,9 @@ from common.training import train_steps
 from dvbpr.config import DVBPRConfig
 from dvbpr.model import build_model, embed_items
 from dvbpr.train import dvbpr_trainee
-from gan.train import GANConfig, build_gan, labelled_items, train_step, training_batch
+from gan.config import GANConfig
+from gan.model import build_gan
+from gan.train import labelled_items, train_step, training_batch
 from tests.helpers import place_random_classifier, run_stage
 
 WORLD = 2

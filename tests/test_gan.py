@@ -13,18 +13,13 @@ from common.data import load_dataset
 from common.errors import CheckpointError, ConfigError, RunError
 from common.images import ImageStore, image_cache
 from common.runlog import RunLog
+from gan.config import PRESETS, GANConfig
+from gan.consistency import condition_consistency
 from gan.main import main
-from gan.model import Discriminator, Generator, SameConv, SameDeconv
-from gan.run import open_gan_run, write_category_grids
-from gan.train import (
-    PRESETS,
-    GANConfig,
-    build_gan,
-    build_optimizers,
-    condition_consistency,
-    labelled_items,
-    train_step,
-)
+from gan.model import Discriminator, Generator, SameConv, SameDeconv, build_gan
+from gan.run import open_gan_run
+from gan.sample import write_category_grids
+from gan.train import build_optimizers, labelled_items, train_step
 from gan.train import train as train_gan
 
 CPU = torch.device("cpu")

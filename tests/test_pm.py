@@ -11,8 +11,8 @@ from dvbpr.cnnf import CNNF
 from dvbpr.config import DVBPRConfig
 from dvbpr.model import DVBPR
 from dvbpr.train import train as train_dvbpr
+from gan.config import GANConfig
 from gan.model import Discriminator, Generator
-from gan.train import GANConfig
 from gan.train import train as train_gan
 from pm.design import Designer, choose, resize, retrieve, to_z
 from pm.main import main, pick_user

@@ -18,7 +18,6 @@ from common.images import decode_image, image_cache, scale_to_model
 from common.training import snapshot
 from dvbpr.config import DVBPRConfig
 from dvbpr.model import build_model
-from dvbpr.train import save_embeddings
 from dvbpr.recommend import (
     RecommendError,
     history,
@@ -28,6 +27,7 @@ from dvbpr.recommend import (
     similar_items,
     top_k,
 )
+from dvbpr.train import save_embeddings
 
 ROOT = Path(__file__).resolve().parents[1]
 

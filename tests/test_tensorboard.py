@@ -9,7 +9,7 @@ import torch
 from common.data import load_dataset
 from common.runlog import EVENT_FILES, RunLog
 from dvbpr.main import main as dvbpr_main
-from gan.train import GANConfig
+from gan.config import GANConfig
 from gan.train import train as train_gan
 from tests.helpers import place_random_classifier
 

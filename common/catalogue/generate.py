@@ -6,7 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from common.catalogue.config import CatalogueConfig, embedded_dataset_path, resolve_image_source, streams, truth_path
+from common.catalogue.config import (
+    CatalogueConfig,
+    embedded_dataset_path,
+    resolve_image_source,
+    streams,
+    truth_path,
+)
 from common.catalogue.render import render_images
 from common.catalogue.taste import (
     ATTRIBUTE_NAMES,
