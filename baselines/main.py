@@ -8,8 +8,8 @@
 Each learned model (WARP, BPR-MF, GMF, MLP, FM, VBPR) is trained for every (factors, regulariser) pair of the
 grid, keeping its best epoch by validation AUC; the setting with the best validation All-Items AUC is selected
 and only its test AUC is reported. RAND, PopRank and VisRank have nothing to tune. DVBPR comes from a finished
-run (--dvbpr-run DIR, its results.json) or is trained here with DVBPR's own settings (its demo settings on the
-embedded catalogue). The methods and their order come from baselines/registry.py. Writes Table III as table.md,
+run (--dvbpr-run DIR, default runs/dvbpr), opened through dvbpr/run.py: train it first with dvbpr/main.py. The
+methods and their order come from baselines/registry.py. Writes Table III as table.md,
 table.csv and table.json, and metrics.jsonl, into --out.
 """
 import dataclasses
@@ -42,9 +42,9 @@ class BaselinesConfig:
     out: str | None = field(default=None, metadata={"help": "output directory; without it runs/baselines"})
     cache_dir: str | None = field(default=None, metadata={"help": "folder of the decoded-image cache (None: a "
                                                                   "cache/ folder beside the dataset)"})
-    dvbpr_run: str | None = field(default=None, metadata={"help": "finished DVBPR run directory whose "
-                                                                  "results.json to use; without it DVBPR is "
-                                                                  "trained into OUT/dvbpr"})
+    dvbpr_run: str = field(default="runs/dvbpr", metadata={"help": "finished DVBPR run directory (python "
+                                                                   "dvbpr/main.py) whose kept epoch is DVBPR's "
+                                                                   "column"})
     models: list[str] = field(default_factory=lambda: list(METHODS),
                               metadata={"help": "methods to run, of " + " ".join(METHODS)})
     factors: list[int] = field(default_factory=lambda: [10, 30, 50], metadata={"help": "latent factors grid"})

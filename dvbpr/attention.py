@@ -7,7 +7,7 @@ on Multimodal Attention Network"), without its reviews:
     a_u(r)  = softmax_r( w . tanh(W [f_r ; theta_u] + b) )
     x_ui    = theta_u . (P sum_r a_u(r) f_r + p)
 
-a_u is where user u looks on the image: `python dvbpr/explain.py --method attention` shows it. Evaluation scores
+a_u is where user u looks on the image: `python explain/main.py --method attention` shows it. Evaluation scores
 every (user, item) exactly and cheaply, because W [f_r ; theta_u] = W_f f_r + W_theta theta_u and
 theta_u . P f_r split into an item part (one CNN pass per item) and a user part.
 

@@ -85,7 +85,7 @@ PRESETS = {
     "original": dict(k=100, protocol="sampled100", epochs=19, save_every_epoch=True, select="last"),
 }
 # The embedded catalogues on a CPU: the best recipe by validation AUC over eight catalogues of different hidden
-# tastes (baselines/family.py --search, its RECIPES and the README), of the two level best the faster: 66 s for the
+# tastes (experiments/family.py --search, its RECIPES and the README), of the two level best the faster: 66 s for the
 # first set-up command on a 2-core machine with 281 GFLOP/s (51 s of training), 3.1-3.4 min by estimate at 100
 # GFLOP/s, where the other, 24-48 wide, would take about 3.5. 64 px, conv widths 16-32,
 # fc 256 wide, 16 epochs, no dropout, Kaiming-uniform weights, theta_u centred on 0, Adam at lr 2e-3 with a

@@ -1,6 +1,7 @@
 """A finished DVBPR run read back from its directory: settings, dataset, weights and item embeddings. Every later
 stage (recommending, preference maximisation, the baselines' table) opens a trained DVBPR through this module,
 which reads and never writes, and imports nothing of the training code."""
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,30 @@ def open_dvbpr_run(run, dataset_path=None, device="cpu", with_model=False):
     check_size(run, len(theta), "users", dataset)
     check_size(run, len(items), "items", dataset)
     return DVBPRRun(run, config, dataset, theta, items, exported["epoch"], model)
+
+
+RESULT_FIELDS = ("protocol", "dataset", "k", "image_size", "epoch", "valid_auc", "valid_auc_cold", "test_auc",
+                 "test_auc_cold", "wall_seconds")
+MAX_RESULTS_BYTES = 1 << 20
+
+
+def read_results(run):
+    """results.json of the finished run in directory `run`: the kept epoch's AUCs and the run's main settings."""
+    path = Path(run) / "results.json"
+    if not path.is_file():
+        raise RunError(f"no results.json in {run}: finish the run with `python dvbpr/main.py --out {run}`")
+    if path.stat().st_size > MAX_RESULTS_BYTES:
+        raise RunError(f"{path} is larger than {MAX_RESULTS_BYTES} bytes: not a results file of this project")
+    try:
+        results = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunError(f"{path} is not JSON ({error})") from None
+    if not isinstance(results, dict):
+        raise RunError(f"{path} holds a {type(results).__name__}, not the JSON object a DVBPR run writes")
+    missing = [name for name in RESULT_FIELDS if name not in results]
+    if missing:
+        raise RunError(f"{path} lacks {', '.join(missing)}: not the results of a finished DVBPR run")
+    return results
 
 
 def open_run_dataset(run, path, cache_dir):

@@ -18,6 +18,7 @@ class GANRun:
     discriminator: Discriminator
     num_categories: int
     step: int
+    metrics: dict
 
     def saved_classifier(self, device):
         """The category classifier trained with the run (classifier.pt), or None."""
@@ -38,10 +39,11 @@ def open_gan_run(run, device="cpu"):
     if not (run / "checkpoint.pt").is_file():
         raise RunError(f"no trained GAN in {run} (checkpoint.pt): make it with "
                        f"`python gan/main.py --train --out {run}`")
-    checkpoint = load_checkpoint(run / "checkpoint.pt", "gan", device, ("model", "config", "num_categories", "step"))
+    checkpoint = load_checkpoint(run / "checkpoint.pt", "gan", device, ("model", "config", "num_categories", "step",
+                                                                                   "metrics"))
     cfg = saved_config(GANConfig, checkpoint["config"], run / "checkpoint.pt")
     generator, discriminator = build_gan(cfg, checkpoint["num_categories"], device)
     generator.load_state_dict(checkpoint["model"]["generator"])
     discriminator.load_state_dict(checkpoint["model"]["discriminator"])
     return GANRun(run, cfg, generator.eval().requires_grad_(False), discriminator.eval().requires_grad_(False),
-                  checkpoint["num_categories"], checkpoint["step"])
+                  checkpoint["num_categories"], checkpoint["step"], checkpoint["metrics"])

@@ -72,13 +72,13 @@ def test_a_run_opens_from_another_directory_and_a_moved_dataset_is_named(tiny_pa
     subprocess.run([sys.executable, str(ROOT / "dvbpr/main.py"), "--dataset", "data/Tiny.npy", "--out", "run",
                     *TINY_DVBPR], cwd=work, check=True, capture_output=True, env=env)
     assert json.loads((work / "run" / "results.json").read_text())["dataset_path"] == str(work / "data/Tiny.npy")
-    elsewhere = subprocess.run([sys.executable, str(ROOT / "dvbpr/recommend.py"), "--run", str(work / "run"),
+    elsewhere = subprocess.run([sys.executable, str(ROOT / "tools/recommend.py"), "--run", str(work / "run"),
                                 "--user", "0", "--k", "3", "--device", "cpu"], cwd=tmp_path, capture_output=True,
                                text=True, env=env)
     assert elsewhere.returncode == 0, elsewhere.stderr
     (work / "data" / "Tiny.npy").rename(work / "Tiny.npy")
     (work / "run" / "embeddings.pt").unlink()
-    moved = subprocess.run([sys.executable, str(ROOT / "dvbpr/recommend.py"), "--run", str(work / "run"),
+    moved = subprocess.run([sys.executable, str(ROOT / "tools/recommend.py"), "--run", str(work / "run"),
                             "--user", "0", "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert moved.returncode == 1 and "is not there any more: give its new place with --dataset" in moved.stderr
     assert "Traceback" not in moved.stderr

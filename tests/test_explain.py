@@ -16,10 +16,10 @@ from common.training import snapshot
 from dvbpr.attention import AttentionConfig, RegionAttention, train_attention
 from dvbpr.backbones import build_backbone
 from dvbpr.config import DVBPRConfig
-from dvbpr.explain import main
-from dvbpr.explain_eval import COLUMNS, garment_masks
 from dvbpr.model import DVBPR, build_model
-from dvbpr.saliency import (
+from explain.faithfulness import COLUMNS, garment_masks
+from explain.main import main
+from explain.saliency import (
     METHODS,
     applicable_methods,
     check_method,

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-import baselines.family as family
+import experiments.family as family
 import pm.main
 from common.catalogue.config import CatalogueConfig
 

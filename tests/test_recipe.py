@@ -18,9 +18,9 @@ from common.images import ImageStore, image_cache
 from common.training import learning_rate
 from dvbpr.cnnf import CNNF
 from dvbpr.config import DEMO, PRESETS, DVBPRConfig, check_config
-from dvbpr.health import directions_holding, ever_active_units
 from dvbpr.main import main
 from dvbpr.model import build_model
+from tools.health import directions_holding, ever_active_units
 
 
 def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():

@@ -18,7 +18,8 @@ from common.images import decode_image, image_cache, scale_to_model
 from common.training import snapshot
 from dvbpr.config import DVBPRConfig
 from dvbpr.model import build_model
-from dvbpr.recommend import (
+from dvbpr.train import save_embeddings
+from tools.recommend import (
     RecommendError,
     history,
     main,
@@ -27,7 +28,6 @@ from dvbpr.recommend import (
     similar_items,
     top_k,
 )
-from dvbpr.train import save_embeddings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,7 +137,7 @@ def test_a_copy_of_a_catalogue_image_scores_as_that_item(trained, tmp_path, caps
 def test_an_unreadable_image_is_a_one_line_error_naming_the_file(trained, tmp_path):
     bad = tmp_path / "corrupt.jpg"
     bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
-    result = subprocess.run([sys.executable, "dvbpr/recommend.py", "--run", str(trained.root / "run"), "--user", "0",
+    result = subprocess.run([sys.executable, "tools/recommend.py", "--run", str(trained.root / "run"), "--user", "0",
                              "--image", str(bad)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0
     assert result.stderr.strip() == f"recommend: {bad} is not a readable image (PIL cannot decode it)"

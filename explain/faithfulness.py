@@ -27,8 +27,7 @@ from common.checkpoint import write_json
 from common.device import describe
 from common.errors import ConfigError
 from common.images import RESIZE_FILTERS
-from dvbpr.recommend import history
-from dvbpr.saliency import (
+from explain.saliency import (
     DELETION_FRACTIONS,
     applicable_methods,
     deletion_curve,
@@ -36,6 +35,7 @@ from dvbpr.saliency import (
     garment_heat_share,
     salience_order,
 )
+from tools.recommend import history
 
 GROUPS = tuple(dict.fromkeys(ATTRIBUTE_GROUPS))
 COLUMNS = ("method", "pairs", "garment_heat_share", "garment_area_share", "deletion_gap", "score", "score_grey")

@@ -5,7 +5,7 @@
 - the number of directions that hold 99% of the variance of the item embeddings Phi(X_i): a K-dim embedding
   that lives in a few directions ranks items by a few visual traits only.
 
-    python dvbpr/health.py --run runs/dvbpr
+    python tools/health.py --run runs/dvbpr
 """
 import argparse
 import json

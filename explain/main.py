@@ -1,15 +1,15 @@
 """Why this item for this user: a heat map of what raises x_ui on each item's image, and how faithful it is.
 
-    python dvbpr/explain.py --run runs/dvbpr --user 3                      # user 3's top 5, Grad-CAM
-    python dvbpr/explain.py --run runs/dvbpr --user 3 --item 42 --method ig
-    python dvbpr/explain.py --run runs/attention --user 3 --method attention
-    python dvbpr/explain.py --run runs/dvbpr --evaluate --out runs/explain
+    python explain/main.py --run runs/dvbpr --user 3                      # user 3's top 5, Grad-CAM
+    python explain/main.py --run runs/dvbpr --user 3 --item 42 --method ig
+    python explain/main.py --run runs/attention --user 3 --method attention
+    python explain/main.py --run runs/dvbpr --evaluate --out runs/explain
 
 --run is a DVBPR run (dvbpr/main.py) or a region-attention run (dvbpr/attention.py). The methods (gradcam, ig,
-occlusion, attention) are described in dvbpr/saliency.py. A request writes explain_user<U>_<what>_<method>.png, a
+occlusion, attention) are described in explain/saliency.py. A request writes explain_user<U>_<what>_<method>.png, a
 strip of each item's image above its heat map, and a .json of the scores beside it, into --out (default: the run
 directory). --evaluate measures every method that applies to the run on a catalogue whose truth is known (the
-embedded one) and writes explain_eval.md, .csv and .json: see dvbpr/explain_eval.py.
+embedded one) and writes explain_eval.md, .csv and .json: see explain/faithfulness.py.
 """
 import functools
 from dataclasses import dataclass, field
@@ -26,10 +26,10 @@ from common.errors import ConfigError, RunError
 from common.images import ImageStore, image_cache
 from common.original_format import category_name
 from dvbpr.attention import AttentionConfig, build_attention
-from dvbpr.explain_eval import evaluate
-from dvbpr.recommend import check_id, history
 from dvbpr.run import check_size, open_dvbpr_run, open_run_dataset
-from dvbpr.saliency import METHODS, check_method, explain_items
+from explain.faithfulness import evaluate
+from explain.saliency import METHODS, check_method, explain_items
+from tools.recommend import check_id, history
 
 MAX_K = 20   # items in one strip
 

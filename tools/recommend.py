@@ -1,9 +1,9 @@
 """Use a trained DVBPR model: top-k items for a user, items that look alike, and scores for new images.
 
-    python dvbpr/recommend.py --run runs/dvbpr --user 3 --k 10                    # top 10 for user 3
-    python dvbpr/recommend.py --run runs/dvbpr --user 3 --category "women's tops"  # within one category
-    python dvbpr/recommend.py --run runs/dvbpr --similar-to 42                     # items that look like item 42
-    python dvbpr/recommend.py --run runs/dvbpr --user 3 --image shoe.jpg           # a new image (cold start)
+    python tools/recommend.py --run runs/dvbpr --user 3 --k 10                    # top 10 for user 3
+    python tools/recommend.py --run runs/dvbpr --user 3 --category "women's tops"  # within one category
+    python tools/recommend.py --run runs/dvbpr --similar-to 42                     # items that look like item 42
+    python tools/recommend.py --run runs/dvbpr --user 3 --image shoe.jpg           # a new image (cold start)
 
 Scores are the model's x_ui = theta_u . Phi(X_i) (paper eq. 6), one matrix product over the item embeddings that
 training saved in embeddings.pt; only a new image goes through the CNN. Similar items are ranked by the cosine

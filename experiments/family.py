@@ -1,9 +1,9 @@
 """Table III over a family of embedded catalogues with different hidden tastes, and the choice of DVBPR's demo
 recipe by validation AUC over that family.
 
-    python baselines/family.py --search    # every candidate recipe on every catalogue: search.{md,json}
-    python baselines/family.py             # every catalogue x every method, DVBPR with its demo recipe: grid.*
-    python baselines/family.py --design    # the demo GAN and Table IV (pm/main.py --table) on every catalogue
+    python experiments/family.py --search    # every candidate recipe on every catalogue: search.{md,json}
+    python experiments/family.py             # every catalogue x every method, DVBPR with its demo recipe: grid.*
+    python experiments/family.py --design    # the demo GAN and Table IV (pm/main.py --table) on every catalogue
 
 The family: four taste mixes (which visible attribute leads the users' choices) x two seeds, the first seed's
 images from Fashion-MNIST photos and the second's drawn procedurally. A catalogue is generated once into
@@ -27,16 +27,19 @@ from common.catalogue.config import CatalogueConfig
 from common.catalogue.generate import ensure_embedded_catalogue
 from common.checkpoint import write_json
 from common.cli import parse_config, settle, stage_errors
+from common.errors import ConfigError
 from dvbpr.config import DEMO, DVBPRConfig
-from dvbpr.health import health
+from dvbpr.run import read_results
 from dvbpr.train import train
 from gan.config import DEMO as GAN_DEMO
 from gan.config import GANConfig
+from gan.run import open_gan_run
 from gan.train import train as train_gan
 from pm.main import PMConfig
 from pm.main import run as run_pm
+from tools.health import health
 
-# Which visible attribute leads: scales of the generator's taste groups (common/catalogue.py).
+# Which visible attribute leads: scales of the generator's taste groups (common/catalogue/taste.py).
 TASTE_MIXES = {
     "colour-led": {},   # the default catalogue's mix: a favourite colour family +3, a second one +1.5
     "shape-led": dict(category_weight=2.0, colour_weight=0.2, bulk_weight=3.0),
@@ -74,10 +77,9 @@ RECIPES = {
                                   dropout=0.0),
     "kc-1e-3-drop0-wd1e-2": dict(NARROW, epochs=10, lr=1e-3, lr_schedule="cosine", warmup_epochs=1.0,
                                  theta_init="centred", init="kaiming", dropout=0.0, lambda_w=1e-2),
-    "kc-2e-3-drop0-w16-e16": dict(image_size=64, conv_widths=[16, 32, 32, 32, 32], fc_width=256, epochs=16, lr=2e-3,
-                                  lr_schedule="cosine", warmup_epochs=1.0, theta_init="centred", init="kaiming",
-                                  dropout=0.0),
+    "kc-2e-3-drop0-w16-e16": DEMO,   # the search's choice, which became DVBPR's demo settings
 }
+DEMO_RECIPE = "kc-2e-3-drop0-w16-e16"
 FINALISTS = ["kc-1e-3-drop0", "kc-3e-3-drop0", "kc-2e-3-drop0-w24-e12", "kc-2e-3-drop0-w16-e16"]
 
 
@@ -108,12 +110,9 @@ def recipe_run(cfg, recipe, name):
     health figures."""
     out = Path(cfg.out) / "search" / recipe / name
     if not (out / "results.json").is_file():
-        train(DVBPRConfig(dataset=str(catalogue_path(cfg, name)), out=str(out), device=cfg.device,
-                          **RECIPES[recipe]))
-    results = json.loads((out / "results.json").read_text())
-    if not (out / "health.json").is_file():
-        write_json(out / "health.json", health(out))
-    return {**results, "health": json.loads((out / "health.json").read_text())}
+        settings = dict(RECIPES[recipe], dataset=str(catalogue_path(cfg, name)), out=str(out), device=cfg.device)
+        train(settle(DVBPRConfig(**settings), set(settings), "dvbpr"))  # no demo settings: the recipe is whole
+    return {**read_results(out), "health": health(out)}
 
 
 def write_outputs(cfg, stem, result, markdown):
@@ -151,19 +150,13 @@ def search_markdown(cfg, runs, summary, ranked):
     return "\n".join(lines) + "\n"
 
 
-def demo_recipe():
-    """The name of the recipe that is DVBPR's demo settings, or None."""
-    return next((name for name, recipe in RECIPES.items() if recipe == DEMO), None)
-
-
 def grid(cfg):
     started, tables = time.time(), {}
     for name in cfg.catalogues:
         path = catalogue_path(cfg, name)
-        search_run = Path(cfg.out) / "search" / str(demo_recipe()) / name
+        recipe_run(cfg, DEMO_RECIPE, name)
         baselines = BaselinesConfig(dataset=str(path), out=str(Path(cfg.out) / "grid" / name), models=cfg.models,
-                                    device=cfg.device,
-                                    dvbpr_run=str(search_run) if (search_run / "results.json").is_file() else None)
+                                    device=cfg.device, dvbpr_run=str(Path(cfg.out) / "search" / DEMO_RECIPE / name))
         settle(baselines, {"dataset", "out", "models", "device", "dvbpr_run"}, "baselines", BASELINES_DEMO)
         check_config(baselines)
         tables[name] = table_iii(baselines)
@@ -191,8 +184,8 @@ def grid_markdown(tables):
 def design(cfg):
     rows = {}
     for name in cfg.catalogues:
-        dvbpr_run = Path(cfg.out) / "search" / str(demo_recipe()) / name
-        recipe_run(cfg, demo_recipe(), name)
+        dvbpr_run = Path(cfg.out) / "search" / DEMO_RECIPE / name
+        recipe_run(cfg, DEMO_RECIPE, name)
         gan_run, pm_out = Path(cfg.out) / "design" / name / "gan", Path(cfg.out) / "design" / name / "pm"
         if not (gan_run / "checkpoint.pt").is_file():
             gan_cfg = GANConfig(train=True, dataset=str(catalogue_path(cfg, name)), out=str(gan_run), device=cfg.device)
@@ -201,9 +194,8 @@ def design(cfg):
             pm_cfg = PMConfig(table=True, sweep_eta=cfg.sweep_eta, dvbpr_run=str(dvbpr_run), gan_run=str(gan_run),
                               out=str(pm_out), device=cfg.device)
             run_pm(pm_cfg, {"table", "sweep_eta", "dvbpr_run", "gan_run", "out", "device"})
-        consistency = [json.loads(line) for line in (gan_run / "metrics.jsonl").read_text().splitlines()
-                       if "condition_consistency" in line][-1]["condition_consistency"]["overall"]
-        sweep_file = pm_out / "eta_sweep.json"
+        consistency = open_gan_run(gan_run).metrics["condition_consistency"]["overall"]
+        sweep_file = pm_out / "eta_sweep.json"   # Table IV's own files: PM is the last stage, with no run to open
         rows[name] = dict(consistency=consistency, table=json.loads((pm_out / "table_iv.json").read_text())["ours"],
                           eta_sweep=json.loads(sweep_file.read_text()) if sweep_file.is_file() else None)
     write_outputs(cfg, "design", rows, design_markdown(rows))
@@ -230,7 +222,7 @@ def main(argv=None):
         if cfg.search:
             unknown += sorted(set(cfg.recipes) - set(RECIPES))
         if unknown:
-            raise SystemExit(f"family: unknown recipe or catalogue {', '.join(unknown)}")
+            raise ConfigError(f"unknown recipe or catalogue {', '.join(unknown)}")
         return search(cfg) if cfg.search else design(cfg) if cfg.design else grid(cfg)
 
 
