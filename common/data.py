@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import DatasetError
+from common.errors import ConfigError, DatasetError
 from common.safe_pickle import NUMERIC_KINDS, describe, read_pickled_array
 
 DATA_SPLITS = ("train", "validation", "test")
@@ -233,3 +233,15 @@ def load_dataset(path) -> Dataset:
         return _to_dataset(raw, path)
     except DatasetError as e:
         raise DatasetError(f"{path}: {e}") from None
+
+
+def history(dataset, user, include_heldout=False):
+    """Item ids a user's lists leave out: train, validation and test items; train only with `include_heldout`."""
+    held_out = [] if include_heldout else [dataset.user_validation[user], dataset.user_test[user]]
+    return np.unique(np.concatenate([dataset.user_train[user], held_out]).astype(np.int64))
+
+
+def check_id(value, count, what):
+    """ConfigError unless `value` is a valid id of `count` users or items (`what`)."""
+    if not 0 <= value < count:
+        raise ConfigError(f"{what} {value} is out of range: the dataset has {count} {what}s (0 to {count - 1})")

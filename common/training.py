@@ -85,8 +85,8 @@ def keep_record(select, kept, record):
 
 def train_steps(network, trainee, triplets, cfg, ranks, lr_at=None, desc="train"):
     """One optimiser step per global batch of `triplets`, of which this rank takes its share; `lr_at(i)`, if
-    given, is the learning rate of the i-th step. Returns the mean over the steps of the global batch's loss, read back only every few
-    steps so that CUDA runs ahead of the progress bar."""
+    given, is the learning rate of the i-th step. Returns the mean over the steps of the global batch's loss,
+    read back only every few steps so that CUDA runs ahead of the progress bar."""
     network.train()
     share = ranks.share(cfg.batch_size)
     num_steps = len(triplets[0]) // cfg.batch_size

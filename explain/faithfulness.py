@@ -24,6 +24,7 @@ from common.catalogue.config import truth_path
 from common.catalogue.taste import ATTRIBUTE_GROUPS
 from common.catalogue.truth import load_truth
 from common.checkpoint import write_json
+from common.data import history
 from common.device import describe
 from common.errors import ConfigError
 from common.images import RESIZE_FILTERS
@@ -35,7 +36,6 @@ from explain.saliency import (
     garment_heat_share,
     salience_order,
 )
-from tools.recommend import history
 
 GROUPS = tuple(dict.fromkeys(ATTRIBUTE_GROUPS))
 COLUMNS = ("method", "pairs", "garment_heat_share", "garment_area_share", "deletion_gap", "score", "score_grey")

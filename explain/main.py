@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 
 from common.checkpoint import load_checkpoint, saved_config, write_json
 from common.cli import parse_config, require_positive, stage_errors
+from common.data import check_id, history
 from common.device import pick_device
 from common.errors import ConfigError, RunError
 from common.images import ImageStore, image_cache
@@ -29,7 +30,6 @@ from dvbpr.attention import AttentionConfig, build_attention
 from dvbpr.run import check_size, open_dvbpr_run, open_run_dataset
 from explain.faithfulness import evaluate
 from explain.saliency import METHODS, check_method, explain_items
-from tools.recommend import check_id, history
 
 MAX_K = 20   # items in one strip
 

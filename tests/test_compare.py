@@ -45,7 +45,8 @@ def test_the_picture_has_one_line_per_run_per_metric_and_a_star_on_the_kept_epoc
 def test_the_table_holds_each_runs_results_and_the_settings_that_differ(two_runs, tmp_path):
     _, table = compare_main([*map(str, two_runs), "--out", str(tmp_path), "--name", "two"])
     assert (tmp_path / "two.md").read_text() == table and (tmp_path / "two.png").is_file()
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("|")]
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
     header, metrics = rows[0], rows[2:2 + len(two_runs)]
     assert header == ["run", "kept epoch", "valid_auc", "valid_auc_cold", "test_auc", "test_auc_cold", "wall time"]
     for row, run in zip(metrics, two_runs):

@@ -9,7 +9,8 @@ from common.catalogue.config import CatalogueConfig
 
 
 def test_the_demo_recipe_is_a_finalist_of_the_search():
-    assert family.demo_recipe() in family.FINALISTS
+    assert family.DEMO_RECIPE in family.FINALISTS
+    assert family.RECIPES[family.DEMO_RECIPE] is family.DEMO
     assert set(family.FINALISTS) <= set(family.RECIPES)
 
 
@@ -25,26 +26,25 @@ def tiny_family(monkeypatch, tmp_path):
     monkeypatch.setattr(family, "CATALOGUES", {"colour": CatalogueConfig(seed=1, **tiny),
                                                "pattern": CatalogueConfig(seed=2, pattern_weight=3, **tiny)})
     quick = dict(image_size=32, fc_width=32, conv_widths=[4, 8, 8, 8, 8], k=4, batch_size=16, eval_batch_size=64)
-    recipes = {"slow": dict(quick, epochs=1, lr=1e-4), "quick": dict(quick, epochs=2, lr=3e-3, dropout=0.0)}
+    recipes = {"slow": dict(quick, epochs=1, lr=1e-4), family.DEMO_RECIPE: dict(quick, epochs=2, lr=3e-3, dropout=0.0)}
     monkeypatch.setattr(family, "RECIPES", recipes)
-    monkeypatch.setattr(family, "DEMO", recipes["quick"])
     return ["--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data"), "--catalogues", "colour",
             "pattern", "--device", "cpu"]
 
 
 def test_search_ranks_by_validation_and_the_grid_reuses_the_demo_runs(tiny_family, tmp_path):
-    ranked = family.main([*tiny_family, "--search", "--recipes", "slow", "quick"])
+    ranked = family.main([*tiny_family, "--search", "--recipes", "slow", family.DEMO_RECIPE])
     found = json.loads((tmp_path / "out" / "search.json").read_text())
     summary = found["summary"]
     assert ranked == sorted(summary, key=lambda r: -(summary[r]["valid_auc"] + summary[r]["valid_auc_cold"]))
-    assert set(found["runs"]["quick"]) == {"colour", "pattern"}
+    assert set(found["runs"][family.DEMO_RECIPE]) == {"colour", "pattern"}
     assert "test_auc" not in (tmp_path / "out" / "search.md").read_text()
-    assert 0 < found["runs"]["quick"]["colour"]["health"]["directions_99"] <= 4
+    assert 0 < found["runs"][family.DEMO_RECIPE]["colour"]["health"]["directions_99"] <= 4
 
     result = family.main([*tiny_family, "--models", "rand", "poprank", "dvbpr"])
     for name in ("colour", "pattern"):
         dvbpr = result["tables"][name]["rows"]["All Items"]["DVBPR"]
-        assert dvbpr == found["runs"]["quick"][name]["test_auc"]        # read back, not trained again
+        assert dvbpr == found["runs"][family.DEMO_RECIPE][name]["test_auc"]        # read back, not trained again
     grid = (tmp_path / "out" / "grid.md").read_text()
     assert grid.count("| colour |") == 2 and "PopRank" in grid
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from common.checkpoint import save_checkpoint
-from common.data import load_dataset
+from common.data import history, load_dataset
 from common.images import decode_image, image_cache, scale_to_model
 from common.training import snapshot
 from dvbpr.config import DVBPRConfig
@@ -21,7 +21,6 @@ from dvbpr.model import build_model
 from dvbpr.train import save_embeddings
 from tools.recommend import (
     RecommendError,
-    history,
     main,
     open_dvbpr_run,
     parse_category,

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from common.cli import parse_config, stage_errors
+from common.data import check_id, history
 from common.device import autocast, pick_device
 from common.errors import ConfigError
 from common.figures import save_grid
@@ -71,17 +72,6 @@ def parse_category(text, dataset):
         return names.index(text.lower())
     known = ", ".join(f"{c} ({name})" for c, name in enumerate(names)) or "none"
     raise RecommendError(f"unknown category {text!r}: the categories of {dataset.name} are {known}")
-
-
-def check_id(value, count, what):
-    if not 0 <= value < count:
-        raise RecommendError(f"{what} {value} is out of range: the dataset has {count} {what}s (0 to {count - 1})")
-
-
-def history(dataset, user, include_heldout=False):
-    """Item ids a user's lists leave out: train, validation and test items; train only with `include_heldout`."""
-    held_out = [] if include_heldout else [dataset.user_validation[user], dataset.user_test[user]]
-    return np.unique(np.concatenate([dataset.user_train[user], held_out]).astype(np.int64))
 
 
 def candidates(run, exclude=(), category=None):
