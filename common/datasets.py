@@ -5,6 +5,7 @@ from common.catalogue.config import is_embedded
 from common.catalogue.generate import ensure_embedded_catalogue
 from common.data import Dataset, load_dataset
 from common.errors import DatasetError
+from common.images import ImageStore, image_cache
 
 DEFAULT_DATASET = Path("data/AmazonFashion6ImgPartitioned.npy")
 
@@ -31,3 +32,21 @@ def open_dataset(path=None, cache_dir=None) -> tuple[Dataset, bool]:
         print(f"{DEFAULT_DATASET} not found: using the embedded demo catalogue {resolved} ({dataset.usernum} "
               f"users, {dataset.itemnum} items, {dataset.num_train_interactions} training actions)")
     return dataset, embedded
+
+
+def open_run_data(cfg, ranks, check=None):
+    """(dataset, embedded, image store) of an image model's run (cfg: dataset, cache_dir, image_size,
+    resize_filter, strict_images); rank 0 builds the catalogue and the image cache first.
+    `check(dataset)`, if given, runs before the image cache is built."""
+    with ranks.main_first():
+        dataset, embedded = open_dataset(cfg.dataset, cfg.cache_dir)
+        if check:
+            check(dataset)
+        cache = image_cache(dataset, cfg.image_size, cfg.resize_filter, strict=cfg.strict_images,
+                            device=ranks.device)
+    return dataset, embedded, ImageStore(cache, ranks.device)
+
+
+def describe_data(dataset):
+    return (f"{dataset.name}: {dataset.usernum} users, {dataset.itemnum} items, {dataset.num_train_interactions} "
+            "training interactions")

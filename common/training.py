@@ -48,6 +48,16 @@ class Trainee:
     negatives: int | None = None
 
 
+def image_feed(images):
+    """Triplet rows -> (users, images of the positives, images of the negatives) on the device; the images of a
+    batch are gathered while the previous one trains (ImageStore.stream)."""
+    def feed(rows):
+        pairs = ((torch.cat([positives, negatives]), users) for users, positives, negatives in rows)
+        for (_, users), pair_images in images.stream(pairs):
+            yield (users.to(images.device), *pair_images.chunk(2))
+    return feed
+
+
 def new_progress():
     return dict(epoch=0, step=0, history=[], kept=None, seconds=0.0)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from common.checkpoint import write_json
 from common.cli import apply_settings
+from common.datasets import describe_data, open_run_data
 from common.errors import ConfigError, DatasetError
 from common.runlog import run_dir
 from common.tf_checkpoint import (
@@ -38,12 +39,10 @@ from dvbpr.tf_import import (
     tf_names,
 )
 from dvbpr.train import (
-    describe_data,
     dvbpr_trainee,
     epoch_metrics,
     evaluate,
     log_line,
-    open_data,
     results_summary,
     rewrite_logs,
     save_epoch,
@@ -106,7 +105,7 @@ def evaluate_tf_checkpoint(cfg, ranks):
     written them at the checkpoint's epoch; returns the results dict of results.json."""
     started = time.time()
     tensors = TFCheckpoint(cfg.from_tf)
-    dataset, embedded, images = open_data(cfg, ranks, check=lambda dataset: check_fits(tensors, cfg, dataset))
+    dataset, embedded, images = open_run_data(cfg, ranks, check=lambda dataset: check_fits(tensors, cfg, dataset))
     model = build_model(cfg, dataset.usernum)
     model.load_state_dict(dvbpr_state_from_tf(tensors, usernum=dataset.usernum, k=cfg.k))
     model.to(ranks.device).eval()

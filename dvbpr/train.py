@@ -20,17 +20,17 @@ import torch
 from tqdm import tqdm
 
 from common.checkpoint import save_checkpoint, write_json
-from common.datasets import open_dataset
+from common.datasets import describe_data, open_run_data
 from common.device import fused_adam_kwargs, memory_format, pick_device
 from common.distributed import Ranks, unwrap
 from common.errors import ConfigError
-from common.images import ImageStore, image_cache
 from common.metrics import evaluate_auc, tie_rule
 from common.runlog import RunLog, run_dir
 from common.sampling import TripletSampler
 from common.seeding import seed_everything
 from common.training import (
     Trainee,
+    image_feed,
     save_training,
     snapshot,
     start_or_resume,
@@ -40,16 +40,6 @@ from dvbpr.config import check_config
 from dvbpr.model import build_model, embed_items
 
 KEPT_EPOCH_CHECKPOINTS = 5  # as TF's Saver kept
-
-
-def image_feed(images):
-    """Triplet rows -> (users, images of the positives, images of the negatives) on the device; the images of a
-    batch are gathered while the previous one trains (ImageStore.stream)."""
-    def feed(rows):
-        pairs = ((torch.cat([positives, negatives]), users) for users, positives, negatives in rows)
-        for (_, users), pair_images in images.stream(pairs):
-            yield (users.to(images.device), *pair_images.chunk(2))
-    return feed
 
 
 def dvbpr_trainee(model, dataset, images, cfg, ranks):
@@ -121,23 +111,6 @@ def save_epoch_files(out, model, items, cfg, record):
     np.save(out / f"UI_{cfg.k}_{record['step']}.npy", ui, allow_pickle=True)
 
 
-def open_data(cfg, ranks, check=None):
-    """(dataset, embedded, image store) of the run; rank 0 builds the catalogue and the image cache first.
-    `check(dataset)`, if given, runs before the image cache is built."""
-    with ranks.main_first():
-        dataset, embedded = open_dataset(cfg.dataset, cfg.cache_dir)
-        if check:
-            check(dataset)
-        cache = image_cache(dataset, cfg.image_size, cfg.resize_filter, strict=cfg.strict_images,
-                            device=ranks.device)
-    return dataset, embedded, ImageStore(cache, ranks.device)
-
-
-def describe_data(dataset):
-    return (f"{dataset.name}: {dataset.usernum} users, {dataset.itemnum} items, {dataset.num_train_interactions} "
-            "training interactions")
-
-
 def save_epoch(out, cfg, trainee, items, progress):
     """Everything an epoch leaves on disk, the checkpoint last: best.pt and embeddings.pt when this epoch is the
     kept one, the original's per-epoch files if asked, then checkpoint.pt (so a crash at any point resumes
@@ -163,7 +136,7 @@ def train(cfg, ranks=None):
         raise ConfigError("from_tf is evaluated, not trained: call dvbpr.tf_run.evaluate_tf_checkpoint")
     ranks = ranks or Ranks(device=pick_device(cfg.device))
     out, device = run_dir(cfg.out, "dvbpr"), ranks.device
-    dataset, embedded, images = open_data(cfg, ranks)
+    dataset, embedded, images = open_run_data(cfg, ranks)
     ranks.print(f"DVBPR on {describe_data(dataset)}; preset {cfg.preset}, K={cfg.k}, {cfg.backbone} at "
                 f"{cfg.image_size} px, {cfg.epochs} epochs, {cfg.protocol} AUC; device {ranks.describe()}")
     if device.type == "cuda":
