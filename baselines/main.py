@@ -8,9 +8,10 @@
 Each learned model (WARP, BPR-MF, GMF, MLP, FM, VBPR) is trained for every (factors, regulariser) pair of the
 grid, keeping its best epoch by validation AUC; the setting with the best validation All-Items AUC is selected
 and only its test AUC is reported. RAND, PopRank and VisRank have nothing to tune. DVBPR comes from a finished
-run (--dvbpr-run DIR, default runs/dvbpr), opened through dvbpr/run.py: train it first with dvbpr/main.py. The
-methods and their order come from baselines/registry.py. Writes Table III as table.md,
-table.csv and table.json, and metrics.jsonl, into --out.
+run (--dvbpr-run DIR, default runs/dvbpr), opened through dvbpr/run.py: train it first with dvbpr/main.py;
+Attention likewise (--attention-run DIR, default runs/attention; attention/main.py). The methods and their order
+come from baselines/registry.py. Writes Table III as table.md, table.csv and table.json, and metrics.jsonl, into
+--out.
 """
 import dataclasses
 import json
@@ -45,6 +46,9 @@ class BaselinesConfig:
     dvbpr_run: str = field(default="runs/dvbpr", metadata={"help": "finished DVBPR run directory (python "
                                                                    "dvbpr/main.py) whose kept epoch is DVBPR's "
                                                                    "column"})
+    attention_run: str = field(default="runs/attention", metadata={"help": "finished region-attention run "
+                                                                           "directory (python attention/main.py) "
+                                                                           "whose kept epoch is Attention's column"})
     models: list[str] = field(default_factory=lambda: list(METHODS),
                               metadata={"help": "methods to run, of " + " ".join(METHODS)})
     factors: list[int] = field(default_factory=lambda: [10, 30, 50], metadata={"help": "latent factors grid"})

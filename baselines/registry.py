@@ -36,6 +36,6 @@ METHODS = {
     "visrank": Method("VisRank", visrank.run, visual=True),
     "fm": Method("FM", fm.run, visual=True),
     "vbpr": Method("VBPR", vbpr.run, visual=True),
-    "attention": Method("Attention", attention_method.run),
-    "dvbpr": Method("DVBPR", dvbpr_method.run),
+    "attention": Method("Attention", attention_method.column),
+    "dvbpr": Method("DVBPR", dvbpr_method.column),
 }

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from common.errors import CheckpointError
+from common.errors import CheckpointError, RunError
 
 TEMPORARY = ".tmp"
 
@@ -71,6 +71,26 @@ def save_checkpoint(path, state):
 def write_json(path, content):
     """`content` as indented JSON, written atomically."""
     atomic_write(path, lambda f: f.write((json.dumps(content, indent=2) + "\n").encode()))
+
+
+def read_results(run, stage, fields, command, max_bytes=16 << 20):
+    """results.json of the finished `stage` run in directory `run`, refused in one line (RunError) when it is missing,
+    over `max_bytes`, not a JSON object or lacks one of `fields`; `command` finishes such a run."""
+    path = Path(run) / "results.json"
+    if not path.is_file():
+        raise RunError(f"no results.json in {run}: finish the run with `{command} --out {run}`")
+    if path.stat().st_size > max_bytes:
+        raise RunError(f"{path} is larger than {max_bytes} bytes: not a results file of this project")
+    try:
+        results = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunError(f"{path} is not JSON ({error})") from None
+    if not isinstance(results, dict):
+        raise RunError(f"{path} holds a {type(results).__name__}, not the JSON object a {stage} run writes")
+    missing = [name for name in fields if name not in results]
+    if missing:
+        raise RunError(f"{path} lacks {', '.join(missing)}: not the results of a finished {stage} run")
+    return results
 
 
 def saved_config(cfg_cls, saved, source):

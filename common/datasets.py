@@ -4,7 +4,7 @@ from pathlib import Path
 from common.catalogue.config import is_embedded
 from common.catalogue.generate import ensure_embedded_catalogue
 from common.data import Dataset, load_dataset
-from common.errors import DatasetError
+from common.errors import DatasetError, RunError
 from common.images import ImageStore, image_cache
 
 DEFAULT_DATASET = Path("data/AmazonFashion6ImgPartitioned.npy")
@@ -50,3 +50,19 @@ def open_run_data(cfg, ranks, check=None):
 def describe_data(dataset):
     return (f"{dataset.name}: {dataset.usernum} users, {dataset.itemnum} items, {dataset.num_train_interactions} "
             "training interactions")
+
+
+def open_run_dataset(run, path, cache_dir):
+    """The dataset a finished run in `run` was trained on (`path`), refused in one line if it has moved."""
+    if path and path != "embedded" and not Path(path).is_file():
+        raise RunError(f"the dataset the run in {run} was trained on, {path}, is not there any more: "
+                       "give its new place with --dataset")
+    return open_dataset(path, cache_dir)[0]
+
+
+def check_size(run, count, what, dataset):
+    """RunError unless the run's `count` users or items match the dataset's."""
+    actual = dataset.usernum if what == "users" else dataset.itemnum
+    if count != actual:
+        raise RunError(f"the run in {run} has {count} {what} but {dataset.path} has {actual}: "
+                       "give the --dataset it was trained on")

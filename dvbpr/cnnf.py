@@ -66,8 +66,14 @@ class CNNF(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.last_conv_map = nn.Identity()  # where layer attributions (Grad-CAM) hook conv5's map; no weights
 
+    def convs(self):
+        return [self.conv1, self.conv2, self.conv3, self.conv4, self.conv5]
+
+    def fc_layers(self):
+        return [self.fc1, self.fc2]
+
     def layers(self):
-        return [self.conv1, self.conv2, self.conv3, self.conv4, self.conv5, self.fc1, self.fc2]
+        return [*self.convs(), *self.fc_layers()]
 
     def initialise(self):
         """Zero biases and Xavier-uniform weights (the original's), or Kaiming-uniform ones (init="kaiming"),

@@ -1,15 +1,15 @@
 """A finished DVBPR run read back from its directory: settings, dataset, weights and item embeddings. Every later
 stage (recommending, preference maximisation, the baselines' table) opens a trained DVBPR through this module,
 which reads and never writes, and imports nothing of the training code."""
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from common.checkpoint import load_checkpoint, saved_config
+from common.checkpoint import read_results as read_stage_results
 from common.data import Dataset
-from common.datasets import open_dataset
+from common.datasets import check_size, open_run_dataset
 from common.errors import RunError
 from common.images import ImageStore, image_cache
 from dvbpr.config import DVBPRConfig
@@ -74,37 +74,8 @@ def open_dvbpr_run(run, dataset_path=None, device="cpu", with_model=False):
 
 RESULT_FIELDS = ("protocol", "dataset", "k", "image_size", "epoch", "valid_auc", "valid_auc_cold", "test_auc",
                  "test_auc_cold", "wall_seconds")
-MAX_RESULTS_BYTES = 1 << 20
 
 
 def read_results(run):
     """results.json of the finished run in directory `run`: the kept epoch's AUCs and the run's main settings."""
-    path = Path(run) / "results.json"
-    if not path.is_file():
-        raise RunError(f"no results.json in {run}: finish the run with `python dvbpr/main.py --out {run}`")
-    if path.stat().st_size > MAX_RESULTS_BYTES:
-        raise RunError(f"{path} is larger than {MAX_RESULTS_BYTES} bytes: not a results file of this project")
-    try:
-        results = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RunError(f"{path} is not JSON ({error})") from None
-    if not isinstance(results, dict):
-        raise RunError(f"{path} holds a {type(results).__name__}, not the JSON object a DVBPR run writes")
-    missing = [name for name in RESULT_FIELDS if name not in results]
-    if missing:
-        raise RunError(f"{path} lacks {', '.join(missing)}: not the results of a finished DVBPR run")
-    return results
-
-
-def open_run_dataset(run, path, cache_dir):
-    if path and path != "embedded" and not Path(path).is_file():
-        raise RunError(f"the dataset the run in {run} was trained on, {path}, is not there any more: "
-                       "give its new place with --dataset")
-    return open_dataset(path, cache_dir)[0]
-
-
-def check_size(run, count, what, dataset):
-    actual = dataset.usernum if what == "users" else dataset.itemnum
-    if count != actual:
-        raise RunError(f"the run in {run} has {count} {what} but {dataset.path} has {actual}: "
-                       "give the --dataset it was trained on")
+    return read_stage_results(run, "DVBPR", RESULT_FIELDS, "python dvbpr/main.py")

@@ -5,13 +5,12 @@
     python explain/main.py --run runs/attention --user 3 --method attention
     python explain/main.py --run runs/dvbpr --evaluate --out runs/explain
 
---run is a DVBPR run (dvbpr/main.py) or a region-attention run (dvbpr/attention.py). The methods (gradcam, ig,
+--run is a DVBPR run (dvbpr/main.py) or a region-attention run (attention/main.py). The methods (gradcam, ig,
 occlusion, attention) are described in explain/saliency.py. A request writes explain_user<U>_<what>_<method>.png, a
 strip of each item's image above its heat map, and a .json of the scores beside it, into --out (default: the run
 directory). --evaluate measures every method that applies to the run on a catalogue whose truth is known (the
 embedded one) and writes explain_eval.md, .csv and .json: see explain/faithfulness.py.
 """
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,15 +18,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from common.checkpoint import load_checkpoint, saved_config, write_json
+from attention.run import open_attention_run
+from common.checkpoint import load_checkpoint, write_json
 from common.cli import parse_config, require_positive, stage_errors
 from common.data import check_id, history
 from common.device import pick_device
 from common.errors import ConfigError, RunError
 from common.images import ImageStore, image_cache
 from common.original_format import category_name
-from dvbpr.attention import AttentionConfig, build_attention
-from dvbpr.run import check_size, open_dvbpr_run, open_run_dataset
+from dvbpr.run import open_dvbpr_run
 from explain.faithfulness import evaluate
 from explain.saliency import METHODS, check_method, explain_items
 
@@ -74,10 +73,9 @@ def open_explained(run, dataset_path=None, device="cpu"):
     weights = next((p for p in (run / "best.pt", run / "checkpoint.pt") if p.is_file()), None)
     if weights is None:
         raise RunError(f"no trained model in {run} (best.pt or checkpoint.pt): make one with "
-                       "`python dvbpr/main.py --out DIR` or `python dvbpr/attention.py --out DIR`")
-    checkpoint = load_checkpoint(weights, map_location=device)
-    if checkpoint["stage"] == "attention":
-        return open_attention(run, checkpoint, dataset_path, device)
+                       "`python dvbpr/main.py --out DIR` or `python attention/main.py --out DIR`")
+    if load_checkpoint(weights, map_location=device)["stage"] == "attention":
+        return open_attention(run, dataset_path, device)
     trained = open_dvbpr_run(run, dataset_path, device, with_model=True)
     cfg = trained.config
     store = ImageStore(image_cache(trained.dataset, cfg.image_size, cfg.resize_filter), device)
@@ -86,18 +84,11 @@ def open_explained(run, dataset_path=None, device="cpu"):
                      lambda users: trained.theta[users.to(device)] @ trained.items.T)
 
 
-def open_attention(run, checkpoint, dataset_path, device):
-    cfg = saved_config(AttentionConfig, checkpoint["config"], run)
-    dataset = open_run_dataset(run, dataset_path or cfg.dataset, None)
-    model = build_attention(cfg, checkpoint["model"]["theta"].shape[0])
-    model.load_state_dict(checkpoint["model"])
-    model = model.to(device).eval().requires_grad_(False)
-    check_size(run, len(model.theta), "users", dataset)
-    store = ImageStore(image_cache(dataset, cfg.image_size), device)
-    scorer = functools.cache(lambda: model.scorer(store))   # every item through the CNN once, when first asked
-    return Explained(run, model, dataset, store, "nearest",
-                     f"region attention, cnn-f at {cfg.image_size} px, epoch {checkpoint['epoch']}",
-                     lambda users: scorer()(users.to(device)))
+def open_attention(run, dataset_path, device):
+    trained = open_attention_run(run, dataset_path, device)
+    return Explained(run, trained.model, trained.dataset, trained.images, trained.config.resize_filter,
+                     f"region attention, cnn-f at {trained.config.image_size} px, epoch {trained.epoch}",
+                     lambda users: trained.scorer(users.to(device)))
 
 
 INFERNO = np.array([[0.0, 0.0, 0.02], [0.34, 0.06, 0.43], [0.8, 0.25, 0.3], [0.99, 0.64, 0.04], [0.99, 1.0, 0.64]])

@@ -1,7 +1,7 @@
 """Heat maps of what raises a user's score x_ui of an item image, and how faithful they are.
 
 A model here is anything with `score(users [B], images [B, 3, S, S]) -> [B]` (DVBPR: theta_u . Phi(X_i); the
-region-attention model of dvbpr/attention.py). Every map is [B, S, S], non-negative, on the model's input pixels:
+region-attention model of attention/). Every map is [B, S, S], non-negative, on the model's input pixels:
 
     gradcam    Grad-CAM (Captum's LayerGradCam) on the backbone's `last_conv_map`: CNN-F's conv5 map before the
                last pool (2 x 2 at 32 px), a ResNet's layer4; ViT has no convolutional map and is refused.
@@ -49,7 +49,7 @@ def check_method(model, method):
     if method not in applicable_methods(model):
         why = {"gradcam": f"its backbone ({type(model.backbone).__name__}) has no convolutional map (ViT's are "
                           "tokens)",
-               "attention": "it has no attention: give a run of dvbpr/attention.py"}[method]
+               "attention": "it has no attention: give a run of attention/main.py"}[method]
         raise ConfigError(f"--method {method} cannot explain this model: {why}; use one of "
                           f"{', '.join(applicable_methods(model))}")
 

@@ -440,8 +440,10 @@ def finished_dvbpr_run(directory, dataset_name, protocol="exact", ties="fail"):
     return directory
 
 
-def quick_argv(dataset_path, out, dvbpr_run):
-    return ["--dataset", str(dataset_path), "--out", str(out), "--dvbpr-run", str(dvbpr_run), "--factors", "4",
+def quick_argv(dataset_path, out, finished_run):
+    """Quick settings; DVBPR's and Attention's columns both read `finished_run`."""
+    return ["--dataset", str(dataset_path), "--out", str(out), "--dvbpr-run", str(finished_run),
+            "--attention-run", str(finished_run), "--factors", "4",
             "--regs", "0.01", "--epochs", "2", "--feature-image-size", "32", "--feature-epochs", "1",
             "--device", "cpu"]
 
