@@ -7,7 +7,8 @@ The BPR loss here is also FM's and VBPR's.
 """
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from common.bpr import bpr_loss as bpr
 
 
 def factor_matrix(rows, factors):
@@ -19,8 +20,7 @@ def bpr_loss(model, users, positives, negatives, reg):
     i.e. BPR-Opt as Rendle's SGD applies it; parameters shared by all items count once per triplet."""
     items = torch.cat([positives[:, None], negatives], dim=1)
     scores = model(users, items)
-    ranking = -F.logsigmoid(scores[:, :1] - scores[:, 1:]).mean()
-    return ranking + reg / 2 * model.penalty(users, items).mean()
+    return bpr(scores[:, :1] - scores[:, 1:], "mean") + reg / 2 * model.penalty(users, items).mean()
 
 
 class BPRMF(nn.Module):

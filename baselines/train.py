@@ -1,4 +1,5 @@
-"""What every baseline shares: triplet sampling, the training loop, evaluation and the validation grid search.
+"""What every baseline shares: triplet sampling, the training loop (common/training.py, DVBPR's), evaluation and
+the validation grid search.
 
 A baseline is an object with `scorer() -> score_fn(user_ids) -> [B, itemnum]` (item-side tables computed once
 per call, for evaluation). A learned baseline is also an nn.Module with
@@ -11,16 +12,16 @@ Triplets come from DVBPR's sampler (common/sampling.py): u uniform over users, i
 negatives uniform over the items outside u's training set; an epoch is as many triplets as training interactions.
 """
 import copy
-import math
 from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
 
-from common.errors import TrainingDiverged
+from common.distributed import Ranks
 from common.metrics import evaluate_auc
 from common.sampling import TripletSampler
 from common.seeding import seed_everything
+from common.training import Trainee, new_progress, train_epochs
 
 SPLIT_SEED_OFFSET = {"validation": 0, "test": 1}
 
@@ -34,6 +35,10 @@ class FitSettings:
     protocol: str = "exact"
     seed: int = 0
     ties: str = "fail"
+    lr_schedule: str = "constant"   # the shared loop's settings, at the baselines' fixed values
+    warmup_epochs: float = 0.0
+    select: str = "best-valid"
+    bf16: bool = False
 
 
 @dataclass
@@ -64,31 +69,28 @@ def evaluate(model, dataset, split, device, protocol="exact", seed=0, ties="fail
 
 
 def fit(model, dataset, loss, reg, settings, device, desc="fit"):
-    """Train with Adam on `loss`, evaluate on validation after every epoch, keep the best epoch's weights."""
-    device = torch.device(device)
-    model.to(device)
-    sampler = TripletSampler(dataset, settings.seed)
+    """Train with Adam on `loss` through the shared loop (common/training.py), evaluate on validation after every
+    epoch, keep the best epoch's weights."""
+    ranks = Ranks(device=torch.device(device))
+    model.to(ranks.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    steps = math.ceil(dataset.num_train_interactions / settings.batch_size)
-    best, best_state = None, None
-    bar = tqdm(range(1, settings.epochs + 1), desc=desc, unit="epoch", leave=False)
-    for epoch in bar:
-        model.train()
-        for _ in range(steps):
-            triplets = sampler.sample(settings.batch_size, settings.negatives)
-            value = loss(model, *(torch.from_numpy(a).to(device) for a in triplets), reg)
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            optimizer.step()
-        if not math.isfinite(value.item()):
-            raise TrainingDiverged(f"{desc}: the loss became {value.item()} in epoch {epoch}; lower --lr")
-        valid = evaluate(model, dataset, "validation", device, settings.protocol, settings.seed, settings.ties)
-        if best is None or valid["all"] > best.valid["all"]:
-            best = Fitted(model, valid, epoch)
-            best_state = copy.deepcopy(model.state_dict())
-        bar.set_postfix(loss=f"{value.item():.4f}", valid_auc=f"{valid['all']:.4f}", best_epoch=best.epoch)
-    model.load_state_dict(best_state)
-    return best
+    feed = lambda rows: (tuple(part.to(ranks.device) for part in batch) for batch in rows)
+    objective = lambda network, batch: loss(network, *batch, reg)
+
+    def evaluate_epoch():
+        valid = evaluate(model, dataset, "validation", ranks.device, settings.protocol, settings.seed, settings.ties)
+        return dict(valid_auc=valid["all"], valid=valid), None
+    trainee = Trainee(model, optimizer, TripletSampler(dataset, settings.seed), feed, objective, evaluate_epoch,
+                      settings.negatives)
+    kept_state = {}
+
+    def keep(record, _):
+        if progress["kept"] is record:
+            kept_state.update(copy.deepcopy(model.state_dict()))
+    progress = new_progress()
+    train_epochs(trainee, settings, ranks, progress, dataset.num_train_interactions, keep, desc=f"{desc} ")
+    model.load_state_dict(kept_state)
+    return Fitted(model, progress["kept"]["valid"], progress["kept"]["epoch"])
 
 
 def unlearned(model, dataset, device, protocol="exact", seed=0, ties="fail"):

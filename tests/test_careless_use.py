@@ -132,5 +132,5 @@ def test_preference_maximisation_and_a_baseline_stop_when_they_diverge():
         designer.maximise(torch.zeros(2, designer.z_dim), user=0, category=1, steps=2, lr=0.1)
     dataset = interactions_only(3, 6, [[0, 1], [2], [3]], [4, 5, 4], [5, 4, 5])
     nan_loss = lambda model, users, positives, negatives, reg: model(users, positives[:, None]).sum() * float("nan")
-    with pytest.raises(TrainingDiverged, match="BPR-MF: the loss became nan in epoch 1; lower --lr"):
+    with pytest.raises(TrainingDiverged, match="the loss became nan in BPR-MF epoch 1/2, step 1; lower --lr"):
         fit(BPRMF(3, 6, 2), dataset, nan_loss, 0.0, FitSettings(epochs=2, batch_size=4), "cpu", desc="BPR-MF")
