@@ -158,7 +158,7 @@ def cli(*argv):
 @pytest.mark.parametrize("run, method", [("dvbpr", "gradcam"), ("dvbpr", "occlusion"), ("attention", "attention")])
 def test_a_request_writes_a_strip_and_its_scores(runs, tmp_path, run, method):
     root, _, _ = runs
-    png, path = cli("--run", root / run, "--user", 3, "--k", 3, "--method", method, "--out", tmp_path)
+    png, path = cli("--run", root / run, "--user", 3, "--top-k", 3, "--method", method, "--out", tmp_path)
     written = json.loads(path.read_text())
     assert png.stat().st_size > 0 and [item["rank"] for item in written["items"]] == [1, 2, 3]
     scores = [item["score"] for item in written["items"]]
@@ -173,7 +173,7 @@ def test_a_request_writes_a_strip_and_its_scores(runs, tmp_path, run, method):
     (["--user", 0, "--item", 240], "explain: item 240 is out of range"),
     ([], "explain: give --user U"),
     (["--user", 0, "--method", "attention"], "explain: --method attention cannot explain this model"),
-    (["--user", 0, "--k", 0], "explain: --k must be from 1"),
+    (["--user", 0, "--top-k", 0], "explain: --top-k must be from 1"),
 ])
 def test_bad_requests_give_one_line_errors(runs, argv, message):
     root, _, _ = runs
