@@ -37,8 +37,9 @@ class RecommendConfig:
     category: str | None = field(default=None, metadata={"help": "only items of this category, by index or name, "
                                                                  "e.g. 1 or \"women's tops\""})
     similar_to: int | None = field(default=None, metadata={"help": "item id: list the --top-k other items nearest "
-                                                                   "to it by cosine similarity of DVBPR's item embeddings "
-                                                                   "Phi(X_i); with --user, none from their history"})
+                                                                   "to it by cosine similarity of DVBPR's item "
+                                                                   "embeddings Phi(X_i); with --user, none from "
+                                                                   "their history"})
     image: str | None = field(default=None, metadata={"help": "image file not in the catalogue: score it for "
                                                               "--user and say where it would rank"})
     include_heldout: bool = field(default=False, metadata={"help": "a user's history is their train, validation "
