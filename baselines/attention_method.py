@@ -7,7 +7,7 @@ from baselines.train import Selection
 from dvbpr.attention import AttentionConfig, train_attention
 
 
-def run(ctx):
+def column(ctx):
     cfg = ctx.cfg
     settings = AttentionConfig(dataset=str(ctx.dataset.path), out=str(Path(ctx.out) / "attention"),
                                protocol=cfg.protocol, ties=cfg.ties, seed=cfg.seed, device=cfg.device)

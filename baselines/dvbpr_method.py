@@ -6,7 +6,7 @@ from common.metrics import tie_rule
 from dvbpr.run import read_results
 
 
-def run(ctx):
+def column(ctx):
     cfg = ctx.cfg
     run_path = cfg.dvbpr_run
     results = read_results(run_path)

@@ -110,7 +110,7 @@ def table_iii(cfg):
         print(f"visual features: {features_description}")
     runlog, selections = RunLog(out), {}
     for method in tqdm(methods.values(), desc="methods", unit="method"):
-        selection = method.run(Context(method.label, dataset, features, cfg, device, out, embedded))
+        selection = method.column(Context(method.label, dataset, features, cfg, device, out, embedded))
         selections[selection.name] = selection
         runlog.record(**dataclasses.asdict(selection))
         report(selection)

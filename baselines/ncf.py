@@ -82,9 +82,9 @@ class MLP(nn.Module):
         return score
 
 
-def run_gmf(ctx):
+def gmf_column(ctx):
     return ctx.learned(lambda k: GMF(ctx.dataset.usernum, ctx.dataset.itemnum, k), log_loss, NEGATIVES_PER_POSITIVE)
 
 
-def run_mlp(ctx):
+def mlp_column(ctx):
     return ctx.learned(lambda k: MLP(ctx.dataset.usernum, ctx.dataset.itemnum, k), log_loss, NEGATIVES_PER_POSITIVE)

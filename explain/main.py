@@ -29,7 +29,7 @@ from common.original_format import category_name
 from dvbpr.attention import AttentionConfig, build_attention
 from dvbpr.run import check_size, open_dvbpr_run, open_run_dataset
 from explain.faithfulness import evaluate
-from explain.saliency import METHODS, check_method, explain_items
+from explain.saliency import HEAT_MAP_METHODS, check_method, explain_items
 
 MAX_TOP_K = 20   # items in one strip
 
@@ -40,7 +40,7 @@ class ExplainConfig:
     user: int | None = field(default=None, metadata={"help": "user id: explain their --top-k best items (or --item)"})
     item: int | None = field(default=None, metadata={"help": "item id: explain this one item for --user"})
     top_k: int = field(default=5, metadata={"help": "how many of the user's top items to explain"})
-    method: str = field(default="gradcam", metadata={"help": "heat map method", "choices": list(METHODS)})
+    method: str = field(default="gradcam", metadata={"help": "heat map method", "choices": list(HEAT_MAP_METHODS)})
     evaluate: bool = field(default=False, metadata={"help": "measure every applicable method's faithfulness "
                                                             "against the catalogue's truth"})
     users: int = field(default=50, metadata={"help": "--evaluate: (user, top item) pairs, users drawn by --seed"})

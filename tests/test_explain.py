@@ -20,7 +20,7 @@ from dvbpr.model import DVBPR, build_model
 from explain.faithfulness import COLUMNS, garment_masks
 from explain.main import main
 from explain.saliency import (
-    METHODS,
+    HEAT_MAP_METHODS,
     applicable_methods,
     check_method,
     garment_heat_share,
@@ -82,7 +82,7 @@ def test_every_method_puts_most_heat_where_the_score_looks(build):
     model = build()
     images, users = torch.rand(4, 3, SIDE, SIDE), torch.tensor([0, 1, 2, 0])
     methods = applicable_methods(model)
-    assert methods == (list(METHODS) if build is top_left_attention else ["gradcam", "ig", "occlusion"])
+    assert methods == (list(HEAT_MAP_METHODS) if build is top_left_attention else ["gradcam", "ig", "occlusion"])
     masks = torch.zeros(4, SIDE, SIDE, dtype=torch.bool)
     masks[:, :QUADRANT, :QUADRANT] = True
     for method in methods:
@@ -194,7 +194,7 @@ def test_a_missing_run_and_a_backbone_without_a_conv_map_are_explained(tmp_path)
 
 def test_evaluate_writes_the_three_files_with_the_documented_keys(runs, tmp_path):
     root, dataset, _ = runs
-    for run, methods in (("dvbpr", ["gradcam", "ig", "occlusion"]), ("attention", list(METHODS))):
+    for run, methods in (("dvbpr", ["gradcam", "ig", "occlusion"]), ("attention", list(HEAT_MAP_METHODS))):
         result = cli("--run", root / run, "--evaluate", "--users", 4, "--out", tmp_path / run)
         assert list(result["methods"]) == methods and result["pairs"] == 4
         for row in result["methods"].values():
