@@ -28,7 +28,7 @@ from common.images import ImageStore, image_cache
 from common.original_format import category_name
 from dvbpr.attention import AttentionConfig, build_attention
 from dvbpr.run import check_size, open_dvbpr_run, open_run_dataset
-from explain.faithfulness import evaluate
+from explain.faithfulness import evaluate_faithfulness
 from explain.saliency import HEAT_MAP_METHODS, check_method, explain_items
 
 MAX_TOP_K = 20   # items in one strip
@@ -187,7 +187,7 @@ def run_explain(cfg):
     check_request(cfg)
     explained = open_explained(cfg.run, cfg.dataset, pick_device(cfg.device))
     if cfg.evaluate:
-        return evaluate(explained, cfg)
+        return evaluate_faithfulness(explained, cfg)
     check_id(cfg.user, explained.dataset.usernum, "user")
     check_method(explained.model, cfg.method)
     return explain_user(explained, cfg)

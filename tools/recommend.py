@@ -156,7 +156,7 @@ def table(dataset, item_ids, values, value_name, notes=None):
     return "\n".join(lines)
 
 
-def describe(run, cfg, category):
+def describe_request(run, cfg, category):
     """What a request ranked among: ' among <category>' and ', leaving out user U's N ... items'."""
     where = "" if category is None else f" among {category_name(category, run.dataset.num_categories)}"
     if cfg.user is None:
@@ -170,7 +170,7 @@ def rank_new_image(run, cfg, image, category):
     score = score_image(run, image, cfg.user)
     mask = candidates(run, history(run.dataset, cfg.user, cfg.include_heldout), category)
     rank, beaten = rank_among(score, user_scores(run, cfg.user)[mask])
-    where, left_out = describe(run, cfg, category)
+    where, left_out = describe_request(run, cfg, category)
     print(f"{cfg.image} for user {cfg.user} ({run.path}, epoch {run.epoch}): theta_u . Phi(x) = {score:.5g}")
     print(f"it would rank {rank} of {int(mask.sum()) + 1} (above {beaten:.1f}% of the {int(mask.sum())} catalogue "
           f"items{where}{left_out})")
@@ -180,7 +180,7 @@ def rank_new_image(run, cfg, image, category):
 def list_similar(run, cfg, category):
     item = cfg.similar_to
     ids, cosines = similar_items(run, item, cfg.top_k, category, cfg.user, cfg.include_heldout)
-    where, left_out = describe(run, cfg, category)
+    where, left_out = describe_request(run, cfg, category)
     name = category_name(run.dataset.item_category[item], run.dataset.num_categories)
     print(f"{len(ids)} items nearest to item {item} ({name})"
           f"{where} by cosine similarity of Phi(X_i) ({run.path}, epoch {run.epoch}){left_out}")
@@ -193,7 +193,7 @@ def list_top(run, cfg, category):
     dataset, user = run.dataset, cfg.user
     held_out = {int(dataset.user_validation[user]): "held out: validation",
                 int(dataset.user_test[user]): "held out: test"} if cfg.include_heldout else None
-    where, left_out = describe(run, cfg, category)
+    where, left_out = describe_request(run, cfg, category)
     print(f"top {len(ids)} items for user {user}{where} by theta_u . Phi(X_i) ({run.path}, epoch {run.epoch})"
           f"{left_out}")
     print(table(dataset, ids, scores, "score", held_out))
