@@ -35,7 +35,8 @@ from common.runlog import RunLog, run_dir
 @dataclass
 class BaselinesConfig:
     preset: str = field(default="paper", metadata={"help": "paper: the paper's grid, 20 epochs per setting; "
-                                                           "quick: a narrow grid and fewer epochs"})
+                                                           "quick: a narrow grid and fewer epochs; demo: quick with "
+                                                           "32 px visual features of 3 epochs"})
     dataset: str | None = field(default=None, metadata={"help": "dataset .npy in the original format; without it "
                                                                 "AmazonFashion if present, else the embedded "
                                                                 "catalogue"})
@@ -74,6 +75,7 @@ PRESETS = {
 }
 # The embedded catalogue on a CPU: the baselines in a few minutes on 2 cores (DVBPR brings its own demo settings).
 DEMO = dict(PRESETS["quick"], feature_image_size=32, feature_epochs=3, feature_lr=3e-4)
+PRESETS["demo"] = {**PRESETS["paper"], **DEMO}
 
 
 def report(selection):
