@@ -43,5 +43,5 @@ class BPRMF(nn.Module):
         return lambda users: self.beta_item + self.gamma_user[users] @ self.gamma_item.T
 
 
-def run(ctx):
+def column(ctx):
     return ctx.learned(lambda k: BPRMF(ctx.dataset.usernum, ctx.dataset.itemnum, k), bpr_loss)

@@ -45,5 +45,5 @@ class FactorizationMachine(nn.Module):
         return lambda users: biases + self.v_user[users] @ vectors.T
 
 
-def run(ctx):
+def column(ctx):
     return ctx.learned(lambda k: FactorizationMachine(ctx.dataset.usernum, ctx.features, k), bpr_loss)

@@ -36,7 +36,8 @@ from common.runlog import RunLog, run_dir
 @dataclass
 class BaselinesConfig:
     preset: str = field(default="paper", metadata={"help": "paper: the paper's grid, 20 epochs per setting; "
-                                                           "quick: a narrow grid and fewer epochs"})
+                                                           "quick: a narrow grid and fewer epochs; demo: quick with "
+                                                           "32 px visual features of 3 epochs"})
     dataset: str | None = field(default=None, metadata={"help": "dataset .npy in the original format; without it "
                                                                 "AmazonFashion if present, else the embedded "
                                                                 "catalogue"})
@@ -78,6 +79,7 @@ PRESETS = {
 }
 # The embedded catalogue on a CPU: the baselines in a few minutes on 2 cores (DVBPR brings its own demo settings).
 DEMO = dict(PRESETS["quick"], feature_image_size=32, feature_epochs=3, feature_lr=3e-4)
+PRESETS["demo"] = {**PRESETS["paper"], **DEMO}
 
 
 def report(selection):
@@ -114,7 +116,7 @@ def table_iii(cfg):
         print(f"visual features: {features_description}")
     runlog, selections = RunLog(out), {}
     for method in tqdm(methods.values(), desc="methods", unit="method"):
-        selection = method.run(Context(method.label, dataset, features, cfg, device, out, embedded))
+        selection = method.column(Context(method.label, dataset, features, cfg, device, out, embedded))
         selections[selection.name] = selection
         runlog.record(**dataclasses.asdict(selection))
         report(selection)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from baselines.bpr import factor_matrix
 
 NEGATIVES_PER_POSITIVE = 4  # NCF's sampling ratio
-SCORE_BUDGET = {"cpu": 2**24, "cuda": 2**27}   # hidden activations per scoring pass of the MLP
+MLP_ACTIVATION_BUDGET = {"cpu": 2**24, "cuda": 2**27}   # hidden activations per scoring pass of the MLP
 
 
 def log_loss(model, users, positives, negatives, reg):
@@ -74,7 +74,7 @@ class MLP(nn.Module):
 
     def scorer(self):
         items = self.item_part(torch.arange(self.itemnum, device=self.q_item.device))
-        rows = max(1, SCORE_BUDGET[items.device.type] // items.numel())
+        rows = max(1, MLP_ACTIVATION_BUDGET[items.device.type] // items.numel())
 
         def score(users):
             user_parts = self.user_part(users)
@@ -82,9 +82,9 @@ class MLP(nn.Module):
         return score
 
 
-def run_gmf(ctx):
+def gmf_column(ctx):
     return ctx.learned(lambda k: GMF(ctx.dataset.usernum, ctx.dataset.itemnum, k), log_loss, NEGATIVES_PER_POSITIVE)
 
 
-def run_mlp(ctx):
+def mlp_column(ctx):
     return ctx.learned(lambda k: MLP(ctx.dataset.usernum, ctx.dataset.itemnum, k), log_loss, NEGATIVES_PER_POSITIVE)

@@ -12,5 +12,5 @@ class PopRank:
         return lambda users: self.popularity.expand(len(users), -1)
 
 
-def run(ctx):
+def column(ctx):
     return ctx.unlearned(PopRank(ctx.dataset, ctx.device))

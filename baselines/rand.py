@@ -11,5 +11,5 @@ class Random:
         return lambda users: torch.rand(len(users), self.itemnum, device=self.device, generator=rng)
 
 
-def run(ctx):
+def column(ctx):
     return ctx.unlearned(Random(ctx.dataset.itemnum, ctx.device, ctx.cfg.seed))

@@ -42,5 +42,5 @@ class VBPR(nn.Module):
                               + self.theta_user[users] @ visual_items.T)
 
 
-def run(ctx):
+def column(ctx):
     return ctx.learned(lambda k: VBPR(ctx.dataset.usernum, ctx.features, k), bpr_loss)

@@ -27,5 +27,5 @@ class VisRank:
         return lambda users: self.user_profiles(users) @ self.unit_features.T
 
 
-def run(ctx):
+def column(ctx):
     return ctx.unlearned(VisRank(ctx.dataset, ctx.features))

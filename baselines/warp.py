@@ -34,6 +34,6 @@ def warp_loss(model, users, positives, negatives, reg):
     return (weight.detach() * hinge).mean() + reg / 2 * penalty.mean()
 
 
-def run(ctx):
+def column(ctx):
     return ctx.learned(lambda k: BPRMF(ctx.dataset.usernum, ctx.dataset.itemnum, k), warp_loss,
                        ctx.cfg.warp_max_trials)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import ConfigError, DatasetError
-from common.safe_pickle import NUMERIC_KINDS, describe, read_pickled_array
+from common.safe_pickle import NUMERIC_KINDS, describe_value, read_pickled_array
 
 DATA_SPLITS = ("train", "validation", "test")
 
@@ -89,9 +89,9 @@ def _as_int(value, what: str) -> int:
     try:
         number = operator.index(value)
     except TypeError:
-        raise DatasetError(f"{what} should be an integer, got {describe(value)}") from None
+        raise DatasetError(f"{what} should be an integer, got {describe_value(value)}") from None
     if number.bit_length() > 63:
-        raise DatasetError(f"{what} should be a 64-bit integer, got {describe(number)}")
+        raise DatasetError(f"{what} should be a 64-bit integer, got {describe_value(number)}")
     return number
 
 
@@ -101,20 +101,20 @@ def _is_sequence(value) -> bool:
 
 def _product_id(record, where: str) -> int:
     if not isinstance(record, dict):
-        raise DatasetError(f"{where} is {describe(record)}, not a record dict")
+        raise DatasetError(f"{where} is {describe_value(record)}, not a record dict")
     return _as_int(_field(record, "productid"), f"{where}['productid']")
 
 
 def _item_ids_by_user(split, name: str, budget: _EntryBudget) -> dict[int, list[int]]:
     if not isinstance(split, dict):
-        raise DatasetError(f"user_{name} should be a dict keyed by user id, got {describe(split)}")
+        raise DatasetError(f"user_{name} should be a dict keyed by user id, got {describe_value(split)}")
     budget.spend(len(split), f"user_{name}")
     by_user = {}
     for key, records in split.items():
         user = _as_int(key, f"a user_{name} key")
         where = f"user_{name}[{user}]"
         if not _is_sequence(records):
-            raise DatasetError(f"{where} should be a list of records, got {describe(records)}")
+            raise DatasetError(f"{where} should be a list of records, got {describe_value(records)}")
         budget.spend(len(records), where)
         by_user[user] = [_product_id(record, f"{where}[{k}]") for k, record in enumerate(records)]
     return by_user
@@ -123,7 +123,7 @@ def _item_ids_by_user(split, name: str, budget: _EntryBudget) -> dict[int, list[
 def _item_list(items, budget: _EntryBudget) -> list:
     """Item as a list indexed by item id (the original files hold a list or array; a dict keyed by id also works)."""
     if not (_is_sequence(items) or isinstance(items, dict)):
-        raise DatasetError(f"Item should be a list of item dicts, got {describe(items)}")
+        raise DatasetError(f"Item should be a list of item dicts, got {describe_value(items)}")
     budget.spend(len(items), "Item")
     if not isinstance(items, dict):
         return list(items)
@@ -162,7 +162,7 @@ def _onehot(value, where: str, budget: _EntryBudget) -> np.ndarray:
     elif isinstance(value, (list, tuple)):
         size = len(value)
     else:
-        raise DatasetError(f"{where} should be a one-hot list of numbers, got {describe(value)}")
+        raise DatasetError(f"{where} should be a one-hot list of numbers, got {describe_value(value)}")
     if size > MAX_CATEGORIES:
         raise DatasetError(f"{where} has {size} entries; a category one-hot has at most {MAX_CATEGORIES}")
     budget.spend(size, where)
@@ -170,7 +170,7 @@ def _onehot(value, where: str, budget: _EntryBudget) -> np.ndarray:
         for k, entry in enumerate(value):
             if not isinstance(entry, _NUMBER_TYPES):
                 raise DatasetError(f"{where} should be a one-hot list of numbers, but its entry {k} is "
-                                   f"{describe(entry)}")
+                                   f"{describe_value(entry)}")
     return np.asarray(value).ravel()
 
 
@@ -199,7 +199,7 @@ def _categories(items: list, budget: _EntryBudget) -> tuple[np.ndarray, int]:
 def _to_dataset(raw, path: Path) -> Dataset:
     if not (_is_sequence(raw) and len(raw) == 6):
         raise DatasetError(f"expected [user_train, user_validation, user_test, Item, usernum, itemnum], "
-                           f"got {describe(raw)}")
+                           f"got {describe_value(raw)}")
     user_train, user_validation, user_test, items, usernum, itemnum = raw
     usernum, itemnum = _as_int(usernum, "usernum"), _as_int(itemnum, "itemnum")
     if usernum < 1 or itemnum < 1:

@@ -27,7 +27,7 @@ def _a(noun: str) -> str:
     return ("an " if noun[0] in "aeiou" else "a ") + noun
 
 
-def describe(value) -> str:
+def describe_value(value) -> str:
     """What an untrusted value is, in a few words, never its whole repr: a pickle of a few hundred bytes can share
     references into a structure too large to print."""
     kind = type(value).__name__
@@ -57,7 +57,7 @@ def _dtype(code, align=False, copy=True) -> np.dtype:
     """numpy.dtype(code, align, copy) as numpy's pickles call it, for a plain numeric or object type code ('i8',
     'O8', ...): always a fresh copy (align and copy are moot), so that BUILD never touches numpy's own dtype."""
     if not isinstance(code, (str, bytes)):
-        raise UnsafePickleError(f"a dtype made from {describe(code)}; a dataset's dtypes are plain type codes")
+        raise UnsafePickleError(f"a dtype made from {describe_value(code)}; a dataset's dtypes are plain type codes")
     dtype = np.dtype(code.decode("latin-1") if isinstance(code, bytes) else code, False, True)
     if dtype.kind not in NUMERIC_KINDS + "O" or dtype.fields is not None:
         raise UnsafePickleError(f"the dtype {dtype} (made from {code!r}); a dataset's dtypes are numbers or objects")
@@ -67,25 +67,26 @@ def _dtype(code, align=False, copy=True) -> np.dtype:
 def _scalar(dtype, data):
     """numpy's scalar(dtype, data) for numeric dtypes only: an object scalar's data would be a pointer."""
     if not isinstance(dtype, np.dtype):
-        raise UnsafePickleError(f"a scalar of {describe(dtype)}, not of a dtype")
+        raise UnsafePickleError(f"a scalar of {describe_value(dtype)}, not of a dtype")
     if dtype.kind not in NUMERIC_KINDS:
         raise UnsafePickleError(f"a scalar of dtype {dtype}; a dataset's scalars are numbers "
                                 "(an object scalar's data is a pointer read from the file)")
     if type(data) is not bytes or len(data) != dtype.itemsize:
-        raise UnsafePickleError(f"a scalar of dtype {dtype} from {describe(data)}, not its {dtype.itemsize} bytes")
+        raise UnsafePickleError(f"a scalar of dtype {dtype} from {describe_value(data)}, "
+                                f"not its {dtype.itemsize} bytes")
     return _SCALAR(dtype, data)
 
 
 def _check_dict_keys(keys):
     for key in keys:
         if not isinstance(key, _DICT_KEY_TYPES):
-            raise UnsafePickleError(f"a dict key that is {describe(key)}; a dataset's keys are ids and field names "
-                                    "(a nested tuple key could take unbounded time to hash)")
+            raise UnsafePickleError(f"a dict key that is {describe_value(key)}; a dataset's keys are ids and field "
+                                    "names (a nested tuple key could take unbounded time to hash)")
 
 
 def _check_dict_update(target, keys):
     if type(target) is not dict:
-        raise UnsafePickleError(f"an item assignment into {describe(target)}, which is not a dict")
+        raise UnsafePickleError(f"an item assignment into {describe_value(target)}, which is not a dict")
     _check_dict_keys(keys)
 
 
@@ -146,10 +147,11 @@ class _RestrictedUnpickler(pickle._Unpickler):
     def reconstruct(self, subtype, shape, typecode):
         """numpy's _reconstruct(ndarray, (0,), b'b'): an empty array, whose shape, dtype and data come in its state."""
         if subtype is not _NDARRAY:
-            raise UnsafePickleError(f"_reconstruct of {describe(subtype)}, not of numpy.ndarray")
+            raise UnsafePickleError(f"_reconstruct of {describe_value(subtype)}, not of numpy.ndarray")
         if shape != (0,):
-            raise UnsafePickleError(f"_reconstruct with the shape {shape if _is_shape(shape) else describe(shape)}; "
-                                    "numpy's pickles give (0,), then the array's shape and data in its state")
+            shown = shape if _is_shape(shape) else describe_value(shape)
+            raise UnsafePickleError(f"_reconstruct with the shape {shown}; numpy's pickles give (0,), then the "
+                                    "array's shape and data in its state")
         array = _RECONSTRUCT(np.ndarray, (0,), "b")
         self.unbuilt[id(array)] = array
         return array
@@ -161,7 +163,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
             state = tuple(s.decode("latin-1") if isinstance(s, bytes) else s for s in state)
         own = dtype.__reduce__()[2]
         if not _numpy_state(state) or state not in (own, dtype.newbyteorder().__reduce__()[2]):
-            shown = state if _numpy_state(state) else describe(state)
+            shown = state if _numpy_state(state) else describe_value(state)
             raise UnsafePickleError(f"{dtype!r} with the forged state {shown}; numpy's own state for it is {own}")
         dtype.__setstate__(state)
 
@@ -171,18 +173,18 @@ class _RestrictedUnpickler(pickle._Unpickler):
         if self.unbuilt.pop(id(array), None) is not array:
             raise UnsafePickleError("a second state for an array")
         if not (isinstance(state, tuple) and len(state) == 5 and type(state[0]) is int and state[0] == 1):
-            raise UnsafePickleError(f"an array state that is {describe(state)}, "
+            raise UnsafePickleError(f"an array state that is {describe_value(state)}, "
                                     "not numpy's (1, shape, dtype, fortran order, data)")
         _, shape, dtype, _, data = state
         if not _is_shape(shape):
-            raise UnsafePickleError(f"an array of shape {describe(shape)}")
+            raise UnsafePickleError(f"an array of shape {describe_value(shape)}")
         if not isinstance(dtype, np.dtype):
-            raise UnsafePickleError(f"an array of dtype {describe(dtype)}")
+            raise UnsafePickleError(f"an array of dtype {describe_value(dtype)}")
         size = math.prod(shape)
         if dtype.hasobject:
             self.check_object_entries(array, data, size)
         elif type(data) is not bytes or len(data) != size * dtype.itemsize:
-            raise UnsafePickleError(f"an array of dtype {dtype} and shape {shape} from {describe(data)}, "
+            raise UnsafePickleError(f"an array of dtype {dtype} and shape {shape} from {describe_value(data)}, "
                                     f"not its {size * dtype.itemsize} bytes")
         # an object entry costs the file at least one byte, a number its bytes: more means data shared over and over
         self.array_bytes_left -= size if dtype.hasobject else len(data)
@@ -194,7 +196,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
         """An object array's entries must be a list the unpickler built (from bytes, numpy would read pointers out
         of the file), holding arrays that are complete, to a bounded nesting."""
         if type(entries) is not list or len(entries) != size:
-            raise UnsafePickleError(f"an object array of {size} entries from {describe(entries)}, "
+            raise UnsafePickleError(f"an object array of {size} entries from {describe_value(entries)}, "
                                     "not a list of them (from bytes its entries would be pointers read from the file)")
         depth = 0
         for entry in entries:
@@ -214,7 +216,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
         elif isinstance(target, np.ndarray):
             self.set_array_state(target, state)
         else:
-            raise UnsafePickleError(f"a state for {describe(target)}; only arrays and dtypes have one")
+            raise UnsafePickleError(f"a state for {describe_value(target)}; only arrays and dtypes have one")
     dispatch[pickle.BUILD[0]] = load_build
 
     def load_setitem(self):

@@ -67,7 +67,7 @@ def expected_shapes(c):
     return {SCOPE + name: shape for name, shape in shapes.items()}
 
 
-def describe(c):
+def describe_tf_model(c):
     return (f"a DVBPR with conv widths {c['widths']}, fc width {c['fc_width']}, K={c['k']}, {c['usernum']} users "
             f"and a {c['feature_side']}x{c['feature_side']} conv5 output")
 
@@ -93,7 +93,7 @@ def dvbpr_state_from_tf(tensors, usernum=None, k=None):
     shapes = shapes_of(tensors, tf_names())
     c = config_of(shapes)
     c.update({key: value for key, value in (("usernum", usernum), ("k", k)) if value is not None})
-    check_shapes(shapes, expected_shapes(c), describe(c))
+    check_shapes(shapes, expected_shapes(c), describe_tf_model(c))
     arrays = {name: np.asarray(tensors[name]) for name in tf_names()}  # only now read: optimizer slots never are
     state = {}
     for weight, bias, module, kind in LAYERS:

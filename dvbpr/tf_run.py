@@ -32,7 +32,7 @@ from dvbpr.cnnf import CNNF_WIDTHS, feature_map_size
 from dvbpr.model import build_model
 from dvbpr.tf_import import (
     SCOPE,
-    describe,
+    describe_tf_model,
     dvbpr_config_from_tf,
     dvbpr_state_from_tf,
     expected_shapes,
@@ -80,7 +80,7 @@ def check_fits(tensors, cfg, dataset):
     """Refuse, naming the variable and both shapes, a checkpoint that does not fit the settings or the dataset."""
     found = dvbpr_config_from_tf(tensors)
     shapes = shapes_of(tensors, tf_names())
-    check_shapes(shapes, expected_shapes(found), describe(found))  # one consistent DVBPR at all
+    check_shapes(shapes, expected_shapes(found), describe_tf_model(found))  # one consistent DVBPR at all
     if cfg.backbone != "cnn-f" or cfg.backbone_weights:
         raise ConfigError("--from-tf holds the original's cnn-f, trained from scratch: leave out --backbone and "
                           "--backbone-weights")
@@ -95,7 +95,7 @@ def check_fits(tensors, cfg, dataset):
                            "--dataset the model was trained on")
     wanted = dict(found, widths=tuple(cfg.conv_widths or CNNF_WIDTHS), fc_width=cfg.fc_width, k=cfg.k)
     try:
-        check_shapes(shapes, expected_shapes(wanted), describe(wanted))
+        check_shapes(shapes, expected_shapes(wanted), describe_tf_model(wanted))
     except TFCheckpointError as error:
         raise ConfigError(f"{error}: leave out --k, --fc-width and --conv-widths to take the checkpoint's") from None
 

@@ -35,8 +35,8 @@ from gan.config import DEMO as GAN_DEMO
 from gan.config import GANConfig
 from gan.run import open_gan_run
 from gan.train import train as train_gan
-from pm.main import PMConfig
-from pm.main import run as run_pm
+from pm.config import PMConfig
+from pm.stage import run_pm
 from tools.health import health
 
 # Which visible attribute leads: scales of the generator's taste groups (common/catalogue/taste.py).

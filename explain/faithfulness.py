@@ -110,7 +110,7 @@ def open_truth(dataset):
     return truth
 
 
-def evaluate(explained, settings):
+def evaluate_faithfulness(explained, settings):
     """Measure every method that applies to the run; writes explain_eval.{json,csv,md}, returns the JSON dict."""
     started = time.time()
     truth = open_truth(explained.dataset)

@@ -27,19 +27,19 @@ from common.errors import ConfigError, RunError
 from common.images import ImageStore, image_cache
 from common.original_format import category_name
 from dvbpr.run import open_dvbpr_run
-from explain.faithfulness import evaluate
-from explain.saliency import METHODS, check_method, explain_items
+from explain.faithfulness import evaluate_faithfulness
+from explain.saliency import HEAT_MAP_METHODS, check_method, explain_items
 
-MAX_K = 20   # items in one strip
+MAX_TOP_K = 20   # items in one strip
 
 
 @dataclass
 class ExplainConfig:
     run: str = field(default="runs/dvbpr", metadata={"help": "DVBPR or attention run directory"})
-    user: int | None = field(default=None, metadata={"help": "user id: explain their top --k items (or --item)"})
+    user: int | None = field(default=None, metadata={"help": "user id: explain their --top-k best items (or --item)"})
     item: int | None = field(default=None, metadata={"help": "item id: explain this one item for --user"})
-    k: int = field(default=5, metadata={"help": "how many of the user's top items to explain"})
-    method: str = field(default="gradcam", metadata={"help": "heat map method", "choices": list(METHODS)})
+    top_k: int = field(default=5, metadata={"help": "how many of the user's top items to explain"})
+    method: str = field(default="gradcam", metadata={"help": "heat map method", "choices": list(HEAT_MAP_METHODS)})
     evaluate: bool = field(default=False, metadata={"help": "measure every applicable method's faithfulness "
                                                             "against the catalogue's truth"})
     users: int = field(default=50, metadata={"help": "--evaluate: (user, top item) pairs, users drawn by --seed"})
@@ -133,7 +133,7 @@ def requested_items(explained, cfg):
         return torch.tensor([cfg.item]), f"item{cfg.item}"
     scores = explained.item_scores(torch.tensor([user]))[0].cpu()
     scores[torch.from_numpy(history(dataset, user))] = -torch.inf
-    return scores.topk(min(cfg.k, dataset.itemnum)).indices, f"top{cfg.k}"
+    return scores.topk(min(cfg.top_k, dataset.itemnum)).indices, f"top{cfg.top_k}"
 
 
 def explain_user(explained, cfg):
@@ -169,16 +169,16 @@ def check_request(cfg):
     if cfg.evaluate:
         return
     if cfg.user is None:
-        raise ConfigError("give --user U (their top --k items, or one --item I) or --evaluate")
-    if not 1 <= cfg.k <= MAX_K:
-        raise ConfigError(f"--k must be from 1 to {MAX_K} (one image strip), not {cfg.k}")
+        raise ConfigError("give --user U (their --top-k best items, or one --item I) or --evaluate")
+    if not 1 <= cfg.top_k <= MAX_TOP_K:
+        raise ConfigError(f"--top-k must be from 1 to {MAX_TOP_K} (one image strip), not {cfg.top_k}")
 
 
 def run_explain(cfg):
     check_request(cfg)
     explained = open_explained(cfg.run, cfg.dataset, pick_device(cfg.device))
     if cfg.evaluate:
-        return evaluate(explained, cfg)
+        return evaluate_faithfulness(explained, cfg)
     check_id(cfg.user, explained.dataset.usernum, "user")
     check_method(explained.model, cfg.method)
     return explain_user(explained, cfg)

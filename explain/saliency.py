@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from common.errors import ConfigError
 
-METHODS = ("gradcam", "ig", "occlusion", "attention")
+HEAT_MAP_METHODS = ("gradcam", "ig", "occlusion", "attention")
 DELETION_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -38,14 +38,15 @@ class UserScore(nn.Module):
 
 
 def applicable_methods(model):
-    """The methods that can explain `model`, in METHODS order."""
-    return [m for m in METHODS if (m != "gradcam" or getattr(model.backbone, "last_conv_map", None) is not None)
+    """The methods that can explain `model`, in HEAT_MAP_METHODS order."""
+    has_map = getattr(model.backbone, "last_conv_map", None) is not None
+    return [m for m in HEAT_MAP_METHODS if (m != "gradcam" or has_map)
             and (m != "attention" or hasattr(model, "attention_map"))]
 
 
 def check_method(model, method):
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if method not in HEAT_MAP_METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose from {', '.join(HEAT_MAP_METHODS)}")
     if method not in applicable_methods(model):
         why = {"gradcam": f"its backbone ({type(model.backbone).__name__}) has no convolutional map (ViT's are "
                           "tokens)",

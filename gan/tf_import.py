@@ -95,7 +95,7 @@ def expected_shapes(c):
     return shapes
 
 
-def describe(c):
+def describe_tf_model(c):
     return (f"a 64x64 GAN with z_dim {c['z_dim']}, {c['num_categories']} categories, G width {c['g_width']} and "
             f"D width {c['d_width']}")
 
@@ -135,6 +135,6 @@ def gan_state_from_tf(tensors):
     e.g. a TFCheckpoint). Refuses, naming the variable and both shapes, a checkpoint whose variables do not form
     one consistent 64x64 GAN of the original's layout; build the models with gan_config_from_tf's sizes."""
     c = gan_config_from_tf(tensors)
-    check_shapes(shapes_of(tensors, tf_names()), expected_shapes(c), describe(c))
+    check_shapes(shapes_of(tensors, tf_names()), expected_shapes(c), describe_tf_model(c))
     arrays = {name: np.asarray(tensors[name]) for name in tf_names()}
     return state_of(arrays, G_SCOPE, GENERATOR), state_of(arrays, D_SCOPE, DISCRIMINATOR)

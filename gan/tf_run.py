@@ -29,7 +29,7 @@ from gan.sample import write_category_grids
 from gan.tf_import import (
     D_SCOPE,
     G_SCOPE,
-    describe,
+    describe_tf_model,
     expected_shapes,
     gan_config_from_tf,
     gan_state_from_tf,
@@ -55,7 +55,7 @@ def check_fits(tensors, cfg):
     """Refuse, naming what differs, a checkpoint whose layers or shapes do not fit the settings."""
     found = gan_config_from_tf(tensors)
     shapes = shapes_of(tensors, tf_names())
-    check_shapes(shapes, expected_shapes(found), describe(found))  # one consistent GAN at all
+    check_shapes(shapes, expected_shapes(found), describe_tf_model(found))  # one consistent GAN at all
     held = (sum(bool(re.fullmatch(rf"{G_SCOPE}g_h\d+/w", name)) for name in shapes),
             sum(bool(re.fullmatch(rf"{D_SCOPE}d_h\d+_conv/w", name)) for name in shapes))
     if layer_counts(cfg.image_size) != held:
@@ -64,7 +64,7 @@ def check_fits(tensors, cfg):
                           f"of a {fits} px GAN, not of a {cfg.image_size} px one: give --image-size {fits}")
     wanted = dict(found, z_dim=cfg.z_dim, g_width=cfg.g_width, d_width=cfg.d_width)
     try:
-        check_shapes(shapes, expected_shapes(wanted), describe(wanted))
+        check_shapes(shapes, expected_shapes(wanted), describe_tf_model(wanted))
     except TFCheckpointError as error:
         raise ConfigError(f"{error}: leave out --z-dim, --g-width and --d-width to take the checkpoint's") from None
     return found

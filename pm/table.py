@@ -9,6 +9,7 @@ A trial draws a user u uniformly and sets c to the category of u's test item. Ea
 Preference score: theta_u . Phi(image) (eq. 6), averaged over the three, then mean and std over trials. Diversity:
 1 - mean pairwise SSIM of the three, mean and std over trials. Quality: the Inception Score of all the source's
 images over all trials (3 N of them), mean and std over `splits` parts (Salimans et al.).
+The tuning of PM's starts, steps and lr (--tune) scores the same synthesis on validation queries instead.
 """
 import csv
 import time
@@ -21,7 +22,13 @@ from common.checkpoint import write_json
 from gan.model import sample_z
 from pm.design import choose, retrieve
 from pm.figures import line_panel, save_panels
-from pm.metrics import inception_score, ssim_diversity
+from pm.metrics import (
+    DEFAULT_INCEPTION_WEIGHTS,
+    CategoryInception,
+    ImageNetInception,
+    inception_score,
+    ssim_diversity,
+)
 
 SOURCES = {
     "real": "X_c (random real items)",
@@ -189,3 +196,45 @@ def sweep_eta(stages, cfg, trials, etas, scorer, out):
                                                       for eta, row in by_eta.items()},
                                         "retrieval": {m: list(v) for m, v in reference["retrieval"].items()}})
     return by_eta, reference["retrieval"]
+
+
+def quality_scorer(cfg, stages, out):
+    path = cfg.inception_weights or (DEFAULT_INCEPTION_WEIGHTS if DEFAULT_INCEPTION_WEIGHTS.is_file() else None)
+    if path is not None:
+        return ImageNetInception.from_weights(path, stages.device)
+    print(f"no Inception v3 weights ({DEFAULT_INCEPTION_WEIGHTS} absent; `bash download_pretrained_models.sh "
+          "torchvision` fetches them): Quality is the in-domain score of the category classifier")
+    return CategoryInception(stages.category_classifier(out))
+
+
+def tables(stages, cfg, out):
+    scorer = quality_scorer(cfg, stages, out)
+    trials = draw_trials(stages.dataset, cfg.trials, np.random.default_rng(cfg.seed))
+    if cfg.select == "all":
+        print("--select all: Table IV takes the best 3 of the m results")
+    notes = [f"{cfg.trials} trials on {stages.dataset.name}; DVBPR {stages.dvbpr_config.image_size} px, "
+             f"K={stages.dvbpr_config.k}; GAN {stages.designer.image_size} px.",
+             f"Synthesis: preset {cfg.preset}, {cfg.starts} starts, {cfg.steps} Adam steps at lr {cfg.lr}, "
+             f"eta {cfg.eta}, latent {cfg.latent}, init {cfg.init}, select {cfg.select}.",
+             "Preference and diversity: mean ± std over trials; quality: over all 3 x trials images of a source, "
+             f"mean ± std over {cfg.splits} splits."]
+    if cfg.table:
+        rows = summarise(run_trials(stages, cfg, trials), scorer, cfg.splits)
+        print(write_table(out, rows, scorer.label, notes))
+    if cfg.sweep_eta:
+        by_eta, retrieval = sweep_eta(stages, cfg, trials, cfg.sweep_eta, scorer, out)
+        for eta, row in by_eta.items():
+            print(f"eta {eta:g}: " + ", ".join(f"{m} {v[0]:.4f} ± {v[1]:.3f}" for m, v in row.items()))
+        print("retrieval: " + ", ".join(f"{m} {v[0]:.4f} ± {v[1]:.3f}" for m, v in retrieval.items()))
+        print(f"wrote {out / 'eta_sweep.png'}")
+
+
+def tuning(stages, cfg, out):
+    queries = draw_trials(stages.dataset, cfg.trials, np.random.default_rng(cfg.seed + 1), split="validation")
+    rows = tune(stages, cfg, queries, cfg.tune_starts, cfg.tune_steps, cfg.tune_lrs)
+    write_json(out / "tune.json", {"queries": len(queries), "split": "validation", "eta": cfg.eta, "rows": rows})
+    lines = ["| starts | steps | lr | mean best objective | s per query |", "|---|---|---|---|---|"]
+    lines += [f"| {r['starts']} | {r['steps']} | {r['lr']:g} | {r['objective']:.4f} | {r['seconds_per_query']} |"
+              for r in rows]
+    (out / "tune.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))

@@ -22,6 +22,7 @@ from baselines.features import (
     visual_features,
 )
 from baselines.fm import FactorizationMachine
+from baselines.main import DEMO, PRESETS, BaselinesConfig
 from baselines.main import main as baselines_main
 from baselines.ncf import GMF, MLP, NEGATIVES_PER_POSITIVE, log_loss
 from baselines.poprank import PopRank
@@ -40,6 +41,7 @@ from baselines.train import FitSettings, evaluate, fit, grid_search, unlearned
 from baselines.vbpr import VBPR
 from baselines.visrank import VisRank
 from baselines.warp import harmonic, warp_loss
+from common.cli import parse_config
 from common.data import load_dataset
 from common.errors import ConfigError, DatasetError
 from common.images import ImageStore, image_cache
@@ -487,3 +489,9 @@ def test_ties_half_reaches_the_baselines_and_the_table(tmp_path, paper_named_cat
     assert half["rows"]["All Items"]["PopRank"] > fail["rows"]["All Items"]["PopRank"]  # counts tie a lot
     assert half["rows"]["All Items"]["RAND"] == fail["rows"]["All Items"]["RAND"] > 0.3   # continuous scores
     assert "a tie counts half" in (tmp_path / "half" / "table.md").read_text()
+
+
+def test_preset_demo_gives_the_demo_settings_on_any_dataset():
+    cfg, _ = parse_config(BaselinesConfig, ["--preset", "demo", "--dataset", "elsewhere.npy", "--epochs", "4"], PRESETS)
+    assert all(getattr(cfg, name) == value for name, value in DEMO.items() if name != "epochs")
+    assert (cfg.epochs, cfg.ties, cfg.protocol) == (4, "fail", "exact")

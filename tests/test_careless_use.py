@@ -73,7 +73,7 @@ def test_a_run_opens_from_another_directory_and_a_moved_dataset_is_named(tiny_pa
                     *TINY_DVBPR], cwd=work, check=True, capture_output=True, env=env)
     assert json.loads((work / "run" / "results.json").read_text())["dataset_path"] == str(work / "data/Tiny.npy")
     elsewhere = subprocess.run([sys.executable, str(ROOT / "tools/recommend.py"), "--run", str(work / "run"),
-                                "--user", "0", "--k", "3", "--device", "cpu"], cwd=tmp_path, capture_output=True,
+                                "--user", "0", "--top-k", "3", "--device", "cpu"], cwd=tmp_path, capture_output=True,
                                text=True, env=env)
     assert elsewhere.returncode == 0, elsewhere.stderr
     (work / "data" / "Tiny.npy").rename(work / "Tiny.npy")

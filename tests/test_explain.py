@@ -22,7 +22,7 @@ from dvbpr.model import DVBPR, build_model
 from explain.faithfulness import COLUMNS, garment_masks
 from explain.main import main
 from explain.saliency import (
-    METHODS,
+    HEAT_MAP_METHODS,
     applicable_methods,
     check_method,
     garment_heat_share,
@@ -84,7 +84,7 @@ def test_every_method_puts_most_heat_where_the_score_looks(build):
     model = build()
     images, users = torch.rand(4, 3, SIDE, SIDE), torch.tensor([0, 1, 2, 0])
     methods = applicable_methods(model)
-    assert methods == (list(METHODS) if build is top_left_attention else ["gradcam", "ig", "occlusion"])
+    assert methods == (list(HEAT_MAP_METHODS) if build is top_left_attention else ["gradcam", "ig", "occlusion"])
     masks = torch.zeros(4, SIDE, SIDE, dtype=torch.bool)
     masks[:, :QUADRANT, :QUADRANT] = True
     for method in methods:
@@ -160,7 +160,7 @@ def cli(*argv):
 @pytest.mark.parametrize("run, method", [("dvbpr", "gradcam"), ("dvbpr", "occlusion"), ("attention", "attention")])
 def test_a_request_writes_a_strip_and_its_scores(runs, tmp_path, run, method):
     root, _, _ = runs
-    png, path = cli("--run", root / run, "--user", 3, "--k", 3, "--method", method, "--out", tmp_path)
+    png, path = cli("--run", root / run, "--user", 3, "--top-k", 3, "--method", method, "--out", tmp_path)
     written = json.loads(path.read_text())
     assert png.stat().st_size > 0 and [item["rank"] for item in written["items"]] == [1, 2, 3]
     scores = [item["score"] for item in written["items"]]
@@ -175,7 +175,7 @@ def test_a_request_writes_a_strip_and_its_scores(runs, tmp_path, run, method):
     (["--user", 0, "--item", 240], "explain: item 240 is out of range"),
     ([], "explain: give --user U"),
     (["--user", 0, "--method", "attention"], "explain: --method attention cannot explain this model"),
-    (["--user", 0, "--k", 0], "explain: --k must be from 1"),
+    (["--user", 0, "--top-k", 0], "explain: --top-k must be from 1"),
 ])
 def test_bad_requests_give_one_line_errors(runs, argv, message):
     root, _, _ = runs
@@ -196,7 +196,7 @@ def test_a_missing_run_and_a_backbone_without_a_conv_map_are_explained(tmp_path)
 
 def test_evaluate_writes_the_three_files_with_the_documented_keys(runs, tmp_path):
     root, dataset, _ = runs
-    for run, methods in (("dvbpr", ["gradcam", "ig", "occlusion"]), ("attention", list(METHODS))):
+    for run, methods in (("dvbpr", ["gradcam", "ig", "occlusion"]), ("attention", list(HEAT_MAP_METHODS))):
         result = cli("--run", root / run, "--evaluate", "--users", 4, "--out", tmp_path / run)
         assert list(result["methods"]) == methods and result["pairs"] == 4
         for row in result["methods"].values():

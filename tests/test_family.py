@@ -4,7 +4,7 @@ import json
 import pytest
 
 import experiments.family as family
-import pm.main
+import pm.stage
 from common.catalogue.config import CatalogueConfig
 
 
@@ -52,7 +52,7 @@ def test_search_ranks_by_validation_and_the_grid_reuses_the_demo_runs(tiny_famil
 def test_design_trains_a_gan_and_writes_table_iv_per_catalogue(tiny_family, tmp_path, monkeypatch):
     monkeypatch.setattr(family, "GAN_DEMO", dict(image_size=16, z_dim=8, g_width=8, d_width=8, batch_size=16,
                                                  epochs=1, consistency_samples=4))
-    monkeypatch.setattr(pm.main, "DEMO", dict(trials=2, starts=2, steps=3, splits=2))
+    monkeypatch.setattr(pm.stage, "DEMO", dict(trials=2, starts=2, steps=3, splits=2))
     rows = family.main([*tiny_family, "--design", "--sweep-eta", "0", "10"])
     assert set(rows) == {"colour", "pattern"}
     for name, row in rows.items():

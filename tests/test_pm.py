@@ -6,6 +6,7 @@ import pytest
 import torch
 import torchvision
 
+from common.cli import parse_config
 from common.data import load_dataset
 from dvbpr.cnnf import CNNF
 from dvbpr.config import DVBPRConfig
@@ -14,8 +15,10 @@ from dvbpr.train import train as train_dvbpr
 from gan.config import GANConfig
 from gan.model import Discriminator, Generator
 from gan.train import train as train_gan
+from pm.config import DEMO, PRESETS, PMConfig
 from pm.design import Designer, choose, resize, retrieve, to_z
-from pm.main import main, pick_user
+from pm.figures import pick_user
+from pm.main import main
 from pm.metrics import ImageNetInception, inception_score, ssim_diversity
 from pm.table import draw_trials
 from tests.helpers import place_random_classifier
@@ -228,3 +231,16 @@ def test_trials_follow_the_split_they_are_drawn_from():
                               item_category=np.array([0, 0, 1, -1]), name="t")
     assert set(draw_trials(dataset, 20, np.random.default_rng(0), split="validation")) == {(0, 1)}
     assert set(draw_trials(dataset, 20, np.random.default_rng(0))) == {(0, 0), (1, 0)}
+
+
+def test_preset_demo_gives_the_demo_settings_on_any_dataset_and_bad_settings_are_refused(tmp_path):
+    cfg, protected = parse_config(PMConfig, ["--preset", "demo", "--steps", "7"], PRESETS)
+    assert (cfg.trials, cfg.starts, cfg.steps) == (DEMO["trials"], DEMO["starts"], 7)
+    assert (cfg.latent, cfg.init, cfg.select, cfg.lr) == ("tanh", "uniform", "softmax", 0.1)   # the paper's
+    assert set(DEMO) <= protected
+    nowhere = ["--dvbpr-run", str(tmp_path / "none"), "--gan-run", str(tmp_path / "none")]
+    for flags, message in ((["--starts", "0"], "pm: --starts must be at least 1, got 0"),
+                           (["--lr", "-0.1"], "pm: --lr must be positive, got -0.1"),
+                           (["--steps", "-1"], "pm: --steps must be at least 0, got -1")):
+        with pytest.raises(SystemExit, match=f"^{message}$"):
+            main([*nowhere, *flags])

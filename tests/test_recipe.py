@@ -1,5 +1,6 @@
 """The demo recipe's pieces: the learning-rate schedule (and its resume), the initialisations, the health figures
 of a trained network, and the generator's taste mixes."""
+import json
 import math
 
 import numpy as np
@@ -21,6 +22,7 @@ from dvbpr.config import DEMO, PRESETS, DVBPRConfig, check_config
 from dvbpr.main import main
 from dvbpr.model import build_model
 from tools.health import directions_holding, ever_active_units
+from tools.health import main as health_main
 
 
 def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
@@ -87,6 +89,24 @@ def test_ever_active_units_finds_dead_ones(catalogue):
     active = ever_active_units(network.eval(), store, batch_size=7)
     assert active["fc1"] == 16 / 64
     assert active["conv1"] > 0.5
+
+
+def test_health_reports_a_finished_run_and_a_bad_run_in_one_line(catalogue, tmp_path, capsys):
+    main(["--dataset", str(catalogue(num_users=6, num_items=20)), "--out", str(tmp_path / "run"), "--image-size",
+          "32", "--k", "6", "--fc-width", "64", "--batch-size", "16", "--epochs", "2", "--device", "cpu"])
+    capsys.readouterr()
+    health_main(["--run", str(tmp_path / "run")])
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["epoch"] == json.loads((tmp_path / "run" / "results.json").read_text())["epoch"]
+    assert figures["k"] == 6
+    assert set(figures["ever_active"]) == {"conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2"}
+    assert all(0 < share <= 1 for share in figures["ever_active"].values())
+    items = torch.load(tmp_path / "run" / "embeddings.pt", weights_only=True)["items"].double().numpy()
+    variance = np.sort(np.linalg.eigvalsh(np.cov(items, rowvar=False)))[::-1]
+    assert figures["directions_99"] == np.argmax(np.cumsum(variance) / variance.sum() >= 0.99) + 1
+    with pytest.raises(SystemExit) as refused:
+        health_main(["--run", str(tmp_path / "nowhere")])
+    assert str(refused.value).startswith("health: ") and "\n" not in str(refused.value)
 
 
 def test_taste_weights_scale_each_group_and_default_to_the_old_catalogue(tmp_path):

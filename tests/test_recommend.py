@@ -147,7 +147,7 @@ def test_an_unreadable_image_is_a_one_line_error_naming_the_file(trained, tmp_pa
 @pytest.mark.parametrize("mode", [["--user", "4"], ["--similar-to", "9"], ["--user", "4", "--category", "2"]])
 def test_the_cli_saves_a_strip_of_the_listed_items_images(trained, tmp_path, capsys, mode):
     k, tile = 4, 24
-    ids, values = cli(["--run", str(trained.root / "run"), "--k", str(k), "--tile-size", str(tile),
+    ids, values = cli(["--run", str(trained.root / "run"), "--top-k", str(k), "--tile-size", str(tile),
                         "--out", str(tmp_path), *mode])
     strip, = tmp_path.glob("*.png")
     pixels = np.asarray(Image.open(strip).convert("RGB"))
@@ -166,11 +166,11 @@ def test_missing_embeddings_are_computed_and_the_run_is_left_unwritten(trained, 
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(trained.root / "run" / "best.pt", run / "best.pt")
-    ids, _ = cli(["--run", str(run), "--user", "0", "--k", "2", "--out", str(tmp_path / "strips")])
+    ids, _ = cli(["--run", str(run), "--user", "0", "--top-k", "2", "--out", str(tmp_path / "strips")])
     assert "embeddings.pt missing: computing the item embeddings of best.pt" in capsys.readouterr().out
     assert sorted(path.name for path in run.iterdir()) == ["best.pt"]
     torch.testing.assert_close(open_dvbpr_run(run).items, trained.items, rtol=1e-4, atol=1e-5)
-    assert ids.tolist() == cli(["--run", str(trained.root / "run"), "--user", "0", "--k", "2",
+    assert ids.tolist() == cli(["--run", str(trained.root / "run"), "--user", "0", "--top-k", "2",
                                 "--out", str(tmp_path / "strips")])[0].tolist()
 
 
@@ -182,7 +182,7 @@ def test_bad_requests_give_clear_errors(trained, tmp_path, catalogue):
         ("--run", run, "--similar-to", "40"): r"item 40 is out of range",
         ("--run", run, "--user", "0", "--category", "hats"): r"unknown category 'hats'.*0 \(men's tops\)",
         ("--run", run): r"give --user U",
-        ("--run", run, "--user", "0", "--k", "1000"): r"--k must be from 1 to 100",
+        ("--run", run, "--user", "0", "--top-k", "1000"): r"--top-k must be from 1 to 100",
     }
     for argv, message in cases.items():
         with pytest.raises(SystemExit, match=message):

@@ -25,7 +25,7 @@ from common.runlog import run_dir
 
 METRICS_BUDGET = 16 << 20  # bytes of metrics.jsonl read (a 20-epoch DVBPR run writes about 6 KB)
 RESULTS_BUDGET = 1 << 20   # bytes of results.json read
-SPLITS = ("valid", "test")
+SPLIT_PREFIXES = ("valid", "test")
 # Settings that say where a run lives, not how it was made (results.json's "dataset" names the data).
 NOT_SETTINGS = {"out", "resume", "cache_dir", "dataset_path"}
 FINAL_FIELDS = {"epoch", "step", "wall_seconds"}
@@ -76,7 +76,8 @@ def is_number(value):
 
 def curve_metrics(record):
     """The record's numeric valid_* and test_* fields (None, a metric with no users, counts as a number)."""
-    return [name for name, value in record.items() if name.partition("_")[0] in SPLITS and name.partition("_")[2]
+    return [name for name, value in record.items()
+            if name.partition("_")[0] in SPLIT_PREFIXES and name.partition("_")[2]
             and (value is None or is_number(value))]
 
 
@@ -131,7 +132,7 @@ def metric_grid(runs):
     split lacks the measure."""
     names = dict.fromkeys(name for run in runs for record in run.records for name in curve_metrics(record))
     measures = dict.fromkeys(name.split("_", 1)[1] for name in names)
-    return [tuple(f"{split}_{measure}" if f"{split}_{measure}" in names else None for split in SPLITS)
+    return [tuple(f"{split}_{measure}" if f"{split}_{measure}" in names else None for split in SPLIT_PREFIXES)
             for measure in measures]
 
 
@@ -146,7 +147,7 @@ def plot_curves(runs, differing):
     grid, labels = metric_grid(runs), [legend_label(run, index, differing) for index, run in enumerate(runs)]
     legend_lines = sum(label.count("\n") + 1 for label in labels)
     figure = Figure(figsize=(11, 3 * len(grid) + 0.2 * legend_lines + 0.6), layout="constrained")
-    axes = figure.subplots(len(grid), len(SPLITS), squeeze=False, sharex=True, sharey="row")
+    axes = figure.subplots(len(grid), len(SPLIT_PREFIXES), squeeze=False, sharex=True, sharey="row")
     for row, names in zip(axes, grid):
         for ax, name in zip(row, names):
             if name is None:

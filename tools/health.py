@@ -7,17 +7,23 @@
 
     python tools/health.py --run runs/dvbpr
 """
-import argparse
 import json
+from dataclasses import dataclass, field
 
 import torch
 
-from common.cli import stage_errors
+from common.cli import parse_config, stage_errors
 from common.errors import RunError
 from common.images import ImageStore, image_cache
 from dvbpr.run import open_dvbpr_run
 
 VARIANCE_SHARE = 0.99
+
+
+@dataclass
+class HealthConfig:
+    run: str = field(default="runs/dvbpr", metadata={"help": "DVBPR run directory (made by python dvbpr/main.py "
+                                                             "--out DIR)"})
 
 
 @torch.no_grad()
@@ -61,10 +67,11 @@ def health(run_dir):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", default="runs/dvbpr", help="DVBPR run directory")
     with stage_errors("health"):
-        print(json.dumps(health(parser.parse_args(argv).run)))
+        cfg, _ = parse_config(HealthConfig, argv, description=__doc__.split("\n")[0])
+        figures = health(cfg.run)
+        print(json.dumps(figures))
+        return figures
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Use a trained DVBPR model: top-k items for a user, items that look alike, and scores for new images.
 
-    python tools/recommend.py --run runs/dvbpr --user 3 --k 10                    # top 10 for user 3
+    python tools/recommend.py --run runs/dvbpr --user 3 --top-k 10                # top 10 for user 3
     python tools/recommend.py --run runs/dvbpr --user 3 --category "women's tops"  # within one category
     python tools/recommend.py --run runs/dvbpr --similar-to 42                     # items that look like item 42
     python tools/recommend.py --run runs/dvbpr --user 3 --image shoe.jpg           # a new image (cold start)
@@ -33,12 +33,13 @@ class RecommendConfig:
                                                              "--out DIR)"})
     user: int | None = field(default=None, metadata={"help": "user id: list their top-k items (or score --image "
                                                              "for them)"})
-    k: int = field(default=10, metadata={"help": "how many items to list"})
+    top_k: int = field(default=10, metadata={"help": "how many items to list"})
     category: str | None = field(default=None, metadata={"help": "only items of this category, by index or name, "
                                                                  "e.g. 1 or \"women's tops\""})
-    similar_to: int | None = field(default=None, metadata={"help": "item id: list the k other items nearest to it "
-                                                                   "by cosine similarity of DVBPR's item embeddings "
-                                                                   "Phi(X_i); with --user, none from their history"})
+    similar_to: int | None = field(default=None, metadata={"help": "item id: list the --top-k other items nearest "
+                                                                   "to it by cosine similarity of DVBPR's item "
+                                                                   "embeddings Phi(X_i); with --user, none from "
+                                                                   "their history"})
     image: str | None = field(default=None, metadata={"help": "image file not in the catalogue: score it for "
                                                               "--user and say where it would rank"})
     include_heldout: bool = field(default=False, metadata={"help": "a user's history is their train, validation "
@@ -52,7 +53,7 @@ class RecommendConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
 
 
-MAX_K = 100   # items in one list and its image strip
+MAX_TOP_K = 100   # items in one list and its image strip
 
 
 class RecommendError(ConfigError):
@@ -155,7 +156,7 @@ def table(dataset, item_ids, values, value_name, notes=None):
     return "\n".join(lines)
 
 
-def describe(run, cfg, category):
+def describe_request(run, cfg, category):
     """What a request ranked among: ' among <category>' and ', leaving out user U's N ... items'."""
     where = "" if category is None else f" among {category_name(category, run.dataset.num_categories)}"
     if cfg.user is None:
@@ -169,7 +170,7 @@ def rank_new_image(run, cfg, image, category):
     score = score_image(run, image, cfg.user)
     mask = candidates(run, history(run.dataset, cfg.user, cfg.include_heldout), category)
     rank, beaten = rank_among(score, user_scores(run, cfg.user)[mask])
-    where, left_out = describe(run, cfg, category)
+    where, left_out = describe_request(run, cfg, category)
     print(f"{cfg.image} for user {cfg.user} ({run.path}, epoch {run.epoch}): theta_u . Phi(x) = {score:.5g}")
     print(f"it would rank {rank} of {int(mask.sum()) + 1} (above {beaten:.1f}% of the {int(mask.sum())} catalogue "
           f"items{where}{left_out})")
@@ -178,25 +179,25 @@ def rank_new_image(run, cfg, image, category):
 
 def list_similar(run, cfg, category):
     item = cfg.similar_to
-    ids, cosines = similar_items(run, item, cfg.k, category, cfg.user, cfg.include_heldout)
-    where, left_out = describe(run, cfg, category)
+    ids, cosines = similar_items(run, item, cfg.top_k, category, cfg.user, cfg.include_heldout)
+    where, left_out = describe_request(run, cfg, category)
     name = category_name(run.dataset.item_category[item], run.dataset.num_categories)
     print(f"{len(ids)} items nearest to item {item} ({name})"
           f"{where} by cosine similarity of Phi(X_i) ({run.path}, epoch {run.epoch}){left_out}")
     print(table(run.dataset, ids, cosines, "cosine"))
-    return ids, cosines, f"similar_to_item{item}_top{cfg.k}"
+    return ids, cosines, f"similar_to_item{item}_top{cfg.top_k}"
 
 
 def list_top(run, cfg, category):
-    ids, scores = top_k(run, cfg.user, cfg.k, category, cfg.include_heldout)
+    ids, scores = top_k(run, cfg.user, cfg.top_k, category, cfg.include_heldout)
     dataset, user = run.dataset, cfg.user
     held_out = {int(dataset.user_validation[user]): "held out: validation",
                 int(dataset.user_test[user]): "held out: test"} if cfg.include_heldout else None
-    where, left_out = describe(run, cfg, category)
+    where, left_out = describe_request(run, cfg, category)
     print(f"top {len(ids)} items for user {user}{where} by theta_u . Phi(X_i) ({run.path}, epoch {run.epoch})"
           f"{left_out}")
     print(table(dataset, ids, scores, "score", held_out))
-    return ids, scores, f"user{user}_top{cfg.k}"
+    return ids, scores, f"user{user}_top{cfg.top_k}"
 
 
 def recommend(cfg):
@@ -205,8 +206,8 @@ def recommend(cfg):
         raise RecommendError("give either --similar-to or --image, not both")
     if cfg.user is None and cfg.similar_to is None:
         raise RecommendError("give --user U (top-k items, or with --image) or --similar-to ITEM")
-    if not 1 <= cfg.k <= MAX_K:
-        raise RecommendError(f"--k must be from 1 to {MAX_K} (one image strip), not {cfg.k}")
+    if not 1 <= cfg.top_k <= MAX_TOP_K:
+        raise RecommendError(f"--top-k must be from 1 to {MAX_TOP_K} (one image strip), not {cfg.top_k}")
     image = None if cfg.image is None else read_image(cfg.image)
     run = open_dvbpr_run(cfg.run, cfg.dataset, pick_device(cfg.device), with_model=image is not None)
     category = None if cfg.category is None else parse_category(cfg.category, run.dataset)

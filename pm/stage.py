@@ -1,0 +1,29 @@
+"""One PM command: the trained DVBPR and GAN opened, the settings settled, then the figures, Table IV (and the eta
+sweep) or the tuning written into the output folder."""
+from dataclasses import asdict
+
+from common.catalogue.config import is_embedded
+from common.checkpoint import write_json
+from common.cli import settle
+from common.device import describe, pick_device
+from common.runlog import run_dir
+from common.seeding import seed_everything
+from pm.config import DEMO, check_config
+from pm.figures import figures
+from pm.load import Stages
+from pm.table import tables, tuning
+
+
+def run_pm(cfg, protected):
+    """Run PM as configured; `protected` names the settings the demo settings leave alone (common/cli.py)."""
+    check_config(cfg)
+    device = pick_device(cfg.device)
+    stages = Stages(cfg.dvbpr_run, cfg.gan_run, cfg.dataset, device)
+    settle(cfg, protected, "pm", DEMO, embedded=is_embedded(stages.dataset.path))
+    check_config(cfg)
+    out = run_dir(cfg.out, "pm")
+    mode = "tune" if cfg.tune else "table" if cfg.table or cfg.sweep_eta else "figures"
+    write_json(out / f"{mode}_config.json", asdict(cfg))
+    seed_everything(cfg.seed)
+    print(f"preference maximisation on {describe(device)}: DVBPR {cfg.dvbpr_run}, GAN {cfg.gan_run}, out {out}")
+    {"tune": tuning, "table": tables, "figures": figures}[mode](stages, cfg, out)
