@@ -9,6 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from attention.main import main as attention_main
+from attention.run import open_attention_run
 from common.data import load_dataset
 from common.device import memory_format
 from common.distributed import Ranks
@@ -164,6 +166,20 @@ def test_dvbpr_main_runs_on_cuda(tiny, tmp_path):
     results = dvbpr_main(cli(dataset.path, tmp_path / "run"))
     assert results["device"].startswith("cuda") and results["epoch"] in (1, 2)
     assert 0 <= results["test_auc"] <= 1 and json.loads((tmp_path / "run" / "results.json").read_text()) == results
+
+
+def test_attention_main_runs_on_cuda_and_its_scorer_matches_the_cpu_one(tiny, tmp_path):
+    """The attention stage on the shared loop under bf16 autocast; its exact scorer in fp32 on both devices."""
+    dataset, cache = tiny
+    results = attention_main(["--dataset", str(dataset.path), "--out", str(tmp_path / "run"), "--image-size", "32",
+                              "--conv-widths", "8", "8", "8", "8", "8", "--k", "8", "--batch-size", "16",
+                              "--epochs", "2", "--device", "cuda"])
+    assert results["device"].startswith("cuda") and 0 <= results["test_auc"] <= 1
+    run = open_attention_run(tmp_path / "run", device=CUDA)
+    on_cpu = open_attention_run(tmp_path / "run", device=CPU)
+    on_cpu.config.bf16 = run.config.bf16 = False
+    users = torch.arange(8)
+    torch.testing.assert_close(run.scorer(users.to(CUDA)).cpu(), on_cpu.scorer(users), rtol=1e-3, atol=1e-4)
 
 
 def test_two_ranks_share_one_gpu_under_torchrun(tiny, tmp_path):
