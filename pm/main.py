@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from common.catalogue.config import is_embedded
 from common.checkpoint import write_json
-from common.cli import parse_config, settle, stage_errors
+from common.cli import parse_config, require_id, require_sizes, settle, stage_errors
 from common.device import describe, pick_device
-from common.errors import DatasetError
+from common.errors import ConfigError, DatasetError
 from common.figures import save_grid
 from common.original_format import category_name
 from common.runlog import run_dir
@@ -264,10 +264,26 @@ def figures(stages, cfg, out):
     print(f"wrote personal_design, tailoring, neighbours (.png, .json) and starts_<c>_user<u>.png to {out}")
 
 
+SIZE_BOUNDS = dict(starts=1024, steps=None, top_k=64, tailor_users=64, invert_steps=None, neighbour_samples=64,
+                   trials=100_000, tune_starts=1024, tune_steps=None, splits=100)
+
+
+def check_ids(cfg, dataset):
+    """The id flags checked against the dataset: a negative --user would index from the end (the last user)."""
+    require_id(cfg, "user", dataset.usernum, f"{dataset.usernum} users")
+    require_id(cfg, "prototype", dataset.itemnum, f"{dataset.itemnum} items")
+    for name in ("category", "prototype_category"):
+        require_id(cfg, name, dataset.num_categories, f"{dataset.num_categories} categories of {dataset.name}")
+    if cfg.tailor_users > dataset.usernum:
+        raise ConfigError(f"--tailor-users {cfg.tailor_users} is more than the {dataset.usernum} users")
+
+
 def run(cfg, protected):
+    require_sizes(cfg, SIZE_BOUNDS)
     device = pick_device(cfg.device)
     stages = Stages(cfg.dvbpr_run, cfg.gan_run, cfg.dataset, device)
     settle(cfg, protected, "pm", DEMO, embedded=is_embedded(stages.dataset.path))
+    check_ids(cfg, stages.dataset)
     out = run_dir(cfg.out, "pm")
     mode = "tune" if cfg.tune else "table" if cfg.table or cfg.sweep_eta else "figures"
     write_json(out / f"{mode}_config.json", asdict(cfg))

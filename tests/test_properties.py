@@ -14,7 +14,6 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -116,9 +115,6 @@ def small_catalogue(path):
     return path
 
 
-@pytest.mark.xfail(strict=True, reason="common/data.py lets through what numpy's .npy header parser raises "
-                   "(tokenize.TokenError, SyntaxError), struct.error from truncated BININT/BINBYTES8 operands, and "
-                   "MemoryError from BYTEARRAY8's length, which it allocates before reading")
 @PROPERTY
 @given(mutations=MUTATIONS)
 def test_a_mutated_dataset_loads_or_is_refused_in_one_line(tmp_path, mutations):
