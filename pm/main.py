@@ -264,8 +264,8 @@ def figures(stages, cfg, out):
     print(f"wrote personal_design, tailoring, neighbours (.png, .json) and starts_<c>_user<u>.png to {out}")
 
 
-SIZE_BOUNDS = dict(starts=1024, steps=None, top_k=64, tailor_users=64, invert_steps=None, neighbour_samples=64,
-                   trials=100_000, tune_starts=1024, tune_steps=None, splits=100)
+SIZE_BOUNDS = dict(starts=1024, top_k=64, tailor_users=64, neighbour_samples=64, trials=100_000, tune_starts=1024,
+                   splits=100)
 
 
 def check_ids(cfg, dataset):
