@@ -63,7 +63,11 @@ def _dtype(code, align=False, copy=True) -> np.dtype:
     'O8', ...): always a fresh copy (align and copy are moot), so that BUILD never touches numpy's own dtype."""
     if not isinstance(code, (str, bytes)):
         raise UnsafePickleError(f"a dtype made from {describe(code)}; a dataset's dtypes are plain type codes")
-    dtype = np.dtype(code.decode("latin-1") if isinstance(code, bytes) else code, False, True)
+    try:  # numpy parses a subarray's shape in a type code with ast: it raises what ast does
+        dtype = np.dtype(code.decode("latin-1") if isinstance(code, bytes) else code, False, True)
+    except (TypeError, ValueError, SyntaxError, RecursionError):
+        shown = repr(code) if len(code) <= 40 else describe(code)
+        raise UnsafePickleError(f"the dtype code {shown}, which numpy cannot read") from None
     if dtype.kind not in NUMERIC_KINDS + "O" or dtype.fields is not None:
         raise UnsafePickleError(f"the dtype {dtype} (made from {code!r}); a dataset's dtypes are numbers or objects")
     return dtype

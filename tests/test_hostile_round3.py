@@ -15,7 +15,7 @@ import torch
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.cli import MAX_BATCH, MAX_IMAGE_SIZE, MAX_TILE_SIZE, parse_config
 from common.data import MAX_CATEGORIES, load_dataset
-from common.errors import CheckpointError, ConfigError, DatasetError
+from common.errors import CheckpointError, ConfigError, DatasetError, UnsafePickleError
 from common.images import MAX_IMAGE_FILE_BYTES, read_image_file
 from common.original_format import save_original_format
 from common.safe_pickle import MAX_HEADER_BYTES, read_pickled_array
@@ -108,6 +108,13 @@ def test_a_pickle_operand_cut_short_is_one_line(tmp_path):
     path.write_bytes(npy(b"\x80\x02J\x01\x00"))  # BININT takes 4 bytes; the file has 2
     message = refused(DatasetError, lambda: load_dataset(path))
     assert message == f"{path}: corrupt pickle payload (an operand cut short: unpack requires a buffer of 4 bytes)"
+
+
+def test_a_dtype_code_numpy_parses_with_ast_is_one_line(tmp_path):
+    path = tmp_path / "Dtype.npy"
+    path.write_bytes(npy(b"\x80\x02cnumpy\ndtype\nU\x06(08)i4\x85R."))  # numpy.dtype(b"(08)i4")
+    message = refused(UnsafePickleError, lambda: load_dataset(path))
+    assert message == f"{path}: refusing to unpickle the dtype code b'(08)i4', which numpy cannot read"
 
 
 def test_a_bytearray_longer_than_the_file_is_refused_before_it_is_allocated(tmp_path):
@@ -277,35 +284,48 @@ def same_size_pair(source, ours, theirs):
     return ours, theirs
 
 
+def grown(source, path):
+    """`source` with one more item, a copy of its last."""
+    user_train, user_validation, user_test, items, usernum, itemnum = read_pickled_array(source)
+    save_original_format(path, user_train, user_validation, user_test, [*items, items[-1]], usernum, itemnum + 1)
+    return path
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_path, tmp_path_factory):
-    """A one-epoch DVBPR run on a copy of the tiny catalogue, and a catalogue of the same size with other data."""
+    """A one-epoch DVBPR run on a copy of the tiny catalogue, a catalogue of the same size with other data and one
+    with an item more."""
     folder = tmp_path_factory.mktemp("resume")
     ours, theirs = same_size_pair(tiny_path, folder / "Tiny.npy", folder / "Other.npy")
     dvbpr_main([*TINY_DVBPR, "--dataset", str(ours), "--out", str(folder / "run"), "--cache-dir",
                 str(folder / "cache")])
-    return folder / "run", ours, theirs
+    return folder / "run", ours, {"replaced": theirs, "grown": grown(ours, folder / "Grown.npy")}
 
 
-def test_resuming_on_a_replaced_dataset_of_the_same_size_is_refused(trained, tmp_path):
-    run, ours, theirs = trained
+@pytest.mark.parametrize("other", ["replaced", "grown"])
+def test_resuming_on_other_data_at_the_same_path_is_refused(trained, other):
+    run, ours, others = trained
     checkpoint = load_checkpoint(run / "checkpoint.pt", "dvbpr")
-    assert checkpoint["dataset_digest"] == load_dataset(ours).digest != load_dataset(theirs).digest
-    kept = ours.read_bytes()
-    stat = ours.stat()
+    theirs = load_dataset(others[other])
+    assert checkpoint["dataset_digest"] == load_dataset(ours).digest != theirs.digest
+    kept, stat = ours.read_bytes(), ours.stat()
     try:
-        shutil.copyfile(theirs, ours)
-        os.utime(ours, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # cp -p: same name, size and times
+        shutil.copyfile(theirs.path, ours)
+        os.utime(ours, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as cp -p or rsync -a copy: the same times
         message = exit_message(dvbpr_main, ["--resume", "--out", run, "--epochs", "2"])
     finally:
         ours.write_bytes(kept)
         os.utime(ours, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    dvbpr_main(["--resume", "--out", str(run), "--epochs", "2"])  # on its own data it goes on
-    assert load_checkpoint(run / "checkpoint.pt", "dvbpr")["epoch"] == 2
     assert message == (f"dvbpr: cannot resume {run / 'checkpoint.pt'}: it trained on a dataset of digest "
                        f"{checkpoint['dataset_digest'][:12]}, but {ours} now holds other data (digest "
-                       f"{load_dataset(theirs).digest[:12]}): give the dataset it trained on, or start afresh "
-                       "without --resume")
+                       f"{theirs.digest[:12]}): give the dataset it trained on, or start afresh without --resume")
+
+
+def test_a_run_resumes_on_its_own_data(trained):
+    run = trained[0]
+    epochs = load_checkpoint(run / "checkpoint.pt", "dvbpr")["epoch"]
+    dvbpr_main(["--resume", "--out", str(run), "--epochs", str(epochs + 1)])
+    assert load_checkpoint(run / "checkpoint.pt", "dvbpr")["epoch"] == epochs + 1
 
 
 def test_a_gan_resumes_on_its_own_data_only(tiny_dataset, tmp_path):
