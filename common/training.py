@@ -6,8 +6,9 @@ boundary the original DVBPR used (so its pretrained step 39728 is epoch 19 here 
 in one call to the sampler, reseeds torch (dropout) from (seed, epoch, rank), takes one Adam step per global batch
 (each rank its share, the forward pass under bf16 autocast on CUDA) with the learning rate of its step, evaluates,
 and keeps the epoch's record when `select` says so: the best validation epoch, or the last. `progress` holds the
-epochs done, their records and the kept one; a checkpoint stores it with the model, optimiser and sampler, so that a
-resumed run, under any number of ranks, goes on as the uninterrupted one would have.
+epochs done, their records, the kept one and the digest of the data trained on; a checkpoint stores it with the
+model, optimiser and sampler, so that a resumed run, under any number of ranks, goes on as the uninterrupted one
+would have, and on the same data only.
 
 The settings the loop reads (`cfg`): epochs, batch_size, lr, lr_schedule, warmup_epochs, select, seed, bf16.
 """
@@ -48,7 +49,7 @@ class Trainee:
     negatives: int | None = None
 
 
-def new_progress(dataset_digest=None):
+def new_progress(dataset_digest):
     return dict(epoch=0, step=0, history=[], kept=None, seconds=0.0, dataset_digest=dataset_digest)
 
 
