@@ -8,8 +8,9 @@
 from dataclasses import dataclass, field
 
 from common.bpr import THETA_INITS
-from common.cli import require_positive
+from common.cli import MAX_BATCH, MAX_IMAGE_SIZE, MAX_WIDTH, require_sizes
 from common.errors import ConfigError
+from common.images import RESIZE_FILTERS
 from common.metrics import TIES, TIES_HELP
 from common.training import LR_SCHEDULES, SELECTIONS
 
@@ -31,7 +32,8 @@ class AttentionConfig:
     hidden: int = field(default=16, metadata={"help": "width of the attention layer W"})
     image_size: int = field(default=224, metadata={"help": "side of the input in pixels (224: 13 x 13 regions, "
                                                            "64: 4 x 4)"})
-    resize_filter: str = field(default="nearest", metadata={"help": "PIL filter resizing the images"})
+    resize_filter: str = field(default="nearest", metadata={"help": "PIL filter resizing the images",
+                                                            "choices": list(RESIZE_FILTERS)})
     conv_widths: list[int] | None = field(default=None, metadata={"help": "cnn-f conv1..conv5 channels (None: the "
                                                                           "original's 64 256 256 256 256)"})
     init: str = field(default="xavier", metadata={"help": "cnn-f weight initialisation",
@@ -67,12 +69,13 @@ PRESETS = {"paper": dict(k=50, protocol="exact", ties="fail", epochs=20, lr=1e-4
 # The settings the model had before it moved onto the shared loop, kept so that its AUC can be compared (README).
 DEMO = dict(image_size=64, conv_widths=[16, 32, 32, 32, 32], epochs=4, lr=1e-3)
 PRESETS["demo"] = {**PRESETS["paper"], **DEMO}
-POSITIVE_FIELDS = ("k", "hidden", "image_size", "batch_size", "epochs", "eval_batch_size", "eval_chunk")
+SIZE_BOUNDS = dict(k=MAX_WIDTH, hidden=MAX_WIDTH, image_size=MAX_IMAGE_SIZE, conv_widths=MAX_WIDTH,
+                   batch_size=MAX_BATCH, epochs=None, eval_batch_size=MAX_BATCH, eval_chunk=1 << 20)
 
 
 def check_config(cfg):
-    require_positive(cfg, *POSITIVE_FIELDS)
-    if cfg.conv_widths is not None and (len(cfg.conv_widths) != 5 or min(cfg.conv_widths) < 1):
+    if cfg.conv_widths is not None and len(cfg.conv_widths) != 5:
         raise ConfigError(f"--conv-widths takes five positive channel counts, got {cfg.conv_widths}")
+    require_sizes(cfg, SIZE_BOUNDS)
     if not 0 <= cfg.warmup_epochs <= cfg.epochs:
         raise ConfigError(f"--warmup-epochs must be between 0 and --epochs ({cfg.epochs}), got {cfg.warmup_epochs}")

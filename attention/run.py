@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from attention.config import AttentionConfig
+from attention.config import AttentionConfig, check_config
 from attention.model import RegionAttention, build_attention
-from common.checkpoint import load_checkpoint, saved_config
+from common.checkpoint import load_checkpoint, load_state, saved_config
 from common.checkpoint import read_results as read_stage_results
 from common.data import Dataset
 from common.datasets import check_size, open_run_dataset
@@ -44,11 +44,13 @@ def open_attention_run(run, dataset_path=None, device="cpu"):
         raise RunError(f"no trained attention model in {run} (best.pt or checkpoint.pt): make it with "
                        f"`python attention/main.py --out {run}`")
     checkpoint = load_checkpoint(path, "attention", device, ("model", "config", "epoch"))
-    cfg = saved_config(AttentionConfig, checkpoint["config"], path)
+    cfg = saved_config(AttentionConfig, checkpoint["config"], path, check_config)
     dataset = open_run_dataset(run, dataset_path or cfg.dataset, cfg.cache_dir)
-    check_size(run, len(checkpoint["model"]["theta"]), "users", dataset)
+    theta = checkpoint["model"].get("theta") if isinstance(checkpoint["model"], dict) else None
+    if isinstance(theta, torch.Tensor) and theta.ndim == 2:
+        check_size(run, len(theta), "users", dataset)
     model = build_attention(cfg, dataset.usernum)
-    model.load_state_dict(checkpoint["model"])
+    load_state(model, checkpoint["model"], path)
     images = ImageStore(image_cache(dataset, cfg.image_size, cfg.resize_filter), device)
     return AttentionRun(run, cfg, dataset, images, model.to(device).eval().requires_grad_(False),
                         checkpoint["epoch"])

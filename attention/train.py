@@ -63,7 +63,7 @@ def train(cfg, ranks=None):
     seed_everything(cfg.seed)
     model = build_attention(cfg, dataset.usernum).to(ranks.device, memory_format=memory_format(ranks.device))
     trainee = attention_trainee(model, dataset, images, cfg, ranks)
-    progress = start_or_resume(out / "checkpoint.pt", STAGE, trainee, cfg, ranks)
+    progress = start_or_resume(out / "checkpoint.pt", STAGE, trainee, cfg, ranks, dataset)
     runlog = RunLog(out) if ranks.is_main else None
     for record in progress["history"] if ranks.is_main else ():
         runlog.record(**record)

@@ -25,7 +25,7 @@ from baselines.registry import METHODS
 from baselines.table import build_table, render_markdown, write_table
 from baselines.train import Context
 from baselines.warp import MAX_TRIALS
-from common.cli import parse_config, require_positive, settle, stage_errors
+from common.cli import MAX_BATCH, MAX_IMAGE_SIZE, MAX_WIDTH, parse_config, require_sizes, settle, stage_errors
 from common.datasets import open_dataset
 from common.device import describe, pick_device
 from common.errors import ConfigError
@@ -93,7 +93,8 @@ def check_config(cfg):
     unknown = sorted(set(cfg.models) - set(METHODS))
     if unknown:
         raise ConfigError(f"unknown model(s) {', '.join(unknown)}; choose from {' '.join(METHODS)}")
-    require_positive(cfg, "epochs", "batch_size", "feature_image_size", "feature_epochs")
+    require_sizes(cfg, dict(epochs=None, batch_size=MAX_BATCH, feature_image_size=MAX_IMAGE_SIZE, feature_epochs=None,
+                            factors=MAX_WIDTH, warp_max_trials=100_000))
 
 
 def table_iii(cfg):

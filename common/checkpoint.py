@@ -12,18 +12,22 @@ import dataclasses
 import errno
 import hashlib
 import json
+import math
 import os
 import pickle
 import re
 import shutil
 import struct
 import tempfile
+import types
+import typing
 import zipfile
 from pathlib import Path
 
 import torch
 
-from common.errors import CheckpointError, RunError
+from common.errors import CheckpointError, ConfigError, RunError
+from common.safe_pickle import describe_value
 
 TEMPORARY = ".tmp"
 
@@ -93,13 +97,74 @@ def read_results(run, stage, fields, command, max_bytes=16 << 20):
     return results
 
 
-def saved_config(cfg_cls, saved, source):
-    """The `cfg_cls` a checkpoint's config dict describes; CheckpointError naming the settings this version of the
-    code does not know."""
-    unknown = sorted(set(saved) - {field.name for field in dataclasses.fields(cfg_cls)})
+def saved_config(cfg_cls, saved, source, check=None):
+    """The `cfg_cls` a checkpoint's config dict describes, validated as flags are: each value of its field's type
+    (a finite number where a float), among its choices, then `check(cfg)` (the stage's own, for ranges and
+    bounds). CheckpointError naming `source` and the setting, for one this version does not know or an edited one."""
+    if not isinstance(saved, dict) or not all(isinstance(name, str) for name in saved):
+        raise CheckpointError(f"{source}: its settings are {describe_value(saved)}, not a dict of named settings")
+    fields = {field.name: field for field in dataclasses.fields(cfg_cls)}
+    unknown = sorted(set(saved) - set(fields))
     if unknown:
         raise CheckpointError(f"{source} has settings this version does not know: {', '.join(unknown)}")
-    return cfg_cls(**saved)
+    hints = typing.get_type_hints(cfg_cls)
+    for name, value in saved.items():
+        choices = fields[name].metadata.get("choices")
+        if not _of_type(value, hints[name]):
+            raise CheckpointError(f"{source}: its setting {name} is {describe_value(value)}, not "
+                                  f"{_type_name(hints[name])} (the file was edited or is corrupted)")
+        if choices is not None and value not in choices:
+            raise CheckpointError(f"{source}: its setting {name} is {value!r}, not one of {', '.join(choices)}")
+    cfg = cfg_cls(**saved)
+    try:
+        if check is not None:
+            check(cfg)
+    except ConfigError as error:
+        raise CheckpointError(f"{source}: its settings are refused: {error}") from None
+    return cfg
+
+
+def _of_type(value, kind) -> bool:
+    """Whether a stored value is of a config field's type: int, float (an int too), str, bool, list[...], X | None."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return any(_of_type(value, option) for option in typing.get_args(kind))
+    if typing.get_origin(kind) is list:
+        return isinstance(value, list) and all(_of_type(entry, typing.get_args(kind)[0]) for entry in value)
+    if kind is float:
+        return type(value) in (int, float) and math.isfinite(value)
+    return type(value) is kind or kind is type(None) and value is None
+
+
+def _type_name(kind) -> str:
+    return "a finite number" if kind is float else f"of type {kind.__name__ if isinstance(kind, type) else kind}"
+
+
+def load_state(module, state, source):
+    """module.load_state_dict(state), weights that do not fit the module (missing, unexpected, of another shape,
+    not tensors) refused in one line naming `source`, instead of torch's list of every mismatch."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source}: its weights are {describe_value(state)}, not a state dict")
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        first = lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        raise CheckpointError(f"{source}: its weights do not fit the {type(module).__name__} its settings describe: "
+                              f"{first[:300]}{more}") from None
+
+
+def check_same_data(checkpoint, dataset, source):
+    """Refuse to resume the run whose checkpoint is `source` on another dataset than it trained on: one with other
+    content under the same path (replaced, grown, or copied over with the same size and times) included. A
+    checkpoint written before runs recorded their data's digest passes, with a note."""
+    saved = checkpoint.get("dataset_digest")
+    if saved is None:
+        print(f"{source} does not record its dataset's digest (an older run): resuming on {dataset.path} unchecked")
+    elif saved != dataset.digest:
+        raise CheckpointError(f"cannot resume {source}: it trained on a dataset of digest {str(saved)[:12]}, but "
+                              f"{dataset.path} now holds other data (digest {dataset.digest[:12]}): give the "
+                              "dataset it trained on, or start afresh without --resume")
 
 
 def fingerprint(content, length=10):

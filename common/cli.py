@@ -64,6 +64,7 @@ def parse_config(cfg_cls, argv=None, presets=None, description=""):
         _add_argument(parser, field.name, hints[field.name], getattr(defaults, field.name), field.metadata, choices)
     given = vars(parser.parse_intermixed_args(argv))
     refuse_non_finite(given)
+    refuse_empty(given)
     preset = presets.get(given.get("preset", getattr(defaults, "preset", None)), {})
     cfg = dataclasses.replace(dataclasses.replace(defaults, **preset), **given)
     return cfg, set(given) | (set(preset) if "preset" in given else set())
@@ -76,17 +77,54 @@ def refuse_non_finite(given):
             raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
 
 
+def refuse_empty(given):
+    """ConfigError naming the first text flag given as "" (a path or a name left empty, as by an unset shell
+    variable), which would otherwise read as not given: `--from-tf ""` would train from scratch."""
+    for name, value in given.items():
+        if any(isinstance(v, str) and not v.strip() for v in (value if isinstance(value, list) else [value])):
+            raise ConfigError(f"--{name.replace('_', '-')} is empty: give a value, or leave the flag out")
+
+
 def typed_flags(cfg_cls, argv=None):
     """The names of the fields that flags typed on the command line set (rule 1 alone, without the preset's)."""
     return parse_config(cfg_cls, argv)[1]
 
 
+# Upper bounds of the size flags, stated up front and checked before anything is allocated: far above what a run
+# of the paper's models needs (224 px, batches of 128, fc 4096 wide), far below what would exhaust a machine.
+MAX_IMAGE_SIZE = 1024     # an image side in pixels: a model's input, the decoded-image cache
+MAX_TILE_SIZE = 512       # a tile of a picture written for people (strips, heat maps)
+MAX_BATCH = 8192          # images or triplets in one step or one no-grad batch (the global batch under torchrun)
+MAX_WIDTH = 8192          # channels, latent dimensions, fc widths
+
+
+def require_sizes(cfg, bounds):
+    """ConfigError naming the first field of `bounds` (name -> the largest value it may take, None for no bound)
+    that is below 1 or above its bound; a list field's entries are checked each, a field left None passes."""
+    for name, most in bounds.items():
+        value = getattr(cfg, name)
+        flag = "--" + name.replace("_", "-")
+        for entry in value if isinstance(value, list) else [value]:
+            if entry is None:
+                continue
+            if entry < 1:
+                raise ConfigError(f"{flag} must be at least 1, got {value}")
+            if most is not None and entry > most:
+                raise ConfigError(f"{flag} must be at most {most:,}, got {value}")
+
+
+def require_id(cfg, name, count, what):
+    """ConfigError unless the field `name`, if set, is an id from 0 to count - 1 of `what` (users, items, ...): a
+    negative id would otherwise index from the end, silently."""
+    value = getattr(cfg, name)
+    if value is not None and not 0 <= value < count:
+        raise ConfigError(f"--{name.replace('_', '-')} {value} is out of range: the {what} are numbered 0 to "
+                          f"{count - 1}")
+
+
 def require_positive(cfg, *names):
     """ConfigError naming the first of the fields `names` below 1 (sizes, counts and epochs)."""
-    for name in names:
-        value = getattr(cfg, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    require_sizes(cfg, dict.fromkeys(names))
 
 
 def describe_settings(settings):
@@ -102,14 +140,16 @@ def apply_settings(cfg, settings, protected):
     return changed
 
 
-def settle(cfg, protected, stage, demo=None, say=print, embedded=None):
+def settle(cfg, protected, stage, demo=None, say=print, embedded=None, check=None):
     """The run's final settings: a resumed run's saved ones under the protected flags, or, on the embedded
     catalogue, the demo settings under the protected flags and the typed preset. Unless `embedded` is given (a
     stage that reads its data from an earlier run), `cfg.dataset` is resolved to the absolute path of the dataset
-    file, so that the run reopens the very file from any working directory."""
+    file, so that the run reopens the very file from any working directory. The saved settings are validated as
+    flags are, and by `check(cfg)` if given."""
     if getattr(cfg, "resume", False):
         path = Path(cfg.out or Path("runs") / stage) / "checkpoint.pt"
-        saved = saved_config(type(cfg), load_checkpoint(path, stage, mmap=True)["config"], path)
+        saved = saved_config(type(cfg), load_checkpoint(path, stage, mmap=True, fields=("config",))["config"], path,
+                             check)
         apply_settings(cfg, dataclasses.asdict(saved), protected | {"resume"})
     if embedded is None:
         path, embedded = resolve_dataset(cfg.dataset)
@@ -129,7 +169,7 @@ def train_stage(cfg, protected, stage, demo, check, train):
     ranks = setup(cfg.device)
     try:
         with ranks.main_first():
-            settle(cfg, protected, stage, demo, say=ranks.print)
+            settle(cfg, protected, stage, demo, say=ranks.print, check=check)
         check(cfg)
         return train(cfg, ranks)
     finally:

@@ -8,6 +8,8 @@ A dataset file (e.g. AmazonFashion6ImgPartitioned.npy) is a .npy holding a pickl
 The pickle is read by the restricted unpickler of common/safe_pickle.py, never by plain pickle, and neither it nor
 the conversion lets a small file expand without bound.
 """
+import functools
+import hashlib
 import operator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,31 @@ class Dataset:
 
     def item_train_counts(self) -> np.ndarray:
         return np.bincount(self.train_csr()[1], minlength=self.itemnum).astype(np.int64)
+
+    # A Dataset is not changed once loaded: its digests are computed once, on first use.
+    @functools.cached_property
+    def images_digest(self) -> str:
+        """sha256 over every item's image bytes, each after its length: what a decoded-image cache is made from,
+        so the key that recognises it. Hashing bytes already in memory runs at some 0.7 GB/s on one core (SHA
+        extensions), a second or two per GB of images, little beside loading the dataset and far less than
+        decoding it."""
+        digest = hashlib.sha256()
+        for data in self.image_bytes:
+            digest.update(len(data).to_bytes(8, "little"))
+            digest.update(data)
+        return digest.hexdigest()
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """sha256 over the whole content, interactions, categories and images: what a run records of its data, so
+        that resuming on other data (the file at its path replaced, grown, or copied over with the same size and
+        times) is refused."""
+        indptr, indices = self.train_csr()
+        digest = hashlib.sha256(np.array([self.usernum, self.itemnum, self.num_categories], np.int64).tobytes())
+        for array in (indptr, indices, self.user_validation, self.user_test, self.item_category):
+            digest.update(np.ascontiguousarray(array, np.int64).tobytes())
+        digest.update(self.images_digest.encode())
+        return digest.hexdigest()
 
 
 def name_offenders(offenders, limit: int = 10) -> str:

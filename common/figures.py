@@ -7,6 +7,8 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import save_image
 
+from common.errors import RunError
+
 MIN_CAPTIONED_TILE = 96   # captioned tiles are upscaled (nearest) to at least this many pixels so that captions fit
 CAPTION_HEIGHT = 14
 
@@ -32,9 +34,11 @@ def captioned(images, captions):
 
 
 def save_grid(path, images, columns, captions=None):
-    """A PNG of `images` [n, 3, S, S] in [-1, 1], `columns` to a row, with `captions` under the tiles if given."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if captions is None:
-        save_image(to_display(images), path, nrow=columns, padding=2, pad_value=1)
-    else:
-        save_image(captioned(images, captions), path, nrow=columns, padding=4, pad_value=1)
+    """A PNG of `images` [n, 3, S, S] in [-1, 1], `columns` to a row, with `captions` under the tiles if given;
+    RunError naming the file when its folder cannot be made or written."""
+    tiles = to_display(images) if captions is None else captioned(images, captions)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(tiles, path, nrow=columns, padding=2 if captions is None else 4, pad_value=1)
+    except OSError as exc:
+        raise RunError(f"cannot write {path}: {exc.strerror or exc} (give another --out)") from exc

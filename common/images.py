@@ -3,7 +3,6 @@
 Preprocessing is the original's: PIL decode -> convert("RGB") -> resize((S, S)) (aspect not kept, no crop),
 then (x - 127.5) / 127.5. The original ran on the Pillow of 2017, whose default resize filter was NEAREST.
 """
-import hashlib
 import io
 import json
 import os
@@ -32,6 +31,7 @@ _CHUNK = 256                  # images per unit of work while building the cache
 _PARALLEL_MIN_ITEMS = 2000    # below this a process pool costs more than it saves
 _GPU_HEADROOM = 0.25          # fraction of GPU memory left for the model when deciding to keep images resident
 MAX_PIXELS = 40_000_000       # a larger image is treated as undecodable (product photos are far smaller)
+MAX_IMAGE_FILE_BYTES = 32 << 20  # an image file named by a flag is read up to this many bytes, no further
 UNDECODABLE = (OSError, ValueError, SyntaxError, EOFError)  # what PIL raises on a broken or unknown file
 
 
@@ -62,6 +62,24 @@ def decode_failure(data: bytes) -> str | None:
     except UNDECODABLE:
         return "is not a readable image (PIL cannot decode it)"
     return None
+
+
+def read_image_file(path) -> bytes:
+    """The bytes of an image file named by a flag, read with a size cap (a device such as /dev/zero or a huge
+    file stops at MAX_IMAGE_FILE_BYTES) and checked to decode; ConfigError naming the file and the cause."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_IMAGE_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read image file {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_IMAGE_FILE_BYTES:
+        raise ConfigError(f"{path} has more than the {MAX_IMAGE_FILE_BYTES:,} bytes an image file may have here "
+                          "(MAX_IMAGE_FILE_BYTES)")
+    failure = decode_failure(data)
+    if failure is not None:
+        raise ConfigError(f"{path} {failure}")
+    return data
 
 
 def pillow_nearest_index(in_size: int, out_size: int) -> np.ndarray:
@@ -173,17 +191,6 @@ def _build(dataset: Dataset, size: int, resize_filter: str, path: Path, device: 
     return sorted(bad)
 
 
-def images_digest(dataset: Dataset) -> str:
-    """sha256 over every item's image bytes, each after its length: what a decoded cache is made from, so the key
-    that recognises it. Hashing the bytes already in memory runs at some 0.7 GB/s on one core (SHA extensions),
-    a second or two per GB of images, little beside loading the dataset and far less than decoding it."""
-    digest = hashlib.sha256()
-    for data in dataset.image_bytes:
-        digest.update(len(data).to_bytes(8, "little"))
-        digest.update(data)
-    return digest.hexdigest()
-
-
 def _cached_bad_items(path: Path, sidecar: Path, key: dict) -> list[int] | None:
     """The bad item ids recorded for a cache built with `key`, or None if there is no such cache."""
     try:
@@ -198,7 +205,7 @@ def image_cache(dataset: Dataset, size: int, resize_filter: str = "nearest", cac
     """All images of `dataset` decoded and resized: uint8 [itemnum, 3, size, size], memory-mapped read-only.
 
     Built once (into `cache_dir`, default the dataset's own, else a cache/ folder next to the dataset file) and
-    reused while the dataset's images are the same bytes (images_digest): not its file's name, size or mtime,
+    reused while the dataset's images are the same bytes (Dataset.images_digest): not its file's name, size or mtime,
     which a copy with preserved times (cp -p, rsync -a, tar) of another dataset can share. Images that do not
     decode become flat grey and are named in one warning;
     with `strict` they raise DatasetError instead. On CUDA with the nearest filter JPEGs are decoded on the GPU;
@@ -214,7 +221,7 @@ def image_cache(dataset: Dataset, size: int, resize_filter: str = "nearest", cac
                            "give --cache-dir DIR to put it elsewhere") from exc
     path = cache_dir / f"{dataset.name}-{size}px-{resize_filter}.npy"
     sidecar = path.with_suffix(".json")
-    key = {"images": images_digest(dataset), "size": size, "filter": resize_filter}
+    key = {"images": dataset.images_digest, "size": size, "filter": resize_filter}
     bad = _cached_bad_items(path, sidecar, key)
     if bad is None:
         bad = _build(dataset, size, resize_filter, path, torch.device(device), workers or os.cpu_count() or 1)

@@ -5,9 +5,12 @@ unpickler admits only what that format holds (numpy arrays, dtypes and scalars, 
 would let a small file expand without bound, and reports the cause in one line (UnsafePickleError or
 DatasetError, naming the file).
 """
+import io
 import math
 import os
 import pickle
+import struct
+import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,8 @@ _MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")
 NUMERIC_KINDS = "biuf"                           # bool, int, uint, float: the only dtypes besides object
 _DICT_KEY_TYPES = (int, str, bytes, np.integer)  # ids and field names: each hashes in one pass over its bytes
 _MAX_ARRAY_NESTING = 64                          # freeing object arrays nested in object arrays recurses in C
+MAX_HEADER_BYTES = 10_000                        # a .npy header's length at most (numpy's own default bound)
+_HEADER_LENGTH_BYTES = {(1, 0): 2, (2, 0): 4}    # the little-endian length before the header, by .npy version
 
 
 def _a(noun: str) -> str:
@@ -58,7 +63,11 @@ def _dtype(code, align=False, copy=True) -> np.dtype:
     'O8', ...): always a fresh copy (align and copy are moot), so that BUILD never touches numpy's own dtype."""
     if not isinstance(code, (str, bytes)):
         raise UnsafePickleError(f"a dtype made from {describe_value(code)}; a dataset's dtypes are plain type codes")
-    dtype = np.dtype(code.decode("latin-1") if isinstance(code, bytes) else code, False, True)
+    try:  # numpy parses a subarray's shape in a type code with ast: it raises what ast does
+        dtype = np.dtype(code.decode("latin-1") if isinstance(code, bytes) else code, False, True)
+    except (TypeError, ValueError, SyntaxError, RecursionError):
+        shown = repr(code) if len(code) <= 40 else describe_value(code)
+        raise UnsafePickleError(f"the dtype code {shown}, which numpy cannot read") from None
     if dtype.kind not in NUMERIC_KINDS + "O" or dtype.fields is not None:
         raise UnsafePickleError(f"the dtype {dtype} (made from {code!r}); a dataset's dtypes are numbers or objects")
     return dtype
@@ -128,7 +137,8 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
     def __init__(self, file):
         super().__init__(_BoundedFile(file), encoding="bytes")
-        self.array_bytes_left = os.fstat(file.fileno()).st_size - file.tell()
+        self.file_size = os.fstat(file.fileno()).st_size
+        self.array_bytes_left = self.file_size - file.tell()
         self.unbuilt = {}   # id -> array from _reconstruct whose state is not set yet (kept alive: ids stay theirs)
         self.nesting = {}   # id -> (object array, how many object arrays deep it is)
         self.allowed_globals = {
@@ -234,30 +244,65 @@ class _RestrictedUnpickler(pickle._Unpickler):
         super().load_dict()
     dispatch[pickle.DICT[0]] = load_dict
 
+    def load_bytearray8(self):
+        """BYTEARRAY8 allocates its length before reading: a length past the file's size is refused first."""
+        size, = struct.unpack("<Q", self.read(8))
+        if size > self.file_size:
+            raise pickle.UnpicklingError(f"a BYTEARRAY8 of {size} bytes, more than the file's {self.file_size}")
+        data = bytearray(size)
+        self.readinto(data)
+        self.append(data)
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
+
     def load_set(self):
         raise UnsafePickleError("a set; a dataset holds none (and hashing its entries could take unbounded time)")
     dispatch[pickle.EMPTY_SET[0]] = load_set
     dispatch[pickle.FROZENSET[0]] = load_set
 
 
+def read_header(f, path: Path):
+    """(version, shape, fortran order, dtype) of the .npy header at the start of `f`, its length checked against
+    MAX_HEADER_BYTES before it is read, and numpy's parser (ast, and tokenize for Python 2's headers) run on those
+    bytes alone, whatever it raises on them made one line."""
+    try:
+        version = np.lib.format.read_magic(f)
+    except ValueError as e:
+        raise DatasetError(f"{path}: not a .npy file ({e})") from None
+    if version not in _HEADER_LENGTH_BYTES:
+        raise DatasetError(f"{path}: unsupported .npy format version {version[0]}.{version[1]}")
+    length_bytes = f.read(_HEADER_LENGTH_BYTES[version])
+    length = int.from_bytes(length_bytes, "little")
+    if len(length_bytes) < _HEADER_LENGTH_BYTES[version]:
+        raise DatasetError(f"{path}: the file ends inside its .npy header (truncated)")
+    if length > MAX_HEADER_BYTES:
+        raise DatasetError(f"{path}: a .npy header of {length} bytes, more than the {MAX_HEADER_BYTES} numpy "
+                           "writes at most (the file is corrupted)")
+    header = io.BytesIO(length_bytes + f.read(length))
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        return version, *readers[version](header, max_header_size=MAX_HEADER_BYTES)
+    except (ValueError, SyntaxError, tokenize.TokenError, TypeError, RecursionError) as e:
+        raise DatasetError(f"{path}: its .npy header is not the dict numpy writes ({type(e).__name__}: "
+                           f"{first_line(e)})") from None
+
+
+def first_line(error, limit=120):
+    """The start of an error's message, on one line (numpy quotes a whole header, over several)."""
+    text = str(error).split("\n", 1)[0]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def read_pickled_array(path: Path):
     """The object array inside a .npy file, unpickled straight from the file (never read whole into memory)."""
-    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
     with open(path, "rb") as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            header = readers[version](f) if version in readers else None
-        except ValueError as e:
-            raise DatasetError(f"{path}: not a .npy file ({e})") from e
-        if header is None:
-            raise DatasetError(f"{path}: unsupported .npy format version {version[0]}.{version[1]}")
-        dtype = header[2]
+        dtype = read_header(f, path)[3]
         if dtype != object:
             raise DatasetError(f"{path}: holds a {dtype} array, not the pickled object array of the original layout")
         try:
             return _RestrictedUnpickler(f).load()
         except UnsafePickleError as e:
             raise UnsafePickleError(f"{path}: refusing to unpickle {e}") from None
+        except struct.error as e:  # what the unpickler's struct.unpack raises on an operand the file's end cut short
+            raise DatasetError(f"{path}: corrupt pickle payload (an operand cut short: {e})") from e
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
-            raise DatasetError(f"{path}: corrupt pickle payload ({type(e).__name__}: {e})") from e
-
+            raise DatasetError(f"{path}: corrupt pickle payload ({type(e).__name__}: {first_line(e)})") from e

@@ -6,8 +6,9 @@ boundary the original DVBPR used (so its pretrained step 39728 is epoch 19 here 
 in one call to the sampler, reseeds torch (dropout) from (seed, epoch, rank), takes one Adam step per global batch
 (each rank its share, the forward pass under bf16 autocast on CUDA) with the learning rate of its step, evaluates,
 and keeps the epoch's record when `select` says so: the best validation epoch, or the last. `progress` holds the
-epochs done, their records and the kept one; a checkpoint stores it with the model, optimiser and sampler, so that a
-resumed run, under any number of ranks, goes on as the uninterrupted one would have.
+epochs done, their records, the kept one and the digest of the data trained on; a checkpoint stores it with the
+model, optimiser and sampler, so that a resumed run, under any number of ranks, goes on as the uninterrupted one
+would have, and on the same data only.
 
 The settings the loop reads (`cfg`): epochs, batch_size, lr, lr_schedule, warmup_epochs, select, seed, bf16.
 """
@@ -20,7 +21,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from common.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
+from common.checkpoint import check_same_data, load_checkpoint, load_state, restore_optimizer, save_checkpoint
 from common.device import autocast
 from common.errors import TrainingDiverged
 
@@ -58,8 +59,9 @@ def image_feed(images):
     return feed
 
 
-def new_progress():
-    return dict(epoch=0, step=0, history=[], kept=None, seconds=0.0)
+def new_progress(dataset_digest=None):
+    """Nothing done yet; `dataset_digest` is recorded in the checkpoints of a run that can be resumed."""
+    return dict(epoch=0, step=0, history=[], kept=None, seconds=0.0, dataset_digest=dataset_digest)
 
 
 def epoch_end_step(epoch, num_interactions, batch_size):
@@ -174,23 +176,24 @@ def save_training(path, stage, trainee, cfg, progress):
         "stage": stage, "model": trainee.model.state_dict(), "optimizer": trainee.optimizer.state_dict(),
         "config": dataclasses.asdict(cfg), "epoch": progress["epoch"], "step": progress["step"],
         "sampler": trainee.sampler.state_dict(), "metrics": {"history": progress["history"], "kept": progress["kept"]},
-        "seconds": progress["seconds"]})
+        "seconds": progress["seconds"], "dataset_digest": progress["dataset_digest"]})
 
 
-def start_or_resume(path, stage, trainee, cfg, ranks):
+def start_or_resume(path, stage, trainee, cfg, ranks, dataset):
     """The run's progress: that of the checkpoint at `path` when cfg.resume (loaded into the model, optimiser and
-    sampler), else nothing done."""
+    sampler), else nothing done. A run records its dataset's digest and resumes on that data only."""
     if not cfg.resume:
         if path.exists():
             ranks.print(f"starting afresh in {path.parent} (pass --resume to continue the run there)")
-        return new_progress()
+        return new_progress(dataset.digest)
     checkpoint = load_checkpoint(path, stage, fields=("model", "optimizer", "sampler", "epoch", "step", "seconds",
                                                       "metrics"))
-    trainee.model.load_state_dict(checkpoint["model"])
+    check_same_data(checkpoint, dataset, path)
+    load_state(trainee.model, checkpoint["model"], path)
     restore_optimizer(trainee.optimizer, checkpoint["optimizer"], cfg.lr)
     trainee.sampler.load_state_dict(checkpoint["sampler"])
     ranks.print(f"resuming {path.parent} after epoch {checkpoint['epoch']} (step {checkpoint['step']})")
     metrics = checkpoint["metrics"]
     kept = metrics["kept"] if "kept" in metrics else metrics["best"]  # "best" before --select existed
     return dict(epoch=checkpoint["epoch"], step=checkpoint["step"], seconds=checkpoint["seconds"],
-                history=metrics["history"], kept=kept)
+                history=metrics["history"], kept=kept, dataset_digest=dataset.digest)

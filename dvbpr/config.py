@@ -8,8 +8,9 @@
 from dataclasses import dataclass, field
 
 from common.bpr import THETA_INITS
-from common.cli import require_positive
+from common.cli import MAX_BATCH, MAX_IMAGE_SIZE, MAX_WIDTH, require_sizes
 from common.errors import ConfigError
+from common.images import RESIZE_FILTERS
 from common.metrics import TIES, TIES_HELP
 from common.training import LR_SCHEDULES, SELECTIONS
 from dvbpr.backbones import BACKBONES
@@ -36,7 +37,8 @@ class DVBPRConfig:
                                                                          "backbone (None: random init)"})
     image_size: int = field(default=224, metadata={"help": "side of the image network's input in pixels"})
     resize_filter: str = field(default="nearest", metadata={"help": "PIL filter resizing the images "
-                                                                    "(the original's Pillow default was nearest)"})
+                                                                    "(the original's Pillow default was nearest)",
+                                                            "choices": list(RESIZE_FILTERS)})
     conv_widths: list[int] | None = field(default=None, metadata={"help": "cnn-f conv1..conv5 channels (None: the "
                                                                           "original's 64 256 256 256 256)"})
     fc_width: int = field(default=4096, metadata={"help": "cnn-f width of fc1 and fc2 (smaller for quick CPU "
@@ -93,13 +95,16 @@ PRESETS = {
 DEMO = dict(image_size=64, conv_widths=[16, 32, 32, 32, 32], fc_width=256, epochs=16, lr=2e-3, lr_schedule="cosine",
             warmup_epochs=1.0, theta_init="centred", init="kaiming", dropout=0.0)
 PRESETS["demo"] = {**PRESETS["paper"], **DEMO}
-POSITIVE_FIELDS = ("k", "image_size", "fc_width", "batch_size", "epochs", "eval_batch_size", "eval_chunk")
+SIZE_BOUNDS = dict(k=MAX_WIDTH, image_size=MAX_IMAGE_SIZE, fc_width=MAX_WIDTH, conv_widths=MAX_WIDTH,
+                   batch_size=MAX_BATCH, epochs=None, eval_batch_size=MAX_BATCH, eval_chunk=1 << 20)
 
 
 def check_config(cfg):
-    require_positive(cfg, *POSITIVE_FIELDS)
-    if cfg.conv_widths is not None and (len(cfg.conv_widths) != 5 or min(cfg.conv_widths) < 1):
+    if cfg.conv_widths is not None and len(cfg.conv_widths) != 5:
         raise ConfigError(f"--conv-widths takes five positive channel counts, got {cfg.conv_widths}")
+    require_sizes(cfg, SIZE_BOUNDS)
+    if not 0 <= cfg.dropout < 1:
+        raise ConfigError(f"--dropout is a probability from 0 to below 1, got {cfg.dropout}")
     if cfg.warmup_epochs < 0 or cfg.warmup_epochs > cfg.epochs:
         raise ConfigError(f"--warmup-epochs must be between 0 and --epochs ({cfg.epochs}), got {cfg.warmup_epochs}")
     if cfg.init != "xavier" and cfg.backbone != "cnn-f":

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import torch
 
-from common.checkpoint import load_checkpoint, saved_config
+from common.checkpoint import load_checkpoint, load_state, saved_config
 from common.checkpoint import read_results as read_stage_results
 from common.data import Dataset
 from common.datasets import check_size, open_run_dataset
-from common.errors import RunError
+from common.errors import CheckpointError, RunError
 from common.images import ImageStore, image_cache
-from dvbpr.config import DVBPRConfig
+from common.safe_pickle import describe_value
+from dvbpr.config import DVBPRConfig, check_config
 from dvbpr.model import DVBPR, build_model, embed_items
 
 
@@ -40,10 +41,23 @@ def load_weights(run, device="cpu"):
 
 def load_model(checkpoint, path, device="cpu"):
     """The checkpoint's DVBPR in eval mode, without gradients."""
-    cfg = saved_config(DVBPRConfig, checkpoint["config"], path)
-    model = build_model(cfg, checkpoint["model"]["theta"].shape[0])
-    model.load_state_dict(checkpoint["model"])
+    cfg = saved_config(DVBPRConfig, checkpoint["config"], path, check_config)
+    theta = checkpoint["model"].get("theta") if isinstance(checkpoint["model"], dict) else None
+    check_matrix(theta, "theta", path, cfg.k)
+    model = build_model(cfg, theta.shape[0])
+    load_state(model, checkpoint["model"], path)
     return model.to(device).eval().requires_grad_(False)
+
+
+def check_matrix(tensor, name, path, k):
+    """A [count, K] float matrix of the run's K, as training saves theta and the item embeddings."""
+    if not (isinstance(tensor, torch.Tensor) and tensor.ndim == 2 and tensor.is_floating_point()):
+        shown = f"of shape {list(tensor.shape)} and dtype {tensor.dtype}" if isinstance(tensor, torch.Tensor) \
+            else describe_value(tensor)
+        raise CheckpointError(f"{path}: its {name} is {shown}, not a [count, K] float matrix")
+    if tensor.shape[1] != k:
+        raise CheckpointError(f"{path}: its {name} is {list(tensor.shape)}, of K={tensor.shape[1]}, but the run's "
+                              f"settings give K={k}: the file was edited or comes from another run")
 
 
 def open_dvbpr_run(run, dataset_path=None, device="cpu", with_model=False):
@@ -52,10 +66,14 @@ def open_dvbpr_run(run, dataset_path=None, device="cpu", with_model=False):
     run, device = Path(run), torch.device(device)
     if not run.is_dir():
         raise RunError(f"no run directory {run}: make one with `python dvbpr/main.py --out {run}`")
-    exported = load_checkpoint(run / "embeddings.pt", "dvbpr-embeddings") if (run / "embeddings.pt").is_file() \
-        else None
+    embeddings = run / "embeddings.pt"
+    exported = load_checkpoint(embeddings, "dvbpr-embeddings", fields=("theta", "items", "config", "epoch", "step")) \
+        if embeddings.is_file() else None
     weights, checkpoint = load_weights(run, device) if with_model or exported is None else (None, None)
-    config = saved_config(DVBPRConfig, (checkpoint or exported)["config"], run)
+    config = saved_config(DVBPRConfig, (checkpoint or exported)["config"], weights or embeddings, check_config)
+    if exported is not None:
+        check_matrix(exported["theta"], "theta", embeddings, config.k)
+        check_matrix(exported["items"], "items", embeddings, config.k)
     dataset = open_run_dataset(run, dataset_path or config.dataset, config.cache_dir)
     model = load_model(checkpoint, weights, device) if checkpoint else None
     if exported is None or (checkpoint and exported["step"] != checkpoint["step"]):

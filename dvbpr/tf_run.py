@@ -130,7 +130,7 @@ def write_run(out, cfg, trainee, items, record, results):
     optimizer and sampler: the original's Adam state is not carried over) and results.json."""
     rewrite_logs(out, [record])
     progress = dict(epoch=record["epoch"], step=record["step"], history=[record], kept=record,
-                    seconds=record["seconds"])
+                    seconds=record["seconds"], dataset_digest=None)  # evaluated, never resumed
     if record["step"] is None:  # the original's per-epoch files are named by the step
         cfg = dataclasses.replace(cfg, save_every_epoch=False)
     save_epoch(out, cfg, trainee, items, progress)

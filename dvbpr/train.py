@@ -145,7 +145,7 @@ def train(cfg, ranks=None):
     seed_everything(cfg.seed)
     model = build_model(cfg, dataset.usernum).to(device, memory_format=memory_format(device))
     trainee = dvbpr_trainee(model, dataset, images, cfg, ranks)
-    progress = start_or_resume(out / "checkpoint.pt", "dvbpr", trainee, cfg, ranks)
+    progress = start_or_resume(out / "checkpoint.pt", "dvbpr", trainee, cfg, ranks, dataset)
     runlog = rewrite_logs(out, progress["history"]) if ranks.is_main else None
 
     def on_epoch(record, items):

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from attention.run import open_attention_run
 from common.checkpoint import load_checkpoint, write_json
-from common.cli import parse_config, require_positive, stage_errors
+from common.cli import MAX_BATCH, MAX_IMAGE_SIZE, MAX_TILE_SIZE, parse_config, require_sizes, stage_errors
 from common.data import check_id, history
 from common.device import pick_device
 from common.errors import ConfigError, RunError
@@ -165,7 +165,8 @@ def explain_user(explained, cfg):
 
 
 def check_request(cfg):
-    require_positive(cfg, "users", "ig_steps", "batch_size", "tile_size")
+    require_sizes(cfg, dict(users=100_000, ig_steps=1024, occlusion_patch=MAX_IMAGE_SIZE, batch_size=MAX_BATCH,
+                            tile_size=MAX_TILE_SIZE))
     if cfg.evaluate:
         return
     if cfg.user is None:
@@ -181,6 +182,9 @@ def run_explain(cfg):
         return evaluate_faithfulness(explained, cfg)
     check_id(cfg.user, explained.dataset.usernum, "user")
     check_method(explained.model, cfg.method)
+    if (cfg.occlusion_patch or 0) > explained.store.size:
+        raise ConfigError(f"--occlusion-patch {cfg.occlusion_patch} is larger than the run's {explained.store.size} "
+                          "px images")
     return explain_user(explained, cfg)
 
 

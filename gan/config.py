@@ -7,8 +7,9 @@
 """
 from dataclasses import dataclass, field
 
-from common.cli import require_positive
+from common.cli import MAX_BATCH, MAX_IMAGE_SIZE, MAX_WIDTH, require_sizes
 from common.errors import ConfigError
+from gan.model import num_stages
 
 GRID_SIZE = 16          # 4x4 sample grids
 ARCHITECTURE_FIELDS = ("image_size", "z_dim", "z_distribution", "g_width", "d_width")
@@ -69,9 +70,14 @@ DEMO = dict(image_size=32, g_width=16, d_width=16, batch_size=32, epochs=8, lr=2
 PRESETS["demo"] = {**PRESETS["paper"], **DEMO}
 
 
+SIZE_BOUNDS = dict(image_size=MAX_IMAGE_SIZE, z_dim=MAX_WIDTH, g_width=MAX_WIDTH // 4, d_width=MAX_WIDTH // 8,
+                   batch_size=MAX_BATCH, epochs=None, sample_every=None, checkpoint_every=None,
+                   consistency_samples=100_000)
+
+
 def check_config(cfg):
-    require_positive(cfg, "image_size", "z_dim", "g_width", "d_width", "batch_size", "epochs", "sample_every",
-                     "checkpoint_every", "consistency_samples")
+    require_sizes(cfg, SIZE_BOUNDS)  # the widest layers are 4 x g_width and 8 x d_width channels
+    num_stages(cfg.image_size, 16)   # a power of two of at least 16
     if cfg.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {cfg.lr}")
     if cfg.from_tf and (cfg.train or cfg.resume):

@@ -3,10 +3,12 @@ classifier. Preference maximisation opens the GAN through this module alone."""
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.checkpoint import load_checkpoint, saved_config
+from common.checkpoint import load_checkpoint, load_state, saved_config
 from common.classifier import load_classifier, train_or_load_classifier
-from common.errors import RunError
-from gan.config import GANConfig
+from common.data import MAX_CATEGORIES
+from common.errors import CheckpointError, RunError
+from common.safe_pickle import describe
+from gan.config import GANConfig, check_config
 from gan.model import Discriminator, Generator, build_gan
 
 
@@ -36,14 +38,21 @@ class GANRun:
 def open_gan_run(run, device="cpu"):
     """The GAN trained in directory `run`, both nets in eval mode without gradients."""
     run = Path(run)
-    if not (run / "checkpoint.pt").is_file():
+    path = run / "checkpoint.pt"
+    if not path.is_file():
         raise RunError(f"no trained GAN in {run} (checkpoint.pt): make it with "
                        f"`python gan/main.py --train --out {run}`")
-    checkpoint = load_checkpoint(run / "checkpoint.pt", "gan", device, ("model", "config", "num_categories", "step",
-                                                                                   "metrics"))
-    cfg = saved_config(GANConfig, checkpoint["config"], run / "checkpoint.pt")
-    generator, discriminator = build_gan(cfg, checkpoint["num_categories"], device)
-    generator.load_state_dict(checkpoint["model"]["generator"])
-    discriminator.load_state_dict(checkpoint["model"]["discriminator"])
+    checkpoint = load_checkpoint(path, "gan", device, ("model", "config", "num_categories", "step", "metrics"))
+    cfg = saved_config(GANConfig, checkpoint["config"], path, check_config)
+    categories, nets = checkpoint["num_categories"], checkpoint["model"]
+    if type(categories) is not int or not 1 <= categories <= MAX_CATEGORIES:
+        raise CheckpointError(f"{path}: its category count is {describe(categories)}, not from 1 to "
+                              f"{MAX_CATEGORIES} (the file was edited or is corrupted)")
+    if not (isinstance(nets, dict) and {"generator", "discriminator"} <= set(nets)):
+        raise CheckpointError(f"{path}: its model is {describe(nets)}, not the generator's and discriminator's "
+                              "weights")
+    generator, discriminator = build_gan(cfg, categories, device)
+    load_state(generator, nets["generator"], path)
+    load_state(discriminator, nets["discriminator"], path)
     return GANRun(run, cfg, generator.eval().requires_grad_(False), discriminator.eval().requires_grad_(False),
-                  checkpoint["num_categories"], checkpoint["step"], checkpoint["metrics"])
+                  categories, checkpoint["step"], checkpoint["metrics"])

@@ -27,7 +27,7 @@ from dataclasses import asdict
 import torch
 from tqdm import tqdm
 
-from common.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
+from common.checkpoint import check_same_data, load_checkpoint, load_state, restore_optimizer, save_checkpoint
 from common.classifier import train_or_load_classifier
 from common.datasets import open_dataset
 from common.device import autocast, fused_adam_kwargs, pick_device
@@ -105,20 +105,22 @@ class GANTraining:
     """The nets, optimisers and fixed sample codes of a run, and its checkpoint (whose epoch is None when
     `iterations_per_epoch` is: a run converted from a TensorFlow checkpoint)."""
 
-    def __init__(self, cfg, num_categories, device, iterations_per_epoch):
+    def __init__(self, cfg, num_categories, device, iterations_per_epoch, dataset_digest=None):
         self.cfg, self.num_categories, self.iterations_per_epoch = cfg, num_categories, iterations_per_epoch
+        self.dataset_digest = dataset_digest   # of the data it trains on (Dataset.digest), checked on resume
         self.generator, self.discriminator = build_gan(cfg, num_categories, device)
         self.opt_g, self.opt_d = build_optimizers(cfg, self.generator, self.discriminator, device)
         self.sample_z = sample_z(GRID_SIZE, cfg.z_dim, cfg.z_distribution, device)
         self.sample_labels = torch.arange(GRID_SIZE, device=device) % num_categories
         self.step = 0
 
-    def resume(self, path, device):
+    def resume(self, path, device, dataset):
         checkpoint = load_checkpoint(path, "gan", fields=("model", "optimizer", "config", "step", "sample_z",
                                                           "sample_labels"))
+        check_same_data(checkpoint, dataset, path)
         check_architecture(self.cfg, checkpoint["config"])
-        self.generator.load_state_dict(checkpoint["model"]["generator"])
-        self.discriminator.load_state_dict(checkpoint["model"]["discriminator"])
+        load_state(self.generator, checkpoint["model"]["generator"], path)
+        load_state(self.discriminator, checkpoint["model"]["discriminator"], path)
         restore_optimizer(self.opt_g, checkpoint["optimizer"]["generator"], self.cfg.lr)
         restore_optimizer(self.opt_d, checkpoint["optimizer"]["discriminator"], self.cfg.lr)
         self.sample_z = checkpoint["sample_z"].to(device)
@@ -130,7 +132,7 @@ class GANTraining:
             "stage": "gan",
             "model": {"generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict()},
             "optimizer": {"generator": self.opt_g.state_dict(), "discriminator": self.opt_d.state_dict()},
-            "config": asdict(self.cfg), "num_categories": self.num_categories,
+            "config": asdict(self.cfg), "num_categories": self.num_categories, "dataset_digest": self.dataset_digest,
             "epoch": self.step // self.iterations_per_epoch if self.iterations_per_epoch else None,
             "step": self.step, "metrics": metrics or {},
             "sample_z": self.sample_z, "sample_labels": self.sample_labels})
@@ -154,9 +156,9 @@ def train(cfg, ranks=None):
         raise ConfigError(f"batch size {cfg.batch_size} is larger than the {len(items)} items with a category")
     total_iterations = cfg.epochs * iterations_per_epoch
     share = ranks.share(cfg.batch_size)
-    run = GANTraining(cfg, dataset.num_categories, device, iterations_per_epoch)
+    run = GANTraining(cfg, dataset.num_categories, device, iterations_per_epoch, dataset.digest)
     if cfg.resume:
-        run.resume(out_dir / "checkpoint.pt", device)
+        run.resume(out_dir / "checkpoint.pt", device, dataset)
 
     def batches(first):
         for iteration in range(first, total_iterations + 1):

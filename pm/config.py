@@ -8,7 +8,7 @@
 """
 from dataclasses import dataclass, field
 
-from common.cli import require_positive
+from common.cli import require_id, require_sizes
 from common.errors import ConfigError
 from pm.metrics import DEFAULT_INCEPTION_WEIGHTS
 
@@ -75,11 +75,12 @@ PRESETS = {
 # 100 GFLOP/s machine (one query's synthesis took 3.8 s at 281 GFLOP/s).
 DEMO = dict(trials=20, starts=16, steps=100)
 PRESETS["demo"] = {**PRESETS["paper"], **DEMO}
-POSITIVE_FIELDS = ("starts", "top_k", "tailor_users", "neighbour_samples", "trials", "splits")
+SIZE_BOUNDS = dict(starts=1024, top_k=64, tailor_users=64, neighbour_samples=64, trials=100_000, tune_starts=1024,
+                   splits=100)
 
 
 def check_config(cfg):
-    require_positive(cfg, *POSITIVE_FIELDS)
+    require_sizes(cfg, SIZE_BOUNDS)
     for name in ("steps", "invert_steps"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(cfg, name)}")
@@ -88,3 +89,13 @@ def check_config(cfg):
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
     if cfg.eta < 0:
         raise ConfigError(f"--eta must be at least 0, got {cfg.eta}")
+
+
+def check_ids(cfg, dataset):
+    """The id flags checked against the dataset: a negative --user would index from the end (the last user)."""
+    require_id(cfg, "user", dataset.usernum, f"{dataset.usernum} users")
+    require_id(cfg, "prototype", dataset.itemnum, f"{dataset.itemnum} items")
+    for name in ("category", "prototype_category"):
+        require_id(cfg, name, dataset.num_categories, f"{dataset.num_categories} categories of {dataset.name}")
+    if cfg.tailor_users > dataset.usernum:
+        raise ConfigError(f"--tailor-users {cfg.tailor_users} is more than the {dataset.usernum} users")

@@ -8,7 +8,7 @@ from common.cli import settle
 from common.device import describe, pick_device
 from common.runlog import run_dir
 from common.seeding import seed_everything
-from pm.config import DEMO, check_config
+from pm.config import DEMO, check_config, check_ids
 from pm.figures import figures
 from pm.load import Stages
 from pm.table import tables, tuning
@@ -21,6 +21,7 @@ def run_pm(cfg, protected):
     stages = Stages(cfg.dvbpr_run, cfg.gan_run, cfg.dataset, device)
     settle(cfg, protected, "pm", DEMO, embedded=is_embedded(stages.dataset.path))
     check_config(cfg)
+    check_ids(cfg, stages.dataset)
     out = run_dir(cfg.out, "pm")
     mode = "tune" if cfg.tune else "table" if cfg.table or cfg.sweep_eta else "figures"
     write_json(out / f"{mode}_config.json", asdict(cfg))

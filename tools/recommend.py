@@ -17,12 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.cli import parse_config, stage_errors
+from common.cli import MAX_TILE_SIZE, parse_config, require_sizes, stage_errors
 from common.data import check_id, history
 from common.device import autocast, pick_device
 from common.errors import ConfigError
 from common.figures import save_grid
-from common.images import GREY, decode_image, scale_to_model
+from common.images import GREY, decode_image, read_image_file, scale_to_model
 from common.original_format import category_name
 from dvbpr.run import open_dvbpr_run
 
@@ -114,15 +114,8 @@ def similar_items(run, item, k=10, category=None, user=None, include_heldout=Fal
 
 
 def read_image(path):
-    """The bytes of an image file, checked to decode (before any model is loaded)."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise RecommendError(f"cannot read image file {path}: {exc.strerror or exc}") from exc
-    if decode_image(data, 1) is None:
-        raise RecommendError(f"{path} is not a readable image (PIL cannot decode it)")
-    return data
+    """The bytes of an image file, read with a size cap and checked to decode (before any model is loaded)."""
+    return read_image_file(path)
 
 
 def score_image(run, data, user):
@@ -202,6 +195,7 @@ def list_top(run, cfg, category):
 
 def recommend(cfg):
     """Answer one request as configured; prints it and returns (item ids, values) or, for --image, (score, rank)."""
+    require_sizes(cfg, {"tile_size": MAX_TILE_SIZE})
     if cfg.similar_to is not None and cfg.image is not None:
         raise RecommendError("give either --similar-to or --image, not both")
     if cfg.user is None and cfg.similar_to is None:
@@ -220,7 +214,6 @@ def recommend(cfg):
 
     ids, values, name = (list_similar if cfg.similar_to is not None else list_top)(run, cfg, category)
     out = Path(cfg.out) if cfg.out else run.path
-    out.mkdir(parents=True, exist_ok=True)
     strip = out / (name + ("" if category is None else f"_category{category}") + ".png")
     save_strip(run.dataset, ids.tolist(), strip, cfg.tile_size)
     print(f"images: {strip}")
