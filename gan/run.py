@@ -7,7 +7,7 @@ from common.checkpoint import load_checkpoint, load_state, saved_config
 from common.classifier import load_classifier, train_or_load_classifier
 from common.data import MAX_CATEGORIES
 from common.errors import CheckpointError, RunError
-from common.safe_pickle import describe
+from common.safe_pickle import describe_value
 from gan.config import GANConfig, check_config
 from gan.model import Discriminator, Generator, build_gan
 
@@ -46,10 +46,10 @@ def open_gan_run(run, device="cpu"):
     cfg = saved_config(GANConfig, checkpoint["config"], path, check_config)
     categories, nets = checkpoint["num_categories"], checkpoint["model"]
     if type(categories) is not int or not 1 <= categories <= MAX_CATEGORIES:
-        raise CheckpointError(f"{path}: its category count is {describe(categories)}, not from 1 to "
+        raise CheckpointError(f"{path}: its category count is {describe_value(categories)}, not from 1 to "
                               f"{MAX_CATEGORIES} (the file was edited or is corrupted)")
     if not (isinstance(nets, dict) and {"generator", "discriminator"} <= set(nets)):
-        raise CheckpointError(f"{path}: its model is {describe(nets)}, not the generator's and discriminator's "
+        raise CheckpointError(f"{path}: its model is {describe_value(nets)}, not the generator's and discriminator's "
                               "weights")
     generator, discriminator = build_gan(cfg, categories, device)
     load_state(generator, nets["generator"], path)

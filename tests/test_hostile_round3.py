@@ -28,7 +28,7 @@ from gan.main import main as gan_main
 from gan.model import build_gan
 from gan.run import open_gan_run
 from gan.train import GANTraining
-from pm.main import PMConfig, check_ids
+from pm.config import PMConfig, check_ids
 from pm.main import main as pm_main
 from tools.recommend import main as recommend_main
 
