@@ -9,6 +9,7 @@ The pickle is read by the restricted unpickler of common/safe_pickle.py, never b
 the conversion lets a small file expand without bound.
 """
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ DATA_SPLITS = ("train", "validation", "test")
 
 @dataclass
 class Dataset:
-    name: str                        # file stem, e.g. "AmazonFashion6ImgPartitioned"
+    name: str                        # file stem or folder name, e.g. "AmazonFashion6ImgPartitioned"
     path: Path
     usernum: int
     itemnum: int
@@ -32,7 +33,7 @@ class Dataset:
     user_test: np.ndarray = field(repr=False)          # (usernum,) int64: the held-out test item
     item_category: np.ndarray = field(repr=False)      # (itemnum,) int64: argmax of the one-hot `c`, -1 where absent
     num_categories: int                                # width of `c` (0 if no item has `c`)
-    image_bytes: list[bytes] = field(repr=False)       # encoded image per item
+    image_bytes: Sequence[bytes] = field(repr=False)   # encoded image per item (a list, or read on demand)
     cache_dir: Path | None = None                      # decoded images' cache (None: cache/ beside the file)
 
     @property

@@ -118,8 +118,8 @@ class RegionAttention(nn.Module):
 
 @dataclass
 class AttentionConfig:
-    dataset: str | None = field(default=None, metadata={"help": "dataset .npy in the original format, or "
-                                                                "'embedded'"})
+    dataset: str | None = field(default=None, metadata={"help": "dataset: a .npy in the original format, a "
+                                                                "dataset folder, or 'embedded'"})
     out: str | None = field(default=None, metadata={"help": "run directory; None: runs/attention"})
     k: int = field(default=50, metadata={"help": "latent dimensions K of theta_u and the item feature"})
     hidden: int = field(default=16, metadata={"help": "width of the attention layer W"})

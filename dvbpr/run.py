@@ -97,7 +97,7 @@ def read_results(run):
 
 
 def open_run_dataset(run, path, cache_dir):
-    if path and path != "embedded" and not Path(path).is_file():
+    if path and path != "embedded" and not Path(path).exists():
         raise RunError(f"the dataset the run in {run} was trained on, {path}, is not there any more: "
                        "give its new place with --dataset")
     return open_dataset(path, cache_dir)[0]

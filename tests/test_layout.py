@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ROOMS = ("common", "dvbpr", "gan", "pm", "explain", "baselines", "tools", "experiments")   # earlier first
+ROOMS = ("common", "convert", "dvbpr", "gan", "pm", "explain", "baselines", "tools", "experiments")   # earlier first
 OPEN_TO_LATER_ROOMS = {"run", "model", "cnnf", "backbones"}
 TRAINING_MODULES = {"train", "main", "tf_run", "sample"}
 # The region-attention recommender still lives in dvbpr/attention.py with its own loop; until it is a stage of
