@@ -226,7 +226,8 @@ CORRUPTIONS = {
                                                          lambda a: a.__setitem__(-1, a[-1] + 1)),
                                 "image_offsets.npy should start at 0 and end"),
     "truncated images": (lambda f: _truncate(f / "images.bin", -1), "images.bin is missing or not the"),
-    "a huge manifest": (lambda f: (f / MANIFEST).write_bytes(b" " * (5 << 20)), "more than the 4,194,304 a manifest may have"),
+    "a huge manifest": (lambda f: (f / MANIFEST).write_bytes(b" " * (5 << 20)),
+                        "more than the 4,194,304 a manifest may have"),
 }
 
 
