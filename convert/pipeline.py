@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ STEP_SETTINGS = {
     "pack": ("image_side",),
 }
 SHOWN = 5   # offenders named in a line
-BYTES_PER_ROW = 150   # peak memory per interaction read, measured by bench/convert_hm.py (with H&M's 23 per user)
+BYTES_PER_ROW = 200   # peak memory per interaction read: bench/convert_hm.py measured 197 (H&M's 23 per user)
 SAMPLE_BYTES = 4 << 20
 
 
@@ -55,7 +56,9 @@ class Steps:
         if self.done.get(name) == key:
             print(f"{name}: done before, kept")
             return load()
+        started = time.perf_counter()
         result = compute()
+        print(f"{name}: done in {time.perf_counter() - started:.1f} s")
         self.done[name] = key
         write_json(self.index, self.done)
         return result
@@ -85,19 +88,28 @@ def estimated_rows(path: Path) -> int | None:
     return round(path.stat().st_size * sample.count(b"\n") / max(1, len(sample)))
 
 
+def memory_verdict(rows: int, user_fraction: float, available: int, what: str) -> str | None:
+    """Why converting `rows` interactions would not fit in `available` bytes, naming the share of users that
+    would; None if it fits."""
+    needed = rows * user_fraction * BYTES_PER_ROW
+    if needed <= available:
+        return None
+    fits = 0.9 * available / (rows * BYTES_PER_ROW)
+    return (f"{what} holds about {rows:,} interactions; converting {user_fraction:g} of them needs about "
+            f"{needed / 2**30:.1f} GiB and {available / 2**30:.1f} GiB is available: --user-fraction {fits:.2f} keeps "
+            "that share of users (by a hash of their id) and fits")
+
+
 def check_memory(cfg, path: Path, available: int | None = None):
     """ConfigError, before anything is read, if the interactions in `path` would not fit in memory."""
     rows = estimated_rows(path)
-    available = available_memory() if available is None else available
     if rows is None:
         return print(f"{path.name} is compressed: its memory need is not estimated ({BYTES_PER_ROW} bytes per "
                      "interaction; --user-fraction reduces it)")
-    needed = rows * cfg.user_fraction * BYTES_PER_ROW
-    if needed > available:
-        fits = 0.9 * available / (rows * BYTES_PER_ROW)
-        raise ConfigError(f"{path.name} holds about {rows:,} interactions; converting {cfg.user_fraction:g} of them "
-                          f"needs about {needed / 2**30:.1f} GiB and {available / 2**30:.1f} GiB is available: "
-                          f"--user-fraction {fits:.2f} keeps that share of users (by a hash of their id) and fits")
+    verdict = memory_verdict(rows, cfg.user_fraction, available_memory() if available is None else available,
+                             path.name)
+    if verdict:
+        raise ConfigError(verdict)
 
 
 def step_keys(cfg, stats: dict) -> dict[str, str]:

@@ -65,14 +65,15 @@ class IdTable:
 
 
 def _refuse(path: Path, error: Exception) -> DatasetError:
-    return DatasetError(f"{path}: {str(error).splitlines()[0]}")
+    return DatasetError(f"{path}: {str(error).splitlines()[0][:300]}")
 
 
 def stream_csv(path: Path, columns: dict[str, pa.DataType | None]):
     """Record batches of the named columns of a CSV with a header (None: the type pyarrow infers)."""
-    missing = [name for name in columns if name not in csv_header(path)]
+    header = csv_header(path)
+    missing = [name for name in columns if name not in header]
     if missing:
-        raise DatasetError(f"{path} has no column {', '.join(missing)} (its header: {', '.join(csv_header(path))})")
+        raise DatasetError(f"{path} has no column {', '.join(missing)} (its header: {', '.join(header)[:200]})")
     options = pcsv.ConvertOptions(include_columns=list(columns),
                                   column_types={name: kind for name, kind in columns.items() if kind is not None})
     try:

@@ -3,14 +3,17 @@
 address, and the split's rules."""
 import contextlib
 import http.server
+import io
 import json
 import shutil
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from common.dataset_folder import MANIFEST, _sha256
 from common.datasets import FORMATS, open_dataset, resolve_dataset
@@ -325,3 +328,28 @@ def test_first_interactions_and_both_holdouts():
             held = {drawn.item_codes[drawn.validation[user]], drawn.item_codes[drawn.test[user]]}
             train = set(drawn.item_codes[drawn.train_items[drawn.train_indptr[user]:drawn.train_indptr[user + 1]]])
             assert len(held) == 2 and held | train == owned and not held & train
+
+
+def test_malformed_sources_and_unsafe_image_paths_are_named(tmp_path, server):
+    spec = write_source("amazon2023", tmp_path / "raw", World(), server)
+    reviews = Path(spec["args"][2])
+    reviews.write_text(reviews.read_text() + '{"user_id": "A1", "parent_asin": \n')
+    with pytest.raises(SystemExit, match=rf"^convert: {reviews}: JSON parse error"):
+        convert(spec, tmp_path / "out")
+    spec = write_generic(tmp_path / "lab", World())
+    (tmp_path / "lab" / "interactions.csv").write_text("user,product\nu1,it3\n")
+    with pytest.raises(SystemExit, match=r"interactions.csv has no column item \(its header: user, product\)$"):
+        convert(spec, tmp_path / "out")
+    (tmp_path / "secret.jpg").write_bytes(jpeg(5))
+    folder = tmp_path / "lab" / "photos"
+    assert image_files.image_status(folder / ".." / ".." / "secret.jpg", folder, 10**6) == image_files.MISSING
+    assert image_files.image_status(folder / "img" / "3.jpg", folder, 10**6) == image_files.OK
+    assert image_files.image_status(folder / "img" / "3.jpg", folder, 100) == image_files.TOO_LARGE
+
+
+def test_image_side_shrinks_only_larger_images():
+    large, small = jpeg(1, 300, 200), jpeg(2, 40, 60)
+
+    assert Image.open(io.BytesIO(image_files.shrunk(large, 64))).size == (96, 64)
+    assert image_files.shrunk(small, 64) == small
+    assert image_files.shrunk(b"not an image", 64) == b"not an image"
