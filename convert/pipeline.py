@@ -274,6 +274,8 @@ def convert(cfg) -> Path:
         print(f"{out} is already this conversion (its manifest.json has the same key): nothing to do")
         return out
     manifest.unlink(missing_ok=True)
+    if out.is_dir():
+        remove_stale_temporaries(out)
     work = out / "work"
     steps = Steps(work)
     if steps.done.get("interactions") != keys["interactions"]:
