@@ -48,7 +48,7 @@ def is_dataset_folder(path) -> bool:
 # ----------------------------------------------------------------------------------------------------------
 # Writing
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 24):
@@ -57,7 +57,7 @@ def _sha256(path: Path) -> str:
 
 
 def save_array(folder, name: str, values) -> None:
-    """folder/name.npy as int64, written atomically (the converter resumes at the first file not yet there)."""
+    """folder/name.npy as int64, written atomically (a killed writer leaves the old file or none)."""
     array = np.ascontiguousarray(values, dtype=ARRAY_DTYPE)
     atomic_write(Path(folder) / f"{name}.npy", lambda f: np.save(f, array, allow_pickle=False))
 
@@ -73,8 +73,8 @@ def write_manifest(folder, *, usernum: int, itemnum: int, categories: list[str],
         if path.is_file():
             array = np.load(path, mmap_mode="r", allow_pickle=False)
             arrays[name] = {"file": path.name, "dtype": array.dtype.str, "shape": list(array.shape),
-                            "bytes": path.stat().st_size, "sha256": _sha256(path)}
-    images = {"file": IMAGES, "bytes": (folder / IMAGES).stat().st_size, "sha256": _sha256(folder / IMAGES)}
+                            "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    images = {"file": IMAGES, "bytes": (folder / IMAGES).stat().st_size, "sha256": file_sha256(folder / IMAGES)}
     manifest = {"format": FORMAT, "version": VERSION, "usernum": usernum, "itemnum": itemnum,
                 "interactions": arrays["train_items"]["shape"][0], "num_categories": len(categories),
                 "categories": categories, **description, "arrays": arrays, "images": images}
@@ -169,7 +169,7 @@ def _read_array(folder: Path, manifest: dict, name: str, shape: tuple) -> np.nda
     expected = data_start + int(np.prod(shape)) * ARRAY_DTYPE.itemsize
     if path.stat().st_size != expected:
         raise DatasetError(f"{path} is {path.stat().st_size:,} bytes; its header says {expected:,}")
-    if _sha256(path) != entry.get("sha256"):
+    if file_sha256(path) != entry.get("sha256"):
         raise DatasetError(f"{path} does not match the sha256 in {MANIFEST}: it changed after conversion")
     return np.load(path, allow_pickle=False)
 

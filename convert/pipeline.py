@@ -23,7 +23,7 @@ import numpy as np
 
 from common.checkpoint import fingerprint, remove_stale_temporaries, write_json
 from common.data import MAX_CATEGORIES, name_offenders
-from common.dataset_folder import MANIFEST, save_array, write_manifest
+from common.dataset_folder import MANIFEST, OPTIONAL_ARRAYS, save_array, write_manifest
 from common.errors import ConfigError, DatasetError
 from convert import images as image_files
 from convert.fetch import FetchSettings, fetch_images
@@ -249,6 +249,8 @@ def split_step(cfg, out: Path, data: Interactions, items: dict, images: dict) ->
                          "validation": split.validation, "test": split.test, "item_category": category,
                          **split.times}.items():
         save_array(out, name, values)
+    for name in set(OPTIONAL_ARRAYS) - set(split.times):   # left by an earlier conversion into this folder
+        (out / f"{name}.npy").unlink(missing_ok=True)
     _write_lines(out / "users.txt", [data.user_ids[c] for c in split.user_codes.tolist()])
     _write_lines(out / "items.txt", [data.item_ids[c] for c in split.item_codes.tolist()])
     report = {}

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.dataset_folder import MANIFEST, _sha256
+from common.dataset_folder import MANIFEST, file_sha256
 from common.datasets import FORMATS, open_dataset, resolve_dataset
 from common.errors import ConfigError, DatasetError
 from convert import images as image_files
@@ -196,7 +196,7 @@ def _rewrite_array(folder, name, change):
     change(array)
     np.save(folder / f"{name}.npy", array)
     manifest = json.loads((folder / MANIFEST).read_text())
-    manifest["arrays"][name]["sha256"] = _sha256(folder / f"{name}.npy")
+    manifest["arrays"][name]["sha256"] = file_sha256(folder / f"{name}.npy")
     (folder / MANIFEST).write_text(json.dumps(manifest))
 
 
