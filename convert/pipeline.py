@@ -39,7 +39,7 @@ STEP_SETTINGS = {
     "pack": ("image_side",),
 }
 SHOWN = 5   # offenders named in a line
-BYTES_PER_ROW = 200   # peak memory per interaction read: bench/convert_hm.py measured 197 (H&M's 23 per user)
+BYTES_PER_ROW = 250   # peak memory per interaction read: bench/convert_hm.py measured 197-228 (23 per user, as H&M)
 SAMPLE_BYTES = 4 << 20
 
 
