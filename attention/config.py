@@ -20,8 +20,8 @@ class AttentionConfig:
     preset: str = field(default="paper", metadata={"help": "paper: DVBPR's protocol (CNN-F at 224 px, K=50, 20 "
                                                            "epochs, exact AUC); demo: narrow CNN-F at 64 px, 4 "
                                                            "epochs"})
-    dataset: str | None = field(default=None, metadata={"help": "dataset .npy in the original format, or "
-                                                                "'embedded'; None: data/AmazonFashion6Img"
+    dataset: str | None = field(default=None, metadata={"help": "dataset: a .npy in the original format, a "
+                                                                "dataset folder, or 'embedded'; None: data/AmazonFashion6Img"
                                                                 "Partitioned.npy, else the embedded catalogue"})
     out: str | None = field(default=None, metadata={"help": "run directory; None: runs/attention"})
     cache_dir: str | None = field(default=None, metadata={"help": "folder of the decoded-image cache (None: a "

@@ -38,9 +38,9 @@ class BaselinesConfig:
     preset: str = field(default="paper", metadata={"help": "paper: the paper's grid, 20 epochs per setting; "
                                                            "quick: a narrow grid and fewer epochs; demo: quick with "
                                                            "32 px visual features of 3 epochs"})
-    dataset: str | None = field(default=None, metadata={"help": "dataset .npy in the original format; without it "
-                                                                "AmazonFashion if present, else the embedded "
-                                                                "catalogue"})
+    dataset: str | None = field(default=None, metadata={"help": "dataset: a .npy in the original format or a "
+                                                                "dataset folder; without it AmazonFashion if "
+                                                                "present, else the embedded catalogue"})
     out: str | None = field(default=None, metadata={"help": "output directory; without it runs/baselines"})
     cache_dir: str | None = field(default=None, metadata={"help": "folder of the decoded-image cache (None: a "
                                                                   "cache/ folder beside the dataset)"})

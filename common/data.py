@@ -11,6 +11,7 @@ the conversion lets a small file expand without bound.
 import functools
 import hashlib
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ DATA_SPLITS = ("train", "validation", "test")
 
 @dataclass
 class Dataset:
-    name: str                        # file stem, e.g. "AmazonFashion6ImgPartitioned"
+    name: str                        # file stem or folder name, e.g. "AmazonFashion6ImgPartitioned"
     path: Path
     usernum: int
     itemnum: int
@@ -34,7 +35,7 @@ class Dataset:
     user_test: np.ndarray = field(repr=False)          # (usernum,) int64: the held-out test item
     item_category: np.ndarray = field(repr=False)      # (itemnum,) int64: argmax of the one-hot `c`, -1 where absent
     num_categories: int                                # width of `c` (0 if no item has `c`)
-    image_bytes: list[bytes] = field(repr=False)       # encoded image per item
+    image_bytes: Sequence[bytes] = field(repr=False)   # encoded image per item (a list, or read on demand)
     cache_dir: Path | None = None                      # decoded images' cache (None: cache/ beside the file)
 
     @property

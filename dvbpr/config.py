@@ -22,9 +22,10 @@ class DVBPRConfig:
                                                            "epochs, the best validation epoch kept; original: K=100, "
                                                            "sampled-100 AUC, 19 evaluated epochs, a checkpoint every "
                                                            "epoch, the last epoch kept"})
-    dataset: str | None = field(default=None, metadata={"help": "dataset .npy in the original format, or "
-                                                                "'embedded'; None: data/AmazonFashion6Img"
-                                                                "Partitioned.npy, else the embedded catalogue"})
+    dataset: str | None = field(default=None, metadata={"help": "dataset: a .npy in the original format, a "
+                                                                "dataset folder (convert/main.py), or 'embedded'; "
+                                                                "None: data/AmazonFashion6ImgPartitioned.npy, "
+                                                                "else the embedded catalogue"})
     out: str | None = field(default=None, metadata={"help": "run directory; None: runs/dvbpr"})
     cache_dir: str | None = field(default=None, metadata={"help": "folder of the decoded-image cache (None: a "
                                                                   "cache/ folder beside the dataset)"})

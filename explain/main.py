@@ -47,7 +47,7 @@ class ExplainConfig:
     occlusion_patch: int | None = field(default=None, metadata={"help": "occlusion: grey patch side in pixels "
                                                                         "(default: a quarter of the image)"})
     batch_size: int = field(default=10, metadata={"help": "images explained at once"})
-    dataset: str | None = field(default=None, metadata={"help": "dataset .npy, if not the one the run was "
+    dataset: str | None = field(default=None, metadata={"help": "dataset .npy or folder, if not the one the run was "
                                                                 "trained on"})
     out: str | None = field(default=None, metadata={"help": "output directory (default: the run directory)"})
     tile_size: int = field(default=128, metadata={"help": "side of each image in the strip, in pixels"})

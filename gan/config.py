@@ -23,7 +23,7 @@ class GANConfig:
     train: bool = field(default=False, metadata={"help": "train; without it, write per-category grids from the "
                                                          "trained model in --out"})
     resume: bool = field(default=False, metadata={"help": "continue training from --out's checkpoint"})
-    dataset: str | None = field(default=None, metadata={"help": "the .npy dataset, or 'embedded' (None: "
+    dataset: str | None = field(default=None, metadata={"help": "the dataset .npy or folder, or 'embedded' (None: "
                                                                 "data/AmazonFashion6ImgPartitioned.npy if present, "
                                                                 "else the embedded catalogue)"})
     out: str | None = field(default=None, metadata={"help": "run directory shared by training and sampling "

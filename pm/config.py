@@ -22,7 +22,8 @@ class PMConfig:
     dvbpr_run: str = field(default="runs/dvbpr", metadata={"help": "run directory of the trained DVBPR"})
     gan_run: str = field(default="runs/gan", metadata={"help": "run directory of the trained GAN"})
     out: str | None = field(default=None, metadata={"help": "output directory (default: runs/pm)"})
-    dataset: str | None = field(default=None, metadata={"help": "dataset .npy (default: the one DVBPR was trained on)"})
+    dataset: str | None = field(default=None, metadata={"help": "dataset .npy or folder (default: the one DVBPR "
+                                                                "was trained on)"})
     user: int | None = field(default=None, metadata={"help": "design for this user (default: one per category, "
                                                              "drawn as the original did)"})
     category: int | None = field(default=None, metadata={"help": "only this category (default: all)"})

@@ -46,7 +46,7 @@ class RecommendConfig:
                                                                    "and test items, all left out of their lists; "
                                                                    "with this flag only the training items are, "
                                                                    "to see where the held-out ones rank"})
-    dataset: str | None = field(default=None, metadata={"help": "dataset .npy, if not the one the run was "
+    dataset: str | None = field(default=None, metadata={"help": "dataset .npy or folder, if not the one the run was "
                                                                 "trained on"})
     out: str | None = field(default=None, metadata={"help": "directory for the image strip, if not --run"})
     tile_size: int = field(default=128, metadata={"help": "side of each image in the strip, in pixels"})
