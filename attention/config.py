@@ -21,8 +21,9 @@ class AttentionConfig:
                                                            "epochs, exact AUC); demo: narrow CNN-F at 64 px, 4 "
                                                            "epochs"})
     dataset: str | None = field(default=None, metadata={"help": "dataset: a .npy in the original format, a "
-                                                                "dataset folder, or 'embedded'; None: data/AmazonFashion6Img"
-                                                                "Partitioned.npy, else the embedded catalogue"})
+                                                                "dataset folder, or 'embedded'; None: data/Amazon"
+                                                                "Fashion6ImgPartitioned.npy, else the embedded "
+                                                                "catalogue"})
     out: str | None = field(default=None, metadata={"help": "run directory; None: runs/attention"})
     cache_dir: str | None = field(default=None, metadata={"help": "folder of the decoded-image cache (None: a "
                                                                   "cache/ folder beside the dataset)"})
