@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from common.errors import ConfigError
-from convert.readers import first_rows, items_from_rows, read_interactions, stream_json
+from convert.fetch import fetched_image_folder
+from convert.readers import first_rows, items_from_rows, read_interactions, review_inputs, stream_json
 
 FETCHES = True
 REVIEWS = pa.schema([("reviewerID", pa.string()), ("asin", pa.string()), ("unixReviewTime", pa.int64())])
@@ -24,14 +24,10 @@ METADATA = pa.schema([("asin", pa.string()), ("category", pa.list_(pa.string()))
 
 
 def inputs(cfg) -> dict[str, Path]:
-    if not (cfg.reviews and cfg.meta and cfg.images):
-        raise ConfigError("amazon2018 needs --reviews JSONL, --meta JSONL and --images FOLDER (where the images are "
-                          "fetched to)")
-    return {"reviews": Path(cfg.reviews), "meta": Path(cfg.meta)}
+    return review_inputs(cfg, "amazon2018")
 
 
-def image_folder(cfg) -> Path:
-    return Path(cfg.images)
+image_folder = fetched_image_folder
 
 
 def read(cfg):

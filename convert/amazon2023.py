@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from common.errors import ConfigError
-from convert.readers import first_rows, items_from_rows, read_interactions, stream_json
+from convert.fetch import fetched_image_folder
+from convert.readers import first_rows, items_from_rows, read_interactions, review_inputs, stream_json
 
 FETCHES = True
 IMAGE_FIELDS = ("large", "hi_res", "thumb")
@@ -28,14 +28,10 @@ METADATA = pa.schema([("parent_asin", pa.string()), ("main_category", pa.string(
 
 
 def inputs(cfg) -> dict[str, Path]:
-    if not (cfg.reviews and cfg.meta and cfg.images):
-        raise ConfigError("amazon2023 needs --reviews JSONL, --meta JSONL and --images FOLDER (where the images are "
-                          "fetched to)")
-    return {"reviews": Path(cfg.reviews), "meta": Path(cfg.meta)}
+    return review_inputs(cfg, "amazon2023")
 
 
-def image_folder(cfg) -> Path:
-    return Path(cfg.images)
+image_folder = fetched_image_folder
 
 
 def read(cfg):

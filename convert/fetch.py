@@ -112,3 +112,8 @@ def fetch_images(jobs: list[tuple[str, Path]], settings: FetchSettings) -> list[
             bar.update(1)
         list(pool.map(run, todo))
     return failures
+
+
+def fetched_image_folder(cfg) -> Path:
+    """Where a source whose images are fetched keeps them (--images)."""
+    return Path(cfg.images)

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 
-from common.errors import DatasetError
+from common.errors import ConfigError, DatasetError
 
 BLOCK_BYTES = 16 << 20
 MAX_ID_CHARS = 256
@@ -173,3 +173,11 @@ def items_from_rows(wanted: list, rows: dict, describe) -> Items:
     """Items for the wanted keys; describe(row) -> (category name, image path or URL)."""
     described = [describe(rows[key]) if key in rows else ("", "") for key in wanted]
     return Items([key in rows for key in wanted], [c or "" for c, _ in described], [i or "" for _, i in described])
+
+
+def review_inputs(cfg, source) -> dict[str, Path]:
+    """The input files of a source of reviews and item metadata whose images are fetched (Amazon's)."""
+    if not (cfg.reviews and cfg.meta and cfg.images):
+        raise ConfigError(f"{source} needs --reviews JSONL, --meta JSONL and --images FOLDER (where the images are "
+                          "fetched to)")
+    return {"reviews": Path(cfg.reviews), "meta": Path(cfg.meta)}

@@ -1,10 +1,14 @@
 """Stand-ins shared by several test files."""
+import contextlib
 import os
 import subprocess
 import sys
+import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from common.checkpoint import save_checkpoint
 from common.classifier import CategoryClassifier, classifier_checkpoint
@@ -37,3 +41,28 @@ def run_stage(script, args, nproc=1):
                             timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+@contextlib.contextmanager
+def within(seconds, peak_bytes):
+    """Asserts that the block ends within `seconds` and allocates at most `peak_bytes` (tracemalloc: Python
+    objects and numpy arrays)."""
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert elapsed < seconds, f"took {elapsed:.1f} s"
+    assert peak < peak_bytes, f"allocated {peak:,} bytes at the peak"
+
+
+def refused(error, call):
+    """The one-line message of the `error` that call() raises."""
+    with pytest.raises(error) as caught:
+        call()
+    message = str(caught.value)
+    assert "\n" not in message and not message.rstrip().endswith(":")
+    return message

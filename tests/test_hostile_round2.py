@@ -8,10 +8,8 @@ import struct
 import subprocess
 import sys
 import time
-import tracemalloc
 import zipfile
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -43,36 +41,13 @@ from dvbpr.main import main as dvbpr_main
 from dvbpr.tf_import import dvbpr_state_from_tf
 from dvbpr.tf_run import fitting_image_sizes
 from pm.main import main as pm_main
-from tests.helpers import ROOT
+from tests.helpers import ROOT, refused, within
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tf"
 DVBPR_CKPT = FIXTURES / "dvbpr.ckpt"
 SHARD = ".data-00000-of-00001"
 
 
-@contextmanager
-def within(seconds, peak_bytes):
-    """Asserts that the block ends within `seconds` and allocates at most `peak_bytes` (tracemalloc: Python
-    objects and numpy arrays)."""
-    tracemalloc.start()
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        elapsed = time.perf_counter() - started
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    assert elapsed < seconds, f"took {elapsed:.1f} s"
-    assert peak < peak_bytes, f"allocated {peak:,} bytes at the peak"
-
-
-def refused(error, call):
-    """The one-line message of the `error` that call() raises."""
-    with pytest.raises(error) as caught:
-        call()
-    message = str(caught.value)
-    assert "\n" not in message and not message.rstrip().endswith(":")
-    return message
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -4,9 +4,6 @@ refused in one line naming the file or flag and the cause, within a small multip
 import os
 import shutil
 import struct
-import time
-import tracemalloc
-from contextlib import contextmanager
 from dataclasses import asdict
 
 import pytest
@@ -30,34 +27,13 @@ from gan.run import open_gan_run
 from gan.train import GANTraining
 from pm.config import PMConfig, check_ids
 from pm.main import main as pm_main
+from tests.helpers import refused, within
 from tools.recommend import main as recommend_main
 
 TINY_DVBPR = ["--image-size", "32", "--k", "8", "--fc-width", "64", "--conv-widths", "8", "8", "8", "8", "8",
               "--batch-size", "16", "--epochs", "1", "--device", "cpu"]
 
 
-@contextmanager
-def within(seconds, peak_bytes):
-    """Asserts that the block ends within `seconds` and allocates at most `peak_bytes` (tracemalloc)."""
-    tracemalloc.start()
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        elapsed = time.perf_counter() - started
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    assert elapsed < seconds, f"took {elapsed:.1f} s"
-    assert peak < peak_bytes, f"allocated {peak:,} bytes at the peak"
-
-
-def refused(error, call):
-    """The one-line message of the `error` that call() raises."""
-    with pytest.raises(error) as caught:
-        call()
-    message = str(caught.value)
-    assert "\n" not in message and not message.rstrip().endswith(":")
-    return message
 
 
 def exit_message(main, argv):
