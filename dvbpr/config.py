@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from common.bpr import THETA_INITS
 from common.cli import require_positive
 from common.errors import ConfigError
-from common.metrics import TIES, TIES_HELP
+from common.metrics import CUTOFFS, TIES, TIES_HELP, check_cutoffs, check_metric_choice, selectable_metrics
 from common.training import LR_SCHEDULES, SELECTIONS
 from dvbpr.backbones import BACKBONES
 
@@ -59,12 +59,21 @@ class DVBPRConfig:
                                                                 "cosine"})
     batch_size: int = field(default=128, metadata={"help": "triplets per step"})
     epochs: int = field(default=20, metadata={"help": "epochs of N triplets, N = number of training interactions"})
-    protocol: str = field(default="exact", metadata={"help": "AUC protocol", "choices": ["exact", "sampled100"]})
+    protocol: str = field(default="exact", metadata={"help": "exact: AUC, Recall@K, NDCG@K and MRR over every item "
+                                                             "the user has not interacted with (full ranking); "
+                                                             "sampled100: the original code's AUC against 100 drawn "
+                                                             "items, and NCF's sampled HR@10 and NDCG@10",
+                                                     "choices": ["exact", "sampled100"]})
+    cutoffs: list[int] = field(default_factory=lambda: list(CUTOFFS), metadata={
+        "help": "the K of Recall@K and NDCG@K under the exact protocol"})
     ties: str = field(default="fail", metadata={"help": TIES_HELP, "choices": list(TIES)})
     select: str = field(default="best-valid", metadata={
         "help": "the epoch kept in best.pt and embeddings.pt, reported in results.json and used by recommend.py and "
-                "pm/: best-valid, the best validation AUC (the paper); last, the last epoch (the authors published "
-                "their last checkpoint)", "choices": list(SELECTIONS)})
+                "pm/: best-valid, the best by --select-metric (the paper: validation AUC); last, the last epoch (the "
+                "authors published their last checkpoint)", "choices": list(SELECTIONS)})
+    select_metric: str = field(default="valid_auc", metadata={
+        "help": "the validation metric best-valid follows, e.g. valid_auc (the paper), valid_ndcg@20, "
+                "valid_recall@20_cold"})
     cold_threshold: int = field(default=5, metadata={"help": "an item is cold with fewer training interactions"})
     save_every_epoch: bool = field(default=False, metadata={"help": "also write DVBPR_auc_<K>_<step>.pt (the last 5 "
                                                                     "kept) and UI_<K>_<step>.npy every epoch"})
@@ -98,6 +107,8 @@ POSITIVE_FIELDS = ("k", "image_size", "fc_width", "batch_size", "epochs", "eval_
 
 def check_config(cfg):
     require_positive(cfg, *POSITIVE_FIELDS)
+    check_cutoffs(cfg.cutoffs)
+    check_metric_choice(cfg.select_metric, "--select-metric", selectable_metrics(cfg.protocol, cfg.cutoffs))
     if cfg.conv_widths is not None and (len(cfg.conv_widths) != 5 or min(cfg.conv_widths) < 1):
         raise ConfigError(f"--conv-widths takes five positive channel counts, got {cfg.conv_widths}")
     if cfg.warmup_epochs < 0 or cfg.warmup_epochs > cfg.epochs:

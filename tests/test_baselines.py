@@ -376,9 +376,9 @@ def test_a_weights_file_that_is_not_alexnet_is_refused(tmp_path):
 
 # --------------------------------------------------------------------------------------------------- table
 
-def fake_selection(all_auc, cold_auc):
-    return SimpleNamespace(test={"all": all_auc, "cold": cold_auc}, valid={"all": all_auc, "cold": cold_auc},
-                           params={"factors": 10}, epoch=3, trials=[])
+def fake_selection(all_auc, cold_auc, **metrics):
+    result = {"all": all_auc, "cold": cold_auc, "metrics": {"auc": all_auc, "auc_cold": cold_auc, **metrics}}
+    return SimpleNamespace(test=result, valid=result, params={"factors": 10}, epoch=3, trials=[])
 
 
 def test_improvements_reproduce_the_papers_percentages():
