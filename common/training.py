@@ -5,9 +5,9 @@ Epochs: an epoch is as many triplets as training interactions N; epoch e ends at
 boundary the original DVBPR used (so its pretrained step 39728 is epoch 19 here too). Each epoch draws its triplets
 in one call to the sampler, reseeds torch (dropout) from (seed, epoch, rank), takes one Adam step per global batch
 (each rank its share, the forward pass under bf16 autocast on CUDA) with the learning rate of its step, evaluates,
-and keeps the epoch's record when `select` says so: the best validation epoch (by `select_metric`), or the last. `progress` holds the
-epochs done, their records and the kept one; a checkpoint stores it with the model, optimiser and sampler, so that a
-resumed run, under any number of ranks, goes on as the uninterrupted one would have.
+and keeps the epoch's record when `select` says so: the best validation epoch (by `select_metric`), or the last.
+`progress` holds the epochs done, their records and the kept one; a checkpoint stores it with the model, optimiser
+and sampler, so that a resumed run, under any number of ranks, goes on as the uninterrupted one would have.
 
 The settings the loop reads (`cfg`): epochs, batch_size, lr, lr_schedule, warmup_epochs, select, select_metric,
 seed, bf16.
@@ -37,8 +37,9 @@ class Trainee:
     feed(batches) turns an iterator of this rank's triplet rows (users, positives, negatives: CPU LongTensors) into
     an iterator of batches on the device; loss(network, batch) is the objective of one batch, to minimise;
     evaluate() -> (metrics, artefacts) scores the model after an epoch: the metrics (with the one best-valid
-    selection compares, cfg.select_metric, say valid_auc) go into the epoch's record, the artefacts (say, item embeddings) to whoever
-    saves the epoch. `negatives`: per positive, when the loss takes several (WARP's trials, NCF's negatives).
+    selection compares, cfg.select_metric, say valid_auc) go into the epoch's record, the artefacts (say, item
+    embeddings) to whoever saves the epoch. `negatives`: per positive, when the loss takes several (WARP's trials,
+    NCF's negatives).
     """
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer

@@ -71,7 +71,7 @@ def epoch_metrics(valid, test, protocol):
     """The record's metrics: valid_auc, valid_auc_cold, test_auc, test_auc_cold, then the others in the same
     scheme (valid_recall@20, test_ndcg@20_cold, ...)."""
     splits = (("valid", valid["metrics"]), ("test", test["metrics"]))
-    auc = {f"{split}_{name}": metrics[name] for name in ("auc", "auc_cold") for split, metrics in splits}
+    auc = {f"{split}_{name}": metrics[name] for split, metrics in splits for name in ("auc", "auc_cold")}
     others = {f"{split}_{name}": value for split, metrics in splits for name, value in metrics.items()}
     return dict(auc, **others, protocol=protocol)
 

@@ -236,7 +236,8 @@ def test_a_checkpoint_of_another_stage_is_refused_naming_both(tmp_path):
     with pytest.raises(SystemExit, match="gan: .*written by the 'dvbpr' stage, not by 'gan'"):
         main(["--train", "--resume", "--out", str(tmp_path)])
     save_checkpoint(tmp_path / "checkpoint.pt", {"stage": "gan", "config": {}})
-    with pytest.raises(CheckpointError, match="lacks model, num_categories, step, metrics: not a complete gan checkpoint"):
+    with pytest.raises(CheckpointError,
+                       match="lacks model, num_categories, step, metrics: not a complete gan checkpoint"):
         open_gan_run(tmp_path)
     save_checkpoint(tmp_path / "checkpoint.pt", {"stage": "gan", "config": {"image_size": 32, "extra": 1},
                                                  "model": {}, "num_categories": 6, "step": 1, "metrics": {}})
