@@ -33,6 +33,7 @@ class BenchConfig:
     ties: str = field(default="fail", metadata={"help": "tie rule", "choices": ["fail", "half"]})
     repeats: int = field(default=3, metadata={"help": "timed runs of each; the best counts"})
     devices: list[str] = field(default_factory=lambda: ["cpu", "cuda"], metadata={"help": "devices to measure"})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads (None: torch's default)"})
 
 
 def synthetic_dataset(bench, seed=0):
@@ -77,6 +78,8 @@ def measure(bench, dataset, device):
 
 def main(argv=None):
     bench, _ = parse_config(BenchConfig, argv, description=__doc__.splitlines()[0])
+    if bench.threads:
+        torch.set_num_threads(bench.threads)
     dataset = synthetic_dataset(bench)
     print(machine_line())
     print("| device | users x items x K | matmul | GFLOP/s in the matmul | evaluation | evaluation / matmul |")

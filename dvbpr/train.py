@@ -187,8 +187,9 @@ def train(cfg, ranks=None):
         with open(out / "DVBPR.log", "a") as log:
             log.write(log_line(record) + "\n")
         runlog.record(**record)
+        chosen = "" if cfg.select_metric == "valid_auc" else f"  {cfg.select_metric} {fmt(record[cfg.select_metric])}"
         tqdm.write(f"{log_line(record)}  cold items: test {fmt(record['test_auc_cold'])} "
-                   f"valid {fmt(record['valid_auc_cold'])}  loss {record['loss']:.4g}")
+                   f"valid {fmt(record['valid_auc_cold'])}  loss {record['loss']:.4g}{chosen}")
     seconds_before = progress["seconds"]
     train_epochs(trainee, cfg, ranks, progress, dataset.num_train_interactions, on_epoch)
     results = results_summary(cfg, dataset, embedded, progress["kept"], seconds_before + time.time() - started,

@@ -293,13 +293,15 @@ def test_cli_writes_the_run_and_resume_reproduces_it(tiny_path, tmp_path):
     assert (resumed / "DVBPR.log").read_text() == (whole / "DVBPR.log").read_text()
 
 
-def test_best_valid_keeps_the_best_validation_epoch_through_a_resume(tiny_path, tmp_path):
-    args = ("--select", "best-valid", "--protocol", "exact", "--ties", "half")
+def test_best_valid_keeps_the_best_validation_epoch_by_the_chosen_metric_through_a_resume(tiny_path, tmp_path):
+    args = ("--select", "best-valid", "--protocol", "exact", "--ties", "half", "--select-metric", "valid_mrr",
+            "--cutoffs", "5", "10")
     whole = main(cli_args(tiny_path, tmp_path / "whole", *args, "--epochs", "3"))
     records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
-    best = max(records, key=lambda r: r["valid_auc"])
-    assert (whole["selected"], whole["epoch"], whole["valid_auc"]) == ("best-valid", best["epoch"], best["valid_auc"])
-    assert whole["ties"] == "half"
+    best = max(records, key=lambda r: r["valid_mrr"])
+    assert (whole["selected"], whole["epoch"], whole["valid_mrr"]) == ("best-valid", best["epoch"], best["valid_mrr"])
+    assert whole["ties"] == "half" and whole["select_metric"] == "valid_mrr"
+    assert {"valid_ndcg@5", "test_recall@10_cold", "test_mrr"} <= set(whole) and "test_ndcg@20" not in whole
     assert load_checkpoint(tmp_path / "whole" / "best.pt")["epoch"] == best["epoch"]
     assert load_checkpoint(tmp_path / "whole" / "embeddings.pt")["epoch"] == best["epoch"]
 
