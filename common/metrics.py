@@ -127,7 +127,9 @@ def scored_chunks(score_fn, users, chunk_users, device):
         size = chunk_users or 1
         batch = users[start:start + size]
         scores = score_fn(batch).float()
-        if not torch.isfinite(scores.sum()) and not torch.isfinite(scores).all():  # the sum is the fast check
+        # a NaN or an infinity anywhere makes the sum non-finite: the (slower) element-wise check runs only then,
+        # and clears scores whose sum merely overflowed
+        if not torch.isfinite(scores.sum()) and not torch.isfinite(scores).all():
             user = int(batch[~torch.isfinite(scores).all(dim=1)][0])
             raise TrainingDiverged(f"the model's scores are NaN or infinite (e.g. for user {user}): the AUC is "
                                    "undefined; the model diverged")
@@ -154,7 +156,7 @@ def exact_counts(score_fn, positives, exclude_indptr, exclude_indices, users=Non
     for start, batch, scores in scored_chunks(score_fn, users, chunk_users, device):
         pos = positives[batch]
         pos_scores = scores.gather(1, pos[:, None])
-        # sum(dtype=int32) counts without widening the bools to int64 first, as count_nonzero does on CPU
+        # on the CPU an int32 sum of the bools counts faster than count_nonzero or an int64 sum
         above = (scores > pos_scores).sum(1, dtype=torch.int32).long()
         tied = (scores >= pos_scores).sum(1, dtype=torch.int32).long() - above - 1  # the positive ties with itself
         local, items = gather_rows(indptr, indices, batch)

@@ -378,3 +378,12 @@ def test_selection_metrics_are_the_validation_ones_evaluated():
     assert "valid_sampled_ndcg@10" in selectable_metrics("sampled100")
     with pytest.raises(ConfigError, match="--select-metric valid_ndcg@5 is not one of"):
         check_metric_choice("valid_ndcg@5", "--select-metric", selectable_metrics("exact", (10, 20)))
+
+
+def test_huge_finite_scores_whose_sum_overflows_are_still_evaluated():
+    dataset = random_dataset(usernum=6, itemnum=20, seed=31)
+    scores = torch.full((dataset.usernum, dataset.itemnum), 3e38)
+    scores[torch.arange(dataset.usernum), torch.as_tensor(dataset.user_test)] = 3.4e38
+    assert not torch.isfinite(scores.sum())
+    metrics = evaluate_ranking(dataset, lambda u: scores[u], "test")["metrics"]
+    assert metrics["auc"] == metrics["ndcg@10"] == 1.0
