@@ -153,12 +153,19 @@ def exact_counts(score_fn, positives, exclude_indptr, exclude_indices, users=Non
     users = torch.arange(len(positives)) if users is None else torch.as_tensor(users, dtype=torch.long)
     users = users.to(device)
     counts = torch.empty(3, len(users), dtype=torch.long, device=device)
+    buffer = torch.empty(0, device=device)
     for start, batch, scores in scored_chunks(score_fn, users, chunk_users, device):
         pos = positives[batch]
         pos_scores = scores.gather(1, pos[:, None])
-        # on the CPU an int32 sum of the bools counts faster than count_nonzero or an int64 sum
-        above = (scores > pos_scores).sum(1, dtype=torch.int32).long()
-        tied = (scores >= pos_scores).sum(1, dtype=torch.int32).long() - above - 1  # the positive ties with itself
+        # Comparing into floats and summing them counts about 3x faster on the CPU than summing bools, which are
+        # cast first; a sum of 0s and 1s is exact while below 2**24 in float32 (2**53 in float64). One buffer for
+        # every chunk spares the page faults of a fresh one.
+        if buffer.numel() < scores.numel():
+            buffer = torch.empty(scores.numel(), device=device,
+                                 dtype=torch.float32 if scores.shape[1] < 2**24 else torch.float64)
+        flags = buffer[:scores.numel()].view(scores.shape)
+        above = torch.gt(scores, pos_scores, out=flags).sum(1).long()
+        tied = torch.ge(scores, pos_scores, out=flags).sum(1).long() - above - 1  # the positive ties with itself
         local, items = gather_rows(indptr, indices, batch)
         keep = items != pos[local]
         local, items = local[keep], items[keep]
