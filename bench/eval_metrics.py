@@ -8,8 +8,10 @@ The embeddings and interactions are random (K-dim theta_u and item vectors, `tra
 validation and one test item per user); the evaluation is common/metrics.py's evaluate_ranking on the test split,
 every user, the exact protocol. "matmul" is the same chunks of theta_u . Phi(X_i) computed and thrown away, so the
 ratio evaluation / matmul is what the counting costs on top of the scores (the target: at most about 2). Each time
-is the best of --repeats runs, the two measured in turn so that a busy machine slows both alike.
+is the best of --repeats runs, the two measured in turn so that a busy machine slows both alike; the load average
+printed says how busy it was (on a shared machine, --threads 1 gives the steadier ratio).
 """
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +83,7 @@ def main(argv=None):
     if bench.threads:
         torch.set_num_threads(bench.threads)
     dataset = synthetic_dataset(bench)
-    print(machine_line())
+    print(f"{machine_line()}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print("| device | users x items x K | matmul | GFLOP/s in the matmul | evaluation | evaluation / matmul |")
     print("|---|---|---|---|---|---|")
     for name in bench.devices:
