@@ -11,7 +11,17 @@ from common.bpr import THETA_INITS
 from common.cli import MAX_BATCH, MAX_IMAGE_SIZE, MAX_WIDTH, require_sizes
 from common.errors import ConfigError
 from common.images import RESIZE_FILTERS
-from common.metrics import TIES, TIES_HELP
+from common.metrics import (
+    CUTOFFS,
+    CUTOFFS_HELP,
+    PROTOCOL_HELP,
+    PROTOCOLS,
+    TIES,
+    TIES_HELP,
+    check_cutoffs,
+    check_metric_choice,
+    selectable_metrics,
+)
 from common.training import LR_SCHEDULES, SELECTIONS
 
 
@@ -52,13 +62,18 @@ class AttentionConfig:
                                                                 "cosine"})
     batch_size: int = field(default=128, metadata={"help": "triplets per step"})
     epochs: int = field(default=20, metadata={"help": "epochs of N triplets, N = number of training interactions"})
-    protocol: str = field(default="exact", metadata={"help": "AUC protocol", "choices": ["exact", "sampled100"]})
+    protocol: str = field(default="exact", metadata={"help": PROTOCOL_HELP, "choices": list(PROTOCOLS)})
+    cutoffs: list[int] = field(default_factory=lambda: list(CUTOFFS), metadata={"help": CUTOFFS_HELP})
     ties: str = field(default="fail", metadata={"help": TIES_HELP, "choices": list(TIES)})
-    select: str = field(default="best-valid", metadata={"help": "the epoch kept in best.pt: best-valid or last",
+    select: str = field(default="best-valid", metadata={"help": "the epoch kept in best.pt: best-valid, the best "
+                                                                "by --select-metric, or last",
                                                         "choices": list(SELECTIONS)})
+    select_metric: str = field(default="valid_auc", metadata={
+        "help": "the validation metric best-valid follows, e.g. valid_auc (the paper), valid_ndcg@20"})
     cold_threshold: int = field(default=5, metadata={"help": "an item is cold with fewer training interactions"})
     eval_batch_size: int = field(default=256, metadata={"help": "images per no-grad batch in evaluation"})
-    eval_chunk: int | None = field(default=None, metadata={"help": "users per AUC chunk; None: sized to memory"})
+    eval_chunk: int | None = field(default=None, metadata={"help": "users per evaluation chunk; None: sized to "
+                                                                   "memory"})
     seed: int = field(default=0, metadata={"help": "seed of the initialisation, the triplets and sampled AUC"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (CPU always runs float32)"})
@@ -78,5 +93,7 @@ def check_config(cfg):
     if cfg.conv_widths is not None and len(cfg.conv_widths) != 5:
         raise ConfigError(f"--conv-widths takes five positive channel counts, got {cfg.conv_widths}")
     require_sizes(cfg, SIZE_BOUNDS)
+    check_cutoffs(cfg.cutoffs)
+    check_metric_choice(cfg.select_metric, "--select-metric", selectable_metrics(cfg.protocol, cfg.cutoffs))
     if not 0 <= cfg.warmup_epochs <= cfg.epochs:
         raise ConfigError(f"--warmup-epochs must be between 0 and --epochs ({cfg.epochs}), got {cfg.warmup_epochs}")

@@ -17,7 +17,7 @@ from common.checkpoint import save_checkpoint, write_json
 from common.datasets import describe_data, open_run_data
 from common.device import fused_adam_kwargs, memory_format, pick_device
 from common.distributed import Ranks, unwrap
-from common.metrics import evaluate_auc, tie_rule
+from common.metrics import epoch_metrics, evaluate_ranking, split_metrics, tie_rule
 from common.runlog import RunLog, run_dir
 from common.sampling import TripletSampler
 from common.seeding import seed_everything
@@ -27,15 +27,15 @@ STAGE = "attention"
 
 
 def evaluate(model, dataset, images, cfg, ranks):
-    """The epoch's metrics: All/Cold AUC on validation and test under cfg.protocol, users sharded over the ranks."""
+    """The epoch's metrics (evaluate_ranking's, All and Cold) on validation and test under cfg.protocol, users
+    sharded over the ranks."""
     score = model.scorer(images, cfg.eval_batch_size, cfg.bf16)
     options = dict(protocol=cfg.protocol, ties=cfg.ties, device=ranks.device, chunk_users=cfg.eval_chunk,
                    cold_threshold=cfg.cold_threshold, users=torch.tensor(ranks.shard(dataset.usernum)),
-                   combine=ranks.gather)
-    valid = evaluate_auc(dataset, score, split="validation", seed=cfg.seed, **options)
-    test = evaluate_auc(dataset, score, split="test", seed=cfg.seed + 1, **options)
-    return dict(valid_auc=valid["all"], valid_auc_cold=valid["cold"], test_auc=test["all"],
-                test_auc_cold=test["cold"], protocol=cfg.protocol)
+                   combine=ranks.gather, cutoffs=cfg.cutoffs)
+    valid = evaluate_ranking(dataset, score, split="validation", seed=cfg.seed, **options)
+    test = evaluate_ranking(dataset, score, split="test", seed=cfg.seed + 1, **options)
+    return epoch_metrics(valid, test, cfg.protocol)
 
 
 def attention_trainee(model, dataset, images, cfg, ranks):
@@ -82,9 +82,8 @@ def train(cfg, ranks=None):
     kept = progress["kept"]
     results = dict(preset=cfg.preset, protocol=cfg.protocol, ties=tie_rule(cfg.protocol, cfg.ties),
                    dataset=dataset.name, dataset_path=str(dataset.path), embedded=embedded, epochs=cfg.epochs,
-                   k=cfg.k, image_size=cfg.image_size, selected=cfg.select, epoch=kept["epoch"], step=kept["step"],
-                   valid_auc=kept["valid_auc"], valid_auc_cold=kept["valid_auc_cold"], test_auc=kept["test_auc"],
-                   test_auc_cold=kept["test_auc_cold"], history=progress["history"],
+                   k=cfg.k, image_size=cfg.image_size, selected=cfg.select, select_metric=cfg.select_metric,
+                   epoch=kept["epoch"], step=kept["step"], **split_metrics(kept), history=progress["history"],
                    wall_seconds=round(seconds_before + time.time() - started, 1), device=ranks.describe())
     if ranks.is_main:
         write_json(out / "results.json", results)

@@ -4,14 +4,15 @@
     python baselines/main.py --dataset data/AmazonFashion6ImgPartitioned.npy --dvbpr-run runs/dvbpr
     python baselines/main.py --imagenet-weights pretrained/alexnet-owt-7be5be79.pth   # ImageNet features
     python baselines/main.py --preset quick --models bpr-mf vbpr --factors 10 --regs 0.01 0.1
+    python baselines/main.py --metric auc ndcg@20 recall@20 --select-metric valid_ndcg@20   # today's metrics
 
 Each learned model (WARP, BPR-MF, GMF, MLP, FM, VBPR) is trained for every (factors, regulariser) pair of the
-grid, keeping its best epoch by validation AUC; the setting with the best validation All-Items AUC is selected
-and only its test AUC is reported. RAND, PopRank and VisRank have nothing to tune. DVBPR comes from a finished
-run (--dvbpr-run DIR, default runs/dvbpr), opened through dvbpr/run.py: train it first with dvbpr/main.py;
-Attention likewise (--attention-run DIR, default runs/attention; attention/main.py). The methods and their order
-come from baselines/registry.py. Writes Table III as table.md, table.csv and table.json, and metrics.jsonl, into
---out.
+grid, keeping its best epoch by a validation metric (--select-metric, default All-Items AUC as the paper); the
+setting with the best one is selected and only its test metrics are reported (--metric: which ones the table
+shows, AUC by default). RAND, PopRank and VisRank have nothing to tune. DVBPR comes from a finished run
+(--dvbpr-run DIR, default runs/dvbpr), opened through dvbpr/run.py: train it first with dvbpr/main.py; Attention
+likewise (--attention-run DIR, default runs/attention; attention/main.py). The methods and their order come from
+baselines/registry.py. Writes Table III as table.md, table.csv and table.json, and metrics.jsonl, into --out.
 """
 import dataclasses
 import json
@@ -29,7 +30,19 @@ from common.cli import MAX_BATCH, MAX_IMAGE_SIZE, MAX_WIDTH, parse_config, requi
 from common.datasets import open_dataset
 from common.device import describe, pick_device
 from common.errors import ConfigError
-from common.metrics import TIES, TIES_HELP, tie_rule
+from common.metrics import (
+    CUTOFFS,
+    CUTOFFS_HELP,
+    PROTOCOL_HELP,
+    PROTOCOLS,
+    TIES,
+    TIES_HELP,
+    check_cutoffs,
+    check_metric_choice,
+    metric_names,
+    selectable_metrics,
+    tie_rule,
+)
 from common.runlog import RunLog, run_dir
 
 
@@ -67,8 +80,15 @@ class BaselinesConfig:
     feature_image_size: int = field(default=224, metadata={"help": "CNN-F input side for the pre-trained features"})
     feature_epochs: int = field(default=5, metadata={"help": "epochs of CNN-F category pre-training"})
     feature_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of CNN-F pre-training"})
-    protocol: str = field(default="exact", metadata={"help": "AUC protocol", "choices": ["exact", "sampled100"]})
+    protocol: str = field(default="exact", metadata={"help": PROTOCOL_HELP, "choices": list(PROTOCOLS)})
     ties: str = field(default="fail", metadata={"help": TIES_HELP, "choices": list(TIES)})
+    cutoffs: list[int] = field(default_factory=lambda: list(CUTOFFS), metadata={"help": CUTOFFS_HELP})
+    metric: list[str] = field(default_factory=lambda: ["auc"], metadata={
+        "help": "the test metrics Table III shows, two rows (All and Cold Items) each: auc (the paper's), "
+                "ndcg@20, recall@20, mrr, ... (sampled100: auc, sampled_hr@10, sampled_ndcg@10)"})
+    select_metric: str = field(default="valid_auc", metadata={
+        "help": "the validation metric that picks each model's epoch and setting, e.g. valid_auc (the paper), "
+                "valid_ndcg@20"})
     seed: int = field(default=0, metadata={"help": "seed of initialisations and sampling"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
 
@@ -95,6 +115,10 @@ def check_config(cfg):
         raise ConfigError(f"unknown model(s) {', '.join(unknown)}; choose from {' '.join(METHODS)}")
     require_sizes(cfg, dict(epochs=None, batch_size=MAX_BATCH, feature_image_size=MAX_IMAGE_SIZE, feature_epochs=None,
                             factors=MAX_WIDTH, warp_max_trials=100_000))
+    check_cutoffs(cfg.cutoffs)
+    for metric in cfg.metric:
+        check_metric_choice(metric, "--metric", metric_names(cfg.protocol, cfg.cutoffs))
+    check_metric_choice(cfg.select_metric, "--select-metric", selectable_metrics(cfg.protocol, cfg.cutoffs))
 
 
 def table_iii(cfg):
@@ -122,7 +146,7 @@ def table_iii(cfg):
         runlog.record(**dataclasses.asdict(selection))
         report(selection)
     table = build_table(dataset.name, selections, features_description, cfg.protocol,
-                        tie_rule(cfg.protocol, cfg.ties))
+                        tie_rule(cfg.protocol, cfg.ties), cfg.metric, cfg.select_metric)
     table["wall_seconds"] = round(time.time() - started, 1)
     paths = write_table(out, table)
     print(render_markdown(table))

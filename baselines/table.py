@@ -1,4 +1,5 @@
-"""Table III of the paper: test AUC on All Items and Cold Items, a column per method, and DVBPR's improvement.
+"""Table III of the paper: test AUC on All Items and Cold Items, a column per method, and DVBPR's improvement;
+the same two rows for each other metric asked for (NDCG@20, Recall@20, ...: common/metrics.py's names).
 
 Improvements are relative, as in the paper: DVBPR / other - 1 (Amazon Fashion, All Items: 0.7964 / 0.6278 - 1 =
 26.9% over BPR-MF). "best" is the best method other than DVBPR in the same row.
@@ -12,8 +13,9 @@ from common.checkpoint import write_json
 PAPER_METHODS = ("RAND", "PopRank", "WARP", "BPR-MF", "VisRank", "FM", "VBPR", "DVBPR")
 SETTINGS = ("All Items", "Cold Items")
 VS_BPRMF, VS_BEST = "DVBPR vs BPR-MF (%)", "DVBPR vs best (%)"
-SPLIT_KEYS = {"All Items": "all", "Cold Items": "cold"}
 TIE_WORDS = {"fail": "a tie counts as a failure", "half": "a tie counts half"}
+METRIC_WORDS = {"auc": "AUC", "recall": "Recall", "ndcg": "NDCG", "mrr": "MRR", "sampled_hr": "HR",
+                "sampled_ndcg": "NDCG"}
 
 # file stem -> (name in the paper, {setting: (AUC per PAPER_METHODS..., improvement over BPR-MF %, over best %)})
 PAPER_TABLE = {
@@ -48,19 +50,42 @@ def paper_rows(dataset_name):
     return {setting: dict(zip((*PAPER_METHODS, VS_BPRMF, VS_BEST), values)) for setting, values in rows.items()}
 
 
-def build_table(dataset_name, selections, features, protocol, ties="fail"):
-    """The table as a dict (what table.json holds); `selections` maps method label -> train.Selection-like object,
-    in the order of the columns."""
+def metric_label(metric):
+    """recall@20 -> Recall@20, sampled_hr@10 -> HR@10 (sampled), mrr -> MRR."""
+    name, at, k = metric.partition("@")
+    return METRIC_WORDS[name] + at + k + (" (sampled)" if name.startswith("sampled_") else "")
+
+
+def selection_label(select_metric):
+    """valid_ndcg@20_cold -> validation NDCG@20 on Cold Items."""
+    name = select_metric.removeprefix("valid_")
+    cold = name.endswith("_cold")
+    return f"validation {metric_label(name.removesuffix('_cold'))}" + (" on Cold Items" if cold else "")
+
+
+def row_label(metric, setting):
+    """The AUC rows keep the paper's labels (All Items, Cold Items); the others say their metric."""
+    return setting if metric == "auc" else f"{metric_label(metric)}, {setting}"
+
+
+def build_table(dataset_name, selections, features, protocol, ties="fail", metrics=("auc",),
+                select_metric="valid_auc"):
+    """The table as a dict (what table.json holds); `selections` maps method label -> train.Selection-like object
+    (whose test dict holds evaluate_ranking's "metrics"), in the order of the columns; two rows per metric."""
     methods = list(selections)
     rows = {}
-    for setting in SETTINGS:
-        row = {method: selections[method].test[SPLIT_KEYS[setting]] for method in methods}
-        rows[setting] = {**row, **dict(zip((VS_BPRMF, VS_BEST), improvements(row)))}
+    for metric in metrics:
+        for setting in SETTINGS:
+            name = metric if setting == "All Items" else f"{metric}_cold"
+            row = {method: selections[method].test["metrics"].get(name) for method in methods}
+            rows[row_label(metric, setting)] = {**row, **dict(zip((VS_BPRMF, VS_BEST), improvements(row)))}
     return {
         "dataset": dataset_name,
         "paper_dataset": PAPER_TABLE[dataset_name][0] if dataset_name in PAPER_TABLE else None,
         "protocol": protocol,
         "ties": ties,
+        "metrics": list(metrics),
+        "select_metric": select_metric,
         "features": features,
         "columns": [*methods, VS_BPRMF, VS_BEST],
         "rows": rows,
@@ -78,19 +103,20 @@ def _cell(column, value, best=False):
 
 
 def table_lines(table):
-    """(label, source, {column: value}) per printed row: ours, then the paper's beside it."""
-    for setting in SETTINGS:
-        yield setting, "ours", table["rows"][setting]
-        if table["paper"]:
-            yield f"{setting} (paper)", "paper", table["paper"][setting]
+    """(label, source, {column: value}) per printed row: ours, then the paper's AUC beside it."""
+    for label, row in table["rows"].items():
+        yield label, "ours", row
+        if table["paper"] and label in table["paper"]:
+            yield f"{label} (paper)", "paper", table["paper"][label]
 
 
 def render_markdown(table):
     columns = table["columns"]
     title = table["paper_dataset"] or table["dataset"]
     lines = [f"## Table III: {title}", "",
-             f"Test AUC ({table['protocol']} protocol, {TIE_WORDS[table['ties']]}) of the setting each method "
-             "selected by validation AUC. "
+             f"Test {', '.join(map(metric_label, table['metrics']))} ({table['protocol']} protocol, "
+             f"{TIE_WORDS[table['ties']]}) of the setting each method selected by "
+             f"{selection_label(table['select_metric'])}. "
              f"Visual features: {table['features']}. Best method of each row in bold.", "",
              "| Setting | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for label, _, row in table_lines(table):

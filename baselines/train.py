@@ -1,6 +1,10 @@
 """What every baseline shares: triplet sampling, the training loop (common/training.py, DVBPR's), evaluation and
 the validation grid search.
 
+Every model is evaluated by common/metrics.py's evaluate_ranking (AUC, and Recall@K, NDCG@K and MRR under the exact
+protocol); the epoch and the setting kept are the best by `select_metric` on validation (AUC, as the paper, unless
+asked otherwise).
+
 A baseline is an object with `scorer() -> score_fn(user_ids) -> [B, itemnum]` (item-side tables computed once
 per call, for evaluation). A learned baseline is also an nn.Module with
     forward(users [B], items [B, T]) -> scores [B, T]
@@ -18,10 +22,10 @@ import torch
 from tqdm import tqdm
 
 from common.distributed import Ranks
-from common.metrics import evaluate_auc
+from common.metrics import CUTOFFS, evaluate_ranking
 from common.sampling import TripletSampler
 from common.seeding import seed_everything
-from common.training import Trainee, new_progress, train_epochs
+from common.training import Trainee, beats, new_progress, train_epochs
 
 SPLIT_SEED_OFFSET = {"validation": 0, "test": 1}
 
@@ -39,38 +43,49 @@ class FitSettings:
     warmup_epochs: float = 0.0
     select: str = "best-valid"
     bf16: bool = False
+    cutoffs: tuple = CUTOFFS
+    select_metric: str = "valid_auc"   # a validation metric of evaluate_ranking's, named as in metrics.jsonl
 
 
 @dataclass
 class Fitted:
     model: object
-    valid: dict                 # evaluate_auc on the validation split, at the kept epoch
-    epoch: int | None = None    # the epoch kept (best validation AUC); None for models without training
+    valid: dict                 # evaluate_ranking on the validation split, at the kept epoch
+    epoch: int | None = None    # the epoch kept (best validation metric); None for models without training
 
 
 @dataclass
 class Selection:
-    """The outcome of a grid search: the setting with the best validation AUC, and its test AUC."""
+    """The outcome of a grid search: the setting with the best validation metric, and its test metrics."""
     name: str
     params: dict
     epoch: int | None
     valid: dict
     test: dict
-    trials: list = field(default_factory=list)   # every setting tried, with its validation AUC
+    trials: list = field(default_factory=list)   # every setting tried, with its validation AUCs
 
 
 @torch.no_grad()
-def evaluate(model, dataset, split, device, protocol="exact", seed=0, ties="fail"):
-    """AUC dict of the model on a split; sampled100 draws its negatives as dvbpr/main.py does (seed, seed + 1)."""
+def evaluate(model, dataset, split, device, settings=None):
+    """evaluate_ranking's dict of the model on a split under settings' protocol, ties and cutoffs (default:
+    FitSettings'); sampled100 draws its negatives as dvbpr/main.py does (seed, seed + 1)."""
+    settings = settings or FitSettings()
     if isinstance(model, torch.nn.Module):
         model.eval()
-    return evaluate_auc(dataset, model.scorer(), split=split, protocol=protocol, device=device,
-                        seed=seed + SPLIT_SEED_OFFSET[split], ties=ties)
+    return evaluate_ranking(dataset, model.scorer(), split=split, protocol=settings.protocol, device=device,
+                            seed=settings.seed + SPLIT_SEED_OFFSET[split], ties=settings.ties,
+                            cutoffs=settings.cutoffs)
+
+
+def better(result, best, select_metric):
+    """Whether the validation evaluation `result` beats `best` (None: nothing yet) on `select_metric`."""
+    metric = select_metric.removeprefix("valid_")
+    return best is None or beats(result["metrics"][metric], best["metrics"][metric])
 
 
 def fit(model, dataset, loss, reg, settings, device, desc="fit"):
     """Train with Adam on `loss` through the shared loop (common/training.py), evaluate on validation after every
-    epoch, keep the best epoch's weights."""
+    epoch, keep the best epoch's weights (by settings.select_metric)."""
     ranks = Ranks(device=torch.device(device))
     model.to(ranks.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
@@ -78,8 +93,8 @@ def fit(model, dataset, loss, reg, settings, device, desc="fit"):
     objective = lambda network, batch: loss(network, *batch, reg)
 
     def evaluate_epoch():
-        valid = evaluate(model, dataset, "validation", ranks.device, settings.protocol, settings.seed, settings.ties)
-        return dict(valid_auc=valid["all"], valid=valid), None
+        valid = evaluate(model, dataset, "validation", ranks.device, settings)
+        return {**{f"valid_{name}": value for name, value in valid["metrics"].items()}, "valid": valid}, None
     trainee = Trainee(model, optimizer, TripletSampler(dataset, settings.seed), feed, objective, evaluate_epoch,
                       settings.negatives)
     kept_state = {}
@@ -93,26 +108,27 @@ def fit(model, dataset, loss, reg, settings, device, desc="fit"):
     return Fitted(model, progress["kept"]["valid"], progress["kept"]["epoch"])
 
 
-def unlearned(model, dataset, device, protocol="exact", seed=0, ties="fail"):
+def unlearned(model, dataset, device, settings=None):
     """A model without training or hyper-parameters (RAND, PopRank, VisRank), evaluated on validation."""
-    return Fitted(model, evaluate(model, dataset, "validation", device, protocol, seed, ties))
+    return Fitted(model, evaluate(model, dataset, "validation", device, settings))
 
 
 def parameter_grid(factors, regs):
     return [{"factors": k, "reg": reg} for k in factors for reg in regs]
 
 
-def grid_search(name, dataset, train, grid, device, protocol="exact", seed=0, ties="fail"):
-    """Train one model per setting (train(**setting) -> Fitted), select by validation All-Items AUC only,
-    and evaluate the test split for the selected model alone."""
+def grid_search(name, dataset, train, grid, device, settings=None):
+    """Train one model per setting (train(**setting) -> Fitted), select by settings.select_metric on validation
+    only, and evaluate the test split for the selected model alone."""
+    settings = settings or FitSettings()
     best, best_params, trials = None, None, []
     for params in tqdm(grid, desc=f"{name} grid", unit="setting", leave=False):
         fitted = train(**params)
         trials.append({**params, "epoch": fitted.epoch, "valid_all": fitted.valid["all"],
                        "valid_cold": fitted.valid["cold"]})
-        if best is None or fitted.valid["all"] > best.valid["all"]:
+        if better(fitted.valid, best and best.valid, settings.select_metric):
             best, best_params = fitted, params
-    test = evaluate(best.model, dataset, "test", device, protocol, seed, ties)
+    test = evaluate(best.model, dataset, "test", device, settings)
     return Selection(name, best_params, best.epoch, best.valid, test, trials)
 
 
@@ -127,21 +143,25 @@ class Context:
     out: object
     embedded: bool
 
+    def settings(self, negatives=1):
+        cfg = self.cfg
+        return FitSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, negatives=negatives,
+                           protocol=cfg.protocol, seed=cfg.seed, ties=cfg.ties, cutoffs=tuple(cfg.cutoffs),
+                           select_metric=cfg.select_metric)
+
     def learned(self, build, loss, negatives=1):
         """Grid search over (factors, regulariser) of a model build(factors) trained with `loss`."""
-        cfg = self.cfg
-        settings = FitSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, negatives=negatives,
-                               protocol=cfg.protocol, seed=cfg.seed, ties=cfg.ties)
+        cfg, settings = self.cfg, self.settings(negatives)
 
         def train(factors, reg):
             seed_everything(cfg.seed)
             return fit(build(factors), self.dataset, loss, reg, settings, self.device,
                        desc=f"{self.label} K={factors} reg={reg}")
         return grid_search(self.label, self.dataset, train, parameter_grid(cfg.factors, cfg.regs), self.device,
-                           cfg.protocol, cfg.seed, cfg.ties)
+                           settings)
 
     def unlearned(self, model):
         """A method with nothing to train or tune, evaluated once."""
-        cfg = self.cfg
-        train = lambda: unlearned(model, self.dataset, self.device, cfg.protocol, cfg.seed, cfg.ties)
-        return grid_search(self.label, self.dataset, train, [{}], self.device, cfg.protocol, cfg.seed, cfg.ties)
+        settings = self.settings()
+        train = lambda: unlearned(model, self.dataset, self.device, settings)
+        return grid_search(self.label, self.dataset, train, [{}], self.device, settings)

@@ -5,12 +5,13 @@ Epochs: an epoch is as many triplets as training interactions N; epoch e ends at
 boundary the original DVBPR used (so its pretrained step 39728 is epoch 19 here too). Each epoch draws its triplets
 in one call to the sampler, reseeds torch (dropout) from (seed, epoch, rank), takes one Adam step per global batch
 (each rank its share, the forward pass under bf16 autocast on CUDA) with the learning rate of its step, evaluates,
-and keeps the epoch's record when `select` says so: the best validation epoch, or the last. `progress` holds the
-epochs done, their records, the kept one and the digest of the data trained on; a checkpoint stores it with the
-model, optimiser and sampler, so that a resumed run, under any number of ranks, goes on as the uninterrupted one
-would have, and on the same data only.
+and keeps the epoch's record when `select` says so: the best validation epoch (by `select_metric`), or the last.
+`progress` holds the epochs done, their records, the kept one and the digest of the data trained on; a checkpoint
+stores it with the model, optimiser and sampler, so that a resumed run, under any number of ranks, goes on as the
+uninterrupted one would have, and on the same data only.
 
-The settings the loop reads (`cfg`): epochs, batch_size, lr, lr_schedule, warmup_epochs, select, seed, bf16.
+The settings the loop reads (`cfg`): epochs, batch_size, lr, lr_schedule, warmup_epochs, select, select_metric,
+seed, bf16.
 """
 import dataclasses
 import math
@@ -36,9 +37,10 @@ class Trainee:
 
     feed(batches) turns an iterator of this rank's triplet rows (users, positives, negatives: CPU LongTensors) into
     an iterator of batches on the device; loss(network, batch) is the objective of one batch, to minimise;
-    evaluate() -> (metrics, artefacts) scores the model after an epoch: the metrics (with `valid_auc`, which
-    best-valid selection compares) go into the epoch's record, the artefacts (say, item embeddings) to whoever
-    saves the epoch. `negatives`: per positive, when the loss takes several (WARP's trials, NCF's negatives).
+    evaluate() -> (metrics, artefacts) scores the model after an epoch: the metrics (with the one best-valid
+    selection compares, cfg.select_metric, say valid_auc) go into the epoch's record, the artefacts (say, item
+    embeddings) to whoever saves the epoch. `negatives`: per positive, when the loss takes several (WARP's trials,
+    NCF's negatives).
     """
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -87,10 +89,16 @@ def check_finite(loss, where):
                                "kept, and --resume continues from there)")
 
 
-def keep_record(select, kept, record):
-    """The epoch record to keep after `record`: it, with select "last" or when its validation AUC beats the kept
-    one's; else the kept one."""
-    if select == "last" or kept is None or record["valid_auc"] > kept["valid_auc"]:
+def beats(value, best):
+    """Whether a metric's value (higher is better) beats the best so far; None (no cold user, or a record from
+    before the metric existed) beats nothing and is beaten by any value."""
+    return value is not None and (best is None or value > best)
+
+
+def keep_record(select, kept, record, metric="valid_auc"):
+    """The epoch record to keep after `record`: it, with select "last" or when its `metric` beats the kept one's;
+    else the kept one."""
+    if select == "last" or kept is None or beats(record[metric], kept[metric]):
         return record
     return kept
 
@@ -144,7 +152,7 @@ def train_epoch(epoch, network, trainee, cfg, ranks, progress, num_interactions,
                   triplets_per_s=round(triplets_per_s, 1), seconds=round(time.time() - started, 3))
     progress.update(epoch=epoch, step=last_step)
     progress["history"].append(record)
-    progress["kept"] = keep_record(cfg.select, progress["kept"], record)
+    progress["kept"] = keep_record(cfg.select, progress["kept"], record, cfg.select_metric)
     return record, artefacts
 
 

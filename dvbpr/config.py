@@ -11,7 +11,17 @@ from common.bpr import THETA_INITS
 from common.cli import MAX_BATCH, MAX_IMAGE_SIZE, MAX_WIDTH, require_sizes
 from common.errors import ConfigError
 from common.images import RESIZE_FILTERS
-from common.metrics import TIES, TIES_HELP
+from common.metrics import (
+    CUTOFFS,
+    CUTOFFS_HELP,
+    PROTOCOL_HELP,
+    PROTOCOLS,
+    TIES,
+    TIES_HELP,
+    check_cutoffs,
+    check_metric_choice,
+    selectable_metrics,
+)
 from common.training import LR_SCHEDULES, SELECTIONS
 from dvbpr.backbones import BACKBONES
 
@@ -62,12 +72,16 @@ class DVBPRConfig:
                                                                 "cosine"})
     batch_size: int = field(default=128, metadata={"help": "triplets per step"})
     epochs: int = field(default=20, metadata={"help": "epochs of N triplets, N = number of training interactions"})
-    protocol: str = field(default="exact", metadata={"help": "AUC protocol", "choices": ["exact", "sampled100"]})
+    protocol: str = field(default="exact", metadata={"help": PROTOCOL_HELP, "choices": list(PROTOCOLS)})
+    cutoffs: list[int] = field(default_factory=lambda: list(CUTOFFS), metadata={"help": CUTOFFS_HELP})
     ties: str = field(default="fail", metadata={"help": TIES_HELP, "choices": list(TIES)})
     select: str = field(default="best-valid", metadata={
         "help": "the epoch kept in best.pt and embeddings.pt, reported in results.json and used by recommend.py and "
-                "pm/: best-valid, the best validation AUC (the paper); last, the last epoch (the authors published "
-                "their last checkpoint)", "choices": list(SELECTIONS)})
+                "pm/: best-valid, the best by --select-metric (the paper: validation AUC); last, the last epoch (the "
+                "authors published their last checkpoint)", "choices": list(SELECTIONS)})
+    select_metric: str = field(default="valid_auc", metadata={
+        "help": "the validation metric best-valid follows, e.g. valid_auc (the paper), valid_ndcg@20, "
+                "valid_recall@20_cold"})
     cold_threshold: int = field(default=5, metadata={"help": "an item is cold with fewer training interactions"})
     save_every_epoch: bool = field(default=False, metadata={"help": "also write DVBPR_auc_<K>_<step>.pt (the last 5 "
                                                                     "kept) and UI_<K>_<step>.npy every epoch"})
@@ -101,6 +115,8 @@ SIZE_BOUNDS = dict(k=MAX_WIDTH, image_size=MAX_IMAGE_SIZE, fc_width=MAX_WIDTH, c
 
 
 def check_config(cfg):
+    check_cutoffs(cfg.cutoffs)
+    check_metric_choice(cfg.select_metric, "--select-metric", selectable_metrics(cfg.protocol, cfg.cutoffs))
     if cfg.conv_widths is not None and len(cfg.conv_widths) != 5:
         raise ConfigError(f"--conv-widths takes five positive channel counts, got {cfg.conv_widths}")
     require_sizes(cfg, SIZE_BOUNDS)

@@ -18,6 +18,7 @@ from common.checkpoint import write_json
 from common.cli import apply_settings
 from common.datasets import describe_data, open_run_data
 from common.errors import ConfigError, DatasetError
+from common.metrics import epoch_metrics
 from common.runlog import run_dir
 from common.tf_checkpoint import (
     TFCheckpoint,
@@ -40,7 +41,6 @@ from dvbpr.tf_import import (
 )
 from dvbpr.train import (
     dvbpr_trainee,
-    epoch_metrics,
     evaluate,
     log_line,
     results_summary,

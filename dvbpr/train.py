@@ -1,5 +1,5 @@
 """DVBPR training (paper Sec. III-A/B): BPR on (user, positive, negative) triplets through the shared loop of
-common/training.py, AUC every epoch, and the run's files.
+common/training.py, AUC and the top-K metrics every epoch, and the run's files.
 
 The original's loop bound (step*128 <= 20*N+1) stops just short of the 20th epoch boundary, so it evaluated and
 saved 19 times and discarded the rest of its 20th epoch. --preset original therefore runs 19 epochs, which gives
@@ -24,7 +24,7 @@ from common.datasets import describe_data, open_run_data
 from common.device import fused_adam_kwargs, memory_format, pick_device
 from common.distributed import Ranks, unwrap
 from common.errors import ConfigError
-from common.metrics import evaluate_auc, tie_rule
+from common.metrics import epoch_metrics, evaluate_ranking, split_metrics, tie_rule
 from common.runlog import RunLog, run_dir
 from common.sampling import TripletSampler
 from common.seeding import seed_everything
@@ -57,21 +57,17 @@ def dvbpr_trainee(model, dataset, images, cfg, ranks):
     return Trainee(model, optimizer, TripletSampler(dataset, cfg.seed), image_feed(images), loss, evaluate_epoch)
 
 
-def epoch_metrics(valid, test, protocol):
-    return dict(valid_auc=valid["all"], valid_auc_cold=valid["cold"], test_auc=test["all"],
-                test_auc_cold=test["cold"], protocol=protocol)
-
-
 def evaluate(model, dataset, images, cfg, ranks):
-    """(validation AUC dict, test AUC dict, item embeddings) under cfg.protocol, sharded over the ranks."""
+    """(validation metrics dict, test metrics dict (evaluate_ranking's), item embeddings) under cfg.protocol,
+    sharded over the ranks."""
     items = embed_items(model, images, cfg.eval_batch_size, ranks, cfg.bf16)
     theta = model.theta.detach()
     score = lambda users: theta[users] @ items.T
     options = dict(protocol=cfg.protocol, ties=cfg.ties, device=ranks.device, chunk_users=cfg.eval_chunk,
                    cold_threshold=cfg.cold_threshold, users=torch.tensor(ranks.shard(dataset.usernum)),
-                   combine=ranks.gather)
-    valid = evaluate_auc(dataset, score, split="validation", seed=cfg.seed, **options)
-    test = evaluate_auc(dataset, score, split="test", seed=cfg.seed + 1, **options)
+                   combine=ranks.gather, cutoffs=cfg.cutoffs)
+    valid = evaluate_ranking(dataset, score, split="validation", seed=cfg.seed, **options)
+    test = evaluate_ranking(dataset, score, split="test", seed=cfg.seed + 1, **options)
     return valid, test, items
 
 
@@ -155,8 +151,9 @@ def train(cfg, ranks=None):
         with open(out / "DVBPR.log", "a") as log:
             log.write(log_line(record) + "\n")
         runlog.record(**record)
+        chosen = "" if cfg.select_metric == "valid_auc" else f"  {cfg.select_metric} {fmt(record[cfg.select_metric])}"
         tqdm.write(f"{log_line(record)}  cold items: test {fmt(record['test_auc_cold'])} "
-                   f"valid {fmt(record['valid_auc_cold'])}  loss {record['loss']:.4g}")
+                   f"valid {fmt(record['valid_auc_cold'])}  loss {record['loss']:.4g}{chosen}")
     seconds_before = progress["seconds"]
     train_epochs(trainee, cfg, ranks, progress, dataset.num_train_interactions, on_epoch)
     results = results_summary(cfg, dataset, embedded, progress["kept"], seconds_before + time.time() - started,
@@ -169,10 +166,10 @@ def train(cfg, ranks=None):
 
 
 def results_summary(cfg, dataset, embedded, kept, seconds, ranks):
-    """results.json: the settings and the AUCs of the kept epoch (`selected` says how it was chosen)."""
+    """results.json: the settings and the metrics of the kept epoch (`selected` and `select_metric` say how it was
+    chosen)."""
     return dict(preset=cfg.preset, protocol=cfg.protocol, ties=tie_rule(cfg.protocol, cfg.ties),
                 dataset=dataset.name, dataset_path=str(dataset.path), embedded=embedded, epochs=cfg.epochs, k=cfg.k,
                 backbone=cfg.backbone, image_size=cfg.image_size, batch_size=cfg.batch_size, selected=cfg.select,
-                epoch=kept["epoch"], step=kept["step"], valid_auc=kept["valid_auc"],
-                valid_auc_cold=kept["valid_auc_cold"], test_auc=kept["test_auc"], test_auc_cold=kept["test_auc_cold"],
+                select_metric=cfg.select_metric, epoch=kept["epoch"], step=kept["step"], **split_metrics(kept),
                 wall_seconds=round(seconds, 1), device=ranks.describe())

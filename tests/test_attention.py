@@ -39,14 +39,15 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_path, tmp_path):
 
 
 def test_the_run_reads_back_what_training_kept(tiny_path, tmp_path):
-    results = main(cli_args(tiny_path, tmp_path, "--epochs", "2"))
+    results = main(cli_args(tiny_path, tmp_path, "--epochs", "2", "--select-metric", "valid_ndcg@10"))
     assert read_results(tmp_path)["test_auc"] == results["test_auc"]
+    assert results["select_metric"] == "valid_ndcg@10" and 0 <= results["test_ndcg@10_cold"] <= 1
     run = open_attention_run(tmp_path)
     assert run.epoch == results["epoch"] and not any(p.requires_grad for p in run.model.parameters())
     scores = run.scorer(torch.arange(run.dataset.usernum))
     assert scores.shape == (run.dataset.usernum, run.dataset.itemnum) and torch.isfinite(scores).all()
     kept = load_checkpoint(tmp_path / "best.pt")["metrics"]
-    assert kept["valid_auc"] == max(r["valid_auc"] for r in results["history"])
+    assert kept["valid_ndcg@10"] == max(r["valid_ndcg@10"] for r in results["history"])
 
 
 def test_cnn_fs_fc_layers_are_frozen_and_left_out_of_the_decay():
@@ -61,6 +62,7 @@ def test_cnn_fs_fc_layers_are_frozen_and_left_out_of_the_decay():
     (["--hidden", "0"], "attention: --hidden must be at least 1, got 0"),
     (["--conv-widths", "8", "8"], "attention: --conv-widths takes five positive channel counts"),
     (["--warmup-epochs", "9", "--epochs", "2"], "attention: --warmup-epochs must be between 0 and --epochs"),
+    (["--select-metric", "valid_ndcg@7"], "attention: --select-metric valid_ndcg@7 is not one of"),
 ])
 def test_bad_flags_give_one_line(tmp_path, argv, message):
     with pytest.raises(SystemExit) as error:

@@ -378,9 +378,9 @@ def test_a_weights_file_that_is_not_alexnet_is_refused(tmp_path):
 
 # --------------------------------------------------------------------------------------------------- table
 
-def fake_selection(all_auc, cold_auc):
-    return SimpleNamespace(test={"all": all_auc, "cold": cold_auc}, valid={"all": all_auc, "cold": cold_auc},
-                           params={"factors": 10}, epoch=3, trials=[])
+def fake_selection(all_auc, cold_auc, **metrics):
+    result = {"all": all_auc, "cold": cold_auc, "metrics": {"auc": all_auc, "auc_cold": cold_auc, **metrics}}
+    return SimpleNamespace(test=result, valid=result, params={"factors": 10}, epoch=3, trials=[])
 
 
 def test_improvements_reproduce_the_papers_percentages():
@@ -424,6 +424,22 @@ def test_a_dataset_not_in_the_paper_gets_no_paper_rows(tmp_path):
     assert rows[0] == ["setting", "source", "BPR-MF", "DVBPR", VS_BPRMF, VS_BEST]
     assert [row[1] for row in rows[1:]] == ["ours", "ours"]
     assert rows[1][4:] == ["10.0", "10.0"] and rows[2][3:] == ["", "", ""]
+
+
+def test_each_metric_asked_for_adds_its_all_and_cold_rows_without_paper_numbers(tmp_path):
+    selections = {method: fake_selection(0.6 + 0.01 * k, 0.5, **{"ndcg@20": 0.1 + 0.01 * k, "ndcg@20_cold": None})
+                  for k, method in enumerate(("BPR-MF", "DVBPR"))}
+    table = build_table("AmazonFashion6ImgPartitioned", selections, "test features", "exact",
+                        metrics=("auc", "ndcg@20"), select_metric="valid_ndcg@20")
+    write_table(tmp_path, table)
+    rows = list(csv.reader(open(tmp_path / "table.csv")))
+    assert [row[:2] for row in rows[1:]] == [["All Items", "ours"], ["All Items", "paper"], ["Cold Items", "ours"],
+                                             ["Cold Items", "paper"], ["NDCG@20, All Items", "ours"],
+                                             ["NDCG@20, Cold Items", "ours"]]
+    assert table["rows"]["NDCG@20, All Items"]["DVBPR"] == 0.11 and rows[5][2:] == ["0.1", "0.11", "10.0", "10.0"]
+    assert rows[6][2:] == ["", "", "", ""]
+    markdown = (tmp_path / "table.md").read_text()
+    assert "Test AUC, NDCG@20 (exact protocol" in markdown and "selected by validation NDCG@20." in markdown
 
 
 # --------------------------------------------------------------------------------------------- entry point
@@ -495,3 +511,17 @@ def test_preset_demo_gives_the_demo_settings_on_any_dataset():
     cfg, _ = parse_config(BaselinesConfig, ["--preset", "demo", "--dataset", "elsewhere.npy", "--epochs", "4"], PRESETS)
     assert all(getattr(cfg, name) == value for name, value in DEMO.items() if name != "epochs")
     assert (cfg.epochs, cfg.ties, cfg.protocol) == (4, "fail", "exact")
+
+
+def test_the_table_shows_the_metrics_asked_for_and_models_are_kept_by_the_one_chosen(tmp_path, paper_named_catalogue):
+    run = finished_dvbpr_run(tmp_path / "dvbpr", "AmazonFashion6ImgPartitioned")
+    argv = quick_argv(paper_named_catalogue, tmp_path / "out", run) + ["--models", "poprank", "bpr-mf"]
+    table = baselines_main(argv + ["--metric", "ndcg@20", "recall@20", "--select-metric", "valid_ndcg@20"])
+    assert list(table["rows"]) == ["NDCG@20, All Items", "NDCG@20, Cold Items", "Recall@20, All Items",
+                                   "Recall@20, Cold Items"]
+    chosen = table["selected"]["BPR-MF"]
+    assert 0 <= table["rows"]["NDCG@20, All Items"]["BPR-MF"] == chosen["test"]["metrics"]["ndcg@20"] <= 1
+    with pytest.raises(SystemExit, match="kept the epoch of the best valid_auc, not of the best valid_ndcg@20"):
+        baselines_main(argv + ["--models", "dvbpr", "--select-metric", "valid_ndcg@20"])
+    with pytest.raises(SystemExit, match="--metric ndcg@7 is not one of"):
+        baselines_main(argv + ["--metric", "ndcg@7"])

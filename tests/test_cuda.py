@@ -15,7 +15,7 @@ from common.data import load_dataset
 from common.device import memory_format
 from common.distributed import Ranks
 from common.images import ImageStore, decode_resize_nearest, image_cache
-from common.metrics import evaluate_auc
+from common.metrics import evaluate_ranking
 from common.sampling import TripletSampler
 from common.training import train_steps
 from dvbpr.config import DVBPRConfig
@@ -126,18 +126,18 @@ def test_dvbpr_loss_falls_under_bf16_on_cuda(tiny):
     assert np.isfinite(later) and later < first
 
 
-def test_exact_and_sampled_auc_on_cuda_equal_the_cpu_ones(tiny):
+def test_exact_and_sampled_metrics_on_cuda_equal_the_cpu_ones(tiny):
     """Small integer factors: every score is exact in float32 on both devices, and many scores tie."""
     dataset, _ = tiny
     rng = torch.Generator().manual_seed(0)
     theta, items = (torch.randint(-2, 3, (n, 4), generator=rng).float()
                     for n in (dataset.usernum, dataset.itemnum))
     for protocol in ("exact", "sampled100"):
-        on_cpu = evaluate_auc(dataset, lambda u: theta[u] @ items.T, protocol=protocol)
+        on_cpu = evaluate_ranking(dataset, lambda u: theta[u] @ items.T, protocol=protocol, cutoffs=(1, 5, 20))
         theta_gpu, items_gpu = theta.to(CUDA), items.to(CUDA)
-        on_gpu = evaluate_auc(dataset, lambda u: theta_gpu[u] @ items_gpu.T, protocol=protocol, device=CUDA,
-                              chunk_users=7)
-        assert (on_gpu["all"], on_gpu["cold"]) == (on_cpu["all"], on_cpu["cold"])
+        on_gpu = evaluate_ranking(dataset, lambda u: theta_gpu[u] @ items_gpu.T, protocol=protocol, device=CUDA,
+                                  chunk_users=7, cutoffs=(1, 5, 20))
+        assert on_gpu["metrics"] == on_cpu["metrics"] and len(on_cpu["metrics"]) > 2
 
 
 @pytest.mark.parametrize("bf16", [False, True])

@@ -23,7 +23,7 @@ from common.sampling import TripletSampler
 from common.training import epoch_end_step, keep_record
 from dvbpr.backbones import BACKBONES, build_backbone
 from dvbpr.cnnf import CNNF, same_padding
-from dvbpr.config import DEMO, PRESETS, DVBPRConfig
+from dvbpr.config import DEMO, PRESETS, DVBPRConfig, check_config
 from dvbpr.main import main
 from dvbpr.model import DVBPR, build_model, embed_items
 from dvbpr.train import evaluate
@@ -122,6 +122,16 @@ def test_presets_and_explicit_flags():
     assert configured(["--preset", "original", "--k", "7"]).k == 7
 
 
+def test_the_selection_metric_must_be_one_the_protocol_evaluates():
+    check_config(configured(["--select-metric", "valid_ndcg@10_cold", "--cutoffs", "10"]))
+    check_config(configured(["--preset", "original", "--select-metric", "valid_sampled_hr@10"]))
+    for argv, refused in ((["--select-metric", "valid_ndcg@20", "--cutoffs", "10"], "valid_ndcg@20"),
+                          (["--preset", "original", "--select-metric", "valid_recall@20"], "valid_recall@20"),
+                          (["--select-metric", "test_auc"], "test_auc"), (["--cutoffs", "0"], "--cutoffs")):
+        with pytest.raises(ConfigError, match=refused):
+            check_config(configured(argv))
+
+
 def test_the_embedded_catalogue_takes_the_demo_settings_that_no_flag_gives(tiny_path, tmp_path):
     cfg, protected = parse_config(DVBPRConfig, ["--epochs", "3", "--dataset", str(tiny_path)], PRESETS)
     settle(cfg, protected, "dvbpr", DEMO, embedded=True)
@@ -160,6 +170,16 @@ def test_the_kept_record_is_the_best_validation_one_or_the_last():
         for record in history:
             kept = keep_record(select, kept, record)
         assert kept["epoch"] == expected
+
+
+def test_the_kept_record_can_follow_any_metric_and_a_missing_value_never_wins():
+    ndcg = [None, None, 0.2, 0.1]
+    history = [dict(epoch=e, valid_auc=auc, **{"valid_ndcg@20": value})
+               for e, (auc, value) in enumerate(zip([0.9, 0.6, 0.7, 0.8], ndcg), start=1)]
+    kept = None
+    for record in history:
+        kept = keep_record("best-valid", kept, record, "valid_ndcg@20")
+    assert kept["epoch"] == 3
 
 
 def bpr_loss(model, users, images_i, images_j):
@@ -273,13 +293,15 @@ def test_cli_writes_the_run_and_resume_reproduces_it(tiny_path, tmp_path):
     assert (resumed / "DVBPR.log").read_text() == (whole / "DVBPR.log").read_text()
 
 
-def test_best_valid_keeps_the_best_validation_epoch_through_a_resume(tiny_path, tmp_path):
-    args = ("--select", "best-valid", "--protocol", "exact", "--ties", "half")
+def test_best_valid_keeps_the_best_validation_epoch_by_the_chosen_metric_through_a_resume(tiny_path, tmp_path):
+    args = ("--select", "best-valid", "--protocol", "exact", "--ties", "half", "--select-metric", "valid_mrr",
+            "--cutoffs", "5", "10")
     whole = main(cli_args(tiny_path, tmp_path / "whole", *args, "--epochs", "3"))
     records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
-    best = max(records, key=lambda r: r["valid_auc"])
-    assert (whole["selected"], whole["epoch"], whole["valid_auc"]) == ("best-valid", best["epoch"], best["valid_auc"])
-    assert whole["ties"] == "half"
+    best = max(records, key=lambda r: r["valid_mrr"])
+    assert (whole["selected"], whole["epoch"], whole["valid_mrr"]) == ("best-valid", best["epoch"], best["valid_mrr"])
+    assert whole["ties"] == "half" and whole["select_metric"] == "valid_mrr"
+    assert {"valid_ndcg@5", "test_recall@10_cold", "test_mrr"} <= set(whole) and "test_ndcg@20" not in whole
     assert load_checkpoint(tmp_path / "whole" / "best.pt")["epoch"] == best["epoch"]
     assert load_checkpoint(tmp_path / "whole" / "embeddings.pt")["epoch"] == best["epoch"]
 

@@ -6,9 +6,11 @@ metrics, the settings they differ in and their wall times.
 
 It reads what every DVBPR run writes (dvbpr/main.py): metrics.jsonl (one record per epoch), results.json (the kept
 epoch and the main settings) and the full config saved in checkpoint.pt (or best.pt). The picture has one panel
-per metric (every numeric valid_* and test_* field of the epoch records, validation on the left, test on the
-right), one line per run, a star on the kept epoch, and a legend naming each run by its directory and the
+per metric of --metrics (the numeric valid_* and test_* fields of the epoch records, validation on the left, test
+on the right), one line per run, a star on the kept epoch, and a legend naming each run by its directory and the
 settings in which it differs from the others.
+
+    python tools/compare.py runs/a runs/b --metrics auc ndcg@20 recall@20     # or --metrics all
 """
 import json
 import math
@@ -40,6 +42,9 @@ class CompareConfig:
     out: str | None = field(default=None, metadata={"help": "folder of the picture and the table; None: "
                                                             "runs/compare"})
     name: str = field(default="compare", metadata={"help": "file name of the picture (.png) and the table (.md)"})
+    metrics: list[str] = field(default_factory=lambda: ["auc", "auc_cold"], metadata={
+        "help": "the metrics shown, without their valid_/test_ prefix (auc, auc_cold, ndcg@20, recall@20_cold, "
+                "mrr, ...), or all"})
 
 
 @dataclass
@@ -127,11 +132,16 @@ def show(value):
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def metric_grid(runs):
+def shown(names, wanted):
+    """The metric names whose measure (the name without valid_/test_) is wanted ("all": every one)."""
+    return [name for name in names if "all" in wanted or name.split("_", 1)[1] in wanted]
+
+
+def metric_grid(runs, wanted):
     """Rows of (valid metric, test metric) by measure, e.g. [("valid_auc", "test_auc"), ...]; None where a
     split lacks the measure."""
     names = dict.fromkeys(name for run in runs for record in run.records for name in curve_metrics(record))
-    measures = dict.fromkeys(name.split("_", 1)[1] for name in names)
+    measures = dict.fromkeys(name.split("_", 1)[1] for name in shown(names, wanted))
     return [tuple(f"{split}_{measure}" if f"{split}_{measure}" in names else None for split in SPLIT_PREFIXES)
             for measure in measures]
 
@@ -142,9 +152,9 @@ def legend_label(run, index, differing):
                          break_on_hyphens=False)
 
 
-def plot_curves(runs, differing):
+def plot_curves(runs, differing, wanted):
     """The figure: one panel per metric, one line per run, a star on each run's kept epoch."""
-    grid, labels = metric_grid(runs), [legend_label(run, index, differing) for index, run in enumerate(runs)]
+    grid, labels = metric_grid(runs, wanted), [legend_label(run, index, differing) for index, run in enumerate(runs)]
     legend_lines = sum(label.count("\n") + 1 for label in labels)
     figure = Figure(figsize=(11, 3 * len(grid) + 0.2 * legend_lines + 0.6), layout="constrained")
     axes = figure.subplots(len(grid), len(SPLIT_PREFIXES), squeeze=False, sharex=True, sharey="row")
@@ -172,9 +182,9 @@ def plot_curves(runs, differing):
     return figure
 
 
-def markdown_table(runs, differing):
+def markdown_table(runs, differing, wanted):
     """Each run's final metrics (results.json: the kept epoch's), wall time, and the settings that differ."""
-    metrics = list(dict.fromkeys(name for run in runs for name in curve_metrics(run.results)))
+    metrics = shown(dict.fromkeys(name for run in runs for name in curve_metrics(run.results)), wanted)
     header = ["run", "kept epoch", *metrics, "wall time"]
     rows = [[run.name, str(run.results["epoch"]), *(show_metric(run.results.get(name)) for name in metrics),
              f"{run.results['wall_seconds']} s" if "wall_seconds" in run.results else "n/a"] for run in runs]
@@ -200,7 +210,10 @@ def compare(cfg):
         raise RunError("give at least one run directory")
     runs = [read_run(name) for name in cfg.runs]
     differing = differing_settings(runs)
-    figure, table = plot_curves(runs, differing), markdown_table(runs, differing)
+    if not metric_grid(runs, cfg.metrics):
+        measures = dict.fromkeys(name.split("_", 1)[1] for run in runs for name in curve_metrics(run.records[0]))
+        raise RunError(f"the runs hold none of --metrics {' '.join(cfg.metrics)}; they hold {' '.join(measures)}")
+    figure, table = plot_curves(runs, differing, cfg.metrics), markdown_table(runs, differing, cfg.metrics)
     out = run_dir(cfg.out, "compare")
     figure.savefig(out / f"{cfg.name}.png", dpi=110)
     (out / f"{cfg.name}.md").write_text(table)
