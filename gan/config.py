@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 
 from common.cli import require_positive
 from common.errors import ConfigError
+from gan.generators import GENERATORS
 
 GRID_SIZE = 16          # 4x4 sample grids
-ARCHITECTURE_FIELDS = ("image_size", "z_dim", "z_distribution", "g_width", "d_width")
+ARCHITECTURE_FIELDS = ("generator", "image_size", "z_dim", "z_distribution", "g_width", "d_width")
 
 
 @dataclass
@@ -29,6 +30,8 @@ class GANConfig:
                                                             "(None: runs/gan)"})
     cache_dir: str | None = field(default=None, metadata={"help": "folder of the decoded-image cache (None: a "
                                                                   "cache/ folder beside the dataset)"})
+    generator: str = field(default="lsgan", metadata={"help": "the conditional generator (gan/generators.py): lsgan "
+                                                              "is the paper's", "choices": list(GENERATORS)})
     image_size: int = field(default=128, metadata={"help": "output side in pixels, a power of two >= 16"})
     z_dim: int = field(default=100, metadata={"help": "latent size"})
     z_distribution: str = field(default="uniform", metadata={"help": "training z: U(-1,1) or N(0,1)",
@@ -74,6 +77,8 @@ def check_config(cfg):
                      "checkpoint_every", "consistency_samples")
     if cfg.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.from_tf and cfg.generator != "lsgan":
+        raise ConfigError(f"--from-tf reads the original's LSGAN; it cannot be --generator {cfg.generator}")
     if cfg.from_tf and (cfg.train or cfg.resume):
         raise ConfigError("--from-tf writes the original's trained GAN as a run and trains nothing: leave out "
                           "--train and --resume")

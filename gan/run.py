@@ -1,5 +1,6 @@
-"""A trained GAN read back from its run directory: G and D in inference mode, its settings and its category
-classifier. Preference maximisation opens the GAN through this module alone."""
+"""A trained GAN read back from its run directory: its generator (the one its settings name, gan/generators.py)
+in inference mode, its settings and its category classifier. Preference maximisation opens the GAN through this
+module alone."""
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -7,15 +8,15 @@ from common.checkpoint import load_checkpoint, saved_config
 from common.classifier import load_classifier, train_or_load_classifier
 from common.errors import RunError
 from gan.config import GANConfig
-from gan.model import Discriminator, Generator, build_gan
+from gan.generators import GENERATORS, build_generator
+from gan.model import ConditionalGenerator
 
 
 @dataclass
 class GANRun:
     path: Path
     config: GANConfig
-    generator: Generator
-    discriminator: Discriminator
+    model: ConditionalGenerator
     num_categories: int
     step: int
     metrics: dict
@@ -34,7 +35,7 @@ class GANRun:
 
 
 def open_gan_run(run, device="cpu"):
-    """The GAN trained in directory `run`, both nets in eval mode without gradients."""
+    """The GAN trained in directory `run`: its generator in eval mode without gradients."""
     run = Path(run)
     if not (run / "checkpoint.pt").is_file():
         raise RunError(f"no trained GAN in {run} (checkpoint.pt): make it with "
@@ -42,8 +43,14 @@ def open_gan_run(run, device="cpu"):
     checkpoint = load_checkpoint(run / "checkpoint.pt", "gan", device, ("model", "config", "num_categories", "step",
                                                                                    "metrics"))
     cfg = saved_config(GANConfig, checkpoint["config"], run / "checkpoint.pt")
-    generator, discriminator = build_gan(cfg, checkpoint["num_categories"], device)
-    generator.load_state_dict(checkpoint["model"]["generator"])
-    discriminator.load_state_dict(checkpoint["model"]["discriminator"])
-    return GANRun(run, cfg, generator.eval().requires_grad_(False), discriminator.eval().requires_grad_(False),
-                  checkpoint["num_categories"], checkpoint["step"], checkpoint["metrics"])
+    if cfg.generator not in GENERATORS:
+        raise RunError(f"{run / 'checkpoint.pt'} holds a {cfg.generator!r} generator, which this version does not "
+                       f"have ({', '.join(GENERATORS)})")
+    model = build_generator(cfg, checkpoint["num_categories"], device)
+    if set(checkpoint["model"]) != set(model.nets):
+        raise RunError(f"{run / 'checkpoint.pt'} holds the nets {sorted(checkpoint['model'])}, not those of the "
+                       f"{cfg.generator} generator {sorted(model.nets)}")
+    for name in model.nets:
+        getattr(model, name).load_state_dict(checkpoint["model"][name])
+    return GANRun(run, cfg, model.eval().requires_grad_(False), checkpoint["num_categories"], checkpoint["step"],
+                  checkpoint["metrics"])

@@ -3,7 +3,7 @@ of Figure 3.
 
 A trial draws a user u uniformly and sets c to the category of u's test item. Each source returns three images:
     real        three random real items of c                    (X_c)
-    generated   G(z, c) for three z ~ U(-1, 1)                  (G(., c))
+    generated   G(z, c) for three z of G's prior (U(-1, 1))     (G(., c))
     retrieval   the top 3 of eq. 8                              (delta(u, c))
     synthesis   3 of the m results of eq. 10, chosen by eq. 11  (delta-hat(u, c))
 Preference score: theta_u . Phi(image) (eq. 6), averaged over the three, then mean and std over trials. Diversity:
@@ -19,7 +19,6 @@ import torch
 from tqdm import tqdm
 
 from common.checkpoint import write_json
-from gan.model import sample_z
 from pm.design import choose, retrieve
 from pm.figures import line_panel, save_panels
 from pm.metrics import (
@@ -32,7 +31,7 @@ from pm.metrics import (
 
 SOURCES = {
     "real": "X_c (random real items)",
-    "generated": "G(., c) (random z ~ U(-1, 1))",
+    "generated": "G(., c) (random z of the prior)",
     "retrieval": "delta(u, c), retrieval (eq. 8)",
     "synthesis": "delta-hat(u, c), synthesis (eq. 9)",
 }
@@ -96,8 +95,7 @@ class Sources:
     @torch.no_grad()
     def generated(self, user, category):
         designer = self.stages.designer
-        z = sample_z(TOP, designer.z_dim, "uniform", designer.theta.device, self.rng)
-        images = designer.generate(z, category)
+        images = designer.generate(designer.sample_z(TOP, self.rng), category)
         return images, designer.preference(user, images)
 
     def retrieval(self, user, category):

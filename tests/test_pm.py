@@ -13,7 +13,7 @@ from dvbpr.config import DVBPRConfig
 from dvbpr.model import DVBPR
 from dvbpr.train import train as train_dvbpr
 from gan.config import GANConfig
-from gan.model import Discriminator, Generator
+from gan.model import LSGAN
 from gan.train import train as train_gan
 from pm.config import DEMO, PRESETS, PMConfig
 from pm.design import Designer, choose, resize, retrieve, to_z
@@ -47,12 +47,12 @@ class TinyBackbone(torch.nn.Module):
 def tiny_designer(seed=0, usernum=5, k=8, backbone=TinyBackbone):
     """Random-weight Phi (32 px) and GAN (16 px, so Delta upscales), G's BN statistics from one batch."""
     torch.manual_seed(seed)
-    generator, discriminator = Generator(16, Z_DIM, 3, width=8), Discriminator(16, 3, width=8)
+    gan = LSGAN(GANConfig(image_size=16, z_dim=Z_DIM, g_width=8, d_width=8), num_categories=3)
     labels = torch.arange(64) % 3
-    discriminator(generator(torch.randn(64, Z_DIM), labels), labels)  # train mode: fills the running statistics
+    gan.discriminator(gan(torch.randn(64, Z_DIM), labels), labels)  # train mode: fills the running statistics
     dvbpr = DVBPR(backbone(), usernum, k)
     dvbpr.theta.data = torch.randn(usernum, k)
-    return Designer(dvbpr, generator, discriminator)
+    return Designer(dvbpr, gan)
 
 
 def test_resize_is_nearest_up_and_down():
@@ -69,7 +69,7 @@ def test_objective_gradient_reaches_only_the_latent():
     objective.sum().backward()
     assert z_prime.grad is not None and z_prime.grad.abs().sum() > 0 and torch.isfinite(z_prime.grad).all()
     assert torch.allclose(objective, preference - realism)
-    networks = [designer.dvbpr, designer.generator, designer.discriminator]
+    networks = [designer.dvbpr, designer.model]
     assert all(p.grad is None for net in networks for p in net.parameters())
 
 
