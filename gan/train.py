@@ -1,10 +1,11 @@
-"""Training of the conditional LSGAN (paper Sec. III-C; GAN/main.py and GAN/model.py of the original repository).
+"""Training of the conditional generator that --generator names (gan/generators.py), by default the paper's
+conditional LSGAN (paper Sec. III-C; GAN/main.py and GAN/model.py of the original repository).
 
 Each iteration draws `batch_size` items uniformly with replacement from the items that have a category and a z,
 from a generator seeded by (seed, iteration), so that a resumed run, or one under torchrun with any number of
-ranks (each keeping its share of the global batch), sees the same batches. D takes one Adam step on the real
-batch and the fake batch (two separate calls, so each gets its own BN statistics), then G takes one Adam step with
-the same z and the real batch's labels. An epoch is
+ranks (each keeping its share of the global batch), sees the same batches, and hands them to the generator's
+train_step. The LSGAN's: D takes one Adam step on the real batch and the fake batch (two separate calls, so each
+gets its own BN statistics), then G takes one Adam step with the same z and the real batch's labels. An epoch is
 floor(items / batch_size) iterations, as in the original.
 
 Departures from the original, none of which changes what is optimised:
@@ -167,7 +168,7 @@ def train_iterations(run, store, batches, item_labels, total_iterations, out_dir
             now = time.perf_counter()
             images_per_second = (step - tick_step) * cfg.batch_size / (now - tick)
             tick, tick_step = now, step
-            progress.set_postfix(d_loss=f"{losses['d_loss']:.3f}", g_loss=f"{losses['g_loss']:.3f}",
+            progress.set_postfix({name: f"{value:.3f}" for name, value in losses.items()},
                                  img_s=f"{images_per_second:.0f}")
             if ranks.is_main:
                 log.record(step=step, epoch=epoch, **losses, images_per_second=images_per_second)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from common.cli import require_positive
 from common.errors import ConfigError
+from pm.fidelity import DEFAULT_FID_INCEPTION_WEIGHTS
 from pm.metrics import DEFAULT_INCEPTION_WEIGHTS
 
 
@@ -59,6 +60,13 @@ class PMConfig:
     inception_weights: str | None = field(default=None, metadata={
         "help": f"ImageNet Inception v3 weights for the Inception Score (default: {DEFAULT_INCEPTION_WEIGHTS} if "
                 "present, else the in-domain score of the GAN run's category classifier)"})
+    fid_inception_weights: str | None = field(default=None, metadata={
+        "help": f"torch-fidelity's Inception v3 (the FID network) for KID and FID over Inception features (default: "
+                f"{DEFAULT_FID_INCEPTION_WEIGHTS} if present, else skipped; those over the category classifier are "
+                "always measured)"})
+    judge_run: str | None = field(default=None, metadata={
+        "help": "run directory of a judge DVBPR, trained on the same data with another seed, that scores the "
+                "designs beside the optimised DVBPR (default: no judge)"})
     splits: int = field(default=10, metadata={"help": "parts of the Inception Score's mean and std"})
     seed: int = field(default=0, metadata={"help": "seed of the users, latent codes and samples"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
