@@ -8,7 +8,8 @@ Two feature extractors, each a torch-fidelity feature extractor:
 - "inception-v3-compat": torch-fidelity's Inception v3, the TensorFlow FID network (pool3, 2048 features), read
   from a local weights file (`--fid-inception-weights`; nothing is downloaded), for real photographs.
 
-Per category c, the source's images of c are compared with all real items of c, and each metric is averaged over
+Per category c, the source's images of c are compared with the real items of c (all of them, or
+REFERENCE_PER_CATEGORY drawn at random where there are more), and each metric is averaged over
 the categories weighted by the source's images there. Every source of a table has the same images per category
 (the trials are shared), so FID's small-sample bias is the same for each; KID is unbiased at any size. KID draws
 KID_SUBSETS subsets of min(images of c, real items of c, 1000) from each side.
@@ -35,6 +36,7 @@ DEFAULT_FID_INCEPTION_WEIGHTS = Path("pretrained/weights-inception-2015-12-05-67
 MAX_WEIGHTS_BYTES = 256 << 20       # the file is 95 MB
 KID_SUBSETS, KID_MAX_SUBSET = 100, 1000
 PRC_NEIGHBOURHOOD = 3               # k of the k-NN balls, torch-fidelity's default
+REFERENCE_PER_CATEGORY = 2000       # real items per category in the reference: twice KID's largest subset
 METRICS = ("kid", "kid_std", "fid", "precision", "recall")
 
 
@@ -149,16 +151,28 @@ def fidelity(features, categories, reference, reference_categories, seed=0):
     return averaged
 
 
-class Fidelity:
-    """The fidelity of image sets against the real items of their categories, through each available extractor;
-    the real items' features are extracted once per extractor."""
+def reference_items(item_category, per_category, seed=0):
+    """(item ids, their categories): up to `per_category` real items of each category, drawn at random."""
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(item_category == c))[:per_category]
+              for c in np.unique(item_category[item_category >= 0])]
+    ids = torch.as_tensor(np.sort(np.concatenate(chosen)))
+    return ids, torch.as_tensor(item_category)[ids]
 
-    def __init__(self, extractors, real_images, real_categories, seed=0):
-        self.extractors, self.real_categories, self.seed = extractors, real_categories, seed
-        self.reference = {name: extract(extractor, real_images) for name, extractor in extractors.items()}
+
+class Fidelity:
+    """The fidelity of image sets against the real items of their categories (up to REFERENCE_PER_CATEGORY of
+    each), through each available extractor; the real items' features are extracted once per extractor, batch by
+    batch from the image store."""
+
+    def __init__(self, extractors, store, item_category, seed=0):
+        self.extractors, self.seed = extractors, seed
+        ids, self.reference_categories = reference_items(np.asarray(item_category), REFERENCE_PER_CATEGORY, seed)
+        self.reference = {name: torch.cat([extract(extractor, store(batch)) for batch in ids.split(256)])
+                          for name, extractor in extractors.items()}
 
     def __call__(self, images, categories):
         """{extractor name: {metric: value}} of images [N, 3, S, S] in [-1, 1] of categories [N]."""
-        return {name: fidelity(extract(extractor, images), categories, self.reference[name], self.real_categories,
-                               self.seed)
+        return {name: fidelity(extract(extractor, images), categories, self.reference[name],
+                               self.reference_categories, self.seed)
                 for name, extractor in self.extractors.items()}

@@ -63,7 +63,7 @@ TRIAL_METRICS = {
     "judge_percentile": "Judge percentile",
     "true_preference": "True preference (read)",
 }
-FIDELITY_SHOWN = {"kid": "KID x 10^3", "fid": "FID", "precision": "Precision", "recall": "Recall"}
+FIDELITY_SHOWN = {"kid": "KID", "fid": "FID", "precision": "Precision", "recall": "Recall"}
 EXTRACTORS = {CLASSIFIER_EXTRACTOR: "category classifier", INCEPTION_EXTRACTOR: "Inception"}
 SWEEP_PANELS = {"preference": "preference score", "judge": "judge DVBPR", "true_preference": "true preference",
                 "quality": "quality (IS)", "diversity": "diversity (1 - SSIM)"}
@@ -237,10 +237,8 @@ def fidelity_columns(fidelity):
             if any(row[name][metric] is not None for row in fidelity.values())]
 
 
-def format_fidelity(value, metric):
-    if value is None:
-        return "—"
-    return f"{1000 * value:.2f}" if metric == "kid" else f"{value:.3f}"
+def format_fidelity(value):
+    return "—" if value is None else f"{value:.3f}"
 
 
 def judges_table(rows, fidelity, paired):
@@ -252,7 +250,7 @@ def judges_table(rows, fidelity, paired):
              "|---|" + "---|" * (len(shown) + len(columns))]
     for source, row in rows.items():
         lines.append(f"| {SOURCES[source]} | " + " | ".join(mean_std(row[m]) for m in shown) + " | "
-                     + " | ".join(format_fidelity(fidelity[source][name][metric], metric)
+                     + " | ".join(format_fidelity(fidelity[source][name][metric])
                                   for name, metric in columns) + " |")
     n = next(iter(paired.values()))["trials"]
     lines += ["", f"Synthesis against retrieval, paired over the {n} trials (two-sided sign-flip permutation test of "
@@ -353,9 +351,8 @@ def fidelity_extractors(cfg, stages, classifier):
 def measures_of(stages, cfg, out):
     judge = open_judge(cfg.judge_run, cfg.dvbpr_run, stages) if cfg.judge_run else None
     classifier = stages.category_classifier(out)
-    categorised = torch.as_tensor(stages.dataset.item_category).ge(0).nonzero().squeeze(1)
-    fidelity = Fidelity(fidelity_extractors(cfg, stages, classifier), stages.images(categorised),
-                        torch.as_tensor(stages.dataset.item_category)[categorised], cfg.seed)
+    fidelity = Fidelity(fidelity_extractors(cfg, stages, classifier), stages.images, stages.dataset.item_category,
+                        cfg.seed)
     optimised = Recommender(stages.designer.dvbpr, stages.designer.theta, stages.item_embeddings)
     return Measures(stages, quality_scorer(cfg, stages, classifier), fidelity, optimised, judge,
                     open_true_taste(stages, out))

@@ -22,7 +22,7 @@ from gan.run import open_gan_run
 from gan.train import GANTraining
 from gan.train import train as train_gan
 from pm.design import Designer
-from pm.fidelity import classifier_extractor, extract, fidelity, inception_extractor
+from pm.fidelity import classifier_extractor, extract, fidelity, inception_extractor, reference_items
 from pm.judges import paired_test, percentile
 from tests.helpers import place_random_classifier
 
@@ -169,3 +169,10 @@ def test_percentile_is_the_share_of_the_reference_below():
     reference = torch.arange(10.0)
     assert percentile(torch.tensor([4.5]), reference) == 50.0
     assert percentile(torch.tensor([-1.0, 100.0]), reference) == 50.0
+
+
+def test_the_fidelity_reference_keeps_up_to_its_share_of_each_category():
+    item_category = np.array([0] * 50 + [1] * 3 + [-1] * 4 + [2] * 20)
+    ids, categories = reference_items(item_category, per_category=10, seed=0)
+    assert torch.bincount(categories).tolist() == [10, 3, 10]
+    assert torch.equal(torch.as_tensor(item_category)[ids], categories) and len(set(ids.tolist())) == len(ids)
