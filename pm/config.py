@@ -31,8 +31,9 @@ class PMConfig:
     steps: int = field(default=200, metadata={"help": "Adam steps of preference maximisation"})
     lr: float = field(default=0.1, metadata={"help": "Adam learning rate on z'"})
     eta: float = field(default=1.0, metadata={"help": "weight of the realism loss [D_c(G_c(z)) - 1]^2"})
-    init: str = field(default="uniform", metadata={"help": "starts: atanh of U(-1,1), or N(0, 0.5^2)",
-                                                   "choices": ["uniform", "normal"]})
+    init: str = field(default="uniform", metadata={"help": "starts: atanh of U(-1,1), N(0, 0.5^2), or codes of the "
+                                                           "generator's prior (the LSGAN's: U(-1,1))",
+                                                   "choices": ["uniform", "normal", "prior"]})
     latent: str = field(default="tanh", metadata={"help": "z = tanh(z') (paper) or z optimised directly (original)",
                                                   "choices": ["tanh", "direct"]})
     select: str = field(default="softmax", metadata={"help": "which results to return: drawn by softmax of the "

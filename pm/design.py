@@ -152,9 +152,13 @@ class Designer:
 
     def synthesise(self, user, category, starts, steps, lr, eta=1.0, init="uniform", latent="tanh",
                    rng=None, record=None):
-        """Preference maximisation from `starts` random initial points (eq. 10); every result is kept."""
-        device = self.theta.device
-        z_prime = initial_latents(starts, self.z_dim, init, device, rng)
+        """Preference maximisation from `starts` random initial points (eq. 10); every result is kept. `init`:
+        'uniform' or 'normal' (initial_latents), or 'prior': codes of the generator's own prior."""
+        if init == "prior":  # the generator's own codes, z' = atanh(z) where z = tanh(z') is optimised
+            z = self.sample_z(starts, rng)
+            z_prime = torch.atanh(z.clamp(-ATANH_LIMIT, ATANH_LIMIT)) if latent == "tanh" else z
+        else:
+            z_prime = initial_latents(starts, self.z_dim, init, self.theta.device, rng)
         return self.maximise(z_prime, user, category, steps, lr, eta, latent, record)
 
     def invert(self, query, category, steps, lr, starts=8, latent="tanh", rng=None):

@@ -80,9 +80,11 @@ def test_a_registered_generator_trains_is_opened_and_designs_through_the_interfa
     with pytest.raises(ConfigError, match="--latent direct"):
         designer.check_latent("tanh")
     z = designer.sample_z(6, torch.Generator().manual_seed(0))
-    start = designer.objective(z, 0, 1, eta=1.0)[0]
-    design = designer.maximise(z, user=0, category=1, steps=20, lr=0.1, latent="direct")
-    assert design.objective.mean() > start.mean() and torch.equal(design.realism, torch.zeros(6))
+    design = designer.synthesise(0, 1, starts=6, steps=20, lr=0.1, init="prior", latent="direct",
+                                 rng=torch.Generator().manual_seed(0), record=lambda step: step == 0)
+    assert torch.equal(design.history[0].objective, designer.objective(z, 0, 1, eta=1.0)[0])  # started from z
+    assert design.objective.mean() > design.history[0].objective.mean()
+    assert torch.equal(design.realism, torch.zeros(6))
 
 
 def test_the_lsgan_round_trips_through_a_checkpoint_and_an_old_one_opens_as_lsgan(tmp_path):
