@@ -2,16 +2,19 @@
 # Fetch pretrained weights into pretrained/ (resumable; verifies what can be verified).
 #   torchvision ImageNet weights: Inception v3 (Inception Score, pm/) and AlexNet (4096-d visual features for the
 #   baselines). Their file names carry the first 8 hex digits of the SHA-256, which is checked.
+#   fidelity: torch-fidelity's Inception v3, the TensorFlow FID network, for KID and FID over Inception features
+#   (pm/ --table; no checksum is published for it).
 #   The original TensorFlow checkpoints of DVBPR and the GAN, the files its README's script fetches (no checksum
 #   published; the converter checks each tensor's crc32c). dvbpr/main.py and gan/main.py --from-tf turn them into
 #   runs of this project, without TensorFlow; the commands are printed at the end.
-# Usage: bash download_pretrained_models.sh [torchvision] [original]     (default: both)
+# Usage: bash download_pretrained_models.sh [torchvision] [fidelity] [original]     (default: all three)
 set -euo pipefail
 DEST="${DVBPR_PRETRAINED_DIR:-pretrained}"
 ORIGINAL_URL="http://cseweb.ucsd.edu/~wckang/DVBPR"
 TORCHVISION_URL="https://download.pytorch.org/models"
+FIDELITY_URL="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0"
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(torchvision original)
+[ ${#parts[@]} -gt 0 ] || parts=(torchvision fidelity original)
 
 fetch() {
   local url="$1" out="$2"
@@ -43,6 +46,9 @@ for part in "${parts[@]}"; do
         fetch "$TORCHVISION_URL/$f" "$DEST/$f"
         verify_torchvision "$DEST/$f"
       done ;;
+    fidelity)
+      fetch "$FIDELITY_URL/weights-inception-2015-12-05-6726825d.pth" \
+            "$DEST/weights-inception-2015-12-05-6726825d.pth" ;;
     original)
       for f in DVBPR_auc_100_39728.ckpt.data-00000-of-00001 DVBPR_auc_100_39728.ckpt.index \
                DVBPR_auc_100_39728.ckpt.meta DVBPR.log; do
@@ -51,7 +57,7 @@ for part in "${parts[@]}"; do
       for f in DCGAN.model-311502.data-00000-of-00001 DCGAN.model-311502.index DCGAN.model-311502.meta checkpoint; do
         fetch "$ORIGINAL_URL/$f" "$DEST/original/GAN/$f"
       done ;;
-    *) echo "error: unknown part '$part' (torchvision or original)" >&2; exit 2 ;;
+    *) echo "error: unknown part '$part' (torchvision, fidelity or original)" >&2; exit 2 ;;
   esac
 done
 

@@ -17,8 +17,7 @@ from common.device import describe
 from common.images import ImageStore
 from common.machine import machine_line
 from gan.config import PRESETS, GANConfig
-from gan.model import build_gan, sample_z
-from gan.train import build_optimizers, train_step
+from gan.model import build_gan, build_optimizers, sample_z, train_step
 
 AMAZON_FASHION_ITEMS = 234_000  # about the size of the real catalogue, for the seconds-per-epoch estimate
 

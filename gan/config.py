@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 
 from common.cli import MAX_BATCH, MAX_IMAGE_SIZE, MAX_WIDTH, require_sizes
 from common.errors import ConfigError
+from gan.generators import GENERATORS
 from gan.model import num_stages
 
 GRID_SIZE = 16          # 4x4 sample grids
-ARCHITECTURE_FIELDS = ("image_size", "z_dim", "z_distribution", "g_width", "d_width")
+ARCHITECTURE_FIELDS = ("generator", "image_size", "z_dim", "z_distribution", "g_width", "d_width")
 
 
 @dataclass
@@ -30,6 +31,8 @@ class GANConfig:
                                                             "(None: runs/gan)"})
     cache_dir: str | None = field(default=None, metadata={"help": "folder of the decoded-image cache (None: a "
                                                                   "cache/ folder beside the dataset)"})
+    generator: str = field(default="lsgan", metadata={"help": "the conditional generator (gan/generators.py): lsgan "
+                                                              "is the paper's", "choices": GENERATORS})
     image_size: int = field(default=128, metadata={"help": "output side in pixels, a power of two >= 16"})
     z_dim: int = field(default=100, metadata={"help": "latent size"})
     z_distribution: str = field(default="uniform", metadata={"help": "training z: U(-1,1) or N(0,1)",
@@ -80,6 +83,8 @@ def check_config(cfg):
     num_stages(cfg.image_size, 16)   # a power of two of at least 16
     if cfg.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.from_tf and cfg.generator != "lsgan":
+        raise ConfigError(f"--from-tf reads the original's LSGAN; it cannot be --generator {cfg.generator}")
     if cfg.from_tf and (cfg.train or cfg.resume):
         raise ConfigError("--from-tf writes the original's trained GAN as a run and trains nothing: leave out "
                           "--train and --resume")

@@ -2,7 +2,7 @@
 on real items (common/classifier.py) assigns to the category they were generated for."""
 import torch
 
-from gan.model import generate, sample_z
+from gan.model import generate
 
 
 def condition_consistency(probs, conditioned_on, num_categories):
@@ -16,12 +16,12 @@ def condition_consistency(probs, conditioned_on, num_categories):
     return {"per_category": per_category, "overall": hits.mean().item()}
 
 
-def measure_consistency(generator, classifier, num_categories, per_category, z_dim, device, bf16=True, seed=0):
-    """Condition consistency of G's samples (z ~ U(-1, 1), G in inference mode, as in sampling mode)."""
+def measure_consistency(model, classifier, num_categories, per_category, device, bf16=True, seed=0):
+    """Condition consistency of a ConditionalGenerator's samples (z from its prior, in inference mode, as in
+    sampling mode)."""
     rng = torch.Generator(device=device).manual_seed(seed)
     labels = torch.arange(num_categories, device=device).repeat_interleave(per_category)
-    probs = torch.cat([classifier.predict_proba(generate(generator, sample_z(len(chunk), z_dim, "uniform", device,
-                                                                               rng), chunk, bf16))
+    probs = torch.cat([classifier.predict_proba(generate(model, model.sample_z(len(chunk), device, rng), chunk, bf16))
                        for chunk in labels.split(256)])
     return condition_consistency(probs, labels, num_categories)
 

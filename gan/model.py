@@ -31,8 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.device import autocast, memory_format
-from common.distributed import GlobalBatchNorm2d
+from common.device import autocast, fused_adam_kwargs, memory_format
+from common.distributed import GlobalBatchNorm2d, unwrap
 from common.errors import ConfigError
 
 
@@ -156,9 +156,104 @@ def build_gan(cfg, num_categories, device):
     return generator.to(device, memory_format=fmt), discriminator.to(device, memory_format=fmt)
 
 
+def build_optimizers(cfg, generator, discriminator, device):
+    kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused_adam_kwargs(device))
+    return torch.optim.Adam(generator.parameters(), **kwargs), torch.optim.Adam(discriminator.parameters(), **kwargs)
+
+
+def train_step(generator, discriminator, opt_g, opt_d, real, labels, z, bf16=True):
+    """One D step then one G step (LSGAN, a=0, b=c=1); returns the losses as tensors.
+
+    Under DistributedDataParallel the G step goes through D's own module: D's weights are frozen there, and
+    DDP must not wait for gradients of them."""
+    device = real.device
+    with autocast(device, bf16):
+        fake = generator(z, labels)
+        d_real = discriminator(real, labels).float()
+        d_fake = discriminator(fake.detach(), labels).float()
+    d_loss_real = ((d_real - 1) ** 2).mean()
+    d_loss_fake = (d_fake ** 2).mean()
+    d_loss = 0.5 * (d_loss_real + d_loss_fake)
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt_d.step()
+
+    discriminator.requires_grad_(False)  # the G step needs gradients through D, not for D's weights
+    with autocast(device, bf16):
+        g_loss = ((unwrap(discriminator)(fake, labels).float() - 1) ** 2).mean()
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    opt_g.step()
+    discriminator.requires_grad_(True)
+    return {"d_loss": d_loss.detach(), "d_loss_real": d_loss_real.detach(), "d_loss_fake": d_loss_fake.detach(),
+            "g_loss": g_loss.detach()}
+
+
+class ConditionalGenerator(nn.Module):
+    """What training (gan/train.py), sampling and preference maximisation (pm/) need from a conditional generator;
+    each kind is a subclass registered by name in gan/generators.py (`--generator`).
+
+    A subclass holds its networks as submodules named in `nets`: each gets its own optimiser and its own entry in
+    the checkpoint's "model" and "optimizer" dicts. It has `z_dim`, `image_size` and `num_categories`, and:
+
+        sample_z(n, device, rng)      latent codes from the prior of random samples (grids, Table IV's "generated")
+        forward(z, labels)            images [B, 3, S, S] in [-1, 1], differentiable in z: the map that eq. 9-12
+                                      optimise through
+        realism_loss(images, labels)  [B] the realism term of eq. 10, to be kept small
+        latent_box                    True when the codes live in [-1, 1]^z_dim, where the paper's z = tanh(z')
+                                      (eq. 10) spans exactly the generator's domain; False: PM optimises z directly
+        optimizers(cfg, device)       {net name: optimiser}
+        train_step(nets, optimizers, real, labels, z, bf16)   one training iteration on a batch of real images, their
+                                      labels and codes z drawn from --z-distribution; `nets` are the networks by name,
+                                      wrapped for DistributedDataParallel under torchrun; returns the losses (tensors)
+    """
+    nets = ()
+    latent_box = True
+
+    def sample_z(self, n, device="cpu", rng=None):
+        raise NotImplementedError
+
+    def realism_loss(self, images, labels):
+        raise NotImplementedError
+
+    def optimizers(self, cfg, device):
+        raise NotImplementedError
+
+    def train_step(self, nets, optimizers, real, labels, z, bf16=True):
+        raise NotImplementedError
+
+
+class LSGAN(ConditionalGenerator):
+    """The paper's conditional LSGAN (Sec. III-C): G maps (z, c) to an image, D scores (image, c), and the realism
+    term of eq. 10 is [D_c(e) - 1]^2, the least-squares target G trains towards."""
+    nets = ("generator", "discriminator")
+
+    def __init__(self, cfg, num_categories, device="cpu"):
+        super().__init__()
+        self.generator, self.discriminator = build_gan(cfg, num_categories, device)
+        self.z_dim, self.image_size, self.num_categories = cfg.z_dim, cfg.image_size, num_categories
+
+    def sample_z(self, n, device="cpu", rng=None):
+        """z ~ U(-1, 1), the paper's prior, also when training drew from N(0, 1) as the original did."""
+        return sample_z(n, self.z_dim, "uniform", device, rng)
+
+    def forward(self, z, labels):
+        return self.generator(z, labels)
+
+    def realism_loss(self, images, labels):
+        return (self.discriminator(images, labels) - 1) ** 2
+
+    def optimizers(self, cfg, device):
+        return dict(zip(self.nets, build_optimizers(cfg, self.generator, self.discriminator, device)))
+
+    def train_step(self, nets, optimizers, real, labels, z, bf16=True):
+        return train_step(nets["generator"], nets["discriminator"], optimizers["generator"],
+                          optimizers["discriminator"], real, labels, z, bf16)
+
+
 @torch.no_grad()
 def generate(generator, z, labels, bf16=True):
-    """G in BN inference mode; float32 images in [-1, 1]."""
+    """G (or a ConditionalGenerator) in BN inference mode; float32 images in [-1, 1]."""
     was_training = generator.training
     generator.eval()
     with autocast(z.device, bf16):

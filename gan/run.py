@@ -1,5 +1,6 @@
-"""A trained GAN read back from its run directory: G and D in inference mode, its settings and its category
-classifier. Preference maximisation opens the GAN through this module alone."""
+"""A trained GAN read back from its run directory: its generator (the one its settings name, gan/generators.py)
+in inference mode, its settings and its category classifier. Preference maximisation opens the GAN through this
+module alone."""
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,15 +10,15 @@ from common.data import MAX_CATEGORIES
 from common.errors import CheckpointError, RunError
 from common.safe_pickle import describe_value
 from gan.config import GANConfig, check_config
-from gan.model import Discriminator, Generator, build_gan
+from gan.generators import build_generator
+from gan.model import ConditionalGenerator
 
 
 @dataclass
 class GANRun:
     path: Path
     config: GANConfig
-    generator: Generator
-    discriminator: Discriminator
+    model: ConditionalGenerator
     num_categories: int
     step: int
     metrics: dict
@@ -36,7 +37,7 @@ class GANRun:
 
 
 def open_gan_run(run, device="cpu"):
-    """The GAN trained in directory `run`, both nets in eval mode without gradients."""
+    """The GAN trained in directory `run`: its generator in eval mode without gradients."""
     run = Path(run)
     path = run / "checkpoint.pt"
     if not path.is_file():
@@ -48,11 +49,11 @@ def open_gan_run(run, device="cpu"):
     if type(categories) is not int or not 1 <= categories <= MAX_CATEGORIES:
         raise CheckpointError(f"{path}: its category count is {describe_value(categories)}, not from 1 to "
                               f"{MAX_CATEGORIES} (the file was edited or is corrupted)")
-    if not (isinstance(nets, dict) and {"generator", "discriminator"} <= set(nets)):
-        raise CheckpointError(f"{path}: its model is {describe_value(nets)}, not the generator's and discriminator's "
-                              "weights")
-    generator, discriminator = build_gan(cfg, categories, device)
-    load_state(generator, nets["generator"], path)
-    load_state(discriminator, nets["discriminator"], path)
-    return GANRun(run, cfg, generator.eval().requires_grad_(False), discriminator.eval().requires_grad_(False),
-                  categories, checkpoint["step"], checkpoint["metrics"])
+    model = build_generator(cfg, categories, device)
+    if not (isinstance(nets, dict) and set(nets) == set(model.nets)):
+        raise CheckpointError(f"{path}: its model is {describe_value(nets)}, not the weights of the "
+                              f"{cfg.generator} generator's nets {', '.join(model.nets)}")
+    for name in model.nets:
+        load_state(getattr(model, name), nets[name], path)
+    return GANRun(run, cfg, model.eval().requires_grad_(False), categories, checkpoint["step"],
+                  checkpoint["metrics"])

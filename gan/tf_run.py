@@ -80,8 +80,8 @@ def convert_tf_checkpoint(cfg, device, typed=frozenset()):
     g_state, d_state = gan_state_from_tf(tensors)
     seed_everything(cfg.seed)  # the run's fixed sample codes, as training makes them
     run = GANTraining(cfg, found["num_categories"], device, iterations_per_epoch=None)
-    run.generator.load_state_dict(g_state)
-    run.discriminator.load_state_dict(d_state)
+    run.model.generator.load_state_dict(g_state)
+    run.model.discriminator.load_state_dict(d_state)
     run.step = prefix_step(cfg.from_tf)
     out = run_dir(cfg.out, "gan")
     run.save(out / "checkpoint.pt", {"from_tf": cfg.from_tf})

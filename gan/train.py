@@ -1,10 +1,11 @@
-"""Training of the conditional LSGAN (paper Sec. III-C; GAN/main.py and GAN/model.py of the original repository).
+"""Training of the conditional generator that --generator names (gan/generators.py), by default the paper's
+conditional LSGAN (paper Sec. III-C; GAN/main.py and GAN/model.py of the original repository).
 
 Each iteration draws `batch_size` items uniformly with replacement from the items that have a category and a z,
 from a generator seeded by (seed, iteration), so that a resumed run, or one under torchrun with any number of
-ranks (each keeping its share of the global batch), sees the same batches. D takes one Adam step on the real
-batch and the fake batch (two separate calls, so each gets its own BN statistics), then G takes one Adam step with
-the same z and the real batch's labels. An epoch is
+ranks (each keeping its share of the global batch), sees the same batches, and hands them to the generator's
+train_step. The LSGAN's: D takes one Adam step on the real batch and the fake batch (two separate calls, so each
+gets its own BN statistics), then G takes one Adam step with the same z and the real batch's labels. An epoch is
 floor(items / batch_size) iterations, as in the original.
 
 Departures from the original, none of which changes what is optimised:
@@ -30,51 +31,19 @@ from tqdm import tqdm
 from common.checkpoint import check_same_data, load_checkpoint, load_state, restore_optimizer, save_checkpoint
 from common.classifier import train_or_load_classifier
 from common.datasets import open_dataset
-from common.device import autocast, fused_adam_kwargs, pick_device
-from common.distributed import Ranks, unwrap
+from common.device import pick_device
+from common.distributed import Ranks
 from common.errors import ConfigError, DatasetError, TrainingDiverged
 from common.figures import save_grid
 from common.images import ImageStore, image_cache
 from common.runlog import RunLog, run_dir
 from common.seeding import derived_seed, seed_everything
-from gan.config import ARCHITECTURE_FIELDS, GRID_SIZE, check_config
+from gan.config import ARCHITECTURE_FIELDS, GRID_SIZE, GANConfig, check_config
 from gan.consistency import format_consistency, measure_consistency
-from gan.model import build_gan, generate, sample_z
+from gan.generators import build_generator
+from gan.model import generate, sample_z
 
 LOG_EVERY = 10          # iterations between loss read-outs (each one waits for the GPU)
-
-
-def build_optimizers(cfg, generator, discriminator, device):
-    kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused_adam_kwargs(device))
-    return torch.optim.Adam(generator.parameters(), **kwargs), torch.optim.Adam(discriminator.parameters(), **kwargs)
-
-
-def train_step(generator, discriminator, opt_g, opt_d, real, labels, z, bf16=True):
-    """One D step then one G step (LSGAN, a=0, b=c=1); returns the losses as tensors.
-
-    Under DistributedDataParallel the G step goes through D's own module: D's weights are frozen there, and
-    DDP must not wait for gradients of them."""
-    device = real.device
-    with autocast(device, bf16):
-        fake = generator(z, labels)
-        d_real = discriminator(real, labels).float()
-        d_fake = discriminator(fake.detach(), labels).float()
-    d_loss_real = ((d_real - 1) ** 2).mean()
-    d_loss_fake = (d_fake ** 2).mean()
-    d_loss = 0.5 * (d_loss_real + d_loss_fake)
-    opt_d.zero_grad(set_to_none=True)
-    d_loss.backward()
-    opt_d.step()
-
-    discriminator.requires_grad_(False)  # the G step needs gradients through D, not for D's weights
-    with autocast(device, bf16):
-        g_loss = ((unwrap(discriminator)(fake, labels).float() - 1) ** 2).mean()
-    opt_g.zero_grad(set_to_none=True)
-    g_loss.backward()
-    opt_g.step()
-    discriminator.requires_grad_(True)
-    return {"d_loss": d_loss.detach(), "d_loss_real": d_loss_real.detach(), "d_loss_fake": d_loss_fake.detach(),
-            "g_loss": g_loss.detach()}
 
 
 def labelled_items(dataset):
@@ -94,22 +63,23 @@ def training_batch(cfg, items, step):
 
 
 def check_architecture(cfg, saved_config):
-    different = {name: (saved_config[name], getattr(cfg, name)) for name in ARCHITECTURE_FIELDS
-                 if saved_config[name] != getattr(cfg, name)}
+    saved = {name: saved_config.get(name, getattr(GANConfig(), name)) for name in ARCHITECTURE_FIELDS}
+    different = {name: (saved[name], getattr(cfg, name)) for name in ARCHITECTURE_FIELDS
+                 if saved[name] != getattr(cfg, name)}
     if different:
         raise ConfigError("cannot resume: the checkpoint was trained with different settings (saved, now): "
                           + ", ".join(f"{name} {old!r} vs {new!r}" for name, (old, new) in different.items()))
 
 
 class GANTraining:
-    """The nets, optimisers and fixed sample codes of a run, and its checkpoint (whose epoch is None when
-    `iterations_per_epoch` is: a run converted from a TensorFlow checkpoint)."""
+    """The generator (--generator, with its nets), their optimisers and fixed sample codes of a run, and its
+    checkpoint (whose epoch is None when `iterations_per_epoch` is: a run converted from a TensorFlow checkpoint)."""
 
     def __init__(self, cfg, num_categories, device, iterations_per_epoch, dataset_digest=None):
         self.cfg, self.num_categories, self.iterations_per_epoch = cfg, num_categories, iterations_per_epoch
         self.dataset_digest = dataset_digest   # of the data it trains on (Dataset.digest), checked on resume
-        self.generator, self.discriminator = build_gan(cfg, num_categories, device)
-        self.opt_g, self.opt_d = build_optimizers(cfg, self.generator, self.discriminator, device)
+        self.model = build_generator(cfg, num_categories, device)
+        self.optimizers = self.model.optimizers(cfg, device)
         self.sample_z = sample_z(GRID_SIZE, cfg.z_dim, cfg.z_distribution, device)
         self.sample_labels = torch.arange(GRID_SIZE, device=device) % num_categories
         self.step = 0
@@ -119,10 +89,9 @@ class GANTraining:
                                                           "sample_labels"))
         check_same_data(checkpoint, dataset, path)
         check_architecture(self.cfg, checkpoint["config"])
-        load_state(self.generator, checkpoint["model"]["generator"], path)
-        load_state(self.discriminator, checkpoint["model"]["discriminator"], path)
-        restore_optimizer(self.opt_g, checkpoint["optimizer"]["generator"], self.cfg.lr)
-        restore_optimizer(self.opt_d, checkpoint["optimizer"]["discriminator"], self.cfg.lr)
+        for name in self.model.nets:
+            load_state(getattr(self.model, name), checkpoint["model"][name], path)
+            restore_optimizer(self.optimizers[name], checkpoint["optimizer"][name], self.cfg.lr)
         self.sample_z = checkpoint["sample_z"].to(device)
         self.sample_labels = checkpoint["sample_labels"].to(device)
         self.step = checkpoint["step"]
@@ -130,8 +99,8 @@ class GANTraining:
     def save(self, path, metrics=None):
         save_checkpoint(path, {
             "stage": "gan",
-            "model": {"generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict()},
-            "optimizer": {"generator": self.opt_g.state_dict(), "discriminator": self.opt_d.state_dict()},
+            "model": {name: getattr(self.model, name).state_dict() for name in self.model.nets},
+            "optimizer": {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()},
             "config": asdict(self.cfg), "num_categories": self.num_categories, "dataset_digest": self.dataset_digest,
             "epoch": self.step // self.iterations_per_epoch if self.iterations_per_epoch else None,
             "step": self.step, "metrics": metrics or {},
@@ -174,8 +143,8 @@ def train(cfg, ranks=None):
         return None
     classifier = train_or_load_classifier(dataset, cfg.image_size, out_dir / "classifier.pt", device,
                                           cfg.resize_filter, store)
-    consistency = measure_consistency(run.generator, classifier, dataset.num_categories, cfg.consistency_samples,
-                                      cfg.z_dim, device, cfg.bf16, cfg.seed)
+    consistency = measure_consistency(run.model, classifier, dataset.num_categories, cfg.consistency_samples,
+                                      device, cfg.bf16, cfg.seed)
     print(format_consistency(consistency))
     RunLog(out_dir, resume=True).record(step=run.step, condition_consistency=consistency)
     run.save(out_dir / "checkpoint.pt", {"condition_consistency": consistency})
@@ -186,12 +155,11 @@ def train_iterations(run, store, batches, item_labels, total_iterations, out_dir
     """The training loop: losses logged every LOG_EVERY iterations, sample grids and checkpoints as configured."""
     cfg, device = run.cfg, ranks.device
     log = RunLog(out_dir, resume=cfg.resume) if ranks.is_main else None
-    g_net, d_net = ranks.wrap(run.generator.train()), ranks.wrap(run.discriminator.train())
+    nets = {name: ranks.wrap(getattr(run.model, name).train()) for name in run.model.nets}
     progress = tqdm(initial=run.step, total=total_iterations, desc="GAN", unit="it", disable=not ranks.is_main)
     tick, tick_step = time.perf_counter(), run.step
     for (ids, z, step), real in store.stream(batches):
-        losses = train_step(g_net, d_net, run.opt_g, run.opt_d, real, item_labels[ids.to(device)], z.to(device),
-                            cfg.bf16)
+        losses = run.model.train_step(nets, run.optimizers, real, item_labels[ids.to(device)], z.to(device), cfg.bf16)
         progress.update()
         epoch, index = divmod(step - 1, run.iterations_per_epoch)  # of the iteration just done, as the original
         if step % LOG_EVERY == 0 or step == total_iterations:
@@ -202,13 +170,13 @@ def train_iterations(run, store, batches, item_labels, total_iterations, out_dir
             now = time.perf_counter()
             images_per_second = (step - tick_step) * cfg.batch_size / (now - tick)
             tick, tick_step = now, step
-            progress.set_postfix(d_loss=f"{losses['d_loss']:.3f}", g_loss=f"{losses['g_loss']:.3f}",
+            progress.set_postfix({name: f"{value:.3f}" for name, value in losses.items()},
                                  img_s=f"{images_per_second:.0f}")
             if ranks.is_main:
                 log.record(step=step, epoch=epoch, **losses, images_per_second=images_per_second)
         run.step = step
         if ranks.is_main and (step % cfg.sample_every == 0 or step == total_iterations):
-            samples = generate(run.generator, run.sample_z, run.sample_labels, cfg.bf16)
+            samples = generate(run.model, run.sample_z, run.sample_labels, cfg.bf16)
             save_grid(out_dir / "samples" / f"train_{epoch:02d}_{index:04d}.png", samples, 4)
             log.add_image_grid("samples", samples, step, value_range=(-1, 1))
         if ranks.is_main and step % cfg.checkpoint_every == 0:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from common.cli import require_id, require_sizes
 from common.errors import ConfigError
+from pm.fidelity import DEFAULT_FID_INCEPTION_WEIGHTS
 from pm.metrics import DEFAULT_INCEPTION_WEIGHTS
 
 
@@ -31,8 +32,9 @@ class PMConfig:
     steps: int = field(default=200, metadata={"help": "Adam steps of preference maximisation"})
     lr: float = field(default=0.1, metadata={"help": "Adam learning rate on z'"})
     eta: float = field(default=1.0, metadata={"help": "weight of the realism loss [D_c(G_c(z)) - 1]^2"})
-    init: str = field(default="uniform", metadata={"help": "starts: atanh of U(-1,1), or N(0, 0.5^2)",
-                                                   "choices": ["uniform", "normal"]})
+    init: str = field(default="uniform", metadata={"help": "starts: atanh of U(-1,1), N(0, 0.5^2), or codes of the "
+                                                           "generator's prior (the LSGAN's: U(-1,1))",
+                                                   "choices": ["uniform", "normal", "prior"]})
     latent: str = field(default="tanh", metadata={"help": "z = tanh(z') (paper) or z optimised directly (original)",
                                                   "choices": ["tanh", "direct"]})
     select: str = field(default="softmax", metadata={"help": "which results to return: drawn by softmax of the "
@@ -60,6 +62,13 @@ class PMConfig:
     inception_weights: str | None = field(default=None, metadata={
         "help": f"ImageNet Inception v3 weights for the Inception Score (default: {DEFAULT_INCEPTION_WEIGHTS} if "
                 "present, else the in-domain score of the GAN run's category classifier)"})
+    fid_inception_weights: str | None = field(default=None, metadata={
+        "help": f"torch-fidelity's Inception v3 (the FID network) for KID and FID over Inception features (default: "
+                f"{DEFAULT_FID_INCEPTION_WEIGHTS} if present, else skipped; those over the category classifier are "
+                "always measured)"})
+    judge_run: str | None = field(default=None, metadata={
+        "help": "run directory of a judge DVBPR, trained on the same data with another seed, that scores the "
+                "designs beside the optimised DVBPR (default: no judge)"})
     splits: int = field(default=10, metadata={"help": "parts of the Inception Score's mean and std"})
     seed: int = field(default=0, metadata={"help": "seed of the users, latent codes and samples"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})

@@ -7,9 +7,10 @@ tailoring of an existing item (eq. 12 then eq. 10).
                   replacement with p(e_t) = softmax(objective)_t (eq. 11), or taken best first
     tailoring     z' = argmin ||G_c(tanh z') - nabla X_query||_1 (eq. 12), then eq. 10 from that z'
 
-Delta and nabla are nearest-neighbour resizes between the GAN's size and DVBPR's input size. Phi runs in eval
-mode (no dropout), G and D in BN inference mode; only z' receives gradients. With latent="direct" z itself is
-optimised without a bound, as the original code did (PM/main.py of the original repository).
+Delta and nabla are nearest-neighbour resizes between the GAN's size and DVBPR's input size. G_c and the realism
+term are the trained generator's (gan/model.py's ConditionalGenerator; the LSGAN's D gives [D_c(e) - 1]^2). Phi runs
+in eval mode (no dropout), the generator in inference mode; only z' receives gradients. With latent="direct" z
+itself is optimised without a bound, as the original code did (PM/main.py of the original repository).
 """
 from dataclasses import dataclass, field
 
@@ -82,31 +83,41 @@ class Design:
 
 
 class Designer:
-    """The trained pieces of personalised design: theta and Phi from DVBPR, G and D from the GAN.
+    """The trained pieces of personalised design: theta and Phi from DVBPR, the conditional generator (with its
+    realism term) from the GAN stage.
 
-    All three networks are put in eval mode and frozen, so gradients reach only the latent codes.
+    Both are put in eval mode and frozen, so gradients reach only the latent codes.
     """
 
-    def __init__(self, dvbpr, generator, discriminator):
+    def __init__(self, dvbpr, model):
         self.dvbpr = dvbpr.eval().requires_grad_(False)
         self.theta = dvbpr.theta.detach()
-        self.generator = generator.eval().requires_grad_(False)
-        self.discriminator = discriminator.eval().requires_grad_(False)
-        self.z_dim = generator.z_dim
-        self.image_size = generator.image_size
+        self.model = model.eval().requires_grad_(False)
+        self.z_dim = model.z_dim
+        self.image_size = model.image_size
+
+    def check_latent(self, latent):
+        """ConfigError when z = tanh(z') would not span the generator's latent domain."""
+        if latent == "tanh" and not self.model.latent_box:
+            raise ConfigError(f"--latent tanh keeps z in [-1, 1], but this {type(self.model).__name__} generator's "
+                              "latent is unbounded: give --latent direct")
+
+    def sample_z(self, n, rng=None):
+        """n codes from the generator's prior (Table IV's random G(., c), the figures' samples)."""
+        return self.model.sample_z(n, self.theta.device, rng)
 
     def preference(self, user, images):
         """x_{u,e} = theta_u . Phi(Delta e) (eq. 6) of images at the GAN's size; [B]."""
         return self.dvbpr.phi(resize(images, self.dvbpr.backbone.input_size)) @ self.theta[user]
 
     def realism_loss(self, images, category):
-        """L_real(e, c) = [D_c(e) - 1]^2; [B]."""
+        """L_real(e, c), the LSGAN's [D_c(e) - 1]^2; [B]."""
         labels = torch.full((len(images),), category, dtype=torch.long, device=images.device)
-        return (self.discriminator(images, labels) - 1) ** 2
+        return self.model.realism_loss(images, labels)
 
     def generate(self, z, category):
         labels = torch.full((len(z),), category, dtype=torch.long, device=z.device)
-        return self.generator(z, labels)
+        return self.model(z, labels)
 
     def objective(self, z, user, category, eta):
         """(objective, preference, realism loss, images) of G_c(z), each per row of z (eq. 9)."""
@@ -141,9 +152,13 @@ class Designer:
 
     def synthesise(self, user, category, starts, steps, lr, eta=1.0, init="uniform", latent="tanh",
                    rng=None, record=None):
-        """Preference maximisation from `starts` random initial points (eq. 10); every result is kept."""
-        device = self.theta.device
-        z_prime = initial_latents(starts, self.z_dim, init, device, rng)
+        """Preference maximisation from `starts` random initial points (eq. 10); every result is kept. `init`:
+        'uniform' or 'normal' (initial_latents), or 'prior': codes of the generator's own prior."""
+        if init == "prior":  # the generator's own codes, z' = atanh(z) where z = tanh(z') is optimised
+            z = self.sample_z(starts, rng)
+            z_prime = torch.atanh(z.clamp(-ATANH_LIMIT, ATANH_LIMIT)) if latent == "tanh" else z
+        else:
+            z_prime = initial_latents(starts, self.z_dim, init, self.theta.device, rng)
         return self.maximise(z_prime, user, category, steps, lr, eta, latent, record)
 
     def invert(self, query, category, steps, lr, starts=8, latent="tanh", rng=None):

@@ -13,7 +13,6 @@ from common.checkpoint import write_json
 from common.errors import DatasetError
 from common.figures import save_grid
 from common.original_format import category_name
-from gan.model import sample_z
 from pm.design import choose, retrieve
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e")
@@ -150,11 +149,11 @@ def tailoring(stages, cfg, users, out, rng):
 
 @torch.no_grad()
 def nearest_neighbours(stages, cfg, out, rng):
-    """Fig. 4: G(z, c) for z ~ U(-1, 1) beside the catalogue image nearest in mean L1 (searched over all items)."""
+    """Fig. 4: G(z, c) for z of the generator's prior beside the catalogue image nearest in mean L1 (searched over
+    all items)."""
     designer, n = stages.designer, cfg.neighbour_samples
     categories = range(stages.dataset.num_categories)
-    samples = torch.cat([designer.generate(sample_z(n, designer.z_dim, "uniform", stages.device, rng), c)
-                         for c in categories])
+    samples = torch.cat([designer.generate(designer.sample_z(n, rng), c) for c in categories])
     best = torch.full((len(samples),), float("inf"), device=stages.device)
     nearest = torch.zeros(len(samples), dtype=torch.long, device=stages.device)
     for start in range(0, len(stages.images), 256):

@@ -20,7 +20,7 @@ class Stages:
         if self.gan.num_categories != self.dataset.num_categories:
             raise DatasetError(f"the GAN has {self.gan.num_categories} categories but {self.dataset.name} has "
                                f"{self.dataset.num_categories}")
-        self.designer = Designer(trained.model, self.gan.generator, self.gan.discriminator)
+        self.designer = Designer(trained.model, self.gan.model)
         self.images = ImageStore(image_cache(self.dataset, self.gan.config.image_size, self.gan.config.resize_filter),
                                  self.device)
         self.item_category = torch.as_tensor(self.dataset.item_category, device=self.device)

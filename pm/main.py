@@ -3,7 +3,10 @@
     python pm/main.py                    figures: per-user top-3 real vs generated (fig. 5), tailoring a prototype
                                          item for several users (fig. 6), samples beside their L1 nearest
                                          neighbours (fig. 4), and every start's trajectory per category
-    python pm/main.py --table            Table IV (Markdown, CSV, JSON) over --trials random queries
+    python pm/main.py --table            Table IV (Markdown, CSV, JSON) over --trials random queries, with the
+                                         judges synthesis was not optimised against (--judge-run: another DVBPR
+                                         run; on generated catalogues the hidden taste, read by an attribute
+                                         reader), KID, FID, precision and recall (pm/fidelity.py)
     python pm/main.py --sweep-eta 0 0.1 1 10 100     Figure 3: the three metrics against eta
     python pm/main.py --tune             the best objective that each --tune-starts x --tune-steps x --tune-lrs
                                          reaches on --trials validation queries (how the defaults were chosen)

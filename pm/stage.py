@@ -22,6 +22,7 @@ def run_pm(cfg, protected):
     settle(cfg, protected, "pm", DEMO, embedded=is_embedded(stages.dataset.path))
     check_config(cfg)
     check_ids(cfg, stages.dataset)
+    stages.designer.check_latent(cfg.latent)
     out = run_dir(cfg.out, "pm")
     mode = "tune" if cfg.tune else "table" if cfg.table or cfg.sweep_eta else "figures"
     write_json(out / f"{mode}_config.json", asdict(cfg))

@@ -3,25 +3,36 @@ of Figure 3.
 
 A trial draws a user u uniformly and sets c to the category of u's test item. Each source returns three images:
     real        three random real items of c                    (X_c)
-    generated   G(z, c) for three z ~ U(-1, 1)                  (G(., c))
+    generated   G(z, c) for three z of G's prior (U(-1, 1))     (G(., c))
     retrieval   the top 3 of eq. 8                              (delta(u, c))
     synthesis   3 of the m results of eq. 10, chosen by eq. 11  (delta-hat(u, c))
 Preference score: theta_u . Phi(image) (eq. 6), averaged over the three, then mean and std over trials. Diversity:
 1 - mean pairwise SSIM of the three, mean and std over trials. Quality: the Inception Score of all the source's
-images over all trials (3 N of them), mean and std over `splits` parts (Salimans et al.).
+images over all trials (3 N of them), mean and std over `splits` parts (Salimans et al.). Beside them: the judges
+that synthesis was not optimised against (pm/judges.py), KID, FID, precision and recall against the real items of
+the category (pm/fidelity.py), and paired tests of synthesis against retrieval.
 The tuning of PM's starts, steps and lr (--tune) scores the same synthesis on validation queries instead.
 """
 import csv
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from common.checkpoint import write_json
-from gan.model import sample_z
 from pm.design import choose, retrieve
+from pm.fidelity import (
+    CLASSIFIER_EXTRACTOR,
+    DEFAULT_FID_INCEPTION_WEIGHTS,
+    INCEPTION_EXTRACTOR,
+    Fidelity,
+    classifier_extractor,
+    inception_extractor,
+)
 from pm.figures import line_panel, save_panels
+from pm.judges import Recommender, TrueTaste, open_judge, open_true_taste, paired_test
 from pm.metrics import (
     DEFAULT_INCEPTION_WEIGHTS,
     CategoryInception,
@@ -32,7 +43,7 @@ from pm.metrics import (
 
 SOURCES = {
     "real": "X_c (random real items)",
-    "generated": "G(., c) (random z ~ U(-1, 1))",
+    "generated": "G(., c) (random z of the prior)",
     "retrieval": "delta(u, c), retrieval (eq. 8)",
     "synthesis": "delta-hat(u, c), synthesis (eq. 9)",
 }
@@ -44,6 +55,28 @@ PAPER_TABLE_IV = {
     "synthesis": {"preference": (7.6760, 4.1), "quality": (7.6524, 0.24), "diversity": (0.5265, 0.12)},
 }
 METRICS = ("preference", "quality", "diversity")
+# the scores over trials beside the optimised one (pm/judges.py), where they can be measured
+TRIAL_METRICS = {
+    "preference": "Optimised score",
+    "preference_percentile": "Optimised percentile",
+    "judge": "Judge DVBPR",
+    "judge_percentile": "Judge percentile",
+    "true_preference": "True preference (read)",
+}
+FIDELITY_SHOWN = {"kid": "KID", "fid": "FID", "precision": "Precision", "recall": "Recall"}
+EXTRACTORS = {CLASSIFIER_EXTRACTOR: "category classifier", INCEPTION_EXTRACTOR: "Inception"}
+SWEEP_PANELS = {"preference": "preference score", "judge": "judge DVBPR", "true_preference": "true preference",
+                "quality": "quality (IS)", "diversity": "diversity (1 - SSIM)"}
+JUDGES_NOTES = [
+    "Optimised score: theta_u . Phi of the DVBPR that synthesis maximised; judge DVBPR: another run's, which "
+    "synthesis never saw. Percentiles: the share of the real items of the query's category that the same model "
+    "scores below the image, for the same user (comparable across the two runs' scales). True preference: the "
+    "catalogue's hidden taste of what the attribute reader reads in the image. Mean ± std over trials.",
+    "",
+    "KID, FID, precision and recall: torch-fidelity, each source's images against all real items of their "
+    "category, averaged over categories weighted by images (pm/fidelity.py); lower KID and FID are closer to the "
+    "real items.",
+]
 TOP = 3
 
 
@@ -82,7 +115,8 @@ def tune(stages, cfg, queries, starts_grid, steps_grid, lr_grid):
 
 
 class Sources:
-    """The four sources of Table IV for one (user, category): (images [3, 3, S, S], preference scores [3])."""
+    """The four sources of Table IV for one (user, category): (images [3, 3, S, S], preference scores [3], item ids
+    [3], -1 for generated images)."""
 
     def __init__(self, stages, cfg, rng):
         self.stages, self.cfg, self.rng = stages, cfg, rng
@@ -91,55 +125,101 @@ class Sources:
     def real(self, user, category):
         items = self.stages.items_of(category)
         pick = items[torch.randperm(len(items), generator=self.rng, device=items.device)[:TOP]]
-        return self.stages.images(pick), self.stages.item_embeddings[pick] @ self.stages.designer.theta[user]
+        return self.stages.images(pick), self.stages.item_embeddings[pick] @ self.stages.designer.theta[user], pick
 
     @torch.no_grad()
     def generated(self, user, category):
         designer = self.stages.designer
-        z = sample_z(TOP, designer.z_dim, "uniform", designer.theta.device, self.rng)
-        images = designer.generate(z, category)
-        return images, designer.preference(user, images)
+        images = designer.generate(designer.sample_z(TOP, self.rng), category)
+        return images, designer.preference(user, images), torch.full((TOP,), -1)
 
     def retrieval(self, user, category):
         items, scores = retrieve(self.stages.designer.theta[user], self.stages.item_embeddings,
                                  self.stages.items_of(category), TOP)
-        return self.stages.images(items), scores
+        return self.stages.images(items), scores, items
 
     def synthesis(self, user, category, eta=None):
         cfg = self.cfg
         design = self.stages.designer.synthesise(user, category, cfg.starts, cfg.steps, cfg.lr,
                                                  cfg.eta if eta is None else eta, cfg.init, cfg.latent, self.rng)
         kept = choose(design.objective, TOP, self.select, self.rng)
-        return design.images[kept], design.preference[kept]
+        return design.images[kept], design.preference[kept], torch.full((len(kept),), -1)
 
 
 def run_trials(stages, cfg, trials, sources=tuple(SOURCES), eta=None, desc="Table IV trials"):
-    """{source: {"images": [N, 3, 3, S, S] on the CPU, "preference": [N], "diversity": [N]}} over the trials."""
+    """{source: {"images": [N, 3, 3, S, S], "scores": [N, 3], "items": [N, 3] (-1: generated), "diversity": [N]}}
+    over the trials, on the CPU."""
     rng = torch.Generator(device=stages.device).manual_seed(cfg.seed)
     pick = Sources(stages, cfg, rng)
-    results = {source: {"images": [], "preference": [], "diversity": []} for source in sources}
+    results = {source: {"images": [], "scores": [], "items": [], "diversity": []} for source in sources}
     for user, category in tqdm(trials, desc=desc, unit="trial"):
         for source in sources:
             if source == "synthesis":
-                images, scores = pick.synthesis(user, category, eta)
+                images, scores, items = pick.synthesis(user, category, eta)
             else:
-                images, scores = getattr(pick, source)(user, category)
+                images, scores, items = getattr(pick, source)(user, category)
             results[source]["images"].append(images.detach().cpu())
-            results[source]["preference"].append(scores.mean().item())
+            results[source]["scores"].append(scores.detach().cpu())
+            results[source]["items"].append(items.cpu())
             results[source]["diversity"].append(ssim_diversity(images))
-    return {source: {"images": torch.stack(r["images"]), "preference": np.array(r["preference"]),
-                     "diversity": np.array(r["diversity"])} for source, r in results.items()}
+    return {source: {"images": torch.stack(r["images"]), "scores": torch.stack(r["scores"]),
+                     "items": torch.stack(r["items"]), "diversity": np.array(r["diversity"])}
+            for source, r in results.items()}
 
 
-def summarise(results, scorer, splits):
-    """{source: {metric: (mean, std)}}."""
-    rows = {}
+@dataclass
+class Measures:
+    """What scores a source's images after the trials: the quality scorer (Inception Score), the fidelity
+    extractors, the optimised DVBPR, and the judges where there are some (pm/judges.py)."""
+    stages: object
+    quality: object
+    fidelity: Fidelity
+    optimised: Recommender
+    judge: Recommender | None = None
+    taste: TrueTaste | None = None
+
+    def per_trial(self, result, trials):
+        """{metric: [N]} of one source: each trial's mean over its images."""
+        values = {metric: [] for metric in self.trial_metrics()}
+        for (user, category), images, scores, items in zip(trials, result["images"], result["scores"],
+                                                           result["items"]):
+            category_items = self.stages.items_of(category)
+            values["preference"].append(scores.mean().item())
+            values["preference_percentile"].append(self.optimised.percentile(user, scores.to(self.stages.device),
+                                                                             category_items))
+            if self.judge is not None:
+                judged = self.judge.scores(user, images, items)
+                values["judge"].append(judged.mean().item())
+                values["judge_percentile"].append(self.judge.percentile(user, judged, category_items))
+            if self.taste is not None:
+                values["true_preference"].append(self.taste.scores(user, images).mean().item())
+        return {metric: np.array(v) for metric, v in values.items()}
+
+    def trial_metrics(self):
+        return ("preference", "preference_percentile") + (("judge", "judge_percentile") if self.judge else ()) \
+            + (("true_preference",) if self.taste else ())
+
+
+def summarise(results, trials, measures, splits):
+    """({source: {metric: (mean, std)}}, {source: {extractor: {fidelity metric: value}}}, {source: {metric: [N]}}):
+    the trial metrics' mean and std over trials, the Inception Score's over `splits` parts and the fidelity of all
+    the source's images against the real items of their categories."""
+    categories = torch.tensor([category for _, category in trials])
+    rows, fidelity, per_trial = {}, {}, {}
     for source, r in results.items():
-        probs = scorer.predict_proba(r["images"].flatten(0, 1))
-        rows[source] = {"preference": (float(r["preference"].mean()), float(r["preference"].std())),
-                        "quality": inception_score(probs, min(splits, len(probs))),
-                        "diversity": (float(r["diversity"].mean()), float(r["diversity"].std()))}
-    return rows
+        images = r["images"].flatten(0, 1)
+        per_trial[source] = measures.per_trial(r, trials)
+        probs = measures.quality.predict_proba(images)
+        rows[source] = {metric: (float(v.mean()), float(v.std())) for metric, v in per_trial[source].items()}
+        rows[source]["quality"] = inception_score(probs, min(splits, len(probs)))
+        rows[source]["diversity"] = (float(r["diversity"].mean()), float(r["diversity"].std()))
+        fidelity[source] = measures.fidelity(images, categories.repeat_interleave(r["images"].shape[1]))
+    return rows, fidelity, per_trial
+
+
+def paired_tests(per_trial, metrics):
+    """Synthesis against retrieval over the same trials, per metric (pm/judges.py's sign-flip test)."""
+    return {metric: paired_test(per_trial["synthesis"][metric], per_trial["retrieval"][metric]) for metric in metrics}
 
 
 def mean_std(pair):
@@ -150,8 +230,40 @@ def paper_mean_std(pair):
     return f"{pair[0]:.4f} ± {pair[1]:g}"  # the paper gives the std to one or two digits
 
 
-def write_table(out, rows, quality_label, notes):
-    """table_iv.md, table_iv.csv and table_iv.json in `out`, the paper's numbers beside ours."""
+def fidelity_columns(fidelity):
+    """(extractor, metric) of the fidelity values that some source has."""
+    first = next(iter(fidelity.values()))
+    return [(name, metric) for name, values in first.items() for metric in FIDELITY_SHOWN
+            if any(row[name][metric] is not None for row in fidelity.values())]
+
+
+def format_fidelity(value):
+    return "—" if value is None else f"{value:.3f}"
+
+
+def judges_table(rows, fidelity, paired):
+    """The Markdown of the judges, the fidelity and the paired tests."""
+    shown = [m for m in TRIAL_METRICS if m in next(iter(rows.values()))]
+    columns = fidelity_columns(fidelity)
+    lines = ["| Item source | " + " | ".join(TRIAL_METRICS[m] for m in shown) + " | "
+             + " | ".join(f"{FIDELITY_SHOWN[metric]} ({EXTRACTORS[name]})" for name, metric in columns) + " |",
+             "|---|" + "---|" * (len(shown) + len(columns))]
+    for source, row in rows.items():
+        lines.append(f"| {SOURCES[source]} | " + " | ".join(mean_std(row[m]) for m in shown) + " | "
+                     + " | ".join(format_fidelity(fidelity[source][name][metric])
+                                  for name, metric in columns) + " |")
+    n = next(iter(paired.values()))["trials"]
+    lines += ["", f"Synthesis against retrieval, paired over the {n} trials (two-sided sign-flip permutation test of "
+              "the mean difference):", "",
+              "| Score | Mean difference | Trials synthesis above / below | p |", "|---|---|---|---|"]
+    lines += [f"| {TRIAL_METRICS[m]} | {t['mean_difference']:+.4f} | {t['above']} / {t['below']} | "
+              f"{t['p_value']:.4f} |" for m, t in paired.items()]
+    return lines
+
+
+def write_table(out, rows, fidelity, paired, quality_label, notes):
+    """table_iv.md, table_iv.csv and table_iv.json in `out`: the paper's numbers beside ours, then the judges,
+    the fidelity and the paired tests."""
     lines = ["# Table IV: top-3 images for a given user and category", "", *notes, "",
              f"Quality: {quality_label}.", "",
              "| Item source | Preference score | Quality | Diversity | Paper: preference | Paper: quality | "
@@ -161,68 +273,113 @@ def write_table(out, rows, quality_label, notes):
         paper = PAPER_TABLE_IV[source]
         lines.append(f"| {SOURCES[source]} | " + " | ".join(mean_std(row[m]) for m in METRICS) + " | "
                      + " | ".join(paper_mean_std(paper[m]) for m in METRICS) + " |")
+    lines += ["", "## Judges and fidelity", "", *JUDGES_NOTES, "", *judges_table(rows, fidelity, paired)]
     (out / "table_iv.md").write_text("\n".join(lines) + "\n")
+    shown = [m for m in TRIAL_METRICS if m in next(iter(rows.values()))]
+    columns = fidelity_columns(fidelity)
     with open(out / "table_iv.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["source"] + [f"{who}{m}_{stat}" for who in ("", "paper_") for m in METRICS
-                                      for stat in ("mean", "std")])
+                                      for stat in ("mean", "std")]
+                        + [f"{m}_{stat}" for m in shown for stat in ("mean", "std")]
+                        + [f"{name}_{metric}" for name, metric in columns])
         for source, row in rows.items():
             writer.writerow([source] + [v for m in METRICS for v in row[m]]
-                            + [v for m in METRICS for v in PAPER_TABLE_IV[source][m]])
+                            + [v for m in METRICS for v in PAPER_TABLE_IV[source][m]]
+                            + [v for m in shown for v in row[m]]
+                            + [fidelity[source][name][metric] for name, metric in columns])
     write_json(out / "table_iv.json", {"notes": notes, "quality": quality_label,
-                                       "ours": {s: {m: list(row[m]) for m in METRICS} for s, row in rows.items()},
+                                       "ours": {s: {m: list(v) for m, v in row.items()} for s, row in rows.items()},
+                                       "fidelity": fidelity, "synthesis_vs_retrieval": paired,
                                        "paper": {s: {m: list(v) for m, v in p.items()}
                                                  for s, p in PAPER_TABLE_IV.items()}})
     return "\n".join(lines)
 
 
-def sweep_eta(stages, cfg, trials, etas, scorer, out):
-    """Figure 3: synthesis over the same trials for each eta; eta_sweep.png (three panels) and eta_sweep.json.
+def sweep_eta(stages, cfg, trials, etas, measures, out):
+    """Figure 3: synthesis over the same trials for each eta; eta_sweep.png (a panel per score) and eta_sweep.json.
     Retrieval, which does not depend on eta, is drawn as the reference line."""
-    reference = summarise(run_trials(stages, cfg, trials, ("retrieval",), desc="retrieval"), scorer, cfg.splits)
-    by_eta = {}
+    retrieval, retrieval_fidelity, retrieval_trials = summarise(
+        run_trials(stages, cfg, trials, ("retrieval",), desc="retrieval"), trials, measures, cfg.splits)
+    by_eta, fidelity, paired = {}, {}, {}
     for eta in etas:
         results = run_trials(stages, cfg, trials, ("synthesis",), eta=eta, desc=f"synthesis, eta={eta:g}")
-        by_eta[eta] = summarise(results, scorer, cfg.splits)["synthesis"]
+        rows, fidelities, per_trial = summarise(results, trials, measures, cfg.splits)
+        by_eta[eta], fidelity[eta] = rows["synthesis"], fidelities["synthesis"]
+        paired[eta] = paired_tests({**per_trial, **retrieval_trials}, measures.trial_metrics())
     labels = [f"{eta:g}" for eta in etas]
-    titles = {"preference": "preference score", "quality": "quality (IS)", "diversity": "diversity (1 - SSIM)"}
-    panels = [line_panel(titles[m], "eta", labels,
-                         {"synthesis": [by_eta[eta][m][0] for eta in etas],
-                          "retrieval": [reference["retrieval"][m][0]] * len(etas)})
-              for m in METRICS]
+    shown = [m for m in SWEEP_PANELS if m in retrieval["retrieval"]]
+    panels = [line_panel(SWEEP_PANELS[m], "eta", labels, {"synthesis": [by_eta[eta][m][0] for eta in etas],
+                                                          "retrieval": [retrieval["retrieval"][m][0]] * len(etas)})
+              for m in shown]
+    kid = [fidelity[eta][CLASSIFIER_EXTRACTOR]["kid"] for eta in etas]
+    panels.append(line_panel("KID (in-domain)", "eta", labels, {
+        "synthesis": kid, "retrieval": [retrieval_fidelity["retrieval"][CLASSIFIER_EXTRACTOR]["kid"]] * len(etas)}))
     save_panels(out / "eta_sweep.png", panels)
-    write_json(out / "eta_sweep.json", {"quality": scorer.label, "trials": len(trials),
-                                        "synthesis": {f"{eta:g}": {m: list(v) for m, v in row.items()}
-                                                      for eta, row in by_eta.items()},
-                                        "retrieval": {m: list(v) for m, v in reference["retrieval"].items()}})
-    return by_eta, reference["retrieval"]
+    write_json(out / "eta_sweep.json", {
+        "quality": measures.quality.label, "trials": len(trials),
+        "synthesis": {f"{eta:g}": {m: list(v) for m, v in row.items()} for eta, row in by_eta.items()},
+        "synthesis_fidelity": {f"{eta:g}": row for eta, row in fidelity.items()},
+        "synthesis_vs_retrieval": {f"{eta:g}": tests for eta, tests in paired.items()},
+        "retrieval": {m: list(v) for m, v in retrieval["retrieval"].items()},
+        "retrieval_fidelity": retrieval_fidelity["retrieval"]})
+    return by_eta, retrieval["retrieval"]
 
 
-def quality_scorer(cfg, stages, out):
+def quality_scorer(cfg, stages, classifier):
     path = cfg.inception_weights or (DEFAULT_INCEPTION_WEIGHTS if DEFAULT_INCEPTION_WEIGHTS.is_file() else None)
     if path is not None:
         return ImageNetInception.from_weights(path, stages.device)
     print(f"no Inception v3 weights ({DEFAULT_INCEPTION_WEIGHTS} absent; `bash download_pretrained_models.sh "
           "torchvision` fetches them): Quality is the in-domain score of the category classifier")
-    return CategoryInception(stages.category_classifier(out))
+    return CategoryInception(classifier)
+
+
+def fidelity_extractors(cfg, stages, classifier):
+    """The category classifier's features, and torch-fidelity's FID Inception where its weights file is."""
+    extractors = {CLASSIFIER_EXTRACTOR: classifier_extractor(classifier, stages.device)}
+    path = cfg.fid_inception_weights or (DEFAULT_FID_INCEPTION_WEIGHTS if DEFAULT_FID_INCEPTION_WEIGHTS.is_file()
+                                         else None)
+    if path is None:
+        print(f"KID and FID over Inception skipped: no weights file ({DEFAULT_FID_INCEPTION_WEIGHTS} absent; "
+              "`bash download_pretrained_models.sh fidelity` fetches it); those over the category classifier follow")
+    else:
+        extractors[INCEPTION_EXTRACTOR] = inception_extractor(path, stages.device)
+    return extractors
+
+
+def measures_of(stages, cfg, out):
+    judge = open_judge(cfg.judge_run, cfg.dvbpr_run, stages) if cfg.judge_run else None
+    classifier = stages.category_classifier(out)
+    fidelity = Fidelity(fidelity_extractors(cfg, stages, classifier), stages.images, stages.dataset.item_category,
+                        cfg.seed)
+    optimised = Recommender(stages.designer.dvbpr, stages.designer.theta, stages.item_embeddings)
+    return Measures(stages, quality_scorer(cfg, stages, classifier), fidelity, optimised, judge,
+                    open_true_taste(stages, out))
 
 
 def tables(stages, cfg, out):
-    scorer = quality_scorer(cfg, stages, out)
+    measures = measures_of(stages, cfg, out)
     trials = draw_trials(stages.dataset, cfg.trials, np.random.default_rng(cfg.seed))
     if cfg.select == "all":
         print("--select all: Table IV takes the best 3 of the m results")
     notes = [f"{cfg.trials} trials on {stages.dataset.name}; DVBPR {stages.dvbpr_config.image_size} px, "
-             f"K={stages.dvbpr_config.k}; GAN {stages.designer.image_size} px.",
+             f"K={stages.dvbpr_config.k}; GAN {stages.designer.image_size} px ({stages.gan.config.generator}).",
              f"Synthesis: preset {cfg.preset}, {cfg.starts} starts, {cfg.steps} Adam steps at lr {cfg.lr}, "
              f"eta {cfg.eta}, latent {cfg.latent}, init {cfg.init}, select {cfg.select}.",
              "Preference and diversity: mean ± std over trials; quality: over all 3 x trials images of a source, "
              f"mean ± std over {cfg.splits} splits."]
+    if cfg.judge_run:
+        notes.append(f"Judge DVBPR: {cfg.judge_run}.")
+    if measures.taste is not None:
+        notes.append("Attribute reader on held-out real items: " + ", ".join(
+            f"{name.replace('_', ' ')} {value:.3f}" for name, value in measures.taste.metrics.items()) + ".")
     if cfg.table:
-        rows = summarise(run_trials(stages, cfg, trials), scorer, cfg.splits)
-        print(write_table(out, rows, scorer.label, notes))
+        rows, fidelity, per_trial = summarise(run_trials(stages, cfg, trials), trials, measures, cfg.splits)
+        print(write_table(out, rows, fidelity, paired_tests(per_trial, measures.trial_metrics()),
+                          measures.quality.label, notes))
     if cfg.sweep_eta:
-        by_eta, retrieval = sweep_eta(stages, cfg, trials, cfg.sweep_eta, scorer, out)
+        by_eta, retrieval = sweep_eta(stages, cfg, trials, cfg.sweep_eta, measures, out)
         for eta, row in by_eta.items():
             print(f"eta {eta:g}: " + ", ".join(f"{m} {v[0]:.4f} ± {v[1]:.3f}" for m, v in row.items()))
         print("retrieval: " + ", ".join(f"{m} {v[0]:.4f} ± {v[1]:.3f}" for m, v in retrieval.items()))

@@ -10,9 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.catalogue.reader import reader_key, save_reader, train_reader
+from common.catalogue.truth import load_truth
 from common.checkpoint import save_checkpoint
 from common.classifier import CategoryClassifier, classifier_checkpoint
-from common.data import Dataset
+from common.data import Dataset, load_dataset
+from common.images import ImageStore, image_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,6 +25,15 @@ def place_random_classifier(run_dir, dataset, image_size, resize_filter="nearest
     training one (the tests that use it check plumbing, not the classifier)."""
     classifier = CategoryClassifier(image_size, dataset.num_categories)
     save_checkpoint(run_dir / "classifier.pt", classifier_checkpoint(classifier, dataset, resize_filter, {}))
+
+
+def place_attribute_reader(out_dir, dataset_path, image_size, steps=10, resize_filter="nearest"):
+    """An attribute reader trained for a few steps in a PM output directory, which Table IV then reuses instead of
+    training one."""
+    dataset = load_dataset(dataset_path)
+    reader, metrics = train_reader(ImageStore(image_cache(dataset, image_size, resize_filter), "cpu"),
+                                   load_truth(dataset_path), steps=steps)
+    save_reader(out_dir / "attribute_reader.pt", reader, reader_key(dataset, image_size, resize_filter), metrics)
 
 
 def interactions_only(usernum, itemnum, user_train, user_validation, user_test, name="tiny"):

@@ -23,8 +23,7 @@ from dvbpr.main import main as dvbpr_main
 from dvbpr.model import build_model, embed_items
 from dvbpr.train import dvbpr_trainee
 from gan.config import GANConfig
-from gan.model import build_gan
-from gan.train import build_optimizers, train_step
+from gan.model import build_gan, build_optimizers, train_step
 from tests.helpers import run_stage
 from tests.test_images import BROKEN, make_payloads
 

@@ -20,8 +20,8 @@ from dvbpr.config import DVBPRConfig
 from dvbpr.model import build_model, embed_items
 from dvbpr.train import dvbpr_trainee
 from gan.config import GANConfig
-from gan.model import build_gan
-from gan.train import labelled_items, train_step, training_batch
+from gan.model import build_gan, train_step
+from gan.train import labelled_items, training_batch
 from tests.helpers import place_random_classifier, run_stage
 
 WORLD = 2

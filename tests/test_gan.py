@@ -16,10 +16,10 @@ from common.runlog import RunLog
 from gan.config import PRESETS, GANConfig
 from gan.consistency import condition_consistency
 from gan.main import main
-from gan.model import Discriminator, Generator, SameConv, SameDeconv, build_gan
+from gan.model import Discriminator, Generator, SameConv, SameDeconv, build_gan, build_optimizers, train_step
 from gan.run import open_gan_run
 from gan.sample import write_category_grids
-from gan.train import build_optimizers, labelled_items, train_step
+from gan.train import labelled_items
 from gan.train import train as train_gan
 
 CPU = torch.device("cpu")

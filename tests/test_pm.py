@@ -1,4 +1,5 @@
 import json
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,7 +14,7 @@ from dvbpr.config import DVBPRConfig
 from dvbpr.model import DVBPR
 from dvbpr.train import train as train_dvbpr
 from gan.config import GANConfig
-from gan.model import Discriminator, Generator
+from gan.model import LSGAN
 from gan.train import train as train_gan
 from pm.config import DEMO, PRESETS, PMConfig
 from pm.design import Designer, choose, resize, retrieve, to_z
@@ -21,7 +22,7 @@ from pm.figures import pick_user
 from pm.main import main
 from pm.metrics import ImageNetInception, inception_score, ssim_diversity
 from pm.table import draw_trials
-from tests.helpers import place_random_classifier
+from tests.helpers import place_attribute_reader, place_random_classifier
 
 Z_DIM = 8
 
@@ -47,12 +48,12 @@ class TinyBackbone(torch.nn.Module):
 def tiny_designer(seed=0, usernum=5, k=8, backbone=TinyBackbone):
     """Random-weight Phi (32 px) and GAN (16 px, so Delta upscales), G's BN statistics from one batch."""
     torch.manual_seed(seed)
-    generator, discriminator = Generator(16, Z_DIM, 3, width=8), Discriminator(16, 3, width=8)
+    gan = LSGAN(GANConfig(image_size=16, z_dim=Z_DIM, g_width=8, d_width=8), num_categories=3)
     labels = torch.arange(64) % 3
-    discriminator(generator(torch.randn(64, Z_DIM), labels), labels)  # train mode: fills the running statistics
+    gan.discriminator(gan(torch.randn(64, Z_DIM), labels), labels)  # train mode: fills the running statistics
     dvbpr = DVBPR(backbone(), usernum, k)
     dvbpr.theta.data = torch.randn(usernum, k)
-    return Designer(dvbpr, generator, discriminator)
+    return Designer(dvbpr, gan)
 
 
 def test_resize_is_nearest_up_and_down():
@@ -69,7 +70,7 @@ def test_objective_gradient_reaches_only_the_latent():
     objective.sum().backward()
     assert z_prime.grad is not None and z_prime.grad.abs().sum() > 0 and torch.isfinite(z_prime.grad).all()
     assert torch.allclose(objective, preference - realism)
-    networks = [designer.dvbpr, designer.generator, designer.discriminator]
+    networks = [designer.dvbpr, designer.model]
     assert all(p.grad is None for net in networks for p in net.parameters())
 
 
@@ -173,13 +174,15 @@ def test_pick_user_follows_the_original_and_relaxes_the_threshold(capsys):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, catalogue):
-    """A tiny catalogue, and DVBPR and GAN run directories written by those stages' own training code (the GAN's
-    category classifier is a random-weight one put in place first, which its training then reuses)."""
+    """A tiny catalogue, and DVBPR (with a judge: another seed) and GAN run directories written by those stages' own
+    training code (the GAN's category classifier is a random-weight one put in place first, which its training
+    then reuses)."""
     root = tmp_path_factory.mktemp("runs")
     path = catalogue(num_users=40, num_items=90)
     dataset = load_dataset(path)
-    train_dvbpr(DVBPRConfig(dataset=str(path), out=str(root / "dvbpr"), k=8, image_size=32, fc_width=256, epochs=1,
-                            batch_size=32, device="cpu"))
+    for name, seed in (("dvbpr", 0), ("judge", 1)):
+        train_dvbpr(DVBPRConfig(dataset=str(path), out=str(root / name), k=8, image_size=32, fc_width=256, epochs=1,
+                                batch_size=32, seed=seed, device="cpu"))
     place_random_classifier(root / "gan", dataset, 16)
     train_gan(GANConfig(dataset=str(path), out=str(root / "gan"), image_size=16, z_dim=Z_DIM, g_width=8, d_width=8,
                         batch_size=16, epochs=1, consistency_samples=4, device="cpu"))
@@ -193,7 +196,7 @@ def test_missing_run_directories_say_how_to_make_them(runs, tmp_path):
         main(["--dvbpr-run", str(tmp_path / "nodvbpr"), "--gan-run", str(runs / "gan")])
 
 
-def test_figures_table_and_sweep_are_written(runs, tmp_path):
+def test_figures_table_and_sweep_are_written(runs, tmp_path, catalogue):
     common = ["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--out", str(tmp_path),
               "--starts", "4", "--steps", "3", "--device", "cpu"]
     main(common + ["--category", "1", "--tailor-users", "2", "--invert-steps", "3", "--neighbour-samples", "2"])
@@ -204,15 +207,39 @@ def test_figures_table_and_sweep_are_written(runs, tmp_path):
     tailored = json.loads((tmp_path / "tailoring.json").read_text())["users"]
     assert len(tailored) == 2 and all(len(user["preference"]) == 4 for user in tailored)
 
-    main(common + ["--table", "--trials", "3", "--splits", "2", "--sweep-eta", "0", "10"])
-    table = json.loads((tmp_path / "table_iv.json").read_text())["ours"]
+    place_attribute_reader(tmp_path, catalogue(num_users=40, num_items=90), 16)
+    main(common + ["--table", "--trials", "3", "--splits", "2", "--sweep-eta", "0", "10",
+                   "--judge-run", str(runs / "judge")])
+    written = json.loads((tmp_path / "table_iv.json").read_text())
+    table = written["ours"]
     assert set(table) == {"real", "generated", "retrieval", "synthesis"}
     assert table["retrieval"]["preference"][0] >= table["real"]["preference"][0]  # the top 3 of the same category
+    assert table["retrieval"]["preference_percentile"][0] >= table["real"]["preference_percentile"][0]
     assert all(np.isfinite(v).all() for row in table.values() for v in row.values())
+    assert {"judge", "judge_percentile", "true_preference"} <= set(table["synthesis"])
+    assert table["synthesis"]["judge"] != table["synthesis"]["preference"]
+    assert all(0 <= row["judge_percentile"][0] <= 100 for row in table.values())
+    assert set(written["synthesis_vs_retrieval"]) == {"preference", "preference_percentile", "judge",
+                                                      "judge_percentile", "true_preference"}
+    kid = {source: row["category-classifier"]["kid"] for source, row in written["fidelity"].items()}
+    assert all(np.isfinite(list(kid.values())))
+    assert "Judge percentile" in (tmp_path / "table_iv.md").read_text()
     assert "Paper: preference" in (tmp_path / "table_iv.md").read_text()
     assert len((tmp_path / "table_iv.csv").read_text().splitlines()) == 5
     assert (tmp_path / "eta_sweep.png").stat().st_size > 0
-    assert set(json.loads((tmp_path / "eta_sweep.json").read_text())["synthesis"]) == {"0", "10"}
+    sweep = json.loads((tmp_path / "eta_sweep.json").read_text())
+    assert set(sweep["synthesis"]) == set(sweep["synthesis_vs_retrieval"]) == {"0", "10"}
+    assert "judge" in sweep["synthesis"]["10"] and "kid" in sweep["synthesis_fidelity"]["10"]["category-classifier"]
+
+
+def test_the_judge_must_be_another_run(runs, tmp_path):
+    common = ["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--out", str(tmp_path), "--table",
+              "--trials", "1", "--starts", "2", "--steps", "1", "--device", "cpu"]
+    with pytest.raises(SystemExit, match="--judge-run is --dvbpr-run itself"):
+        main(common + ["--judge-run", str(runs / "dvbpr")])
+    shutil.copytree(runs / "dvbpr", tmp_path / "twin")
+    with pytest.raises(SystemExit, match="is the same model as --dvbpr-run: train the judge with another --seed"):
+        main(common + ["--judge-run", str(tmp_path / "twin")])
 
 
 def test_tuning_reads_validation_queries_and_more_steps_reach_a_higher_objective(runs, tmp_path):

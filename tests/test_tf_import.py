@@ -339,10 +339,10 @@ def test_a_prefix_without_a_step_gives_no_epoch_and_exact_auc_works(converted, t
 def test_the_gan_cli_writes_a_run_whose_generator_is_tensorflows(converted):
     run = open_gan_run(converted / "gan")
     tf_out = np.load(FIXTURES / "gan_outputs.npz")
-    assert run.num_categories == int(tf_out["config_y_dim"]) == 6 and run.generator.z_dim == 16
+    assert run.num_categories == int(tf_out["config_y_dim"]) == 6 and run.model.z_dim == 16
     assert run.config.image_size == 64 and run.config.from_tf == str(GAN_CKPT)
     with torch.no_grad():
-        images = run.generator(torch.from_numpy(tf_out["z"]), torch.from_numpy(tf_out["labels"]).long())
+        images = run.model(torch.from_numpy(tf_out["z"]), torch.from_numpy(tf_out["labels"]).long())
     np.testing.assert_allclose(images.permute(0, 2, 3, 1).numpy(), tf_out["images"], rtol=0, atol=1e-4)
     assert len(list((converted / "gan" / "samples").glob("test_arange_*.png"))) == 6
 

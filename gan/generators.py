@@ -1,0 +1,16 @@
+"""Conditional generators by name (`--generator`), each a ConditionalGenerator (gan/model.py) built from the GAN
+settings and the number of categories. Adding one is a file with its subclass and one line in GENERATORS;
+training, sampling, preference maximisation (eq. 9-12), Table IV and the eta sweep then take it unchanged."""
+from common.errors import ConfigError
+from gan.model import LSGAN
+
+GENERATORS = {
+    "lsgan": LSGAN,
+}
+
+
+def build_generator(cfg, num_categories, device="cpu"):
+    """The generator cfg.generator names, its networks on `device`."""
+    if cfg.generator not in GENERATORS:
+        raise ConfigError(f"unknown generator {cfg.generator!r}; choose from {', '.join(GENERATORS)}")
+    return GENERATORS[cfg.generator](cfg, num_categories, device)

@@ -1,0 +1,180 @@
+"""The generator registry, the fidelity metrics (torch-fidelity), the attribute reader and the paired test."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+from common.catalogue.reader import train_reader
+from common.catalogue.truth import load_truth
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.classifier import CategoryClassifier
+from common.data import load_dataset
+from common.errors import CheckpointError, ConfigError
+from common.images import ImageStore, image_cache
+from dvbpr.cnnf import CNNF
+from dvbpr.model import DVBPR
+from gan.config import GANConfig
+from gan.generators import GENERATORS
+from gan.model import LSGAN, ConditionalGenerator
+from gan.run import open_gan_run
+from gan.train import GANTraining
+from gan.train import train as train_gan
+from pm.design import Designer
+from pm.fidelity import classifier_extractor, extract, fidelity, inception_extractor, reference_items
+from pm.judges import paired_test, percentile
+from tests.helpers import place_random_classifier
+
+
+class Linear(ConditionalGenerator):
+    """A generator of another kind: one linear map of (z, one-hot c), no critic, an unbounded latent."""
+    nets = ("generator",)
+    latent_box = False
+
+    def __init__(self, cfg, num_categories, device="cpu"):
+        super().__init__()
+        self.z_dim, self.image_size, self.num_categories = cfg.z_dim, cfg.image_size, num_categories
+        self.generator = nn.Linear(cfg.z_dim + num_categories, 3 * cfg.image_size ** 2).to(device)
+
+    def sample_z(self, n, device="cpu", rng=None):
+        return torch.randn(n, self.z_dim, device=device, generator=rng)
+
+    def forward(self, z, labels):
+        y = F.one_hot(labels, self.num_categories).to(z.dtype)
+        return torch.tanh(self.generator(torch.cat([z, y], dim=1))).view(-1, 3, self.image_size, self.image_size)
+
+    def realism_loss(self, images, labels):
+        return images.new_zeros(len(images))
+
+    def optimizers(self, cfg, device):
+        return {"generator": torch.optim.Adam(self.generator.parameters(), lr=cfg.lr)}
+
+    def train_step(self, nets, optimizers, real, labels, z, bf16=True):
+        loss = ((self(z, labels) - real) ** 2).mean()   # the mean image of its category, enough for plumbing
+        optimizers["generator"].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers["generator"].step()
+        return {"loss": loss.detach()}
+
+
+def tiny_dvbpr(usernum):
+    torch.manual_seed(0)
+    return DVBPR(CNNF(32, fc_width=64), usernum, k=8)
+
+
+def test_a_registered_generator_trains_is_opened_and_designs_through_the_interface(catalogue, tmp_path, monkeypatch):
+    monkeypatch.setitem(GENERATORS, "linear", Linear)
+    path = catalogue()
+    dataset = load_dataset(path)
+    place_random_classifier(tmp_path, dataset, 16)
+    train_gan(GANConfig(generator="linear", dataset=str(path), out=str(tmp_path), image_size=16, z_dim=8,
+                        batch_size=16, epochs=2, consistency_samples=4, lr=0.01, device="cpu"))
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt", "gan")
+    assert set(checkpoint["model"]) == set(checkpoint["optimizer"]) == {"generator"}
+    run = open_gan_run(tmp_path)
+    assert isinstance(run.model, Linear) and run.config.generator == "linear"
+    assert torch.equal(run.model.generator.weight, checkpoint["model"]["generator"]["weight"])
+
+    designer = Designer(tiny_dvbpr(dataset.usernum), run.model)
+    with pytest.raises(ConfigError, match="--latent direct"):
+        designer.check_latent("tanh")
+    z = designer.sample_z(6, torch.Generator().manual_seed(0))
+    design = designer.synthesise(0, 1, starts=6, steps=20, lr=0.1, init="prior", latent="direct",
+                                 rng=torch.Generator().manual_seed(0), record=lambda step: step == 0)
+    assert torch.equal(design.history[0].objective, designer.objective(z, 0, 1, eta=1.0)[0])  # started from z
+    assert design.objective.mean() > design.history[0].objective.mean()
+    assert torch.equal(design.realism, torch.zeros(6))
+
+
+def test_the_lsgan_round_trips_through_a_checkpoint_and_an_old_one_opens_as_lsgan(tmp_path):
+    cfg = GANConfig(image_size=16, z_dim=8, g_width=8, d_width=8)
+    torch.manual_seed(0)
+    training = GANTraining(cfg, num_categories=3, device="cpu", iterations_per_epoch=1)
+    training.save(tmp_path / "checkpoint.pt")
+    z, labels = training.model.sample_z(4, rng=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 0])
+    expected = training.model.eval()(z, labels)
+    run = open_gan_run(tmp_path)
+    assert isinstance(run.model, LSGAN) and torch.equal(run.model(z, labels), expected)
+    assert z.abs().max() <= 1 and run.model.latent_box
+
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt", "gan")
+    del checkpoint["config"]["generator"]                 # written before the registry
+    save_checkpoint(tmp_path / "checkpoint.pt", checkpoint)
+    assert isinstance(open_gan_run(tmp_path).model, LSGAN)
+    checkpoint["config"]["generator"] = "diffusion-from-the-future"
+    save_checkpoint(tmp_path / "checkpoint.pt", checkpoint)
+    with pytest.raises(CheckpointError, match="setting generator is 'diffusion-from-the-future', not one of lsgan"):
+        open_gan_run(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def images_of_a_category(catalogue):
+    dataset = load_dataset(catalogue())
+    store = ImageStore(image_cache(dataset, 16), "cpu")
+    items = torch.as_tensor(np.flatnonzero(dataset.item_category == 2))
+    return store(items)
+
+
+def test_kid_of_a_set_against_itself_is_near_zero_and_against_noise_high(images_of_a_category):
+    torch.manual_seed(0)
+    extractor = classifier_extractor(CategoryClassifier(16, 6).eval())
+    real = extract(extractor, images_of_a_category)
+    noise = extract(extractor, torch.rand_like(images_of_a_category) * 2 - 1)
+    categories = torch.zeros(len(real), dtype=torch.long)
+    itself = fidelity(real, categories, real, categories)
+    against_noise = fidelity(noise, categories, real, categories)
+    assert against_noise["kid"] > 0 and abs(itself["kid"]) < 0.02 * against_noise["kid"]
+    assert abs(itself["fid"]) < 1e-3 * against_noise["fid"]
+    assert itself["precision"] == itself["recall"] == 1.0 and against_noise["precision"] < 0.5
+
+
+def test_the_fid_inception_is_read_weights_only_from_its_file(tmp_path, monkeypatch, images_of_a_category):
+    with monkeypatch.context() as patched:   # a random-weight network, to have a weights file of the right layout
+        patched.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        torch.save({}, tmp_path / "empty.pth")
+        network = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                              feature_extractor_weights_path=str(tmp_path / "empty.pth"))
+    torch.save(network.state_dict(), tmp_path / "inception.pth")
+    features = extract(inception_extractor(tmp_path / "inception.pth"), images_of_a_category[:4])
+    assert features.shape == (4, 2048) and torch.isfinite(features).all()
+
+    torch.save({"not weights": Linear}, tmp_path / "pickled.pth")   # a class: only a full unpickler makes it
+    with pytest.raises(ConfigError, match="is not torch-fidelity's Inception v3 weights file"):
+        inception_extractor(tmp_path / "pickled.pth")
+    with pytest.raises(ConfigError, match="no FID Inception weights at"):
+        inception_extractor(tmp_path / "absent.pth")
+
+
+def test_the_attribute_reader_beats_chance_by_a_margin_on_held_out_items(catalogue):
+    path = catalogue(num_users=12, num_items=480)
+    store = ImageStore(image_cache(load_dataset(path), 16), "cpu")
+    reader, metrics = train_reader(store, load_truth(path), steps=80)
+    assert metrics["category_accuracy"] > 1 / 6 + 0.4
+    assert metrics["colour_accuracy"] > 1 / 8 + 0.4
+    assert metrics["taste_correlation"] > 0.5
+    read = reader.read(store(torch.arange(5)))
+    assert read.shape == (5, 19) and torch.allclose(read[:, :6].sum(1), torch.ones(5))
+
+
+def test_the_paired_test_finds_a_shift_and_not_noise():
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 1, 30)
+    shifted = paired_test(base + 1 + rng.normal(0, 0.3, 30), base)
+    assert shifted["p_value"] < 0.001 and shifted["above"] > 25 and shifted["mean_difference"] > 0.8
+    same = paired_test(base + rng.normal(0, 0.3, 30), base)
+    assert same["p_value"] > 0.05
+    assert paired_test([1.0, 2.0], [1.0, 2.0])["p_value"] == 1.0
+
+
+def test_percentile_is_the_share_of_the_reference_below():
+    reference = torch.arange(10.0)
+    assert percentile(torch.tensor([4.5]), reference) == 50.0
+    assert percentile(torch.tensor([-1.0, 100.0]), reference) == 50.0
+
+
+def test_the_fidelity_reference_keeps_up_to_its_share_of_each_category():
+    item_category = np.array([0] * 50 + [1] * 3 + [-1] * 4 + [2] * 20)
+    ids, categories = reference_items(item_category, per_category=10, seed=0)
+    assert torch.bincount(categories).tolist() == [10, 3, 10]
+    assert torch.equal(torch.as_tensor(item_category)[ids], categories) and len(set(ids.tolist())) == len(ids)
