@@ -12,7 +12,6 @@ path of a catalogue too large for GPU memory. Interactions are random; the work 
 over the --images images; the exact AUC scores random K-dim embeddings of every item.
 """
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,11 +19,11 @@ import numpy as np
 import torch
 
 from common.cli import parse_config
-from common.data import Dataset
+from common.data import random_dataset
 from common.device import memory_format
 from common.distributed import setup, teardown
 from common.images import ImageStore
-from common.machine import machine_line
+from common.machine import machine_line, timed
 from common.metrics import evaluate_auc
 from common.sampling import TripletSampler
 from common.training import train_steps
@@ -51,25 +50,6 @@ class BenchConfig:
     eval_batch_size: int = field(default=512, metadata={"help": "images per no-grad batch"})
     devices: list[str] = field(default_factory=lambda: ["cpu", "cuda"], metadata={"help": "devices to measure"})
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA"})
-
-
-def synthetic_dataset(bench, seed=0):
-    """Random interactions: per user `train_per_user` training items, one validation and one test item."""
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(bench.items, size=(bench.users, bench.train_per_user + 2))
-    return Dataset(name="synthetic", path=Path("synthetic"), usernum=bench.users, itemnum=bench.items,
-                   user_train=list(picks[:, 2:]), user_validation=picks[:, 0], user_test=picks[:, 1],
-                   item_category=np.full(bench.items, -1), num_categories=0, image_bytes=[])
-
-
-def timed(fn, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def image_store(bench, device, folder):
@@ -113,7 +93,7 @@ def measure(bench, dataset, ranks):
 
 def main(argv=None):
     bench, _ = parse_config(BenchConfig, argv, description=__doc__.splitlines()[0])
-    dataset = synthetic_dataset(bench)
+    dataset = random_dataset(bench.users, bench.items, bench.train_per_user)
     print(f"DVBPR bench: {bench.users} users, {bench.items} items, {dataset.num_train_interactions} training "
           f"interactions, {bench.image_size} px, K {bench.k}, batch {bench.batch_size}, {bench.steps} timed steps")
     images = "streamed from a memory-mapped file" if bench.stream else "resident"

@@ -12,16 +12,13 @@ is the best of --repeats runs, the two measured in turn so that a busy machine s
 printed says how busy it was (on a shared machine, --threads 1 gives the steadier ratio).
 """
 import os
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from common.cli import parse_config
-from common.data import Dataset
-from common.machine import machine_line, synchronize
+from common.data import random_dataset
+from common.machine import machine_line, timed
 from common.metrics import CUTOFFS, SCORE_BUDGET, evaluate_ranking
 
 
@@ -36,22 +33,6 @@ class BenchConfig:
     repeats: int = field(default=3, metadata={"help": "timed runs of each; the best counts"})
     devices: list[str] = field(default_factory=lambda: ["cpu", "cuda"], metadata={"help": "devices to measure"})
     threads: int | None = field(default=None, metadata={"help": "CPU threads (None: torch's default)"})
-
-
-def synthetic_dataset(bench, seed=0):
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(bench.items, size=(bench.users, bench.train_per_user + 2))
-    return Dataset(name="synthetic", path=Path("synthetic"), usernum=bench.users, itemnum=bench.items,
-                   user_train=list(picks[:, 2:]), user_validation=picks[:, 0], user_test=picks[:, 1],
-                   item_category=np.full(bench.items, -1), num_categories=0, image_bytes=[])
-
-
-def timed(fn, device):
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
 
 
 def measure(bench, dataset, device):
@@ -82,7 +63,7 @@ def main(argv=None):
     bench, _ = parse_config(BenchConfig, argv, description=__doc__.splitlines()[0])
     if bench.threads:
         torch.set_num_threads(bench.threads)
-    dataset = synthetic_dataset(bench)
+    dataset = random_dataset(bench.users, bench.items, bench.train_per_user)
     print(f"{machine_line()}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print("| device | users x items x K | matmul | GFLOP/s in the matmul | evaluation | evaluation / matmul |")
     print("|---|---|---|---|---|---|")

@@ -273,3 +273,13 @@ def check_id(value, count, what):
     """ConfigError unless `value` is a valid id of `count` users or items (`what`)."""
     if not 0 <= value < count:
         raise ConfigError(f"{what} {value} is out of range: the dataset has {count} {what}s (0 to {count - 1})")
+
+
+def random_dataset(usernum, itemnum, train_per_user, seed=0):
+    """Random interactions without images, for benchmarks: per user `train_per_user` training items, one
+    validation and one test item, drawn uniformly."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(itemnum, size=(usernum, train_per_user + 2))
+    return Dataset(name="synthetic", path=Path("synthetic"), usernum=usernum, itemnum=itemnum,
+                   user_train=list(picks[:, 2:]), user_validation=picks[:, 0], user_test=picks[:, 1],
+                   item_category=np.full(itemnum, -1), num_categories=0, image_bytes=[])

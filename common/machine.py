@@ -30,6 +30,15 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
+def timed(fn, device):
+    """Seconds fn() takes, with the device's queued work finished before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
 def machine_line(n=MATMUL_SIDE):
     """'machine: cpu fp32 matmul 2048^2: 275 GFLOP/s (2 threads)', and the GPU's rate where CUDA is available."""
     rates = [f"cpu fp32 matmul {n}^2: {matmul_gflops('cpu', n):,.0f} GFLOP/s ({torch.get_num_threads()} threads)"]

@@ -61,7 +61,6 @@ TIES_HELP = ("exact protocol: a tie x_ui = x_uj counts as a failure (fail: the p
 PROTOCOL_HELP = ("exact: AUC, Recall@K, NDCG@K and MRR over every item the user has not interacted with (full "
                  "ranking); sampled100: the original code's AUC against 100 drawn items, and NCF's sampled HR@10 and "
                  "NDCG@10")
-PROTOCOLS = ("exact", "sampled100")
 CUTOFFS_HELP = "the K of Recall@K and NDCG@K under the exact protocol"
 HELD_OUT_SPLITS = ("validation", "test")
 
