@@ -35,10 +35,11 @@ PAPER_TABLE = {
 
 
 def improvements(row):
-    """(DVBPR over BPR-MF, DVBPR over the best other method) in percent; None where a value is missing."""
+    """(DVBPR over BPR-MF, DVBPR over the best other method) in percent; None where a value is missing or the
+    other's is 0 (a top-K metric no held-out item reached)."""
     ours = row.get("DVBPR")
     others = [value for method, value in row.items() if method != "DVBPR" and value is not None]
-    relative = lambda other: None if ours is None or other is None else round(100 * (ours / other - 1), 1)
+    relative = lambda other: None if ours is None or not other else round(100 * (ours / other - 1), 1)
     return relative(row.get("BPR-MF")), relative(max(others, default=None))
 
 

@@ -391,6 +391,11 @@ def test_improvements_reproduce_the_papers_percentages():
                 assert ours == pytest.approx(printed, abs=0.051), (name, setting)
 
 
+def test_no_improvement_over_a_method_that_scored_zero():
+    assert improvements({"RAND": 0.0, "BPR-MF": 0.0, "DVBPR": 0.02}) == (None, None)
+    assert improvements({"RAND": 0.0, "BPR-MF": 0.01, "DVBPR": 0.02}) == (100.0, 100.0)
+
+
 def test_table_files_have_every_method_and_the_papers_numbers(tmp_path):
     selections = {method: fake_selection(0.5 + 0.03 * k, 0.45 + 0.03 * k) for k, method in enumerate(LABELS)}
     table = build_table("AmazonFashion6ImgPartitioned", selections, "test features", "exact")
