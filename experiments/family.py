@@ -4,13 +4,15 @@ recipe by validation AUC over that family.
     python experiments/family.py --search    # every candidate recipe on every catalogue: search.{md,json}
     python experiments/family.py             # every catalogue x every method, DVBPR with its demo recipe: grid.*
     python experiments/family.py --design    # the demo GAN and Table IV (pm/main.py --table) on every catalogue
+    python experiments/family.py --missing   # designing what a catalogue lacks (experiments/missing.py)
 
 The family: four taste mixes (which visible attribute leads the users' choices) x two seeds, the first seed's
 images from Fashion-MNIST photos and the second's drawn procedurally. A catalogue is generated once into
 --data-dir. The search trains each recipe of RECIPES on each catalogue and ranks the recipes by their mean
 validation AUC (All and Cold Items averaged); test AUC is neither shown nor used there. The grid then runs
 baselines/main.py's Table III on each catalogue, reusing the search's run of the recipe that is DVBPR's demo;
---design trains the demo GAN on each catalogue and runs Table IV with it and that DVBPR run.
+--design trains the demo GAN on each catalogue and runs Table IV with it and that DVBPR run; --missing does the same
+on each catalogue of LACKING, which lacks a combination of attributes, and asks whether synthesis makes it.
 Both are resumable: a finished run is read back, not trained again.
 """
 import dataclasses
@@ -27,15 +29,19 @@ from common.catalogue.config import CatalogueConfig
 from common.catalogue.generate import ensure_embedded_catalogue
 from common.checkpoint import write_json
 from common.cli import parse_config, settle, stage_errors
+from common.device import pick_device
 from common.errors import ConfigError
 from dvbpr.config import DEMO, DVBPRConfig
 from dvbpr.run import read_results
 from dvbpr.train import train
+from experiments.missing import missing_combination, missing_markdown
 from gan.config import DEMO as GAN_DEMO
 from gan.config import GANConfig
 from gan.run import open_gan_run
 from gan.train import train as train_gan
+from pm.config import DEMO as PM_DEMO
 from pm.config import PMConfig
+from pm.load import Stages
 from pm.stage import run_pm
 from tools.health import health
 
@@ -50,6 +56,11 @@ TASTE_MIXES = {
 SEEDS = {1: "fashion-mnist", 2: "procedural"}
 CATALOGUES = {f"{mix}-s{seed}": CatalogueConfig(seed=seed, image_source=source, **weights)
               for mix, weights in TASTE_MIXES.items() for seed, source in SEEDS.items()}
+# Catalogues that lack a combination some users love: no striped shoes, in a pattern-led mix (seed 3: neither
+# member of the family).
+LACKING = {"no-striped-shoes-s3": CatalogueConfig(seed=3, image_source="fashion-mnist", pattern_weight=2.5,
+                                                  colour_weight=0.2, missing_pattern="stripes",
+                                                  missing_categories=[4, 5])}
 
 # Candidate demo recipes: DVBPR settings over the paper preset (K 50, 128 triplets a batch, weight decay 1e-3).
 # "old-demo" is the demo recipe before this search; the others up to the finalists were screened on one or two
@@ -91,6 +102,9 @@ class FamilyConfig:
                                                           "validation AUC, instead of the grid"})
     design: bool = field(default=False, metadata={"help": "the demo GAN and Table IV on every catalogue, instead of "
                                                           "the grid"})
+    missing: bool = field(default=False, metadata={"help": "the demo DVBPR and GAN on each catalogue that lacks a "
+                                                           "combination (" + " ".join(LACKING) + "), and whether "
+                                                           "synthesis makes it, instead of the grid"})
     sweep_eta: list[float] | None = field(default=None, metadata={"help": "with --design, also the eta sweep"})
     recipes: list[str] = field(default_factory=lambda: list(FINALISTS),
                                metadata={"help": "recipes to search, of " + " ".join(RECIPES)})
@@ -102,7 +116,7 @@ class FamilyConfig:
 
 
 def catalogue_path(cfg, name):
-    return ensure_embedded_catalogue(Path(cfg.data_dir), CATALOGUES[name])
+    return ensure_embedded_catalogue(Path(cfg.data_dir), {**CATALOGUES, **LACKING}[name])
 
 
 def recipe_run(cfg, recipe, name):
@@ -181,15 +195,21 @@ def grid_markdown(tables):
     return "\n".join(lines) + "\n"
 
 
+def demo_gan(cfg, name):
+    """The run directory of the demo GAN on catalogue `name`, trained first if it is not there."""
+    gan_run = Path(cfg.out) / "design" / name / "gan"
+    if not (gan_run / "checkpoint.pt").is_file():
+        gan_cfg = GANConfig(train=True, dataset=str(catalogue_path(cfg, name)), out=str(gan_run), device=cfg.device)
+        train_gan(settle(gan_cfg, {"train", "dataset", "out", "device"}, "gan", GAN_DEMO))
+    return gan_run
+
+
 def design(cfg):
     rows = {}
     for name in cfg.catalogues:
         dvbpr_run = Path(cfg.out) / "search" / DEMO_RECIPE / name
         recipe_run(cfg, DEMO_RECIPE, name)
-        gan_run, pm_out = Path(cfg.out) / "design" / name / "gan", Path(cfg.out) / "design" / name / "pm"
-        if not (gan_run / "checkpoint.pt").is_file():
-            gan_cfg = GANConfig(train=True, dataset=str(catalogue_path(cfg, name)), out=str(gan_run), device=cfg.device)
-            train_gan(settle(gan_cfg, {"train", "dataset", "out", "device"}, "gan", GAN_DEMO))
+        gan_run, pm_out = demo_gan(cfg, name), Path(cfg.out) / "design" / name / "pm"
         if not (pm_out / "table_iv.json").is_file() or (cfg.sweep_eta and not (pm_out / "eta_sweep.json").is_file()):
             pm_cfg = PMConfig(table=True, sweep_eta=cfg.sweep_eta, dvbpr_run=str(dvbpr_run), gan_run=str(gan_run),
                               out=str(pm_out), device=cfg.device)
@@ -199,6 +219,22 @@ def design(cfg):
         rows[name] = dict(consistency=consistency, table=json.loads((pm_out / "table_iv.json").read_text())["ours"],
                           eta_sweep=json.loads(sweep_file.read_text()) if sweep_file.is_file() else None)
     write_outputs(cfg, "design", rows, design_markdown(rows))
+    return rows
+
+
+def missing(cfg):
+    """The missing-combination experiment (experiments/missing.py) with the demo DVBPR, GAN and PM settings on each
+    catalogue of LACKING."""
+    rows = {}
+    for name, catalogue in LACKING.items():
+        recipe_run(cfg, DEMO_RECIPE, name)
+        dvbpr_run, gan_run = Path(cfg.out) / "search" / DEMO_RECIPE / name, demo_gan(cfg, name)
+        pm_cfg = PMConfig(dvbpr_run=str(dvbpr_run), gan_run=str(gan_run), device=cfg.device)
+        settle(pm_cfg, {"dvbpr_run", "gan_run", "device"}, "pm", PM_DEMO, embedded=True)
+        stages, out = Stages(dvbpr_run, gan_run, device=pick_device(cfg.device)), Path(cfg.out) / "missing" / name
+        out.mkdir(parents=True, exist_ok=True)
+        rows[name] = missing_combination(stages, pm_cfg, catalogue.missing_pattern, catalogue.missing_categories, out)
+    write_outputs(cfg, "missing", rows, missing_markdown(rows))
     return rows
 
 
@@ -223,7 +259,7 @@ def main(argv=None):
             unknown += sorted(set(cfg.recipes) - set(RECIPES))
         if unknown:
             raise ConfigError(f"unknown recipe or catalogue {', '.join(unknown)}")
-        return search(cfg) if cfg.search else design(cfg) if cfg.design else grid(cfg)
+        return search(cfg) if cfg.search else design(cfg) if cfg.design else missing(cfg) if cfg.missing else grid(cfg)
 
 
 if __name__ == "__main__":

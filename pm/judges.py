@@ -70,9 +70,13 @@ class TrueTaste:
         self.taste = torch.as_tensor(truth.user_taste)
         self.reader, self.metrics = reader, metrics
 
+    def read(self, images):
+        """[n, 19] the attribute vectors the reader reads (common/catalogue/reader.py), on the CPU."""
+        return self.reader.read(images.to(next(self.reader.parameters()).device)).cpu()
+
     def scores(self, user, images):
         """[n] taste_u . read(image) of one trial's images."""
-        return self.reader.read(images.to(next(self.reader.parameters()).device)).cpu() @ self.taste[user]
+        return self.read(images) @ self.taste[user]
 
 
 def open_true_taste(stages, out):

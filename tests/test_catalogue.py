@@ -8,6 +8,7 @@ from PIL import Image
 from common.catalogue.config import CatalogueConfig, embedded_dataset_path, truth_path
 from common.catalogue.fashion_mnist import find_fashion_mnist, read_idx
 from common.catalogue.generate import ensure_embedded_catalogue, generate_catalogue
+from common.catalogue.taste import PATTERNS
 from common.catalogue.truth import load_truth, true_scores
 from common.data import load_dataset
 from common.original_format import CATEGORY_NAMES
@@ -105,6 +106,21 @@ def test_same_config_gives_identical_bytes(tmp_path):
     assert generate_catalogue(tmp_path / "b.npy", TINY).read_bytes() == first
     other_seed = dataclasses.replace(TINY, seed=1)
     assert generate_catalogue(tmp_path / "c.npy", other_seed).read_bytes() != first
+
+
+def test_a_missing_combination_is_absent_and_the_rest_is_as_without_it(tmp_path, tiny):
+    holed = dataclasses.replace(TINY, missing_pattern="stripes", missing_categories=[4, 5])
+    _, truth = tiny
+    holed_truth = load_truth(generate_catalogue(tmp_path / "holed.npy", holed))
+    stripes = PATTERNS.index("stripes")
+    was_striped_shoe = np.isin(truth.item_category, [4, 5]) & (truth.item_pattern == stripes)
+    assert was_striped_shoe.any() and not (np.isin(holed_truth.item_category, [4, 5])
+                                           & (holed_truth.item_pattern == stripes)).any()
+    assert np.array_equal(truth.item_pattern[~was_striped_shoe], holed_truth.item_pattern[~was_striped_shoe])
+    assert np.array_equal(truth.item_category, holed_truth.item_category)
+    assert embedded_dataset_path(tmp_path, holed) != embedded_dataset_path(tmp_path, TINY)
+    with pytest.raises(ValueError, match="missing pattern must be one of plain, stripes"):
+        generate_catalogue(tmp_path / "bad.npy", dataclasses.replace(holed, missing_pattern="zigzag"))
 
 
 def test_ensure_generates_once_then_reuses(tmp_path):

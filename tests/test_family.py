@@ -61,3 +61,18 @@ def test_design_trains_a_gan_and_writes_table_iv_per_catalogue(tiny_family, tmp_
         assert (tmp_path / "out" / "design" / name / "gan" / "checkpoint.pt").is_file()
         assert set(row["eta_sweep"]["synthesis"]) == {"0", "10"}
     assert (tmp_path / "out" / "design.md").read_text().count("| colour |") == 1
+
+
+def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tiny_family, tmp_path, monkeypatch):
+    tiny = dict(num_users=40, num_items=120, image_size=32, image_source="procedural")
+    holed = CatalogueConfig(seed=3, pattern_weight=3, missing_pattern="stripes", missing_categories=[4, 5], **tiny)
+    monkeypatch.setattr(family, "LACKING", {"holed": holed})
+    monkeypatch.setattr(family, "GAN_DEMO", dict(image_size=16, z_dim=8, g_width=8, d_width=8, batch_size=16,
+                                                 epochs=1, consistency_samples=4))
+    monkeypatch.setattr(family, "PM_DEMO", dict(trials=3, starts=2, steps=3))
+    row = family.main([*tiny_family, "--missing"])["holed"]
+    assert row["items_with_combination"] == 0 and row["queries"] == 3 and row["lovers"] >= 1
+    assert set(row["sources"]) == {"generated", "retrieval", "synthesis"}
+    assert all(0 <= metrics["combination"][0] <= 1 for metrics in row["sources"].values())
+    assert row["paired"]["true_preference"]["trials"] == 3
+    assert "no item of categories [4, 5] is stripes (0 such items)" in (tmp_path / "out" / "missing.md").read_text()

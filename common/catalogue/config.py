@@ -30,6 +30,12 @@ class CatalogueConfig:
     bulk_weight: float = field(default=1.0, metadata={"help": "scale of the taste for bulk (garment's share of "
                                                              "the picture)"})
     jpeg_quality: int = field(default=90, metadata={"help": "JPEG quality of the item images"})
+    missing_pattern: str | None = field(default=None, metadata={"help": "a pattern that no item of "
+                                                                        "--missing-categories has (e.g. stripes): a "
+                                                                        "combination some users love that the "
+                                                                        "catalogue lacks"})
+    missing_categories: list[int] = field(default_factory=list, metadata={"help": "the categories that lack "
+                                                                                  "--missing-pattern"})
 
 
 def resolve_image_source(cfg: CatalogueConfig) -> str:
@@ -52,6 +58,8 @@ def embedded_dataset_path(data_dir=Path("data/embedded"), cfg: CatalogueConfig |
     source = resolve_image_source(cfg)
     settings = {**dataclasses.asdict(cfg), "image_source": source, "fashion_mnist_dir": None,
                 "version": GENERATOR_VERSION}
+    if cfg.missing_pattern is None:   # a catalogue without a missing combination keeps its name from before them
+        del settings["missing_pattern"], settings["missing_categories"]
     return Path(data_dir) / f"{EMBEDDED_PREFIX}{source.replace('-', '')}_{fingerprint(settings, 8)}.npy"
 
 

@@ -18,6 +18,7 @@ from common.catalogue.taste import (
     ATTRIBUTE_NAMES,
     MIN_INTERACTIONS,
     item_attributes,
+    remove_combination,
     sample_interactions,
     sample_items,
     sample_taste,
@@ -47,6 +48,8 @@ def generate_catalogue(path, cfg: CatalogueConfig) -> Path:
     item_rng, image_rng, user_rng, interaction_rng = streams(cfg.seed)
 
     items = sample_items(item_rng, cfg.num_items)
+    if cfg.missing_pattern is not None:
+        remove_combination(items, cfg.missing_pattern, cfg.missing_categories)
     images, bulk, masks = render_images(image_rng, items, cfg, source)
     attributes = item_attributes(items, bulk)
     taste = sample_taste(user_rng, cfg.num_users) * taste_weights(cfg)

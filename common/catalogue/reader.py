@@ -21,6 +21,9 @@ from common.errors import DatasetError
 from common.original_format import CATEGORY_NAMES
 
 GROUPS = {"category": len(CATEGORY_NAMES), "colour": len(COLOUR_FAMILIES), "pattern": len(PATTERNS)}
+# where each group lies in a read attribute vector (taste.item_attributes' layout)
+SLICES = dict(zip(GROUPS, (slice(start - size, start) for start, size in
+                           zip(np.cumsum(list(GROUPS.values())), GROUPS.values()))))
 
 
 class AttributeReader(nn.Module):
@@ -66,11 +69,8 @@ def evaluate(reader, store, item_ids, labels, bulk, truth):
     the true score taste_u . attributes_i."""
     reader.eval()
     read = torch.cat([reader.read(store(ids)).cpu() for ids in item_ids.split(256)])
-    offset, metrics = 0, {}
-    for group, size in GROUPS.items():
-        metrics[f"{group}_accuracy"] = (read[:, offset:offset + size].argmax(1) == labels[group][item_ids]).float() \
-            .mean().item()
-        offset += size
+    metrics = {f"{group}_accuracy": (read[:, SLICES[group]].argmax(1) == labels[group][item_ids]).float().mean().item()
+               for group in GROUPS}
     residual = ((read[:, -1] - bulk[item_ids]) ** 2).sum()
     metrics["bulk_r2"] = (1 - residual / ((bulk[item_ids] - bulk[item_ids].mean()) ** 2).sum()).item()
     taste = torch.as_tensor(truth.user_taste)
