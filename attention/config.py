@@ -14,6 +14,7 @@ from common.images import RESIZE_FILTERS
 from common.metrics import (
     CUTOFFS,
     CUTOFFS_HELP,
+    EVAL_USERS_HELP,
     PROTOCOL_HELP,
     PROTOCOLS,
     TIES,
@@ -72,6 +73,7 @@ class AttentionConfig:
         "help": "the validation metric best-valid follows, e.g. valid_auc (the paper), valid_ndcg@20"})
     cold_threshold: int = field(default=5, metadata={"help": "an item is cold with fewer training interactions"})
     eval_batch_size: int = field(default=256, metadata={"help": "images per no-grad batch in evaluation"})
+    eval_users: int | None = field(default=None, metadata={"help": EVAL_USERS_HELP})
     eval_chunk: int | None = field(default=None, metadata={"help": "users per evaluation chunk; None: sized to "
                                                                    "memory"})
     seed: int = field(default=0, metadata={"help": "seed of the initialisation, the triplets and sampled AUC"})
@@ -86,7 +88,8 @@ PRESETS = {"paper": dict(k=50, protocol="exact", ties="fail", epochs=20, lr=1e-4
 DEMO = dict(image_size=64, conv_widths=[16, 32, 32, 32, 32], epochs=4, lr=1e-3)
 PRESETS["demo"] = {**PRESETS["paper"], **DEMO}
 SIZE_BOUNDS = dict(k=MAX_WIDTH, hidden=MAX_WIDTH, image_size=MAX_IMAGE_SIZE, conv_widths=MAX_WIDTH,
-                   batch_size=MAX_BATCH, epochs=None, eval_batch_size=MAX_BATCH, eval_chunk=1 << 20)
+                   batch_size=MAX_BATCH, epochs=None, eval_batch_size=MAX_BATCH,
+                   eval_chunk=1 << 20, eval_users=None)
 
 
 def check_config(cfg):

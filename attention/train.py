@@ -17,7 +17,7 @@ from common.checkpoint import save_checkpoint, write_json
 from common.datasets import describe_data, open_run_data
 from common.device import fused_adam_kwargs, memory_format, pick_device
 from common.distributed import Ranks, unwrap
-from common.metrics import epoch_metrics, evaluate_ranking, split_metrics, tie_rule
+from common.metrics import epoch_metrics, evaluate_splits, evaluation_cost, split_metrics, tie_rule
 from common.runlog import RunLog, run_dir
 from common.sampling import TripletSampler
 from common.seeding import seed_everything
@@ -29,12 +29,7 @@ STAGE = "attention"
 def evaluate(model, dataset, images, cfg, ranks):
     """The epoch's metrics (evaluate_ranking's, All and Cold) on validation and test under cfg.protocol, users
     sharded over the ranks."""
-    score = model.scorer(images, cfg.eval_batch_size, cfg.bf16)
-    options = dict(protocol=cfg.protocol, ties=cfg.ties, device=ranks.device, chunk_users=cfg.eval_chunk,
-                   cold_threshold=cfg.cold_threshold, users=torch.tensor(ranks.shard(dataset.usernum)),
-                   combine=ranks.gather, cutoffs=cfg.cutoffs)
-    valid = evaluate_ranking(dataset, score, split="validation", seed=cfg.seed, **options)
-    test = evaluate_ranking(dataset, score, split="test", seed=cfg.seed + 1, **options)
+    valid, test = evaluate_splits(dataset, model.scorer(images, cfg.eval_batch_size, cfg.bf16), cfg, ranks)
     return epoch_metrics(valid, test, cfg.protocol)
 
 
@@ -59,6 +54,8 @@ def train(cfg, ranks=None):
     dataset, embedded, images = open_run_data(cfg, ranks)
     ranks.print(f"region attention on {describe_data(dataset)}; preset {cfg.preset}, K={cfg.k}, cnn-f at "
                 f"{cfg.image_size} px, {cfg.epochs} epochs, {cfg.protocol} AUC; device {ranks.describe()}")
+    if cost := evaluation_cost(dataset, cfg.k, cfg.eval_users):
+        ranks.print(cost)
     ranks.share(cfg.batch_size)
     seed_everything(cfg.seed)
     model = build_attention(cfg, dataset.usernum).to(ranks.device, memory_format=memory_format(ranks.device))
@@ -83,8 +80,9 @@ def train(cfg, ranks=None):
     results = dict(preset=cfg.preset, protocol=cfg.protocol, ties=tie_rule(cfg.protocol, cfg.ties),
                    dataset=dataset.name, dataset_path=str(dataset.path), embedded=embedded, epochs=cfg.epochs,
                    k=cfg.k, image_size=cfg.image_size, selected=cfg.select, select_metric=cfg.select_metric,
-                   epoch=kept["epoch"], step=kept["step"], **split_metrics(kept), history=progress["history"],
-                   wall_seconds=round(seconds_before + time.time() - started, 1), device=ranks.describe())
+                   eval_users=cfg.eval_users, epoch=kept["epoch"], step=kept["step"], **split_metrics(kept),
+                   history=progress["history"], wall_seconds=round(seconds_before + time.time() - started, 1),
+                   device=ranks.describe())
     if ranks.is_main:
         write_json(out / "results.json", results)
         print(f"results ({cfg.select} epoch): " + json.dumps({k: v for k, v in results.items() if k != "history"}))

@@ -7,8 +7,8 @@ from common.metrics import tie_rule
 
 def finished_run_column(ctx, run_path, results):
     cfg = ctx.cfg
-    made = (results["protocol"], results.get("ties", "not recorded"), results["dataset"])
-    wanted = (cfg.protocol, tie_rule(cfg.protocol, cfg.ties), ctx.dataset.name)
+    made = (results["protocol"], results.get("ties", "not recorded"), results["dataset"], results.get("eval_users"))
+    wanted = (cfg.protocol, tie_rule(cfg.protocol, cfg.ties), ctx.dataset.name, cfg.eval_users)
     if made != wanted:
         raise DatasetError(f"{run_path}/results.json is a {describe_run(*made)}, not a {describe_run(*wanted)}")
     selected_by = results.get("select_metric", "valid_auc")  # runs from before --select-metric kept the best AUC
@@ -27,5 +27,6 @@ def split_results(results, split):
     return {"all": metrics["auc"], "cold": metrics["auc_cold"], "metrics": metrics}
 
 
-def describe_run(protocol, ties, dataset):
-    return f"{protocol} run (ties: {ties}) on {dataset}"
+def describe_run(protocol, ties, dataset, eval_users):
+    users = "every user" if eval_users is None else f"{eval_users} users"
+    return f"{protocol} run (ties: {ties}) on {dataset}, {users} evaluated"

@@ -33,6 +33,7 @@ from common.errors import ConfigError
 from common.metrics import (
     CUTOFFS,
     CUTOFFS_HELP,
+    EVAL_USERS_HELP,
     PROTOCOL_HELP,
     PROTOCOLS,
     TIES,
@@ -83,6 +84,7 @@ class BaselinesConfig:
     protocol: str = field(default="exact", metadata={"help": PROTOCOL_HELP, "choices": list(PROTOCOLS)})
     ties: str = field(default="fail", metadata={"help": TIES_HELP, "choices": list(TIES)})
     cutoffs: list[int] = field(default_factory=lambda: list(CUTOFFS), metadata={"help": CUTOFFS_HELP})
+    eval_users: int | None = field(default=None, metadata={"help": EVAL_USERS_HELP})
     metric: list[str] = field(default_factory=lambda: ["auc"], metadata={
         "help": "the test metrics Table III shows, two rows (All and Cold Items) each: auc (the paper's), "
                 "ndcg@20, recall@20, mrr, ... (sampled100: auc, sampled_hr@10, sampled_ndcg@10)"})
@@ -114,7 +116,7 @@ def check_config(cfg):
     if unknown:
         raise ConfigError(f"unknown model(s) {', '.join(unknown)}; choose from {' '.join(METHODS)}")
     require_sizes(cfg, dict(epochs=None, batch_size=MAX_BATCH, feature_image_size=MAX_IMAGE_SIZE, feature_epochs=None,
-                            factors=MAX_WIDTH, warp_max_trials=100_000))
+                            factors=MAX_WIDTH, warp_max_trials=100_000, eval_users=None))
     check_cutoffs(cfg.cutoffs)
     for metric in cfg.metric:
         check_metric_choice(metric, "--metric", metric_names(cfg.protocol, cfg.cutoffs))

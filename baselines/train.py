@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from common.distributed import Ranks
-from common.metrics import CUTOFFS, evaluate_ranking
+from common.metrics import CUTOFFS, evaluate_ranking, evaluation_users
 from common.sampling import TripletSampler
 from common.seeding import seed_everything
 from common.training import Trainee, beats, new_progress, train_epochs
@@ -45,6 +45,7 @@ class FitSettings:
     bf16: bool = False
     cutoffs: tuple = CUTOFFS
     select_metric: str = "valid_auc"   # a validation metric of evaluate_ranking's, named as in metrics.jsonl
+    eval_users: int | None = None      # a fixed random subset of the users evaluated (None: every user)
 
 
 @dataclass
@@ -74,7 +75,8 @@ def evaluate(model, dataset, split, device, settings=None):
         model.eval()
     return evaluate_ranking(dataset, model.scorer(), split=split, protocol=settings.protocol, device=device,
                             seed=settings.seed + SPLIT_SEED_OFFSET[split], ties=settings.ties,
-                            cutoffs=settings.cutoffs)
+                            cutoffs=settings.cutoffs,
+                            users=evaluation_users(dataset.usernum, settings.eval_users))
 
 
 def better(result, best, select_metric):
@@ -147,7 +149,7 @@ class Context:
         cfg = self.cfg
         return FitSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, negatives=negatives,
                            protocol=cfg.protocol, seed=cfg.seed, ties=cfg.ties, cutoffs=tuple(cfg.cutoffs),
-                           select_metric=cfg.select_metric)
+                           select_metric=cfg.select_metric, eval_users=cfg.eval_users)
 
     def learned(self, build, loss, negatives=1):
         """Grid search over (factors, regulariser) of a model build(factors) trained with `loss`."""

@@ -62,6 +62,11 @@ PROTOCOL_HELP = ("exact: AUC, Recall@K, NDCG@K and MRR over every item the user 
                  "ranking); sampled100: the original code's AUC against 100 drawn items, and NCF's sampled HR@10 and "
                  "NDCG@10")
 CUTOFFS_HELP = "the K of Recall@K and NDCG@K under the exact protocol"
+EVAL_USERS_HELP = ("evaluate a fixed random subset of this many users (the same in every epoch and every run on the "
+                   "dataset, whatever --seed; recorded in results.json), for catalogues whose every user costs too "
+                   "much; None: every user")
+EVAL_USERS_SEED = 0
+LARGE_EVALUATION_FLOP = 1e12   # above this a stage says, before training, what its evaluations cost
 HELD_OUT_SPLITS = ("validation", "test")
 
 
@@ -362,3 +367,35 @@ def epoch_metrics(valid, test, protocol):
 def split_metrics(record):
     """The validation and test metrics of an epoch record (or of a results.json), by their record names."""
     return {name: value for name, value in record.items() if name.startswith(("valid_", "test_"))}
+
+
+def evaluation_users(usernum, eval_users=None):
+    """The users an evaluation averages over, sorted: every user, or a random subset of `eval_users` of them that
+    depends on nothing else, so that runs of different seeds and methods evaluate the same users."""
+    if eval_users is None or eval_users >= usernum:
+        return torch.arange(usernum)
+    generator = torch.Generator().manual_seed(EVAL_USERS_SEED)
+    return torch.randperm(usernum, generator=generator)[:eval_users].sort().values
+
+
+def evaluation_cost(dataset, k, eval_users=None):
+    """A line on what one epoch's evaluation (validation and test) costs at least, when that is large; else None."""
+    num_users = len(evaluation_users(dataset.usernum, eval_users))
+    flop = 2 * 2 * num_users * dataset.itemnum * k
+    if flop < LARGE_EVALUATION_FLOP:
+        return None
+    return (f"each epoch's evaluation scores {num_users:,} users x {dataset.itemnum:,} items twice, at least "
+            f"{flop / 1e12:.1f} TFLOP: some {flop / 100e9 / 60 * 2:.0f} min at 100 GFLOP/s with the counting; "
+            "--eval-users N evaluates a fixed random subset of N users instead")
+
+
+def evaluate_splits(dataset, score_fn, cfg, ranks):
+    """evaluate_ranking's (validation, test) dicts of score_fn under a stage's settings (cfg: protocol, ties,
+    cutoffs, cold_threshold, eval_chunk, eval_users, seed), the users sharded over `ranks`; sampled100 draws the
+    validation negatives from seed and the test ones from seed + 1, as the original did."""
+    users = evaluation_users(dataset.usernum, cfg.eval_users)
+    options = dict(protocol=cfg.protocol, ties=cfg.ties, device=ranks.device, chunk_users=cfg.eval_chunk,
+                   cold_threshold=cfg.cold_threshold, users=users[list(ranks.shard(len(users)))],
+                   combine=ranks.gather, cutoffs=cfg.cutoffs)
+    return (evaluate_ranking(dataset, score_fn, split="validation", seed=cfg.seed, **options),
+            evaluate_ranking(dataset, score_fn, split="test", seed=cfg.seed + 1, **options))

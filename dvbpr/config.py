@@ -14,6 +14,7 @@ from common.images import RESIZE_FILTERS
 from common.metrics import (
     CUTOFFS,
     CUTOFFS_HELP,
+    EVAL_USERS_HELP,
     PROTOCOL_HELP,
     PROTOCOLS,
     TIES,
@@ -86,6 +87,7 @@ class DVBPRConfig:
     save_every_epoch: bool = field(default=False, metadata={"help": "also write DVBPR_auc_<K>_<step>.pt (the last 5 "
                                                                     "kept) and UI_<K>_<step>.npy every epoch"})
     eval_batch_size: int = field(default=512, metadata={"help": "images per no-grad batch for the item embeddings"})
+    eval_users: int | None = field(default=None, metadata={"help": EVAL_USERS_HELP})
     eval_chunk: int | None = field(default=None, metadata={"help": "users per AUC chunk; None: sized to memory"})
     seed: int = field(default=0, metadata={"help": "seed of the initialisation, dropout, triplets and sampled AUC"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
@@ -111,7 +113,8 @@ DEMO = dict(image_size=64, conv_widths=[16, 32, 32, 32, 32], fc_width=256, epoch
             warmup_epochs=1.0, theta_init="centred", init="kaiming", dropout=0.0)
 PRESETS["demo"] = {**PRESETS["paper"], **DEMO}
 SIZE_BOUNDS = dict(k=MAX_WIDTH, image_size=MAX_IMAGE_SIZE, fc_width=MAX_WIDTH, conv_widths=MAX_WIDTH,
-                   batch_size=MAX_BATCH, epochs=None, eval_batch_size=MAX_BATCH, eval_chunk=1 << 20)
+                   batch_size=MAX_BATCH, epochs=None, eval_batch_size=MAX_BATCH,
+                   eval_chunk=1 << 20, eval_users=None)
 
 
 def check_config(cfg):

@@ -24,7 +24,7 @@ from common.datasets import describe_data, open_run_data
 from common.device import fused_adam_kwargs, memory_format, pick_device
 from common.distributed import Ranks, unwrap
 from common.errors import ConfigError
-from common.metrics import epoch_metrics, evaluate_ranking, split_metrics, tie_rule
+from common.metrics import epoch_metrics, evaluate_splits, evaluation_cost, split_metrics, tie_rule
 from common.runlog import RunLog, run_dir
 from common.sampling import TripletSampler
 from common.seeding import seed_everything
@@ -62,12 +62,7 @@ def evaluate(model, dataset, images, cfg, ranks):
     sharded over the ranks."""
     items = embed_items(model, images, cfg.eval_batch_size, ranks, cfg.bf16)
     theta = model.theta.detach()
-    score = lambda users: theta[users] @ items.T
-    options = dict(protocol=cfg.protocol, ties=cfg.ties, device=ranks.device, chunk_users=cfg.eval_chunk,
-                   cold_threshold=cfg.cold_threshold, users=torch.tensor(ranks.shard(dataset.usernum)),
-                   combine=ranks.gather, cutoffs=cfg.cutoffs)
-    valid = evaluate_ranking(dataset, score, split="validation", seed=cfg.seed, **options)
-    test = evaluate_ranking(dataset, score, split="test", seed=cfg.seed + 1, **options)
+    valid, test = evaluate_splits(dataset, lambda users: theta[users] @ items.T, cfg, ranks)
     return valid, test, items
 
 
@@ -137,6 +132,8 @@ def train(cfg, ranks=None):
                 f"{cfg.image_size} px, {cfg.epochs} epochs, {cfg.protocol} AUC; device {ranks.describe()}")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if cost := evaluation_cost(dataset, cfg.k, cfg.eval_users):
+        ranks.print(cost)
     ranks.share(cfg.batch_size)  # fails early if the batch does not split over the ranks
     seed_everything(cfg.seed)
     model = build_model(cfg, dataset.usernum).to(device, memory_format=memory_format(device))
@@ -171,5 +168,5 @@ def results_summary(cfg, dataset, embedded, kept, seconds, ranks):
     return dict(preset=cfg.preset, protocol=cfg.protocol, ties=tie_rule(cfg.protocol, cfg.ties),
                 dataset=dataset.name, dataset_path=str(dataset.path), embedded=embedded, epochs=cfg.epochs, k=cfg.k,
                 backbone=cfg.backbone, image_size=cfg.image_size, batch_size=cfg.batch_size, selected=cfg.select,
-                select_metric=cfg.select_metric, epoch=kept["epoch"], step=kept["step"], **split_metrics(kept),
-                wall_seconds=round(seconds, 1), device=ranks.describe())
+                select_metric=cfg.select_metric, eval_users=cfg.eval_users, epoch=kept["epoch"], step=kept["step"],
+                **split_metrics(kept), wall_seconds=round(seconds, 1), device=ranks.describe())

@@ -530,3 +530,5 @@ def test_the_table_shows_the_metrics_asked_for_and_models_are_kept_by_the_one_ch
         baselines_main(argv + ["--models", "dvbpr", "--select-metric", "valid_ndcg@20"])
     with pytest.raises(SystemExit, match="--metric ndcg@7 is not one of"):
         baselines_main(argv + ["--metric", "ndcg@7"])
+    with pytest.raises(SystemExit, match="every user evaluated, not a exact run .* 5 users evaluated"):
+        baselines_main(argv + ["--models", "dvbpr", "--eval-users", "5"])

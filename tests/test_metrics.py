@@ -1,4 +1,5 @@
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from torchmetrics.functional.retrieval import (
 
 from baselines.bpr import BPRMF, bpr_loss
 from baselines.train import FitSettings, evaluate, fit
+from common.distributed import Ranks
 from common.errors import ConfigError
 from common.metrics import (
     NCF_NEGATIVES,
@@ -19,6 +21,9 @@ from common.metrics import (
     check_metric_choice,
     evaluate_auc,
     evaluate_ranking,
+    evaluate_splits,
+    evaluation_cost,
+    evaluation_users,
     exact_counts,
     metric_names,
     observed_csr,
@@ -337,6 +342,25 @@ def test_every_metric_is_the_same_whatever_the_chunks_the_users_and_the_shards()
     evaluate(users=shards[0], combine=keep, chunk_users=4)
     joined = evaluate(users=shards[1], combine=lambda table: torch.cat([kept[0], table]), chunk_users=3)
     assert joined["metrics"] == pytest.approx(whole["metrics"]) and joined["num_users"] == 50
+
+
+def test_a_subset_of_users_is_fixed_and_evaluated_as_those_users_alone():
+    dataset = random_dataset(usernum=50, itemnum=110, seed=30)
+    scores = integer_scores(dataset, seed=31)
+    subset = evaluation_users(50, 12)
+    assert torch.equal(subset, evaluation_users(50, 12)) and len(set(subset.tolist())) == 12
+    assert torch.equal(subset, subset.sort().values) and torch.equal(evaluation_users(50, 80), torch.arange(50))
+    cfg = SimpleNamespace(eval_users=12, seed=5, protocol="exact", ties="fail", eval_chunk=None, cold_threshold=5,
+                          cutoffs=(10,))
+    valid, test = evaluate_splits(dataset, lambda u: scores[u], cfg, Ranks())
+    alone = evaluate_ranking(dataset, lambda u: scores[u], "test", users=subset, cutoffs=(10,))
+    assert test["metrics"] == alone["metrics"] and test["num_users"] == 12 and valid["split"] == "validation"
+
+
+def test_a_large_evaluation_is_announced_naming_the_flag_that_shrinks_it():
+    small, large = SimpleNamespace(usernum=1500, itemnum=2500), SimpleNamespace(usernum=1_371_980, itemnum=105_542)
+    assert evaluation_cost(small, 50) is None
+    assert "--eval-users N" in evaluation_cost(large, 50) and evaluation_cost(large, 50, eval_users=1000) is None
 
 
 def test_perfect_and_reversed_scorers_give_the_extreme_top_k_metrics():
