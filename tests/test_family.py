@@ -46,7 +46,7 @@ def test_search_ranks_by_validation_and_the_grid_reuses_the_demo_runs(tiny_famil
         dvbpr = result["tables"][name]["rows"]["All Items"]["DVBPR"]
         assert dvbpr == found["runs"][family.DEMO_RECIPE][name]["test_auc"]        # read back, not trained again
     grid = (tmp_path / "out" / "grid.md").read_text()
-    assert grid.count("| colour |") == 2 and "PopRank" in grid
+    assert grid.count("| colour |") == 6 and "| colour | NDCG@20, Cold Items |" in grid and "PopRank" in grid
 
 
 def test_design_trains_a_gan_and_writes_table_iv_per_catalogue(tiny_family, tmp_path, monkeypatch):
