@@ -11,7 +11,8 @@ images from Fashion-MNIST photos and the second's drawn procedurally. A catalogu
 --data-dir. The search trains each recipe of RECIPES on each catalogue and ranks the recipes by their mean
 validation AUC (All and Cold Items averaged); test AUC is neither shown nor used there. The grid then runs
 baselines/main.py's Table III on each catalogue, reusing the search's run of the recipe that is DVBPR's demo;
---design trains the demo GAN on each catalogue and runs Table IV with it and that DVBPR run; --missing does the same
+--design trains the demo GAN on each catalogue and runs Table IV with it and that DVBPR run, judged by a second
+DVBPR of the same recipe with another seed; --missing does the same
 on each catalogue of LACKING, which lacks a combination of attributes, and asks whether synthesis makes it.
 Both are resumable: a finished run is read back, not trained again.
 """
@@ -41,6 +42,7 @@ from gan.run import open_gan_run
 from gan.train import train as train_gan
 from pm.config import DEMO as PM_DEMO
 from pm.config import PMConfig
+from pm.fidelity import CLASSIFIER_EXTRACTOR
 from pm.load import Stages
 from pm.stage import run_pm
 from tools.health import health
@@ -92,6 +94,7 @@ RECIPES = {
 }
 DEMO_RECIPE = "kc-2e-3-drop0-w16-e16"
 GRID_METRICS = ["auc", "ndcg@20", "recall@20"]   # the grid's rows: the paper's AUC and today's top-K metrics
+JUDGE_SEED = 1   # Table IV's judge DVBPR on each catalogue: the demo recipe with this seed
 FINALISTS = ["kc-1e-3-drop0", "kc-3e-3-drop0", "kc-2e-3-drop0-w24-e12", "kc-2e-3-drop0-w16-e16"]
 
 
@@ -120,14 +123,19 @@ def catalogue_path(cfg, name):
     return ensure_embedded_catalogue(Path(cfg.data_dir), {**CATALOGUES, **LACKING}[name])
 
 
-def recipe_run(cfg, recipe, name):
+def recipe_run(cfg, recipe, name, seed=0):
     """results.json of DVBPR with `recipe` on catalogue `name`, trained first if it is not there, with the run's
-    health figures."""
-    out = Path(cfg.out) / "search" / recipe / name
+    health figures; a seed other than 0 makes a judge for Table IV, in judges/."""
+    out = Path(cfg.out) / "search" / recipe / name if seed == 0 else judge_path(cfg, name)
     if not (out / "results.json").is_file():
-        settings = dict(RECIPES[recipe], dataset=str(catalogue_path(cfg, name)), out=str(out), device=cfg.device)
+        settings = dict(RECIPES[recipe], dataset=str(catalogue_path(cfg, name)), out=str(out), device=cfg.device,
+                        seed=seed)
         train(settle(DVBPRConfig(**settings), set(settings), "dvbpr"))  # no demo settings: the recipe is whole
     return {**read_results(out), "health": health(out)}
+
+
+def judge_path(cfg, name):
+    return Path(cfg.out) / "judges" / name
 
 
 def write_outputs(cfg, stem, result, markdown):
@@ -211,14 +219,17 @@ def design(cfg):
     for name in cfg.catalogues:
         dvbpr_run = Path(cfg.out) / "search" / DEMO_RECIPE / name
         recipe_run(cfg, DEMO_RECIPE, name)
+        recipe_run(cfg, DEMO_RECIPE, name, seed=JUDGE_SEED)
         gan_run, pm_out = demo_gan(cfg, name), Path(cfg.out) / "design" / name / "pm"
         if not (pm_out / "table_iv.json").is_file() or (cfg.sweep_eta and not (pm_out / "eta_sweep.json").is_file()):
             pm_cfg = PMConfig(table=True, sweep_eta=cfg.sweep_eta, dvbpr_run=str(dvbpr_run), gan_run=str(gan_run),
-                              out=str(pm_out), device=cfg.device)
-            run_pm(pm_cfg, {"table", "sweep_eta", "dvbpr_run", "gan_run", "out", "device"})
+                              out=str(pm_out), device=cfg.device, judge_run=str(judge_path(cfg, name)))
+            run_pm(pm_cfg, {"table", "sweep_eta", "dvbpr_run", "gan_run", "out", "device", "judge_run"})
         consistency = open_gan_run(gan_run).metrics["condition_consistency"]["overall"]
         sweep_file = pm_out / "eta_sweep.json"   # Table IV's own files: PM is the last stage, with no run to open
-        rows[name] = dict(consistency=consistency, table=json.loads((pm_out / "table_iv.json").read_text())["ours"],
+        table = json.loads((pm_out / "table_iv.json").read_text())
+        rows[name] = dict(consistency=consistency, table=table["ours"], fidelity=table["fidelity"],
+                          paired=table["synthesis_vs_retrieval"],
                           eta_sweep=json.loads(sweep_file.read_text()) if sweep_file.is_file() else None)
     write_outputs(cfg, "design", rows, design_markdown(rows))
     return rows
@@ -240,16 +251,30 @@ def missing(cfg):
     return rows
 
 
+def retrieval_synthesis(table, metric, paired=None):
+    """'retrieval / synthesis' means of a Table IV metric, with the paired test's p where it has one."""
+    if metric not in table["synthesis"]:
+        return "n/a"
+    p = f" (p {paired[metric]['p_value']:.3f})" if paired and metric in paired else ""
+    return f"{table['retrieval'][metric][0]:.2f} / {table['synthesis'][metric][0]:.2f}{p}"
+
+
 def design_markdown(rows):
-    lines = ["| catalogue | GAN consistency | preference: retrieval | synthesis | synthesis vs retrieval | "
-             "quality (in-domain IS): retrieval | synthesis | diversity: retrieval | synthesis |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """Per catalogue, retrieval against synthesis: the optimised score, the judges' (with the paired test's p), the
+    fidelity and quality of the images (KID also of the generator's random samples), their diversity."""
+    lines = ["| catalogue | GAN consistency | optimised score | judge DVBPR | true preference | KID: random G / "
+             "retrieval / synthesis | quality (in-domain IS) | diversity |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
-        t = row["table"]
-        r, s = t["retrieval"], t["synthesis"]
-        lines.append(f"| {name} | {row['consistency']:.3f} | {r['preference'][0]:.3f} | {s['preference'][0]:.3f} | "
-                     f"{100 * (s['preference'][0] / r['preference'][0] - 1):+.1f}% | {r['quality'][0]:.2f} | "
-                     f"{s['quality'][0]:.2f} | {r['diversity'][0]:.3f} | {s['diversity'][0]:.3f} |")
+        t, paired = row["table"], row["paired"]
+        kid = " / ".join(f"{row['fidelity'][source][CLASSIFIER_EXTRACTOR]['kid']:.2f}"
+                         for source in ("generated", "retrieval", "synthesis"))
+        cells = [retrieval_synthesis(t, metric, paired) for metric in ("preference", "judge", "true_preference")]
+        lines.append(f"| {name} | {row['consistency']:.3f} | " + " | ".join(cells) + f" | {kid} | "
+                     f"{retrieval_synthesis(t, 'quality')} | {retrieval_synthesis(t, 'diversity')} |")
+    lines.append("")
+    lines.append("Retrieval / synthesis, means over the trials; p: the paired sign-flip test of synthesis against "
+                 "retrieval; KID over the category classifier's features against the real items of each category.")
     return "\n".join(lines) + "\n"
 
 

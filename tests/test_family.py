@@ -60,6 +60,8 @@ def test_design_trains_a_gan_and_writes_table_iv_per_catalogue(tiny_family, tmp_
         assert set(row["table"]) == {"real", "generated", "retrieval", "synthesis"}
         assert (tmp_path / "out" / "design" / name / "gan" / "checkpoint.pt").is_file()
         assert set(row["eta_sweep"]["synthesis"]) == {"0", "10"}
+        assert row["paired"]["judge"]["trials"] == 2 and "true_preference" in row["table"]["synthesis"]
+        assert (tmp_path / "out" / "judges" / name / "results.json").is_file()
     assert (tmp_path / "out" / "design.md").read_text().count("| colour |") == 1
 
 
