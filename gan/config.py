@@ -32,13 +32,18 @@ class GANConfig:
     cache_dir: str | None = field(default=None, metadata={"help": "folder of the decoded-image cache (None: a "
                                                                   "cache/ folder beside the dataset)"})
     generator: str = field(default="lsgan", metadata={"help": "the conditional generator (gan/generators.py): lsgan "
-                                                              "is the paper's", "choices": GENERATORS})
+                                                              "is the paper's; sngan a spectrally normalised "
+                                                              "projection GAN with hinge loss and DiffAugment "
+                                                              "(gan/sngan.py)",
+                                                      "choices": GENERATORS})
     image_size: int = field(default=128, metadata={"help": "output side in pixels, a power of two >= 16"})
     z_dim: int = field(default=100, metadata={"help": "latent size"})
     z_distribution: str = field(default="uniform", metadata={"help": "training z: U(-1,1) or N(0,1)",
                                                              "choices": ["uniform", "normal"]})
     g_width: int = field(default=64, metadata={"help": "G width (64 = the original's channels)"})
     d_width: int = field(default=64, metadata={"help": "D width (64 = the original's channels)"})
+    diffaugment: bool = field(default=True, metadata={"help": "sngan: D sees real and fake images through "
+                                                              "DiffAugment (colour, translation, cutout)"})
     batch_size: int = field(default=64, metadata={"help": "images per iteration"})
     epochs: int = field(default=25, metadata={"help": "epochs of floor(items / batch) iterations"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of G and D"})

@@ -1,0 +1,181 @@
+"""Quality per CPU-minute of the conditional generators: KID of random samples against the real items of their
+category after 1, 2.5, 5 (and more) minutes of training, for each candidate of CANDIDATES, plotted into
+docs/gan_quality_per_minute.png.
+
+    python bench/gan_quality.py                                   every candidate on the embedded catalogue, then
+                                                                  the plot
+    python bench/gan_quality.py --candidates sngan --catalogue colour-led-s2 --minutes 5
+                                                                  one candidate on a catalogue of the family
+                                                                  (experiments/family.py), its 5-minute point
+    python bench/gan_quality.py --plot-only                       the plot from the results already measured
+
+Each candidate trains as gan/train.py does (the same batches and codes per iteration, the generator's own
+train_step) with the clock running only while it trains; at each checkpoint SAMPLES_PER_CATEGORY images per
+category from fixed codes of the generator's prior are scored by pm/fidelity.py: KID on the pooled features of
+the catalogue's category classifier (common/classifier.py), per category against up to 2,000 real items of it,
+averaged over the categories. Results go to --out/<catalogue>/<candidate>.json with the machine's matmul rate and
+load average, and a finished candidate is read back, not trained again.
+"""
+import json
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import matplotlib
+import torch
+
+from common.checkpoint import write_json
+from common.classifier import train_or_load_classifier
+from common.cli import parse_config, stage_errors
+from common.datasets import open_dataset
+from common.errors import ConfigError
+from common.images import ImageStore, image_cache
+from common.machine import machine_line, matmul_gflops
+from common.seeding import seed_everything
+from experiments.family import CATALOGUES, catalogue_path
+from gan.config import PRESETS, GANConfig, check_config
+from gan.model import generate
+from gan.train import GANTraining, labelled_items, training_batch
+from pm.fidelity import CLASSIFIER_EXTRACTOR, Fidelity, classifier_extractor
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+
+SAMPLES_PER_CATEGORY = 250
+DEMO = PRESETS["demo"]
+# name -> settings over the demo preset
+CANDIDATES = {
+    "lsgan-demo": dict(generator="lsgan"),
+    "sngan": dict(generator="sngan", lr=2e-4, beta1=0.0, beta2=0.9),
+    "sngan-no-diffaugment": dict(generator="sngan", lr=2e-4, beta1=0.0, beta2=0.9, diffaugment=False),
+    "sngan-wide": dict(generator="sngan", g_width=32, d_width=32, lr=2e-4, beta1=0.0, beta2=0.9),
+}
+
+
+@dataclass
+class QualityConfig:
+    candidates: list[str] = field(default_factory=lambda: list(CANDIDATES), metadata={
+        "help": "candidates to measure: " + ", ".join(CANDIDATES)})
+    minutes: list[float] = field(default_factory=lambda: [1.0, 2.5, 5.0], metadata={
+        "help": "training minutes at which the samples are scored"})
+    catalogue: str = field(default="embedded", metadata={"help": "embedded, or a catalogue of the family "
+                                                                 "(experiments/family.py)"})
+    data_dir: str = field(default="data/family", metadata={"help": "where the family's catalogues are generated"})
+    out: str = field(default="runs/gan_quality", metadata={"help": "folder of the results"})
+    plot: str = field(default="docs/gan_quality_per_minute.png", metadata={"help": "the figure written"})
+    plot_only: bool = field(default=False, metadata={"help": "only redraw the figure from the results"})
+    seed: int = field(default=0, metadata={"help": "random seed of training and of the scored samples"})
+
+
+def candidate_config(name, dataset_path, seed):
+    cfg = replace(GANConfig(), **{**DEMO, **CANDIDATES[name]}, dataset=str(dataset_path), seed=seed, device="cpu")
+    check_config(cfg)
+    return cfg
+
+
+class Scorer:
+    """KID of a generator's samples against the real items, through the catalogue's category classifier."""
+
+    def __init__(self, dataset, store, out_dir, seed):
+        classifier = train_or_load_classifier(dataset, store.size, out_dir / "classifier.pt", "cpu", store=store)
+        self.fidelity = Fidelity({CLASSIFIER_EXTRACTOR: classifier_extractor(classifier)}, store,
+                                 dataset.item_category, seed)
+        self.labels = torch.arange(dataset.num_categories).repeat_interleave(SAMPLES_PER_CATEGORY)
+        self.seed = seed
+
+    def __call__(self, model):
+        z = model.sample_z(len(self.labels), rng=torch.Generator().manual_seed(self.seed))
+        images = torch.cat([generate(model, z_part, labels_part, bf16=False)
+                            for z_part, labels_part in zip(z.split(500), self.labels.split(500))])
+        return self.fidelity(images, self.labels)[CLASSIFIER_EXTRACTOR]
+
+
+def measure(cfg, dataset, store, scorer, minutes):
+    """[{minutes, iterations, kid, ...}] of one candidate trained for max(minutes), scored at each of them."""
+    seed_everything(cfg.seed)
+    items = labelled_items(dataset)
+    run = GANTraining(cfg, dataset.num_categories, "cpu", len(items) // cfg.batch_size)
+    nets = {name: getattr(run.model, name).train() for name in run.model.nets}
+    item_labels = torch.as_tensor(dataset.item_category)
+    points, trained, step = [], 0.0, 0
+    for limit in sorted(minutes):
+        while trained < limit * 60:
+            step += 1
+            ids, z = training_batch(cfg, items, step)
+            start = time.perf_counter()
+            run.model.train_step(nets, run.optimizers, store(ids), item_labels[ids], z, bf16=False)
+            trained += time.perf_counter() - start
+        scores = scorer(run.model)
+        points.append({"minutes": limit, "iterations": step, **scores})
+        print(f"  {limit:g} min: {step} iterations, KID {scores['kid']:.4f} +- {scores['kid_std']:.4f}, "
+              f"FID {scores['fid']:.1f}, precision {scores['precision']:.2f}, recall {scores['recall']:.2f}",
+              flush=True)
+    return points
+
+
+def measure_all(qc):
+    if qc.catalogue != "embedded" and qc.catalogue not in CATALOGUES:
+        raise ConfigError(f"--catalogue {qc.catalogue}: give embedded or one of {', '.join(CATALOGUES)}")
+    unknown = [name for name in qc.candidates if name not in CANDIDATES]
+    if unknown:
+        raise ConfigError(f"--candidates {' '.join(unknown)}: unknown; choose from {', '.join(CANDIDATES)}")
+    path = "embedded" if qc.catalogue == "embedded" else catalogue_path(qc, qc.catalogue)
+    dataset, _ = open_dataset(path)
+    out_dir = Path(qc.out) / qc.catalogue
+    store = ImageStore(image_cache(dataset, DEMO["image_size"], GANConfig.resize_filter), "cpu")
+    scorer = Scorer(dataset, store, out_dir, qc.seed)
+    for name in qc.candidates:
+        result_path = out_dir / f"{name}.json"
+        if result_path.is_file() and max(qc.minutes) <= max(p["minutes"] for p in json.loads(
+                result_path.read_text())["points"]):
+            print(f"{name}: measured before, in {result_path}")
+            continue
+        cfg = candidate_config(name, path, qc.seed)
+        machine = machine_line()
+        print(f"{name} on {qc.catalogue}; {machine}; load average {os.getloadavg()[0]:.2f}", flush=True)
+        points = measure(cfg, dataset, store, scorer, qc.minutes)
+        write_json(result_path, {"candidate": name, "settings": CANDIDATES[name], "catalogue": qc.catalogue,
+                                 "machine": machine, "gflops_after": matmul_gflops(),
+                                 "load_average_after": os.getloadavg(), "points": points})
+
+
+def plot(qc):
+    """KID against training minutes, one line per candidate of the embedded catalogue; the family's points as
+    markers."""
+    results = [json.loads(path.read_text()) for path in sorted(Path(qc.out).glob("*/*.json"))]
+    if not results:
+        raise ConfigError(f"no results in {qc.out}: measure first")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = {}
+    for result in (r for r in results if r["catalogue"] == "embedded"):
+        minutes, kid = zip(*[(p["minutes"], p["kid"]) for p in result["points"]])
+        line, = ax.plot(minutes, kid, marker="o", label=result["candidate"])
+        colours[result["candidate"]] = line.get_color()
+    markers = iter("s^vD")
+    for catalogue in sorted({r["catalogue"] for r in results} - {"embedded"}):
+        marker = next(markers)
+        for result in (r for r in results if r["catalogue"] == catalogue):
+            minutes, kid = zip(*[(p["minutes"], p["kid"]) for p in result["points"]])
+            ax.scatter(minutes, kid, marker=marker, color=colours.get(result["candidate"], "black"),
+                       label=f"{result['candidate']} on {catalogue}")
+    ax.set(xlabel="CPU training minutes", ylabel="KID (category-classifier features)", yscale="log",
+           title="Sample quality per CPU-minute at 32 px")
+    ax.legend(fontsize=7)
+    ax.text(0.0, -0.16, results[0]["machine"], transform=ax.transAxes, fontsize=7)
+    fig.tight_layout()
+    Path(qc.plot).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(qc.plot, dpi=120)
+    print(f"wrote {qc.plot}")
+
+
+def main(argv=None):
+    with stage_errors("gan_quality"):
+        qc, _ = parse_config(QualityConfig, argv, description=__doc__.splitlines()[0])
+        if not qc.plot_only:
+            measure_all(qc)
+        plot(qc)
+
+
+if __name__ == "__main__":
+    main()
