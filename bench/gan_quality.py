@@ -8,6 +8,8 @@ docs/gan_quality_per_minute.png.
                                                                   one candidate on a catalogue of the family
                                                                   (experiments/family.py), its 5-minute point
     python bench/gan_quality.py --plot-only                       the plot from the results already measured
+    python bench/gan_quality.py --grids runs/gan                  a trained run's samples of each category beside
+                                                                  real items of it: docs/gan_sngan_grids.png
 
 Each candidate trains as gan/train.py does (the same batches and codes per iteration, the generator's own
 train_step) with the clock running only while it trains; at each checkpoint SAMPLES_PER_CATEGORY images per
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import torch
 
 from common.checkpoint import write_json
@@ -30,12 +33,15 @@ from common.classifier import train_or_load_classifier
 from common.cli import parse_config, stage_errors
 from common.datasets import open_dataset
 from common.errors import ConfigError
+from common.figures import save_grid
 from common.images import ImageStore, image_cache
 from common.machine import machine_line, matmul_gflops
+from common.original_format import CATEGORY_NAMES
 from common.seeding import seed_everything
 from experiments.family import CATALOGUES, catalogue_path
 from gan.config import PRESETS, GANConfig, check_config
 from gan.model import generate
+from gan.run import open_gan_run
 from gan.train import GANTraining, labelled_items, training_batch
 from pm.fidelity import CLASSIFIER_EXTRACTOR, Fidelity, classifier_extractor
 
@@ -67,6 +73,8 @@ class QualityConfig:
     plot: str = field(default="docs/gan_quality_per_minute.png", metadata={"help": "the figure written"})
     plot_only: bool = field(default=False, metadata={"help": "only redraw the figure from the results"})
     seed: int = field(default=0, metadata={"help": "random seed of training and of the scored samples"})
+    grids: str | None = field(default=None, metadata={"help": "a trained GAN run: write --grids-out instead"})
+    grids_out: str = field(default="docs/gan_sngan_grids.png", metadata={"help": "the grids written"})
 
 
 def candidate_config(name, dataset_path, seed):
@@ -99,19 +107,21 @@ def measure(cfg, dataset, store, scorer, minutes):
     run = GANTraining(cfg, dataset.num_categories, "cpu", len(items) // cfg.batch_size)
     nets = {name: getattr(run.model, name).train() for name in run.model.nets}
     item_labels = torch.as_tensor(dataset.item_category)
-    points, trained, step = [], 0.0, 0
+    points, trained, cpu, step = [], 0.0, 0.0, 0
     for limit in sorted(minutes):
         while trained < limit * 60:
             step += 1
             ids, z = training_batch(cfg, items, step)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             run.model.train_step(nets, run.optimizers, store(ids), item_labels[ids], z, bf16=False)
-            trained += time.perf_counter() - start
+            trained, cpu = trained + time.perf_counter() - start, cpu + time.process_time() - cpu_start
         scores = scorer(run.model)
-        points.append({"minutes": limit, "iterations": step, **scores})
-        print(f"  {limit:g} min: {step} iterations, KID {scores['kid']:.4f} +- {scores['kid_std']:.4f}, "
-              f"FID {scores['fid']:.1f}, precision {scores['precision']:.2f}, recall {scores['recall']:.2f}",
-              flush=True)
+        # the process's CPU time and the load average show how much other work shared the cores
+        points.append({"minutes": limit, "iterations": step, "cpu_minutes": cpu / 60,
+                       "load_average": os.getloadavg()[0], **scores})
+        print(f"  {limit:g} min: {step} iterations, {cpu / 60:.1f} CPU-min, load {os.getloadavg()[0]:.2f}, "
+              f"KID {scores['kid']:.4f} +- {scores['kid_std']:.4f}, FID {scores['fid']:.1f}, "
+              f"precision {scores['precision']:.2f}, recall {scores['recall']:.2f}", flush=True)
     return points
 
 
@@ -170,9 +180,27 @@ def plot(qc):
     print(f"wrote {qc.plot}")
 
 
+def write_grids(qc, per_row=6):
+    """One row per category: `per_row` samples of the run's generator, then `per_row` real items of the category."""
+    run = open_gan_run(qc.grids)
+    dataset, _ = open_dataset(run.config.dataset)
+    store = ImageStore(image_cache(dataset, run.config.image_size, run.config.resize_filter), "cpu")
+    z = run.model.sample_z(per_row, rng=torch.Generator().manual_seed(qc.seed))
+    rng = np.random.default_rng(qc.seed)
+    rows = []
+    for category in range(run.num_categories):
+        real = rng.choice(np.flatnonzero(dataset.item_category == category), per_row, replace=False)
+        rows += [generate(run.model, z, torch.full((per_row,), category), bf16=False), store(torch.as_tensor(real))]
+    captions = (["generated"] * per_row + ["real"] * per_row) * run.num_categories
+    save_grid(Path(qc.grids_out), torch.cat(rows), 2 * per_row, captions)
+    print(f"wrote {qc.grids_out}: rows {', '.join(CATEGORY_NAMES[:run.num_categories])}")
+
+
 def main(argv=None):
     with stage_errors("gan_quality"):
         qc, _ = parse_config(QualityConfig, argv, description=__doc__.splitlines()[0])
+        if qc.grids:
+            return write_grids(qc)
         if not qc.plot_only:
             measure_all(qc)
         plot(qc)
