@@ -152,29 +152,34 @@ def measure_all(qc):
 
 
 def plot(qc):
-    """KID against training minutes, one line per candidate of the embedded catalogue; the family's points as
-    markers."""
+    """KID against training minutes and against iterations, a line per candidate on the embedded catalogue, the
+    family's points as markers; the machine's matmul rates and load averages as measured, under the plot."""
     results = [json.loads(path.read_text()) for path in sorted(Path(qc.out).glob("*/*.json"))]
     if not results:
         raise ConfigError(f"no results in {qc.out}: measure first")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = {}
-    for result in (r for r in results if r["catalogue"] == "embedded"):
-        minutes, kid = zip(*[(p["minutes"], p["kid"]) for p in result["points"]])
-        line, = ax.plot(minutes, kid, marker="o", label=result["candidate"])
-        colours[result["candidate"]] = line.get_color()
-    markers = iter("s^vD")
-    for catalogue in sorted({r["catalogue"] for r in results} - {"embedded"}):
-        marker = next(markers)
-        for result in (r for r in results if r["catalogue"] == catalogue):
-            minutes, kid = zip(*[(p["minutes"], p["kid"]) for p in result["points"]])
-            ax.scatter(minutes, kid, marker=marker, color=colours.get(result["candidate"], "black"),
-                       label=f"{result['candidate']} on {catalogue}")
-    ax.set(xlabel="CPU training minutes", ylabel="KID (category-classifier features)", yscale="log",
-           title="Sample quality per CPU-minute at 32 px")
-    ax.legend(fontsize=7)
-    ax.text(0.0, -0.16, results[0]["machine"], transform=ax.transAxes, fontsize=7)
-    fig.tight_layout()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
+    colours, markers = {}, dict(zip(sorted({r["catalogue"] for r in results} - {"embedded"}), "s^vD"))
+    for result in sorted(results, key=lambda r: r["catalogue"] != "embedded"):
+        name, catalogue = result["candidate"], result["catalogue"]
+        for ax, x in zip(axes, ("minutes", "iterations")):
+            xs, kid = zip(*[(p[x], p["kid"]) for p in result["points"]])
+            if catalogue == "embedded":
+                line, = ax.plot(xs, kid, marker="o", label=name)
+                colours[name] = line.get_color()
+            else:
+                ax.plot(xs, kid, marker=markers[catalogue], linestyle=":", color=colours.get(name, "black"),
+                        label=f"{name} on {catalogue}")
+    axes[0].set(xlabel="training minutes (wall clock, 2 CPU cores)", ylabel="KID (category-classifier features)",
+                yscale="log")
+    axes[1].set(xlabel="iterations (batch 32)", xscale="log")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Sample quality per CPU-minute at 32 px: KID of 250 samples per category against the real items")
+    rates = [float(r["machine"].split(": ")[2].split(" GFLOP")[0].replace(",", "")) for r in results]
+    loads = [p["load_average"] for r in results for p in r["points"] if "load_average" in p]
+    fig.text(0.01, 0.01, f"cpu fp32 matmul 2048^2 at the start of each candidate: {min(rates):.0f}-{max(rates):.0f} "
+             f"GFLOP/s (2 threads)" + (f"; load average at the points {min(loads):.1f}-{max(loads):.1f}"
+                                       if loads else ""), fontsize=7)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     Path(qc.plot).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(qc.plot, dpi=120)
     print(f"wrote {qc.plot}")
