@@ -62,9 +62,9 @@ CANDIDATES = {
 
 @dataclass
 class QualityConfig:
-    candidates: list[str] = field(default_factory=lambda: list(CANDIDATES), metadata={
+    candidates: list[str] = field(default_factory=lambda: ["lsgan-demo", "sngan", "sngan-no-diffaugment"], metadata={
         "help": "candidates to measure: " + ", ".join(CANDIDATES)})
-    minutes: list[float] = field(default_factory=lambda: [1.0, 2.5, 5.0], metadata={
+    minutes: list[float] = field(default_factory=lambda: [1.0, 2.5, 5.0, 10.0], metadata={
         "help": "training minutes at which the samples are scored"})
     catalogue: str = field(default="embedded", metadata={"help": "embedded, or a catalogue of the family "
                                                                  "(experiments/family.py)"})
