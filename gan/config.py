@@ -32,13 +32,18 @@ class GANConfig:
     cache_dir: str | None = field(default=None, metadata={"help": "folder of the decoded-image cache (None: a "
                                                                   "cache/ folder beside the dataset)"})
     generator: str = field(default="lsgan", metadata={"help": "the conditional generator (gan/generators.py): lsgan "
-                                                              "is the paper's", "choices": GENERATORS})
+                                                              "is the paper's; sngan a spectrally normalised "
+                                                              "projection GAN with hinge loss and DiffAugment "
+                                                              "(gan/sngan.py)",
+                                                      "choices": GENERATORS})
     image_size: int = field(default=128, metadata={"help": "output side in pixels, a power of two >= 16"})
     z_dim: int = field(default=100, metadata={"help": "latent size"})
     z_distribution: str = field(default="uniform", metadata={"help": "training z: U(-1,1) or N(0,1)",
                                                              "choices": ["uniform", "normal"]})
     g_width: int = field(default=64, metadata={"help": "G width (64 = the original's channels)"})
     d_width: int = field(default=64, metadata={"help": "D width (64 = the original's channels)"})
+    diffaugment: bool = field(default=True, metadata={"help": "sngan: D sees real and fake images through "
+                                                              "DiffAugment (colour, translation, cutout)"})
     batch_size: int = field(default=64, metadata={"help": "images per iteration"})
     epochs: int = field(default=25, metadata={"help": "epochs of floor(items / batch) iterations"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of G and D"})
@@ -68,6 +73,8 @@ PRESETS = {
 # minutes on two CPU cores with 275 GFLOP/s. Measured there on the embedded catalogue: 10 epochs at lr 2e-4 gave
 # condition consistency 0.80 at batch 64 (98 s) and 0.89 at batch 32 (109 s); 9 epochs at batch 32 took 111 s on a
 # fresh clone (0.86), so 8 epochs keep the time within 5 minutes on a 100 GFLOP/s machine.
+# The sngan generator (gan/sngan.py) was measured against these settings by KID per CPU-minute
+# (bench/gan_quality.py, docs/gan_quality_per_minute.png) and did not win consistently, so the demo stays lsgan.
 DEMO = dict(image_size=32, g_width=16, d_width=16, batch_size=32, epochs=8, lr=2e-4, sample_every=200,
             checkpoint_every=500)
 PRESETS["demo"] = {**PRESETS["paper"], **DEMO}

@@ -3,9 +3,11 @@ settings and the number of categories. Adding one is a file with its subclass an
 training, sampling, preference maximisation (eq. 9-12), Table IV and the eta sweep then take it unchanged."""
 from common.errors import ConfigError
 from gan.model import LSGAN
+from gan.sngan import SNGAN
 
 GENERATORS = {
     "lsgan": LSGAN,
+    "sngan": SNGAN,
 }
 
 

@@ -31,7 +31,8 @@ class PMConfig:
     starts: int = field(default=64, metadata={"help": "random initial points m"})
     steps: int = field(default=200, metadata={"help": "Adam steps of preference maximisation"})
     lr: float = field(default=0.1, metadata={"help": "Adam learning rate on z'"})
-    eta: float = field(default=1.0, metadata={"help": "weight of the realism loss [D_c(G_c(z)) - 1]^2"})
+    eta: float = field(default=1.0, metadata={"help": "weight of the realism loss (lsgan: [D_c(G_c(z)) - 1]^2, "
+                                                            "sngan: -D_c(G_c(z)))"})
     init: str = field(default="uniform", metadata={"help": "starts: atanh of U(-1,1), N(0, 0.5^2), or codes of the "
                                                            "generator's prior (the LSGAN's: U(-1,1))",
                                                    "choices": ["uniform", "normal", "prior"]})

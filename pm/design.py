@@ -8,9 +8,10 @@ tailoring of an existing item (eq. 12 then eq. 10).
     tailoring     z' = argmin ||G_c(tanh z') - nabla X_query||_1 (eq. 12), then eq. 10 from that z'
 
 Delta and nabla are nearest-neighbour resizes between the GAN's size and DVBPR's input size. G_c and the realism
-term are the trained generator's (gan/model.py's ConditionalGenerator; the LSGAN's D gives [D_c(e) - 1]^2). Phi runs
-in eval mode (no dropout), the generator in inference mode; only z' receives gradients. With latent="direct" z
-itself is optimised without a bound, as the original code did (PM/main.py of the original repository).
+term are the trained generator's (gan/model.py's ConditionalGenerator; the LSGAN's D gives [D_c(e) - 1]^2, the
+SNGAN's -D_c(e)). Phi runs in eval mode (no dropout), the generator in inference mode; only z' receives gradients.
+With latent="direct" z itself is optimised without a bound, as the original code did (PM/main.py of the original
+repository).
 """
 from dataclasses import dataclass, field
 
@@ -73,7 +74,7 @@ class Design:
     z: torch.Tensor            # [m, z_dim] the generator's input
     images: torch.Tensor       # [m, 3, S, S]
     preference: torch.Tensor   # [m]
-    realism: torch.Tensor      # [m] [D_c(G_c(z)) - 1]^2
+    realism: torch.Tensor      # [m] the generator's realism loss of G_c(z), e.g. the LSGAN's [D_c(G_c(z)) - 1]^2
     objective: torch.Tensor    # [m]
     history: list[Snapshot] = field(default_factory=list)
 
@@ -111,7 +112,7 @@ class Designer:
         return self.dvbpr.phi(resize(images, self.dvbpr.backbone.input_size)) @ self.theta[user]
 
     def realism_loss(self, images, category):
-        """L_real(e, c), the LSGAN's [D_c(e) - 1]^2; [B]."""
+        """L_real(e, c), the generator's realism_loss (the LSGAN's [D_c(e) - 1]^2, the SNGAN's -D_c(e)); [B]."""
         labels = torch.full((len(images),), category, dtype=torch.long, device=images.device)
         return self.model.realism_loss(images, labels)
 

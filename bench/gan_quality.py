@@ -1,0 +1,215 @@
+"""Quality per CPU-minute of the conditional generators: KID of random samples against the real items of their
+category after 1, 2.5, 5 (and more) minutes of training, for each candidate of CANDIDATES, plotted into
+docs/gan_quality_per_minute.png.
+
+    python bench/gan_quality.py                                   every candidate on the embedded catalogue, then
+                                                                  the plot
+    python bench/gan_quality.py --candidates sngan --catalogue colour-led-s2 --minutes 5
+                                                                  one candidate on a catalogue of the family
+                                                                  (experiments/family.py), its 5-minute point
+    python bench/gan_quality.py --plot-only                       the plot from the results already measured
+    python bench/gan_quality.py --grids runs/gan                  a trained run's samples of each category beside
+                                                                  real items of it: docs/gan_sngan_grids.png
+
+Each candidate trains as gan/train.py does (the same batches and codes per iteration, the generator's own
+train_step) with the clock running only while it trains; at each checkpoint SAMPLES_PER_CATEGORY images per
+category from fixed codes of the generator's prior are scored by pm/fidelity.py: KID on the pooled features of
+the catalogue's category classifier (common/classifier.py), per category against up to 2,000 real items of it,
+averaged over the categories. Results go to --out/<catalogue>/<candidate>.json with the machine's matmul rate and
+load average, and a finished candidate is read back, not trained again.
+"""
+import json
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+
+from common.checkpoint import write_json
+from common.classifier import train_or_load_classifier
+from common.cli import parse_config, stage_errors
+from common.datasets import open_dataset
+from common.errors import ConfigError
+from common.figures import save_grid
+from common.images import ImageStore, image_cache
+from common.machine import machine_line, matmul_gflops
+from common.original_format import CATEGORY_NAMES
+from common.seeding import seed_everything
+from experiments.family import CATALOGUES, catalogue_path
+from gan.config import PRESETS, GANConfig, check_config
+from gan.model import generate
+from gan.run import open_gan_run
+from gan.train import GANTraining, labelled_items, training_batch
+from pm.fidelity import CLASSIFIER_EXTRACTOR, Fidelity, classifier_extractor
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+
+SAMPLES_PER_CATEGORY = 250
+DEMO = PRESETS["demo"]
+# name -> settings over the demo preset
+CANDIDATES = {
+    "lsgan-demo": dict(generator="lsgan"),
+    "sngan": dict(generator="sngan", lr=2e-4, beta1=0.0, beta2=0.9),
+    "sngan-no-diffaugment": dict(generator="sngan", lr=2e-4, beta1=0.0, beta2=0.9, diffaugment=False),
+    "sngan-wide": dict(generator="sngan", g_width=32, d_width=32, lr=2e-4, beta1=0.0, beta2=0.9),
+    "sngan-lr5e-4": dict(generator="sngan", lr=5e-4, beta1=0.0, beta2=0.9),
+}
+
+
+@dataclass
+class QualityConfig:
+    candidates: list[str] = field(default_factory=lambda: ["lsgan-demo", "sngan", "sngan-no-diffaugment"], metadata={
+        "help": "candidates to measure: " + ", ".join(CANDIDATES)})
+    minutes: list[float] = field(default_factory=lambda: [1.0, 2.5, 5.0, 10.0], metadata={
+        "help": "training minutes at which the samples are scored"})
+    catalogue: str = field(default="embedded", metadata={"help": "embedded, or a catalogue of the family "
+                                                                 "(experiments/family.py)"})
+    data_dir: str = field(default="data/family", metadata={"help": "where the family's catalogues are generated"})
+    out: str = field(default="runs/gan_quality", metadata={"help": "folder of the results"})
+    plot: str = field(default="docs/gan_quality_per_minute.png", metadata={"help": "the figure written"})
+    plot_only: bool = field(default=False, metadata={"help": "only redraw the figure from the results"})
+    seed: int = field(default=0, metadata={"help": "random seed of training and of the scored samples"})
+    grids: str | None = field(default=None, metadata={"help": "a trained GAN run: write --grids-out instead"})
+    grids_out: str = field(default="docs/gan_sngan_grids.png", metadata={"help": "the grids written"})
+
+
+def candidate_config(name, dataset_path, seed):
+    cfg = replace(GANConfig(), **{**DEMO, **CANDIDATES[name]}, dataset=str(dataset_path), seed=seed, device="cpu")
+    check_config(cfg)
+    return cfg
+
+
+class Scorer:
+    """KID of a generator's samples against the real items, through the catalogue's category classifier."""
+
+    def __init__(self, dataset, store, out_dir, seed):
+        classifier = train_or_load_classifier(dataset, store.size, out_dir / "classifier.pt", "cpu", store=store)
+        self.fidelity = Fidelity({CLASSIFIER_EXTRACTOR: classifier_extractor(classifier)}, store,
+                                 dataset.item_category, seed)
+        self.labels = torch.arange(dataset.num_categories).repeat_interleave(SAMPLES_PER_CATEGORY)
+        self.seed = seed
+
+    def __call__(self, model):
+        z = model.sample_z(len(self.labels), rng=torch.Generator().manual_seed(self.seed))
+        images = torch.cat([generate(model, z_part, labels_part, bf16=False)
+                            for z_part, labels_part in zip(z.split(500), self.labels.split(500))])
+        return self.fidelity(images, self.labels)[CLASSIFIER_EXTRACTOR]
+
+
+def measure(cfg, dataset, store, scorer, minutes):
+    """[{minutes, iterations, kid, ...}] of one candidate trained for max(minutes), scored at each of them."""
+    seed_everything(cfg.seed)
+    items = labelled_items(dataset)
+    run = GANTraining(cfg, dataset.num_categories, "cpu", len(items) // cfg.batch_size)
+    nets = {name: getattr(run.model, name).train() for name in run.model.nets}
+    item_labels = torch.as_tensor(dataset.item_category)
+    points, trained, cpu, step = [], 0.0, 0.0, 0
+    for limit in sorted(minutes):
+        while trained < limit * 60:
+            step += 1
+            ids, z = training_batch(cfg, items, step)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            run.model.train_step(nets, run.optimizers, store(ids), item_labels[ids], z, bf16=False)
+            trained, cpu = trained + time.perf_counter() - start, cpu + time.process_time() - cpu_start
+        scores = scorer(run.model)
+        # the process's CPU time and the load average show how much other work shared the cores
+        points.append({"minutes": limit, "iterations": step, "cpu_minutes": cpu / 60,
+                       "load_average": os.getloadavg()[0], **scores})
+        print(f"  {limit:g} min: {step} iterations, {cpu / 60:.1f} CPU-min, load {os.getloadavg()[0]:.2f}, "
+              f"KID {scores['kid']:.4f} +- {scores['kid_std']:.4f}, FID {scores['fid']:.1f}, "
+              f"precision {scores['precision']:.2f}, recall {scores['recall']:.2f}", flush=True)
+    return points
+
+
+def measure_all(qc):
+    if qc.catalogue != "embedded" and qc.catalogue not in CATALOGUES:
+        raise ConfigError(f"--catalogue {qc.catalogue}: give embedded or one of {', '.join(CATALOGUES)}")
+    unknown = [name for name in qc.candidates if name not in CANDIDATES]
+    if unknown:
+        raise ConfigError(f"--candidates {' '.join(unknown)}: unknown; choose from {', '.join(CANDIDATES)}")
+    path = "embedded" if qc.catalogue == "embedded" else catalogue_path(qc, qc.catalogue)
+    dataset, _ = open_dataset(path)
+    out_dir = Path(qc.out) / qc.catalogue
+    store = ImageStore(image_cache(dataset, DEMO["image_size"], GANConfig.resize_filter), "cpu")
+    scorer = Scorer(dataset, store, out_dir, qc.seed)
+    for name in qc.candidates:
+        result_path = out_dir / f"{name}.json"
+        if result_path.is_file() and max(qc.minutes) <= max(p["minutes"] for p in json.loads(
+                result_path.read_text())["points"]):
+            print(f"{name}: measured before, in {result_path}")
+            continue
+        cfg = candidate_config(name, path, qc.seed)
+        machine = machine_line()
+        print(f"{name} on {qc.catalogue}; {machine}; load average {os.getloadavg()[0]:.2f}", flush=True)
+        points = measure(cfg, dataset, store, scorer, qc.minutes)
+        write_json(result_path, {"candidate": name, "settings": CANDIDATES[name], "catalogue": qc.catalogue,
+                                 "machine": machine, "gflops_after": matmul_gflops(),
+                                 "load_average_after": os.getloadavg(), "points": points})
+
+
+def plot(qc):
+    """KID against training minutes and against iterations, a line per candidate on the embedded catalogue, the
+    family's points as markers; the machine's matmul rates and load averages as measured, under the plot."""
+    results = [json.loads(path.read_text()) for path in sorted(Path(qc.out).glob("*/*.json"))]
+    if not results:
+        raise ConfigError(f"no results in {qc.out}: measure first")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
+    colours, markers = {}, dict(zip(sorted({r["catalogue"] for r in results} - {"embedded"}), "s^vD"))
+    for result in sorted(results, key=lambda r: r["catalogue"] != "embedded"):
+        name, catalogue = result["candidate"], result["catalogue"]
+        for ax, x in zip(axes, ("minutes", "iterations")):
+            xs, kid = zip(*[(p[x], p["kid"]) for p in result["points"]])
+            if catalogue == "embedded":
+                line, = ax.plot(xs, kid, marker="o", label=name)
+                colours[name] = line.get_color()
+            else:
+                ax.plot(xs, kid, marker=markers[catalogue], linestyle=":", color=colours.get(name, "black"),
+                        label=f"{name} on {catalogue}")
+    axes[0].set(xlabel="training minutes (wall clock, 2 CPU cores)", ylabel="KID (category-classifier features)",
+                yscale="log")
+    axes[1].set(xlabel="iterations (batch 32)", xscale="log")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Sample quality per CPU-minute at 32 px: KID of 250 samples per category against the real items")
+    rates = [float(r["machine"].split(": ")[2].split(" GFLOP")[0].replace(",", "")) for r in results]
+    loads = [p["load_average"] for r in results for p in r["points"] if "load_average" in p]
+    fig.text(0.01, 0.01, f"cpu fp32 matmul 2048^2 at the start of each candidate: {min(rates):.0f}-{max(rates):.0f} "
+             f"GFLOP/s (2 threads)" + (f"; load average at the points {min(loads):.1f}-{max(loads):.1f}"
+                                       if loads else ""), fontsize=7)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    Path(qc.plot).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(qc.plot, dpi=120)
+    print(f"wrote {qc.plot}")
+
+
+def write_grids(qc, per_row=6):
+    """One row per category: `per_row` samples of the run's generator, then `per_row` real items of the category."""
+    run = open_gan_run(qc.grids)
+    dataset, _ = open_dataset(run.config.dataset)
+    store = ImageStore(image_cache(dataset, run.config.image_size, run.config.resize_filter), "cpu")
+    z = run.model.sample_z(per_row, rng=torch.Generator().manual_seed(qc.seed))
+    rng = np.random.default_rng(qc.seed)
+    rows = []
+    for category in range(run.num_categories):
+        real = rng.choice(np.flatnonzero(dataset.item_category == category), per_row, replace=False)
+        rows += [generate(run.model, z, torch.full((per_row,), category), bf16=False), store(torch.as_tensor(real))]
+    captions = (["generated"] * per_row + ["real"] * per_row) * run.num_categories
+    save_grid(Path(qc.grids_out), torch.cat(rows), 2 * per_row, captions)
+    print(f"wrote {qc.grids_out}: rows {', '.join(CATEGORY_NAMES[:run.num_categories])}")
+
+
+def main(argv=None):
+    with stage_errors("gan_quality"):
+        qc, _ = parse_config(QualityConfig, argv, description=__doc__.splitlines()[0])
+        if qc.grids:
+            return write_grids(qc)
+        if not qc.plot_only:
+            measure_all(qc)
+        plot(qc)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""A data-efficient class-conditional GAN for small catalogues: spectral normalisation in D (Miyato et al., 2018),
+a projection discriminator for the category (Miyato & Koyama, 2018), conditional batch norm in G, the hinge loss,
+and differentiable augmentation of every image D sees (DiffAugment, Zhao et al., 2020), which keeps D from
+memorising a catalogue of a few thousand items.
+
+At 32x32 with widths G w and D d (stages are added or dropped at the high-resolution end for other sizes, G
+halving its channels and D doubling them at each stage):
+
+    G(z, c)                                              D(x, c)
+    h0 linear z -> 4x4x4w, cbn, relu        4x4x4w       4x4/2 sn-conv, lrelu                          16x16xd
+    up 2x, 3x3 conv, cbn, relu              8x8x4w       4x4/2 sn-conv, lrelu                          8x8x2d
+    up 2x, 3x3 conv, cbn, relu              16x16x2w     4x4/2 sn-conv, lrelu                          4x4x4d
+    up 2x, 3x3 conv, cbn, relu              32x32xw      3x3/1 sn-conv, lrelu; sum over space   phi  4x4 -> 8d
+    3x3 conv, tanh                          32x32x3      linear(phi) + <embed(c), phi>  (projection)   score
+
+cbn: batch norm whose scale and shift are looked up per category; sn-conv: a conv under spectral normalisation.
+D has one strided conv per stage, as the LSGAN's, rather than the 3x3 + 4x4 pairs of Miyato et al.'s standard CNN:
+a third of the flops, so that a CPU gives it more iterations within the few minutes of a demo (its quality per
+CPU-minute: bench/gan_quality.py).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.parametrizations import spectral_norm
+
+from common.device import autocast, fused_adam_kwargs, memory_format
+from common.distributed import unwrap
+from gan.model import ConditionalGenerator, batch_norm, num_stages, sample_z
+
+LEAK = 0.1                 # D's leaky ReLU slope (Miyato et al.'s standard CNN)
+TRANSLATION = 1 / 8        # DiffAugment's shift, a fraction of the side
+CUTOUT = 1 / 2             # DiffAugment's erased square, a fraction of the side
+
+
+def diff_augment(x):
+    """DiffAugment's colour, translation and cutout (Zhao et al., 2020): random per image, differentiable in x,
+    the same shape out."""
+    n, device = len(x), x.device
+    x = x + (torch.rand(n, 1, 1, 1, device=device) - 0.5)                                    # brightness
+    mean = x.mean(dim=1, keepdim=True)
+    x = (x - mean) * (torch.rand(n, 1, 1, 1, device=device) * 2) + mean                      # saturation
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * (torch.rand(n, 1, 1, 1, device=device) + 0.5) + mean                    # contrast
+    return cutout(translate(x))
+
+
+def pixel_grid(x):
+    """Row and column index planes [1, S, S] of x's pixels."""
+    rows = torch.arange(x.shape[2], device=x.device)[None, :, None]
+    columns = torch.arange(x.shape[3], device=x.device)[None, None, :]
+    return rows, columns
+
+
+def translate(x):
+    """Shift each image by up to TRANSLATION of its side, filling with zeros."""
+    shift = int(x.shape[2] * TRANSLATION + 0.5)
+    dy, dx = (torch.randint(-shift, shift + 1, (len(x), 1, 1), device=x.device) for _ in range(2))
+    rows, columns = pixel_grid(x)
+    rows, columns = (rows + dy + 1).clamp(0, x.shape[2] + 1), (columns + dx + 1).clamp(0, x.shape[3] + 1)
+    padded = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1)
+    return padded[torch.arange(len(x), device=x.device)[:, None, None], rows, columns].permute(0, 3, 1, 2)
+
+
+def cutout(x):
+    """Zero a square of CUTOUT of the side, centred at a random pixel of each image (clipped at the borders)."""
+    side = int(x.shape[2] * CUTOUT + 0.5)
+    top, left = (torch.randint(0, x.shape[2] + (1 - side % 2), (len(x), 1, 1), device=x.device) - side // 2
+                 for _ in range(2))
+    rows, columns = pixel_grid(x)
+    inside = (rows >= top) & (rows < top + side) & (columns >= left) & (columns < left + side)
+    return x * (~inside)[:, None].to(x.dtype)
+
+
+class ConditionalBatchNorm(nn.Module):
+    """Batch norm whose scale and shift are looked up per category (Miyato & Koyama's conditional BN in G)."""
+
+    def __init__(self, channels, num_categories):
+        super().__init__()
+        self.bn = batch_norm(channels)
+        self.scale = nn.Embedding(num_categories, channels)
+        self.shift = nn.Embedding(num_categories, channels)
+        nn.init.zeros_(self.scale.weight)
+        nn.init.zeros_(self.shift.weight)
+
+    def forward(self, x, labels):
+        scale, shift = 1 + self.scale(labels)[:, :, None, None], self.shift(labels)[:, :, None, None]
+        return self.bn(x) * scale.to(x.dtype) + shift.to(x.dtype)
+
+
+class Generator(nn.Module):
+
+    def __init__(self, image_size=32, z_dim=100, num_categories=6, width=32):
+        super().__init__()
+        self.image_size, self.z_dim, self.num_categories = image_size, z_dim, num_categories
+        self.seed_channels = 4 * width
+        # one upsampling stage per doubling from 4x4: 4w out of the first, then half as many out of each next
+        channels = [self.seed_channels] + [max(self.seed_channels >> i, 1) for i in range(num_stages(image_size, 4))]
+        self.h0_lin = nn.Linear(z_dim, self.seed_channels * 4 * 4)
+        self.bn0 = ConditionalBatchNorm(self.seed_channels, num_categories)
+        self.convs = nn.ModuleList(nn.Conv2d(c_in, c_out, 3, padding=1) for c_in, c_out in zip(channels, channels[1:]))
+        self.bns = nn.ModuleList(ConditionalBatchNorm(c, num_categories) for c in channels[1:])
+        self.to_rgb = nn.Conv2d(channels[-1], 3, 3, padding=1)
+
+    def forward(self, z, labels):
+        """z [B, z_dim], labels [B] category ids -> images [B, 3, S, S] in [-1, 1]."""
+        h = self.h0_lin(z).view(-1, self.seed_channels, 4, 4)
+        h = F.relu(self.bn0(h, labels))
+        for conv, bn in zip(self.convs, self.bns):
+            h = F.relu(bn(conv(F.interpolate(h, scale_factor=2, mode="nearest")), labels))
+        return torch.tanh(self.to_rgb(h))
+
+
+class Discriminator(nn.Module):
+
+    def __init__(self, image_size=32, num_categories=6, width=32):
+        super().__init__()
+        self.image_size, self.num_categories = image_size, num_categories
+        n = num_stages(image_size, 4)
+        channels = [3] + [max(4 * width >> (n - 1 - i), 1) for i in range(n)]    # ..., d, 2d, 4d at the 4x4 end
+        self.downs = nn.ModuleList(spectral_norm(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1))
+                                   for c_in, c_out in zip(channels, channels[1:]))
+        self.last = spectral_norm(nn.Conv2d(channels[-1], 2 * channels[-1], 3, padding=1))
+        self.h_lin = spectral_norm(nn.Linear(2 * channels[-1], 1))
+        self.embed = spectral_norm(nn.Embedding(num_categories, 2 * channels[-1]))
+
+    def forward(self, x, labels):
+        """x [B, 3, S, S] in [-1, 1], labels [B] category ids -> raw scores [B]."""
+        h = x
+        for down in self.downs:
+            h = F.leaky_relu(down(h), LEAK)
+        phi = F.leaky_relu(self.last(h), LEAK).sum(dim=(2, 3))
+        return self.h_lin(phi).squeeze(1) + (self.embed(labels) * phi).sum(1)   # the projection of c
+
+
+def hinge_train_step(generator, discriminator, opt_g, opt_d, real, labels, z, augment, bf16=True):
+    """One D step then one G step on the hinge loss, D seeing real and fake through `augment`; returns the losses.
+
+        L_D = E[relu(1 - D(aug(x), c))] + E[relu(1 + D(aug(G(z, c)), c))]        L_G = -E[D(aug(G(z, c)), c)]
+    """
+    device = real.device
+    with autocast(device, bf16):
+        fake = generator(z, labels)
+        scores = discriminator(augment(torch.cat([real, fake.detach()])), torch.cat([labels, labels])).float()
+    d_real, d_fake = scores.chunk(2)
+    d_loss_real, d_loss_fake = F.relu(1 - d_real).mean(), F.relu(1 + d_fake).mean()
+    d_loss = d_loss_real + d_loss_fake
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt_d.step()
+
+    discriminator.requires_grad_(False)  # the G step needs gradients through D, not for D's weights
+    with autocast(device, bf16):
+        g_loss = -unwrap(discriminator)(augment(fake), labels).float().mean()
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    opt_g.step()
+    discriminator.requires_grad_(True)
+    return {"d_loss": d_loss.detach(), "d_loss_real": d_loss_real.detach(), "d_loss_fake": d_loss_fake.detach(),
+            "g_loss": g_loss.detach()}
+
+
+class SNGAN(ConditionalGenerator):
+    """The spectrally normalised projection GAN with hinge loss and DiffAugment (this module's docstring).
+
+    Its realism term of eq. 10 is -D_c(e), the hinge loss's target for G: smaller where D finds e more real. Unlike
+    the LSGAN's [D_c(e) - 1]^2 it has no minimum at a finite score, so a large eta pushes the designs on towards
+    what D finds most real rather than to D's decision boundary. z ~ U(-1, 1) is its prior (latent_box), so the
+    paper's z = tanh(z') spans its domain."""
+    nets = ("generator", "discriminator")
+
+    def __init__(self, cfg, num_categories, device="cpu"):
+        super().__init__()
+        fmt = memory_format(device)
+        self.generator = Generator(cfg.image_size, cfg.z_dim, num_categories, cfg.g_width).to(device, memory_format=fmt)
+        self.discriminator = Discriminator(cfg.image_size, num_categories, cfg.d_width).to(device, memory_format=fmt)
+        self.z_dim, self.image_size, self.num_categories = cfg.z_dim, cfg.image_size, num_categories
+        self.augment = diff_augment if cfg.diffaugment else nn.Identity()
+
+    def sample_z(self, n, device="cpu", rng=None):
+        return sample_z(n, self.z_dim, "uniform", device, rng)
+
+    def forward(self, z, labels):
+        return self.generator(z, labels)
+
+    def realism_loss(self, images, labels):
+        return -self.discriminator(images, labels)
+
+    def optimizers(self, cfg, device):
+        kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused_adam_kwargs(device))
+        return {name: torch.optim.Adam(getattr(self, name).parameters(), **kwargs) for name in self.nets}
+
+    def train_step(self, nets, optimizers, real, labels, z, bf16=True):
+        return hinge_train_step(nets["generator"], nets["discriminator"], optimizers["generator"],
+                                optimizers["discriminator"], real, labels, z, self.augment, bf16)

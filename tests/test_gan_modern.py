@@ -1,0 +1,136 @@
+"""The spectrally normalised projection GAN (gan/sngan.py): registry round trip, spectral norm, DiffAugment, the hinge
+losses, and preference maximisation through it."""
+import dataclasses
+
+import pytest
+import torch
+
+from common.checkpoint import load_checkpoint
+from common.data import load_dataset
+from dvbpr.cnnf import CNNF
+from dvbpr.model import DVBPR
+from gan.config import GANConfig
+from gan.run import open_gan_run
+from gan.sngan import SNGAN, cutout, diff_augment, translate
+from gan.train import train as train_gan
+from pm.design import Designer
+from tests.helpers import place_random_classifier
+
+
+def tiny_config(**overrides):
+    settings = dict(generator="sngan", image_size=16, z_dim=8, g_width=4, d_width=4, batch_size=16, lr=2e-4,
+                    beta1=0.0, beta2=0.9, consistency_samples=4, device="cpu")
+    return dataclasses.replace(GANConfig(), **{**settings, **overrides})
+
+
+def tiny_sngan(**overrides):
+    torch.manual_seed(0)
+    return SNGAN(tiny_config(**overrides), num_categories=3)
+
+
+def tiny_dvbpr(usernum):
+    torch.manual_seed(0)
+    return DVBPR(CNNF(32, fc_width=64), usernum, k=8)
+
+
+def spectral_norms(discriminator):
+    """Largest singular value of each spectrally normalised weight, as a matrix [out, in * k * k]."""
+    return [torch.linalg.matrix_norm(module.weight.flatten(1), ord=2).item()
+            for module in discriminator.modules() if hasattr(module, "parametrizations")]
+
+
+def test_the_sngan_trains_through_the_registry_and_reopens_with_the_same_outputs(catalogue, tmp_path):
+    path = catalogue()
+    place_random_classifier(tmp_path, load_dataset(path), 16)
+    cfg = tiny_config(dataset=str(path), out=str(tmp_path), epochs=2)
+    train_gan(cfg)
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt", "gan")
+    assert set(checkpoint["model"]) == set(checkpoint["optimizer"]) == {"generator", "discriminator"}
+    trained = SNGAN(cfg, num_categories=6)
+    untrained_images = trained.eval()(torch.zeros(2, 8), torch.tensor([0, 1]))
+    for name in trained.nets:
+        getattr(trained, name).load_state_dict(checkpoint["model"][name])
+
+    run = open_gan_run(tmp_path)
+    assert isinstance(run.model, SNGAN) and run.config.generator == "sngan" and run.step == checkpoint["step"] > 0
+    z, labels = run.model.sample_z(6, rng=torch.Generator().manual_seed(0)), torch.arange(6)
+    images = run.model(z, labels)
+    assert torch.equal(images, trained(z, labels)) and not torch.equal(images[:2], untrained_images)
+    assert torch.equal(run.model.realism_loss(images, labels), -trained.discriminator(images, labels))
+
+
+def test_spectral_norm_keeps_each_layers_largest_singular_value_near_one():
+    discriminator = tiny_sngan().discriminator
+    with torch.no_grad():
+        for module in discriminator.modules():
+            if hasattr(module, "parametrizations"):
+                module.parametrizations.weight.original.mul_(10)
+        for _ in range(30):   # each forward pass in training mode is one power iteration
+            discriminator(torch.rand(4, 3, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 0]))
+    norms = spectral_norms(discriminator)
+    assert len(norms) == 5     # two strided convs, the last conv, the linear layer and the projection's embedding
+    assert all(abs(norm - 1) < 0.05 for norm in norms), norms
+    originals = [torch.linalg.matrix_norm(module.parametrizations.weight.original.flatten(1), ord=2).item()
+                 for module in discriminator.modules() if hasattr(module, "parametrizations")]
+    assert min(originals) > 2
+
+
+def test_diffaugment_keeps_the_shape_changes_the_images_and_passes_gradients():
+    torch.manual_seed(0)
+    x = (torch.rand(8, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    augmented = diff_augment(x)
+    assert augmented.shape == x.shape and (augmented - x).abs().mean() > 0.1
+    augmented.square().sum().backward()
+    assert torch.isfinite(x.grad).all() and (x.grad != 0).float().mean() > 0.5
+
+
+def test_translation_shifts_by_at_most_an_eighth_and_cutout_erases_one_square():
+    torch.manual_seed(0)
+    ones = torch.ones(64, 1, 32, 32)
+    shifted = translate(ones)
+    assert torch.equal(shifted[:, :, 4:28, 4:28], ones[:, :, 4:28, 4:28])   # shifts of at most 4 pixels
+    assert (shifted == 0).any()
+    erased = (cutout(ones) == 0).flatten(1).sum(1)
+    assert erased.min() >= 8 * 8 and erased.max() <= 16 * 16 and erased.float().mean() > 150
+
+
+def steps(model, real, labels, z, count, frozen):
+    """`count` training steps with the `frozen` net's learning rate at zero; the losses of each step."""
+    optimizers = model.optimizers(tiny_config(lr=2e-3), "cpu")
+    optimizers[frozen].param_groups[0]["lr"] = 0.0
+    nets = {name: getattr(model, name).train() for name in model.nets}
+    return [model.train_step(nets, optimizers, real, labels, z) for _ in range(count)]
+
+
+def test_training_d_alone_lowers_its_hinge_loss_and_training_g_alone_raises_d_on_the_fakes():
+    model = tiny_sngan(diffaugment=False)
+    real = torch.rand(16, 3, 16, 16) * 2 - 1
+    labels, z = torch.arange(16) % 3, model.sample_z(16, rng=torch.Generator().manual_seed(1))
+    d_losses = [losses["d_loss"].item() for losses in steps(model, real, labels, z, 30, frozen="generator")]
+    assert d_losses[-1] < 0.5 * d_losses[0]
+    with torch.no_grad():
+        fake = model.generator(z, labels)
+        assert model.realism_loss(real, labels).mean() < model.realism_loss(fake, labels).mean()
+
+    g_losses = [losses["g_loss"].item() for losses in steps(model, real, labels, z, 30, frozen="discriminator")]
+    assert g_losses[-1] < g_losses[0] - 0.1     # G moves its fakes towards what D scores as real
+
+
+def test_preference_maximisation_designs_through_the_sngan_in_the_tanh_box():
+    model = tiny_sngan()
+    designer = Designer(tiny_dvbpr(usernum=4), model)
+    designer.check_latent("tanh")
+    design = designer.synthesise(1, 2, starts=4, steps=20, lr=0.1, eta=0.1, init="prior", latent="tanh",
+                                 rng=torch.Generator().manual_seed(0), record=lambda step: step == 0)
+    assert design.objective.mean() > design.history[0].objective.mean()
+    assert design.z.abs().max() <= 1
+    labels = torch.full((4,), 2)
+    torch.testing.assert_close(design.realism, -model.discriminator(design.images, labels))
+    assert design.images.shape == (4, 3, 16, 16)
+
+
+@pytest.mark.parametrize("size", [16, 64])
+def test_other_sizes_add_or_drop_stages(size):
+    model = SNGAN(tiny_config(image_size=size), num_categories=3).eval()
+    images = model(torch.zeros(2, 8), torch.tensor([0, 2]))
+    assert images.shape == (2, 3, size, size) and model.realism_loss(images, torch.tensor([0, 2])).shape == (2,)
