@@ -161,6 +161,13 @@ def build_optimizers(cfg, generator, discriminator, device):
     return torch.optim.Adam(generator.parameters(), **kwargs), torch.optim.Adam(discriminator.parameters(), **kwargs)
 
 
+def descend(optimizer, loss):
+    """One optimiser step down `loss`."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def train_step(generator, discriminator, opt_g, opt_d, real, labels, z, bf16=True):
     """One D step then one G step (LSGAN, a=0, b=c=1); returns the losses as tensors.
 
@@ -174,16 +181,12 @@ def train_step(generator, discriminator, opt_g, opt_d, real, labels, z, bf16=Tru
     d_loss_real = ((d_real - 1) ** 2).mean()
     d_loss_fake = (d_fake ** 2).mean()
     d_loss = 0.5 * (d_loss_real + d_loss_fake)
-    opt_d.zero_grad(set_to_none=True)
-    d_loss.backward()
-    opt_d.step()
+    descend(opt_d, d_loss)
 
     discriminator.requires_grad_(False)  # the G step needs gradients through D, not for D's weights
     with autocast(device, bf16):
         g_loss = ((unwrap(discriminator)(fake, labels).float() - 1) ** 2).mean()
-    opt_g.zero_grad(set_to_none=True)
-    g_loss.backward()
-    opt_g.step()
+    descend(opt_g, g_loss)
     discriminator.requires_grad_(True)
     return {"d_loss": d_loss.detach(), "d_loss_real": d_loss_real.detach(), "d_loss_fake": d_loss_fake.detach(),
             "g_loss": g_loss.detach()}

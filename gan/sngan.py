@@ -25,7 +25,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from common.device import autocast, fused_adam_kwargs, memory_format
 from common.distributed import unwrap
-from gan.model import ConditionalGenerator, batch_norm, num_stages, sample_z
+from gan.model import ConditionalGenerator, batch_norm, descend, num_stages, sample_z
 
 LEAK = 0.1                 # D's leaky ReLU slope (Miyato et al.'s standard CNN)
 TRANSLATION = 1 / 8        # DiffAugment's shift, a fraction of the side
@@ -144,16 +144,12 @@ def hinge_train_step(generator, discriminator, opt_g, opt_d, real, labels, z, au
     d_real, d_fake = scores.chunk(2)
     d_loss_real, d_loss_fake = F.relu(1 - d_real).mean(), F.relu(1 + d_fake).mean()
     d_loss = d_loss_real + d_loss_fake
-    opt_d.zero_grad(set_to_none=True)
-    d_loss.backward()
-    opt_d.step()
+    descend(opt_d, d_loss)
 
     discriminator.requires_grad_(False)  # the G step needs gradients through D, not for D's weights
     with autocast(device, bf16):
         g_loss = -unwrap(discriminator)(augment(fake), labels).float().mean()
-    opt_g.zero_grad(set_to_none=True)
-    g_loss.backward()
-    opt_g.step()
+    descend(opt_g, g_loss)
     discriminator.requires_grad_(True)
     return {"d_loss": d_loss.detach(), "d_loss_real": d_loss_real.detach(), "d_loss_fake": d_loss_fake.detach(),
             "g_loss": g_loss.detach()}
