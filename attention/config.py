@@ -12,16 +12,13 @@ from common.cli import MAX_BATCH, MAX_IMAGE_SIZE, MAX_WIDTH, require_sizes
 from common.errors import ConfigError
 from common.images import RESIZE_FILTERS
 from common.metrics import (
-    CUTOFFS,
-    CUTOFFS_HELP,
-    EVAL_USERS_HELP,
-    PROTOCOL_HELP,
-    PROTOCOLS,
-    TIES,
-    TIES_HELP,
     check_cutoffs,
     check_metric_choice,
+    cutoffs_field,
+    eval_users_field,
+    protocol_field,
     selectable_metrics,
+    ties_field,
 )
 from common.training import LR_SCHEDULES, SELECTIONS
 
@@ -63,9 +60,9 @@ class AttentionConfig:
                                                                 "cosine"})
     batch_size: int = field(default=128, metadata={"help": "triplets per step"})
     epochs: int = field(default=20, metadata={"help": "epochs of N triplets, N = number of training interactions"})
-    protocol: str = field(default="exact", metadata={"help": PROTOCOL_HELP, "choices": list(PROTOCOLS)})
-    cutoffs: list[int] = field(default_factory=lambda: list(CUTOFFS), metadata={"help": CUTOFFS_HELP})
-    ties: str = field(default="fail", metadata={"help": TIES_HELP, "choices": list(TIES)})
+    protocol: str = protocol_field()
+    cutoffs: list[int] = cutoffs_field()
+    ties: str = ties_field()
     select: str = field(default="best-valid", metadata={"help": "the epoch kept in best.pt: best-valid, the best "
                                                                 "by --select-metric, or last",
                                                         "choices": list(SELECTIONS)})
@@ -73,7 +70,7 @@ class AttentionConfig:
         "help": "the validation metric best-valid follows, e.g. valid_auc (the paper), valid_ndcg@20"})
     cold_threshold: int = field(default=5, metadata={"help": "an item is cold with fewer training interactions"})
     eval_batch_size: int = field(default=256, metadata={"help": "images per no-grad batch in evaluation"})
-    eval_users: int | None = field(default=None, metadata={"help": EVAL_USERS_HELP})
+    eval_users: int | None = eval_users_field()
     eval_chunk: int | None = field(default=None, metadata={"help": "users per evaluation chunk; None: sized to "
                                                                    "memory"})
     seed: int = field(default=0, metadata={"help": "seed of the initialisation, the triplets and sampled AUC"})

@@ -31,18 +31,15 @@ from common.datasets import open_dataset
 from common.device import describe, pick_device
 from common.errors import ConfigError
 from common.metrics import (
-    CUTOFFS,
-    CUTOFFS_HELP,
-    EVAL_USERS_HELP,
-    PROTOCOL_HELP,
-    PROTOCOLS,
-    TIES,
-    TIES_HELP,
     check_cutoffs,
     check_metric_choice,
+    cutoffs_field,
+    eval_users_field,
     metric_names,
+    protocol_field,
     selectable_metrics,
     tie_rule,
+    ties_field,
 )
 from common.runlog import RunLog, run_dir
 
@@ -81,10 +78,10 @@ class BaselinesConfig:
     feature_image_size: int = field(default=224, metadata={"help": "CNN-F input side for the pre-trained features"})
     feature_epochs: int = field(default=5, metadata={"help": "epochs of CNN-F category pre-training"})
     feature_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of CNN-F pre-training"})
-    protocol: str = field(default="exact", metadata={"help": PROTOCOL_HELP, "choices": list(PROTOCOLS)})
-    ties: str = field(default="fail", metadata={"help": TIES_HELP, "choices": list(TIES)})
-    cutoffs: list[int] = field(default_factory=lambda: list(CUTOFFS), metadata={"help": CUTOFFS_HELP})
-    eval_users: int | None = field(default=None, metadata={"help": EVAL_USERS_HELP})
+    protocol: str = protocol_field()
+    ties: str = ties_field()
+    cutoffs: list[int] = cutoffs_field()
+    eval_users: int | None = eval_users_field()
     metric: list[str] = field(default_factory=lambda: ["auc"], metadata={
         "help": "the test metrics Table III shows, two rows (All and Cold Items) each: auc (the paper's), "
                 "ndcg@20, recall@20, mrr, ... (sampled100: auc, sampled_hr@10, sampled_ndcg@10)"})

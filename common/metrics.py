@@ -41,6 +41,7 @@ Scores come from score_fn(user_ids: LongTensor on device) -> Tensor [len(user_id
 Users are processed in chunks so that a chunk's score matrix stays within a fixed number of elements.
 """
 import math
+from dataclasses import field
 
 import numpy as np
 import torch
@@ -67,6 +68,23 @@ EVAL_USERS_HELP = ("evaluate a fixed random subset of this many users (the same 
                    "much; None: every user")
 EVAL_USERS_SEED = 0
 LARGE_EVALUATION_FLOP = 1e12   # above this a stage says, before training, what its evaluations cost
+
+
+# The evaluation's flags, declared once for every stage's config dataclass (common/cli.py reads help and choices).
+def protocol_field():
+    return field(default="exact", metadata={"help": PROTOCOL_HELP, "choices": list(PROTOCOLS)})
+
+
+def cutoffs_field():
+    return field(default_factory=lambda: list(CUTOFFS), metadata={"help": CUTOFFS_HELP})
+
+
+def ties_field():
+    return field(default="fail", metadata={"help": TIES_HELP, "choices": list(TIES)})
+
+
+def eval_users_field():
+    return field(default=None, metadata={"help": EVAL_USERS_HELP})
 HELD_OUT_SPLITS = ("validation", "test")
 
 

@@ -12,16 +12,13 @@ from common.cli import MAX_BATCH, MAX_IMAGE_SIZE, MAX_WIDTH, require_sizes
 from common.errors import ConfigError
 from common.images import RESIZE_FILTERS
 from common.metrics import (
-    CUTOFFS,
-    CUTOFFS_HELP,
-    EVAL_USERS_HELP,
-    PROTOCOL_HELP,
-    PROTOCOLS,
-    TIES,
-    TIES_HELP,
     check_cutoffs,
     check_metric_choice,
+    cutoffs_field,
+    eval_users_field,
+    protocol_field,
     selectable_metrics,
+    ties_field,
 )
 from common.training import LR_SCHEDULES, SELECTIONS
 from dvbpr.backbones import BACKBONES
@@ -73,9 +70,9 @@ class DVBPRConfig:
                                                                 "cosine"})
     batch_size: int = field(default=128, metadata={"help": "triplets per step"})
     epochs: int = field(default=20, metadata={"help": "epochs of N triplets, N = number of training interactions"})
-    protocol: str = field(default="exact", metadata={"help": PROTOCOL_HELP, "choices": list(PROTOCOLS)})
-    cutoffs: list[int] = field(default_factory=lambda: list(CUTOFFS), metadata={"help": CUTOFFS_HELP})
-    ties: str = field(default="fail", metadata={"help": TIES_HELP, "choices": list(TIES)})
+    protocol: str = protocol_field()
+    cutoffs: list[int] = cutoffs_field()
+    ties: str = ties_field()
     select: str = field(default="best-valid", metadata={
         "help": "the epoch kept in best.pt and embeddings.pt, reported in results.json and used by recommend.py and "
                 "pm/: best-valid, the best by --select-metric (the paper: validation AUC); last, the last epoch (the "
@@ -87,7 +84,7 @@ class DVBPRConfig:
     save_every_epoch: bool = field(default=False, metadata={"help": "also write DVBPR_auc_<K>_<step>.pt (the last 5 "
                                                                     "kept) and UI_<K>_<step>.npy every epoch"})
     eval_batch_size: int = field(default=512, metadata={"help": "images per no-grad batch for the item embeddings"})
-    eval_users: int | None = field(default=None, metadata={"help": EVAL_USERS_HELP})
+    eval_users: int | None = eval_users_field()
     eval_chunk: int | None = field(default=None, metadata={"help": "users per AUC chunk; None: sized to memory"})
     seed: int = field(default=0, metadata={"help": "seed of the initialisation, dropout, triplets and sampled AUC"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
