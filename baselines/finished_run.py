@@ -10,7 +10,7 @@ def finished_run_column(ctx, run_path, results):
     made = (results["protocol"], results.get("ties", "not recorded"), results["dataset"], results.get("eval_users"))
     wanted = (cfg.protocol, tie_rule(cfg.protocol, cfg.ties), ctx.dataset.name, cfg.eval_users)
     if made != wanted:
-        raise DatasetError(f"{run_path}/results.json is a {describe_run(*made)}, not a {describe_run(*wanted)}")
+        raise DatasetError(f"{run_path}/results.json is from {describe_run(*made)}, not from {describe_run(*wanted)}")
     selected_by = results.get("select_metric", "valid_auc")  # runs from before --select-metric kept the best AUC
     if results.get("selected", "best-valid") == "best-valid" and selected_by != cfg.select_metric:
         raise DatasetError(f"{run_path}/results.json kept the epoch of the best {selected_by}, not of the best "
@@ -29,4 +29,4 @@ def split_results(results, split):
 
 def describe_run(protocol, ties, dataset, eval_users):
     users = "every user" if eval_users is None else f"{eval_users} users"
-    return f"{protocol} run (ties: {ties}) on {dataset}, {users} evaluated"
+    return f"a run of the {protocol} protocol (ties: {ties}) on {dataset}, {users} evaluated"

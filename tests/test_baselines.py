@@ -496,7 +496,8 @@ def test_main_refuses_a_dvbpr_run_of_another_dataset(tmp_path, paper_named_catal
 def test_main_refuses_a_dvbpr_run_whose_ties_count_otherwise(tmp_path, paper_named_catalogue):
     run = finished_dvbpr_run(tmp_path / "dvbpr", "AmazonFashion6ImgPartitioned", ties="half")
     argv = quick_argv(paper_named_catalogue, tmp_path / "out", run) + ["--models", "dvbpr"]
-    with pytest.raises(SystemExit, match=r"exact run \(ties: half\).*not a exact run \(ties: fail\)"):
+    refused = r"exact protocol \(ties: half\).*not from a run of the exact protocol \(ties: fail\)"
+    with pytest.raises(SystemExit, match=refused):
         baselines_main(argv)
     assert baselines_main(argv + ["--ties", "half"])["ties"] == "half"
 
@@ -530,5 +531,5 @@ def test_the_table_shows_the_metrics_asked_for_and_models_are_kept_by_the_one_ch
         baselines_main(argv + ["--models", "dvbpr", "--select-metric", "valid_ndcg@20"])
     with pytest.raises(SystemExit, match="--metric ndcg@7 is not one of"):
         baselines_main(argv + ["--metric", "ndcg@7"])
-    with pytest.raises(SystemExit, match="every user evaluated, not a exact run .* 5 users evaluated"):
+    with pytest.raises(SystemExit, match="every user evaluated, not from a run of the exact .* 5 users evaluated"):
         baselines_main(argv + ["--models", "dvbpr", "--eval-users", "5"])
