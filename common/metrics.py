@@ -398,7 +398,7 @@ def evaluation_users(usernum, eval_users=None):
 
 def evaluation_cost(dataset, k, eval_users=None):
     """A line on what one epoch's evaluation (validation and test) costs at least, when that is large; else None."""
-    num_users = len(evaluation_users(dataset.usernum, eval_users))
+    num_users = dataset.usernum if eval_users is None else min(eval_users, dataset.usernum)
     flop = 2 * 2 * num_users * dataset.itemnum * k
     if flop < LARGE_EVALUATION_FLOP:
         return None

@@ -25,8 +25,8 @@ SOURCE_NAMES = {"generated": "G(., c) (random z of the prior)", "retrieval": "de
 
 
 def lovers(truth, pattern, categories, n, rng):
-    """n (user, category) queries: u uniform over the users whose hidden taste ranks `pattern` first among the
-    patterns, c the one of `categories` that u's taste prefers."""
+    """(n (user, category) queries, how many users love `pattern`): u uniform over the users whose hidden taste ranks
+    `pattern` first among the patterns, c the one of `categories` that u's taste prefers."""
     taste = truth.user_taste
     users = np.flatnonzero(taste[:, SLICES["pattern"]].argmax(1) == PATTERNS.index(pattern))
     if len(users) == 0:

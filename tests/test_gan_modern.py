@@ -134,3 +134,11 @@ def test_other_sizes_add_or_drop_stages(size):
     model = SNGAN(tiny_config(image_size=size), num_categories=3).eval()
     images = model(torch.zeros(2, 8), torch.tensor([0, 2]))
     assert images.shape == (2, 3, size, size) and model.realism_loss(images, torch.tensor([0, 2])).shape == (2,)
+
+
+
+def test_the_diffaugment_flag_decides_whether_d_sees_augmented_images():
+    images = torch.rand(8, 3, 16, 16) * 2 - 1
+    augmented = tiny_sngan(diffaugment=True).augment
+    assert not torch.equal(augmented(images), augmented(images))
+    assert torch.equal(tiny_sngan(diffaugment=False).augment(images), images)
