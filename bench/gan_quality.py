@@ -16,7 +16,8 @@ train_step) with the clock running only while it trains; at each checkpoint SAMP
 category from fixed codes of the generator's prior are scored by pm/fidelity.py: KID on the pooled features of
 the catalogue's category classifier (common/classifier.py), per category against up to 2,000 real items of it,
 averaged over the categories. Results go to --out/<catalogue>/<candidate>.json with the machine's matmul rate and
-load average, and a finished candidate is read back, not trained again.
+load average, samples of each category beside real items at each checkpoint to --out/<catalogue>/<candidate>/, and a
+finished candidate is read back, not trained again.
 """
 import json
 import os
@@ -39,7 +40,7 @@ from common.machine import machine_line, matmul_gflops
 from common.original_format import CATEGORY_NAMES
 from common.seeding import seed_everything
 from experiments.family import CATALOGUES, catalogue_path
-from gan.config import PRESETS, GANConfig, check_config
+from gan.config import PRESETS, GANConfig, check_config, with_generator_latent
 from gan.model import generate
 from gan.run import open_gan_run
 from gan.train import GANTraining, labelled_items, training_batch
@@ -57,6 +58,8 @@ CANDIDATES = {
     "sngan-no-diffaugment": dict(generator="sngan", lr=2e-4, beta1=0.0, beta2=0.9, diffaugment=False),
     "sngan-wide": dict(generator="sngan", g_width=32, d_width=32, lr=2e-4, beta1=0.0, beta2=0.9),
     "sngan-lr5e-4": dict(generator="sngan", lr=5e-4, beta1=0.0, beta2=0.9),
+    "lsgan-wide": dict(generator="lsgan", g_width=32, d_width=32),
+    "diffusion": dict(generator="diffusion", g_width=16, lr=1e-3, beta1=0.9, beta2=0.999),
 }
 
 
@@ -80,7 +83,7 @@ class QualityConfig:
 def candidate_config(name, dataset_path, seed):
     cfg = replace(GANConfig(), **{**DEMO, **CANDIDATES[name]}, dataset=str(dataset_path), seed=seed, device="cpu")
     check_config(cfg)
-    return cfg
+    return with_generator_latent(cfg)
 
 
 class Scorer:
@@ -100,8 +103,9 @@ class Scorer:
         return self.fidelity(images, self.labels)[CLASSIFIER_EXTRACTOR]
 
 
-def measure(cfg, dataset, store, scorer, minutes):
-    """[{minutes, iterations, kid, ...}] of one candidate trained for max(minutes), scored at each of them."""
+def measure(cfg, dataset, store, scorer, minutes, grids):
+    """[{minutes, iterations, kid, ...}] of one candidate trained for max(minutes), scored at each of them; its
+    samples beside real items at each, in grids/<minutes>min.png."""
     seed_everything(cfg.seed)
     items = labelled_items(dataset)
     run = GANTraining(cfg, dataset.num_categories, "cpu", len(items) // cfg.batch_size)
@@ -116,6 +120,7 @@ def measure(cfg, dataset, store, scorer, minutes):
             run.model.train_step(nets, run.optimizers, store(ids), item_labels[ids], z, bf16=False)
             trained, cpu = trained + time.perf_counter() - start, cpu + time.process_time() - cpu_start
         scores = scorer(run.model)
+        samples_beside_real(run.model, dataset, store, cfg.seed, grids / f"{limit:g}min.png")
         # the process's CPU time and the load average show how much other work shared the cores
         points.append({"minutes": limit, "iterations": step, "cpu_minutes": cpu / 60,
                        "load_average": os.getloadavg()[0], **scores})
@@ -145,7 +150,7 @@ def measure_all(qc):
         cfg = candidate_config(name, path, qc.seed)
         machine = machine_line()
         print(f"{name} on {qc.catalogue}; {machine}; load average {os.getloadavg()[0]:.2f}", flush=True)
-        points = measure(cfg, dataset, store, scorer, qc.minutes)
+        points = measure(cfg, dataset, store, scorer, qc.minutes, out_dir / name)
         write_json(result_path, {"candidate": name, "settings": CANDIDATES[name], "catalogue": qc.catalogue,
                                  "machine": machine, "gflops_after": matmul_gflops(),
                                  "load_average_after": os.getloadavg(), "points": points})
@@ -185,20 +190,24 @@ def plot(qc):
     print(f"wrote {qc.plot}")
 
 
-def write_grids(qc, per_row=6):
-    """One row per category: `per_row` samples of the run's generator, then `per_row` real items of the category."""
+def write_grids(qc):
     run = open_gan_run(qc.grids)
     dataset, _ = open_dataset(run.config.dataset)
     store = ImageStore(image_cache(dataset, run.config.image_size, run.config.resize_filter), "cpu")
-    z = run.model.sample_z(per_row, rng=torch.Generator().manual_seed(qc.seed))
-    rng = np.random.default_rng(qc.seed)
+    samples_beside_real(run.model, dataset, store, qc.seed, Path(qc.grids_out))
+
+
+def samples_beside_real(model, dataset, store, seed, path, per_row=6):
+    """One row per category: `per_row` samples of the generator, then `per_row` real items of the category."""
+    z = model.sample_z(per_row, rng=torch.Generator().manual_seed(seed))
+    rng = np.random.default_rng(seed)
     rows = []
-    for category in range(run.num_categories):
+    for category in range(dataset.num_categories):
         real = rng.choice(np.flatnonzero(dataset.item_category == category), per_row, replace=False)
-        rows += [generate(run.model, z, torch.full((per_row,), category), bf16=False), store(torch.as_tensor(real))]
-    captions = (["generated"] * per_row + ["real"] * per_row) * run.num_categories
-    save_grid(Path(qc.grids_out), torch.cat(rows), 2 * per_row, captions)
-    print(f"wrote {qc.grids_out}: rows {', '.join(CATEGORY_NAMES[:run.num_categories])}")
+        rows += [generate(model, z, torch.full((per_row,), category), bf16=False), store(torch.as_tensor(real))]
+    captions = (["generated"] * per_row + ["real"] * per_row) * dataset.num_categories
+    save_grid(path, torch.cat(rows), 2 * per_row, captions)
+    print(f"wrote {path}: rows {', '.join(CATEGORY_NAMES[:dataset.num_categories])}")
 
 
 def main(argv=None):

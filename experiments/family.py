@@ -14,7 +14,8 @@ baselines/main.py's Table III on each catalogue, reusing the search's run of the
 --design trains the demo GAN on each catalogue and runs Table IV with it and that DVBPR run, judged by a second
 DVBPR of the same recipe with another seed; --missing does the same
 on each catalogue of LACKING, which lacks a combination of attributes, and asks whether synthesis makes it.
-Both are resumable: a finished run is read back, not trained again.
+Both are resumable: a finished run is read back, not trained again. `--design --latents tanh sphere` puts
+synthesis through the paper's z = tanh(z') beside z on the prior's sphere (pm/design.py), each on every catalogue.
 """
 import dataclasses
 import json
@@ -93,6 +94,7 @@ RECIPES = {
     "kc-2e-3-drop0-w16-e16": DEMO,   # the search's choice, which became DVBPR's demo settings
 }
 DEMO_RECIPE = "kc-2e-3-drop0-w16-e16"
+LATENT_STARTS = {"tanh": "uniform", "sphere": "prior"}   # --design's latents and the starts (pm --init) of each
 GRID_METRICS = ["auc", "ndcg@20", "recall@20"]   # the grid's rows: the paper's AUC and today's top-K metrics
 JUDGE_SEED = 1   # Table IV's judge DVBPR on each catalogue: the demo recipe with this seed
 FINALISTS = ["kc-1e-3-drop0", "kc-3e-3-drop0", "kc-2e-3-drop0-w24-e12", "kc-2e-3-drop0-w16-e16"]
@@ -110,6 +112,9 @@ class FamilyConfig:
                                                            "combination (" + " ".join(LACKING) + "), and whether "
                                                            "synthesis makes it, instead of the grid"})
     sweep_eta: list[float] | None = field(default=None, metadata={"help": "with --design, also the eta sweep"})
+    latents: list[str] = field(default_factory=lambda: ["tanh"], metadata={
+        "help": "with --design, Table IV's synthesis with each of these latents (pm/main.py --latent): tanh from "
+                "U(-1, 1) starts, or sphere from the prior's codes", "choices": list(LATENT_STARTS)})
     recipes: list[str] = field(default_factory=lambda: list(FINALISTS),
                                metadata={"help": "recipes to search, of " + " ".join(RECIPES)})
     catalogues: list[str] = field(default_factory=lambda: list(CATALOGUES),
@@ -215,24 +220,31 @@ def demo_gan(cfg, name):
 
 
 def design(cfg):
+    """{catalogue: {latent: Table IV}}; a row per catalogue and latent in design.md."""
     rows = {}
     for name in cfg.catalogues:
-        dvbpr_run = Path(cfg.out) / "search" / DEMO_RECIPE / name
         recipe_run(cfg, DEMO_RECIPE, name)
         recipe_run(cfg, DEMO_RECIPE, name, seed=JUDGE_SEED)
-        gan_run, pm_out = demo_gan(cfg, name), Path(cfg.out) / "design" / name / "pm"
-        if not (pm_out / "table_iv.json").is_file() or (cfg.sweep_eta and not (pm_out / "eta_sweep.json").is_file()):
-            pm_cfg = PMConfig(table=True, sweep_eta=cfg.sweep_eta, dvbpr_run=str(dvbpr_run), gan_run=str(gan_run),
-                              out=str(pm_out), device=cfg.device, judge_run=str(judge_path(cfg, name)))
-            run_pm(pm_cfg, {"table", "sweep_eta", "dvbpr_run", "gan_run", "out", "device", "judge_run"})
-        consistency = open_gan_run(gan_run).metrics["condition_consistency"]["overall"]
-        sweep_file = pm_out / "eta_sweep.json"   # Table IV's own files: PM is the last stage, with no run to open
-        table = json.loads((pm_out / "table_iv.json").read_text())
-        rows[name] = dict(consistency=consistency, table=table["ours"], fidelity=table["fidelity"],
-                          paired=table["synthesis_vs_retrieval"],
-                          eta_sweep=json.loads(sweep_file.read_text()) if sweep_file.is_file() else None)
+        consistency = open_gan_run(demo_gan(cfg, name)).metrics["condition_consistency"]["overall"]
+        rows[name] = {latent: dict(consistency=consistency, **table_iv(cfg, name, latent)) for latent in cfg.latents}
     write_outputs(cfg, "design", rows, design_markdown(rows))
     return rows
+
+
+def table_iv(cfg, name, latent):
+    """Table IV with the demo DVBPR and GAN of catalogue `name` and synthesis through `latent`, run first if it is
+    not there (in pm/, or pm-<latent>/ for a latent other than the paper's tanh)."""
+    gan_run, dvbpr_run = demo_gan(cfg, name), Path(cfg.out) / "search" / DEMO_RECIPE / name
+    pm_out = Path(cfg.out) / "design" / name / ("pm" if latent == "tanh" else f"pm-{latent}")
+    if not (pm_out / "table_iv.json").is_file() or (cfg.sweep_eta and not (pm_out / "eta_sweep.json").is_file()):
+        pm_cfg = PMConfig(table=True, sweep_eta=cfg.sweep_eta, dvbpr_run=str(dvbpr_run), gan_run=str(gan_run),
+                          out=str(pm_out), device=cfg.device,
+                          judge_run=str(judge_path(cfg, name)), latent=latent, init=LATENT_STARTS[latent])
+        run_pm(pm_cfg, {"table", "sweep_eta", "dvbpr_run", "gan_run", "out", "device", "judge_run", "latent", "init"})
+    sweep_file = pm_out / "eta_sweep.json"   # Table IV's own files: PM is the last stage, with no run to open
+    table = json.loads((pm_out / "table_iv.json").read_text())
+    return dict(table=table["ours"], fidelity=table["fidelity"], paired=table["synthesis_vs_retrieval"],
+                eta_sweep=json.loads(sweep_file.read_text()) if sweep_file.is_file() else None)
 
 
 def missing(cfg):
@@ -262,16 +274,17 @@ def retrieval_synthesis(table, metric, paired=None):
 def design_markdown(rows):
     """Per catalogue, retrieval against synthesis: the optimised score, the judges' (with the paired test's p), the
     fidelity and quality of the images (KID also of the generator's random samples), their diversity."""
-    lines = ["| catalogue | GAN consistency | optimised score | judge DVBPR | true preference | KID: random G / "
-             "retrieval / synthesis | quality (in-domain IS) | diversity |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, row in rows.items():
-        t, paired = row["table"], row["paired"]
-        kid = " / ".join(f"{row['fidelity'][source][CLASSIFIER_EXTRACTOR]['kid']:.2f}"
-                         for source in ("generated", "retrieval", "synthesis"))
-        cells = [retrieval_synthesis(t, metric, paired) for metric in ("preference", "judge", "true_preference")]
-        lines.append(f"| {name} | {row['consistency']:.3f} | " + " | ".join(cells) + f" | {kid} | "
-                     f"{retrieval_synthesis(t, 'quality')} | {retrieval_synthesis(t, 'diversity')} |")
+    lines = ["| catalogue | latent | GAN consistency | optimised score | judge DVBPR | true preference | KID: random "
+             "G / retrieval / synthesis | quality (in-domain IS) | diversity |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, by_latent in rows.items():
+        for latent, row in by_latent.items():
+            t, paired = row["table"], row["paired"]
+            kid = " / ".join(f"{row['fidelity'][source][CLASSIFIER_EXTRACTOR]['kid']:.2f}"
+                             for source in ("generated", "retrieval", "synthesis"))
+            cells = [retrieval_synthesis(t, metric, paired) for metric in ("preference", "judge", "true_preference")]
+            lines.append(f"| {name} | {latent} | {row['consistency']:.3f} | " + " | ".join(cells) + f" | {kid} | "
+                         f"{retrieval_synthesis(t, 'quality')} | {retrieval_synthesis(t, 'diversity')} |")
     lines.append("")
     lines.append("Retrieval / synthesis, means over the trials; p: the paired sign-flip test of synthesis against "
                  "retrieval; KID over the category classifier's features against the real items of each category.")

@@ -5,7 +5,7 @@
               batch 16, 30 epochs
     demo      sized for a 2-core CPU on the embedded catalogues
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from common.cli import MAX_BATCH, MAX_IMAGE_SIZE, MAX_WIDTH, require_sizes
 from common.errors import ConfigError
@@ -14,6 +14,7 @@ from gan.model import num_stages
 
 GRID_SIZE = 16          # 4x4 sample grids
 ARCHITECTURE_FIELDS = ("generator", "image_size", "z_dim", "z_distribution", "g_width", "d_width")
+NOISE_IMAGE_GENERATORS = ("diffusion",)   # their codes are noise images: z_dim 3 S^2, z ~ N(0, I)
 
 
 @dataclass
@@ -34,7 +35,8 @@ class GANConfig:
     generator: str = field(default="lsgan", metadata={"help": "the conditional generator (gan/generators.py): lsgan "
                                                               "is the paper's; sngan a spectrally normalised "
                                                               "projection GAN with hinge loss and DiffAugment "
-                                                              "(gan/sngan.py)",
+                                                              "(gan/sngan.py); diffusion a class-conditional "
+                                                              "DDPM with a DDIM sampler (gan/diffusion.py)",
                                                       "choices": GENERATORS})
     image_size: int = field(default=128, metadata={"help": "output side in pixels, a power of two >= 16"})
     z_dim: int = field(default=100, metadata={"help": "latent size"})
@@ -42,6 +44,8 @@ class GANConfig:
                                                              "choices": ["uniform", "normal"]})
     g_width: int = field(default=64, metadata={"help": "G width (64 = the original's channels)"})
     d_width: int = field(default=64, metadata={"help": "D width (64 = the original's channels)"})
+    sample_steps: int = field(default=10, metadata={"help": "diffusion: DDIM steps from noise to image (each one "
+                                                            "a UNet pass)"})
     diffaugment: bool = field(default=True, metadata={"help": "sngan: D sees real and fake images through "
                                                               "DiffAugment (colour, translation, cutout)"})
     batch_size: int = field(default=64, metadata={"help": "images per iteration"})
@@ -82,11 +86,20 @@ PRESETS["demo"] = {**PRESETS["paper"], **DEMO}
 
 SIZE_BOUNDS = dict(image_size=MAX_IMAGE_SIZE, z_dim=MAX_WIDTH, g_width=MAX_WIDTH // 4, d_width=MAX_WIDTH // 8,
                    batch_size=MAX_BATCH, epochs=None, sample_every=None, checkpoint_every=None,
-                   consistency_samples=100_000)
+                   consistency_samples=100_000, sample_steps=1000)
+
+
+def with_generator_latent(cfg):
+    """cfg with the latent the generator dictates: a diffusion model's codes are noise images (z_dim 3 S^2 ~ N(0, I))
+    whatever --z-dim and --z-distribution say. Training settles it before anything is drawn or saved."""
+    if cfg.generator in NOISE_IMAGE_GENERATORS:
+        return replace(cfg, z_dim=3 * cfg.image_size ** 2, z_distribution="normal")
+    return cfg
 
 
 def check_config(cfg):
-    require_sizes(cfg, SIZE_BOUNDS)  # the widest layers are 4 x g_width and 8 x d_width channels
+    # the widest layers are 4 x g_width and 8 x d_width channels; a noise image's z_dim follows from image_size
+    require_sizes(cfg, {**SIZE_BOUNDS, "z_dim": None} if cfg.generator in NOISE_IMAGE_GENERATORS else SIZE_BOUNDS)
     num_stages(cfg.image_size, 16)   # a power of two of at least 16
     if cfg.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {cfg.lr}")

@@ -2,12 +2,14 @@
 settings and the number of categories. Adding one is a file with its subclass and one line in GENERATORS;
 training, sampling, preference maximisation (eq. 9-12), Table IV and the eta sweep then take it unchanged."""
 from common.errors import ConfigError
+from gan.diffusion import Diffusion
 from gan.model import LSGAN
 from gan.sngan import SNGAN
 
 GENERATORS = {
     "lsgan": LSGAN,
     "sngan": SNGAN,
+    "diffusion": Diffusion,
 }
 
 

@@ -38,7 +38,7 @@ from common.figures import save_grid
 from common.images import ImageStore, image_cache
 from common.runlog import RunLog, run_dir
 from common.seeding import derived_seed, seed_everything
-from gan.config import ARCHITECTURE_FIELDS, GRID_SIZE, GANConfig, check_config
+from gan.config import ARCHITECTURE_FIELDS, GRID_SIZE, GANConfig, check_config, with_generator_latent
 from gan.consistency import format_consistency, measure_consistency
 from gan.generators import build_generator
 from gan.model import generate, sample_z
@@ -112,6 +112,7 @@ def train(cfg, ranks=None):
     (rank 0; default runs/gan). `ranks`: this process's place under torchrun (default: one process on
     cfg.device). Returns the condition consistency on rank 0, None on the others."""
     check_config(cfg)
+    cfg = with_generator_latent(cfg)
     ranks = ranks or Ranks(device=pick_device(cfg.device))
     device = ranks.device
     with ranks.main_first():

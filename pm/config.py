@@ -32,12 +32,13 @@ class PMConfig:
     steps: int = field(default=200, metadata={"help": "Adam steps of preference maximisation"})
     lr: float = field(default=0.1, metadata={"help": "Adam learning rate on z'"})
     eta: float = field(default=1.0, metadata={"help": "weight of the realism loss (lsgan: [D_c(G_c(z)) - 1]^2, "
-                                                            "sngan: -D_c(G_c(z)))"})
+                                                            "sngan: -D_c(G_c(z)), diffusion: its denoising error)"})
     init: str = field(default="uniform", metadata={"help": "starts: atanh of U(-1,1), N(0, 0.5^2), or codes of the "
                                                            "generator's prior (the LSGAN's: U(-1,1))",
                                                    "choices": ["uniform", "normal", "prior"]})
-    latent: str = field(default="tanh", metadata={"help": "z = tanh(z') (paper) or z optimised directly (original)",
-                                                  "choices": ["tanh", "direct"]})
+    latent: str = field(default="tanh", metadata={"help": "z = tanh(z') (paper), z optimised directly (original), "
+                                                          "or z on the sphere where the prior's codes lie",
+                                                  "choices": ["tanh", "direct", "sphere"]})
     select: str = field(default="softmax", metadata={"help": "which results to return: drawn by softmax of the "
                                                              "objective (eq. 11), the best, or all",
                                                      "choices": ["softmax", "best", "all"]})

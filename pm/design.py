@@ -9,9 +9,12 @@ tailoring of an existing item (eq. 12 then eq. 10).
 
 Delta and nabla are nearest-neighbour resizes between the GAN's size and DVBPR's input size. G_c and the realism
 term are the trained generator's (gan/model.py's ConditionalGenerator; the LSGAN's D gives [D_c(e) - 1]^2, the
-SNGAN's -D_c(e)). Phi runs in eval mode (no dropout), the generator in inference mode; only z' receives gradients.
-With latent="direct" z itself is optimised without a bound, as the original code did (PM/main.py of the original
-repository).
+SNGAN's -D_c(e), the diffusion model its own denoising error). Phi runs in eval mode (no dropout), the generator in
+inference mode; only z' receives gradients. With latent="direct" z itself is optimised without a bound, as the
+original code did (PM/main.py of the original repository). With latent="sphere" z = r z' / ||z'||, r the mean norm
+of the prior's codes: in high dimension nearly every code of the prior lies near that sphere (sqrt(z_dim) for
+N(0, I), sqrt(z_dim / 3) for U(-1, 1)), so the designs keep to codes like those the generator was trained on (as in
+PULSE, Menon et al., 2020).
 """
 from dataclasses import dataclass, field
 
@@ -22,6 +25,7 @@ from common.errors import ConfigError, TrainingDiverged
 from gan.model import sample_z
 
 ATANH_LIMIT = 1 - 1e-6  # U(-1, 1) can draw -1 exactly; atanh(+-1) is infinite
+RADIUS_SAMPLES = 1024   # prior codes whose mean norm is the sphere's radius
 
 
 def resize(images, size):
@@ -31,9 +35,14 @@ def resize(images, size):
     return F.interpolate(images, size=(size, size), mode="nearest")
 
 
-def to_z(z_prime, latent):
-    """The generator's input from the optimised variable: tanh keeps it in [-1, 1] (eq. 10)."""
-    return torch.tanh(z_prime) if latent == "tanh" else z_prime
+def to_z(z_prime, latent, radius=None):
+    """The generator's input from the optimised variable: tanh keeps it in [-1, 1] (eq. 10); sphere puts it at
+    `radius` from the origin, where the codes of the generator's prior lie; direct is z' itself."""
+    if latent == "tanh":
+        return torch.tanh(z_prime)
+    if latent == "sphere":
+        return radius * F.normalize(z_prime, dim=1)
+    return z_prime
 
 
 def initial_latents(m, z_dim, init, device="cpu", rng=None):
@@ -96,12 +105,14 @@ class Designer:
         self.model = model.eval().requires_grad_(False)
         self.z_dim = model.z_dim
         self.image_size = model.image_size
+        codes = model.sample_z(RADIUS_SAMPLES, self.theta.device, torch.Generator(self.theta.device).manual_seed(0))
+        self.radius = codes.norm(dim=1).mean().item()
 
     def check_latent(self, latent):
         """ConfigError when z = tanh(z') would not span the generator's latent domain."""
         if latent == "tanh" and not self.model.latent_box:
             raise ConfigError(f"--latent tanh keeps z in [-1, 1], but this {type(self.model).__name__} generator's "
-                              "latent is unbounded: give --latent direct")
+                              "latent is unbounded: give --latent sphere (or direct) and --init prior")
 
     def sample_z(self, n, rng=None):
         """n codes from the generator's prior (Table IV's random G(., c), the figures' samples)."""
@@ -128,7 +139,7 @@ class Designer:
         return preference - eta * realism, preference, realism, images
 
     def maximise(self, z_prime, user, category, steps, lr, eta=1.0, latent="tanh", record=None):
-        """Adam ascent on eq. 10 (or eq. 9 with latent='direct') from the rows of z_prime, all rows at once.
+        """Adam ascent on eq. 10 (or eq. 9 with latent 'direct' or 'sphere') from the rows of z_prime, all at once.
 
         `record(step) -> bool` says after which steps (0 = the start) to keep a Snapshot of images and scores.
         """
@@ -136,7 +147,8 @@ class Designer:
         optimizer = torch.optim.Adam([z_prime], lr=lr)
         history = []
         for step in range(steps + 1):
-            objective, preference, realism, images = self.objective(to_z(z_prime, latent), user, category, eta)
+            z = to_z(z_prime, latent, self.radius)
+            objective, preference, realism, images = self.objective(z, user, category, eta)
             if record is not None and record(step):
                 history.append(Snapshot(step, images.detach().cpu(), preference.detach().cpu(),
                                         objective.detach().cpu()))
@@ -148,8 +160,7 @@ class Designer:
         if not torch.isfinite(objective).all():
             raise TrainingDiverged(f"preference maximisation diverged (the objective became "
                                    f"{objective[~torch.isfinite(objective)][0].item()}); lower --lr")
-        return Design(to_z(z_prime, latent).detach(), images.detach(), preference.detach(), realism.detach(),
-                      objective.detach(), history)
+        return Design(z.detach(), images.detach(), preference.detach(), realism.detach(), objective.detach(), history)
 
     def synthesise(self, user, category, starts, steps, lr, eta=1.0, init="uniform", latent="tanh",
                    rng=None, record=None):
@@ -174,7 +185,8 @@ class Designer:
         optimizer = torch.optim.Adam([z_prime], lr=lr)
         errors = []
         for step in range(steps + 1):
-            error = (self.generate(to_z(z_prime, latent), category) - target).abs().mean(dim=(1, 2, 3))
+            images = self.generate(to_z(z_prime, latent, self.radius), category)
+            error = (images - target).abs().mean(dim=(1, 2, 3))
             errors.append(error.detach())
             if step == steps:
                 break

@@ -53,16 +53,21 @@ def test_design_trains_a_gan_and_writes_table_iv_per_catalogue(tiny_family, tmp_
     monkeypatch.setattr(family, "GAN_DEMO", dict(image_size=16, z_dim=8, g_width=8, d_width=8, batch_size=16,
                                                  epochs=1, consistency_samples=4))
     monkeypatch.setattr(pm.stage, "DEMO", dict(trials=2, starts=2, steps=3, splits=2))
-    rows = family.main([*tiny_family, "--design", "--sweep-eta", "0", "10"])
+    rows = family.main([*tiny_family, "--design", "--sweep-eta", "0", "10", "--latents", "tanh", "sphere"])
     assert set(rows) == {"colour", "pattern"}
-    for name, row in rows.items():
+    for name, by_latent in rows.items():
+        assert set(by_latent) == {"tanh", "sphere"}
+        assert by_latent["tanh"]["table"]["synthesis"] != by_latent["sphere"]["table"]["synthesis"]
+        assert json.loads((tmp_path / "out" / "design" / name / "pm-sphere" / "table_config.json").read_text())[
+            "latent"] == "sphere"
+        row = by_latent["tanh"]
         assert 0 <= row["consistency"] <= 1
         assert set(row["table"]) == {"real", "generated", "retrieval", "synthesis"}
         assert (tmp_path / "out" / "design" / name / "gan" / "checkpoint.pt").is_file()
         assert set(row["eta_sweep"]["synthesis"]) == {"0", "10"}
         assert row["paired"]["judge"]["trials"] == 2 and "true_preference" in row["table"]["synthesis"]
         assert (tmp_path / "out" / "judges" / name / "results.json").is_file()
-    assert (tmp_path / "out" / "design.md").read_text().count("| colour |") == 1
+    assert (tmp_path / "out" / "design.md").read_text().count("| colour |") == 2
 
 
 def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tiny_family, tmp_path, monkeypatch):

@@ -86,6 +86,20 @@ def test_maximisation_raises_the_objective_and_tanh_keeps_z_in_the_box():
     assert direct.z.abs().max() > 1
 
 
+def test_the_sphere_keeps_z_where_the_priors_codes_lie_and_still_raises_the_objective():
+    designer = tiny_designer()
+    prior_norms = designer.sample_z(2000).norm(dim=1)
+    assert abs(designer.radius - (Z_DIM / 3) ** 0.5) < 0.05 * designer.radius     # U(-1, 1): sqrt(z_dim / 3)
+    assert (prior_norms - designer.radius).abs().mean() < 0.2 * designer.radius   # most codes lie near it
+    z_prime = designer.sample_z(6)
+    start = designer.objective(to_z(z_prime, "sphere", designer.radius), 0, 1, 1.0)[0]
+    design = designer.maximise(z_prime, user=0, category=1, steps=30, lr=0.1, latent="sphere")
+    assert design.objective.mean() > start.mean()
+    torch.testing.assert_close(design.z.norm(dim=1), torch.full((6,), designer.radius))
+    wild = designer.maximise(z_prime, user=0, category=1, steps=10, lr=5.0, latent="direct")
+    assert (wild.z.norm(dim=1) - designer.radius).abs().min() > 0.5 * designer.radius
+
+
 def test_larger_eta_lowers_the_realism_loss():
     designer = tiny_designer(seed=1)
     z_prime = torch.atanh(torch.rand(16, Z_DIM) * 1.8 - 0.9)

@@ -1,0 +1,105 @@
+"""The class-conditional diffusion generator (gan/diffusion.py): registry round trip, DDPM's loss falling, the DDIM
+map differentiable in its noise code, preference guidance raising the score it follows, and preference
+maximisation through it."""
+import dataclasses
+
+import pytest
+import torch
+
+from common.checkpoint import load_checkpoint
+from common.data import load_dataset
+from common.errors import ConfigError
+from dvbpr.cnnf import CNNF
+from dvbpr.model import DVBPR
+from gan.config import GANConfig, check_config, with_generator_latent
+from gan.diffusion import Diffusion
+from gan.run import open_gan_run
+from gan.train import train as train_gan
+from pm.design import Designer
+from tests.helpers import place_random_classifier
+
+
+def tiny_config(**overrides):
+    settings = dict(generator="diffusion", image_size=16, g_width=8, sample_steps=4, batch_size=16, lr=2e-3,
+                    beta1=0.9, beta2=0.999, consistency_samples=4, device="cpu")
+    return with_generator_latent(dataclasses.replace(GANConfig(), **{**settings, **overrides}))
+
+
+def tiny_diffusion(**overrides):
+    torch.manual_seed(0)
+    return Diffusion(tiny_config(**overrides), num_categories=3).eval()
+
+
+def test_the_config_settles_the_latent_to_noise_images():
+    cfg = tiny_config(z_dim=100, z_distribution="uniform")
+    assert (cfg.z_dim, cfg.z_distribution) == (3 * 16 * 16, "normal")
+    check_config(dataclasses.replace(cfg, image_size=128, z_dim=3 * 128 ** 2))   # a noise image is not bounded by
+    with pytest.raises(ConfigError, match="--sample-steps"):                    # the GANs' largest z
+        check_config(dataclasses.replace(cfg, sample_steps=0))
+
+
+def test_the_diffusion_model_trains_through_the_registry_and_reopens_with_the_same_outputs(catalogue, tmp_path):
+    path = catalogue()
+    place_random_classifier(tmp_path, load_dataset(path), 16)
+    cfg = tiny_config(dataset=str(path), out=str(tmp_path), epochs=2)
+    train_gan(cfg)
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt", "gan")
+    assert set(checkpoint["model"]) == set(checkpoint["optimizer"]) == {"unet"}
+    assert checkpoint["config"]["z_dim"] == 768 and checkpoint["sample_z"].shape == (16, 768)
+
+    run = open_gan_run(tmp_path)
+    assert isinstance(run.model, Diffusion) and run.step == checkpoint["step"] > 0 and not run.model.latent_box
+    trained = Diffusion(cfg, num_categories=6).eval()
+    untrained_images = trained(torch.zeros(2, 768), torch.tensor([0, 1]))
+    trained.unet.load_state_dict(checkpoint["model"]["unet"])
+    z, labels = run.model.sample_z(6, rng=torch.Generator().manual_seed(0)), torch.arange(6)
+    images = run.model(z, labels)
+    assert images.shape == (6, 3, 16, 16) and images.abs().max() <= 1
+    assert torch.equal(images, trained(z, labels)) and not torch.equal(images[:2], untrained_images)
+
+
+def test_ddpm_training_lowers_the_denoising_loss_on_a_fixed_batch():
+    model = tiny_diffusion()
+    real = torch.rand(16, 3, 16, 16).round() * 2 - 1      # black-and-white noise the model can learn by heart
+    labels = torch.arange(16) % 3
+    optimizers = model.optimizers(tiny_config(), "cpu")
+    torch.manual_seed(1)
+    losses = [model.train_step({"unet": model.unet.train()}, optimizers, real, labels, None)["loss"].item()
+              for _ in range(60)]
+    assert sum(losses[-10:]) < 0.7 * sum(losses[:10]), losses
+    model.eval()
+    with torch.no_grad():   # the learned images are more probable under the model than other noise
+        other = torch.rand(16, 3, 16, 16).round() * 2 - 1
+        assert model.realism_loss(real, labels).mean() < model.realism_loss(other, labels).mean()
+
+
+def test_the_ddim_map_is_deterministic_and_differentiable_in_its_noise_code():
+    model = tiny_diffusion()
+    z = model.sample_z(2, rng=torch.Generator().manual_seed(0)).requires_grad_(True)
+    images = model(z, torch.tensor([0, 2]))
+    assert torch.equal(images, model(z, torch.tensor([0, 2])))
+    images.square().sum().backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+
+
+def test_preference_guidance_raises_the_score_it_follows():
+    model = tiny_diffusion()
+    red_minus_blue = lambda images: (images[:, 0] - images[:, 2]).mean((1, 2))  # noqa: E731
+    z, labels = model.sample_z(8, rng=torch.Generator().manual_seed(0)), torch.arange(8) % 3
+    plain = red_minus_blue(model.guided_sample(z, labels, red_minus_blue, scale=0.0))
+    with torch.no_grad():
+        torch.testing.assert_close(plain, red_minus_blue(model(z, labels)))   # scale 0 is the DDIM sampler
+    guided = red_minus_blue(model.guided_sample(z, labels, red_minus_blue, scale=50.0))
+    assert (guided > plain + 0.1).all(), (plain, guided)
+
+
+def test_preference_maximisation_optimises_the_noise_code_directly():
+    model = tiny_diffusion()
+    torch.manual_seed(0)
+    designer = Designer(DVBPR(CNNF(32, fc_width=64), 4, k=8), model)
+    with pytest.raises(ConfigError, match="--latent direct"):
+        designer.check_latent("tanh")
+    design = designer.synthesise(1, 2, starts=3, steps=10, lr=0.1, eta=0.1, init="prior", latent="direct",
+                                 rng=torch.Generator().manual_seed(0), record=lambda step: step == 0)
+    assert design.objective.mean() > design.history[0].objective.mean()
+    assert design.images.shape == (3, 3, 16, 16) and design.z.shape == (3, 768)
