@@ -58,19 +58,20 @@ def test_the_diffusion_model_trains_through_the_registry_and_reopens_with_the_sa
     assert torch.equal(images, trained(z, labels)) and not torch.equal(images[:2], untrained_images)
 
 
-def test_ddpm_training_lowers_the_denoising_loss_on_a_fixed_batch():
+def test_training_lowers_the_denoising_loss_and_the_realism_term_prefers_what_it_learned():
     model = tiny_diffusion()
-    real = torch.rand(16, 3, 16, 16).round() * 2 - 1      # black-and-white noise the model can learn by heart
     labels = torch.arange(16) % 3
+    colours = torch.tensor([[1.0, -1, -1], [-1, 1, -1], [-1, -1, 1]])
+    real = colours[labels][:, :, None, None].expand(-1, -1, 16, 16)   # each category one flat colour
     optimizers = model.optimizers(tiny_config(), "cpu")
     torch.manual_seed(1)
     losses = [model.train_step({"unet": model.unet.train()}, optimizers, real, labels, None)["loss"].item()
               for _ in range(60)]
     assert sum(losses[-10:]) < 0.7 * sum(losses[:10]), losses
     model.eval()
-    with torch.no_grad():   # the learned images are more probable under the model than other noise
-        other = torch.rand(16, 3, 16, 16).round() * 2 - 1
-        assert model.realism_loss(real, labels).mean() < model.realism_loss(other, labels).mean()
+    with torch.no_grad():   # the learned images are more probable under the model than the other categories'
+        other = colours[(labels + 1) % 3][:, :, None, None].expand(-1, -1, 16, 16)
+        assert model.realism_loss(real, labels).mean() < 0.7 * model.realism_loss(other, labels).mean()
 
 
 def test_the_ddim_map_is_deterministic_and_differentiable_in_its_noise_code():
@@ -93,13 +94,15 @@ def test_preference_guidance_raises_the_score_it_follows():
     assert (guided > plain + 0.1).all(), (plain, guided)
 
 
-def test_preference_maximisation_optimises_the_noise_code_directly():
+def test_preference_maximisation_optimises_the_noise_code_on_the_priors_sphere():
     model = tiny_diffusion()
     torch.manual_seed(0)
     designer = Designer(DVBPR(CNNF(32, fc_width=64), 4, k=8), model)
-    with pytest.raises(ConfigError, match="--latent direct"):
+    with pytest.raises(ConfigError, match="--latent sphere"):
         designer.check_latent("tanh")
-    design = designer.synthesise(1, 2, starts=3, steps=10, lr=0.1, eta=0.1, init="prior", latent="direct",
+    assert abs(designer.radius - 768 ** 0.5) < 0.02 * designer.radius    # N(0, I): sqrt(z_dim)
+    design = designer.synthesise(1, 2, starts=3, steps=10, lr=0.1, eta=0.1, init="prior", latent="sphere",
                                  rng=torch.Generator().manual_seed(0), record=lambda step: step == 0)
     assert design.objective.mean() > design.history[0].objective.mean()
     assert design.images.shape == (3, 3, 16, 16) and design.z.shape == (3, 768)
+    torch.testing.assert_close(design.z.norm(dim=1), torch.full((3,), designer.radius))
