@@ -77,7 +77,7 @@ def test_a_registered_generator_trains_is_opened_and_designs_through_the_interfa
     assert torch.equal(run.model.generator.weight, checkpoint["model"]["generator"]["weight"])
 
     designer = Designer(tiny_dvbpr(dataset.usernum), run.model)
-    with pytest.raises(ConfigError, match="--latent direct"):
+    with pytest.raises(ConfigError, match="--latent sphere \\(or direct\\)"):
         designer.check_latent("tanh")
     z = designer.sample_z(6, torch.Generator().manual_seed(0))
     design = designer.synthesise(0, 1, starts=6, steps=20, lr=0.1, init="prior", latent="direct",
