@@ -1,6 +1,7 @@
 """The CUDA fast paths against their CPU forms: GPU JPEG decoding, GPU-resident images, bf16 autocast with
-channels_last and fused Adam, exact AUC on the GPU, and two ranks sharing one GPU. Skipped without a GPU; on a
-CUDA machine `python -m pytest -q tests/test_cuda.py` runs them (bench/gpu_check.sh does, with the benchmarks)."""
+channels_last and fused Adam, exact AUC on the GPU, the diffusion generator, and two ranks sharing one GPU.
+Skipped without a GPU; on a CUDA machine `python -m pytest -q tests/test_cuda.py` runs them (bench/gpu_check.sh
+does, with the benchmarks)."""
 import io
 import json
 
@@ -22,7 +23,8 @@ from dvbpr.config import DVBPRConfig
 from dvbpr.main import main as dvbpr_main
 from dvbpr.model import build_model, embed_items
 from dvbpr.train import dvbpr_trainee
-from gan.config import GANConfig
+from gan.config import GANConfig, with_generator_latent
+from gan.diffusion import Diffusion
 from gan.model import build_gan, build_optimizers, train_step
 from tests.helpers import run_stage
 from tests.test_images import BROKEN, make_payloads
@@ -158,6 +160,25 @@ def test_gan_step_on_cuda_is_finite_and_moves_both_nets(tiny, bf16):
 def cli(dataset_path, out, *extra):
     return ["--dataset", str(dataset_path), "--out", str(out), "--image-size", "32", "--k", "8", "--fc-width", "256",
             "--batch-size", "16", "--epochs", "2", "--device", "cuda", *extra]
+
+
+def test_diffusion_on_cuda_trains_under_bf16_and_samples_as_on_the_cpu():
+    cfg = with_generator_latent(GANConfig(generator="diffusion", image_size=16, g_width=8, sample_steps=4))
+    torch.manual_seed(0)
+    cpu_model = Diffusion(cfg, num_categories=3).eval()
+    model = Diffusion(cfg, num_categories=3, device=CUDA)
+    model.unet.load_state_dict(cpu_model.unet.state_dict())
+    z, labels = cpu_model.sample_z(4, rng=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(z.to(CUDA), labels.to(CUDA)).cpu(), cpu_model(z, labels),
+                                   atol=1e-3, rtol=1e-3)
+    guided = model.guided_sample(z.to(CUDA), labels.to(CUDA), lambda x: x[:, 0].mean((1, 2)), scale=10.0)
+    assert torch.isfinite(guided).all()
+    optimizers = model.optimizers(cfg, CUDA)
+    real = torch.rand(4, 3, 16, 16, device=CUDA) * 2 - 1
+    losses = [model.train_step({"unet": model.unet.train()}, optimizers, real, labels.to(CUDA), None, bf16=True)
+              ["loss"].item() for _ in range(5)]
+    assert all(np.isfinite(losses))
 
 
 def test_dvbpr_main_runs_on_cuda(tiny, tmp_path):
