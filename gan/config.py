@@ -9,12 +9,12 @@ from dataclasses import dataclass, field, replace
 
 from common.cli import MAX_BATCH, MAX_IMAGE_SIZE, MAX_WIDTH, require_sizes
 from common.errors import ConfigError
+from gan.diffusion import TRAIN_TIMESTEPS
 from gan.generators import GENERATORS
-from gan.model import num_stages
+from gan.model import noise_image_dim, num_stages
 
 GRID_SIZE = 16          # 4x4 sample grids
 ARCHITECTURE_FIELDS = ("generator", "image_size", "z_dim", "z_distribution", "g_width", "d_width")
-NOISE_IMAGE_GENERATORS = ("diffusion",)   # their codes are noise images: z_dim 3 S^2, z ~ N(0, I)
 
 
 @dataclass
@@ -86,20 +86,25 @@ PRESETS["demo"] = {**PRESETS["paper"], **DEMO}
 
 SIZE_BOUNDS = dict(image_size=MAX_IMAGE_SIZE, z_dim=MAX_WIDTH, g_width=MAX_WIDTH // 4, d_width=MAX_WIDTH // 8,
                    batch_size=MAX_BATCH, epochs=None, sample_every=None, checkpoint_every=None,
-                   consistency_samples=100_000, sample_steps=1000)
+                   consistency_samples=100_000, sample_steps=TRAIN_TIMESTEPS)
+
+
+def noise_image_codes(cfg):
+    """Whether cfg's generator draws its codes as noise images (ConditionalGenerator.noise_image_codes)."""
+    return cfg.generator in GENERATORS and GENERATORS[cfg.generator].noise_image_codes
 
 
 def with_generator_latent(cfg):
     """cfg with the latent the generator dictates: a diffusion model's codes are noise images (z_dim 3 S^2 ~ N(0, I))
     whatever --z-dim and --z-distribution say. Training settles it before anything is drawn or saved."""
-    if cfg.generator in NOISE_IMAGE_GENERATORS:
-        return replace(cfg, z_dim=3 * cfg.image_size ** 2, z_distribution="normal")
+    if noise_image_codes(cfg):
+        return replace(cfg, z_dim=noise_image_dim(cfg.image_size), z_distribution="normal")
     return cfg
 
 
 def check_config(cfg):
     # the widest layers are 4 x g_width and 8 x d_width channels; a noise image's z_dim follows from image_size
-    require_sizes(cfg, {**SIZE_BOUNDS, "z_dim": None} if cfg.generator in NOISE_IMAGE_GENERATORS else SIZE_BOUNDS)
+    require_sizes(cfg, {**SIZE_BOUNDS, "z_dim": None} if noise_image_codes(cfg) else SIZE_BOUNDS)
     num_stages(cfg.image_size, 16)   # a power of two of at least 16
     if cfg.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {cfg.lr}")

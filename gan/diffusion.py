@@ -1,11 +1,12 @@
 """A class-conditional denoising diffusion model as a ConditionalGenerator (the paper's closing words ask for
 "advanced GANs"; DiFashion, SIGIR 2024, generates personalised fashion with a conditional diffusion model).
 
-Training is DDPM's (Ho et al., 2020): x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps with t ~ U{0..T-1}, and the UNet
-learns eps_theta(x_t, t, c) by mean squared error. Sampling is DDIM's deterministic sampler (Song et al., 2021,
-eta 0) in `sample_steps` steps from x_T = z: the latent code z is the noise image, z ~ N(0, I) with
-z_dim = 3 S^2, and G_c(z) is a differentiable map of it, so preference maximisation (eq. 9-12) optimises z
-directly (latent_box is False). The UNet and both schedulers are the maintained `diffusers` library's.
+Training is DDPM's (Ho et al., 2020), x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps with t ~ U{0..T-1}, except that the
+UNet learns v_theta(x_t, t, c), v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 (Salimans & Ho, 2022), by mean squared error:
+predicting eps, the first DDIM step from pure noise lost the catalogue's white background. Sampling is DDIM's
+deterministic sampler (Song et al., 2021, eta 0) in `sample_steps` steps from x_T = z: the latent code z is the
+noise image, z ~ N(0, I) with z_dim = 3 S^2, and G_c(z) is a differentiable map of it, so preference maximisation
+(eq. 9-12) optimises z through it (latent_box is False: --latent sphere or direct). The UNet and both schedulers are the maintained `diffusers` library's.
 
     UNet(x_t, t, c), at 32x32 with width w:
     conv_in 3x3                                   32x32xw
@@ -14,7 +15,7 @@ directly (latent_box is False). The UNet and both schedulers are the maintained 
     down: ResNet block (+ self-attention)         8x8x2w
     mid: ResNet, self-attention, ResNet           8x8x2w
     up: the mirror, skip connections              32x32xw
-    conv_out 3x3                                  32x32x3      eps_theta
+    conv_out 3x3                                  32x32x3      v_theta
     t and c enter every ResNet block through the summed timestep and class embeddings.
 
 The realism term of eq. 10 is the model's own denoising error on the design at REALISM_TIMESTEPS with fixed noise:
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from common.device import autocast, fused_adam_kwargs, memory_format
-from gan.model import ConditionalGenerator, descend
+from gan.model import ConditionalGenerator, descend, noise_image_dim
 
 TRAIN_TIMESTEPS = 1000
 REALISM_TIMESTEPS = (200, 500)      # of the realism term's denoising error
@@ -35,7 +36,9 @@ REALISM_SEED = 0                    # its fixed noise
 
 
 def build_unet(image_size, num_categories, width):
-    from diffusers import UNet2DModel  # imported here: diffusers takes seconds to import and only this model needs it
+    from diffusers import (
+        UNet2DModel,  # imported here: diffusers takes seconds to import and only this model needs it
+    )
     return UNet2DModel(sample_size=image_size, in_channels=3, out_channels=3, layers_per_block=1,
                        block_out_channels=(width, 2 * width, 2 * width),
                        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
@@ -56,13 +59,14 @@ class Diffusion(ConditionalGenerator):
     z_dim is 3 S^2 whatever cfg.z_dim says (gan/config.py's with_generator_latent settles the config to match)."""
     nets = ("unet",)
     latent_box = False
+    noise_image_codes = True
 
     def __init__(self, cfg, num_categories, device="cpu"):
         super().__init__()
         self.unet = build_unet(cfg.image_size, num_categories, cfg.g_width).to(device,
                                                                                memory_format=memory_format(device))
         self.image_size, self.num_categories = cfg.image_size, num_categories
-        self.z_dim = latent_size(cfg.image_size)
+        self.z_dim = noise_image_dim(cfg.image_size)
         self.scheduler = ddim_scheduler(cfg.sample_steps)
         self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone().float(), persistent=False)
         self.to(device)
@@ -98,7 +102,7 @@ class Diffusion(ConditionalGenerator):
         return x.clamp(-1, 1).detach()
 
     def realism_loss(self, images, labels):
-        """The denoising error of eps_theta on `images` at REALISM_TIMESTEPS with fixed noise; [B]."""
+        """The denoising error of v_theta on `images` at REALISM_TIMESTEPS with fixed noise; [B]."""
         rng = torch.Generator(device=images.device).manual_seed(REALISM_SEED)
         noise = torch.randn(images.shape[1:], device=images.device, generator=rng).expand_as(images)
         errors = [(self.velocity(noisy(images, noise, self.alphas_cumprod[t]), t, labels)
@@ -131,9 +135,3 @@ def velocity_target(images, noise, alpha_cumprod):
     """v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 (Salimans & Ho, 2022): unlike eps it fixes x_0 at every t, also at the
     start of sampling where sqrt(a_t) is near 0 and an eps-prediction's x_0 would divide by it."""
     return alpha_cumprod.sqrt() * noise - (1 - alpha_cumprod).sqrt() * images
-
-
-def latent_size(image_size):
-    """z_dim of a diffusion model: its codes are noise images."""
-    return 3 * image_size * image_size
-

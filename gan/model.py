@@ -205,6 +205,8 @@ class ConditionalGenerator(nn.Module):
         realism_loss(images, labels)  [B] the realism term of eq. 10, to be kept small
         latent_box                    True when the codes live in [-1, 1]^z_dim, where the paper's z = tanh(z')
                                       (eq. 10) spans exactly the generator's domain; False: PM optimises z directly
+        noise_image_codes             True when the codes are noise images ~ N(0, I) of noise_image_dim(S)
+                                      entries, whatever --z-dim says (gan/config.py's with_generator_latent)
         optimizers(cfg, device)       {net name: optimiser}
         train_step(nets, optimizers, real, labels, z, bf16)   one training iteration on a batch of real images, their
                                       labels and codes z drawn from --z-distribution; `nets` are the networks by name,
@@ -212,6 +214,7 @@ class ConditionalGenerator(nn.Module):
     """
     nets = ()
     latent_box = True
+    noise_image_codes = False
 
     def sample_z(self, n, device="cpu", rng=None):
         raise NotImplementedError
@@ -252,6 +255,11 @@ class LSGAN(ConditionalGenerator):
     def train_step(self, nets, optimizers, real, labels, z, bf16=True):
         return train_step(nets["generator"], nets["discriminator"], optimizers["generator"],
                           optimizers["discriminator"], real, labels, z, bf16)
+
+
+def noise_image_dim(image_size):
+    """z_dim of a generator whose codes are noise images: 3 S^2."""
+    return 3 * image_size * image_size
 
 
 @torch.no_grad()

@@ -123,7 +123,8 @@ class Designer:
         return self.dvbpr.phi(resize(images, self.dvbpr.backbone.input_size)) @ self.theta[user]
 
     def realism_loss(self, images, category):
-        """L_real(e, c), the generator's realism_loss (the LSGAN's [D_c(e) - 1]^2, the SNGAN's -D_c(e)); [B]."""
+        """L_real(e, c), the generator's realism_loss (the LSGAN's [D_c(e) - 1]^2, the SNGAN's -D_c(e), the
+        diffusion model's denoising error); [B]."""
         labels = torch.full((len(images),), category, dtype=torch.long, device=images.device)
         return self.model.realism_loss(images, labels)
 
