@@ -6,7 +6,8 @@ UNet learns v_theta(x_t, t, c), v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 (Salimans 
 predicting eps, the first DDIM step from pure noise lost the catalogue's white background. Sampling is DDIM's
 deterministic sampler (Song et al., 2021, eta 0) in `sample_steps` steps from x_T = z: the latent code z is the
 noise image, z ~ N(0, I) with z_dim = 3 S^2, and G_c(z) is a differentiable map of it, so preference maximisation
-(eq. 9-12) optimises z through it (latent_box is False: --latent sphere or direct). The UNet and both schedulers are the maintained `diffusers` library's.
+(eq. 9-12) optimises z through it (latent_box is False: --latent sphere or direct). The UNet and both schedulers
+are the maintained `diffusers` library's.
 
     UNet(x_t, t, c), at 32x32 with width w:
     conv_in 3x3                                   32x32xw
