@@ -11,7 +11,8 @@ Preference score: theta_u . Phi(image) (eq. 6), averaged over the three, then me
 images over all trials (3 N of them), mean and std over `splits` parts (Salimans et al.). Beside them: the judges
 that synthesis was not optimised against (pm/judges.py), KID, FID, precision and recall against the real items of
 the category (pm/fidelity.py), and paired tests of synthesis against retrieval.
-The tuning of PM's starts, steps and lr (--tune) scores the same synthesis on validation queries instead.
+The tuning of PM's starts, steps and lr (--tune) scores the same synthesis on validation queries instead, by its
+objective and its KID beside the generator's random samples'.
 """
 import csv
 import time
@@ -92,26 +93,39 @@ def draw_trials(dataset, n, rng, split="test"):
     return [(int(u), int(held_out_category[u])) for u in chosen]
 
 
-def tune(stages, cfg, queries, starts_grid, steps_grid, lr_grid):
-    """The mean over `queries` of the best objective (eq. 9) that synthesis reaches with each (starts, steps, lr),
-    and its seconds per query. Each (starts, lr) runs max(steps) steps once and the shorter lengths are read off
-    its trajectory, so their seconds are that run's, scaled by the share of its steps. A list of dicts."""
+def tune(stages, cfg, queries, fidelity, starts_grid, steps_grid, lr_grid):
+    """For each (starts, steps, lr): the mean over `queries` of the best objective (eq. 9) that synthesis reaches,
+    the KID (category classifier) of the 3 results it returns against the real items of their categories, and its
+    seconds per query. Each (starts, lr) runs max(steps) steps once and the shorter lengths are read off its
+    trajectory, so their seconds are that run's, scaled by the share of its steps. A list of dicts."""
+    select = "best" if cfg.select == "all" else cfg.select
     rows = []
     for starts in starts_grid:
         for lr in lr_grid:
             rng = torch.Generator(device=stages.device).manual_seed(cfg.seed)
-            best = {steps: [] for steps in steps_grid}
+            best, returned = ({steps: [] for steps in steps_grid} for _ in range(2))
             started = time.time()
             for user, category in tqdm(queries, desc=f"tuning: {starts} starts, lr {lr:g}", unit="query"):
                 design = stages.designer.synthesise(user, category, starts, max(steps_grid), lr, cfg.eta, cfg.init,
                                                     cfg.latent, rng, record=lambda step: step in best)
                 for snapshot in design.history:
                     best[snapshot.step].append(snapshot.objective.max().item())
+                    kept = choose(snapshot.objective.to(stages.device), TOP, select, rng).cpu()
+                    returned[snapshot.step].append((snapshot.images[kept], torch.full((len(kept),), category)))
             seconds = (time.time() - started) / len(queries)
             rows += [dict(starts=starts, steps=steps, lr=lr, objective=float(np.mean(values)),
+                          kid=fidelity(*map(torch.cat, zip(*returned[steps])))[CLASSIFIER_EXTRACTOR]["kid"],
                           seconds_per_query=round(seconds * steps / max(steps_grid), 3))
                      for steps, values in best.items()]
     return rows
+
+
+def on_manifold(rows, random_kid):
+    """The row of `tune` with the highest objective among those whose KID is no worse than the generator's random
+    samples' on the same queries (synthesis that stays as close to the real items as the generator does); None
+    where no row is."""
+    close = [row for row in rows if row["kid"] <= random_kid]
+    return max(close, key=lambda row: row["objective"]) if close else None
 
 
 class Sources:
@@ -387,11 +401,25 @@ def tables(stages, cfg, out):
 
 
 def tuning(stages, cfg, out):
+    """--tune: the grid on validation queries, and the row chosen on the generator's manifold (on_manifold)."""
     queries = draw_trials(stages.dataset, cfg.trials, np.random.default_rng(cfg.seed + 1), split="validation")
-    rows = tune(stages, cfg, queries, cfg.tune_starts, cfg.tune_steps, cfg.tune_lrs)
-    write_json(out / "tune.json", {"queries": len(queries), "split": "validation", "eta": cfg.eta, "rows": rows})
-    lines = ["| starts | steps | lr | mean best objective | s per query |", "|---|---|---|---|---|"]
-    lines += [f"| {r['starts']} | {r['steps']} | {r['lr']:g} | {r['objective']:.4f} | {r['seconds_per_query']} |"
-              for r in rows]
+    fidelity = Fidelity({CLASSIFIER_EXTRACTOR: classifier_extractor(stages.category_classifier(out), stages.device)},
+                        stages.images, stages.dataset.item_category, cfg.seed)
+    generated = run_trials(stages, cfg, queries, ("generated",), desc="random samples")["generated"]["images"]
+    categories = torch.tensor([category for _, category in queries]).repeat_interleave(TOP)
+    random_kid = fidelity(generated.flatten(0, 1), categories)[CLASSIFIER_EXTRACTOR]["kid"]
+    rows = tune(stages, cfg, queries, fidelity, cfg.tune_starts, cfg.tune_steps, cfg.tune_lrs)
+    chosen = on_manifold(rows, random_kid)
+    write_json(out / "tune.json", {"queries": len(queries), "split": "validation", "eta": cfg.eta,
+                                   "latent": cfg.latent, "init": cfg.init, "random_kid": random_kid, "rows": rows,
+                                   "on_manifold": chosen})
+    lines = [f"{len(queries)} validation queries; KID (category classifier) of the 3 returned designs, the "
+             f"generator's random samples' {random_kid:.3f}.", "",
+             "| starts | steps | lr | mean best objective | KID | s per query |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['starts']} | {r['steps']} | {r['lr']:g} | {r['objective']:.4f} | {r['kid']:.3f} | "
+              f"{r['seconds_per_query']} |" for r in rows]
+    lines += ["", "On the generator's manifold (the highest objective whose KID is no worse than the random "
+              "samples'): " + (f"{chosen['starts']} starts, {chosen['steps']} steps, lr {chosen['lr']:g}"
+                               if chosen else "none")]
     (out / "tune.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

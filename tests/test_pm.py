@@ -21,7 +21,7 @@ from pm.design import Designer, choose, resize, retrieve, to_z
 from pm.figures import pick_user
 from pm.main import main
 from pm.metrics import ImageNetInception, inception_score, ssim_diversity
-from pm.table import draw_trials
+from pm.table import draw_trials, on_manifold
 from tests.helpers import place_attribute_reader, place_random_classifier
 
 Z_DIM = 8
@@ -265,6 +265,17 @@ def test_tuning_reads_validation_queries_and_more_steps_reach_a_higher_objective
     by_steps = {row["steps"]: row["objective"] for row in tuned["rows"]}
     assert set(by_steps) == {0, 5, 20}
     assert by_steps[20] > by_steps[5] > by_steps[0]
+    assert all(row["kid"] is not None for row in tuned["rows"]) and tuned["random_kid"] is not None
+    assert tuned["on_manifold"] == on_manifold(tuned["rows"], tuned["random_kid"])
+    assert "On the generator's manifold" in (tmp_path / "tune.md").read_text()
+
+
+def test_the_manifold_choice_is_the_best_objective_within_the_random_samples_kid():
+    rows = [dict(steps=0, objective=1.0, kid=0.5), dict(steps=10, objective=2.0, kid=0.9),
+            dict(steps=50, objective=3.0, kid=2.0)]
+    assert on_manifold(rows, random_kid=1.0)["steps"] == 10
+    assert on_manifold(rows, random_kid=0.5)["steps"] == 0
+    assert on_manifold(rows, random_kid=0.1) is None
 
 
 def test_trials_follow_the_split_they_are_drawn_from():
