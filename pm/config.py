@@ -42,6 +42,9 @@ class PMConfig:
     select: str = field(default="softmax", metadata={"help": "which results to return: drawn by softmax of the "
                                                              "objective (eq. 11), the best, or all",
                                                      "choices": ["softmax", "best", "all"]})
+    guidance: float | None = field(default=None, metadata={
+        "help": "with a diffusion generator, Table IV also has preference-guided samples at this scale (the "
+                "gradient of theta_u . Phi of each step's x_0 estimate); default: no guided source"})
     top_k: int = field(default=3, metadata={"help": "images per user and source in the figures"})
     min_train_items: int = field(default=10, metadata={"help": "the drawn users have more training items than this"})
     prototype: int | None = field(default=None, metadata={"help": "item to tailor (default: a random item of "
@@ -60,6 +63,8 @@ class PMConfig:
     tune_starts: list[int] = field(default_factory=lambda: [8, 16, 32], metadata={"help": "starts grid of --tune"})
     tune_steps: list[int] = field(default_factory=lambda: [25, 50, 100, 200], metadata={"help": "steps grid"})
     tune_lrs: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.3], metadata={"help": "lr grid"})
+    tune_guidance: list[float] | None = field(default=None, metadata={
+        "help": "with --tune and a diffusion generator, also these guidance scales (default: none)"})
     sweep_eta: list[float] | None = field(default=None, metadata={"help": "eta values of the Figure 3 sweep"})
     inception_weights: str | None = field(default=None, metadata={
         "help": f"ImageNet Inception v3 weights for the Inception Score (default: {DEFAULT_INCEPTION_WEIGHTS} if "
@@ -87,6 +92,7 @@ PRESETS = {
 # 100 GFLOP/s machine (one query's synthesis took 3.8 s at 281 GFLOP/s).
 DEMO = dict(trials=20, starts=16, steps=100)
 PRESETS["demo"] = {**PRESETS["paper"], **DEMO}
+MAX_GUIDANCE = 1e6
 SIZE_BOUNDS = dict(starts=1024, top_k=64, tailor_users=64, neighbour_samples=64, trials=100_000, tune_starts=1024,
                    splits=100)
 
@@ -101,6 +107,9 @@ def check_config(cfg):
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
     if cfg.eta < 0:
         raise ConfigError(f"--eta must be at least 0, got {cfg.eta}")
+    for scale in ([cfg.guidance] if cfg.guidance is not None else []) + (cfg.tune_guidance or []):
+        if not 0 <= scale <= MAX_GUIDANCE:
+            raise ConfigError(f"--guidance and --tune-guidance are scales in [0, {MAX_GUIDANCE:g}], got {scale:g}")
 
 
 def check_ids(cfg, dataset):

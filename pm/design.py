@@ -114,6 +114,19 @@ class Designer:
             raise ConfigError(f"--latent tanh keeps z in [-1, 1], but this {type(self.model).__name__} generator's "
                               "latent is unbounded: give --latent sphere (or direct) and --init prior")
 
+    def check_guidance(self):
+        """ConfigError when the generator has no preference guidance (a sampler to steer)."""
+        if not hasattr(self.model, "guided_sample"):
+            raise ConfigError(f"--guidance steers a diffusion sampler, and this {type(self.model).__name__} "
+                              "generator has none: leave --guidance and --tune-guidance out")
+
+    def guided(self, user, category, n, scale, rng=None):
+        """n samples of G(., c) from prior codes, each denoising step steered up theta_u . Phi of its x_0 estimate
+        by `scale` (the generator's guided_sample): the diffusion analogue of preference maximisation."""
+        z = self.sample_z(n, rng)
+        labels = torch.full((n,), category, dtype=torch.long, device=z.device)
+        return self.model.guided_sample(z, labels, lambda images: self.preference(user, images), scale)
+
     def sample_z(self, n, rng=None):
         """n codes from the generator's prior (Table IV's random G(., c), the figures' samples)."""
         return self.model.sample_z(n, self.theta.device, rng)

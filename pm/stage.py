@@ -23,6 +23,8 @@ def run_pm(cfg, protected):
     check_config(cfg)
     check_ids(cfg, stages.dataset)
     stages.designer.check_latent(cfg.latent)
+    if cfg.guidance is not None or cfg.tune_guidance:
+        stages.designer.check_guidance()
     out = run_dir(cfg.out, "pm")
     mode = "tune" if cfg.tune else "table" if cfg.table or cfg.sweep_eta else "figures"
     write_json(out / f"{mode}_config.json", asdict(cfg))

@@ -16,7 +16,7 @@ objective and its KID beside the generator's random samples'.
 """
 import csv
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ SOURCES = {
     "generated": "G(., c) (random z of the prior)",
     "retrieval": "delta(u, c), retrieval (eq. 8)",
     "synthesis": "delta-hat(u, c), synthesis (eq. 9)",
+    "guided": "G(., c) guided up theta_u . Phi (diffusion)",
 }
 # Table IV of the paper (1000 trials, AmazonFashion, 128 px GAN, ImageNet Inception): (mean, std) per metric
 PAPER_TABLE_IV = {
@@ -55,6 +56,8 @@ PAPER_TABLE_IV = {
     "retrieval": {"preference": (7.1876, 3.2), "quality": (7.6492, 0.27), "diversity": (0.5393, 0.11)},
     "synthesis": {"preference": (7.6760, 4.1), "quality": (7.6524, 0.24), "diversity": (0.5265, 0.12)},
 }
+PAPER_SOURCES = tuple(PAPER_TABLE_IV)
+COMPARED = ("synthesis", "guided")   # the designs tested against retrieval, paired over trials
 METRICS = ("preference", "quality", "diversity")
 # the scores over trials beside the optimised one (pm/judges.py), where they can be measured
 TRIAL_METRICS = {
@@ -79,6 +82,10 @@ JUDGES_NOTES = [
     "real items.",
 ]
 TOP = 3
+# --tune's limits on the designs' KID: the generator's own, and that plus the shift from random real items to
+# retrieval's (what choosing by a user's taste alone does to the KID of real items)
+KID_LIMITS = {"random": "the random samples'",
+              "shifted": "the random samples' + (retrieval's - random real items')"}
 
 
 def draw_trials(dataset, n, rng, split="test"):
@@ -120,11 +127,10 @@ def tune(stages, cfg, queries, fidelity, starts_grid, steps_grid, lr_grid):
     return rows
 
 
-def on_manifold(rows, random_kid):
-    """The row of `tune` with the highest objective among those whose KID is no worse than the generator's random
-    samples' on the same queries (synthesis that stays as close to the real items as the generator does); None
-    where no row is."""
-    close = [row for row in rows if row["kid"] <= random_kid]
+def on_manifold(rows, kid_limit):
+    """The row of `tune` (or `tune_guidance`) with the highest objective among those whose KID is at most
+    `kid_limit`; None where no row is."""
+    close = [row for row in rows if row["kid"] <= kid_limit]
     return max(close, key=lambda row: row["objective"]) if close else None
 
 
@@ -152,6 +158,12 @@ class Sources:
                                  self.stages.items_of(category), TOP)
         return self.stages.images(items), scores, items
 
+    @torch.no_grad()
+    def guided(self, user, category):
+        designer = self.stages.designer
+        images = designer.guided(user, category, TOP, self.cfg.guidance, self.rng)
+        return images, designer.preference(user, images), torch.full((TOP,), -1)
+
     def synthesis(self, user, category, eta=None):
         cfg = self.cfg
         design = self.stages.designer.synthesise(user, category, cfg.starts, cfg.steps, cfg.lr,
@@ -160,7 +172,7 @@ class Sources:
         return design.images[kept], design.preference[kept], torch.full((len(kept),), -1)
 
 
-def run_trials(stages, cfg, trials, sources=tuple(SOURCES), eta=None, desc="Table IV trials"):
+def run_trials(stages, cfg, trials, sources=PAPER_SOURCES, eta=None, desc="Table IV trials"):
     """{source: {"images": [N, 3, 3, S, S], "scores": [N, 3], "items": [N, 3] (-1: generated), "diversity": [N]}}
     over the trials, on the CPU."""
     rng = torch.Generator(device=stages.device).manual_seed(cfg.seed)
@@ -231,9 +243,9 @@ def summarise(results, trials, measures, splits):
     return rows, fidelity, per_trial
 
 
-def paired_tests(per_trial, metrics):
-    """Synthesis against retrieval over the same trials, per metric (pm/judges.py's sign-flip test)."""
-    return {metric: paired_test(per_trial["synthesis"][metric], per_trial["retrieval"][metric]) for metric in metrics}
+def paired_tests(per_trial, metrics, source="synthesis"):
+    """`source` against retrieval over the same trials, per metric (pm/judges.py's sign-flip test)."""
+    return {metric: paired_test(per_trial[source][metric], per_trial["retrieval"][metric]) for metric in metrics}
 
 
 def mean_std(pair):
@@ -241,7 +253,7 @@ def mean_std(pair):
 
 
 def paper_mean_std(pair):
-    return f"{pair[0]:.4f} ± {pair[1]:g}"  # the paper gives the std to one or two digits
+    return "—" if pair is None else f"{pair[0]:.4f} ± {pair[1]:g}"  # the paper gives the std to one or two digits
 
 
 def fidelity_columns(fidelity):
@@ -256,7 +268,7 @@ def format_fidelity(value):
 
 
 def judges_table(rows, fidelity, paired):
-    """The Markdown of the judges, the fidelity and the paired tests."""
+    """The Markdown of the judges, the fidelity and the paired tests ({source: its tests against retrieval})."""
     shown = [m for m in TRIAL_METRICS if m in next(iter(rows.values()))]
     columns = fidelity_columns(fidelity)
     lines = ["| Item source | " + " | ".join(TRIAL_METRICS[m] for m in shown) + " | "
@@ -266,12 +278,13 @@ def judges_table(rows, fidelity, paired):
         lines.append(f"| {SOURCES[source]} | " + " | ".join(mean_std(row[m]) for m in shown) + " | "
                      + " | ".join(format_fidelity(fidelity[source][name][metric])
                                   for name, metric in columns) + " |")
-    n = next(iter(paired.values()))["trials"]
-    lines += ["", f"Synthesis against retrieval, paired over the {n} trials (two-sided sign-flip permutation test of "
-              "the mean difference):", "",
-              "| Score | Mean difference | Trials synthesis above / below | p |", "|---|---|---|---|"]
-    lines += [f"| {TRIAL_METRICS[m]} | {t['mean_difference']:+.4f} | {t['above']} / {t['below']} | "
-              f"{t['p_value']:.4f} |" for m, t in paired.items()]
+    for source, tests in paired.items():
+        n = next(iter(tests.values()))["trials"]
+        lines += ["", f"{SOURCES[source]} against retrieval, paired over the {n} trials (two-sided sign-flip "
+                  "permutation test of the mean difference):", "",
+                  f"| Score | Mean difference | Trials {source} above / below | p |", "|---|---|---|---|"]
+        lines += [f"| {TRIAL_METRICS[m]} | {t['mean_difference']:+.4f} | {t['above']} / {t['below']} | "
+                  f"{t['p_value']:.4f} |" for m, t in tests.items()]
     return lines
 
 
@@ -284,9 +297,9 @@ def write_table(out, rows, fidelity, paired, quality_label, notes):
              "Paper: diversity |",
              "|---|---|---|---|---|---|---|"]
     for source, row in rows.items():
-        paper = PAPER_TABLE_IV[source]
+        paper = PAPER_TABLE_IV.get(source, {})
         lines.append(f"| {SOURCES[source]} | " + " | ".join(mean_std(row[m]) for m in METRICS) + " | "
-                     + " | ".join(paper_mean_std(paper[m]) for m in METRICS) + " |")
+                     + " | ".join(paper_mean_std(paper.get(m)) for m in METRICS) + " |")
     lines += ["", "## Judges and fidelity", "", *JUDGES_NOTES, "", *judges_table(rows, fidelity, paired)]
     (out / "table_iv.md").write_text("\n".join(lines) + "\n")
     shown = [m for m in TRIAL_METRICS if m in next(iter(rows.values()))]
@@ -299,12 +312,13 @@ def write_table(out, rows, fidelity, paired, quality_label, notes):
                         + [f"{name}_{metric}" for name, metric in columns])
         for source, row in rows.items():
             writer.writerow([source] + [v for m in METRICS for v in row[m]]
-                            + [v for m in METRICS for v in PAPER_TABLE_IV[source][m]]
+                            + [v for m in METRICS for v in PAPER_TABLE_IV.get(source, {}).get(m, (None, None))]
                             + [v for m in shown for v in row[m]]
                             + [fidelity[source][name][metric] for name, metric in columns])
     write_json(out / "table_iv.json", {"notes": notes, "quality": quality_label,
                                        "ours": {s: {m: list(v) for m, v in row.items()} for s, row in rows.items()},
-                                       "fidelity": fidelity, "synthesis_vs_retrieval": paired,
+                                       "fidelity": fidelity,
+                                       **{f"{source}_vs_retrieval": tests for source, tests in paired.items()},
                                        "paper": {s: {m: list(v) for m, v in p.items()}
                                                  for s, p in PAPER_TABLE_IV.items()}})
     return "\n".join(lines)
@@ -388,10 +402,14 @@ def tables(stages, cfg, out):
     if measures.taste is not None:
         notes.append("Attribute reader on held-out real items: " + ", ".join(
             f"{name.replace('_', ' ')} {value:.3f}" for name, value in measures.taste.metrics.items()) + ".")
+    if cfg.guidance is not None:
+        notes.append(f"Guided: {TOP} samples of the prior per trial, guided at scale {cfg.guidance:g}.")
     if cfg.table:
-        rows, fidelity, per_trial = summarise(run_trials(stages, cfg, trials), trials, measures, cfg.splits)
-        print(write_table(out, rows, fidelity, paired_tests(per_trial, measures.trial_metrics()),
-                          measures.quality.label, notes))
+        sources = PAPER_SOURCES + (("guided",) if cfg.guidance is not None else ())
+        rows, fidelity, per_trial = summarise(run_trials(stages, cfg, trials, sources), trials, measures, cfg.splits)
+        paired = {source: paired_tests(per_trial, measures.trial_metrics(), source)
+                  for source in COMPARED if source in per_trial}
+        print(write_table(out, rows, fidelity, paired, measures.quality.label, notes))
     if cfg.sweep_eta:
         by_eta, retrieval = sweep_eta(stages, cfg, trials, cfg.sweep_eta, measures, out)
         for eta, row in by_eta.items():
@@ -400,26 +418,60 @@ def tables(stages, cfg, out):
         print(f"wrote {out / 'eta_sweep.png'}")
 
 
+def tune_guidance(stages, cfg, queries, fidelity, scales):
+    """For each guidance scale: the mean preference of the guided source's samples over `queries`, their KID
+    (category classifier) and its seconds per query. A list of dicts."""
+    rows = []
+    for scale in scales:
+        started = time.time()
+        result = run_trials(stages, replace(cfg, guidance=scale), queries, ("guided",),
+                            desc=f"tuning: guidance {scale:g}")["guided"]
+        categories = torch.tensor([category for _, category in queries]).repeat_interleave(TOP)
+        rows.append(dict(guidance=scale, objective=result["scores"].mean().item(),
+                         kid=fidelity(result["images"].flatten(0, 1), categories)[CLASSIFIER_EXTRACTOR]["kid"],
+                         seconds_per_query=round((time.time() - started) / len(queries), 3)))
+    return rows
+
+
+def manifold_lines(rows, limits, setting):
+    """({limit name: chosen row}, Markdown lines): on_manifold under each of `limits`."""
+    chosen = {name: on_manifold(rows, limit) for name, limit in limits.items()}
+    return chosen, ["", *(f"Highest score with KID at most {KID_LIMITS[name]} ({limits[name]:.3f}): "
+                          + (setting(row) if row else "none") for name, row in chosen.items())]
+
+
 def tuning(stages, cfg, out):
-    """--tune: the grid on validation queries, and the row chosen on the generator's manifold (on_manifold)."""
+    """--tune: the grid on validation queries, and the setting chosen on the generator's manifold (on_manifold);
+    with --tune-guidance the same for the guided source's scale."""
     queries = draw_trials(stages.dataset, cfg.trials, np.random.default_rng(cfg.seed + 1), split="validation")
     fidelity = Fidelity({CLASSIFIER_EXTRACTOR: classifier_extractor(stages.category_classifier(out), stages.device)},
                         stages.images, stages.dataset.item_category, cfg.seed)
-    generated = run_trials(stages, cfg, queries, ("generated",), desc="random samples")["generated"]["images"]
+    references = run_trials(stages, cfg, queries, ("real", "generated", "retrieval"), desc="reference sources")
     categories = torch.tensor([category for _, category in queries]).repeat_interleave(TOP)
-    random_kid = fidelity(generated.flatten(0, 1), categories)[CLASSIFIER_EXTRACTOR]["kid"]
+    kid = {source: fidelity(r["images"].flatten(0, 1), categories)[CLASSIFIER_EXTRACTOR]["kid"]
+           for source, r in references.items()}
+    limits = {"random": kid["generated"], "shifted": kid["generated"] + kid["retrieval"] - kid["real"]}
     rows = tune(stages, cfg, queries, fidelity, cfg.tune_starts, cfg.tune_steps, cfg.tune_lrs)
-    chosen = on_manifold(rows, random_kid)
-    write_json(out / "tune.json", {"queries": len(queries), "split": "validation", "eta": cfg.eta,
-                                   "latent": cfg.latent, "init": cfg.init, "random_kid": random_kid, "rows": rows,
-                                   "on_manifold": chosen})
-    lines = [f"{len(queries)} validation queries; KID (category classifier) of the 3 returned designs, the "
-             f"generator's random samples' {random_kid:.3f}.", "",
+    chosen, chosen_lines = manifold_lines(rows, limits, lambda r: f"{r['starts']} starts, {r['steps']} steps, "
+                                                                  f"lr {r['lr']:g}")
+    result = {"queries": len(queries), "split": "validation", "eta": cfg.eta, "latent": cfg.latent,
+              "init": cfg.init, "kid": kid, "kid_limits": limits, "rows": rows, "on_manifold": chosen}
+    lines = [f"{len(queries)} validation queries. KID (category classifier) against the real items of each "
+             f"category of 3 images per query: random real items {kid['real']:.3f}, retrieval {kid['retrieval']:.3f}"
+             f", the generator's random samples {kid['generated']:.3f}; in the table, of the 3 designs returned.", "",
              "| starts | steps | lr | mean best objective | KID | s per query |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['starts']} | {r['steps']} | {r['lr']:g} | {r['objective']:.4f} | {r['kid']:.3f} | "
               f"{r['seconds_per_query']} |" for r in rows]
-    lines += ["", "On the generator's manifold (the highest objective whose KID is no worse than the random "
-              "samples'): " + (f"{chosen['starts']} starts, {chosen['steps']} steps, lr {chosen['lr']:g}"
-                               if chosen else "none")]
+    lines += chosen_lines
+    if cfg.tune_guidance:
+        guided = tune_guidance(stages, cfg, queries, fidelity, cfg.tune_guidance)
+        result["guided_rows"] = guided
+        result["guided_on_manifold"], chosen_lines = manifold_lines(guided, limits,
+                                                                    lambda r: f"guidance {r['guidance']:g}")
+        lines += ["", "| guidance | mean preference | KID | s per query |", "|---|---|---|---|"]
+        lines += [f"| {r['guidance']:g} | {r['objective']:.4f} | {r['kid']:.3f} | {r['seconds_per_query']} |"
+                  for r in guided]
+        lines += chosen_lines
+    write_json(out / "tune.json", result)
     (out / "tune.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -106,3 +106,14 @@ def test_preference_maximisation_optimises_the_noise_code_on_the_priors_sphere()
     assert design.objective.mean() > design.history[0].objective.mean()
     assert design.images.shape == (3, 3, 16, 16) and design.z.shape == (3, 768)
     torch.testing.assert_close(design.z.norm(dim=1), torch.full((3,), designer.radius))
+
+
+def test_guided_designs_at_scale_zero_are_the_priors_samples_and_guidance_raises_the_users_score():
+    model = tiny_diffusion()
+    torch.manual_seed(0)
+    designer = Designer(DVBPR(CNNF(32, fc_width=64), 4, k=8), model)
+    z = designer.sample_z(3, torch.Generator().manual_seed(5))
+    plain = designer.guided(1, 2, 3, scale=0.0, rng=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(plain, designer.generate(z, 2))
+    guided = designer.guided(1, 2, 3, scale=30.0, rng=torch.Generator().manual_seed(5))
+    assert (designer.preference(1, guided) > designer.preference(1, plain)).all()

@@ -265,17 +265,49 @@ def test_tuning_reads_validation_queries_and_more_steps_reach_a_higher_objective
     by_steps = {row["steps"]: row["objective"] for row in tuned["rows"]}
     assert set(by_steps) == {0, 5, 20}
     assert by_steps[20] > by_steps[5] > by_steps[0]
-    assert all(row["kid"] is not None for row in tuned["rows"]) and tuned["random_kid"] is not None
-    assert tuned["on_manifold"] == on_manifold(tuned["rows"], tuned["random_kid"])
-    assert "On the generator's manifold" in (tmp_path / "tune.md").read_text()
+    assert all(row["kid"] is not None for row in tuned["rows"]) and set(tuned["kid"]) == {"real", "generated",
+                                                                                          "retrieval"}
+    assert tuned["kid_limits"]["random"] == tuned["kid"]["generated"]
+    assert tuned["on_manifold"]["random"] == on_manifold(tuned["rows"], tuned["kid"]["generated"])
+    assert "Highest score with KID at most the random samples'" in (tmp_path / "tune.md").read_text()
+
+
+def test_guided_samples_are_a_table_iv_source_and_their_scale_is_tuned_on_validation(runs, catalogue, tmp_path):
+    dataset = load_dataset(catalogue(num_users=40, num_items=90))
+    place_random_classifier(tmp_path / "diffusion", dataset, 16)
+    train_gan(GANConfig(generator="diffusion", dataset=str(dataset.path), out=str(tmp_path / "diffusion"),
+                        image_size=16, z_dim=3 * 16 * 16, z_distribution="normal", g_width=8, sample_steps=3,
+                        batch_size=16, epochs=1, consistency_samples=4, device="cpu"))
+    common = ["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(tmp_path / "diffusion"), "--trials", "3",
+              "--latent", "sphere", "--init", "prior", "--device", "cpu"]
+    main(common + ["--out", str(tmp_path / "table"), "--table", "--starts", "2", "--steps", "1", "--guidance", "5"])
+    table = json.loads((tmp_path / "table" / "table_iv.json").read_text())
+    assert set(table["ours"]) == {"real", "generated", "retrieval", "synthesis", "guided"}
+    assert table["guided_vs_retrieval"]["preference"]["trials"] == 3 and "synthesis_vs_retrieval" in table
+    assert table["fidelity"]["guided"]["category-classifier"]["kid"] is not None
+
+    main(common + ["--out", str(tmp_path / "tune"), "--tune", "--tune-starts", "2", "--tune-steps", "0", "1",
+                   "--tune-lrs", "0.1", "--tune-guidance", "0", "100"])
+    tuned = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    by_scale = {row["guidance"]: row["objective"] for row in tuned["guided_rows"]}
+    assert by_scale[100] > by_scale[0]
+    assert tuned["guided_on_manifold"]["shifted"] == on_manifold(tuned["guided_rows"], tuned["kid_limits"]["shifted"])
+
+
+def test_guidance_needs_a_generator_that_has_it(runs, tmp_path):
+    with pytest.raises(SystemExit, match="^pm: --guidance steers a diffusion sampler, and this LSGAN generator"):
+        main(["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--out", str(tmp_path), "--table",
+              "--guidance", "1", "--device", "cpu"])
+    with pytest.raises(SystemExit, match=r"^pm: --guidance and --tune-guidance are scales in \[0, 1e\+06\], got -1$"):
+        main(["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--tune-guidance", "-1"])
 
 
 def test_the_manifold_choice_is_the_best_objective_within_the_random_samples_kid():
     rows = [dict(steps=0, objective=1.0, kid=0.5), dict(steps=10, objective=2.0, kid=0.9),
             dict(steps=50, objective=3.0, kid=2.0)]
-    assert on_manifold(rows, random_kid=1.0)["steps"] == 10
-    assert on_manifold(rows, random_kid=0.5)["steps"] == 0
-    assert on_manifold(rows, random_kid=0.1) is None
+    assert on_manifold(rows, kid_limit=1.0)["steps"] == 10
+    assert on_manifold(rows, kid_limit=0.5)["steps"] == 0
+    assert on_manifold(rows, kid_limit=0.1) is None
 
 
 def test_trials_follow_the_split_they_are_drawn_from():
