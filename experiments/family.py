@@ -95,6 +95,8 @@ RECIPES = {
 }
 DEMO_RECIPE = "kc-2e-3-drop0-w16-e16"
 LATENT_STARTS = {"tanh": "uniform", "sphere": "prior"}   # --design's latents and the starts (pm --init) of each
+# --design --tune: pm/main.py --tune's queries and grid on every catalogue (steps from 0: the starts alone)
+PM_TUNE = dict(trials=60, tune_starts=[16], tune_steps=[0, 2, 5, 10, 25, 50], tune_lrs=[0.1])
 GRID_METRICS = ["auc", "ndcg@20", "recall@20"]   # the grid's rows: the paper's AUC and today's top-K metrics
 JUDGE_SEED = 1   # Table IV's judge DVBPR on each catalogue: the demo recipe with this seed
 FINALISTS = ["kc-1e-3-drop0", "kc-3e-3-drop0", "kc-2e-3-drop0-w24-e12", "kc-2e-3-drop0-w16-e16"]
@@ -112,6 +114,9 @@ class FamilyConfig:
                                                            "combination (" + " ".join(LACKING) + "), and whether "
                                                            "synthesis makes it, instead of the grid"})
     sweep_eta: list[float] | None = field(default=None, metadata={"help": "with --design, also the eta sweep"})
+    tune: bool = field(default=False, metadata={"help": "with --design, PM's tuning (pm/main.py --tune: each "
+                                                        "setting's objective and KID on validation queries) on every "
+                                                        "catalogue, instead of Table IV"})
     latents: list[str] = field(default_factory=lambda: ["tanh"], metadata={
         "help": "with --design, Table IV's synthesis with each of these latents (pm/main.py --latent): tanh from "
                 "U(-1, 1) starts, or sphere from the prior's codes", "choices": list(LATENT_STARTS)})
@@ -220,15 +225,34 @@ def demo_gan(cfg, name):
 
 
 def design(cfg):
-    """{catalogue: {latent: Table IV}}; a row per catalogue and latent in design.md."""
+    """{catalogue: {latent: Table IV}}; a row per catalogue and latent in design.md. With --tune, {catalogue:
+    {latent: PM's tuning}} in design_tune.md instead."""
     rows = {}
     for name in cfg.catalogues:
         recipe_run(cfg, DEMO_RECIPE, name)
+        if cfg.tune:
+            rows[name] = {latent: pm_tuning(cfg, name, latent) for latent in cfg.latents}
+            continue
         recipe_run(cfg, DEMO_RECIPE, name, seed=JUDGE_SEED)
         consistency = open_gan_run(demo_gan(cfg, name)).metrics["condition_consistency"]["overall"]
         rows[name] = {latent: dict(consistency=consistency, **table_iv(cfg, name, latent)) for latent in cfg.latents}
-    write_outputs(cfg, "design", rows, design_markdown(rows))
+    if cfg.tune:
+        write_outputs(cfg, "design_tune", rows, tuning_markdown(rows))
+    else:
+        write_outputs(cfg, "design", rows, design_markdown(rows))
     return rows
+
+
+def pm_tuning(cfg, name, latent):
+    """PM's tuning (PM_TUNE) with the demo DVBPR and GAN of catalogue `name` and synthesis through `latent`, run
+    first if it is not there (in tune-<latent>/)."""
+    pm_out = Path(cfg.out) / "design" / name / f"tune-{latent}"
+    if not (pm_out / "tune.json").is_file():
+        pm_cfg = PMConfig(tune=True, dvbpr_run=str(Path(cfg.out) / "search" / DEMO_RECIPE / name),
+                          gan_run=str(demo_gan(cfg, name)), out=str(pm_out), device=cfg.device, latent=latent,
+                          init=LATENT_STARTS[latent], **PM_TUNE)
+        run_pm(pm_cfg, {"tune", "dvbpr_run", "gan_run", "out", "device", "latent", "init", *PM_TUNE})
+    return json.loads((pm_out / "tune.json").read_text())
 
 
 def table_iv(cfg, name, latent):
@@ -288,6 +312,25 @@ def design_markdown(rows):
     lines.append("")
     lines.append("Retrieval / synthesis, means over the trials; p: the paired sign-flip test of synthesis against "
                  "retrieval; KID over the category classifier's features against the real items of each category.")
+    return "\n".join(lines) + "\n"
+
+
+def tuning_markdown(rows):
+    """Per catalogue: the KID of the reference sources on the validation queries, of synthesis from the starts alone
+    and after the most steps, and the best setting within each of --tune's KID limits (pm/table.py)."""
+    lines = ["| catalogue | latent | KID: random real / retrieval / random G | KID of synthesis: 0 steps / most steps "
+             "| within the random samples' KID | within it + retrieval's shift |", "|---|---|---|---|---|---|"]
+    for name, by_latent in rows.items():
+        for latent, tuned in by_latent.items():
+            kid, steps = tuned["kid"], [row for row in tuned["rows"] if row["lr"] == max(PM_TUNE["tune_lrs"])]
+            chosen = [f"{row['steps']} steps, lr {row['lr']:g}" if row else "none"
+                      for row in tuned["on_manifold"].values()]
+            lines.append(f"| {name} | {latent} | {kid['real']:.2f} / {kid['retrieval']:.2f} / {kid['generated']:.2f} "
+                         f"| {steps[0]['kid']:.2f} / {steps[-1]['kid']:.2f} | " + " | ".join(chosen) + " |")
+    lines += ["", f"{PM_TUNE['trials']} validation queries per catalogue, {PM_TUNE['tune_starts'][0]} starts, steps "
+              f"{PM_TUNE['tune_steps']} at lr {PM_TUNE['tune_lrs']}; KID over the category classifier's features of 3 "
+              f"images per query; most steps: {max(PM_TUNE['tune_steps'])} at lr {max(PM_TUNE['tune_lrs']):g}. "
+              "Within: the highest mean objective whose KID is at most the limit."]
     return "\n".join(lines) + "\n"
 
 

@@ -49,7 +49,7 @@ def test_search_ranks_by_validation_and_the_grid_reuses_the_demo_runs(tiny_famil
     assert grid.count("| colour |") == 6 and "| colour | NDCG@20, Cold Items |" in grid and "PopRank" in grid
 
 
-def test_design_trains_a_gan_and_writes_table_iv_per_catalogue(tiny_family, tmp_path, monkeypatch):
+def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue(tiny_family, tmp_path, monkeypatch):
     monkeypatch.setattr(family, "GAN_DEMO", dict(image_size=16, z_dim=8, g_width=8, d_width=8, batch_size=16,
                                                  epochs=1, consistency_samples=4))
     monkeypatch.setattr(pm.stage, "DEMO", dict(trials=2, starts=2, steps=3, splits=2))
@@ -68,6 +68,14 @@ def test_design_trains_a_gan_and_writes_table_iv_per_catalogue(tiny_family, tmp_
         assert row["paired"]["judge"]["trials"] == 2 and "true_preference" in row["table"]["synthesis"]
         assert (tmp_path / "out" / "judges" / name / "results.json").is_file()
     assert (tmp_path / "out" / "design.md").read_text().count("| colour |") == 2
+
+    monkeypatch.setattr(family, "PM_TUNE", dict(trials=2, tune_starts=[2], tune_steps=[0, 5], tune_lrs=[0.1]))
+    tuned = family.main([*tiny_family, "--design", "--tune"])
+    for name in ("colour", "pattern"):
+        rows = tuned[name]["tanh"]["rows"]
+        assert [row["steps"] for row in rows] == [0, 5] and rows[1]["objective"] > rows[0]["objective"]
+        assert set(tuned[name]["tanh"]["on_manifold"]) == {"random", "shifted"}
+    assert (tmp_path / "out" / "design_tune.md").read_text().count("| colour | tanh |") == 1
 
 
 def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tiny_family, tmp_path, monkeypatch):
