@@ -4,6 +4,7 @@ recipe by validation AUC over that family.
     python experiments/family.py --search    # every candidate recipe on every catalogue: search.{md,json}
     python experiments/family.py             # every catalogue x every method, DVBPR with its demo recipe: grid.*
     python experiments/family.py --design    # the demo GAN and Table IV (pm/main.py --table) on every catalogue
+    python experiments/family.py --design --tune   # PM's tuning (pm/main.py --tune) on every catalogue instead
     python experiments/family.py --missing   # designing what a catalogue lacks (experiments/missing.py)
 
 The family: four taste mixes (which visible attribute leads the users' choices) x two seeds, the first seed's

@@ -9,7 +9,12 @@
                                          reader), KID, FID, precision and recall (pm/fidelity.py)
     python pm/main.py --sweep-eta 0 0.1 1 10 100     Figure 3: the three metrics against eta
     python pm/main.py --tune             the best objective that each --tune-starts x --tune-steps x --tune-lrs
-                                         reaches on --trials validation queries (how the defaults were chosen)
+                                         reaches on --trials validation queries (how the defaults were chosen),
+                                         the KID of the designs it returns, and the best setting whose KID stays
+                                         within the generator's random samples' (--tune-guidance: also the scales
+                                         of preference guidance)
+    python pm/main.py --table --guidance 10     with a diffusion generator, Table IV also has preference-guided
+                                         samples (the diffusion analogue of eq. 9)
 
 Reads the trained models from --dvbpr-run (default runs/dvbpr) and --gan-run (default runs/gan) and writes into
 --out (default runs/pm). Preset `paper`: z = tanh(z') from 64 starts z ~ U(-1, 1), eta 1, the top 3 drawn by
