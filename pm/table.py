@@ -102,9 +102,10 @@ def draw_trials(dataset, n, rng, split="test"):
 
 def tune(stages, cfg, queries, fidelity, starts_grid, steps_grid, lr_grid):
     """For each (starts, steps, lr): the mean over `queries` of the best objective (eq. 9) that synthesis reaches,
-    the KID (category classifier) of the 3 results it returns against the real items of their categories, and its
-    seconds per query. Each (starts, lr) runs max(steps) steps once and the shorter lengths are read off its
-    trajectory, so their seconds are that run's, scaled by the share of its steps. A list of dicts."""
+    the mean preference and the KID (category classifier) of the 3 results it returns (KID against the real items
+    of their categories), and its seconds per query. Each (starts, lr) runs max(steps) steps once and the shorter
+    lengths are read off its trajectory, so their seconds are that run's, scaled by the share of its steps. A list
+    of dicts."""
     select = "best" if cfg.select == "all" else cfg.select
     rows = []
     for starts in starts_grid:
@@ -118,12 +119,15 @@ def tune(stages, cfg, queries, fidelity, starts_grid, steps_grid, lr_grid):
                 for snapshot in design.history:
                     best[snapshot.step].append(snapshot.objective.max().item())
                     kept = choose(snapshot.objective.to(stages.device), TOP, select, rng).cpu()
-                    returned[snapshot.step].append((snapshot.images[kept], torch.full((len(kept),), category)))
+                    returned[snapshot.step].append((snapshot.images[kept], torch.full((len(kept),), category),
+                                                    snapshot.preference[kept]))
             seconds = (time.time() - started) / len(queries)
-            rows += [dict(starts=starts, steps=steps, lr=lr, objective=float(np.mean(values)),
-                          kid=fidelity(*map(torch.cat, zip(*returned[steps])))[CLASSIFIER_EXTRACTOR]["kid"],
-                          seconds_per_query=round(seconds * steps / max(steps_grid), 3))
-                     for steps, values in best.items()]
+            for steps, values in best.items():
+                images, categories, preference = map(torch.cat, zip(*returned[steps]))
+                rows.append(dict(starts=starts, steps=steps, lr=lr, objective=float(np.mean(values)),
+                                 preference=preference.mean().item(),
+                                 kid=fidelity(images, categories)[CLASSIFIER_EXTRACTOR]["kid"],
+                                 seconds_per_query=round(seconds * steps / max(steps_grid), 3)))
     return rows
 
 
@@ -426,11 +430,16 @@ def tune_guidance(stages, cfg, queries, fidelity, scales):
         started = time.time()
         result = run_trials(stages, replace(cfg, guidance=scale), queries, ("guided",),
                             desc=f"tuning: guidance {scale:g}")["guided"]
-        categories = torch.tensor([category for _, category in queries]).repeat_interleave(TOP)
         rows.append(dict(guidance=scale, objective=result["scores"].mean().item(),
-                         kid=fidelity(result["images"].flatten(0, 1), categories)[CLASSIFIER_EXTRACTOR]["kid"],
+                         kid=classifier_kid(fidelity, result, queries),
                          seconds_per_query=round((time.time() - started) / len(queries), 3)))
     return rows
+
+
+def classifier_kid(fidelity, result, queries):
+    """The KID over the category classifier of one source's images of run_trials over `queries`."""
+    categories = torch.tensor([category for _, category in queries]).repeat_interleave(result["images"].shape[1])
+    return fidelity(result["images"].flatten(0, 1), categories)[CLASSIFIER_EXTRACTOR]["kid"]
 
 
 def manifold_lines(rows, limits, setting):
@@ -447,9 +456,7 @@ def tuning(stages, cfg, out):
     fidelity = Fidelity({CLASSIFIER_EXTRACTOR: classifier_extractor(stages.category_classifier(out), stages.device)},
                         stages.images, stages.dataset.item_category, cfg.seed)
     references = run_trials(stages, cfg, queries, ("real", "generated", "retrieval"), desc="reference sources")
-    categories = torch.tensor([category for _, category in queries]).repeat_interleave(TOP)
-    kid = {source: fidelity(r["images"].flatten(0, 1), categories)[CLASSIFIER_EXTRACTOR]["kid"]
-           for source, r in references.items()}
+    kid = {source: classifier_kid(fidelity, r, queries) for source, r in references.items()}
     limits = {"random": kid["generated"], "shifted": kid["generated"] + kid["retrieval"] - kid["real"]}
     rows = tune(stages, cfg, queries, fidelity, cfg.tune_starts, cfg.tune_steps, cfg.tune_lrs)
     chosen, chosen_lines = manifold_lines(rows, limits, lambda r: f"{r['starts']} starts, {r['steps']} steps, "
@@ -459,9 +466,10 @@ def tuning(stages, cfg, out):
     lines = [f"{len(queries)} validation queries. KID (category classifier) against the real items of each "
              f"category of 3 images per query: random real items {kid['real']:.3f}, retrieval {kid['retrieval']:.3f}"
              f", the generator's random samples {kid['generated']:.3f}; in the table, of the 3 designs returned.", "",
-             "| starts | steps | lr | mean best objective | KID | s per query |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['starts']} | {r['steps']} | {r['lr']:g} | {r['objective']:.4f} | {r['kid']:.3f} | "
-              f"{r['seconds_per_query']} |" for r in rows]
+             "| starts | steps | lr | mean best objective | mean preference returned | KID | s per query |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['starts']} | {r['steps']} | {r['lr']:g} | {r['objective']:.4f} | {r['preference']:.4f} | "
+              f"{r['kid']:.3f} | {r['seconds_per_query']} |" for r in rows]
     lines += chosen_lines
     if cfg.tune_guidance:
         guided = tune_guidance(stages, cfg, queries, fidelity, cfg.tune_guidance)
