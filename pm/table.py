@@ -6,13 +6,15 @@ A trial draws a user u uniformly and sets c to the category of u's test item. Ea
     generated   G(z, c) for three z of G's prior (U(-1, 1))     (G(., c))
     retrieval   the top 3 of eq. 8                              (delta(u, c))
     synthesis   3 of the m results of eq. 10, chosen by eq. 11  (delta-hat(u, c))
+    guided      G(z, c) for three z of the prior, each denoising step guided up theta_u . Phi (--guidance, diffusion
+                generators only)
 Preference score: theta_u . Phi(image) (eq. 6), averaged over the three, then mean and std over trials. Diversity:
 1 - mean pairwise SSIM of the three, mean and std over trials. Quality: the Inception Score of all the source's
 images over all trials (3 N of them), mean and std over `splits` parts (Salimans et al.). Beside them: the judges
 that synthesis was not optimised against (pm/judges.py), KID, FID, precision and recall against the real items of
-the category (pm/fidelity.py), and paired tests of synthesis against retrieval.
-The tuning of PM's starts, steps and lr (--tune) scores the same synthesis on validation queries instead, by its
-objective and its KID beside the generator's random samples'.
+the category (pm/fidelity.py), and paired tests of synthesis (and guided samples) against retrieval.
+The tuning of PM's starts, steps and lr (--tune, and --tune-guidance's scales) scores the same designs on
+validation queries instead, by their objective and their KID beside the generator's random samples'.
 """
 import csv
 import time
@@ -131,15 +133,15 @@ def tune(stages, cfg, queries, fidelity, starts_grid, steps_grid, lr_grid):
     return rows
 
 
-def on_manifold(rows, kid_limit):
-    """The row of `tune` (or `tune_guidance`) with the highest objective among those whose KID is at most
-    `kid_limit`; None where no row is."""
+def on_manifold(rows, kid_limit, score="objective"):
+    """The row of `tune` (or `tune_guidance`, by "preference") with the highest `score` among those whose KID is
+    at most `kid_limit`; None where no row is."""
     close = [row for row in rows if row["kid"] <= kid_limit]
-    return max(close, key=lambda row: row["objective"]) if close else None
+    return max(close, key=lambda row: row[score]) if close else None
 
 
 class Sources:
-    """The four sources of Table IV for one (user, category): (images [3, 3, S, S], preference scores [3], item ids
+    """The sources of Table IV for one (user, category): (images [3, 3, S, S], preference scores [3], item ids
     [3], -1 for generated images)."""
 
     def __init__(self, stages, cfg, rng):
@@ -430,7 +432,7 @@ def tune_guidance(stages, cfg, queries, fidelity, scales):
         started = time.time()
         result = run_trials(stages, replace(cfg, guidance=scale), queries, ("guided",),
                             desc=f"tuning: guidance {scale:g}")["guided"]
-        rows.append(dict(guidance=scale, objective=result["scores"].mean().item(),
+        rows.append(dict(guidance=scale, preference=result["scores"].mean().item(),
                          kid=classifier_kid(fidelity, result, queries),
                          seconds_per_query=round((time.time() - started) / len(queries), 3)))
     return rows
@@ -442,9 +444,9 @@ def classifier_kid(fidelity, result, queries):
     return fidelity(result["images"].flatten(0, 1), categories)[CLASSIFIER_EXTRACTOR]["kid"]
 
 
-def manifold_lines(rows, limits, setting):
+def manifold_lines(rows, limits, setting, score="objective"):
     """({limit name: chosen row}, Markdown lines): on_manifold under each of `limits`."""
-    chosen = {name: on_manifold(rows, limit) for name, limit in limits.items()}
+    chosen = {name: on_manifold(rows, limit, score) for name, limit in limits.items()}
     return chosen, ["", *(f"Highest score with KID at most {KID_LIMITS[name]} ({limits[name]:.3f}): "
                           + (setting(row) if row else "none") for name, row in chosen.items())]
 
@@ -475,9 +477,10 @@ def tuning(stages, cfg, out):
         guided = tune_guidance(stages, cfg, queries, fidelity, cfg.tune_guidance)
         result["guided_rows"] = guided
         result["guided_on_manifold"], chosen_lines = manifold_lines(guided, limits,
-                                                                    lambda r: f"guidance {r['guidance']:g}")
+                                                                    lambda r: f"guidance {r['guidance']:g}",
+                                                                    score="preference")
         lines += ["", "| guidance | mean preference | KID | s per query |", "|---|---|---|---|"]
-        lines += [f"| {r['guidance']:g} | {r['objective']:.4f} | {r['kid']:.3f} | {r['seconds_per_query']} |"
+        lines += [f"| {r['guidance']:g} | {r['preference']:.4f} | {r['kid']:.3f} | {r['seconds_per_query']} |"
                   for r in guided]
         lines += chosen_lines
     write_json(out / "tune.json", result)

@@ -289,9 +289,10 @@ def test_guided_samples_are_a_table_iv_source_and_their_scale_is_tuned_on_valida
     main(common + ["--out", str(tmp_path / "tune"), "--tune", "--tune-starts", "2", "--tune-steps", "0", "1",
                    "--tune-lrs", "0.1", "--tune-guidance", "0", "100"])
     tuned = json.loads((tmp_path / "tune" / "tune.json").read_text())
-    by_scale = {row["guidance"]: row["objective"] for row in tuned["guided_rows"]}
+    by_scale = {row["guidance"]: row["preference"] for row in tuned["guided_rows"]}
     assert by_scale[100] > by_scale[0]
-    assert tuned["guided_on_manifold"]["shifted"] == on_manifold(tuned["guided_rows"], tuned["kid_limits"]["shifted"])
+    assert tuned["guided_on_manifold"]["shifted"] == on_manifold(tuned["guided_rows"], tuned["kid_limits"]["shifted"],
+                                                                 "preference")
 
 
 def test_guidance_needs_a_generator_that_has_it(runs, tmp_path):
