@@ -137,12 +137,16 @@ def catalogue_path(cfg, name):
 def recipe_run(cfg, recipe, name, seed=0):
     """results.json of DVBPR with `recipe` on catalogue `name`, trained first if it is not there, with the run's
     health figures; a seed other than 0 makes a judge for Table IV, in judges/."""
-    out = Path(cfg.out) / "search" / recipe / name if seed == 0 else judge_path(cfg, name)
+    out = recipe_path(cfg, recipe, name) if seed == 0 else judge_path(cfg, name)
     if not (out / "results.json").is_file():
         settings = dict(RECIPES[recipe], dataset=str(catalogue_path(cfg, name)), out=str(out), device=cfg.device,
                         seed=seed)
         train(settle(DVBPRConfig(**settings), set(settings), "dvbpr"))  # no demo settings: the recipe is whole
     return {**read_results(out), "health": health(out)}
+
+
+def recipe_path(cfg, recipe, name):
+    return Path(cfg.out) / "search" / recipe / name
 
 
 def judge_path(cfg, name):
@@ -190,7 +194,7 @@ def grid(cfg):
         path = catalogue_path(cfg, name)
         recipe_run(cfg, DEMO_RECIPE, name)
         baselines = BaselinesConfig(dataset=str(path), out=str(Path(cfg.out) / "grid" / name), models=cfg.models,
-                                    device=cfg.device, dvbpr_run=str(Path(cfg.out) / "search" / DEMO_RECIPE / name),
+                                    device=cfg.device, dvbpr_run=str(recipe_path(cfg, DEMO_RECIPE, name)),
                                     metric=GRID_METRICS)
         settle(baselines, {"dataset", "out", "models", "device", "dvbpr_run", "metric"}, "baselines", BASELINES_DEMO)
         check_config(baselines)
@@ -226,21 +230,24 @@ def demo_gan(cfg, name):
 
 
 def design(cfg):
-    """{catalogue: {latent: Table IV}}; a row per catalogue and latent in design.md. With --tune, {catalogue:
-    {latent: PM's tuning}} in design_tune.md instead."""
+    """{catalogue: {latent: Table IV}}; a row per catalogue and latent in design.md."""
     rows = {}
     for name in cfg.catalogues:
         recipe_run(cfg, DEMO_RECIPE, name)
-        if cfg.tune:
-            rows[name] = {latent: pm_tuning(cfg, name, latent) for latent in cfg.latents}
-            continue
         recipe_run(cfg, DEMO_RECIPE, name, seed=JUDGE_SEED)
         consistency = open_gan_run(demo_gan(cfg, name)).metrics["condition_consistency"]["overall"]
         rows[name] = {latent: dict(consistency=consistency, **table_iv(cfg, name, latent)) for latent in cfg.latents}
-    if cfg.tune:
-        write_outputs(cfg, "design_tune", rows, tuning_markdown(rows))
-    else:
-        write_outputs(cfg, "design", rows, design_markdown(rows))
+    write_outputs(cfg, "design", rows, design_markdown(rows))
+    return rows
+
+
+def design_tuning(cfg):
+    """--design --tune: {catalogue: {latent: PM's tuning}}; a row per catalogue and latent in design_tune.md."""
+    rows = {}
+    for name in cfg.catalogues:
+        recipe_run(cfg, DEMO_RECIPE, name)
+        rows[name] = {latent: pm_tuning(cfg, name, latent) for latent in cfg.latents}
+    write_outputs(cfg, "design_tune", rows, tuning_markdown(rows))
     return rows
 
 
@@ -249,7 +256,7 @@ def pm_tuning(cfg, name, latent):
     first if it is not there (in tune-<latent>/)."""
     pm_out = Path(cfg.out) / "design" / name / f"tune-{latent}"
     if not (pm_out / "tune.json").is_file():
-        pm_cfg = PMConfig(tune=True, dvbpr_run=str(Path(cfg.out) / "search" / DEMO_RECIPE / name),
+        pm_cfg = PMConfig(tune=True, dvbpr_run=str(recipe_path(cfg, DEMO_RECIPE, name)),
                           gan_run=str(demo_gan(cfg, name)), out=str(pm_out), device=cfg.device, latent=latent,
                           init=LATENT_STARTS[latent], **PM_TUNE)
         run_pm(pm_cfg, {"tune", "dvbpr_run", "gan_run", "out", "device", "latent", "init", *PM_TUNE})
@@ -259,7 +266,7 @@ def pm_tuning(cfg, name, latent):
 def table_iv(cfg, name, latent):
     """Table IV with the demo DVBPR and GAN of catalogue `name` and synthesis through `latent`, run first if it is
     not there (in pm/, or pm-<latent>/ for a latent other than the paper's tanh)."""
-    gan_run, dvbpr_run = demo_gan(cfg, name), Path(cfg.out) / "search" / DEMO_RECIPE / name
+    gan_run, dvbpr_run = demo_gan(cfg, name), recipe_path(cfg, DEMO_RECIPE, name)
     pm_out = Path(cfg.out) / "design" / name / ("pm" if latent == "tanh" else f"pm-{latent}")
     if not (pm_out / "table_iv.json").is_file() or (cfg.sweep_eta and not (pm_out / "eta_sweep.json").is_file()):
         pm_cfg = PMConfig(table=True, sweep_eta=cfg.sweep_eta, dvbpr_run=str(dvbpr_run), gan_run=str(gan_run),
@@ -278,7 +285,7 @@ def missing(cfg):
     rows = {}
     for name, catalogue in LACKING.items():
         recipe_run(cfg, DEMO_RECIPE, name)
-        dvbpr_run, gan_run = Path(cfg.out) / "search" / DEMO_RECIPE / name, demo_gan(cfg, name)
+        dvbpr_run, gan_run = recipe_path(cfg, DEMO_RECIPE, name), demo_gan(cfg, name)
         pm_cfg = PMConfig(dvbpr_run=str(dvbpr_run), gan_run=str(gan_run), device=cfg.device)
         settle(pm_cfg, {"dvbpr_run", "gan_run", "device"}, "pm", PM_DEMO, embedded=True)
         stages, out = Stages(dvbpr_run, gan_run, device=pick_device(cfg.device)), Path(cfg.out) / "missing" / name
@@ -343,7 +350,9 @@ def main(argv=None):
             unknown += sorted(set(cfg.recipes) - set(RECIPES))
         if unknown:
             raise ConfigError(f"unknown recipe or catalogue {', '.join(unknown)}")
-        return search(cfg) if cfg.search else design(cfg) if cfg.design else missing(cfg) if cfg.missing else grid(cfg)
+        if cfg.design:
+            return design_tuning(cfg) if cfg.tune else design(cfg)
+        return search(cfg) if cfg.search else missing(cfg) if cfg.missing else grid(cfg)
 
 
 if __name__ == "__main__":

@@ -207,6 +207,8 @@ class ConditionalGenerator(nn.Module):
                                       (eq. 10) spans exactly the generator's domain; False: PM optimises z directly
         noise_image_codes             True when the codes are noise images ~ N(0, I) of noise_image_dim(S)
                                       entries, whatever --z-dim says (gan/config.py's with_generator_latent)
+        guided_sample(z, labels, score, scale)   optional: samples steered up score(image) while they are drawn
+                                      (the diffusion model's; pm/main.py --guidance needs it)
         optimizers(cfg, device)       {net name: optimiser}
         train_step(nets, optimizers, real, labels, z, bf16)   one training iteration on a batch of real images, their
                                       labels and codes z drawn from --z-distribution; `nets` are the networks by name,

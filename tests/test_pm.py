@@ -267,7 +267,9 @@ def test_tuning_reads_validation_queries_and_more_steps_reach_a_higher_objective
     assert by_steps[20] > by_steps[5] > by_steps[0]
     assert all(row["kid"] is not None for row in tuned["rows"]) and set(tuned["kid"]) == {"real", "generated",
                                                                                           "retrieval"}
-    assert tuned["kid_limits"]["random"] == tuned["kid"]["generated"]
+    kid = tuned["kid"]
+    assert tuned["kid_limits"] == {"random": kid["generated"],
+                                   "shifted": kid["generated"] + kid["retrieval"] - kid["real"]}
     assert tuned["on_manifold"]["random"] == on_manifold(tuned["rows"], tuned["kid"]["generated"])
     assert "Highest score with KID at most the random samples'" in (tmp_path / "tune.md").read_text()
 
