@@ -113,6 +113,8 @@ def tune(stages, cfg, queries, fidelity, starts_grid, steps_grid, lr_grid):
     for starts in starts_grid:
         for lr in lr_grid:
             rng = torch.Generator(device=stages.device).manual_seed(cfg.seed)
+            # The selection draws from its own stream, so measuring what is returned leaves the starts as they were.
+            selection_rng = torch.Generator(device=stages.device).manual_seed(cfg.seed + 1)
             best, returned = ({steps: [] for steps in steps_grid} for _ in range(2))
             started = time.time()
             for user, category in tqdm(queries, desc=f"tuning: {starts} starts, lr {lr:g}", unit="query"):
@@ -120,7 +122,7 @@ def tune(stages, cfg, queries, fidelity, starts_grid, steps_grid, lr_grid):
                                                     cfg.latent, rng, record=lambda step: step in best)
                 for snapshot in design.history:
                     best[snapshot.step].append(snapshot.objective.max().item())
-                    kept = choose(snapshot.objective.to(stages.device), TOP, select, rng).cpu()
+                    kept = choose(snapshot.objective.to(stages.device), TOP, select, selection_rng).cpu()
                     returned[snapshot.step].append((snapshot.images[kept], torch.full((len(kept),), category),
                                                     snapshot.preference[kept]))
             seconds = (time.time() - started) / len(queries)

@@ -257,9 +257,9 @@ def test_the_judge_must_be_another_run(runs, tmp_path):
 
 
 def test_tuning_reads_validation_queries_and_more_steps_reach_a_higher_objective(runs, tmp_path):
-    main(["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--out", str(tmp_path), "--tune",
-          "--trials", "3", "--tune-starts", "2", "--tune-steps", "0", "5", "20", "--tune-lrs", "0.1",
-          "--device", "cpu"])
+    common = ["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--tune", "--trials", "3",
+              "--tune-starts", "2", "--tune-lrs", "0.1", "--device", "cpu"]
+    main(common + ["--out", str(tmp_path), "--tune-steps", "0", "5", "20"])
     tuned = json.loads((tmp_path / "tune.json").read_text())
     assert tuned["split"] == "validation" and tuned["queries"] == 3
     by_steps = {row["steps"]: row["objective"] for row in tuned["rows"]}
@@ -272,6 +272,10 @@ def test_tuning_reads_validation_queries_and_more_steps_reach_a_higher_objective
                                    "shifted": kid["generated"] + kid["retrieval"] - kid["real"]}
     assert tuned["on_manifold"]["random"] == on_manifold(tuned["rows"], tuned["kid"]["generated"])
     assert "Highest score with KID at most the random samples'" in (tmp_path / "tune.md").read_text()
+    # How the returned designs are chosen (eq. 11 draws, 'best' does not) leaves the starts and objectives alone.
+    main(common + ["--out", str(tmp_path / "best"), "--tune-steps", "0", "5", "--select", "best"])
+    best_rows = json.loads((tmp_path / "best" / "tune.json").read_text())["rows"]
+    assert {row["steps"]: row["objective"] for row in best_rows} == {0: by_steps[0], 5: by_steps[5]}
 
 
 def test_guided_samples_are_a_table_iv_source_and_their_scale_is_tuned_on_validation(runs, catalogue, tmp_path):
