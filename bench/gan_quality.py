@@ -41,6 +41,7 @@ from common.original_format import CATEGORY_NAMES
 from common.seeding import seed_everything
 from experiments.family import CATALOGUES, catalogue_path
 from gan.config import PRESETS, GANConfig, check_config, with_generator_latent
+from gan.generators import build_generator
 from gan.model import generate
 from gan.run import open_gan_run
 from gan.train import GANTraining, labelled_items, training_batch
@@ -60,6 +61,7 @@ CANDIDATES = {
     "sngan-lr5e-4": dict(generator="sngan", lr=5e-4, beta1=0.0, beta2=0.9),
     "lsgan-wide": dict(generator="lsgan", g_width=32, d_width=32),
     "diffusion": dict(generator="diffusion", g_width=16, lr=1e-3, beta1=0.9, beta2=0.999),
+    "diffusion-ema": dict(generator="diffusion", g_width=16, lr=1e-3, beta1=0.9, beta2=0.999, ema=0.999),
 }
 
 
@@ -125,9 +127,24 @@ def measure(cfg, dataset, store, scorer, minutes, grids):
         points.append({"minutes": limit, "iterations": step, "cpu_minutes": cpu / 60,
                        "load_average": os.getloadavg()[0], **scores})
         print(f"  {limit:g} min: {step} iterations, {cpu / 60:.1f} CPU-min, load {os.getloadavg()[0]:.2f}, "
-              f"KID {scores['kid']:.4f} +- {scores['kid_std']:.4f}, FID {scores['fid']:.1f}, "
-              f"precision {scores['precision']:.2f}, recall {scores['recall']:.2f}", flush=True)
+              f"{score_line(scores)}", flush=True)
+        if run.model.averages:   # the same run's last weights, for a comparison on one trajectory
+            points[-1]["last_weights"] = scorer(last_weights(cfg, run.model, dataset.num_categories))
+            print(f"  {limit:g} min, last weights: {score_line(points[-1]['last_weights'])}", flush=True)
     return points
+
+
+def score_line(scores):
+    return (f"KID {scores['kid']:.4f} +- {scores['kid_std']:.4f}, FID {scores['fid']:.1f}, "
+            f"precision {scores['precision']:.2f}, recall {scores['recall']:.2f}")
+
+
+def last_weights(cfg, model, num_categories):
+    """The generator of `cfg` without moving averages, holding `model`'s last trained weights."""
+    last = build_generator(replace(cfg, ema=0.0), num_categories)
+    for name in model.nets:
+        getattr(last, name).load_state_dict(getattr(model, name).state_dict())
+    return last
 
 
 def measure_all(qc):

@@ -14,7 +14,7 @@ from gan.generators import GENERATORS
 from gan.model import noise_image_dim, num_stages
 
 GRID_SIZE = 16          # 4x4 sample grids
-ARCHITECTURE_FIELDS = ("generator", "image_size", "z_dim", "z_distribution", "g_width", "d_width")
+ARCHITECTURE_FIELDS = ("generator", "image_size", "z_dim", "z_distribution", "g_width", "d_width", "ema")
 
 
 @dataclass
@@ -46,6 +46,9 @@ class GANConfig:
     d_width: int = field(default=64, metadata={"help": "D width (64 = the original's channels)"})
     sample_steps: int = field(default=10, metadata={"help": "diffusion: DDIM steps from noise to image (each one "
                                                             "a UNet pass)"})
+    ema: float = field(default=0.0, metadata={"help": "diffusion: decay of the moving average of the UNet's "
+                                                      "weights that sampling reads, e.g. 0.999 (0: the last "
+                                                      "weights)"})
     diffaugment: bool = field(default=True, metadata={"help": "sngan: D sees real and fake images through "
                                                               "DiffAugment (colour, translation, cutout)"})
     batch_size: int = field(default=64, metadata={"help": "images per iteration"})
@@ -108,6 +111,10 @@ def check_config(cfg):
     num_stages(cfg.image_size, 16)   # a power of two of at least 16
     if cfg.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {cfg.lr}")
+    if not 0 <= cfg.ema < 1:
+        raise ConfigError(f"--ema is a decay in [0, 1), got {cfg.ema}")
+    if cfg.ema and cfg.generator != "diffusion":
+        raise ConfigError(f"--ema averages the diffusion model's UNet; --generator {cfg.generator} has none")
     if cfg.from_tf and cfg.generator != "lsgan":
         raise ConfigError(f"--from-tf reads the original's LSGAN; it cannot be --generator {cfg.generator}")
     if cfg.from_tf and (cfg.train or cfg.resume):

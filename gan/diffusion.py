@@ -24,9 +24,14 @@ a one-sample estimate of the diffusion loss, lower where the design is more prob
 `guided_sample` adds the gradient of a score of the x_0 estimate at each denoising step (classifier guidance,
 Dhariwal & Nichol, 2021, with theta_u . Phi in place of the classifier): the diffusion analogue of preference
 maximisation.
+
+With --ema D, sampling, the realism term and guidance read an exponential moving average of the UNet's weights
+(decay D, warmed up as min(D, (1 + n) / (10 + n)) over the first n updates), as DDPM sampled from (Ho et al., 2020,
+decay 0.9999), instead of the last weights of training.
 """
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
 
 from common.device import autocast, fused_adam_kwargs, memory_format
 from gan.model import ConditionalGenerator, descend, noise_image_dim
@@ -66,6 +71,9 @@ class Diffusion(ConditionalGenerator):
         super().__init__()
         self.unet = build_unet(cfg.image_size, num_categories, cfg.g_width).to(device,
                                                                                memory_format=memory_format(device))
+        self.averages = ("ema_unet",) if cfg.ema else ()
+        if cfg.ema:
+            self.ema_unet = AveragedModel(self.unet, multi_avg_fn=warmed_up_ema(cfg.ema))
         self.image_size, self.num_categories = cfg.image_size, num_categories
         self.z_dim = noise_image_dim(cfg.image_size)
         self.scheduler = ddim_scheduler(cfg.sample_steps)
@@ -77,7 +85,8 @@ class Diffusion(ConditionalGenerator):
 
     def velocity(self, x, timestep, labels):
         timesteps = torch.full((len(x),), int(timestep), device=x.device)
-        return self.unet(x, timesteps, class_labels=labels).sample
+        unet = self.ema_unet.module if self.averages else self.unet
+        return unet(x, timesteps, class_labels=labels).sample
 
     def forward(self, z, labels):
         """DDIM from x_T = z (as noise images) to x_0, in sample_steps deterministic steps."""
@@ -124,7 +133,19 @@ class Diffusion(ConditionalGenerator):
             predicted = nets["unet"](noisy(real, noise, alpha), timesteps, class_labels=labels).sample.float()
         loss = F.mse_loss(predicted, velocity_target(real, noise, alpha))
         descend(optimizers["unet"], loss)
+        if self.averages:
+            self.ema_unet.update_parameters(self.unet)
         return {"loss": loss.detach()}
+
+
+def warmed_up_ema(decay):
+    """AveragedModel's multi_avg_fn for a moving average of decay min(decay, (1 + n) / (10 + n)) at its n-th
+    update: a plain decay of 0.999 would still hold a third of the random initialisation after 1,000 steps."""
+    @torch.no_grad()
+    def update(averaged, current, updates):
+        updates = int(updates)
+        torch._foreach_lerp_(averaged, current, 1 - min(decay, (1 + updates) / (10 + updates)))
+    return update
 
 
 def noisy(images, noise, alpha_cumprod):

@@ -197,7 +197,9 @@ class ConditionalGenerator(nn.Module):
     each kind is a subclass registered by name in gan/generators.py (`--generator`).
 
     A subclass holds its networks as submodules named in `nets`: each gets its own optimiser and its own entry in
-    the checkpoint's "model" and "optimizer" dicts. It has `z_dim`, `image_size` and `num_categories`, and:
+    the checkpoint's "model" and "optimizer" dicts. Networks named in `averages` follow trained ones as moving
+    averages, updated by train_step: no optimiser, an entry in "model". It has `z_dim`, `image_size` and
+    `num_categories`, and:
 
         sample_z(n, device, rng)      latent codes from the prior of random samples (grids, Table IV's "generated")
         forward(z, labels)            images [B, 3, S, S] in [-1, 1], differentiable in z: the map that eq. 9-12
@@ -215,8 +217,14 @@ class ConditionalGenerator(nn.Module):
                                       wrapped for DistributedDataParallel under torchrun; returns the losses (tensors)
     """
     nets = ()
+    averages = ()
     latent_box = True
     noise_image_codes = False
+
+    @property
+    def saved_nets(self):
+        """The names of the networks a checkpoint holds: the trained ones and their averages."""
+        return (*self.nets, *self.averages)
 
     def sample_z(self, n, device="cpu", rng=None):
         raise NotImplementedError

@@ -37,7 +37,7 @@ from common.errors import ConfigError, DatasetError, TrainingDiverged
 from common.figures import save_grid
 from common.images import ImageStore, image_cache
 from common.runlog import RunLog, run_dir
-from common.seeding import derived_seed, seed_everything
+from common.seeding import derived_seed, restore_torch_rng_state, seed_everything, torch_rng_state
 from gan.config import ARCHITECTURE_FIELDS, GRID_SIZE, GANConfig, check_config, with_generator_latent
 from gan.consistency import format_consistency, measure_consistency
 from gan.generators import build_generator
@@ -77,6 +77,7 @@ class GANTraining:
 
     def __init__(self, cfg, num_categories, device, iterations_per_epoch, dataset_digest=None):
         self.cfg, self.num_categories, self.iterations_per_epoch = cfg, num_categories, iterations_per_epoch
+        self.device = device
         self.dataset_digest = dataset_digest   # of the data it trains on (Dataset.digest), checked on resume
         self.model = build_generator(cfg, num_categories, device)
         self.optimizers = self.model.optimizers(cfg, device)
@@ -89,22 +90,27 @@ class GANTraining:
                                                           "sample_labels"))
         check_same_data(checkpoint, dataset, path)
         check_architecture(self.cfg, checkpoint["config"])
-        for name in self.model.nets:
+        for name in self.model.saved_nets:
             load_state(getattr(self.model, name), checkpoint["model"][name], path)
+        for name in self.model.nets:
             restore_optimizer(self.optimizers[name], checkpoint["optimizer"][name], self.cfg.lr)
         self.sample_z = checkpoint["sample_z"].to(device)
         self.sample_labels = checkpoint["sample_labels"].to(device)
         self.step = checkpoint["step"]
+        if "rng_state" in checkpoint:   # absent from checkpoints written before it was kept
+            restore_torch_rng_state(checkpoint["rng_state"], device, path)
 
-    def save(self, path, metrics=None):
+    def save(self, path, metrics=None, rng_state=None):
+        """The checkpoint, with torch's generators as they are now unless `rng_state` says how training left them."""
         save_checkpoint(path, {
             "stage": "gan",
-            "model": {name: getattr(self.model, name).state_dict() for name in self.model.nets},
+            "model": {name: getattr(self.model, name).state_dict() for name in self.model.saved_nets},
             "optimizer": {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()},
             "config": asdict(self.cfg), "num_categories": self.num_categories, "dataset_digest": self.dataset_digest,
             "epoch": self.step // self.iterations_per_epoch if self.iterations_per_epoch else None,
             "step": self.step, "metrics": metrics or {},
-            "sample_z": self.sample_z, "sample_labels": self.sample_labels})
+            "sample_z": self.sample_z, "sample_labels": self.sample_labels,
+            "rng_state": rng_state or torch_rng_state(self.device)})
 
 
 def train(cfg, ranks=None):
@@ -142,13 +148,14 @@ def train(cfg, ranks=None):
                      total_iterations, out_dir, ranks)
     if not ranks.is_main:
         return None
+    trained_rng_state = torch_rng_state(device)   # what a resume continues from, before the measurements draw
     classifier = train_or_load_classifier(dataset, cfg.image_size, out_dir / "classifier.pt", device,
                                           cfg.resize_filter, store)
     consistency = measure_consistency(run.model, classifier, dataset.num_categories, cfg.consistency_samples,
                                       device, cfg.bf16, cfg.seed)
     print(format_consistency(consistency))
     RunLog(out_dir, resume=True).record(step=run.step, condition_consistency=consistency)
-    run.save(out_dir / "checkpoint.pt", {"condition_consistency": consistency})
+    run.save(out_dir / "checkpoint.pt", {"condition_consistency": consistency}, trained_rng_state)
     return consistency
 
 

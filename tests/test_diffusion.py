@@ -1,6 +1,6 @@
 """The class-conditional diffusion generator (gan/diffusion.py): registry round trip, DDPM's loss falling, the DDIM
 map differentiable in its noise code, preference guidance raising the score it follows, and preference
-maximisation through it."""
+maximisation through it, the moving average of its weights that sampling reads, resumed to identical numbers."""
 import dataclasses
 
 import pytest
@@ -56,6 +56,60 @@ def test_the_diffusion_model_trains_through_the_registry_and_reopens_with_the_sa
     images = run.model(z, labels)
     assert images.shape == (6, 3, 16, 16) and images.abs().max() <= 1
     assert torch.equal(images, trained(z, labels)) and not torch.equal(images[:2], untrained_images)
+
+
+def test_the_moving_average_follows_the_trained_weights_with_its_warm_up():
+    model = tiny_diffusion(ema=0.9)
+    labels = torch.arange(16) % 3
+    real = torch.rand(16, 3, 16, 16) * 2 - 1
+    optimizers = model.optimizers(tiny_config(), "cpu")
+    weights = []
+    for _ in range(3):
+        model.train_step({"unet": model.unet.train()}, optimizers, real, labels, None)
+        weights.append(model.unet.conv_in.weight.detach().clone())
+    # the first update copies the weights; the n-th after it keeps min(0.9, (1 + n) / (10 + n)) of the average
+    average = weights[0]
+    for updates, current in ((1, weights[1]), (2, weights[2])):
+        kept = min(0.9, (1 + updates) / (10 + updates))
+        average = kept * average + (1 - kept) * current
+    torch.testing.assert_close(model.ema_unet.module.conv_in.weight, average)
+    assert not torch.equal(average, weights[2])
+    model.eval()
+    z = model.sample_z(2, rng=torch.Generator().manual_seed(0))
+    last = Diffusion(tiny_config(), num_categories=3).eval()
+    last.unet.load_state_dict(model.unet.state_dict())
+    averaged = Diffusion(tiny_config(), num_categories=3).eval()
+    averaged.unet.load_state_dict(model.ema_unet.module.state_dict())
+    with torch.no_grad():   # sampling reads the average, not the last weights
+        images = model(z, torch.tensor([0, 1]))
+        assert torch.equal(images, averaged(z, torch.tensor([0, 1])))
+        assert not torch.equal(images, last(z, torch.tensor([0, 1])))
+
+
+def test_an_averaged_run_resumes_to_identical_weights_and_its_run_samples_from_the_average(catalogue, tmp_path):
+    path = catalogue()
+    place_random_classifier(tmp_path / "straight", load_dataset(path), 16)
+    place_random_classifier(tmp_path / "resumed", load_dataset(path), 16)
+    cfg = tiny_config(dataset=str(path), epochs=2, ema=0.99)
+    train_gan(dataclasses.replace(cfg, out=str(tmp_path / "straight")))
+    train_gan(dataclasses.replace(cfg, out=str(tmp_path / "resumed"), epochs=1))
+    train_gan(dataclasses.replace(cfg, out=str(tmp_path / "resumed"), resume=True))
+    straight, resumed = (load_checkpoint(tmp_path / name / "checkpoint.pt", "gan") for name in ("straight", "resumed"))
+    assert set(straight["model"]) == {"unet", "ema_unet"} and set(straight["optimizer"]) == {"unet"}
+    assert resumed["step"] == straight["step"]
+    for net, weights in straight["model"].items():   # timesteps and noise continue where the first part stopped
+        for name, weight in weights.items():
+            torch.testing.assert_close(resumed["model"][net][name], weight, rtol=0, atol=0, msg=f"{net} {name}")
+    run = open_gan_run(tmp_path / "straight")
+    averaged = Diffusion(tiny_config(), num_categories=6).eval()
+    averaged.unet.load_state_dict({name.removeprefix("module."): weight
+                                   for name, weight in straight["model"]["ema_unet"].items() if name != "n_averaged"})
+    z, labels = run.model.sample_z(2, rng=torch.Generator().manual_seed(0)), torch.tensor([0, 5])
+    assert torch.equal(run.model(z, labels), averaged(z, labels))
+    with pytest.raises(ConfigError, match=r"^--ema averages the diffusion model's UNet; --generator lsgan has none$"):
+        check_config(dataclasses.replace(cfg, generator="lsgan"))
+    with pytest.raises(ConfigError, match=r"^--ema is a decay in \[0, 1\), got 1.0$"):
+        check_config(dataclasses.replace(cfg, ema=1.0))
 
 
 def test_training_lowers_the_denoising_loss_and_the_realism_term_prefers_what_it_learned():

@@ -316,6 +316,16 @@ def test_a_gan_resumes_on_its_own_data_only(tiny_dataset, tmp_path):
                               f"{tiny_dataset.digest[:12]}, but {other.path} now holds other data")
 
 
+def test_a_gan_checkpoints_random_generator_state_that_is_not_torchs_is_refused(tiny_dataset, tmp_path):
+    cfg = GANConfig(**{**asdict(TINY_GAN), "out": str(tmp_path)})
+    GANTraining(cfg, tiny_dataset.num_categories, "cpu", 1, tiny_dataset.digest).save(
+        tmp_path / "checkpoint.pt", rng_state={"cpu": torch.zeros(3, dtype=torch.uint8)})
+    resumed = GANTraining(cfg, tiny_dataset.num_categories, "cpu", 1, tiny_dataset.digest)
+    message = refused(CheckpointError, lambda: resumed.resume(tmp_path / "checkpoint.pt", "cpu", tiny_dataset))
+    assert message == (f"{tmp_path / 'checkpoint.pt'}: its random generator state is a dict of length 1, not "
+                       "torch's (the file was edited or is corrupted)")
+
+
 def test_an_unwritable_strip_folder_is_named(trained, tmp_path):
     run, _, _ = trained
     (tmp_path / "file").write_text("")
