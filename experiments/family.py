@@ -118,6 +118,10 @@ class FamilyConfig:
     tune: bool = field(default=False, metadata={"help": "with --design, PM's tuning (pm/main.py --tune: each "
                                                         "setting's objective and KID on validation queries) on every "
                                                         "catalogue, instead of Table IV"})
+    pm_steps: int | None = field(default=None, metadata={"help": "with --design, Table IV's synthesis steps "
+                                                                  "(pm/main.py --steps; None: PM's demo setting)"})
+    pm_trials: int | None = field(default=None, metadata={"help": "with --design, Table IV's trials (pm/main.py "
+                                                                   "--trials; None: PM's demo setting)"})
     latents: list[str] = field(default_factory=lambda: ["tanh"], metadata={
         "help": "with --design, Table IV's synthesis with each of these latents (pm/main.py --latent): tanh from "
                 "U(-1, 1) starts, or sphere from the prior's codes", "choices": list(LATENT_STARTS)})
@@ -237,7 +241,7 @@ def design(cfg):
         recipe_run(cfg, DEMO_RECIPE, name, seed=JUDGE_SEED)
         consistency = open_gan_run(demo_gan(cfg, name)).metrics["condition_consistency"]["overall"]
         rows[name] = {latent: dict(consistency=consistency, **table_iv(cfg, name, latent)) for latent in cfg.latents}
-    write_outputs(cfg, "design", rows, design_markdown(rows))
+    write_outputs(cfg, "-".join(["design", *settings_names(cfg)]), rows, design_markdown(rows))
     return rows
 
 
@@ -263,16 +267,30 @@ def pm_tuning(cfg, name, latent):
     return json.loads((pm_out / "tune.json").read_text())
 
 
+def pm_settings(cfg):
+    """PM's settings that --pm-steps and --pm-trials replace: {PMConfig field: value}."""
+    return {name: value for name, value in (("steps", cfg.pm_steps), ("trials", cfg.pm_trials)) if value is not None}
+
+
+def settings_names(cfg):
+    """["steps<N>", "trials<M>"] for --pm-steps and --pm-trials, in the names of their tables and folders."""
+    return [f"{name}{value}" for name, value in pm_settings(cfg).items()]
+
+
 def table_iv(cfg, name, latent):
     """Table IV with the demo DVBPR and GAN of catalogue `name` and synthesis through `latent`, run first if it is
-    not there (in pm/, or pm-<latent>/ for a latent other than the paper's tanh)."""
+    not there (in pm/, or pm-<latent>/ for a latent other than the paper's tanh, with -steps<N>-trials<M> for
+    --pm-steps and --pm-trials)."""
     gan_run, dvbpr_run = demo_gan(cfg, name), recipe_path(cfg, DEMO_RECIPE, name)
-    pm_out = Path(cfg.out) / "design" / name / ("pm" if latent == "tanh" else f"pm-{latent}")
+    settings = pm_settings(cfg)
+    folder = "-".join(["pm", *([latent] if latent != "tanh" else []), *settings_names(cfg)])
+    pm_out = Path(cfg.out) / "design" / name / folder
     if not (pm_out / "table_iv.json").is_file() or (cfg.sweep_eta and not (pm_out / "eta_sweep.json").is_file()):
         pm_cfg = PMConfig(table=True, sweep_eta=cfg.sweep_eta, dvbpr_run=str(dvbpr_run), gan_run=str(gan_run),
                           out=str(pm_out), device=cfg.device,
-                          judge_run=str(judge_path(cfg, name)), latent=latent, init=LATENT_STARTS[latent])
-        run_pm(pm_cfg, {"table", "sweep_eta", "dvbpr_run", "gan_run", "out", "device", "judge_run", "latent", "init"})
+                          judge_run=str(judge_path(cfg, name)), latent=latent, init=LATENT_STARTS[latent], **settings)
+        run_pm(pm_cfg, {"table", "sweep_eta", "dvbpr_run", "gan_run", "out", "device", "judge_run", "latent", "init",
+                        *settings})
     sweep_file = pm_out / "eta_sweep.json"   # Table IV's own files: PM is the last stage, with no run to open
     table = json.loads((pm_out / "table_iv.json").read_text())
     return dict(table=table["ours"], fidelity=table["fidelity"], paired=table["synthesis_vs_retrieval"],

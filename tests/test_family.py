@@ -69,6 +69,14 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
         assert (tmp_path / "out" / "judges" / name / "results.json").is_file()
     assert (tmp_path / "out" / "design.md").read_text().count("| colour |") == 2
 
+    at_start = family.main([*tiny_family, "--design", "--pm-steps", "0", "--pm-trials", "3"])
+    for name in ("colour", "pattern"):
+        assert json.loads((tmp_path / "out" / "design" / name / "pm-steps0-trials3" / "table_config.json").read_text(
+        ))["steps"] == 0
+        assert at_start[name]["tanh"]["paired"]["judge"]["trials"] == 3
+        assert at_start[name]["tanh"]["table"]["synthesis"] != rows[name]["tanh"]["table"]["synthesis"]
+    assert (tmp_path / "out" / "design-steps0-trials3.md").read_text().count("| colour |") == 1
+
     monkeypatch.setattr(family, "PM_TUNE", dict(trials=2, tune_starts=[2], tune_steps=[0, 5], tune_lrs=[0.1]))
     tuned = family.main([*tiny_family, "--design", "--tune"])
     for name in ("colour", "pattern"):
