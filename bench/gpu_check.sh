@@ -4,6 +4,8 @@
 #   bench   DVBPR and GAN throughput at AmazonFashion size (bf16 and fp32, resident and streamed images), and
 #           one vs two ranks sharing the GPU under torchrun (a functional check: one GPU cannot show scaling)
 #   demos   `python dvbpr/main.py` and `python gan/main.py --train` on the embedded catalogue, on the GPU
+#   design  (not run by default) the diffusion model with its moving average, trained, resumed and designed with
+#           (Table IV with a guided row) on the embedded catalogue, on the GPU
 #
 #     OUT=/some/folder bash bench/gpu_check.sh tests bench     # logs and grids go to $OUT (default runs/gpu_check)
 #
@@ -64,11 +66,23 @@ demos() {  # at the paper's sizes, in bf16 and in fp32 (does bf16 spoil training
   rm -rf "$OUT/dvbpr" "$OUT/dvbpr-fp32" "$OUT/gan" "$OUT/gan-fp32"
 }
 
+design() {  # bf16 UNet, the average's update, CUDA generator state in the checkpoint, guided sampling
+  local diffusion=(python3 gan/main.py --train --device cuda --generator diffusion --lr 1e-3 --beta1 0.9 --beta2 0.999
+                   --ema 0.999 --out "$OUT/diffusion")
+  step diffusion-demo 120 "${diffusion[@]}" --epochs 40
+  step diffusion-resume 30 "${diffusion[@]}" --epochs 41 --resume
+  step dvbpr-for-design 60 python3 dvbpr/main.py --device cuda --out "$OUT/dvbpr-design"
+  step guided-table 90 python3 pm/main.py --table --device cuda --dvbpr-run "$OUT/dvbpr-design" --gan-run \
+    "$OUT/diffusion" --latent sphere --init prior --starts 4 --steps 20 --guidance 0.3 --out "$OUT/pm-diffusion"
+  cp "$OUT/pm-diffusion/table_iv.md" "$OUT/design_table_iv.md"
+  rm -rf "$OUT/diffusion" "$OUT/dvbpr-design" "$OUT/pm-diffusion"
+}
+
 for group in "${@:-tests bench demos}"; do
   for name in $group; do
     case $name in
-      tests|bench|demos) $name ;;
-      *) echo "unknown group $name (tests, bench, demos)" >&2; exit 2 ;;
+      tests|bench|demos|design) $name ;;
+      *) echo "unknown group $name (tests, bench, demos, design)" >&2; exit 2 ;;
     esac
   done
 done
