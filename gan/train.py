@@ -33,7 +33,7 @@ from common.classifier import train_or_load_classifier
 from common.datasets import open_dataset
 from common.device import pick_device
 from common.distributed import Ranks
-from common.errors import ConfigError, DatasetError, TrainingDiverged
+from common.errors import CheckpointError, ConfigError, DatasetError, TrainingDiverged
 from common.figures import save_grid
 from common.images import ImageStore, image_cache
 from common.runlog import RunLog, run_dir
@@ -90,6 +90,12 @@ class GANTraining:
                                                           "sample_labels"))
         check_same_data(checkpoint, dataset, path)
         check_architecture(self.cfg, checkpoint["config"])
+        nets, optimizers = checkpoint["model"], checkpoint["optimizer"]
+        if not (isinstance(nets, dict) and set(nets) == set(self.model.saved_nets)
+                and isinstance(optimizers, dict) and set(optimizers) == set(self.model.nets)):
+            raise CheckpointError(f"{path}: its weights and optimiser states are not those of the {self.cfg.generator} "
+                                  f"generator's nets {', '.join(self.model.saved_nets)} (the file was edited or is "
+                                  "corrupted)")
         for name in self.model.saved_nets:
             load_state(getattr(self.model, name), checkpoint["model"][name], path)
         for name in self.model.nets:

@@ -326,6 +326,18 @@ def test_a_gan_checkpoints_random_generator_state_that_is_not_torchs_is_refused(
                        "torch's (the file was edited or is corrupted)")
 
 
+def test_a_gan_checkpoint_without_one_of_its_nets_is_refused_on_resume(tiny_dataset, tmp_path):
+    cfg = GANConfig(**{**asdict(TINY_GAN), "out": str(tmp_path)})
+    GANTraining(cfg, tiny_dataset.num_categories, "cpu", 1, tiny_dataset.digest).save(tmp_path / "checkpoint.pt")
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt", "gan")
+    del checkpoint["model"]["discriminator"]
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    resumed = GANTraining(cfg, tiny_dataset.num_categories, "cpu", 1, tiny_dataset.digest)
+    message = refused(CheckpointError, lambda: resumed.resume(tmp_path / "checkpoint.pt", "cpu", tiny_dataset))
+    assert message == (f"{tmp_path / 'checkpoint.pt'}: its weights and optimiser states are not those of the lsgan "
+                       "generator's nets generator, discriminator (the file was edited or is corrupted)")
+
+
 def test_an_unwritable_strip_folder_is_named(trained, tmp_path):
     run, _, _ = trained
     (tmp_path / "file").write_text("")
