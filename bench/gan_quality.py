@@ -61,6 +61,7 @@ CANDIDATES = {
     "sngan-lr5e-4": dict(generator="sngan", lr=5e-4, beta1=0.0, beta2=0.9),
     "lsgan-wide": dict(generator="lsgan", g_width=32, d_width=32),
     "diffusion": dict(generator="diffusion", g_width=16, lr=1e-3, beta1=0.9, beta2=0.999),
+    "diffusion-lr3e-4": dict(generator="diffusion", g_width=16, lr=3e-4, beta1=0.9, beta2=0.999),
     "diffusion-ema": dict(generator="diffusion", g_width=16, lr=1e-3, beta1=0.9, beta2=0.999, ema=0.999),
 }
 
