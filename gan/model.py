@@ -31,9 +31,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.checkpoint import load_state
 from common.device import autocast, fused_adam_kwargs, memory_format
 from common.distributed import GlobalBatchNorm2d, unwrap
-from common.errors import ConfigError
+from common.errors import CheckpointError, ConfigError
+from common.safe_pickle import describe_value
 
 
 def sample_z(n, z_dim, distribution="uniform", device="cpu", rng=None):
@@ -225,6 +227,15 @@ class ConditionalGenerator(nn.Module):
     def saved_nets(self):
         """The names of the networks a checkpoint holds: the trained ones and their averages."""
         return (*self.nets, *self.averages)
+
+    def load_saved(self, weights, source):
+        """Load a checkpoint's "model" dict into the saved_nets; one that does not hold exactly them is refused in
+        one line naming `source`."""
+        if not (isinstance(weights, dict) and set(weights) == set(self.saved_nets)):
+            raise CheckpointError(f"{source}: its model is {describe_value(weights)}, not the weights of the "
+                                  f"{type(self).__name__} generator's nets {', '.join(self.saved_nets)}")
+        for name in self.saved_nets:
+            load_state(getattr(self, name), weights[name], source)
 
     def sample_z(self, n, device="cpu", rng=None):
         raise NotImplementedError

@@ -4,7 +4,7 @@ module alone."""
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.checkpoint import load_checkpoint, load_state, saved_config
+from common.checkpoint import load_checkpoint, saved_config
 from common.classifier import load_classifier, train_or_load_classifier
 from common.data import MAX_CATEGORIES
 from common.errors import CheckpointError, RunError
@@ -50,10 +50,6 @@ def open_gan_run(run, device="cpu"):
         raise CheckpointError(f"{path}: its category count is {describe_value(categories)}, not from 1 to "
                               f"{MAX_CATEGORIES} (the file was edited or is corrupted)")
     model = build_generator(cfg, categories, device)
-    if not (isinstance(nets, dict) and set(nets) == set(model.saved_nets)):
-        raise CheckpointError(f"{path}: its model is {describe_value(nets)}, not the weights of the "
-                              f"{cfg.generator} generator's nets {', '.join(model.saved_nets)}")
-    for name in model.saved_nets:
-        load_state(getattr(model, name), nets[name], path)
+    model.load_saved(nets, path)
     return GANRun(run, cfg, model.eval().requires_grad_(False), categories, checkpoint["step"],
                   checkpoint["metrics"])

@@ -28,7 +28,7 @@ from dataclasses import asdict
 import torch
 from tqdm import tqdm
 
-from common.checkpoint import check_same_data, load_checkpoint, load_state, restore_optimizer, save_checkpoint
+from common.checkpoint import check_same_data, load_checkpoint, restore_optimizer, save_checkpoint
 from common.classifier import train_or_load_classifier
 from common.datasets import open_dataset
 from common.device import pick_device
@@ -37,6 +37,7 @@ from common.errors import CheckpointError, ConfigError, DatasetError, TrainingDi
 from common.figures import save_grid
 from common.images import ImageStore, image_cache
 from common.runlog import RunLog, run_dir
+from common.safe_pickle import describe_value
 from common.seeding import derived_seed, restore_torch_rng_state, seed_everything, torch_rng_state
 from gan.config import ARCHITECTURE_FIELDS, GRID_SIZE, GANConfig, check_config, with_generator_latent
 from gan.consistency import format_consistency, measure_consistency
@@ -90,16 +91,13 @@ class GANTraining:
                                                           "sample_labels"))
         check_same_data(checkpoint, dataset, path)
         check_architecture(self.cfg, checkpoint["config"])
-        nets, optimizers = checkpoint["model"], checkpoint["optimizer"]
-        if not (isinstance(nets, dict) and set(nets) == set(self.model.saved_nets)
-                and isinstance(optimizers, dict) and set(optimizers) == set(self.model.nets)):
-            raise CheckpointError(f"{path}: its weights and optimiser states are not those of the {self.cfg.generator} "
-                                  f"generator's nets {', '.join(self.model.saved_nets)} (the file was edited or is "
-                                  "corrupted)")
-        for name in self.model.saved_nets:
-            load_state(getattr(self.model, name), checkpoint["model"][name], path)
+        self.model.load_saved(checkpoint["model"], path)
+        optimizers = checkpoint["optimizer"]
+        if not (isinstance(optimizers, dict) and set(optimizers) == set(self.model.nets)):
+            raise CheckpointError(f"{path}: its optimiser states are {describe_value(optimizers)}, not those of the "
+                                  f"generator's nets {', '.join(self.model.nets)}")
         for name in self.model.nets:
-            restore_optimizer(self.optimizers[name], checkpoint["optimizer"][name], self.cfg.lr)
+            restore_optimizer(self.optimizers[name], optimizers[name], self.cfg.lr)
         self.sample_z = checkpoint["sample_z"].to(device)
         self.sample_labels = checkpoint["sample_labels"].to(device)
         self.step = checkpoint["step"]

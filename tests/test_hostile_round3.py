@@ -326,7 +326,7 @@ def test_a_gan_checkpoints_random_generator_state_that_is_not_torchs_is_refused(
                        "torch's (the file was edited or is corrupted)")
 
 
-def test_a_gan_checkpoint_without_one_of_its_nets_is_refused_on_resume(tiny_dataset, tmp_path):
+def test_a_gan_checkpoint_without_one_of_its_nets_or_optimiser_states_is_refused_on_resume(tiny_dataset, tmp_path):
     cfg = GANConfig(**{**asdict(TINY_GAN), "out": str(tmp_path)})
     GANTraining(cfg, tiny_dataset.num_categories, "cpu", 1, tiny_dataset.digest).save(tmp_path / "checkpoint.pt")
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pt", "gan")
@@ -334,8 +334,15 @@ def test_a_gan_checkpoint_without_one_of_its_nets_is_refused_on_resume(tiny_data
     torch.save(checkpoint, tmp_path / "checkpoint.pt")
     resumed = GANTraining(cfg, tiny_dataset.num_categories, "cpu", 1, tiny_dataset.digest)
     message = refused(CheckpointError, lambda: resumed.resume(tmp_path / "checkpoint.pt", "cpu", tiny_dataset))
-    assert message == (f"{tmp_path / 'checkpoint.pt'}: its weights and optimiser states are not those of the lsgan "
-                       "generator's nets generator, discriminator (the file was edited or is corrupted)")
+    assert message == (f"{tmp_path / 'checkpoint.pt'}: its model is a dict of length 1, not the weights of the "
+                       "LSGAN generator's nets generator, discriminator")
+    GANTraining(cfg, tiny_dataset.num_categories, "cpu", 1, tiny_dataset.digest).save(tmp_path / "checkpoint.pt")
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt", "gan")
+    checkpoint["optimizer"] = {"generator": checkpoint["optimizer"]["generator"]}
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    message = refused(CheckpointError, lambda: resumed.resume(tmp_path / "checkpoint.pt", "cpu", tiny_dataset))
+    assert message == (f"{tmp_path / 'checkpoint.pt'}: its optimiser states are a dict of length 1, not those of "
+                       "the generator's nets generator, discriminator")
 
 
 def test_an_unwritable_strip_folder_is_named(trained, tmp_path):
