@@ -360,6 +360,17 @@ def tuning_markdown(rows):
     return "\n".join(lines) + "\n"
 
 
+def check_design_flags(cfg):
+    """ConfigError for a Table IV flag given where it would be ignored: without --design, or with --design --tune."""
+    table_flags = {"--sweep-eta": cfg.sweep_eta, "--pm-steps": cfg.pm_steps, "--pm-trials": cfg.pm_trials}
+    given = [flag for flag, value in table_flags.items() if value is not None]
+    if cfg.tune and not cfg.design:
+        raise ConfigError("--tune tunes PM on every catalogue: give it with --design")
+    if given and (cfg.tune or not cfg.design):
+        raise ConfigError(f"{' '.join(given)} set Table IV of --design; "
+                          + ("--tune writes no Table IV: leave them out" if cfg.design else "give --design"))
+
+
 def main(argv=None):
     with stage_errors("family"):
         cfg, _ = parse_config(FamilyConfig, argv, description=__doc__.split("\n")[0])
@@ -368,6 +379,7 @@ def main(argv=None):
             unknown += sorted(set(cfg.recipes) - set(RECIPES))
         if unknown:
             raise ConfigError(f"unknown recipe or catalogue {', '.join(unknown)}")
+        check_design_flags(cfg)
         if cfg.design:
             return design_tuning(cfg) if cfg.tune else design(cfg)
         return search(cfg) if cfg.search else missing(cfg) if cfg.missing else grid(cfg)

@@ -1,5 +1,6 @@
 """The catalogue family: the recipe search ranks by validation AUC and the grid reuses the demo recipe's runs."""
 import json
+import re
 
 import pytest
 
@@ -99,3 +100,14 @@ def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tin
     assert all(0 <= metrics["combination"][0] <= 1 for metrics in row["sources"].values())
     assert row["paired"]["true_preference"]["trials"] == 3
     assert "no item of categories [4, 5] is stripes (0 such items)" in (tmp_path / "out" / "missing.md").read_text()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tune"], "--tune tunes PM on every catalogue: give it with --design"),
+    (["--pm-steps", "0"], "--pm-steps set Table IV of --design; give --design"),
+    (["--design", "--tune", "--pm-trials", "5", "--sweep-eta", "0"],
+     "--sweep-eta --pm-trials set Table IV of --design; --tune writes no Table IV: leave them out"),
+])
+def test_table_iv_flags_are_refused_where_they_would_be_ignored(flags, message):
+    with pytest.raises(SystemExit, match="^family: " + re.escape(message) + "$"):
+        family.main(flags)
