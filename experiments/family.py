@@ -6,6 +6,7 @@ recipe by validation AUC over that family.
     python experiments/family.py --design    # the demo GAN and Table IV (pm/main.py --table) on every catalogue
     python experiments/family.py --design --tune   # PM's tuning (pm/main.py --tune) on every catalogue instead
     python experiments/family.py --missing   # designing what a catalogue lacks (experiments/missing.py)
+    python experiments/family.py --design --tune --generator sngan   # the same through the sngan (-sngan names)
 
 The family: four taste mixes (which visible attribute leads the users' choices) x two seeds, the first seed's
 images from Fashion-MNIST photos and the second's drawn procedurally. A catalogue is generated once into
@@ -39,7 +40,7 @@ from dvbpr.run import read_results
 from dvbpr.train import train
 from experiments.missing import missing_combination, missing_markdown
 from gan.config import DEMO as GAN_DEMO
-from gan.config import GANConfig
+from gan.config import SNGAN_DEMO, GANConfig
 from gan.run import open_gan_run
 from gan.train import train as train_gan
 from pm.config import DEMO as PM_DEMO
@@ -97,6 +98,7 @@ RECIPES = {
 DEMO_RECIPE = "kc-2e-3-drop0-w16-e16"
 LATENT_STARTS = {"tanh": "uniform", "sphere": "prior"}   # --design's latents and the starts (pm --init) of each
 # --design --tune: pm/main.py --tune's queries and grid on every catalogue (steps from 0: the starts alone)
+GENERATOR_DEMOS = {"lsgan": {}, "sngan": SNGAN_DEMO}   # --generator: settings over the demo GAN's
 PM_TUNE = dict(trials=60, tune_starts=[16], tune_steps=[0, 2, 5, 10, 25, 50], tune_lrs=[0.1])
 GRID_METRICS = ["auc", "ndcg@20", "recall@20"]   # the grid's rows: the paper's AUC and today's top-K metrics
 JUDGE_SEED = 1   # Table IV's judge DVBPR on each catalogue: the demo recipe with this seed
@@ -122,6 +124,10 @@ class FamilyConfig:
                                                                   "(pm/main.py --steps; None: PM's demo setting)"})
     pm_trials: int | None = field(default=None, metadata={"help": "with --design, Table IV's trials (pm/main.py "
                                                                    "--trials; None: PM's demo setting)"})
+    generator: str = field(default="lsgan", metadata={
+        "help": "with --design or --missing, the GAN: the demo LSGAN, or the sngan without DiffAugment at about its "
+                "time (gan/config.py: SNGAN_DEMO); results of the sngan go to folders and tables named -sngan",
+        "choices": list(GENERATOR_DEMOS)})
     latents: list[str] = field(default_factory=lambda: ["tanh"], metadata={
         "help": "with --design, Table IV's synthesis with each of these latents (pm/main.py --latent): tanh from "
                 "U(-1, 1) starts, or sphere from the prior's codes", "choices": list(LATENT_STARTS)})
@@ -225,12 +231,18 @@ def grid_markdown(tables):
 
 
 def demo_gan(cfg, name):
-    """The run directory of the demo GAN on catalogue `name`, trained first if it is not there."""
-    gan_run = Path(cfg.out) / "design" / name / "gan"
+    """The run directory of the demo GAN (of --generator) on catalogue `name`, trained first if it is not there."""
+    gan_run = Path(cfg.out) / "design" / name / "-".join(["gan", *generator_names(cfg)])
     if not (gan_run / "checkpoint.pt").is_file():
         gan_cfg = GANConfig(train=True, dataset=str(catalogue_path(cfg, name)), out=str(gan_run), device=cfg.device)
-        train_gan(settle(gan_cfg, {"train", "dataset", "out", "device"}, "gan", GAN_DEMO))
+        train_gan(settle(gan_cfg, {"train", "dataset", "out", "device"}, "gan",
+                         {**GAN_DEMO, **GENERATOR_DEMOS[cfg.generator]}))
     return gan_run
+
+
+def generator_names(cfg):
+    """[] for the demo LSGAN, [generator] for another, in the names of its folders and tables."""
+    return [cfg.generator] if cfg.generator != "lsgan" else []
 
 
 def design(cfg):
@@ -251,14 +263,14 @@ def design_tuning(cfg):
     for name in cfg.catalogues:
         recipe_run(cfg, DEMO_RECIPE, name)
         rows[name] = {latent: pm_tuning(cfg, name, latent) for latent in cfg.latents}
-    write_outputs(cfg, "design_tune", rows, tuning_markdown(rows))
+    write_outputs(cfg, "-".join(["design_tune", *generator_names(cfg)]), rows, tuning_markdown(rows))
     return rows
 
 
 def pm_tuning(cfg, name, latent):
     """PM's tuning (PM_TUNE) with the demo DVBPR and GAN of catalogue `name` and synthesis through `latent`, run
     first if it is not there (in tune-<latent>/)."""
-    pm_out = Path(cfg.out) / "design" / name / f"tune-{latent}"
+    pm_out = Path(cfg.out) / "design" / name / "-".join(["tune", latent, *generator_names(cfg)])
     if not (pm_out / "tune.json").is_file():
         pm_cfg = PMConfig(tune=True, dvbpr_run=str(recipe_path(cfg, DEMO_RECIPE, name)),
                           gan_run=str(demo_gan(cfg, name)), out=str(pm_out), device=cfg.device, latent=latent,
@@ -273,8 +285,9 @@ def pm_settings(cfg):
 
 
 def settings_names(cfg):
-    """["steps<N>", "trials<M>"] for --pm-steps and --pm-trials, in the names of their tables and folders."""
-    return [f"{name}{value}" for name, value in pm_settings(cfg).items()]
+    """[generator, "steps<N>", "trials<M>"] for --generator other than lsgan, --pm-steps and --pm-trials, in the names
+    of their tables and folders."""
+    return generator_names(cfg) + [f"{name}{value}" for name, value in pm_settings(cfg).items()]
 
 
 def table_iv(cfg, name, latent):
@@ -306,10 +319,11 @@ def missing(cfg):
         dvbpr_run, gan_run = recipe_path(cfg, DEMO_RECIPE, name), demo_gan(cfg, name)
         pm_cfg = PMConfig(dvbpr_run=str(dvbpr_run), gan_run=str(gan_run), device=cfg.device)
         settle(pm_cfg, {"dvbpr_run", "gan_run", "device"}, "pm", PM_DEMO, embedded=True)
-        stages, out = Stages(dvbpr_run, gan_run, device=pick_device(cfg.device)), Path(cfg.out) / "missing" / name
+        out = Path(cfg.out) / "-".join(["missing", *generator_names(cfg)]) / name
+        stages = Stages(dvbpr_run, gan_run, device=pick_device(cfg.device))
         out.mkdir(parents=True, exist_ok=True)
         rows[name] = missing_combination(stages, pm_cfg, catalogue.missing_pattern, catalogue.missing_categories, out)
-    write_outputs(cfg, "missing", rows, missing_markdown(rows))
+    write_outputs(cfg, "-".join(["missing", *generator_names(cfg)]), rows, missing_markdown(rows))
     return rows
 
 
@@ -361,11 +375,14 @@ def tuning_markdown(rows):
 
 
 def check_design_flags(cfg):
-    """ConfigError for a Table IV flag given where it would be ignored: without --design, or with --design --tune."""
+    """ConfigError for a flag of --design given where it would be ignored: a Table IV flag without --design or with
+    --design --tune, --tune without --design, --generator without --design or --missing."""
     table_flags = {"--sweep-eta": cfg.sweep_eta, "--pm-steps": cfg.pm_steps, "--pm-trials": cfg.pm_trials}
     given = [flag for flag, value in table_flags.items() if value is not None]
     if cfg.tune and not cfg.design:
         raise ConfigError("--tune tunes PM on every catalogue: give it with --design")
+    if cfg.generator != "lsgan" and not (cfg.design or cfg.missing):
+        raise ConfigError(f"--generator {cfg.generator} trains the GAN of --design or --missing: give one of them")
     if given and (cfg.tune or not cfg.design):
         raise ConfigError(f"{' '.join(given)} set Table IV of --design; "
                           + ("--tune writes no Table IV: leave them out" if cfg.design else "give --design"))

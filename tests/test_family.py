@@ -7,6 +7,7 @@ import pytest
 import experiments.family as family
 import pm.stage
 from common.catalogue.config import CatalogueConfig
+from gan.run import open_gan_run
 
 
 def test_the_demo_recipe_is_a_finalist_of_the_search():
@@ -86,6 +87,13 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
         assert set(tuned[name]["tanh"]["on_manifold"]) == {"random", "shifted"}
     assert (tmp_path / "out" / "design_tune.md").read_text().count("| colour | tanh |") == 1
 
+    through_sngan = family.main([*tiny_family, "--design", "--tune", "--generator", "sngan", "--catalogues", "colour"])
+    gan_run = tmp_path / "out" / "design" / "colour" / "gan-sngan"
+    assert open_gan_run(gan_run).config.generator == "sngan" and not open_gan_run(gan_run).config.diffaugment
+    assert (tmp_path / "out" / "design" / "colour" / "tune-tanh-sngan" / "tune.json").is_file()
+    assert through_sngan["colour"]["tanh"]["rows"] != tuned["colour"]["tanh"]["rows"]
+    assert (tmp_path / "out" / "design_tune-sngan.md").read_text().count("| colour | tanh |") == 1
+
 
 def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tiny_family, tmp_path, monkeypatch):
     tiny = dict(num_users=40, num_items=120, image_size=32, image_source="procedural")
@@ -105,6 +113,7 @@ def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tin
 @pytest.mark.parametrize("flags, message", [
     (["--tune"], "--tune tunes PM on every catalogue: give it with --design"),
     (["--pm-steps", "0"], "--pm-steps set Table IV of --design; give --design"),
+    (["--generator", "sngan"], "--generator sngan trains the GAN of --design or --missing: give one of them"),
     (["--design", "--tune", "--pm-trials", "5", "--sweep-eta", "0"],
      "--sweep-eta --pm-trials set Table IV of --design; --tune writes no Table IV: leave them out"),
 ])
