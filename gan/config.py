@@ -81,9 +81,10 @@ PRESETS = {
 # condition consistency 0.80 at batch 64 (98 s) and 0.89 at batch 32 (109 s); 9 epochs at batch 32 took 111 s on a
 # fresh clone (0.86), so 8 epochs keep the time within 5 minutes on a 100 GFLOP/s machine.
 # The sngan generator (gan/sngan.py) was measured against these settings by KID per CPU-minute
-# (bench/gan_quality.py, docs/gan_quality_per_minute.png). Without DiffAugment, at the demo's minute of training, it
-# was ahead on three catalogues and three seeds, but at 0.77x the LSGAN's KID on the embedded catalogue, short of
-# the half asked to replace the paper's generator, so the demo stays lsgan (README, "A modern generator").
+# (bench/gan_quality.py, docs/gan_quality_per_minute.png). Without DiffAugment (SNGAN_DEMO below) it was ahead at the
+# demo's time on three catalogues and six seeds: 0.49x the LSGAN's KID as whole commands (seeds 0-2) and 0.77x by the
+# bench's minute (seeds 3-5) on the embedded catalogue (README, "A modern generator"). The demo is still lsgan; every
+# design-half figure of the README was measured with it.
 DEMO = dict(image_size=32, g_width=16, d_width=16, batch_size=32, epochs=8, lr=2e-4, sample_every=200,
             checkpoint_every=500)
 PRESETS["demo"] = {**PRESETS["paper"], **DEMO}
