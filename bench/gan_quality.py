@@ -10,6 +10,8 @@ docs/gan_quality_per_minute.png.
     python bench/gan_quality.py --plot-only                       the plot from the results already measured
     python bench/gan_quality.py --grids runs/gan                  a trained run's samples of each category beside
                                                                   real items of it: docs/gan_sngan_grids.png
+    python bench/gan_quality.py --score runs/gan runs/gan_sngan   trained runs' samples scored as the candidates'
+                                                                  are: --out/scores.json
 
 Each candidate trains as gan/train.py does (the same batches and codes per iteration, the generator's own
 train_step) with the clock running only while it trains; at each checkpoint SAMPLES_PER_CATEGORY images per
@@ -81,6 +83,8 @@ class QualityConfig:
     seed: int = field(default=0, metadata={"help": "random seed of training and of the scored samples"})
     grids: str | None = field(default=None, metadata={"help": "a trained GAN run: write --grids-out instead"})
     grids_out: str = field(default="docs/gan_sngan_grids.png", metadata={"help": "the grids written"})
+    score: list[str] | None = field(default=None, metadata={"help": "trained GAN runs: score each one's samples as "
+                                                                    "the candidates' are, instead of training"})
 
 
 def candidate_config(name, dataset_path, seed):
@@ -215,6 +219,20 @@ def write_grids(qc):
     samples_beside_real(run.model, dataset, store, qc.seed, Path(qc.grids_out))
 
 
+def score_runs(qc):
+    """{run: KID, FID, precision, recall} of each trained run in --score, scored as the candidates are (the
+    category classifier of its catalogue in --out/<catalogue>/), written to --out/scores.json."""
+    results = {}
+    for run_dir in qc.score:
+        run = open_gan_run(run_dir)
+        dataset, _ = open_dataset(run.config.dataset)
+        store = ImageStore(image_cache(dataset, run.config.image_size, run.config.resize_filter), "cpu")
+        results[run_dir] = Scorer(dataset, store, Path(qc.out) / dataset.name, qc.seed)(run.model)
+        print(f"{run_dir}: {score_line(results[run_dir])}", flush=True)
+    write_json(Path(qc.out) / "scores.json", results)
+    return results
+
+
 def samples_beside_real(model, dataset, store, seed, path, per_row=6):
     """One row per category: `per_row` samples of the generator, then `per_row` real items of the category."""
     z = model.sample_z(per_row, rng=torch.Generator().manual_seed(seed))
@@ -233,6 +251,8 @@ def main(argv=None):
         qc, _ = parse_config(QualityConfig, argv, description=__doc__.splitlines()[0])
         if qc.grids:
             return write_grids(qc)
+        if qc.score:
+            return score_runs(qc)
         if not qc.plot_only:
             measure_all(qc)
         plot(qc)
