@@ -221,13 +221,17 @@ def write_grids(qc):
 
 def score_runs(qc):
     """{run: KID, FID, precision, recall} of each trained run in --score, scored as the candidates are (the
-    category classifier of its catalogue in --out/<catalogue>/), written to --out/scores.json."""
-    results = {}
+    category classifier of its dataset in --out/<dataset name>/), written to --out/scores.json. Runs on the same
+    dataset and image size share one image cache and scorer."""
+    results, scorers = {}, {}
     for run_dir in qc.score:
         run = open_gan_run(run_dir)
-        dataset, _ = open_dataset(run.config.dataset)
-        store = ImageStore(image_cache(dataset, run.config.image_size, run.config.resize_filter), "cpu")
-        results[run_dir] = Scorer(dataset, store, Path(qc.out) / dataset.name, qc.seed)(run.model)
+        key = (run.config.dataset, run.config.image_size, run.config.resize_filter)
+        if key not in scorers:
+            dataset, _ = open_dataset(run.config.dataset)
+            store = ImageStore(image_cache(dataset, run.config.image_size, run.config.resize_filter), "cpu")
+            scorers[key] = Scorer(dataset, store, Path(qc.out) / dataset.name, qc.seed)
+        results[run_dir] = scorers[key](run.model)
         print(f"{run_dir}: {score_line(results[run_dir])}", flush=True)
     write_json(Path(qc.out) / "scores.json", results)
     return results
