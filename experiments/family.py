@@ -6,7 +6,7 @@ recipe by validation AUC over that family.
     python experiments/family.py --design    # the demo GAN and Table IV (pm/main.py --table) on every catalogue
     python experiments/family.py --design --tune   # PM's tuning (pm/main.py --tune) on every catalogue instead
     python experiments/family.py --missing   # designing what a catalogue lacks (experiments/missing.py)
-    python experiments/family.py --design --tune --generator sngan   # the same through the sngan (-sngan names)
+    python experiments/family.py --design --tune --generator sngan-no-diffaugment   # the same through the sngan
 
 The family: four taste mixes (which visible attribute leads the users' choices) x two seeds, the first seed's
 images from Fashion-MNIST photos and the second's drawn procedurally. A catalogue is generated once into
@@ -97,7 +97,7 @@ RECIPES = {
 }
 DEMO_RECIPE = "kc-2e-3-drop0-w16-e16"
 LATENT_STARTS = {"tanh": "uniform", "sphere": "prior"}   # --design's latents and the starts (pm --init) of each
-GENERATOR_DEMOS = {"lsgan": {}, "sngan": SNGAN_DEMO}   # --generator: settings over the demo GAN's
+GENERATOR_DEMOS = {"lsgan": {}, "sngan-no-diffaugment": SNGAN_DEMO}   # --generator: settings over the demo GAN's
 # --design --tune: pm/main.py --tune's queries and grid on every catalogue (steps from 0: the starts alone)
 PM_TUNE = dict(trials=60, tune_starts=[16], tune_steps=[0, 2, 5, 10, 25, 50], tune_lrs=[0.1])
 GRID_METRICS = ["auc", "ndcg@20", "recall@20"]   # the grid's rows: the paper's AUC and today's top-K metrics
@@ -126,7 +126,7 @@ class FamilyConfig:
                                                                    "--trials; None: PM's demo setting)"})
     generator: str = field(default="lsgan", metadata={
         "help": "with --design or --missing, the GAN: the demo LSGAN, or the sngan without DiffAugment at about its "
-                "time (gan/config.py: SNGAN_DEMO); results of the sngan go to folders and tables named -sngan",
+                "time (gan/config.py: SNGAN_DEMO), whose results go to folders and tables named after it",
         "choices": list(GENERATOR_DEMOS)})
     latents: list[str] = field(default_factory=lambda: ["tanh"], metadata={
         "help": "with --design, Table IV's synthesis with each of these latents (pm/main.py --latent): tanh from "

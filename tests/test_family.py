@@ -87,12 +87,13 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
         assert set(tuned[name]["tanh"]["on_manifold"]) == {"random", "shifted"}
     assert (tmp_path / "out" / "design_tune.md").read_text().count("| colour | tanh |") == 1
 
-    through_sngan = family.main([*tiny_family, "--design", "--tune", "--generator", "sngan", "--catalogues", "colour"])
-    gan_run = tmp_path / "out" / "design" / "colour" / "gan-sngan"
+    through_sngan = family.main([*tiny_family, "--design", "--tune", "--generator", "sngan-no-diffaugment",
+                                 "--catalogues", "colour"])
+    gan_run = tmp_path / "out" / "design" / "colour" / "gan-sngan-no-diffaugment"
     assert open_gan_run(gan_run).config.generator == "sngan" and not open_gan_run(gan_run).config.diffaugment
-    assert (tmp_path / "out" / "design" / "colour" / "tune-tanh-sngan" / "tune.json").is_file()
+    assert (tmp_path / "out" / "design" / "colour" / "tune-tanh-sngan-no-diffaugment" / "tune.json").is_file()
     assert through_sngan["colour"]["tanh"]["rows"] != tuned["colour"]["tanh"]["rows"]
-    assert (tmp_path / "out" / "design_tune-sngan.md").read_text().count("| colour | tanh |") == 1
+    assert (tmp_path / "out" / "design_tune-sngan-no-diffaugment.md").read_text().count("| colour | tanh |") == 1
 
 
 def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tiny_family, tmp_path, monkeypatch):
@@ -113,7 +114,8 @@ def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tin
 @pytest.mark.parametrize("flags, message", [
     (["--tune"], "--tune tunes PM on every catalogue: give it with --design"),
     (["--pm-steps", "0"], "--pm-steps set Table IV of --design; give --design"),
-    (["--generator", "sngan"], "--generator sngan trains the GAN of --design or --missing: give one of them"),
+    (["--generator", "sngan-no-diffaugment"],
+     "--generator sngan-no-diffaugment trains the GAN of --design or --missing: give one of them"),
     (["--design", "--tune", "--pm-trials", "5", "--sweep-eta", "0"],
      "--sweep-eta --pm-trials set Table IV of --design; --tune writes no Table IV: leave them out"),
 ])
