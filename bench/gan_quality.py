@@ -42,7 +42,7 @@ from common.machine import machine_line, matmul_gflops
 from common.original_format import CATEGORY_NAMES
 from common.seeding import seed_everything
 from experiments.family import CATALOGUES, catalogue_path
-from gan.config import PRESETS, GANConfig, check_config, with_generator_latent
+from gan.config import DEMO, GANConfig, check_config, with_generator_latent
 from gan.generators import build_generator
 from gan.model import generate
 from gan.run import open_gan_run
@@ -53,8 +53,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 SAMPLES_PER_CATEGORY = 250
-DEMO = PRESETS["demo"]
-# name -> settings over the demo preset
+# name -> settings over the demo settings every generator shares (gan/config.py DEMO)
 CANDIDATES = {
     "lsgan-demo": dict(generator="lsgan"),
     "sngan": dict(generator="sngan", lr=2e-4, beta1=0.0, beta2=0.9),

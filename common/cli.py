@@ -145,7 +145,8 @@ def settle(cfg, protected, stage, demo=None, say=print, embedded=None, check=Non
     catalogue, the demo settings under the protected flags and the typed preset. Unless `embedded` is given (a
     stage that reads its data from an earlier run), `cfg.dataset` is resolved to the absolute path of the dataset
     file, so that the run reopens the very file from any working directory. The saved settings are validated as
-    flags are, and by `check(cfg)` if given."""
+    flags are, and by `check(cfg)` if given. `demo` is the settings, or a function of (cfg, protected) that returns
+    them (a stage whose demo depends on a flag typed)."""
     if getattr(cfg, "resume", False):
         path = Path(cfg.out or Path("runs") / stage) / "checkpoint.pt"
         saved = saved_config(type(cfg), load_checkpoint(path, stage, mmap=True, fields=("config",))["config"], path,
@@ -155,7 +156,7 @@ def settle(cfg, protected, stage, demo=None, say=print, embedded=None, check=Non
         path, embedded = resolve_dataset(cfg.dataset)
         cfg.dataset = str(path)
     if embedded and demo and not getattr(cfg, "resume", False):
-        changed = apply_settings(cfg, demo, protected)
+        changed = apply_settings(cfg, demo(cfg, protected) if callable(demo) else demo, protected)
         if changed:
             say(f"{stage}: embedded catalogue, demo settings {describe_settings(changed)}")
     return cfg

@@ -6,7 +6,7 @@ recipe by validation AUC over that family.
     python experiments/family.py --design    # the demo GAN and Table IV (pm/main.py --table) on every catalogue
     python experiments/family.py --design --tune   # PM's tuning (pm/main.py --tune) on every catalogue instead
     python experiments/family.py --missing   # designing what a catalogue lacks (experiments/missing.py)
-    python experiments/family.py --design --tune --generator sngan-no-diffaugment   # the same through the sngan
+    python experiments/family.py --design --generator lsgan   # the same through the paper's LSGAN
 
 The family: four taste mixes (which visible attribute leads the users' choices) x two seeds, the first seed's
 images from Fashion-MNIST photos and the second's drawn procedurally. A catalogue is generated once into
@@ -39,8 +39,7 @@ from dvbpr.config import DEMO, DVBPRConfig
 from dvbpr.run import read_results
 from dvbpr.train import train
 from experiments.missing import missing_combination, missing_markdown
-from gan.config import DEMO as GAN_DEMO
-from gan.config import SNGAN_DEMO, GANConfig
+from gan.config import DEMO_GENERATOR, GANConfig, demo_settings
 from gan.run import open_gan_run
 from gan.train import train as train_gan
 from pm.config import DEMO as PM_DEMO
@@ -97,7 +96,7 @@ RECIPES = {
 }
 DEMO_RECIPE = "kc-2e-3-drop0-w16-e16"
 LATENT_STARTS = {"tanh": "uniform", "sphere": "prior"}   # --design's latents and the starts (pm --init) of each
-GENERATOR_DEMOS = {"lsgan": {}, "sngan-no-diffaugment": SNGAN_DEMO}   # --generator: settings over the demo GAN's
+GENERATORS = [DEMO_GENERATOR, "lsgan"]   # --generator: the demo's (gan/config.py), or the paper's LSGAN
 # --design --tune: pm/main.py --tune's queries and grid on every catalogue (steps from 0: the starts alone)
 PM_TUNE = dict(trials=60, tune_starts=[16], tune_steps=[0, 2, 5, 10, 25, 50], tune_lrs=[0.1])
 GRID_METRICS = ["auc", "ndcg@20", "recall@20"]   # the grid's rows: the paper's AUC and today's top-K metrics
@@ -124,10 +123,9 @@ class FamilyConfig:
                                                                   "(pm/main.py --steps; None: PM's demo setting)"})
     pm_trials: int | None = field(default=None, metadata={"help": "with --design, Table IV's trials (pm/main.py "
                                                                    "--trials; None: PM's demo setting)"})
-    generator: str = field(default="lsgan", metadata={
-        "help": "with --design or --missing, the GAN: the demo LSGAN, or the sngan without DiffAugment at about its "
-                "time (gan/config.py: SNGAN_DEMO), whose results go to folders and tables named after it",
-        "choices": list(GENERATOR_DEMOS)})
+    generator: str = field(default=DEMO_GENERATOR, metadata={
+        "help": "with --design or --missing, the GAN, trained with its demo settings (gan/config.py): the demo's, "
+                "or the paper's LSGAN, whose results go to folders and tables named after it", "choices": GENERATORS})
     latents: list[str] = field(default_factory=lambda: ["tanh"], metadata={
         "help": "with --design, Table IV's synthesis with each of these latents (pm/main.py --latent): tanh from "
                 "U(-1, 1) starts, or sphere from the prior's codes", "choices": list(LATENT_STARTS)})
@@ -235,14 +233,17 @@ def demo_gan(cfg, name):
     gan_run = Path(cfg.out) / "design" / name / "-".join(["gan", *generator_names(cfg)])
     if not (gan_run / "checkpoint.pt").is_file():
         gan_cfg = GANConfig(train=True, dataset=str(catalogue_path(cfg, name)), out=str(gan_run), device=cfg.device)
-        train_gan(settle(gan_cfg, {"train", "dataset", "out", "device"}, "gan",
-                         {**GAN_DEMO, **GENERATOR_DEMOS[cfg.generator]}))
+        train_gan(settle(gan_cfg, {"train", "dataset", "out", "device"}, "gan", demo_settings(cfg.generator)))
+    trained = open_gan_run(gan_run).config.generator
+    if trained != cfg.generator:   # a folder of an earlier version, whose demo trained another generator
+        raise ConfigError(f"{gan_run} was trained with --generator {trained}, not {cfg.generator}: move it away to "
+                          f"train the {cfg.generator} there, or give --generator {trained}")
     return gan_run
 
 
 def generator_names(cfg):
-    """[] for the demo LSGAN, [generator] for another, in the names of its folders and tables."""
-    return [cfg.generator] if cfg.generator != "lsgan" else []
+    """[] for the demo's generator, [generator] for another, in the names of its folders and tables."""
+    return [cfg.generator] if cfg.generator != DEMO_GENERATOR else []
 
 
 def design(cfg):
@@ -270,10 +271,11 @@ def design_tuning(cfg):
 def pm_tuning(cfg, name, latent):
     """PM's tuning (PM_TUNE) with the demo DVBPR and GAN of catalogue `name` and synthesis through `latent`, run
     first if it is not there (in tune-<latent>/)."""
+    gan_run = demo_gan(cfg, name)
     pm_out = Path(cfg.out) / "design" / name / "-".join(["tune", latent, *generator_names(cfg)])
     if not (pm_out / "tune.json").is_file():
-        pm_cfg = PMConfig(tune=True, dvbpr_run=str(recipe_path(cfg, DEMO_RECIPE, name)),
-                          gan_run=str(demo_gan(cfg, name)), out=str(pm_out), device=cfg.device, latent=latent,
+        pm_cfg = PMConfig(tune=True, dvbpr_run=str(recipe_path(cfg, DEMO_RECIPE, name)), gan_run=str(gan_run),
+                          out=str(pm_out), device=cfg.device, latent=latent,
                           init=LATENT_STARTS[latent], **PM_TUNE)
         run_pm(pm_cfg, {"tune", "dvbpr_run", "gan_run", "out", "device", "latent", "init", *PM_TUNE})
     return json.loads((pm_out / "tune.json").read_text())
@@ -285,8 +287,8 @@ def pm_settings(cfg):
 
 
 def settings_names(cfg):
-    """[generator, "steps<N>", "trials<M>"] for --generator other than lsgan, --pm-steps and --pm-trials, in the names
-    of their tables and folders."""
+    """[generator, "steps<N>", "trials<M>"] for --generator other than the demo's, --pm-steps and --pm-trials, in the
+    names of their tables and folders."""
     return generator_names(cfg) + [f"{name}{value}" for name, value in pm_settings(cfg).items()]
 
 
@@ -381,7 +383,7 @@ def check_design_flags(cfg):
     given = [flag for flag, value in table_flags.items() if value is not None]
     if cfg.tune and not cfg.design:
         raise ConfigError("--tune tunes PM on every catalogue: give it with --design")
-    if cfg.generator != "lsgan" and not (cfg.design or cfg.missing):
+    if cfg.generator != DEMO_GENERATOR and not (cfg.design or cfg.missing):
         raise ConfigError(f"--generator {cfg.generator} trains the GAN of --design or --missing: give one of them")
     if given and (cfg.tune or not cfg.design):
         raise ConfigError(f"{' '.join(given)} set Table IV of --design; "

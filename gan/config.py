@@ -3,7 +3,8 @@
     paper     what the paper states (Sec. III-C, IV-D): 128 px, z of 100 ~ U(-1, 1), batch 64, about 25 epochs
     original  what the released code did (GAN/main.py of the original repository): 64 px, z 256 ~ N(0, 1),
               batch 16, 30 epochs
-    demo      sized for a 2-core CPU on the embedded catalogues
+    demo      sized for a 2-core CPU on the embedded catalogues: the sngan without DiffAugment (gan/sngan.py)
+The paper and original presets train the paper's LSGAN; so does --generator lsgan with the demo settings.
 """
 from dataclasses import dataclass, field, replace
 
@@ -19,9 +20,10 @@ ARCHITECTURE_FIELDS = ("generator", "image_size", "z_dim", "z_distribution", "g_
 
 @dataclass
 class GANConfig:
-    preset: str = field(default="paper", metadata={"help": "paper: 128 px, z 100 ~ U(-1,1), batch 64, 25 epochs; "
-                                                           "original: the original code's 64 px, z 256 ~ N(0,1), "
-                                                           "batch 16, 30 epochs"})
+    preset: str = field(default="paper", metadata={"help": "paper: the LSGAN at 128 px, z 100 ~ U(-1,1), batch "
+                                                           "64, 25 epochs; original: the original code's LSGAN at 64 "
+                                                           "px, z 256 ~ N(0,1), batch 16, 30 epochs; demo: the "
+                                                           "embedded catalogue's settings"})
     train: bool = field(default=False, metadata={"help": "train; without it, write per-category grids from the "
                                                          "trained model in --out"})
     resume: bool = field(default=False, metadata={"help": "continue training from --out's checkpoint"})
@@ -33,7 +35,9 @@ class GANConfig:
     cache_dir: str | None = field(default=None, metadata={"help": "folder of the decoded-image cache (None: a "
                                                                   "cache/ folder beside the dataset)"})
     generator: str = field(default="lsgan", metadata={"help": "the conditional generator (gan/generators.py): lsgan "
-                                                              "is the paper's; sngan a spectrally normalised "
+                                                              "is the paper's (the presets'; on the embedded "
+                                                              "catalogue the demo trains sngan without "
+                                                              "DiffAugment); sngan a spectrally normalised "
                                                               "projection GAN with hinge loss and DiffAugment "
                                                               "(gan/sngan.py); diffusion a class-conditional "
                                                               "DDPM with a DDIM sampler (gan/diffusion.py)",
@@ -72,25 +76,36 @@ class GANConfig:
 
 
 PRESETS = {
-    "paper": {},
-    "original": dict(image_size=64, z_dim=256, z_distribution="normal", batch_size=16, epochs=30),
+    "paper": dict(generator="lsgan"),
+    "original": dict(generator="lsgan", image_size=64, z_dim=256, z_distribution="normal", batch_size=16, epochs=30),
 }
 
-# The embedded catalogues' settings: recognisable category shapes from `python gan/main.py --train` in under two
-# minutes on two CPU cores with 275 GFLOP/s. Measured there on the embedded catalogue: 10 epochs at lr 2e-4 gave
+# The embedded catalogues' settings, shared by every generator: recognisable category shapes from the LSGAN in under
+# two minutes on two CPU cores with 275 GFLOP/s. Measured there on the embedded catalogue: 10 epochs at lr 2e-4 gave
 # condition consistency 0.80 at batch 64 (98 s) and 0.89 at batch 32 (109 s); 9 epochs at batch 32 took 111 s on a
 # fresh clone (0.86), so 8 epochs keep the time within 5 minutes on a 100 GFLOP/s machine.
-# The sngan generator (gan/sngan.py) was measured against these settings by KID per CPU-minute
-# (bench/gan_quality.py, docs/gan_quality_per_minute.png). Without DiffAugment (SNGAN_DEMO below) it was ahead at the
-# demo's time on three catalogues and six seeds: 0.49x the LSGAN's KID as whole commands (seeds 0-2) and 0.77x by the
-# bench's minute (seeds 3-5) on the embedded catalogue (README, "A modern generator"). The demo is still lsgan; every
-# design-half figure of the README was measured with it.
 DEMO = dict(image_size=32, g_width=16, d_width=16, batch_size=32, epochs=8, lr=2e-4, sample_every=200,
             checkpoint_every=500)
-PRESETS["demo"] = {**PRESETS["paper"], **DEMO}
-# The sngan without DiffAugment over the demo settings, for about the LSGAN demo's time on a CPU (59 s against 53 s
-# on the embedded catalogue; README, "A modern generator" and "Through better generators").
-SNGAN_DEMO = dict(generator="sngan", diffaugment=False, beta1=0.0, beta2=0.9, epochs=18)
+# A generator's own demo settings over DEMO. The sngan without DiffAugment, 18 epochs for about the LSGAN's time
+# (59 s against 53 s on the embedded catalogue), had a lower KID than the LSGAN at the demo's time on three
+# catalogues and six seeds: 0.49x as whole commands (seeds 0-2) and 0.77x by the bench's minute (seeds 3-5) on the
+# embedded catalogue, 0.27x and 0.50x on two family members (README, "A modern generator"), so the demo trains it.
+GENERATOR_DEMOS = {"sngan": dict(diffaugment=False, beta1=0.0, beta2=0.9, epochs=18)}
+DEMO_GENERATOR = "sngan"
+
+
+def demo_settings(generator):
+    """The demo settings of `generator` on the embedded catalogues."""
+    return {**DEMO, "generator": generator, **GENERATOR_DEMOS.get(generator, {})}
+
+
+def embedded_demo(cfg, protected):
+    """The embedded catalogue's demo settings for a run: those of the generator typed (by --generator or the typed
+    preset), else DEMO_GENERATOR's. `python gan/main.py --train --generator lsgan` keeps the LSGAN's demo."""
+    return demo_settings(cfg.generator if "generator" in protected else DEMO_GENERATOR)
+
+
+PRESETS["demo"] = demo_settings(DEMO_GENERATOR)
 
 
 SIZE_BOUNDS = dict(image_size=MAX_IMAGE_SIZE, z_dim=MAX_WIDTH, g_width=MAX_WIDTH // 4, d_width=MAX_WIDTH // 8,

@@ -1,10 +1,12 @@
 """The catalogue family: the recipe search ranks by validation AUC and the grid reuses the demo recipe's runs."""
 import json
 import re
+import shutil
 
 import pytest
 
 import experiments.family as family
+import gan.config
 import pm.stage
 from common.catalogue.config import CatalogueConfig
 from gan.run import open_gan_run
@@ -51,9 +53,15 @@ def test_search_ranks_by_validation_and_the_grid_reuses_the_demo_runs(tiny_famil
     assert grid.count("| colour |") == 6 and "| colour | NDCG@20, Cold Items |" in grid and "PopRank" in grid
 
 
+def tiny_gan_demo(monkeypatch):
+    """The demo GANs at 16 px, one epoch, each generator keeping the rest of its own demo settings."""
+    monkeypatch.setattr(gan.config, "DEMO", dict(image_size=16, z_dim=8, g_width=8, d_width=8, batch_size=16, epochs=1,
+                                                 consistency_samples=4))
+    monkeypatch.setitem(gan.config.GENERATOR_DEMOS, "sngan", dict(diffaugment=False, beta1=0.0, beta2=0.9))
+
+
 def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue(tiny_family, tmp_path, monkeypatch):
-    monkeypatch.setattr(family, "GAN_DEMO", dict(image_size=16, z_dim=8, g_width=8, d_width=8, batch_size=16,
-                                                 epochs=1, consistency_samples=4))
+    tiny_gan_demo(monkeypatch)
     monkeypatch.setattr(pm.stage, "DEMO", dict(trials=2, starts=2, steps=3, splits=2))
     rows = family.main([*tiny_family, "--design", "--sweep-eta", "0", "10", "--latents", "tanh", "sphere"])
     assert set(rows) == {"colour", "pattern"}
@@ -65,7 +73,8 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
         row = by_latent["tanh"]
         assert 0 <= row["consistency"] <= 1
         assert set(row["table"]) == {"real", "generated", "retrieval", "synthesis"}
-        assert (tmp_path / "out" / "design" / name / "gan" / "checkpoint.pt").is_file()
+        trained = open_gan_run(tmp_path / "out" / "design" / name / "gan").config
+        assert trained.generator == "sngan" and not trained.diffaugment and trained.image_size == 16
         assert set(row["eta_sweep"]["synthesis"]) == {"0", "10"}
         assert row["paired"]["judge"]["trials"] == 2 and "true_preference" in row["table"]["synthesis"]
         assert (tmp_path / "out" / "judges" / name / "results.json").is_file()
@@ -87,21 +96,26 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
         assert set(tuned[name]["tanh"]["on_manifold"]) == {"random", "shifted"}
     assert (tmp_path / "out" / "design_tune.md").read_text().count("| colour | tanh |") == 1
 
-    through_sngan = family.main([*tiny_family, "--design", "--tune", "--generator", "sngan-no-diffaugment",
-                                 "--catalogues", "colour"])
-    gan_run = tmp_path / "out" / "design" / "colour" / "gan-sngan-no-diffaugment"
-    assert open_gan_run(gan_run).config.generator == "sngan" and not open_gan_run(gan_run).config.diffaugment
-    assert (tmp_path / "out" / "design" / "colour" / "tune-tanh-sngan-no-diffaugment" / "tune.json").is_file()
-    assert through_sngan["colour"]["tanh"]["rows"] != tuned["colour"]["tanh"]["rows"]
-    assert (tmp_path / "out" / "design_tune-sngan-no-diffaugment.md").read_text().count("| colour | tanh |") == 1
+    through_lsgan = family.main([*tiny_family, "--design", "--tune", "--generator", "lsgan", "--catalogues", "colour"])
+    lsgan_run = tmp_path / "out" / "design" / "colour" / "gan-lsgan"
+    assert open_gan_run(lsgan_run).config.generator == "lsgan" and open_gan_run(lsgan_run).config.beta1 == 0.5
+    assert (tmp_path / "out" / "design" / "colour" / "tune-tanh-lsgan" / "tune.json").is_file()
+    assert through_lsgan["colour"]["tanh"]["rows"] != tuned["colour"]["tanh"]["rows"]
+    assert (tmp_path / "out" / "design_tune-lsgan.md").read_text().count("| colour | tanh |") == 1
+
+    demo_run = tmp_path / "out" / "design" / "colour" / "gan"
+    shutil.rmtree(demo_run)
+    shutil.copytree(lsgan_run, demo_run)   # as an earlier version, whose demo was the LSGAN, left it
+    with pytest.raises(SystemExit, match=f"^family: {re.escape(str(demo_run))} was trained with --generator lsgan, "
+                                         "not sngan: move it away"):
+        family.main([*tiny_family, "--design", "--catalogues", "colour"])
 
 
 def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tiny_family, tmp_path, monkeypatch):
     tiny = dict(num_users=40, num_items=120, image_size=32, image_source="procedural")
     holed = CatalogueConfig(seed=3, pattern_weight=3, missing_pattern="stripes", missing_categories=[4, 5], **tiny)
     monkeypatch.setattr(family, "LACKING", {"holed": holed})
-    monkeypatch.setattr(family, "GAN_DEMO", dict(image_size=16, z_dim=8, g_width=8, d_width=8, batch_size=16,
-                                                 epochs=1, consistency_samples=4))
+    tiny_gan_demo(monkeypatch)
     monkeypatch.setattr(family, "PM_DEMO", dict(trials=3, starts=2, steps=3))
     row = family.main([*tiny_family, "--missing"])["holed"]
     assert row["items_with_combination"] == 0 and row["queries"] == 3 and row["lovers"] >= 1
@@ -114,8 +128,7 @@ def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tin
 @pytest.mark.parametrize("flags, message", [
     (["--tune"], "--tune tunes PM on every catalogue: give it with --design"),
     (["--pm-steps", "0"], "--pm-steps set Table IV of --design; give --design"),
-    (["--generator", "sngan-no-diffaugment"],
-     "--generator sngan-no-diffaugment trains the GAN of --design or --missing: give one of them"),
+    (["--generator", "lsgan"], "--generator lsgan trains the GAN of --design or --missing: give one of them"),
     (["--design", "--tune", "--pm-trials", "5", "--sweep-eta", "0"],
      "--sweep-eta --pm-trials set Table IV of --design; --tune writes no Table IV: leave them out"),
 ])

@@ -9,11 +9,12 @@ from PIL import Image
 
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.classifier import load_classifier, split_items, train_or_load_classifier
+from common.cli import parse_config, settle
 from common.data import load_dataset
 from common.errors import CheckpointError, ConfigError, RunError
 from common.images import ImageStore, image_cache
 from common.runlog import RunLog
-from gan.config import PRESETS, GANConfig
+from gan.config import PRESETS, GANConfig, demo_settings, embedded_demo
 from gan.consistency import condition_consistency
 from gan.main import main
 from gan.model import Discriminator, Generator, SameConv, SameDeconv, build_gan, build_optimizers, train_step
@@ -295,3 +296,20 @@ def test_condition_consistency_on_a_hand_made_case():
     assert result["per_category"][:3] == pytest.approx([1 / 2, 1 / 3, 1])
     assert result["per_category"][3] is None
     assert result["overall"] == pytest.approx(3 / 6)
+
+
+def test_the_embedded_demo_trains_the_sngan_unless_the_lsgan_is_typed(tmp_path):
+    def settled(argv):
+        cfg, protected = parse_config(GANConfig, argv, PRESETS)
+        return settle(cfg, protected, "gan", embedded_demo, say=lambda line: None, embedded=True)
+
+    demo = settled([])
+    assert (demo.generator, demo.diffaugment, demo.beta1, demo.epochs, demo.image_size) == ("sngan", False, 0.0, 18, 32)
+    for argv in (["--generator", "lsgan"], ["--preset", "paper"]):   # the LSGAN's demo, as before the sngan's
+        lsgan = settled(argv)
+        assert (lsgan.generator, lsgan.beta1, lsgan.beta2, lsgan.epochs, lsgan.image_size) == \
+            ("lsgan", 0.5, 0.99, 8, 32)
+    kept = settled(["--generator", "sngan", "--diffaugment", "--epochs", "3"])   # typed flags win over the demo's
+    assert (kept.diffaugment, kept.beta1, kept.epochs) == (True, 0.0, 3)
+    assert (preset("paper").generator, preset("original").generator) == ("lsgan", "lsgan")
+    assert preset("demo") == dataclasses.replace(GANConfig(), **demo_settings("sngan"))
