@@ -86,11 +86,11 @@ PRESETS = {
     "original": dict(starts=16, steps=10, lr=0.05, init="normal", latent="direct", select="all"),
 }
 # Steps and lr, chosen by the best objective on validation queries (`--tune`), never on Table IV. On the DVBPR and
-# GAN demos (10 queries, 16 starts) after 25 / 50 / 100 / 200 steps: lr 0.03 reaches 5.67 / 6.32 / 6.97 / 7.35,
+# LSGAN demos (10 queries, 16 starts) after 25 / 50 / 100 / 200 steps: lr 0.03 reaches 5.67 / 6.32 / 6.97 / 7.35,
 # lr 0.1 6.31 / 6.86 / 7.26 / 7.54, lr 0.3 6.40 / 6.85 / 7.18 / 7.44; lr 0.1 is best from 100 steps on (on the
 # earlier demos of machine C it was best at every length). On the embedded catalogue, which runs on a CPU, 100 steps
 # and 20 queries keep `--table` within 5 minutes on a 2-core 100 GFLOP/s machine (one query's synthesis took 3.8 s
-# at 281 GFLOP/s).
+# at 281 GFLOP/s). They were not chosen again when the demo GAN became the sngan (README, "Table IV").
 DEMO = dict(trials=20, starts=16, steps=100)
 PRESETS["demo"] = {**PRESETS["paper"], **DEMO}
 MAX_GUIDANCE = 1e6
