@@ -8,8 +8,6 @@ docs/gan_quality_per_minute.png.
                                                                   one candidate on a catalogue of the family
                                                                   (experiments/family.py), its 5-minute point
     python bench/gan_quality.py --plot-only                       the plot from the results already measured
-    python bench/gan_quality.py --grids runs/gan                  a trained run's samples of each category beside
-                                                                  real items of it: docs/gan_sngan_grids.png
     python bench/gan_quality.py --score runs/gan runs/gan_sngan   trained runs' samples scored as the candidates'
                                                                   are: --out/scores.json
 
@@ -28,7 +26,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import matplotlib
-import numpy as np
 import torch
 
 from common.checkpoint import write_json
@@ -36,16 +33,15 @@ from common.classifier import train_or_load_classifier
 from common.cli import parse_config, stage_errors
 from common.datasets import open_dataset
 from common.errors import ConfigError
-from common.figures import save_grid
 from common.images import ImageStore, image_cache
 from common.machine import machine_line, matmul_gflops
-from common.original_format import CATEGORY_NAMES
 from common.seeding import seed_everything
 from experiments.family import CATALOGUES, catalogue_path
 from gan.config import DEMO, GANConfig, check_config, with_generator_latent
 from gan.generators import build_generator
 from gan.model import generate
 from gan.run import open_gan_run
+from gan.sample import samples_beside_real
 from gan.train import GANTraining, labelled_items, training_batch
 from pm.fidelity import CLASSIFIER_EXTRACTOR, Fidelity, classifier_extractor
 
@@ -80,8 +76,6 @@ class QualityConfig:
     plot: str = field(default="docs/gan_quality_per_minute.png", metadata={"help": "the figure written"})
     plot_only: bool = field(default=False, metadata={"help": "only redraw the figure from the results"})
     seed: int = field(default=0, metadata={"help": "random seed of training and of the scored samples"})
-    grids: str | None = field(default=None, metadata={"help": "a trained GAN run: write --grids-out instead"})
-    grids_out: str = field(default="docs/gan_sngan_grids.png", metadata={"help": "the grids written"})
     score: list[str] | None = field(default=None, metadata={"help": "trained GAN runs: score each one's samples as "
                                                                     "the candidates' are, instead of training"})
 
@@ -211,13 +205,6 @@ def plot(qc):
     print(f"wrote {qc.plot}")
 
 
-def write_grids(qc):
-    run = open_gan_run(qc.grids)
-    dataset, _ = open_dataset(run.config.dataset)
-    store = ImageStore(image_cache(dataset, run.config.image_size, run.config.resize_filter), "cpu")
-    samples_beside_real(run.model, dataset, store, qc.seed, Path(qc.grids_out))
-
-
 def score_runs(qc):
     """{run: KID, FID, precision, recall} of each trained run in --score, scored as the candidates are (the
     category classifier of its dataset in --out/<dataset name>/), written to --out/scores.json. Runs on the same
@@ -236,24 +223,9 @@ def score_runs(qc):
     return results
 
 
-def samples_beside_real(model, dataset, store, seed, path, per_row=6):
-    """One row per category: `per_row` samples of the generator, then `per_row` real items of the category."""
-    z = model.sample_z(per_row, rng=torch.Generator().manual_seed(seed))
-    rng = np.random.default_rng(seed)
-    rows = []
-    for category in range(dataset.num_categories):
-        real = rng.choice(np.flatnonzero(dataset.item_category == category), per_row, replace=False)
-        rows += [generate(model, z, torch.full((per_row,), category), bf16=False), store(torch.as_tensor(real))]
-    captions = (["generated"] * per_row + ["real"] * per_row) * dataset.num_categories
-    save_grid(path, torch.cat(rows), 2 * per_row, captions)
-    print(f"wrote {path}: rows {', '.join(CATEGORY_NAMES[:dataset.num_categories])}")
-
-
 def main(argv=None):
     with stage_errors("gan_quality"):
         qc, _ = parse_config(QualityConfig, argv, description=__doc__.splitlines()[0])
-        if qc.grids:
-            return write_grids(qc)
         if qc.score:
             return score_runs(qc)
         if not qc.plot_only:

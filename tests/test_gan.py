@@ -19,7 +19,7 @@ from gan.consistency import condition_consistency
 from gan.main import main
 from gan.model import Discriminator, Generator, SameConv, SameDeconv, build_gan, build_optimizers, train_step
 from gan.run import open_gan_run
-from gan.sample import write_category_grids
+from gan.sample import write_beside_real, write_category_grids
 from gan.train import labelled_items
 from gan.train import train as train_gan
 
@@ -179,7 +179,7 @@ def test_conditioning_changes_both_nets_outputs():
 
 
 def test_training_writes_grids_log_and_a_checkpoint_and_sampling_writes_one_grid_per_category(
-        tiny_dataset, classifier_path, tmp_path):
+        tiny_dataset, classifier_path, tmp_path, capsys):
     tmp_path = run_dir(tmp_path, classifier_path)
     cfg = tiny_config(epochs=4, sample_every=25)  # enough steps for BN's running statistics to settle
     consistency = train(cfg, tiny_dataset, tmp_path)
@@ -196,10 +196,17 @@ def test_training_writes_grids_log_and_a_checkpoint_and_sampling_writes_one_grid
     assert losses and all(np.isfinite(r["d_loss"]) and np.isfinite(r["g_loss"]) for r in losses)
 
     paths = write_category_grids(tmp_path, CPU)
-    assert [p.name for p in paths] == [f"test_arange_{c}.png" for c in range(6)]
+    assert [p.name for p in paths] == [f"test_arange_{c}.png" for c in range(6)] + ["beside_real.png"]
     grids = [np.asarray(Image.open(p)) for p in paths]
     assert grids[0].shape == (4 * 32 + 5 * 2, 4 * 32 + 5 * 2, 3)
     assert not np.array_equal(grids[0], grids[5])
+    tile = 96 + 14 + 4   # captioned tiles: upscaled to 96 px, a caption line, padding
+    assert grids[6].shape == (6 * tile + 4, 12 * (96 + 4) + 4, 3)   # a row per category: 6 samples, then 6 real
+
+    moved = open_gan_run(tmp_path)
+    moved.config = dataclasses.replace(moved.config, dataset=str(tmp_path / "elsewhere.npy"))
+    assert write_beside_real(moved, CPU, False, 0) is None   # a run whose dataset is not here: the grids alone
+    assert "no samples/beside_real.png: the run's dataset" in capsys.readouterr().out
 
 
 def test_resume_continues_the_iteration_count_and_the_same_run(tiny_dataset, classifier_path, tmp_path):
