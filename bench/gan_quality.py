@@ -214,8 +214,7 @@ def score_runs(qc):
         run = open_gan_run(run_dir)
         key = (run.config.dataset, run.config.image_size, run.config.resize_filter)
         if key not in scorers:
-            dataset, _ = open_dataset(run.config.dataset)
-            store = ImageStore(image_cache(dataset, run.config.image_size, run.config.resize_filter), "cpu")
+            dataset, store = run.real_items("cpu")
             scorers[key] = Scorer(dataset, store, Path(qc.out) / dataset.name, qc.seed)
         results[run_dir] = scorers[key](run.model)
         print(f"{run_dir}: {score_line(results[run_dir])}", flush=True)

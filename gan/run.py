@@ -7,7 +7,9 @@ from pathlib import Path
 from common.checkpoint import load_checkpoint, saved_config
 from common.classifier import load_classifier, train_or_load_classifier
 from common.data import MAX_CATEGORIES
+from common.datasets import open_dataset
 from common.errors import CheckpointError, RunError
+from common.images import ImageStore, image_cache
 from common.safe_pickle import describe_value
 from gan.config import GANConfig, check_config
 from gan.generators import build_generator
@@ -28,6 +30,11 @@ class GANRun:
         path = self.path / "classifier.pt"
         return load_classifier(load_checkpoint(path, "classifier", map_location=device), device) \
             if path.is_file() else None
+
+    def real_items(self, device):
+        """(dataset, its images at the run's size and filter) of the dataset the run was trained on."""
+        dataset, _ = open_dataset(self.config.dataset, self.config.cache_dir)
+        return dataset, ImageStore(image_cache(dataset, self.config.image_size, self.config.resize_filter), device)
 
     def category_classifier(self, dataset, device, store=None, fallback_dir=None):
         """The run's category classifier, else one trained now and saved in `fallback_dir`."""

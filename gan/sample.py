@@ -5,9 +5,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.datasets import open_dataset
 from common.figures import save_grid
-from common.images import ImageStore, image_cache
 from common.original_format import CATEGORY_NAMES
 from gan.config import GRID_SIZE
 from gan.consistency import format_consistency, measure_consistency
@@ -44,8 +42,7 @@ def write_beside_real(run, device, bf16, seed):
     if not run.config.dataset or not Path(run.config.dataset).exists():
         print(f"no samples/beside_real.png: the run's dataset {run.config.dataset} is not here")
         return None
-    dataset, _ = open_dataset(run.config.dataset, run.config.cache_dir)
-    store = ImageStore(image_cache(dataset, run.config.image_size, run.config.resize_filter), device)
+    dataset, store = run.real_items(device)
     return samples_beside_real(run.model, dataset, store, seed, run.path / "samples" / "beside_real.png", bf16)
 
 
