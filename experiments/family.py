@@ -98,7 +98,7 @@ DEMO_RECIPE = "kc-2e-3-drop0-w16-e16"
 LATENT_STARTS = {"tanh": "uniform", "sphere": "prior"}   # --design's latents and the starts (pm --init) of each
 GENERATORS = [DEMO_GENERATOR, "lsgan"]   # --generator: the demo's (gan/config.py), or the paper's LSGAN
 # --design --tune: pm/main.py --tune's queries and grid on every catalogue (steps from 0: the starts alone)
-PM_TUNE = dict(trials=60, tune_starts=[16], tune_steps=[0, 2, 5, 10, 25, 50], tune_lrs=[0.1])
+PM_TUNE = dict(trials=60, tune_starts=[16], tune_steps=[0, 2, 5, 10, 25, 50, 100], tune_lrs=[0.1])
 GRID_METRICS = ["auc", "ndcg@20", "recall@20"]   # the grid's rows: the paper's AUC and today's top-K metrics
 JUDGE_SEED = 1   # Table IV's judge DVBPR on each catalogue: the demo recipe with this seed
 FINALISTS = ["kc-1e-3-drop0", "kc-3e-3-drop0", "kc-2e-3-drop0-w24-e12", "kc-2e-3-drop0-w16-e16"]
@@ -263,21 +263,27 @@ def design_tuning(cfg):
     rows = {}
     for name in cfg.catalogues:
         recipe_run(cfg, DEMO_RECIPE, name)
+        recipe_run(cfg, DEMO_RECIPE, name, seed=JUDGE_SEED)
         rows[name] = {latent: pm_tuning(cfg, name, latent) for latent in cfg.latents}
     write_outputs(cfg, "-".join(["design_tune", *generator_names(cfg)]), rows, tuning_markdown(rows))
     return rows
 
 
 def pm_tuning(cfg, name, latent):
-    """PM's tuning (PM_TUNE) with the demo DVBPR and GAN of catalogue `name` and synthesis through `latent`, run
-    first if it is not there (in tune-<latent>/)."""
+    """PM's tuning (PM_TUNE) with the demo DVBPR and GAN of catalogue `name`, synthesis through `latent` and the
+    catalogue's judge DVBPR, run first if it is not there (in tune-<latent>/); a folder tuned with other settings
+    (by an earlier version) is refused."""
     gan_run = demo_gan(cfg, name)
     pm_out = Path(cfg.out) / "design" / name / "-".join(["tune", latent, *generator_names(cfg)])
+    settings = dict(PM_TUNE, judge_run=str(judge_path(cfg, name)), latent=latent, init=LATENT_STARTS[latent])
     if not (pm_out / "tune.json").is_file():
         pm_cfg = PMConfig(tune=True, dvbpr_run=str(recipe_path(cfg, DEMO_RECIPE, name)), gan_run=str(gan_run),
-                          out=str(pm_out), device=cfg.device, latent=latent,
-                          init=LATENT_STARTS[latent], **PM_TUNE)
-        run_pm(pm_cfg, {"tune", "dvbpr_run", "gan_run", "out", "device", "latent", "init", *PM_TUNE})
+                          out=str(pm_out), device=cfg.device, **settings)
+        run_pm(pm_cfg, {"tune", "dvbpr_run", "gan_run", "out", "device", *settings})
+    tuned_with = json.loads((pm_out / "tune_config.json").read_text())
+    differing = sorted(key for key, value in settings.items() if tuned_with.get(key) != value)
+    if differing:
+        raise ConfigError(f"{pm_out} was tuned with other {', '.join(differing)}: move it away to tune it again")
     return json.loads((pm_out / "tune.json").read_text())
 
 
@@ -358,21 +364,31 @@ def design_markdown(rows):
 
 
 def tuning_markdown(rows):
-    """Per catalogue: the KID of the reference sources on the validation queries, of synthesis from the starts alone
-    and after the most steps, and the best setting within each of --tune's KID limits (pm/table.py)."""
+    """Per catalogue: the KID and the judges' scores of retrieval and of synthesis from the starts alone and after
+    the most steps, and the setting chosen within each of --tune's KID limits by the objective and by each judge
+    (pm/table.py)."""
     lines = ["| catalogue | latent | KID: random real / retrieval / random G | KID of synthesis: 0 steps / most steps "
-             "| within the random samples' KID | within it + retrieval's shift |", "|---|---|---|---|---|---|"]
+             "| judge percentile: retrieval / synthesis, 0 steps / most | true preference: the same "
+             "| steps within the random samples' KID, by objective / judge / true preference "
+             "| within it + retrieval's shift, the same |", "|---|---|---|---|---|---|---|---|"]
     for name, by_latent in rows.items():
         for latent, tuned in by_latent.items():
-            kid, steps = tuned["kid"], [row for row in tuned["rows"] if row["lr"] == max(PM_TUNE["tune_lrs"])]
-            chosen = [f"{row['steps']} steps, lr {row['lr']:g}" if row else "none"
-                      for row in tuned["on_manifold"].values()]
+            kid, retrieval = tuned["kid"], tuned["references"]["retrieval"]
+            steps = [row for row in tuned["rows"] if row["lr"] == max(PM_TUNE["tune_lrs"])]
+            judges = [" / ".join(f"{row[score]:.2f}" for row in (retrieval, steps[0], steps[-1]))
+                      for score in ("judge_percentile", "true_preference")]
+            chosen = {"objective": tuned["on_manifold"], **tuned["judged_on_manifold"]}
+            within = [" / ".join(str(by_score[limit]["steps"]) if by_score[limit] else "none"
+                                 for by_score in chosen.values()) for limit in tuned["kid_limits"]]
             lines.append(f"| {name} | {latent} | {kid['real']:.2f} / {kid['retrieval']:.2f} / {kid['generated']:.2f} "
-                         f"| {steps[0]['kid']:.2f} / {steps[-1]['kid']:.2f} | " + " | ".join(chosen) + " |")
+                         f"| {steps[0]['kid']:.2f} / {steps[-1]['kid']:.2f} | " + " | ".join(judges + within) + " |")
     lines += ["", f"{PM_TUNE['trials']} validation queries per catalogue, {PM_TUNE['tune_starts'][0]} starts, steps "
-              f"{PM_TUNE['tune_steps']} at lr {PM_TUNE['tune_lrs']}; KID over the category classifier's features of 3 "
-              f"images per query; most steps: {max(PM_TUNE['tune_steps'])} at lr {max(PM_TUNE['tune_lrs']):g}. "
-              "Within: the highest mean objective whose KID is at most the limit."]
+              f"{PM_TUNE['tune_steps']} at lr {PM_TUNE['tune_lrs']}; 3 images per query. KID over the category "
+              "classifier's features; judge percentile: the share of the category's real items that the judge DVBPR "
+              "scores below the image for the same user; true preference: the hidden taste of what the attribute "
+              f"reader reads. Most steps: {max(PM_TUNE['tune_steps'])} at lr {max(PM_TUNE['tune_lrs']):g}. Within: "
+              "the most steps whose KID is at most the limit, by the highest mean objective, judge percentile or "
+              "true preference."]
     return "\n".join(lines) + "\n"
 
 

@@ -86,6 +86,10 @@ JUDGES_NOTES = [
 TOP = 3
 # --tune's limits on the designs' KID: the generator's own, and that plus the shift from random real items to
 # retrieval's (what choosing by a user's taste alone does to the KID of real items)
+# --tune's scores of the designs returned, where they can be measured; the judges' also choose a setting each
+TUNE_SCORES = {"preference": "preference returned", "preference_percentile": "optimised percentile",
+               "judge_percentile": "judge percentile", "true_preference": "true preference"}
+JUDGED = ("judge_percentile", "true_preference")
 KID_LIMITS = {"random": "the random samples'",
               "shifted": "the random samples' + (retrieval's - random real items')"}
 
@@ -102,12 +106,12 @@ def draw_trials(dataset, n, rng, split="test"):
     return [(int(u), int(held_out_category[u])) for u in chosen]
 
 
-def tune(stages, cfg, queries, fidelity, starts_grid, steps_grid, lr_grid):
+def tune(stages, cfg, queries, measures, starts_grid, steps_grid, lr_grid):
     """For each (starts, steps, lr): the mean over `queries` of the best objective (eq. 9) that synthesis reaches,
-    the mean preference and the KID (category classifier) of the 3 results it returns (KID against the real items
-    of their categories), and its seconds per query. Each (starts, lr) runs max(steps) steps once and the shorter
-    lengths are read off its trajectory, so their seconds are that run's, scaled by the share of its steps. A list
-    of dicts."""
+    the mean scores of the 3 results it returns by the optimised DVBPR and by the judges of `measures` (judged),
+    their KID (category classifier) against the real items of their categories, and its seconds per query. Each
+    (starts, lr) runs max(steps) steps once and the shorter lengths are read off its trajectory, so their seconds
+    are that run's, scaled by the share of its steps. A list of dicts."""
     select = "best" if cfg.select == "all" else cfg.select
     rows = []
     for starts in starts_grid:
@@ -123,16 +127,22 @@ def tune(stages, cfg, queries, fidelity, starts_grid, steps_grid, lr_grid):
                 for snapshot in design.history:
                     best[snapshot.step].append(snapshot.objective.max().item())
                     kept = choose(snapshot.objective.to(stages.device), TOP, select, selection_rng).cpu()
-                    returned[snapshot.step].append((snapshot.images[kept], torch.full((len(kept),), category),
-                                                    snapshot.preference[kept]))
+                    returned[snapshot.step].append((snapshot.images[kept], snapshot.preference[kept]))
             seconds = (time.time() - started) / len(queries)
             for steps, values in best.items():
-                images, categories, preference = map(torch.cat, zip(*returned[steps]))
+                images, preference = map(torch.stack, zip(*returned[steps]))
+                result = dict(images=images, scores=preference, items=torch.full(preference.shape, -1))
                 rows.append(dict(starts=starts, steps=steps, lr=lr, objective=float(np.mean(values)),
-                                 preference=preference.mean().item(),
-                                 kid=fidelity(images, categories)[CLASSIFIER_EXTRACTOR]["kid"],
+                                 **judged(measures, result, queries),
+                                 kid=classifier_kid(measures.fidelity, result, queries),
                                  seconds_per_query=round(seconds * steps / max(steps_grid), 3)))
     return rows
+
+
+def judged(measures, result, queries):
+    """{trial metric: mean over `queries`} of one source's result (run_trials' layout): the optimised score, its
+    percentile and the judges' where there are some."""
+    return {metric: float(values.mean()) for metric, values in measures.per_trial(result, queries).items()}
 
 
 def on_manifold(rows, kid_limit, score="objective"):
@@ -384,14 +394,18 @@ def fidelity_extractors(cfg, stages, classifier):
     return extractors
 
 
-def measures_of(stages, cfg, out):
+def recommenders(stages, cfg, out):
+    """(the optimised DVBPR, the judge DVBPR of --judge-run or None, the hidden taste or None)."""
     judge = open_judge(cfg.judge_run, cfg.dvbpr_run, stages) if cfg.judge_run else None
+    optimised = Recommender(stages.designer.dvbpr, stages.designer.theta, stages.item_embeddings)
+    return optimised, judge, open_true_taste(stages, out)
+
+
+def measures_of(stages, cfg, out):
     classifier = stages.category_classifier(out)
     fidelity = Fidelity(fidelity_extractors(cfg, stages, classifier), stages.images, stages.dataset.item_category,
                         cfg.seed)
-    optimised = Recommender(stages.designer.dvbpr, stages.designer.theta, stages.item_embeddings)
-    return Measures(stages, quality_scorer(cfg, stages, classifier), fidelity, optimised, judge,
-                    open_true_taste(stages, out))
+    return Measures(stages, quality_scorer(cfg, stages, classifier), fidelity, *recommenders(stages, cfg, out))
 
 
 def tables(stages, cfg, out):
@@ -426,16 +440,16 @@ def tables(stages, cfg, out):
         print(f"wrote {out / 'eta_sweep.png'}")
 
 
-def tune_guidance(stages, cfg, queries, fidelity, scales):
-    """For each guidance scale: the mean preference of the guided source's samples over `queries`, their KID
+def tune_guidance(stages, cfg, queries, measures, scales):
+    """For each guidance scale: the mean scores of the guided source's samples over `queries` (judged), their KID
     (category classifier) and its seconds per query. A list of dicts."""
     rows = []
     for scale in scales:
         started = time.time()
         result = run_trials(stages, replace(cfg, guidance=scale), queries, ("guided",),
                             desc=f"tuning: guidance {scale:g}")["guided"]
-        rows.append(dict(guidance=scale, preference=result["scores"].mean().item(),
-                         kid=classifier_kid(fidelity, result, queries),
+        rows.append(dict(guidance=scale, **judged(measures, result, queries),
+                         kid=classifier_kid(measures.fidelity, result, queries),
                          seconds_per_query=round((time.time() - started) / len(queries), 3)))
     return rows
 
@@ -447,42 +461,64 @@ def classifier_kid(fidelity, result, queries):
 
 
 def manifold_lines(rows, limits, setting, score="objective"):
-    """({limit name: chosen row}, Markdown lines): on_manifold under each of `limits`."""
+    """({limit name: chosen row}, Markdown lines): on_manifold by `score` under each of `limits`."""
     chosen = {name: on_manifold(rows, limit, score) for name, limit in limits.items()}
-    return chosen, ["", *(f"Highest score with KID at most {KID_LIMITS[name]} ({limits[name]:.3f}): "
-                          + (setting(row) if row else "none") for name, row in chosen.items())]
+    return chosen, [f"Highest {TUNE_SCORES.get(score, 'objective')} with KID at most {KID_LIMITS[name]} "
+                    f"({limits[name]:.3f}): " + (setting(row) if row else "none") for name, row in chosen.items()]
+
+
+def score_cells(row, scores):
+    return " | ".join(f"{row[score]:.{2 if score.endswith('percentile') else 4}f}" for score in scores)
+
+
+def choices(rows, limits, setting, scores, by="objective"):
+    """({score: {limit name: chosen row}}, Markdown lines): the setting chosen by `by` and by each judge's score."""
+    chosen, lines = {}, [""]
+    for score in [by, *(s for s in scores if s in JUDGED)]:
+        chosen[score], chosen_lines = manifold_lines(rows, limits, setting, score)
+        lines += chosen_lines
+    return chosen, lines
 
 
 def tuning(stages, cfg, out):
-    """--tune: the grid on validation queries, and the setting chosen on the generator's manifold (on_manifold);
-    with --tune-guidance the same for the guided source's scale."""
+    """--tune: the grid on validation queries, and the setting chosen on the generator's manifold (on_manifold), by
+    the objective and by each judge; with --tune-guidance the same for the guided source's scale."""
     queries = draw_trials(stages.dataset, cfg.trials, np.random.default_rng(cfg.seed + 1), split="validation")
     fidelity = Fidelity({CLASSIFIER_EXTRACTOR: classifier_extractor(stages.category_classifier(out), stages.device)},
                         stages.images, stages.dataset.item_category, cfg.seed)
-    references = run_trials(stages, cfg, queries, ("real", "generated", "retrieval"), desc="reference sources")
-    kid = {source: classifier_kid(fidelity, r, queries) for source, r in references.items()}
+    measures = Measures(stages, None, fidelity, *recommenders(stages, cfg, out))
+    scores = [score for score in TUNE_SCORES if score in measures.trial_metrics()]
+    references = {source: dict(**judged(measures, r, queries), kid=classifier_kid(fidelity, r, queries))
+                  for source, r in run_trials(stages, cfg, queries, ("real", "generated", "retrieval"),
+                                              desc="reference sources").items()}
+    kid = {source: reference["kid"] for source, reference in references.items()}
     limits = {"random": kid["generated"], "shifted": kid["generated"] + kid["retrieval"] - kid["real"]}
-    rows = tune(stages, cfg, queries, fidelity, cfg.tune_starts, cfg.tune_steps, cfg.tune_lrs)
-    chosen, chosen_lines = manifold_lines(rows, limits, lambda r: f"{r['starts']} starts, {r['steps']} steps, "
-                                                                  f"lr {r['lr']:g}")
+    rows = tune(stages, cfg, queries, measures, cfg.tune_starts, cfg.tune_steps, cfg.tune_lrs)
+    chosen, chosen_lines = choices(rows, limits, lambda r: f"{r['starts']} starts, {r['steps']} steps, "
+                                                           f"lr {r['lr']:g}", scores)
     result = {"queries": len(queries), "split": "validation", "eta": cfg.eta, "latent": cfg.latent,
-              "init": cfg.init, "kid": kid, "kid_limits": limits, "rows": rows, "on_manifold": chosen}
-    lines = [f"{len(queries)} validation queries. KID (category classifier) against the real items of each "
-             f"category of 3 images per query: random real items {kid['real']:.3f}, retrieval {kid['retrieval']:.3f}"
-             f", the generator's random samples {kid['generated']:.3f}; in the table, of the 3 designs returned.", "",
-             "| starts | steps | lr | mean best objective | mean preference returned | KID | s per query |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['starts']} | {r['steps']} | {r['lr']:g} | {r['objective']:.4f} | {r['preference']:.4f} | "
+              "init": cfg.init, "judge_run": cfg.judge_run, "kid": kid, "kid_limits": limits,
+              "references": references, "rows": rows, "on_manifold": chosen.pop("objective"),
+              "judged_on_manifold": chosen}
+    header = " | ".join(TUNE_SCORES[score] for score in scores)
+    lines = [f"{len(queries)} validation queries, 3 images per query of each source: the mean scores of the 3 "
+             "(percentiles among the real items of the category) and their KID (category classifier) against the "
+             "real items of each category.", "",
+             f"| source | {header} | KID |", "|---|" + "---|" * (len(scores) + 1)]
+    lines += [f"| {SOURCES[source]} | {score_cells(r, scores)} | {r['kid']:.3f} |" for source, r in references.items()]
+    lines += ["", f"| starts | steps | lr | mean best objective | {header} | KID | s per query |",
+              "|---|---|---|---|" + "---|" * (len(scores) + 2)]
+    lines += [f"| {r['starts']} | {r['steps']} | {r['lr']:g} | {r['objective']:.4f} | {score_cells(r, scores)} | "
               f"{r['kid']:.3f} | {r['seconds_per_query']} |" for r in rows]
     lines += chosen_lines
     if cfg.tune_guidance:
-        guided = tune_guidance(stages, cfg, queries, fidelity, cfg.tune_guidance)
+        guided = tune_guidance(stages, cfg, queries, measures, cfg.tune_guidance)
         result["guided_rows"] = guided
-        result["guided_on_manifold"], chosen_lines = manifold_lines(guided, limits,
-                                                                    lambda r: f"guidance {r['guidance']:g}",
-                                                                    score="preference")
-        lines += ["", "| guidance | mean preference | KID | s per query |", "|---|---|---|---|"]
-        lines += [f"| {r['guidance']:g} | {r['preference']:.4f} | {r['kid']:.3f} | {r['seconds_per_query']} |"
+        chosen, chosen_lines = choices(guided, limits, lambda r: f"guidance {r['guidance']:g}", scores,
+                                       by="preference")
+        result["guided_on_manifold"], result["guided_judged_on_manifold"] = chosen.pop("preference"), chosen
+        lines += ["", f"| guidance | {header} | KID | s per query |", "|---|" + "---|" * (len(scores) + 2)]
+        lines += [f"| {r['guidance']:g} | {score_cells(r, scores)} | {r['kid']:.3f} | {r['seconds_per_query']} |"
                   for r in guided]
         lines += chosen_lines
     write_json(out / "tune.json", result)

@@ -94,7 +94,13 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
         rows = tuned[name]["tanh"]["rows"]
         assert [row["steps"] for row in rows] == [0, 5] and rows[1]["objective"] > rows[0]["objective"]
         assert set(tuned[name]["tanh"]["on_manifold"]) == {"random", "shifted"}
+        assert tuned[name]["tanh"]["judge_run"] == str(tmp_path / "out" / "judges" / name)
+        assert set(tuned[name]["tanh"]["judged_on_manifold"]) == {"judge_percentile", "true_preference"}
     assert (tmp_path / "out" / "design_tune.md").read_text().count("| colour | tanh |") == 1
+    monkeypatch.setattr(family, "PM_TUNE", dict(trials=2, tune_starts=[2], tune_steps=[0, 5, 10], tune_lrs=[0.1]))
+    with pytest.raises(SystemExit, match=r"^family: \S+tune-tanh was tuned with other tune_steps: move it away"):
+        family.main([*tiny_family, "--design", "--tune", "--catalogues", "colour"])
+    monkeypatch.setattr(family, "PM_TUNE", dict(trials=2, tune_starts=[2], tune_steps=[0, 5], tune_lrs=[0.1]))
 
     through_lsgan = family.main([*tiny_family, "--design", "--tune", "--generator", "lsgan", "--catalogues", "colour"])
     lsgan_run = tmp_path / "out" / "design" / "colour" / "gan-lsgan"

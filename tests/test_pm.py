@@ -259,7 +259,7 @@ def test_the_judge_must_be_another_run(runs, tmp_path):
 def test_tuning_reads_validation_queries_and_more_steps_reach_a_higher_objective(runs, tmp_path):
     common = ["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--tune", "--trials", "3",
               "--tune-starts", "2", "--tune-lrs", "0.1", "--device", "cpu"]
-    main(common + ["--out", str(tmp_path), "--tune-steps", "0", "5", "20"])
+    main(common + ["--out", str(tmp_path), "--tune-steps", "0", "5", "20", "--judge-run", str(runs / "judge")])
     tuned = json.loads((tmp_path / "tune.json").read_text())
     assert tuned["split"] == "validation" and tuned["queries"] == 3
     by_steps = {row["steps"]: row["objective"] for row in tuned["rows"]}
@@ -271,7 +271,15 @@ def test_tuning_reads_validation_queries_and_more_steps_reach_a_higher_objective
     assert tuned["kid_limits"] == {"random": kid["generated"],
                                    "shifted": kid["generated"] + kid["retrieval"] - kid["real"]}
     assert tuned["on_manifold"]["random"] == on_manifold(tuned["rows"], tuned["kid"]["generated"])
-    assert "Highest score with KID at most the random samples'" in (tmp_path / "tune.md").read_text()
+    assert "Highest objective with KID at most the random samples'" in (tmp_path / "tune.md").read_text()
+    # The judges score the designs of every setting, and choose a setting each, beside the objective.
+    assert all(0 <= row["judge_percentile"] <= 100 and np.isfinite(row["true_preference"]) for row in tuned["rows"])
+    assert tuned["judged_on_manifold"] == {score: {limit: on_manifold(tuned["rows"], kid_limit, score)
+                                                   for limit, kid_limit in tuned["kid_limits"].items()}
+                                           for score in ("judge_percentile", "true_preference")}
+    references = tuned["references"]
+    assert references["retrieval"]["preference_percentile"] > references["real"]["preference_percentile"] + 20
+    assert "| delta(u, c), retrieval (eq. 8) |" in (tmp_path / "tune.md").read_text()
     # How the returned designs are chosen (eq. 11 draws, 'best' does not) leaves the starts and objectives alone.
     main(common + ["--out", str(tmp_path / "best"), "--tune-steps", "0", "5", "--select", "best"])
     best_rows = json.loads((tmp_path / "best" / "tune.json").read_text())["rows"]
