@@ -1,0 +1,38 @@
+"""bench/gan_quality.py --score: trained runs' samples scored as the bench scores its candidates."""
+import json
+import shutil
+
+import torch
+
+from bench.gan_quality import main as gan_quality
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.data import load_dataset
+from gan.train import train as train_gan
+from tests.helpers import place_random_classifier
+from tests.test_gan_modern import tiny_config
+
+
+def collapse(run_dir):
+    """The run's generator with every weight zeroed: one image, whatever the code."""
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pt", "gan")
+    checkpoint["model"]["generator"] = {name: torch.zeros_like(value)
+                                        for name, value in checkpoint["model"]["generator"].items()}
+    save_checkpoint(run_dir / "checkpoint.pt", checkpoint)
+
+
+def test_score_writes_each_runs_fidelity_from_fixed_codes_through_one_classifier(catalogue, tmp_path):
+    path = catalogue()
+    place_random_classifier(tmp_path / "trained", load_dataset(path), 16)
+    train_gan(tiny_config(dataset=str(path), out=str(tmp_path / "trained"), epochs=2))
+    shutil.copytree(tmp_path / "trained", tmp_path / "collapsed")
+    collapse(tmp_path / "collapsed")
+    runs = [str(tmp_path / "trained"), str(tmp_path / "collapsed")]
+    place_random_classifier(tmp_path / "bench" / "Tiny", load_dataset(path), 16)   # the bench's, not trained here
+
+    scores = gan_quality(["--score", *runs, "--out", str(tmp_path / "bench")])
+    assert json.loads((tmp_path / "bench" / "scores.json").read_text()) == scores
+    assert set(scores) == set(runs) and all(set(s) == {"kid", "kid_std", "fid", "precision", "recall"}
+                                            for s in scores.values())
+    assert [p.name for p in (tmp_path / "bench").rglob("classifier.pt")] == ["classifier.pt"]   # one per dataset
+    assert scores[runs[1]]["kid"] != scores[runs[0]]["kid"]   # the generator's weights are what is scored
+    assert gan_quality(["--score", runs[0], "--out", str(tmp_path / "bench")])[runs[0]] == scores[runs[0]]
