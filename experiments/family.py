@@ -47,6 +47,8 @@ from pm.config import PMConfig
 from pm.fidelity import CLASSIFIER_EXTRACTOR
 from pm.load import Stages
 from pm.stage import run_pm
+from pm.table import JUDGED as TUNE_JUDGED
+from pm.table import KID_LIMITS, on_manifold
 from tools.health import health
 
 # Which visible attribute leads: scales of the generator's taste groups (common/catalogue/taste.py).
@@ -280,11 +282,17 @@ def pm_tuning(cfg, name, latent):
         pm_cfg = PMConfig(tune=True, dvbpr_run=str(recipe_path(cfg, DEMO_RECIPE, name)), gan_run=str(gan_run),
                           out=str(pm_out), device=cfg.device, **settings)
         run_pm(pm_cfg, {"tune", "dvbpr_run", "gan_run", "out", "device", *settings})
-    tuned_with = json.loads((pm_out / "tune_config.json").read_text())
-    differing = sorted(key for key, value in settings.items() if tuned_with.get(key) != value)
-    if differing:
-        raise ConfigError(f"{pm_out} was tuned with other {', '.join(differing)}: move it away to tune it again")
+    refuse_other_settings(pm_out / "tune_config.json", settings)
     return json.loads((pm_out / "tune.json").read_text())
+
+
+def refuse_other_settings(config_file, settings):
+    """ConfigError where the finished PM run of `config_file` (by an earlier version) had other `settings`."""
+    ran_with = json.loads(config_file.read_text())
+    differing = sorted(key for key, value in settings.items() if ran_with.get(key) != value)
+    if differing:
+        raise ConfigError(f"{config_file.parent} was run with other {', '.join(differing)}: move it away to run it "
+                          "again")
 
 
 def pm_settings(cfg):
@@ -306,12 +314,12 @@ def table_iv(cfg, name, latent):
     settings = pm_settings(cfg)
     folder = "-".join(["pm", *([latent] if latent != "tanh" else []), *settings_names(cfg)])
     pm_out = Path(cfg.out) / "design" / name / folder
+    given = dict(judge_run=str(judge_path(cfg, name)), latent=latent, init=LATENT_STARTS[latent], **settings)
     if not (pm_out / "table_iv.json").is_file() or (cfg.sweep_eta and not (pm_out / "eta_sweep.json").is_file()):
         pm_cfg = PMConfig(table=True, sweep_eta=cfg.sweep_eta, dvbpr_run=str(dvbpr_run), gan_run=str(gan_run),
-                          out=str(pm_out), device=cfg.device,
-                          judge_run=str(judge_path(cfg, name)), latent=latent, init=LATENT_STARTS[latent], **settings)
-        run_pm(pm_cfg, {"table", "sweep_eta", "dvbpr_run", "gan_run", "out", "device", "judge_run", "latent", "init",
-                        *settings})
+                          out=str(pm_out), device=cfg.device, **given)
+        run_pm(pm_cfg, {"table", "sweep_eta", "dvbpr_run", "gan_run", "out", "device", *given})
+    refuse_other_settings(pm_out / "table_config.json", {**PM_DEMO, **given})
     sweep_file = pm_out / "eta_sweep.json"   # Table IV's own files: PM is the last stage, with no run to open
     table = json.loads((pm_out / "table_iv.json").read_text())
     return dict(table=table["ours"], fidelity=table["fidelity"], paired=table["synthesis_vs_retrieval"],
@@ -382,14 +390,37 @@ def tuning_markdown(rows):
                                  for by_score in chosen.values()) for limit in tuned["kid_limits"]]
             lines.append(f"| {name} | {latent} | {kid['real']:.2f} / {kid['retrieval']:.2f} / {kid['generated']:.2f} "
                          f"| {steps[0]['kid']:.2f} / {steps[-1]['kid']:.2f} | " + " | ".join(judges + within) + " |")
+    for latent in next(iter(rows.values())):
+        lines += family_choice([by_latent[latent] for by_latent in rows.values()], latent)
     lines += ["", f"{PM_TUNE['trials']} validation queries per catalogue, {PM_TUNE['tune_starts'][0]} starts, steps "
               f"{PM_TUNE['tune_steps']} at lr {PM_TUNE['tune_lrs']}; 3 images per query. KID over the category "
               "classifier's features; judge percentile: the share of the category's real items that the judge DVBPR "
               "scores below the image for the same user; true preference: the hidden taste of what the attribute "
               f"reader reads. Most steps: {max(PM_TUNE['tune_steps'])} at lr {max(PM_TUNE['tune_lrs']):g}. Within: "
-              "the most steps whose KID is at most the limit, by the highest mean objective, judge percentile or "
-              "true preference."]
+              "the steps with the highest mean objective, judge percentile or true preference among those whose "
+              "KID is at most the limit."]
     return "\n".join(lines) + "\n"
+
+
+def family_choice(tunings, latent):
+    """Markdown lines: each setting's scores and KID averaged over the catalogues' tunings, and the setting that
+    on_manifold chooses from those means, by the objective and by each judge, under the mean of each KID limit."""
+    mean_rows = [dict(setting, **{score: statistics.mean(t["rows"][i][score] for t in tunings)
+                                  for score in ("objective", *TUNE_JUDGED, "kid")})
+                 for i, setting in enumerate({key: row[key] for key in ("starts", "steps", "lr")}
+                                             for row in tunings[0]["rows"])]
+    limits = {limit: statistics.mean(t["kid_limits"][limit] for t in tunings) for limit in tunings[0]["kid_limits"]}
+    lines = ["", f"Mean over the {len(tunings)} catalogues ({latent}):", "",
+             "| starts | steps | lr | mean best objective | judge percentile | true preference | KID |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['starts']} | {r['steps']} | {r['lr']:g} | {r['objective']:.2f} | {r['judge_percentile']:.2f} | "
+              f"{r['true_preference']:.2f} | {r['kid']:.2f} |" for r in mean_rows]
+    for limit, kid_limit in limits.items():
+        chosen = {score: on_manifold(mean_rows, kid_limit, score) for score in ("objective", *TUNE_JUDGED)}
+        lines.append(f"Among the settings whose mean KID is at most the mean of {KID_LIMITS[limit]} ({kid_limit:.2f}), "
+                     "the highest objective / judge percentile / true preference: " + " / ".join(
+                         f"{row['steps']} steps" if row else "none" for row in chosen.values()) + ".")
+    return lines
 
 
 def check_design_flags(cfg):

@@ -10,9 +10,9 @@
     python pm/main.py --sweep-eta 0 0.1 1 10 100     Figure 3: the three metrics against eta
     python pm/main.py --tune             the best objective that each --tune-starts x --tune-steps x --tune-lrs
                                          reaches on --trials validation queries (how the defaults were chosen),
-                                         the KID of the designs it returns, and the best setting whose KID stays
-                                         within the generator's random samples' (--tune-guidance: also the scales
-                                         of preference guidance)
+                                         the KID of the designs it returns and their scores by the judges, and
+                                         the best setting by each score whose KID stays within the generator's
+                                         random samples' (--tune-guidance: also the scales of preference guidance)
     python pm/main.py --table --guidance 10     with a diffusion generator, Table IV also has preference-guided
                                          samples (the diffusion analogue of eq. 9)
 

@@ -62,7 +62,9 @@ def tiny_gan_demo(monkeypatch):
 
 def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue(tiny_family, tmp_path, monkeypatch):
     tiny_gan_demo(monkeypatch)
-    monkeypatch.setattr(pm.stage, "DEMO", dict(trials=2, starts=2, steps=3, splits=2))
+    for module in (pm.stage, family):   # the demo PM applies, and the one family checks finished runs against
+        monkeypatch.setattr(module, "DEMO" if module is pm.stage else "PM_DEMO",
+                            dict(trials=2, starts=2, steps=3, splits=2))
     rows = family.main([*tiny_family, "--design", "--sweep-eta", "0", "10", "--latents", "tanh", "sphere"])
     assert set(rows) == {"colour", "pattern"}
     for name, by_latent in rows.items():
@@ -79,6 +81,10 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
         assert row["paired"]["judge"]["trials"] == 2 and "true_preference" in row["table"]["synthesis"]
         assert (tmp_path / "out" / "judges" / name / "results.json").is_file()
     assert (tmp_path / "out" / "design.md").read_text().count("| colour |") == 2
+    monkeypatch.setattr(family, "PM_DEMO", dict(trials=2, starts=2, steps=4, splits=2))   # as a later demo would
+    with pytest.raises(SystemExit, match=r"^family: \S+colour/pm was run with other steps: move it away"):
+        family.main([*tiny_family, "--design", "--catalogues", "colour"])
+    monkeypatch.setattr(family, "PM_DEMO", dict(trials=2, starts=2, steps=3, splits=2))
 
     at_start = family.main([*tiny_family, "--design", "--pm-steps", "0", "--pm-trials", "3"])
     for name in ("colour", "pattern"):
@@ -97,8 +103,9 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
         assert tuned[name]["tanh"]["judge_run"] == str(tmp_path / "out" / "judges" / name)
         assert set(tuned[name]["tanh"]["judged_on_manifold"]) == {"judge_percentile", "true_preference"}
     assert (tmp_path / "out" / "design_tune.md").read_text().count("| colour | tanh |") == 1
+    assert "Mean over the 2 catalogues (tanh):" in (tmp_path / "out" / "design_tune.md").read_text()
     monkeypatch.setattr(family, "PM_TUNE", dict(trials=2, tune_starts=[2], tune_steps=[0, 5, 10], tune_lrs=[0.1]))
-    with pytest.raises(SystemExit, match=r"^family: \S+tune-tanh was tuned with other tune_steps: move it away"):
+    with pytest.raises(SystemExit, match=r"^family: \S+tune-tanh was run with other tune_steps: move it away"):
         family.main([*tiny_family, "--design", "--tune", "--catalogues", "colour"])
     monkeypatch.setattr(family, "PM_TUNE", dict(trials=2, tune_starts=[2], tune_steps=[0, 5], tune_lrs=[0.1]))
 
