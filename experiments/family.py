@@ -121,10 +121,10 @@ class FamilyConfig:
     tune: bool = field(default=False, metadata={"help": "with --design, PM's tuning (pm/main.py --tune: each "
                                                         "setting's objective and KID on validation queries) on every "
                                                         "catalogue, instead of Table IV"})
-    pm_steps: int | None = field(default=None, metadata={"help": "with --design, Table IV's synthesis steps "
+    pm_steps: int | None = field(default=None, metadata={"help": "with --design or --missing, synthesis's steps "
                                                                   "(pm/main.py --steps; None: PM's demo setting)"})
-    pm_trials: int | None = field(default=None, metadata={"help": "with --design, Table IV's trials (pm/main.py "
-                                                                   "--trials; None: PM's demo setting)"})
+    pm_trials: int | None = field(default=None, metadata={"help": "with --design or --missing, the trials "
+                                                                   "(pm/main.py --trials; None: PM's demo setting)"})
     generator: str = field(default=DEMO_GENERATOR, metadata={
         "help": "with --design or --missing, the GAN, trained with its demo settings (gan/config.py): the demo's, "
                 "or the paper's LSGAN, whose results go to folders and tables named after it", "choices": GENERATORS})
@@ -335,11 +335,12 @@ def missing(cfg):
         dvbpr_run, gan_run = recipe_path(cfg, DEMO_RECIPE, name), demo_gan(cfg, name)
         pm_cfg = PMConfig(dvbpr_run=str(dvbpr_run), gan_run=str(gan_run), device=cfg.device)
         settle(pm_cfg, {"dvbpr_run", "gan_run", "device"}, "pm", PM_DEMO, embedded=True)
-        out = Path(cfg.out) / "-".join(["missing", *generator_names(cfg)]) / name
+        pm_cfg = dataclasses.replace(pm_cfg, **pm_settings(cfg))
+        out = Path(cfg.out) / "-".join(["missing", *settings_names(cfg)]) / name
         stages = Stages(dvbpr_run, gan_run, device=pick_device(cfg.device))
         out.mkdir(parents=True, exist_ok=True)
         rows[name] = missing_combination(stages, pm_cfg, catalogue.missing_pattern, catalogue.missing_categories, out)
-    write_outputs(cfg, "-".join(["missing", *generator_names(cfg)]), rows, missing_markdown(rows))
+    write_outputs(cfg, "-".join(["missing", *settings_names(cfg)]), rows, missing_markdown(rows))
     return rows
 
 
@@ -424,17 +425,21 @@ def family_choice(tunings, latent):
 
 
 def check_design_flags(cfg):
-    """ConfigError for a flag of --design given where it would be ignored: a Table IV flag without --design or with
-    --design --tune, --tune without --design, --generator without --design or --missing."""
+    """ConfigError for a flag of --design given where it would be ignored: a Table IV flag without --design (but for
+    PM's steps and trials, with --missing) or with --design --tune, --tune without --design, --generator without
+    --design or --missing."""
     table_flags = {"--sweep-eta": cfg.sweep_eta, "--pm-steps": cfg.pm_steps, "--pm-trials": cfg.pm_trials}
     given = [flag for flag, value in table_flags.items() if value is not None]
+    if cfg.missing and not cfg.design:   # --pm-steps and --pm-trials set --missing's synthesis too
+        given = [flag for flag in given if flag == "--sweep-eta"]
     if cfg.tune and not cfg.design:
         raise ConfigError("--tune tunes PM on every catalogue: give it with --design")
     if cfg.generator != DEMO_GENERATOR and not (cfg.design or cfg.missing):
         raise ConfigError(f"--generator {cfg.generator} trains the GAN of --design or --missing: give one of them")
     if given and (cfg.tune or not cfg.design):
         raise ConfigError(f"{' '.join(given)} set Table IV of --design; "
-                          + ("--tune writes no Table IV: leave them out" if cfg.design else "give --design"))
+                          + ("--tune writes no Table IV: leave them out" if cfg.design else "give --design"
+                             + ("" if "--sweep-eta" in given else " (or --missing)")))
 
 
 def main(argv=None):

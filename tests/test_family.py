@@ -136,11 +136,15 @@ def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tin
     assert all(0 <= metrics["combination"][0] <= 1 for metrics in row["sources"].values())
     assert row["paired"]["true_preference"]["trials"] == 3
     assert "no item of categories [4, 5] is stripes (0 such items)" in (tmp_path / "out" / "missing.md").read_text()
+    at_start = family.main([*tiny_family, "--missing", "--pm-steps", "0", "--pm-trials", "4"])["holed"]
+    assert at_start["queries"] == 4 and (tmp_path / "out" / "missing-steps0-trials4.md").is_file()
+    assert at_start["sources"]["synthesis"] != row["sources"]["synthesis"]
 
 
 @pytest.mark.parametrize("flags, message", [
     (["--tune"], "--tune tunes PM on every catalogue: give it with --design"),
-    (["--pm-steps", "0"], "--pm-steps set Table IV of --design; give --design"),
+    (["--pm-steps", "0"], "--pm-steps set Table IV of --design; give --design (or --missing)"),
+    (["--missing", "--sweep-eta", "0"], "--sweep-eta set Table IV of --design; give --design"),
     (["--generator", "lsgan"], "--generator lsgan trains the GAN of --design or --missing: give one of them"),
     (["--design", "--tune", "--pm-trials", "5", "--sweep-eta", "0"],
      "--sweep-eta --pm-trials set Table IV of --design; --tune writes no Table IV: leave them out"),
