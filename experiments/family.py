@@ -125,6 +125,9 @@ class FamilyConfig:
                                                                   "(pm/main.py --steps; None: PM's demo setting)"})
     pm_trials: int | None = field(default=None, metadata={"help": "with --design or --missing, the trials "
                                                                    "(pm/main.py --trials; None: PM's demo setting)"})
+    pm_eta: float | None = field(default=None, metadata={"help": "with --design (and --tune) or --missing, the "
+                                                                "realism weight of eq. 10 (pm/main.py --eta; None: "
+                                                                "PM's setting)"})
     generator: str = field(default=DEMO_GENERATOR, metadata={
         "help": "with --design or --missing, the GAN, trained with its demo settings (gan/config.py): the demo's, "
                 "or the paper's LSGAN, whose results go to folders and tables named after it", "choices": GENERATORS})
@@ -267,7 +270,7 @@ def design_tuning(cfg):
         recipe_run(cfg, DEMO_RECIPE, name)
         recipe_run(cfg, DEMO_RECIPE, name, seed=JUDGE_SEED)
         rows[name] = {latent: pm_tuning(cfg, name, latent) for latent in cfg.latents}
-    write_outputs(cfg, "-".join(["design_tune", *generator_names(cfg)]), rows, tuning_markdown(rows))
+    write_outputs(cfg, "-".join(["design_tune", *settings_names(cfg)]), rows, tuning_markdown(rows))
     return rows
 
 
@@ -276,8 +279,9 @@ def pm_tuning(cfg, name, latent):
     catalogue's judge DVBPR, run first if it is not there (in tune-<latent>/); a folder tuned with other settings
     (by an earlier version) is refused."""
     gan_run = demo_gan(cfg, name)
-    pm_out = Path(cfg.out) / "design" / name / "-".join(["tune", latent, *generator_names(cfg)])
-    settings = dict(PM_TUNE, judge_run=str(judge_path(cfg, name)), latent=latent, init=LATENT_STARTS[latent])
+    pm_out = Path(cfg.out) / "design" / name / "-".join(["tune", latent, *settings_names(cfg)])
+    settings = dict(PM_TUNE, judge_run=str(judge_path(cfg, name)), latent=latent, init=LATENT_STARTS[latent],
+                    **pm_settings(cfg))
     if not (pm_out / "tune.json").is_file():
         pm_cfg = PMConfig(tune=True, dvbpr_run=str(recipe_path(cfg, DEMO_RECIPE, name)), gan_run=str(gan_run),
                           out=str(pm_out), device=cfg.device, **settings)
@@ -296,14 +300,15 @@ def refuse_other_settings(config_file, settings):
 
 
 def pm_settings(cfg):
-    """PM's settings that --pm-steps and --pm-trials replace: {PMConfig field: value}."""
-    return {name: value for name, value in (("steps", cfg.pm_steps), ("trials", cfg.pm_trials)) if value is not None}
+    """PM's settings that --pm-steps, --pm-trials and --pm-eta replace: {PMConfig field: value}."""
+    return {name: value for name, value in (("steps", cfg.pm_steps), ("trials", cfg.pm_trials), ("eta", cfg.pm_eta))
+            if value is not None}
 
 
 def settings_names(cfg):
-    """[generator, "steps<N>", "trials<M>"] for --generator other than the demo's, --pm-steps and --pm-trials, in the
-    names of their tables and folders."""
-    return generator_names(cfg) + [f"{name}{value}" for name, value in pm_settings(cfg).items()]
+    """[generator, "steps<N>", "trials<M>", "eta<E>"] for --generator other than the demo's, --pm-steps, --pm-trials
+    and --pm-eta, in the names of their tables and folders."""
+    return generator_names(cfg) + [f"{name}{value:g}" for name, value in pm_settings(cfg).items()]
 
 
 def table_iv(cfg, name, latent):
@@ -428,6 +433,8 @@ def check_design_flags(cfg):
     """ConfigError for a flag of --design given where it would be ignored: a Table IV flag without --design (but for
     PM's steps and trials, with --missing) or with --design --tune, --tune without --design, --generator without
     --design or --missing."""
+    if cfg.pm_eta is not None and not (cfg.design or cfg.missing):
+        raise ConfigError("--pm-eta sets PM of --design or --missing: give one of them")
     table_flags = {"--sweep-eta": cfg.sweep_eta, "--pm-steps": cfg.pm_steps, "--pm-trials": cfg.pm_trials}
     given = [flag for flag, value in table_flags.items() if value is not None]
     if cfg.missing and not cfg.design:   # --pm-steps and --pm-trials set --missing's synthesis too
