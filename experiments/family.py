@@ -16,8 +16,10 @@ baselines/main.py's Table III on each catalogue, reusing the search's run of the
 --design trains the demo GAN on each catalogue and runs Table IV with it and that DVBPR run, judged by a second
 DVBPR of the same recipe with another seed; --missing does the same
 on each catalogue of LACKING, which lacks a combination of attributes, and asks whether synthesis makes it.
-Both are resumable: a finished run is read back, not trained again. `--design --latents tanh sphere` puts
-synthesis through the paper's z = tanh(z') beside z on the prior's sphere (pm/design.py), each on every catalogue.
+Both are resumable: a finished run is read back, not trained again (one run with other PM settings, left by an
+earlier version, is refused). `--design --latents tanh sphere` puts synthesis through the paper's z = tanh(z')
+beside z on the prior's sphere (pm/design.py), each on every catalogue; --pm-steps, --pm-trials and --pm-eta
+replace PM's demo settings, in folders and tables named after them.
 """
 import dataclasses
 import json
