@@ -433,8 +433,8 @@ def family_choice(tunings, latent):
 
 def check_design_flags(cfg):
     """ConfigError for a flag of --design given where it would be ignored: a Table IV flag without --design (but for
-    PM's steps and trials, with --missing) or with --design --tune, --tune without --design, --generator without
-    --design or --missing."""
+    PM's steps and trials, with --missing) or with --design --tune, --tune without --design, --generator and
+    --pm-eta without --design or --missing."""
     if cfg.pm_eta is not None and not (cfg.design or cfg.missing):
         raise ConfigError("--pm-eta sets PM of --design or --missing: give one of them")
     table_flags = {"--sweep-eta": cfg.sweep_eta, "--pm-steps": cfg.pm_steps, "--pm-trials": cfg.pm_trials}
