@@ -1,6 +1,6 @@
 """Quality per CPU-minute of the conditional generators: KID of random samples against the real items of their
 category after 1, 2.5, 5 (and more) minutes of training, for each candidate of CANDIDATES, plotted into
-docs/gan_quality_per_minute.png.
+--out/per_minute.png (the README's figure: --plot docs/gan_quality_per_minute.png).
 
     python bench/gan_quality.py                                   every candidate on the embedded catalogue, then
                                                                   the plot
@@ -73,7 +73,7 @@ class QualityConfig:
                                                                  "(experiments/family.py)"})
     data_dir: str = field(default="data/family", metadata={"help": "where the family's catalogues are generated"})
     out: str = field(default="runs/gan_quality", metadata={"help": "folder of the results"})
-    plot: str = field(default="docs/gan_quality_per_minute.png", metadata={"help": "the figure written"})
+    plot: str | None = field(default=None, metadata={"help": "the figure written (default: --out/per_minute.png)"})
     plot_only: bool = field(default=False, metadata={"help": "only redraw the figure from the results"})
     seed: int = field(default=0, metadata={"help": "random seed of training and of the scored samples"})
     score: list[str] | None = field(default=None, metadata={"help": "trained GAN runs: score each one's samples as "
@@ -200,9 +200,10 @@ def plot(qc):
              f"GFLOP/s (2 threads)" + (f"; load average at the points {min(loads):.1f}-{max(loads):.1f}"
                                        if loads else ""), fontsize=7)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    Path(qc.plot).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(qc.plot, dpi=120)
-    print(f"wrote {qc.plot}")
+    path = Path(qc.plot or Path(qc.out) / "per_minute.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
 
 
 def score_runs(qc):

@@ -1,4 +1,4 @@
-"""bench/gan_quality.py --score: trained runs' samples scored as the bench scores its candidates."""
+"""bench/gan_quality.py: --score (trained runs scored as the bench scores its candidates), and where its figure goes."""
 import json
 import shutil
 
@@ -36,3 +36,17 @@ def test_score_writes_each_runs_fidelity_from_fixed_codes_through_one_classifier
     assert [p.name for p in (tmp_path / "bench").rglob("classifier.pt")] == ["classifier.pt"]   # one per dataset
     assert scores[runs[1]]["kid"] != scores[runs[0]]["kid"]   # the generator's weights are what is scored
     assert gan_quality(["--score", runs[0], "--out", str(tmp_path / "bench")])[runs[0]] == scores[runs[0]]
+
+
+def test_plot_goes_into_the_results_folder_unless_named(tmp_path):
+    result = {"candidate": "sngan", "catalogue": "embedded",
+              "machine": "machine: cpu fp32 matmul 2048^2: 150 GFLOP/s (2 threads)",
+              "points": [{"minutes": 1.0, "iterations": 900, "kid": 2.0, "load_average": 1.9},
+                         {"minutes": 2.5, "iterations": 2400, "kid": 1.0, "load_average": 2.0}]}
+    (tmp_path / "out" / "embedded").mkdir(parents=True)
+    (tmp_path / "out" / "embedded" / "sngan.json").write_text(json.dumps(result))
+
+    gan_quality(["--plot-only", "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "per_minute.png").stat().st_size > 0
+    gan_quality(["--plot-only", "--out", str(tmp_path / "out"), "--plot", str(tmp_path / "named.png")])
+    assert (tmp_path / "named.png").stat().st_size > 0
