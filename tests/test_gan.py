@@ -311,7 +311,7 @@ def test_the_embedded_demo_trains_the_sngan_unless_the_lsgan_is_typed(tmp_path):
         return settle(cfg, protected, "gan", embedded_demo, say=lambda line: None, embedded=True)
 
     demo = settled([])
-    assert (demo.generator, demo.diffaugment, demo.beta1, demo.epochs, demo.image_size) == ("sngan", False, 0.0, 18, 32)
+    assert (demo.generator, demo.diffaugment, demo.beta1, demo.epochs, demo.image_size) == ("sngan", False, 0.0, 30, 32)
     for argv in (["--generator", "lsgan"], ["--preset", "paper"]):   # the LSGAN's demo, as before the sngan's
         lsgan = settled(argv)
         assert (lsgan.generator, lsgan.beta1, lsgan.beta2, lsgan.epochs, lsgan.image_size) == \
