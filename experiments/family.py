@@ -18,8 +18,8 @@ DVBPR of the same recipe with another seed; --missing does the same
 on each catalogue of LACKING, which lacks a combination of attributes, and asks whether synthesis makes it.
 Both are resumable: a finished run is read back, not trained again (one run with other PM settings, left by an
 earlier version, is refused). `--design --latents tanh sphere` puts synthesis through the paper's z = tanh(z')
-beside z on the prior's sphere (pm/design.py), each on every catalogue; --pm-steps, --pm-trials and --pm-eta
-replace PM's demo settings, in folders and tables named after them.
+beside z on the prior's sphere (pm/design.py), each on every catalogue; --pm-steps, --pm-trials, --pm-eta and
+--pm-realism-floor replace PM's demo settings, in folders and tables named after them.
 """
 import dataclasses
 import json
@@ -130,6 +130,9 @@ class FamilyConfig:
     pm_eta: float | None = field(default=None, metadata={"help": "with --design (and --tune) or --missing, the "
                                                                 "realism weight of eq. 10 (pm/main.py --eta; None: "
                                                                 "PM's setting)"})
+    pm_realism_floor: float | None = field(default=None, metadata={
+        "help": "with --design (and --tune) or --missing, the floor of the realism loss (pm/main.py "
+                "--realism-floor; None: PM's setting)"})
     generator: str = field(default=DEMO_GENERATOR, metadata={
         "help": "with --design or --missing, the GAN, trained with its demo settings (gan/config.py): the demo's, "
                 "or the paper's LSGAN, whose results go to folders and tables named after it", "choices": GENERATORS})
@@ -302,14 +305,14 @@ def refuse_other_settings(config_file, settings):
 
 
 def pm_settings(cfg):
-    """PM's settings that --pm-steps, --pm-trials and --pm-eta replace: {PMConfig field: value}."""
-    return {name: value for name, value in (("steps", cfg.pm_steps), ("trials", cfg.pm_trials), ("eta", cfg.pm_eta))
-            if value is not None}
+    """PM's settings that --pm-steps, --pm-trials, --pm-eta and --pm-realism-floor replace: {PMConfig field: value}."""
+    given = dict(steps=cfg.pm_steps, trials=cfg.pm_trials, eta=cfg.pm_eta, realism_floor=cfg.pm_realism_floor)
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def settings_names(cfg):
-    """[generator, "steps<N>", "trials<M>", "eta<E>"] for --generator other than the demo's, --pm-steps, --pm-trials
-    and --pm-eta, in the names of their tables and folders."""
+    """[generator, "steps<N>", "trials<M>", "eta<E>", "realism_floor<F>"] for --generator other than the demo's and
+    the --pm-* settings given, in the names of their tables and folders."""
     return generator_names(cfg) + [f"{name}{value:g}" for name, value in pm_settings(cfg).items()]
 
 
@@ -344,7 +347,7 @@ def missing(cfg):
         settle(pm_cfg, {"dvbpr_run", "gan_run", "device"}, "pm", PM_DEMO, embedded=True)
         pm_cfg = dataclasses.replace(pm_cfg, **pm_settings(cfg))
         out = Path(cfg.out) / "-".join(["missing", *settings_names(cfg)]) / name
-        stages = Stages(dvbpr_run, gan_run, device=pick_device(cfg.device))
+        stages = Stages(dvbpr_run, gan_run, device=pick_device(cfg.device), realism_floor=pm_cfg.realism_floor)
         out.mkdir(parents=True, exist_ok=True)
         rows[name] = missing_combination(stages, pm_cfg, catalogue.missing_pattern, catalogue.missing_categories, out)
     write_outputs(cfg, "-".join(["missing", *settings_names(cfg)]), rows, missing_markdown(rows))
@@ -434,9 +437,10 @@ def family_choice(tunings, latent):
 def check_design_flags(cfg):
     """ConfigError for a flag of --design given where it would be ignored: a Table IV flag without --design (but for
     PM's steps and trials, with --missing) or with --design --tune, --tune without --design, --generator and
-    --pm-eta without --design or --missing."""
-    if cfg.pm_eta is not None and not (cfg.design or cfg.missing):
-        raise ConfigError("--pm-eta sets PM of --design or --missing: give one of them")
+    --pm-eta or --pm-realism-floor without --design or --missing."""
+    for flag, value in (("--pm-eta", cfg.pm_eta), ("--pm-realism-floor", cfg.pm_realism_floor)):
+        if value is not None and not (cfg.design or cfg.missing):
+            raise ConfigError(f"{flag} sets PM of --design or --missing: give one of them")
     table_flags = {"--sweep-eta": cfg.sweep_eta, "--pm-steps": cfg.pm_steps, "--pm-trials": cfg.pm_trials}
     given = [flag for flag, value in table_flags.items() if value is not None]
     if cfg.missing and not cfg.design:   # --pm-steps and --pm-trials set --missing's synthesis too

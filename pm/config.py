@@ -6,6 +6,7 @@
               N(0, 0.5^2), 16 starts, 10 Adam steps at lr 0.05, all 16 kept
     demo      sized for a 2-core CPU on the embedded catalogues: fewer queries, starts and steps
 """
+import math
 from dataclasses import dataclass, field
 
 from common.cli import require_id, require_sizes
@@ -33,6 +34,10 @@ class PMConfig:
     lr: float = field(default=0.1, metadata={"help": "Adam learning rate on z'"})
     eta: float = field(default=1.0, metadata={"help": "weight of the realism loss (lsgan: [D_c(G_c(z)) - 1]^2, "
                                                             "sngan: -D_c(G_c(z)), diffusion: its denoising error)"})
+    realism_floor: float | None = field(default=None, metadata={
+        "help": "the realism loss counts down to this value and no further (sngan: -1, where the hinge loss stops "
+                "rewarding D_c on real items, bounds -D_c(e) as the LSGAN's target bounds its term); default: "
+                "unbounded"})
     init: str = field(default="uniform", metadata={"help": "starts: atanh of U(-1,1), N(0, 0.5^2), or codes of the "
                                                            "generator's prior (the LSGAN's: U(-1,1))",
                                                    "choices": ["uniform", "normal", "prior"]})
@@ -111,6 +116,8 @@ def check_config(cfg):
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
     if cfg.eta < 0:
         raise ConfigError(f"--eta must be at least 0, got {cfg.eta}")
+    if cfg.realism_floor is not None and not math.isfinite(cfg.realism_floor):
+        raise ConfigError(f"--realism-floor must be a finite number, got {cfg.realism_floor}")
     for scale in ([cfg.guidance] if cfg.guidance is not None else []) + (cfg.tune_guidance or []):
         if not 0 <= scale <= MAX_GUIDANCE:
             raise ConfigError(f"--guidance and --tune-guidance are scales in [0, {MAX_GUIDANCE:g}], got {scale:g}")

@@ -96,15 +96,17 @@ class Designer:
     """The trained pieces of personalised design: theta and Phi from DVBPR, the conditional generator (with its
     realism term) from the GAN stage.
 
-    Both are put in eval mode and frozen, so gradients reach only the latent codes.
+    Both are put in eval mode and frozen, so gradients reach only the latent codes. With `realism_floor` the realism
+    loss is clamped from below there: past it, D_c(e) earns the design nothing more.
     """
 
-    def __init__(self, dvbpr, model):
+    def __init__(self, dvbpr, model, realism_floor=None):
         self.dvbpr = dvbpr.eval().requires_grad_(False)
         self.theta = dvbpr.theta.detach()
         self.model = model.eval().requires_grad_(False)
         self.z_dim = model.z_dim
         self.image_size = model.image_size
+        self.realism_floor = realism_floor
         codes = model.sample_z(RADIUS_SAMPLES, self.theta.device, torch.Generator(self.theta.device).manual_seed(0))
         self.radius = codes.norm(dim=1).mean().item()
 
@@ -137,9 +139,10 @@ class Designer:
 
     def realism_loss(self, images, category):
         """L_real(e, c), the generator's realism_loss (the LSGAN's [D_c(e) - 1]^2, the SNGAN's -D_c(e), the
-        diffusion model's denoising error); [B]."""
+        diffusion model's denoising error), no lower than the realism floor; [B]."""
         labels = torch.full((len(images),), category, dtype=torch.long, device=images.device)
-        return self.model.realism_loss(images, labels)
+        realism = self.model.realism_loss(images, labels)
+        return realism if self.realism_floor is None else realism.clamp(min=self.realism_floor)
 
     def generate(self, z, category):
         labels = torch.full((len(z),), category, dtype=torch.long, device=z.device)

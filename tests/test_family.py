@@ -108,6 +108,10 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
     assert json.loads((tmp_path / "out" / "design" / "colour" / "tune-tanh-eta0" / "tune_config.json").read_text(
     ))["eta"] == 0 and (tmp_path / "out" / "design_tune-eta0.md").is_file()
     assert without_realism["colour"]["tanh"]["rows"] != tuned["colour"]["tanh"]["rows"]
+    family.main([*tiny_family, "--design", "--tune", "--pm-realism-floor", "-1", "--catalogues", "colour"])
+    floored = tmp_path / "out" / "design" / "colour" / "tune-tanh-realism_floor-1"
+    assert json.loads((floored / "tune_config.json").read_text())["realism_floor"] == -1
+    assert (tmp_path / "out" / "design_tune-realism_floor-1.md").is_file()
     monkeypatch.setattr(family, "PM_TUNE", dict(trials=2, tune_starts=[2], tune_steps=[0, 5, 10], tune_lrs=[0.1]))
     with pytest.raises(SystemExit, match=r"^family: \S+tune-tanh was run with other tune_steps: move it away"):
         family.main([*tiny_family, "--design", "--tune", "--catalogues", "colour"])
@@ -151,6 +155,7 @@ def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tin
     (["--missing", "--sweep-eta", "0"], "--sweep-eta set Table IV of --design; give --design"),
     (["--generator", "lsgan"], "--generator lsgan trains the GAN of --design or --missing: give one of them"),
     (["--pm-eta", "0"], "--pm-eta sets PM of --design or --missing: give one of them"),
+    (["--pm-realism-floor", "-1"], "--pm-realism-floor sets PM of --design or --missing: give one of them"),
     (["--design", "--tune", "--pm-trials", "5", "--sweep-eta", "0"],
      "--sweep-eta --pm-trials set Table IV of --design; --tune writes no Table IV: leave them out"),
 ])

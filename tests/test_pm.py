@@ -108,6 +108,21 @@ def test_larger_eta_lowers_the_realism_loss():
     assert realism[100.0] < realism[0.0]
 
 
+def test_the_realism_floor_stops_rewarding_the_critic_past_it():
+    designer = tiny_designer(seed=1)
+    z_prime = torch.randn(8, Z_DIM, requires_grad=True)
+    images = designer.generate(to_z(z_prime, "tanh"), 0)
+    unbounded = designer.realism_loss(images, 0)
+    designer.realism_floor = unbounded.sort().values[3:5].mean().item()   # between the 4th and 5th of 8
+    floored = designer.realism_loss(images, 0)
+    below = unbounded < designer.realism_floor
+    assert below.any() and (~below).any()
+    assert torch.equal(floored[~below], unbounded[~below]) and (floored[below] == designer.realism_floor).all()
+    floored.sum().backward()
+    gradients = z_prime.grad.abs().sum(dim=1)
+    assert (gradients[below] == 0).all() and (gradients[~below] > 0).all()
+
+
 def test_inversion_reduces_the_l1_error():
     designer = tiny_designer()
     query = torch.rand(3, 32, 32) * 2 - 1  # at DVBPR's size: nabla downscales it
@@ -340,6 +355,7 @@ def test_preset_demo_gives_the_demo_settings_on_any_dataset_and_bad_settings_are
     nowhere = ["--dvbpr-run", str(tmp_path / "none"), "--gan-run", str(tmp_path / "none")]
     for flags, message in ((["--starts", "0"], "pm: --starts must be at least 1, got 0"),
                            (["--lr", "-0.1"], "pm: --lr must be positive, got -0.1"),
-                           (["--steps", "-1"], "pm: --steps must be at least 0, got -1")):
+                           (["--steps", "-1"], "pm: --steps must be at least 0, got -1"),
+                           (["--realism-floor", "nan"], "pm: --realism-floor must be a finite number, got nan")):
         with pytest.raises(SystemExit, match=f"^{message}$"):
             main([*nowhere, *flags])
