@@ -285,8 +285,8 @@ def pm_tuning(cfg, name, latent):
     (by an earlier version) is refused."""
     gan_run = demo_gan(cfg, name)
     pm_out = Path(cfg.out) / "design" / name / "-".join(["tune", latent, *settings_names(cfg)])
-    settings = dict(PM_TUNE, judge_run=str(judge_path(cfg, name)), latent=latent, init=LATENT_STARTS[latent],
-                    **pm_settings(cfg))
+    settings = dict({**PM_TUNE, "realism_floor": PM_DEMO["realism_floor"]}, judge_run=str(judge_path(cfg, name)),
+                    latent=latent, init=LATENT_STARTS[latent], **pm_settings(cfg))
     if not (pm_out / "tune.json").is_file():
         pm_cfg = PMConfig(tune=True, dvbpr_run=str(recipe_path(cfg, DEMO_RECIPE, name)), gan_run=str(gan_run),
                           out=str(pm_out), device=cfg.device, **settings)
@@ -347,7 +347,8 @@ def missing(cfg):
         settle(pm_cfg, {"dvbpr_run", "gan_run", "device"}, "pm", PM_DEMO, embedded=True)
         pm_cfg = dataclasses.replace(pm_cfg, **pm_settings(cfg))
         out = Path(cfg.out) / "-".join(["missing", *settings_names(cfg)]) / name
-        stages = Stages(dvbpr_run, gan_run, device=pick_device(cfg.device), realism_floor=pm_cfg.realism_floor)
+        stages = Stages(dvbpr_run, gan_run, device=pick_device(cfg.device))
+        stages.designer.realism_floor = pm_cfg.realism_floor
         out.mkdir(parents=True, exist_ok=True)
         rows[name] = missing_combination(stages, pm_cfg, catalogue.missing_pattern, catalogue.missing_categories, out)
     write_outputs(cfg, "-".join(["missing", *settings_names(cfg)]), rows, missing_markdown(rows))

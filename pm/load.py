@@ -12,7 +12,7 @@ class Stages:
     """What preference maximisation works with: the dataset, the Designer, the item embeddings Phi(X_i) (eq. 8)
     and the catalogue's images at the GAN's size (for display, nearest neighbours and the image metrics)."""
 
-    def __init__(self, dvbpr_run, gan_run, dataset=None, device="cpu", realism_floor=None):
+    def __init__(self, dvbpr_run, gan_run, dataset=None, device="cpu"):
         self.device = torch.device(device)
         trained = open_dvbpr_run(dvbpr_run, dataset, self.device, with_model=True)
         self.gan = open_gan_run(gan_run, self.device)
@@ -20,7 +20,7 @@ class Stages:
         if self.gan.num_categories != self.dataset.num_categories:
             raise DatasetError(f"the GAN has {self.gan.num_categories} categories but {self.dataset.name} has "
                                f"{self.dataset.num_categories}")
-        self.designer = Designer(trained.model, self.gan.model, realism_floor)
+        self.designer = Designer(trained.model, self.gan.model)
         self.images = ImageStore(image_cache(self.dataset, self.gan.config.image_size, self.gan.config.resize_filter),
                                  self.device)
         self.item_category = torch.as_tensor(self.dataset.item_category, device=self.device)

@@ -18,10 +18,11 @@ def run_pm(cfg, protected):
     """Run PM as configured; `protected` names the settings the demo settings leave alone (common/cli.py)."""
     check_config(cfg)
     device = pick_device(cfg.device)
-    stages = Stages(cfg.dvbpr_run, cfg.gan_run, cfg.dataset, device, cfg.realism_floor)
+    stages = Stages(cfg.dvbpr_run, cfg.gan_run, cfg.dataset, device)
     settle(cfg, protected, "pm", DEMO, embedded=is_embedded(stages.dataset.path))
     check_config(cfg)
     check_ids(cfg, stages.dataset)
+    stages.designer.realism_floor = cfg.realism_floor   # settled: the demo's floor
     stages.designer.check_latent(cfg.latent)
     if cfg.guidance is not None or cfg.tune_guidance:
         stages.designer.check_guidance()

@@ -108,10 +108,10 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
     assert json.loads((tmp_path / "out" / "design" / "colour" / "tune-tanh-eta0" / "tune_config.json").read_text(
     ))["eta"] == 0 and (tmp_path / "out" / "design_tune-eta0.md").is_file()
     assert without_realism["colour"]["tanh"]["rows"] != tuned["colour"]["tanh"]["rows"]
-    family.main([*tiny_family, "--design", "--tune", "--pm-realism-floor", "-1", "--catalogues", "colour"])
-    floored = tmp_path / "out" / "design" / "colour" / "tune-tanh-realism_floor-1"
-    assert json.loads((floored / "tune_config.json").read_text())["realism_floor"] == -1
-    assert (tmp_path / "out" / "design_tune-realism_floor-1.md").is_file()
+    family.main([*tiny_family, "--design", "--tune", "--pm-realism-floor", "-2", "--catalogues", "colour"])
+    floored = tmp_path / "out" / "design" / "colour" / "tune-tanh-realism_floor-2"
+    assert json.loads((floored / "tune_config.json").read_text())["realism_floor"] == -2
+    assert (tmp_path / "out" / "design_tune-realism_floor-2.md").is_file()
     monkeypatch.setattr(family, "PM_TUNE", dict(trials=2, tune_starts=[2], tune_steps=[0, 5, 10], tune_lrs=[0.1]))
     with pytest.raises(SystemExit, match=r"^family: \S+tune-tanh was run with other tune_steps: move it away"):
         family.main([*tiny_family, "--design", "--tune", "--catalogues", "colour"])

@@ -228,11 +228,13 @@ def test_missing_run_directories_say_how_to_make_them(runs, tmp_path):
 def test_figures_table_and_sweep_are_written(runs, tmp_path, catalogue):
     common = ["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--out", str(tmp_path),
               "--starts", "4", "--steps", "3", "--device", "cpu"]
-    main(common + ["--category", "1", "--tailor-users", "2", "--invert-steps", "3", "--neighbour-samples", "2"])
+    main(common + ["--category", "1", "--tailor-users", "2", "--invert-steps", "3", "--neighbour-samples", "2",
+                   "--realism-floor", "5"])
     for name in ("personal_design", "tailoring", "neighbours"):
         assert (tmp_path / f"{name}.png").stat().st_size > 0
     design = json.loads((tmp_path / "personal_design.json").read_text())["queries"][0]
     assert design["category"] == 1 and len(design["real"]) == 3 and len(design["generated"]) == 3
+    assert {generated["realism_loss"] for generated in design["generated"]} == {5.0}   # the LSGAN's ~1, floored
     tailored = json.loads((tmp_path / "tailoring.json").read_text())["users"]
     assert len(tailored) == 2 and all(len(user["preference"]) == 4 for user in tailored)
 
