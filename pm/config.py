@@ -99,7 +99,7 @@ PRESETS = {
 # percentile and true preference whose KID stays within the random samples' plus retrieval's shift (5 within the
 # random samples' alone). The realism floor: with the sngan's -D_c(e) floored at -1, the same tuning gave at every
 # step count a judge percentile as high or higher (+0.0 to +1.3), the same true preference (within 0.01) and a KID
-# as low or lower (by 0.04 to 0.89) than unbounded (README, "PM's demo steps come from this table").
+# as low or lower (by 0.01 to 0.89) than unbounded (README, "PM's demo settings come from this table").
 DEMO = dict(trials=20, starts=16, steps=10, realism_floor=-1.0)
 PRESETS["demo"] = {**PRESETS["paper"], **DEMO}
 MAX_GUIDANCE = 1e6
