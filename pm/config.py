@@ -37,7 +37,8 @@ class PMConfig:
     realism_floor: float | None = field(default=None, metadata={
         "help": "the realism loss counts down to this value and no further (the demo: -1, where the hinge loss "
                 "stops rewarding the sngan's D_c on real items, bounds -D_c(e) as the LSGAN's target bounds its "
-                "term; the LSGAN's and diffusion model's terms never go below 0); default: unbounded"})
+                "term; the LSGAN's and diffusion model's terms never go below 0); default: none (-1e9 gives none "
+                "on the embedded catalogues)"})
     init: str = field(default="uniform", metadata={"help": "starts: atanh of U(-1,1), N(0, 0.5^2), or codes of the "
                                                            "generator's prior (the LSGAN's: U(-1,1))",
                                                    "choices": ["uniform", "normal", "prior"]})
