@@ -285,7 +285,7 @@ def pm_tuning(cfg, name, latent):
     (by an earlier version) is refused."""
     gan_run = demo_gan(cfg, name)
     pm_out = Path(cfg.out) / "design" / name / "-".join(["tune", latent, *settings_names(cfg)])
-    settings = dict({**PM_TUNE, "realism_floor": PM_DEMO["realism_floor"]}, judge_run=str(judge_path(cfg, name)),
+    settings = dict({**PM_TUNE, "realism_floor": PM_DEMO.get("realism_floor")}, judge_run=str(judge_path(cfg, name)),
                     latent=latent, init=LATENT_STARTS[latent], **pm_settings(cfg))
     if not (pm_out / "tune.json").is_file():
         pm_cfg = PMConfig(tune=True, dvbpr_run=str(recipe_path(cfg, DEMO_RECIPE, name)), gan_run=str(gan_run),

@@ -64,7 +64,7 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
     tiny_gan_demo(monkeypatch)
     for module in (pm.stage, family):   # the demo PM applies, and the one family checks finished runs against
         monkeypatch.setattr(module, "DEMO" if module is pm.stage else "PM_DEMO",
-                            dict(trials=2, starts=2, steps=3, splits=2))
+                            dict(trials=2, starts=2, steps=3, splits=2, realism_floor=-1.0))
     rows = family.main([*tiny_family, "--design", "--sweep-eta", "0", "10", "--latents", "tanh", "sphere"])
     assert set(rows) == {"colour", "pattern"}
     for name, by_latent in rows.items():
