@@ -81,7 +81,8 @@ JUDGES_NOTES = [
     "",
     "KID, FID, precision and recall: torch-fidelity, each source's images against all real items of their "
     "category, averaged over categories weighted by images (pm/fidelity.py); lower KID and FID are closer to the "
-    "real items.",
+    "real items. KID ± its std over torch-fidelity's subsets of the same images: how far a few dozen images let "
+    "two sources' KIDs be told apart.",
 ]
 TOP = 3
 # --tune's scores of the designs returned, where they can be measured; the judges' also choose a setting each
@@ -281,8 +282,12 @@ def fidelity_columns(fidelity):
             if any(row[name][metric] is not None for row in fidelity.values())]
 
 
-def format_fidelity(value):
-    return "—" if value is None else f"{value:.3f}"
+def format_fidelity(values, metric):
+    """One fidelity cell: KID with its std over subsets, the others alone; — where not measured."""
+    if values[metric] is None:
+        return "—"
+    spread = f" ± {values['kid_std']:.3f}" if metric == "kid" and values.get("kid_std") is not None else ""
+    return f"{values[metric]:.3f}{spread}"
 
 
 def judges_table(rows, fidelity, paired):
@@ -294,7 +299,7 @@ def judges_table(rows, fidelity, paired):
              "|---|" + "---|" * (len(shown) + len(columns))]
     for source, row in rows.items():
         lines.append(f"| {SOURCES[source]} | " + " | ".join(mean_std(row[m]) for m in shown) + " | "
-                     + " | ".join(format_fidelity(fidelity[source][name][metric])
+                     + " | ".join(format_fidelity(fidelity[source][name], metric)
                                   for name, metric in columns) + " |")
     for source, tests in paired.items():
         n = next(iter(tests.values()))["trials"]

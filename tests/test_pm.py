@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 from types import SimpleNamespace
 
@@ -255,6 +256,8 @@ def test_figures_table_and_sweep_are_written(runs, tmp_path, catalogue):
     kid = {source: row["category-classifier"]["kid"] for source, row in written["fidelity"].items()}
     assert all(np.isfinite(list(kid.values())))
     assert "Judge percentile" in (tmp_path / "table_iv.md").read_text()
+    kid_cells = re.findall(r"\| (-?\d+\.\d{3}) ± (\d+\.\d{3}) \|", (tmp_path / "table_iv.md").read_text())
+    assert [float(kid) for kid, _ in kid_cells] == pytest.approx([kid[source] for source in table], abs=1e-3)
     assert "Paper: preference" in (tmp_path / "table_iv.md").read_text()
     assert len((tmp_path / "table_iv.csv").read_text().splitlines()) == 5
     assert (tmp_path / "eta_sweep.png").stat().st_size > 0
