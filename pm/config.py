@@ -4,7 +4,8 @@
               (the paper gives neither steps nor lr; chosen with --tune, see DEMO below)
     original  what the released code did (PM/main.py of the original repository): z optimised directly from
               N(0, 0.5^2), 16 starts, 10 Adam steps at lr 0.05, all 16 kept
-    demo      sized for a 2-core CPU on the embedded catalogues: fewer queries, starts and steps
+    demo      sized for a 2-core CPU on the embedded catalogues: fewer queries, starts and steps, and the sngan's
+              realism term floored at -1
 """
 import math
 from dataclasses import dataclass, field

@@ -96,17 +96,18 @@ class Designer:
     """The trained pieces of personalised design: theta and Phi from DVBPR, the conditional generator (with its
     realism term) from the GAN stage.
 
-    Both are put in eval mode and frozen, so gradients reach only the latent codes. With `realism_floor` the realism
-    loss is clamped from below there: past it, D_c(e) earns the design nothing more.
+    Both are put in eval mode and frozen, so gradients reach only the latent codes. Where `realism_floor` is set
+    (pm/stage.py, from --realism-floor) the realism loss is clamped from below there: past it, D_c(e) earns the
+    design nothing more.
     """
 
-    def __init__(self, dvbpr, model, realism_floor=None):
+    def __init__(self, dvbpr, model):
         self.dvbpr = dvbpr.eval().requires_grad_(False)
         self.theta = dvbpr.theta.detach()
         self.model = model.eval().requires_grad_(False)
         self.z_dim = model.z_dim
         self.image_size = model.image_size
-        self.realism_floor = realism_floor
+        self.realism_floor = None
         codes = model.sample_z(RADIUS_SAMPLES, self.theta.device, torch.Generator(self.theta.device).manual_seed(0))
         self.radius = codes.norm(dim=1).mean().item()
 
