@@ -137,15 +137,24 @@ def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tin
     holed = CatalogueConfig(seed=3, pattern_weight=3, missing_pattern="stripes", missing_categories=[4, 5], **tiny)
     monkeypatch.setattr(family, "LACKING", {"holed": holed})
     tiny_gan_demo(monkeypatch)
-    monkeypatch.setattr(family, "PM_DEMO", dict(trials=3, starts=2, steps=3))
+    monkeypatch.setattr(family, "PM_DEMO", dict(trials=3, starts=2, steps=3, realism_floor=-1.0))
+    floors, measure = [], family.missing_combination
+
+    def measure_and_record_the_floor(stages, *args):
+        floors.append(stages.designer.realism_floor)
+        return measure(stages, *args)
+
+    monkeypatch.setattr(family, "missing_combination", measure_and_record_the_floor)
     row = family.main([*tiny_family, "--missing"])["holed"]
     assert row["items_with_combination"] == 0 and row["queries"] == 3 and row["lovers"] >= 1
     assert set(row["sources"]) == {"generated", "retrieval", "synthesis"}
     assert all(0 <= metrics["combination"][0] <= 1 for metrics in row["sources"].values())
     assert row["paired"]["true_preference"]["trials"] == 3
     assert "no item of categories [4, 5] is stripes (0 such items)" in (tmp_path / "out" / "missing.md").read_text()
-    at_start = family.main([*tiny_family, "--missing", "--pm-steps", "0", "--pm-trials", "4"])["holed"]
-    assert at_start["queries"] == 4 and (tmp_path / "out" / "missing-steps0-trials4.md").is_file()
+    at_start = family.main([*tiny_family, "--missing", "--pm-steps", "0", "--pm-trials", "4", "--pm-realism-floor",
+                            "-2"])["holed"]
+    assert at_start["queries"] == 4 and (tmp_path / "out" / "missing-steps0-trials4-realism_floor-2.md").is_file()
+    assert floors == [-1.0, -2.0]   # the demo's floor, then the flag's, reach the designs
     assert at_start["sources"]["synthesis"] != row["sources"]["synthesis"]
 
 
