@@ -18,8 +18,8 @@ DVBPR of the same recipe with another seed; --missing does the same
 on each catalogue of LACKING, which lacks a combination of attributes, and asks whether synthesis makes it.
 Both are resumable: a finished run is read back, not trained again (one run with other PM settings, left by an
 earlier version, is refused). `--design --latents tanh sphere` puts synthesis through the paper's z = tanh(z')
-beside z on the prior's sphere (pm/design.py), each on every catalogue; --pm-steps, --pm-trials, --pm-eta and
---pm-realism-floor replace PM's demo settings, in folders and tables named after them.
+beside z on the prior's sphere (pm/design.py), each on every catalogue; --pm-steps, --pm-trials, --pm-eta,
+--pm-realism-floor and --pm-support-quantile replace PM's demo settings, in folders and tables named after them.
 """
 import dataclasses
 import json
@@ -48,7 +48,7 @@ from pm.config import DEMO as PM_DEMO
 from pm.config import PMConfig
 from pm.fidelity import CLASSIFIER_EXTRACTOR
 from pm.load import Stages
-from pm.stage import run_pm
+from pm.stage import run_pm, set_design_terms
 from pm.table import JUDGED as TUNE_JUDGED
 from pm.table import KID_LIMITS, on_manifold
 from tools.health import health
@@ -133,6 +133,9 @@ class FamilyConfig:
     pm_realism_floor: float | None = field(default=None, metadata={
         "help": "with --design (and --tune) or --missing, the floor of the realism loss (pm/main.py "
                 "--realism-floor; None: PM's setting)"})
+    pm_support_quantile: float | None = field(default=None, metadata={
+        "help": "with --design (and --tune) or --missing, the quantile of the real items' distances past which "
+                "designs are penalised (pm/main.py --support-quantile; None: PM's setting)"})
     generator: str = field(default=DEMO_GENERATOR, metadata={
         "help": "with --design or --missing, the GAN, trained with its demo settings (gan/config.py): the demo's, "
                 "or the paper's LSGAN, whose results go to folders and tables named after it", "choices": GENERATORS})
@@ -285,8 +288,9 @@ def pm_tuning(cfg, name, latent):
     (by an earlier version) is refused."""
     gan_run = demo_gan(cfg, name)
     pm_out = Path(cfg.out) / "design" / name / "-".join(["tune", latent, *settings_names(cfg)])
-    settings = dict({**PM_TUNE, "realism_floor": PM_DEMO.get("realism_floor")}, judge_run=str(judge_path(cfg, name)),
-                    latent=latent, init=LATENT_STARTS[latent], **pm_settings(cfg))
+    demo_terms = {name: PM_DEMO.get(name) for name in ("realism_floor", "support_quantile")}
+    settings = dict({**PM_TUNE, **demo_terms}, judge_run=str(judge_path(cfg, name)), latent=latent,
+                    init=LATENT_STARTS[latent], **pm_settings(cfg))
     if not (pm_out / "tune.json").is_file():
         pm_cfg = PMConfig(tune=True, dvbpr_run=str(recipe_path(cfg, DEMO_RECIPE, name)), gan_run=str(gan_run),
                           out=str(pm_out), device=cfg.device, **settings)
@@ -305,14 +309,16 @@ def refuse_other_settings(config_file, settings):
 
 
 def pm_settings(cfg):
-    """PM's settings that --pm-steps, --pm-trials, --pm-eta and --pm-realism-floor replace: {PMConfig field: value}."""
-    given = dict(steps=cfg.pm_steps, trials=cfg.pm_trials, eta=cfg.pm_eta, realism_floor=cfg.pm_realism_floor)
+    """PM's settings that --pm-steps, --pm-trials, --pm-eta, --pm-realism-floor and --pm-support-quantile replace:
+    {PMConfig field: value}."""
+    given = dict(steps=cfg.pm_steps, trials=cfg.pm_trials, eta=cfg.pm_eta, realism_floor=cfg.pm_realism_floor,
+                 support_quantile=cfg.pm_support_quantile)
     return {name: value for name, value in given.items() if value is not None}
 
 
 def settings_names(cfg):
-    """[generator, "steps<N>", "trials<M>", "eta<E>", "realism_floor<F>"] for --generator other than the demo's and
-    the --pm-* settings given, in the names of their tables and folders."""
+    """[generator, "steps<N>", "trials<M>", "eta<E>", "realism_floor<F>", "support_quantile<Q>"] for --generator
+    other than the demo's and the --pm-* settings given, in the names of their tables and folders."""
     return generator_names(cfg) + [f"{name}{value:g}" for name, value in pm_settings(cfg).items()]
 
 
@@ -348,7 +354,7 @@ def missing(cfg):
         pm_cfg = dataclasses.replace(pm_cfg, **pm_settings(cfg))
         out = Path(cfg.out) / "-".join(["missing", *settings_names(cfg)]) / name
         stages = Stages(dvbpr_run, gan_run, device=pick_device(cfg.device))
-        stages.designer.realism_floor = pm_cfg.realism_floor
+        set_design_terms(stages, pm_cfg)
         out.mkdir(parents=True, exist_ok=True)
         rows[name] = missing_combination(stages, pm_cfg, catalogue.missing_pattern, catalogue.missing_categories, out)
     write_outputs(cfg, "-".join(["missing", *settings_names(cfg)]), rows, missing_markdown(rows))
@@ -438,8 +444,9 @@ def family_choice(tunings, latent):
 def check_design_flags(cfg):
     """ConfigError for a flag of --design given where it would be ignored: a Table IV flag without --design (but for
     PM's steps and trials, with --missing) or with --design --tune, --tune without --design, --generator and
-    --pm-eta or --pm-realism-floor without --design or --missing."""
-    for flag, value in (("--pm-eta", cfg.pm_eta), ("--pm-realism-floor", cfg.pm_realism_floor)):
+    --pm-eta, --pm-realism-floor or --pm-support-quantile without --design or --missing."""
+    for flag, value in (("--pm-eta", cfg.pm_eta), ("--pm-realism-floor", cfg.pm_realism_floor),
+                        ("--pm-support-quantile", cfg.pm_support_quantile)):
         if value is not None and not (cfg.design or cfg.missing):
             raise ConfigError(f"{flag} sets PM of --design or --missing: give one of them")
     table_flags = {"--sweep-eta": cfg.sweep_eta, "--pm-steps": cfg.pm_steps, "--pm-trials": cfg.pm_trials}

@@ -40,6 +40,11 @@ class PMConfig:
                 "stops rewarding the sngan's D_c on real items, bounds -D_c(e) as the LSGAN's target bounds its "
                 "term; the LSGAN's and diffusion model's terms never go below 0); default: none (-1e9 gives none "
                 "on the embedded catalogues)"})
+    support_quantile: float | None = field(default=None, metadata={
+        "help": "penalise designs whose Phi lies further from the real items of their category (Mahalanobis "
+                "distance) than this quantile of the real items' own distances: theta_u . Phi is linear in Phi and "
+                "learnt only where items lie; default: no penalty"})
+    support_weight: float = field(default=1.0, metadata={"help": "w of that penalty, w (distance - radius)^2"})
     init: str = field(default="uniform", metadata={"help": "starts: atanh of U(-1,1), N(0, 0.5^2), or codes of the "
                                                            "generator's prior (the LSGAN's: U(-1,1))",
                                                    "choices": ["uniform", "normal", "prior"]})
@@ -119,6 +124,10 @@ def check_config(cfg):
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
     if cfg.eta < 0:
         raise ConfigError(f"--eta must be at least 0, got {cfg.eta}")
+    if cfg.support_quantile is not None and not 0 < cfg.support_quantile <= 1:
+        raise ConfigError(f"--support-quantile is a quantile in (0, 1], got {cfg.support_quantile}")
+    if cfg.support_weight < 0:
+        raise ConfigError(f"--support-weight must be at least 0, got {cfg.support_weight}")
     if cfg.realism_floor is not None and not math.isfinite(cfg.realism_floor):
         raise ConfigError(f"--realism-floor must be a finite number, got {cfg.realism_floor}")
     for scale in ([cfg.guidance] if cfg.guidance is not None else []) + (cfg.tune_guidance or []):

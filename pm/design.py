@@ -5,6 +5,8 @@ tailoring of an existing item (eq. 12 then eq. 10).
     synthesis     max_{z'} theta_u . Phi(Delta G_c(tanh z')) - eta [D_c(G_c(tanh z')) - 1]^2        (eq. 10)
                   from m starts z ~ U(-1, 1), z' = atanh(z); the top-k of the m results are drawn without
                   replacement with p(e_t) = softmax(objective)_t (eq. 11), or taken best first
+    support       optionally minus w relu(d_c(Phi(e)) - r_c)^2: d_c the Mahalanobis distance from the real items
+                  of c in Phi's space, r_c a quantile of theirs (EmbeddingSupport)
     tailoring     z' = argmin ||G_c(tanh z') - nabla X_query||_1 (eq. 12), then eq. 10 from that z'
 
 Delta and nabla are nearest-neighbour resizes between the GAN's size and DVBPR's input size. G_c and the realism
@@ -15,6 +17,12 @@ original code did (PM/main.py of the original repository). With latent="sphere" 
 of the prior's codes: in high dimension nearly every code of the prior lies near that sphere (sqrt(z_dim) for
 N(0, I), sqrt(z_dim / 3) for U(-1, 1)), so the designs keep to codes like those the generator was trained on (as in
 PULSE, Menon et al., 2020).
+
+Why the support term: theta_u . Phi is linear in Phi and was learnt only where items lie, so ascent on it leaves
+them. On two of the embedded catalogue's fig. 5 queries the designs that DVBPR scores above every real item of the
+user (green squares) lie at d_c 19-27 from the real items of their category, whose own distances reach at most
+11-13; in-distribution penalties are the standard remedy of offline model-based optimisation (conservative
+objective models, Trabucco et al., 2021).
 """
 from dataclasses import dataclass, field
 
@@ -68,6 +76,47 @@ def choose(objective, k, select, rng=None):
     raise ConfigError(f"unknown selection {select!r} (expected 'softmax', 'best' or 'all')")
 
 
+class EmbeddingSupport:
+    """Where the real items of each category lie in Phi's space: their mean mu_c and shrunk covariance S_c; a design
+    further from them (d_c(f) = sqrt((f - mu_c)^T S_c^-1 (f - mu_c))) than the `quantile` of their own distances r_c
+    pays weight * (d_c - r_c)^2. Categories with fewer than two items have no support (no penalty)."""
+
+    SHRINKAGE = 1e-3   # of the mean variance, added to S_c's diagonal so that it inverts with fewer items than K
+
+    def __init__(self, item_embeddings, item_category, num_categories, quantile, weight):
+        self.weight = weight
+        self.support = {}
+        for category in range(num_categories):
+            embeddings = item_embeddings[item_category == category].double()
+            if len(embeddings) < 2:
+                continue
+            mean = embeddings.mean(dim=0)
+            covariance = torch.cov(embeddings.T, correction=0).reshape(len(mean), len(mean))
+            covariance += self.SHRINKAGE * covariance.trace() / len(mean) * torch.eye(len(mean), dtype=mean.dtype,
+                                                                                       device=mean.device)
+            precision = torch.linalg.inv(covariance)
+            radius = torch.quantile(self._distance(embeddings, mean, precision), quantile)
+            self.support[category] = (mean.float(), precision.float(), radius.item())
+
+    @staticmethod
+    def _distance(features, mean, precision):
+        centred = features - mean
+        return ((centred @ precision) * centred).sum(dim=1).clamp(min=1e-12).sqrt()
+
+    def distance(self, features, category):
+        """[B] d_c of Phi's features [B, K]; zeros where c has no support."""
+        if category not in self.support:
+            return features.new_zeros(len(features))
+        mean, precision, _ = self.support[category]
+        return self._distance(features, mean, precision)
+
+    def penalty(self, features, category):
+        """[B] weight * relu(d_c - r_c)^2: nothing inside the real items' radius."""
+        if category not in self.support:
+            return features.new_zeros(len(features))
+        return self.weight * F.relu(self.distance(features, category) - self.support[category][2]) ** 2
+
+
 @dataclass
 class Snapshot:
     """The m images and scores after `step` optimisation steps."""
@@ -98,7 +147,8 @@ class Designer:
 
     Both are put in eval mode and frozen, so gradients reach only the latent codes. Where `realism_floor` is set
     (pm/stage.py, from --realism-floor) the realism loss is clamped from below there: past it, D_c(e) earns the
-    design nothing more.
+    design nothing more. Where `support` is set (an EmbeddingSupport, from --support-quantile) the objective pays
+    its penalty.
     """
 
     def __init__(self, dvbpr, model):
@@ -108,6 +158,7 @@ class Designer:
         self.z_dim = model.z_dim
         self.image_size = model.image_size
         self.realism_floor = None
+        self.support = None
         codes = model.sample_z(RADIUS_SAMPLES, self.theta.device, torch.Generator(self.theta.device).manual_seed(0))
         self.radius = codes.norm(dim=1).mean().item()
 
@@ -134,9 +185,13 @@ class Designer:
         """n codes from the generator's prior (Table IV's random G(., c), the figures' samples)."""
         return self.model.sample_z(n, self.theta.device, rng)
 
+    def phi(self, images):
+        """Phi(Delta e) of images at the GAN's size; [B, K]."""
+        return self.dvbpr.phi(resize(images, self.dvbpr.backbone.input_size))
+
     def preference(self, user, images):
         """x_{u,e} = theta_u . Phi(Delta e) (eq. 6) of images at the GAN's size; [B]."""
-        return self.dvbpr.phi(resize(images, self.dvbpr.backbone.input_size)) @ self.theta[user]
+        return self.phi(images) @ self.theta[user]
 
     def realism_loss(self, images, category):
         """L_real(e, c), the generator's realism_loss (the LSGAN's [D_c(e) - 1]^2, the SNGAN's -D_c(e), the
@@ -150,11 +205,16 @@ class Designer:
         return self.model(z, labels)
 
     def objective(self, z, user, category, eta):
-        """(objective, preference, realism loss, images) of G_c(z), each per row of z (eq. 9)."""
+        """(objective, preference, realism loss, images) of G_c(z), each per row of z (eq. 9, less the support
+        penalty where there is one)."""
         images = self.generate(z, category)
-        preference = self.preference(user, images)
+        features = self.phi(images)
+        preference = features @ self.theta[user]
         realism = self.realism_loss(images, category)
-        return preference - eta * realism, preference, realism, images
+        objective = preference - eta * realism
+        if self.support is not None:
+            objective = objective - self.support.penalty(features, category)
+        return objective, preference, realism, images
 
     def maximise(self, z_prime, user, category, steps, lr, eta=1.0, latent="tanh", record=None):
         """Adam ascent on eq. 10 (or eq. 9 with latent 'direct' or 'sphere') from the rows of z_prime, all at once.

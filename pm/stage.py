@@ -9,6 +9,7 @@ from common.device import describe, pick_device
 from common.runlog import run_dir
 from common.seeding import seed_everything
 from pm.config import DEMO, check_config, check_ids
+from pm.design import EmbeddingSupport
 from pm.figures import figures
 from pm.load import Stages
 from pm.table import tables, tuning
@@ -22,7 +23,7 @@ def run_pm(cfg, protected):
     settle(cfg, protected, "pm", DEMO, embedded=is_embedded(stages.dataset.path))
     check_config(cfg)
     check_ids(cfg, stages.dataset)
-    stages.designer.realism_floor = cfg.realism_floor   # settled: the demo's floor
+    set_design_terms(stages, cfg)
     stages.designer.check_latent(cfg.latent)
     if cfg.guidance is not None or cfg.tune_guidance:
         stages.designer.check_guidance()
@@ -32,3 +33,12 @@ def run_pm(cfg, protected):
     seed_everything(cfg.seed)
     print(f"preference maximisation on {describe(device)}: DVBPR {cfg.dvbpr_run}, GAN {cfg.gan_run}, out {out}")
     {"tune": tuning, "table": tables, "figures": figures}[mode](stages, cfg, out)
+
+
+def set_design_terms(stages, cfg):
+    """The Designer's terms from settled settings (the demo's included): the realism floor and the support
+    penalty."""
+    stages.designer.realism_floor = cfg.realism_floor
+    stages.designer.support = None if cfg.support_quantile is None else EmbeddingSupport(
+        stages.item_embeddings, stages.item_category, stages.dataset.num_categories, cfg.support_quantile,
+        cfg.support_weight)

@@ -112,6 +112,9 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
     floored = tmp_path / "out" / "design" / "colour" / "tune-tanh-realism_floor-2"
     assert json.loads((floored / "tune_config.json").read_text())["realism_floor"] == -2
     assert (tmp_path / "out" / "design_tune-realism_floor-2.md").is_file()
+    family.main([*tiny_family, "--design", "--tune", "--pm-support-quantile", "0.5", "--catalogues", "colour"])
+    supported = tmp_path / "out" / "design" / "colour" / "tune-tanh-support_quantile0.5"
+    assert json.loads((supported / "tune_config.json").read_text())["support_quantile"] == 0.5
     monkeypatch.setattr(family, "PM_TUNE", dict(trials=2, tune_starts=[2], tune_steps=[0, 5, 10], tune_lrs=[0.1]))
     with pytest.raises(SystemExit, match=r"^family: \S+tune-tanh was run with other tune_steps: move it away"):
         family.main([*tiny_family, "--design", "--tune", "--catalogues", "colour"])
@@ -138,13 +141,13 @@ def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tin
     monkeypatch.setattr(family, "LACKING", {"holed": holed})
     tiny_gan_demo(monkeypatch)
     monkeypatch.setattr(family, "PM_DEMO", dict(trials=3, starts=2, steps=3, realism_floor=-1.0))
-    floors, measure = [], family.missing_combination
+    terms, measure = [], family.missing_combination
 
-    def measure_and_record_the_floor(stages, *args):
-        floors.append(stages.designer.realism_floor)
+    def measure_and_record_the_terms(stages, *args):
+        terms.append((stages.designer.realism_floor, stages.designer.support is not None))
         return measure(stages, *args)
 
-    monkeypatch.setattr(family, "missing_combination", measure_and_record_the_floor)
+    monkeypatch.setattr(family, "missing_combination", measure_and_record_the_terms)
     row = family.main([*tiny_family, "--missing"])["holed"]
     assert row["items_with_combination"] == 0 and row["queries"] == 3 and row["lovers"] >= 1
     assert set(row["sources"]) == {"generated", "retrieval", "synthesis"}
@@ -152,9 +155,10 @@ def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tin
     assert row["paired"]["true_preference"]["trials"] == 3
     assert "no item of categories [4, 5] is stripes (0 such items)" in (tmp_path / "out" / "missing.md").read_text()
     at_start = family.main([*tiny_family, "--missing", "--pm-steps", "0", "--pm-trials", "4", "--pm-realism-floor",
-                            "-2"])["holed"]
-    assert at_start["queries"] == 4 and (tmp_path / "out" / "missing-steps0-trials4-realism_floor-2.md").is_file()
-    assert floors == [-1.0, -2.0]   # the demo's floor, then the flag's, reach the designs
+                            "-2", "--pm-support-quantile", "0.9"])["holed"]
+    assert at_start["queries"] == 4 and (tmp_path / "out" / "missing-steps0-trials4-realism_floor-2-"
+                                                         "support_quantile0.9.md").is_file()
+    assert terms == [(-1.0, False), (-2.0, True)]   # the demo's terms, then the flags', reach the designs
     assert at_start["sources"]["synthesis"] != row["sources"]["synthesis"]
 
 
@@ -165,6 +169,7 @@ def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tin
     (["--generator", "lsgan"], "--generator lsgan trains the GAN of --design or --missing: give one of them"),
     (["--pm-eta", "0"], "--pm-eta sets PM of --design or --missing: give one of them"),
     (["--pm-realism-floor", "-1"], "--pm-realism-floor sets PM of --design or --missing: give one of them"),
+    (["--pm-support-quantile", "0.9"], "--pm-support-quantile sets PM of --design or --missing: give one of them"),
     (["--design", "--tune", "--pm-trials", "5", "--sweep-eta", "0"],
      "--sweep-eta --pm-trials set Table IV of --design; --tune writes no Table IV: leave them out"),
 ])

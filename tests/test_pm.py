@@ -18,7 +18,7 @@ from gan.config import GANConfig
 from gan.model import LSGAN
 from gan.train import train as train_gan
 from pm.config import DEMO, PRESETS, PMConfig
-from pm.design import Designer, choose, resize, retrieve, to_z
+from pm.design import Designer, EmbeddingSupport, choose, resize, retrieve, to_z
 from pm.figures import pick_user
 from pm.main import main
 from pm.metrics import ImageNetInception, inception_score, ssim_diversity
@@ -122,6 +122,42 @@ def test_the_realism_floor_stops_rewarding_the_critic_past_it():
     floored.sum().backward()
     gradients = z_prime.grad.abs().sum(dim=1)
     assert (gradients[below] == 0).all() and (gradients[~below] > 0).all()
+
+
+def test_the_support_measures_mahalanobis_distance_and_penalises_only_beyond_the_real_items():
+    torch.manual_seed(0)
+    items = torch.randn(400, 4) * torch.tensor([1.0, 2.0, 0.5, 1.0]) + 3
+    categories = torch.arange(400) % 2
+    categories[0] = 2   # a category of one item has no support
+    support = EmbeddingSupport(items, categories, 3, quantile=0.9, weight=2.0)
+    real = items[categories == 0]
+    distance, radius = support.distance(real, 0), support.support[0][2]
+    assert (distance <= radius).double().mean().item() == pytest.approx(0.9, abs=0.01)
+    assert torch.equal(support.penalty(real, 0) == 0, distance <= radius)
+    centre = real.mean(dim=0)
+    narrow, wide = centre + torch.tensor([0.0, 0.0, 4.0, 0.0]), centre + torch.tensor([0.0, 4.0, 0.0, 0.0])
+    assert support.distance(narrow[None], 0) / support.distance(wide[None], 0) == pytest.approx(4.0, rel=0.15)
+    far = narrow[None].clone().requires_grad_(True)
+    penalty = support.penalty(far, 0)
+    assert penalty.item() == pytest.approx(2.0 * (support.distance(far, 0).item() - radius) ** 2)
+    penalty.sum().backward()
+    assert support.distance(far.detach() - 0.01 * far.grad, 0) < support.distance(far.detach(), 0)
+    assert support.penalty(far, 2).item() == 0
+
+
+def test_the_support_keeps_designs_nearer_the_items_phi_has_seen():
+    designer = tiny_designer(seed=1)
+    with torch.no_grad():
+        seen = designer.phi(designer.generate(designer.sample_z(64), 0))
+    z_prime = torch.atanh(torch.rand(16, Z_DIM) * 1.8 - 0.9)
+    support = EmbeddingSupport(seen, torch.zeros(64, dtype=torch.long), 1, quantile=0.5, weight=100.0)
+    distances = {}
+    for name in ("without", "with"):
+        designer.support = support if name == "with" else None
+        design = designer.maximise(z_prime, user=2, category=0, steps=30, lr=0.1, eta=0.0)
+        with torch.no_grad():
+            distances[name] = support.distance(designer.phi(design.images), 0).mean().item()
+    assert distances["with"] < 0.8 * distances["without"]
 
 
 def test_inversion_reduces_the_l1_error():
@@ -230,12 +266,13 @@ def test_figures_table_and_sweep_are_written(runs, tmp_path, catalogue):
     common = ["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--out", str(tmp_path),
               "--starts", "4", "--steps", "3", "--device", "cpu"]
     main(common + ["--category", "1", "--tailor-users", "2", "--invert-steps", "3", "--neighbour-samples", "2",
-                   "--realism-floor", "5"])
+                   "--realism-floor", "5", "--support-quantile", "0.01", "--support-weight", "100"])
     for name in ("personal_design", "tailoring", "neighbours"):
         assert (tmp_path / f"{name}.png").stat().st_size > 0
     design = json.loads((tmp_path / "personal_design.json").read_text())["queries"][0]
     assert design["category"] == 1 and len(design["real"]) == 3 and len(design["generated"]) == 3
     assert {generated["realism_loss"] for generated in design["generated"]} == {5.0}   # the LSGAN's ~1, floored
+    assert all(generated["objective"] < generated["preference"] - 5.0 for generated in design["generated"])
     tailored = json.loads((tmp_path / "tailoring.json").read_text())["users"]
     assert len(tailored) == 2 and all(len(user["preference"]) == 4 for user in tailored)
 
@@ -361,6 +398,8 @@ def test_preset_demo_gives_the_demo_settings_on_any_dataset_and_bad_settings_are
     for flags, message in ((["--starts", "0"], "pm: --starts must be at least 1, got 0"),
                            (["--lr", "-0.1"], "pm: --lr must be positive, got -0.1"),
                            (["--steps", "-1"], "pm: --steps must be at least 0, got -1"),
-                           (["--realism-floor", "nan"], "pm: --realism-floor must be a finite number, got nan")):
-        with pytest.raises(SystemExit, match=f"^{message}$"):
+                           (["--realism-floor", "nan"], "pm: --realism-floor must be a finite number, got nan"),
+                           (["--support-quantile", "0"], "pm: --support-quantile is a quantile in (0, 1], got 0.0"),
+                           (["--support-weight", "-1"], "pm: --support-weight must be at least 0, got -1.0")):
+        with pytest.raises(SystemExit, match=f"^{re.escape(message)}$"):
             main([*nowhere, *flags])
