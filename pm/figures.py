@@ -112,10 +112,23 @@ def personal_design(stages, cfg, queries, out, rng):
                                                            generated.objective.tolist(), generated.realism.tolist())],
                        "starts": {"steps": shown, "preference": [s.preference[:16].tolist() for s in design.history],
                                   "objective": [s.objective[:16].tolist() for s in design.history]}})
+        if designer.support is not None:
+            record[-1]["support"] = support_distances(designer, stages.item_embeddings[items], generated.images,
+                                                      category)
     columns = len(captions) // len(queries)
     save_grid(out / "personal_design.png", torch.cat(images), columns, captions)
     write_json(out / "personal_design.json", {"columns": f"{k} real (eq. 8), then {columns - k} generated",
                                               "select": cfg.select, "queries": record})
+
+
+@torch.no_grad()
+def support_distances(designer, real_embeddings, generated_images, category):
+    """The distances d_c in Phi's space of the real and generated images of one row from the real items of c, and
+    the radius past which the support penalty starts (pm/design.py's EmbeddingSupport)."""
+    support = designer.support
+    return {"radius": support.support[category][2] if category in support.support else None,
+            "real": support.distance(real_embeddings, category).tolist(),
+            "generated": support.distance(designer.phi(generated_images), category).tolist()}
 
 
 def tailoring(stages, cfg, users, out, rng):

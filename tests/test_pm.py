@@ -273,6 +273,8 @@ def test_figures_table_and_sweep_are_written(runs, tmp_path, catalogue):
     assert design["category"] == 1 and len(design["real"]) == 3 and len(design["generated"]) == 3
     assert {generated["realism_loss"] for generated in design["generated"]} == {5.0}   # the LSGAN's ~1, floored
     assert all(generated["objective"] < generated["preference"] - 5.0 for generated in design["generated"])
+    assert all(distance > design["support"]["radius"] for distance in design["support"]["generated"])
+    assert len(design["support"]["real"]) == 3
     tailored = json.loads((tmp_path / "tailoring.json").read_text())["users"]
     assert len(tailored) == 2 and all(len(user["preference"]) == 4 for user in tailored)
 
