@@ -19,7 +19,8 @@ on each catalogue of LACKING, which lacks a combination of attributes, and asks 
 Both are resumable: a finished run is read back, not trained again (one run with other PM settings, left by an
 earlier version, is refused). `--design --latents tanh sphere` puts synthesis through the paper's z = tanh(z')
 beside z on the prior's sphere (pm/design.py), each on every catalogue; --pm-steps, --pm-trials, --pm-eta,
---pm-realism-floor and --pm-support-quantile replace PM's demo settings, in folders and tables named after them.
+--pm-realism-floor, --pm-support-quantile and --pm-support-weight replace PM's demo settings, in folders and tables
+named after them.
 """
 import dataclasses
 import json
@@ -136,6 +137,9 @@ class FamilyConfig:
     pm_support_quantile: float | None = field(default=None, metadata={
         "help": "with --design (and --tune) or --missing, the quantile of the real items' distances past which "
                 "designs are penalised (pm/main.py --support-quantile; None: PM's setting)"})
+    pm_support_weight: float | None = field(default=None, metadata={
+        "help": "with --design (and --tune) or --missing, the weight of that penalty, 0 for none (pm/main.py "
+                "--support-weight; None: PM's setting)"})
     generator: str = field(default=DEMO_GENERATOR, metadata={
         "help": "with --design or --missing, the GAN, trained with its demo settings (gan/config.py): the demo's, "
                 "or the paper's LSGAN, whose results go to folders and tables named after it", "choices": GENERATORS})
@@ -309,16 +313,16 @@ def refuse_other_settings(config_file, settings):
 
 
 def pm_settings(cfg):
-    """PM's settings that --pm-steps, --pm-trials, --pm-eta, --pm-realism-floor and --pm-support-quantile replace:
-    {PMConfig field: value}."""
+    """PM's settings that --pm-steps, --pm-trials, --pm-eta, --pm-realism-floor, --pm-support-quantile and
+    --pm-support-weight replace: {PMConfig field: value}."""
     given = dict(steps=cfg.pm_steps, trials=cfg.pm_trials, eta=cfg.pm_eta, realism_floor=cfg.pm_realism_floor,
-                 support_quantile=cfg.pm_support_quantile)
+                 support_quantile=cfg.pm_support_quantile, support_weight=cfg.pm_support_weight)
     return {name: value for name, value in given.items() if value is not None}
 
 
 def settings_names(cfg):
-    """[generator, "steps<N>", "trials<M>", "eta<E>", "realism_floor<F>", "support_quantile<Q>"] for --generator
-    other than the demo's and the --pm-* settings given, in the names of their tables and folders."""
+    """[generator, "steps<N>", "trials<M>", "eta<E>", "realism_floor<F>", "support_quantile<Q>", "support_weight<W>"]
+    for --generator other than the demo's and the --pm-* settings given, in the names of their tables and folders."""
     return generator_names(cfg) + [f"{name}{value:g}" for name, value in pm_settings(cfg).items()]
 
 
@@ -370,17 +374,19 @@ def retrieval_synthesis(table, metric, paired=None):
 
 
 def design_markdown(rows):
-    """Per catalogue, retrieval against synthesis: the optimised score, the judges' (with the paired test's p), the
-    fidelity and quality of the images (KID also of the generator's random samples), their diversity."""
-    lines = ["| catalogue | latent | GAN consistency | optimised score | judge DVBPR | true preference | KID: random "
-             "G / retrieval / synthesis | quality (in-domain IS) | diversity |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """Per catalogue, retrieval against synthesis: the optimised score, the judges' and the category classifier's
+    match (with the paired test's p), the fidelity and quality of the images (KID also of the generator's random
+    samples), their diversity."""
+    lines = ["| catalogue | latent | GAN consistency | optimised score | judge DVBPR | true preference | category "
+             "match | KID: random G / retrieval / synthesis | quality (in-domain IS) | diversity |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, by_latent in rows.items():
         for latent, row in by_latent.items():
             t, paired = row["table"], row["paired"]
             kid = " / ".join(f"{row['fidelity'][source][CLASSIFIER_EXTRACTOR]['kid']:.2f}"
                              for source in ("generated", "retrieval", "synthesis"))
-            cells = [retrieval_synthesis(t, metric, paired) for metric in ("preference", "judge", "true_preference")]
+            cells = [retrieval_synthesis(t, metric, paired)
+                     for metric in ("preference", "judge", "true_preference", "category_match")]
             lines.append(f"| {name} | {latent} | {row['consistency']:.3f} | " + " | ".join(cells) + f" | {kid} | "
                          f"{retrieval_synthesis(t, 'quality')} | {retrieval_synthesis(t, 'diversity')} |")
     lines.append("")
@@ -444,9 +450,10 @@ def family_choice(tunings, latent):
 def check_design_flags(cfg):
     """ConfigError for a flag of --design given where it would be ignored: a Table IV flag without --design (but for
     PM's steps and trials, with --missing) or with --design --tune, --tune without --design, --generator and
-    --pm-eta, --pm-realism-floor or --pm-support-quantile without --design or --missing."""
+    --pm-eta, --pm-realism-floor, --pm-support-quantile or --pm-support-weight without --design or --missing."""
     for flag, value in (("--pm-eta", cfg.pm_eta), ("--pm-realism-floor", cfg.pm_realism_floor),
-                        ("--pm-support-quantile", cfg.pm_support_quantile)):
+                        ("--pm-support-quantile", cfg.pm_support_quantile),
+                        ("--pm-support-weight", cfg.pm_support_weight)):
         if value is not None and not (cfg.design or cfg.missing):
             raise ConfigError(f"{flag} sets PM of --design or --missing: give one of them")
     table_flags = {"--sweep-eta": cfg.sweep_eta, "--pm-steps": cfg.pm_steps, "--pm-trials": cfg.pm_trials}

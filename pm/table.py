@@ -68,6 +68,7 @@ TRIAL_METRICS = {
     "judge": "Judge DVBPR",
     "judge_percentile": "Judge percentile",
     "true_preference": "True preference (read)",
+    "category_match": "Category match",
 }
 FIDELITY_SHOWN = {"kid": "KID", "fid": "FID", "precision": "Precision", "recall": "Recall"}
 EXTRACTORS = {CLASSIFIER_EXTRACTOR: "category classifier", INCEPTION_EXTRACTOR: "Inception"}
@@ -77,7 +78,9 @@ JUDGES_NOTES = [
     "Optimised score: theta_u . Phi of the DVBPR that synthesis maximised; judge DVBPR: another run's, which "
     "synthesis never saw. Percentiles: the share of the real items of the query's category that the same model "
     "scores below the image, for the same user (comparable across the two runs' scales). True preference: the "
-    "catalogue's hidden taste of what the attribute reader reads in the image. Mean ± std over trials.",
+    "catalogue's hidden taste of what the attribute reader reads in the image. Category match: the share of the "
+    "images that the GAN run's category classifier, trained on the real items, assigns to the query's category "
+    "(is the design the garment asked for?). Mean ± std over trials.",
     "",
     "KID, FID, precision and recall: torch-fidelity, each source's images against all real items of their "
     "category, averaged over categories weighted by images (pm/fidelity.py); lower KID and FID are closer to the "
@@ -222,6 +225,7 @@ class Measures:
     optimised: Recommender
     judge: Recommender | None = None
     taste: TrueTaste | None = None
+    category: CategoryInception | None = None   # the GAN run's category classifier: is the image of its category?
 
     def per_trial(self, result, trials):
         """{metric: [N]} of one source: each trial's mean over its images."""
@@ -238,11 +242,14 @@ class Measures:
                 values["judge_percentile"].append(self.judge.percentile(user, judged, category_items))
             if self.taste is not None:
                 values["true_preference"].append(self.taste.scores(user, images).mean().item())
+            if self.category is not None:
+                predicted = self.category.predict_proba(images).argmax(dim=1)
+                values["category_match"].append((predicted == category).double().mean().item())
         return {metric: np.array(v) for metric, v in values.items()}
 
     def trial_metrics(self):
         return ("preference", "preference_percentile") + (("judge", "judge_percentile") if self.judge else ()) \
-            + (("true_preference",) if self.taste else ())
+            + (("true_preference",) if self.taste else ()) + (("category_match",) if self.category else ())
 
 
 def summarise(results, trials, measures, splits):
@@ -410,7 +417,8 @@ def measures_of(stages, cfg, out):
     classifier = stages.category_classifier(out)
     fidelity = Fidelity(fidelity_extractors(cfg, stages, classifier), stages.images, stages.dataset.item_category,
                         cfg.seed)
-    return Measures(stages, quality_scorer(cfg, stages, classifier), fidelity, *recommenders(stages, cfg, out))
+    return Measures(stages, quality_scorer(cfg, stages, classifier), fidelity, *recommenders(stages, cfg, out),
+                    category=CategoryInception(classifier))
 
 
 def tables(stages, cfg, out):

@@ -79,6 +79,7 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
         assert trained.generator == "sngan" and not trained.diffaugment and trained.image_size == 16
         assert set(row["eta_sweep"]["synthesis"]) == {"0", "10"}
         assert row["paired"]["judge"]["trials"] == 2 and "true_preference" in row["table"]["synthesis"]
+        assert 0 <= row["table"]["synthesis"]["category_match"][0] <= 1
         assert (tmp_path / "out" / "judges" / name / "results.json").is_file()
     assert (tmp_path / "out" / "design.md").read_text().count("| colour |") == 2
     monkeypatch.setattr(family, "PM_DEMO", dict(trials=2, starts=2, steps=4, splits=2))   # as a later demo would
@@ -93,6 +94,9 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
         assert at_start[name]["tanh"]["paired"]["judge"]["trials"] == 3
         assert at_start[name]["tanh"]["table"]["synthesis"] != rows[name]["tanh"]["table"]["synthesis"]
     assert (tmp_path / "out" / "design-steps0-trials3.md").read_text().count("| colour |") == 1
+    family.main([*tiny_family, "--design", "--pm-support-weight", "0", "--catalogues", "colour"])
+    unsupported = tmp_path / "out" / "design" / "colour" / "pm-support_weight0"
+    assert json.loads((unsupported / "table_config.json").read_text())["support_weight"] == 0
 
     monkeypatch.setattr(family, "PM_TUNE", dict(trials=2, tune_starts=[2], tune_steps=[0, 5], tune_lrs=[0.1]))
     tuned = family.main([*tiny_family, "--design", "--tune"])
@@ -170,6 +174,7 @@ def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tin
     (["--pm-eta", "0"], "--pm-eta sets PM of --design or --missing: give one of them"),
     (["--pm-realism-floor", "-1"], "--pm-realism-floor sets PM of --design or --missing: give one of them"),
     (["--pm-support-quantile", "0.9"], "--pm-support-quantile sets PM of --design or --missing: give one of them"),
+    (["--pm-support-weight", "0"], "--pm-support-weight sets PM of --design or --missing: give one of them"),
     (["--design", "--tune", "--pm-trials", "5", "--sweep-eta", "0"],
      "--sweep-eta --pm-trials set Table IV of --design; --tune writes no Table IV: leave them out"),
 ])

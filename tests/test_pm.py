@@ -21,8 +21,8 @@ from pm.config import DEMO, PRESETS, PMConfig
 from pm.design import Designer, EmbeddingSupport, choose, resize, retrieve, to_z
 from pm.figures import pick_user
 from pm.main import main
-from pm.metrics import ImageNetInception, inception_score, ssim_diversity
-from pm.table import draw_trials, on_manifold
+from pm.metrics import CategoryInception, ImageNetInception, inception_score, ssim_diversity
+from pm.table import Measures, draw_trials, on_manifold
 from tests.helpers import place_attribute_reader, place_random_classifier
 
 Z_DIM = 8
@@ -160,6 +160,28 @@ def test_the_support_keeps_designs_nearer_the_items_phi_has_seen():
     assert distances["with"] < 0.8 * distances["without"]
 
 
+def test_category_match_is_the_share_of_images_the_classifier_puts_in_the_query_category():
+    class ByRedness(torch.nn.Module):
+        """Category 1 where the red channel is brighter than the green, else 0."""
+
+        def __init__(self):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+        def predict_proba(self, images):
+            redder = images[:, 0].mean(dim=(1, 2)) > images[:, 1].mean(dim=(1, 2))
+            return torch.nn.functional.one_hot(redder.long(), 2).float()
+
+    red, green = torch.zeros(3, 8, 8), torch.zeros(3, 8, 8)
+    red[0], green[1] = 1, 1
+    images = torch.stack([torch.stack([red, red, green]), torch.stack([green, green, green])])
+    result = dict(images=images, scores=torch.zeros(2, 3), items=torch.full((2, 3), -1))
+    stages = SimpleNamespace(items_of=lambda category: torch.arange(4), device=torch.device("cpu"))
+    optimised = SimpleNamespace(percentile=lambda user, scores, items: 50.0)
+    measures = Measures(stages, None, None, optimised, category=CategoryInception(ByRedness()))
+    assert measures.per_trial(result, [(0, 1), (1, 0)])["category_match"].tolist() == pytest.approx([2 / 3, 1.0])
+
+
 def test_inversion_reduces_the_l1_error():
     designer = tiny_designer()
     query = torch.rand(3, 32, 32) * 2 - 1  # at DVBPR's size: nabla downscales it
@@ -291,7 +313,8 @@ def test_figures_table_and_sweep_are_written(runs, tmp_path, catalogue):
     assert table["synthesis"]["judge"] != table["synthesis"]["preference"]
     assert all(0 <= row["judge_percentile"][0] <= 100 for row in table.values())
     assert set(written["synthesis_vs_retrieval"]) == {"preference", "preference_percentile", "judge",
-                                                      "judge_percentile", "true_preference"}
+                                                      "judge_percentile", "true_preference", "category_match"}
+    assert all(0 <= row["category_match"][0] <= 1 for row in table.values())
     kid = {source: row["category-classifier"]["kid"] for source, row in written["fidelity"].items()}
     assert all(np.isfinite(list(kid.values())))
     assert "Judge percentile" in (tmp_path / "table_iv.md").read_text()
