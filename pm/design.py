@@ -110,11 +110,15 @@ class EmbeddingSupport:
         mean, precision, _ = self.support[category]
         return self._distance(features, mean, precision)
 
+    def radius(self, category):
+        """r_c, past which the penalty starts; None where c has no support."""
+        return self.support[category][2] if category in self.support else None
+
     def penalty(self, features, category):
         """[B] weight * relu(d_c - r_c)^2: nothing inside the real items' radius."""
         if category not in self.support:
             return features.new_zeros(len(features))
-        return self.weight * F.relu(self.distance(features, category) - self.support[category][2]) ** 2
+        return self.weight * F.relu(self.distance(features, category) - self.radius(category)) ** 2
 
 
 @dataclass

@@ -126,7 +126,7 @@ def support_distances(designer, real_embeddings, generated_images, category):
     """The distances d_c in Phi's space of the real and generated images of one row from the real items of c, and
     the radius past which the support penalty starts (pm/design.py's EmbeddingSupport)."""
     support = designer.support
-    return {"radius": support.support[category][2] if category in support.support else None,
+    return {"radius": support.radius(category),
             "real": support.distance(real_embeddings, category).tolist(),
             "generated": support.distance(designer.phi(generated_images), category).tolist()}
 

@@ -131,7 +131,7 @@ def test_the_support_measures_mahalanobis_distance_and_penalises_only_beyond_the
     categories[0] = 2   # a category of one item has no support
     support = EmbeddingSupport(items, categories, 3, quantile=0.9, weight=2.0)
     real = items[categories == 0]
-    distance, radius = support.distance(real, 0), support.support[0][2]
+    distance, radius = support.distance(real, 0), support.radius(0)
     assert (distance <= radius).double().mean().item() == pytest.approx(0.9, abs=0.01)
     assert torch.equal(support.penalty(real, 0) == 0, distance <= radius)
     centre = real.mean(dim=0)
@@ -142,7 +142,7 @@ def test_the_support_measures_mahalanobis_distance_and_penalises_only_beyond_the
     assert penalty.item() == pytest.approx(2.0 * (support.distance(far, 0).item() - radius) ** 2)
     penalty.sum().backward()
     assert support.distance(far.detach() - 0.01 * far.grad, 0) < support.distance(far.detach(), 0)
-    assert support.penalty(far, 2).item() == 0
+    assert support.penalty(far, 2).item() == 0 and support.radius(2) is None
 
 
 def test_the_support_keeps_designs_nearer_the_items_phi_has_seen():
