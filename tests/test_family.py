@@ -87,16 +87,15 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
         family.main([*tiny_family, "--design", "--catalogues", "colour"])
     monkeypatch.setattr(family, "PM_DEMO", dict(trials=2, starts=2, steps=3, splits=2))
 
-    at_start = family.main([*tiny_family, "--design", "--pm-steps", "0", "--pm-trials", "3"])
+    at_start = family.main([*tiny_family, "--design", "--pm-steps", "0", "--pm-trials", "3", "--pm-support-weight",
+                            "0"])
     for name in ("colour", "pattern"):
-        assert json.loads((tmp_path / "out" / "design" / name / "pm-steps0-trials3" / "table_config.json").read_text(
-        ))["steps"] == 0
+        ran_with = json.loads((tmp_path / "out" / "design" / name / "pm-steps0-trials3-support_weight0" /
+                               "table_config.json").read_text())
+        assert (ran_with["steps"], ran_with["support_weight"]) == (0, 0)
         assert at_start[name]["tanh"]["paired"]["judge"]["trials"] == 3
         assert at_start[name]["tanh"]["table"]["synthesis"] != rows[name]["tanh"]["table"]["synthesis"]
-    assert (tmp_path / "out" / "design-steps0-trials3.md").read_text().count("| colour |") == 1
-    family.main([*tiny_family, "--design", "--pm-support-weight", "0", "--catalogues", "colour"])
-    unsupported = tmp_path / "out" / "design" / "colour" / "pm-support_weight0"
-    assert json.loads((unsupported / "table_config.json").read_text())["support_weight"] == 0
+    assert (tmp_path / "out" / "design-steps0-trials3-support_weight0.md").read_text().count("| colour |") == 1
 
     monkeypatch.setattr(family, "PM_TUNE", dict(trials=2, tune_starts=[2], tune_steps=[0, 5], tune_lrs=[0.1]))
     tuned = family.main([*tiny_family, "--design", "--tune"])
@@ -112,13 +111,12 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
     assert json.loads((tmp_path / "out" / "design" / "colour" / "tune-tanh-eta0" / "tune_config.json").read_text(
     ))["eta"] == 0 and (tmp_path / "out" / "design_tune-eta0.md").is_file()
     assert without_realism["colour"]["tanh"]["rows"] != tuned["colour"]["tanh"]["rows"]
-    family.main([*tiny_family, "--design", "--tune", "--pm-realism-floor", "-2", "--catalogues", "colour"])
-    floored = tmp_path / "out" / "design" / "colour" / "tune-tanh-realism_floor-2"
-    assert json.loads((floored / "tune_config.json").read_text())["realism_floor"] == -2
-    assert (tmp_path / "out" / "design_tune-realism_floor-2.md").is_file()
-    family.main([*tiny_family, "--design", "--tune", "--pm-support-quantile", "0.5", "--catalogues", "colour"])
-    supported = tmp_path / "out" / "design" / "colour" / "tune-tanh-support_quantile0.5"
-    assert json.loads((supported / "tune_config.json").read_text())["support_quantile"] == 0.5
+    family.main([*tiny_family, "--design", "--tune", "--pm-realism-floor", "-2", "--pm-support-quantile", "0.5",
+                 "--catalogues", "colour"])
+    floored = tmp_path / "out" / "design" / "colour" / "tune-tanh-realism_floor-2-support_quantile0.5"
+    tuned_with = json.loads((floored / "tune_config.json").read_text())
+    assert (tuned_with["realism_floor"], tuned_with["support_quantile"]) == (-2, 0.5)
+    assert (tmp_path / "out" / "design_tune-realism_floor-2-support_quantile0.5.md").is_file()
     monkeypatch.setattr(family, "PM_TUNE", dict(trials=2, tune_starts=[2], tune_steps=[0, 5, 10], tune_lrs=[0.1]))
     with pytest.raises(SystemExit, match=r"^family: \S+tune-tanh was run with other tune_steps: move it away"):
         family.main([*tiny_family, "--design", "--tune", "--catalogues", "colour"])
