@@ -15,6 +15,8 @@ from common.errors import ConfigError
 from pm.fidelity import DEFAULT_FID_INCEPTION_WEIGHTS
 from pm.metrics import DEFAULT_INCEPTION_WEIGHTS
 
+SUPPORT_WEIGHT = 1.0
+
 
 @dataclass
 class PMConfig:
@@ -45,7 +47,8 @@ class PMConfig:
         "help": "penalise designs whose Phi lies further from the real items of their category (Mahalanobis "
                 "distance) than this quantile of the real items' own distances: theta_u . Phi is linear in Phi and "
                 "learnt only where items lie (the demo: 0.9); default: no penalty"})
-    support_weight: float = field(default=1.0, metadata={"help": "w of that penalty, w (distance - radius)^2"})
+    support_weight: float = field(default=SUPPORT_WEIGHT, metadata={"help": "w of that penalty, w (distance - "
+                                                                            "radius)^2"})
     init: str = field(default="uniform", metadata={"help": "starts: atanh of U(-1,1), N(0, 0.5^2), or codes of the "
                                                            "generator's prior (the LSGAN's: U(-1,1))",
                                                    "choices": ["uniform", "normal", "prior"]})
@@ -137,6 +140,12 @@ def check_config(cfg):
     for scale in ([cfg.guidance] if cfg.guidance is not None else []) + (cfg.tune_guidance or []):
         if not 0 <= scale <= MAX_GUIDANCE:
             raise ConfigError(f"--guidance and --tune-guidance are scales in [0, {MAX_GUIDANCE:g}], got {scale:g}")
+
+
+def check_settled(cfg):
+    """ConfigError for a setting that the demo's settings, settled, leave without effect."""
+    if cfg.support_quantile is None and cfg.support_weight != SUPPORT_WEIGHT:
+        raise ConfigError("--support-weight weighs the support penalty, which is off: give --support-quantile too")
 
 
 def check_ids(cfg, dataset):

@@ -8,7 +8,7 @@ from common.cli import settle
 from common.device import describe, pick_device
 from common.runlog import run_dir
 from common.seeding import seed_everything
-from pm.config import DEMO, check_config, check_ids
+from pm.config import DEMO, check_config, check_ids, check_settled
 from pm.design import EmbeddingSupport
 from pm.figures import figures
 from pm.load import Stages
@@ -22,6 +22,7 @@ def run_pm(cfg, protected):
     stages = Stages(cfg.dvbpr_run, cfg.gan_run, cfg.dataset, device)
     settle(cfg, protected, "pm", DEMO, embedded=is_embedded(stages.dataset.path))
     check_config(cfg)
+    check_settled(cfg)
     check_ids(cfg, stages.dataset)
     set_design_terms(stages, cfg)
     stages.designer.check_latent(cfg.latent)

@@ -22,6 +22,7 @@ from pm.design import Designer, EmbeddingSupport, choose, resize, retrieve, to_z
 from pm.figures import pick_user
 from pm.main import main
 from pm.metrics import CategoryInception, ImageNetInception, inception_score, ssim_diversity
+from pm.stage import set_design_terms
 from pm.table import Measures, draw_trials, on_manifold
 from tests.helpers import place_attribute_reader, place_random_classifier
 
@@ -182,6 +183,18 @@ def test_category_match_is_the_share_of_images_the_classifier_puts_in_the_query_
     assert measures.per_trial(result, [(0, 1), (1, 0)])["category_match"].tolist() == pytest.approx([2 / 3, 1.0])
 
 
+def test_the_settled_terms_reach_the_designer():
+    designer = tiny_designer()
+    stages = SimpleNamespace(designer=designer, item_embeddings=torch.randn(40, 8),
+                             item_category=torch.arange(40) % 3, dataset=SimpleNamespace(num_categories=3))
+    set_design_terms(stages, PMConfig(realism_floor=-2.0, support_quantile=0.5, support_weight=3.0))
+    assert designer.realism_floor == -2.0 and designer.support.weight == 3.0
+    assert designer.support.radius(0) == pytest.approx(designer.support.distance(
+        stages.item_embeddings[stages.item_category == 0], 0).quantile(0.5).item())
+    set_design_terms(stages, PMConfig())
+    assert designer.realism_floor is None and designer.support is None
+
+
 def test_inversion_reduces_the_l1_error():
     designer = tiny_designer()
     query = torch.rand(3, 32, 32) * 2 - 1  # at DVBPR's size: nabla downscales it
@@ -282,6 +295,13 @@ def test_missing_run_directories_say_how_to_make_them(runs, tmp_path):
         main(["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(tmp_path / "nogan")])
     with pytest.raises(SystemExit, match=f"python dvbpr/main.py --out {tmp_path / 'nodvbpr'}"):
         main(["--dvbpr-run", str(tmp_path / "nodvbpr"), "--gan-run", str(runs / "gan")])
+
+
+def test_a_support_weight_without_the_penalty_is_refused(runs, tmp_path):
+    message = "pm: --support-weight weighs the support penalty, which is off: give --support-quantile too"
+    with pytest.raises(SystemExit, match=f"^{re.escape(message)}$"):
+        main(["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--out", str(tmp_path),
+              "--support-weight", "3", "--device", "cpu"])
 
 
 def test_figures_table_and_sweep_are_written(runs, tmp_path, catalogue):
