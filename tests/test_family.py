@@ -87,15 +87,16 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
         family.main([*tiny_family, "--design", "--catalogues", "colour"])
     monkeypatch.setattr(family, "PM_DEMO", dict(trials=2, starts=2, steps=3, splits=2))
 
-    at_start = family.main([*tiny_family, "--design", "--pm-steps", "0", "--pm-trials", "3", "--pm-support-weight",
-                            "0"])
+    at_start = family.main([*tiny_family, "--design", "--pm-steps", "0", "--pm-trials", "3", "--pm-support-quantile",
+                            "0.5", "--pm-support-weight", "0"])
     for name in ("colour", "pattern"):
-        ran_with = json.loads((tmp_path / "out" / "design" / name / "pm-steps0-trials3-support_weight0" /
-                               "table_config.json").read_text())
-        assert (ran_with["steps"], ran_with["support_weight"]) == (0, 0)
+        ran_with = json.loads((tmp_path / "out" / "design" / name / "pm-steps0-trials3-support_quantile0.5-"
+                               "support_weight0" / "table_config.json").read_text())
+        assert (ran_with["steps"], ran_with["support_quantile"], ran_with["support_weight"]) == (0, 0.5, 0)
         assert at_start[name]["tanh"]["paired"]["judge"]["trials"] == 3
         assert at_start[name]["tanh"]["table"]["synthesis"] != rows[name]["tanh"]["table"]["synthesis"]
-    assert (tmp_path / "out" / "design-steps0-trials3-support_weight0.md").read_text().count("| colour |") == 1
+    assert (tmp_path / "out" / "design-steps0-trials3-support_quantile0.5-support_weight0.md").read_text().count(
+        "| colour |") == 1
 
     monkeypatch.setattr(family, "PM_TUNE", dict(trials=2, tune_starts=[2], tune_steps=[0, 5], tune_lrs=[0.1]))
     tuned = family.main([*tiny_family, "--design", "--tune"])
