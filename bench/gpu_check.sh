@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Every check and figure that needs a CUDA GPU, in three groups (all by default):
-#   tests   the test suite on the GPU machine, tests/test_cuda.py included (the other tests then take "auto" = cuda)
+# Every check and figure that needs a CUDA GPU, in groups run in the order given (default: cuda bench demos suite):
+#   cuda    tests/test_cuda.py: the CUDA paths against their CPU forms
 #   bench   DVBPR and GAN throughput at AmazonFashion size (bf16 and fp32, resident and streamed images), and
 #           one vs two ranks sharing the GPU under torchrun (a functional check: one GPU cannot show scaling)
 #   demos   `python dvbpr/main.py` and `python gan/main.py --train` on the embedded catalogue, on the GPU
-#   design  (not run by default) the diffusion model with its moving average, trained, resumed and designed with
-#           (Table IV with a guided row) on the embedded catalogue, on the GPU
+#   design  the diffusion model with its moving average, trained, resumed and designed with (Table IV with a guided
+#           row) on the embedded catalogue, on the GPU
+#   suite   the rest of the test suite on the GPU machine (its tests then take "auto" = cuda)
+#   tests   cuda, then suite
 #
-#     OUT=/some/folder bash bench/gpu_check.sh tests bench     # logs and grids go to $OUT (default runs/gpu_check)
+#     OUT=/some/folder bash bench/gpu_check.sh cuda bench   # logs and grids go to $OUT (default runs/gpu_check)
 #
-# Each step has its own time limit (a group's limits add up to five and a half minutes at most); a failed step is
-# reported and the next one runs. The summary at the end lists every step's exit status and the figures.
+# Each step has its own time limit, cut to what is left of BUDGET seconds for the whole script (default 540, so the
+# default groups end within ten minutes); a step that would get less than 10 s is skipped and says so. A failed step
+# is reported and the next one runs. The summary at the end lists every step's exit status and the figures.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}
@@ -20,9 +23,17 @@ LOG="$OUT/gpu_check.log"
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=5
 STATUS=()
 
+BUDGET=${BUDGET:-540}
+
 step() {  # step NAME SECONDS COMMAND...
   local name=$1 limit=$2 started=$SECONDS rc
   shift 2
+  if (( BUDGET - SECONDS < limit )); then limit=$(( BUDGET - SECONDS )); fi
+  if (( limit < 10 )); then
+    STATUS+=("$name: skipped, ${BUDGET} s budget spent")
+    echo "--- $name: skipped, ${BUDGET} s budget spent" | tee -a "$LOG"
+    return
+  fi
   echo "=== $name: $*" | tee -a "$LOG"
   timeout "$limit" "$@" >> "$LOG" 2>&1
   rc=$?
@@ -35,10 +46,9 @@ AMAZON=(--users 64583 --items 234892 --image-size 224 --steps 100 --warmup 10 --
   python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 } 2>&1 | tee -a "$LOG"
 
-tests() {
-  step cuda-tests 100 python3 -m pytest -q -rs tests/test_cuda.py
-  step all-tests 180 python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/test_cuda.py
-}
+cuda() { step cuda-tests 100 python3 -m pytest -q -rs tests/test_cuda.py; }
+suite() { step all-tests 180 python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/test_cuda.py; }
+tests() { cuda; suite; }
 
 bench() {
   step dvbpr-bf16 45 python3 bench/dvbpr_throughput.py "${AMAZON[@]}"
@@ -60,9 +70,10 @@ demos() {  # at the paper's sizes, in bf16 and in fp32 (does bf16 spoil training
   step gan-demo-fp32 90 "${gan[@]}" --no-bf16 --out "$OUT/gan-fp32"
   step gan-grids 20 python3 gan/main.py --device cuda --out "$OUT/gan"
   # what comes back stays small: the log, the DVBPR results and two grids
-  cp "$OUT/dvbpr/results.json" "$OUT/dvbpr_results.json"
-  cp "$OUT/gan/samples/test_arange_0.png" "$OUT/gan_category_0.png"
-  cp "$OUT/gan/samples/test_arange_5.png" "$OUT/gan_category_5.png"
+  cp "$OUT/dvbpr/results.json" "$OUT/dvbpr_results.json" 2>/dev/null
+  cp "$OUT/dvbpr-fp32/results.json" "$OUT/dvbpr_fp32_results.json" 2>/dev/null
+  cp "$OUT/gan/samples/test_arange_0.png" "$OUT/gan_category_0.png" 2>/dev/null
+  cp "$OUT/gan/samples/test_arange_5.png" "$OUT/gan_category_5.png" 2>/dev/null
   rm -rf "$OUT/dvbpr" "$OUT/dvbpr-fp32" "$OUT/gan" "$OUT/gan-fp32"
 }
 
@@ -74,15 +85,15 @@ design() {  # bf16 UNet, the average's update, CUDA generator state in the check
   step dvbpr-for-design 60 python3 dvbpr/main.py --device cuda --out "$OUT/dvbpr-design"
   step guided-table 90 python3 pm/main.py --table --device cuda --dvbpr-run "$OUT/dvbpr-design" --gan-run \
     "$OUT/diffusion" --latent sphere --init prior --starts 4 --steps 20 --guidance 0.3 --out "$OUT/pm-diffusion"
-  cp "$OUT/pm-diffusion/table_iv.md" "$OUT/design_table_iv.md"
+  cp "$OUT/pm-diffusion/table_iv.md" "$OUT/design_table_iv.md" 2>/dev/null
   rm -rf "$OUT/diffusion" "$OUT/dvbpr-design" "$OUT/pm-diffusion"
 }
 
-for group in "${@:-tests bench demos}"; do
+for group in "${@:-cuda bench demos suite}"; do
   for name in $group; do
     case $name in
-      tests|bench|demos|design) $name ;;
-      *) echo "unknown group $name (tests, bench, demos, design)" >&2; exit 2 ;;
+      cuda|bench|demos|design|suite|tests) $name ;;
+      *) echo "unknown group $name (cuda, bench, demos, design, suite, tests)" >&2; exit 2 ;;
     esac
   done
 done
