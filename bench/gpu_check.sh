@@ -80,8 +80,8 @@ demos() {  # at the paper's sizes, in bf16 and in fp32 (does bf16 spoil training
 design() {  # bf16 UNet, the average's update, CUDA generator state in the checkpoint, guided sampling
   local diffusion=(python3 gan/main.py --train --device cuda --generator diffusion --lr 1e-3 --beta1 0.9 --beta2 0.999
                    --ema 0.999 --out "$OUT/diffusion")
-  step diffusion-demo 120 "${diffusion[@]}" --epochs 40
-  step diffusion-resume 30 "${diffusion[@]}" --epochs 41 --resume
+  step diffusion-demo 60 "${diffusion[@]}" --epochs 8
+  step diffusion-resume 30 "${diffusion[@]}" --epochs 9 --resume
   step dvbpr-for-design 60 python3 dvbpr/main.py --device cuda --out "$OUT/dvbpr-design"
   step guided-table 90 python3 pm/main.py --table --device cuda --dvbpr-run "$OUT/dvbpr-design" --gan-run \
     "$OUT/diffusion" --latent sphere --init prior --starts 4 --steps 20 --guidance 0.3 --out "$OUT/pm-diffusion"

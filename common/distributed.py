@@ -9,6 +9,7 @@ Gradients are all-reduced by DistributedDataParallel; batch norm takes its stati
 Evaluation is sharded over ranks and gathered; rank 0 alone writes files.
 """
 import contextlib
+import inspect
 import os
 from dataclasses import dataclass, field
 
@@ -20,6 +21,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from common.device import describe, pick_device
 from common.seeding import derived_seed
+
+# DDP's switch for the buffer broadcast before each forward: `forward_sync_buffers` in recent torch,
+# `broadcast_buffers` in older ones that GPU machines often still have (2.11, say)
+NO_FORWARD_BUFFER_SYNC = ("forward_sync_buffers" if "forward_sync_buffers" in
+                          inspect.signature(DistributedDataParallel.__init__).parameters else "broadcast_buffers")
 
 
 def _initialised():
@@ -99,7 +105,7 @@ class Ranks:
         if self.world_size == 1:
             return module
         device_ids = [self.device] if self.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=device_ids, forward_sync_buffers=False)
+        return DistributedDataParallel(module, device_ids=device_ids, **{NO_FORWARD_BUFFER_SYNC: False})
 
     def seed(self, *keys):
         """A seed for this rank's own randomness (e.g. dropout), from `keys` and the rank."""

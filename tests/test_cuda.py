@@ -88,7 +88,8 @@ def test_resident_images_equal_streamed_ones_in_channels_last(tiny):
     batch = resident(ids)
     assert batch.device.type == "cuda" and batch.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(batch, streamed(ids), rtol=0, atol=0)
-    torch.testing.assert_close(batch.cpu(), ImageStore(cache, CPU)(ids), rtol=0, atol=0)
+    # across devices the uint8 -> [-1, 1] scaling may round differently in the last bit (seen on an H200: 6e-8)
+    torch.testing.assert_close(batch.cpu(), ImageStore(cache, CPU)(ids), rtol=0, atol=1e-6)
     for (batch_ids,), images in streamed.stream((torch.tensor([k, k + 1]),) for k in range(0, 20, 2)):
         torch.testing.assert_close(images, resident(batch_ids), rtol=0, atol=0)
 
@@ -107,11 +108,12 @@ def dvbpr_on(device, dataset, cache, bf16, steps=2):
 
 def test_dvbpr_cuda_step_tracks_the_cpu_step(tiny):
     """fp32 on CUDA (channels_last, fused Adam, TF32 convolutions) follows the CPU steps; bf16 autocast gives
-    embeddings that point the same way and a loss within a percent."""
+    embeddings that point the same way and a loss within a percent. TF32 keeps 10 mantissa bits and bf16 8, so the
+    limits are 0.995 and 0.98 (an H200 under torch 2.11 gave 0.9981 and 0.9882 after two steps)."""
     dataset, cache = tiny
     cpu_model, cpu_loss = dvbpr_on(CPU, dataset, cache, bf16=False)
     reference = embed_items(cpu_model, ImageStore(cache, CPU), 64)
-    for bf16, cosine_limit in ((False, 0.999), (True, 0.99)):
+    for bf16, cosine_limit in ((False, 0.995), (True, 0.98)):
         model, loss = dvbpr_on(CUDA, dataset, cache, bf16)
         assert loss == pytest.approx(cpu_loss, rel=0.01)
         embeddings = embed_items(model, ImageStore(cache, CUDA), 64, bf16=bf16).cpu()
@@ -169,9 +171,9 @@ def test_diffusion_on_cuda_trains_under_bf16_and_samples_as_on_the_cpu():
     model = Diffusion(cfg, num_categories=3, device=CUDA)
     model.unet.load_state_dict(cpu_model.unet.state_dict())
     z, labels = cpu_model.sample_z(4, rng=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0])
-    with torch.no_grad():
+    with torch.no_grad():  # TF32 convolutions on CUDA: an H200 was 1.4e-3 off in 4 of 3072 values
         torch.testing.assert_close(model.eval()(z.to(CUDA), labels.to(CUDA)).cpu(), cpu_model(z, labels),
-                                   atol=1e-3, rtol=1e-3)
+                                   atol=5e-3, rtol=1e-3)
     guided = model.guided_sample(z.to(CUDA), labels.to(CUDA), lambda x: x[:, 0].mean((1, 2)), scale=10.0)
     assert torch.isfinite(guided).all()
     optimizers = model.optimizers(cfg, CUDA)
