@@ -170,6 +170,28 @@ class Fidelity:
         ids, self.reference_categories = reference_items(np.asarray(item_category), REFERENCE_PER_CATEGORY, seed)
         self.reference = {name: torch.cat([extract(extractor, store(batch)) for batch in ids.split(256)])
                           for name, extractor in extractors.items()}
+        self._balls = {}
+
+    def balls(self, name, category):
+        """(reference features of `category` [R, F], the radius of each one's k-NN ball [R]) under extractor `name`,
+        as torch-fidelity's precision draws them (k = PRC_NEIGHBOURHOOD, the item itself not counted)."""
+        key = (name, category)
+        if key not in self._balls:
+            reference = self.reference[name][self.reference_categories == category]
+            radii = (torch.cdist(reference, reference).kthvalue(PRC_NEIGHBOURHOOD + 1, dim=1).values
+                     if len(reference) > PRC_NEIGHBOURHOOD else torch.full((len(reference),), float("nan")))
+            self._balls[key] = reference, radii
+        return self._balls[key]
+
+    def realistic(self, images, category, name=CLASSIFIER_EXTRACTOR):
+        """Per image of `category`, 1 where its features lie in some real item's k-NN ball, else 0 (NaN where the
+        category has too few real items): the per-image form of precision (Kynkaanniemi et al., 2019, whose
+        precision is its mean over a set)."""
+        reference, radii = self.balls(name, category)
+        if torch.isnan(radii).all():
+            return torch.full((len(images),), float("nan"))
+        distances = torch.cdist(extract(self.extractors[name], images), reference)
+        return (distances <= radii).any(dim=1).double()
 
     def __call__(self, images, categories):
         """{extractor name: {metric: value}} of images [N, 3, S, S] in [-1, 1] of categories [N]."""

@@ -22,7 +22,7 @@ from gan.run import open_gan_run
 from gan.train import GANTraining
 from gan.train import train as train_gan
 from pm.design import Designer
-from pm.fidelity import classifier_extractor, extract, fidelity, inception_extractor, reference_items
+from pm.fidelity import Fidelity, classifier_extractor, extract, fidelity, inception_extractor, reference_items
 from pm.judges import paired_test, percentile
 from tests.helpers import place_random_classifier
 
@@ -127,6 +127,24 @@ def test_kid_of_a_set_against_itself_is_near_zero_and_against_noise_high(images_
     assert against_noise["kid"] > 0 and abs(itself["kid"]) < 0.02 * against_noise["kid"]
     assert abs(itself["fid"]) < 1e-3 * against_noise["fid"]
     assert itself["precision"] == itself["recall"] == 1.0 and against_noise["precision"] < 0.5
+
+
+def test_realistic_per_image_averages_to_torch_fidelitys_precision(images_of_a_category):
+    torch.manual_seed(0)
+    real = images_of_a_category
+    store = lambda ids: real[ids]
+    checker = Fidelity({"category-classifier": classifier_extractor(CategoryClassifier(16, 6).eval())}, store,
+                       np.full(len(real), 3))
+    blurred = F.avg_pool2d(real[:12], 3, stride=1, padding=1)   # near the real items, some inside their balls
+    noisy = (real[:12] + 0.8 * torch.randn_like(real[:12])).clamp(-1, 1)
+    mixed = torch.cat([blurred, noisy])
+    per_image = checker.realistic(mixed, 3)
+    assert set(per_image.tolist()) <= {0.0, 1.0}
+    precision = checker(mixed, torch.full((len(mixed),), 3))["category-classifier"]["precision"]
+    assert per_image.mean().item() == pytest.approx(precision)
+    assert per_image[:12].mean() > per_image[12:].mean()
+    assert checker.realistic(real[:5], 3).tolist() == [1.0] * 5            # a real item lies in its own ball
+    assert torch.isnan(checker.realistic(real[:2], 0)).all()                # no real items of category 0
 
 
 def test_the_fid_inception_is_read_weights_only_from_its_file(tmp_path, monkeypatch, images_of_a_category):

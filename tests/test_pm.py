@@ -333,8 +333,10 @@ def test_figures_table_and_sweep_are_written(runs, tmp_path, catalogue):
     assert table["synthesis"]["judge"] != table["synthesis"]["preference"]
     assert all(0 <= row["judge_percentile"][0] <= 100 for row in table.values())
     assert set(written["synthesis_vs_retrieval"]) == {"preference", "preference_percentile", "judge",
-                                                      "judge_percentile", "true_preference", "category_match"}
+                                                      "judge_percentile", "true_preference", "category_match",
+                                                      "realistic"}
     assert all(0 <= row["category_match"][0] <= 1 for row in table.values())
+    assert table["real"]["realistic"][0] == table["retrieval"]["realistic"][0] == 1.0   # real items: in the reference
     kid = {source: row["category-classifier"]["kid"] for source, row in written["fidelity"].items()}
     assert all(np.isfinite(list(kid.values())))
     assert "Judge percentile" in (tmp_path / "table_iv.md").read_text()
