@@ -77,18 +77,27 @@ def write_json(path, content):
     atomic_write(path, lambda f: f.write((json.dumps(content, indent=2) + "\n").encode()))
 
 
+def read_json(path, max_bytes, what):
+    """The JSON value in file `path` (`what` it should be), refused in one line (RunError) when it is missing, over
+    `max_bytes` or not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"no {path}: expected a {what}")
+    if path.stat().st_size > max_bytes:
+        raise RunError(f"{path} is larger than {max_bytes} bytes: not a {what}")
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunError(f"{path} is not JSON ({error})") from None
+
+
 def read_results(run, stage, fields, command, max_bytes=16 << 20):
     """results.json of the finished `stage` run in directory `run`, refused in one line (RunError) when it is missing,
     over `max_bytes`, not a JSON object or lacks one of `fields`; `command` finishes such a run."""
     path = Path(run) / "results.json"
     if not path.is_file():
         raise RunError(f"no results.json in {run}: finish the run with `{command} --out {run}`")
-    if path.stat().st_size > max_bytes:
-        raise RunError(f"{path} is larger than {max_bytes} bytes: not a results file of this project")
-    try:
-        results = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RunError(f"{path} is not JSON ({error})") from None
+    results = read_json(path, max_bytes, "results file of this project")
     if not isinstance(results, dict):
         raise RunError(f"{path} holds a {type(results).__name__}, not the JSON object a {stage} run writes")
     missing = [name for name in fields if name not in results]

@@ -11,6 +11,7 @@ from common.errors import RunError
 
 MIN_CAPTIONED_TILE = 96   # captioned tiles are upscaled (nearest) to at least this many pixels so that captions fit
 CAPTION_HEIGHT = 14
+CAPTIONED_PADDING = 4     # pixels between captioned tiles (2 between plain ones)
 
 
 def to_display(images):
@@ -39,6 +40,6 @@ def save_grid(path, images, columns, captions=None):
     tiles = to_display(images) if captions is None else captioned(images, captions)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(tiles, path, nrow=columns, padding=2 if captions is None else 4, pad_value=1)
+        save_image(tiles, path, nrow=columns, padding=2 if captions is None else CAPTIONED_PADDING, pad_value=1)
     except OSError as exc:
         raise RunError(f"cannot write {path}: {exc.strerror or exc} (give another --out)") from exc

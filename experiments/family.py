@@ -374,19 +374,22 @@ def retrieval_synthesis(table, metric, paired=None):
 
 
 def design_markdown(rows):
-    """Per catalogue, retrieval against synthesis: the optimised score, the judges', the category classifier's match
-    and the share inside the real items' k-NN balls (with the paired test's p), the fidelity and quality of the
-    images (KID also of the generator's random samples), their diversity."""
+    """Per catalogue, retrieval against synthesis: the optimised score, the judges' and the category classifier's
+    match (with the paired test's p); the share of the generator's random samples and of synthesis inside the real
+    items' k-NN balls (retrieval's real items are always inside); the fidelity and quality of the images (KID also
+    of the generator's random samples), their diversity."""
     lines = ["| catalogue | latent | GAN consistency | optimised score | judge DVBPR | true preference | category "
-             "match | realistic (k-NN) | KID: random G / retrieval / synthesis | quality (in-domain IS) | diversity |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "match | realistic (k-NN): random G / synthesis | KID: random G / retrieval / synthesis "
+             "| quality (in-domain IS) | diversity |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, by_latent in rows.items():
         for latent, row in by_latent.items():
             t, paired = row["table"], row["paired"]
             kid = " / ".join(f"{row['fidelity'][source][CLASSIFIER_EXTRACTOR]['kid']:.2f}"
                              for source in ("generated", "retrieval", "synthesis"))
             cells = [retrieval_synthesis(t, metric, paired)
-                     for metric in ("preference", "judge", "true_preference", "category_match", "realistic")]
+                     for metric in ("preference", "judge", "true_preference", "category_match")]
+            cells.append(" / ".join(f"{t[source]['realistic'][0]:.2f}" for source in ("generated", "synthesis"))
+                         if "realistic" in t["synthesis"] else "n/a")
             lines.append(f"| {name} | {latent} | {row['consistency']:.3f} | " + " | ".join(cells) + f" | {kid} | "
                          f"{retrieval_synthesis(t, 'quality')} | {retrieval_synthesis(t, 'diversity')} |")
     lines.append("")

@@ -183,15 +183,22 @@ class Fidelity:
             self._balls[key] = reference, radii
         return self._balls[key]
 
-    def realistic(self, images, category, name=CLASSIFIER_EXTRACTOR):
-        """Per image of `category`, 1 where its features lie in some real item's k-NN ball, else 0 (NaN where the
-        category has too few real items): the per-image form of precision (Kynkaanniemi et al., 2019, whose
-        precision is its mean over a set)."""
+    def realism(self, images, category, name=CLASSIFIER_EXTRACTOR):
+        """Per image of `category`, the realism score of Kynkaanniemi et al. (2019) over all the real items of
+        `category` in the reference: the largest ratio of a real item's k-NN radius to the image's distance from
+        it. At least 1 where the image lies in some real item's k-NN ball, as precision counts it; NaN where the
+        category has too few real items."""
         reference, radii = self.balls(name, category)
         if torch.isnan(radii).all():
             return torch.full((len(images),), float("nan"))
         distances = torch.cdist(extract(self.extractors[name], images), reference)
-        return (distances <= radii).any(dim=1).double()
+        return (radii / distances.clamp(min=1e-12)).amax(dim=1)
+
+    def realistic(self, images, category, name=CLASSIFIER_EXTRACTOR):
+        """Per image, 1 where its realism is at least 1, else 0 (NaN where it is NaN): the per-image form of
+        precision, whose mean over a set it is."""
+        realism = self.realism(images, category, name)
+        return torch.where(realism.isnan(), realism, (realism >= 1).to(realism.dtype)).double()
 
     def __call__(self, images, categories):
         """{extractor name: {metric: value}} of images [N, 3, S, S] in [-1, 1] of categories [N]."""

@@ -1,0 +1,128 @@
+"""Which measure sees what the eye sees? The designs of PM's fig. 5 (personal_design.png of `pm/main.py` runs), each
+labelled by eye before any measure was computed (docs/eye_labels.json: 1 where a person can tell the garment),
+against three measures of each design beside the real items of its category:
+- silhouette: the best IoU of its foreground (pixels with a channel below 0.8 on white) with a real item's;
+- SSIM: the best structural similarity (scikit-image) of its grey image with a real item's;
+- realism: Kynkaanniemi et al.'s (2019) score in the category classifier's features (pm/fidelity.py); at least 1 is
+  "realistic", the per-image form of Table IV's precision.
+For each, its AUC against the labels (the chance that a recognisable design outscores an unrecognisable one), and
+the agreement of "realistic" with the eye.
+
+    python experiments/eye_check.py        # the labelled figures must be the ones labelled: their SHA-256 is checked
+
+The designs are read back from the figure: its tiles are the GAN's images upscaled by nearest neighbours.
+"""
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+from common.checkpoint import read_json
+from common.cli import parse_config, stage_errors
+from common.device import pick_device
+from common.errors import RunError
+from common.figures import CAPTION_HEIGHT, CAPTIONED_PADDING, MIN_CAPTIONED_TILE
+from pm.fidelity import CLASSIFIER_EXTRACTOR, Fidelity, classifier_extractor
+from pm.load import Stages
+
+FOREGROUND_BELOW = 0.8   # on [0, 1]: the catalogues draw items on white
+MAX_JSON_BYTES = 1 << 20
+
+
+@dataclass
+class EyeCheckConfig:
+    labels: str = field(default="docs/eye_labels.json", metadata={"help": "the labels by eye, per figure run"})
+    out: str = field(default="runs/eye_check.md", metadata={"help": "where the table is written"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
+
+
+def figure_tiles(run, size):
+    """(designs [n, 3, size, size] in [-1, 1], their categories [n]): the generated tiles of `run`'s fig. 5."""
+    record = read_json(run / "personal_design.json", MAX_JSON_BYTES, "fig. 5 record of pm/main.py")
+    figure = np.asarray(Image.open(run / "personal_design.png").convert("RGB"), dtype=np.float32) / 127.5 - 1
+    tile = max(size, MIN_CAPTIONED_TILE)
+    step, columns = tile // size, 2 * len(record["queries"][0]["real"])
+    designs, categories = [], []
+    for row, query in enumerate(record["queries"]):
+        for column in range(len(query["real"]), columns):
+            x = CAPTIONED_PADDING + column * (tile + CAPTIONED_PADDING)
+            y = CAPTIONED_PADDING + row * (tile + CAPTION_HEIGHT + CAPTIONED_PADDING)
+            designs.append(figure[y:y + tile:step, x:x + tile:step].transpose(2, 0, 1))
+            categories.append(query["category"])
+    return torch.from_numpy(np.stack(designs)), categories
+
+
+def foreground(images):
+    return ((images + 1) / 2).amin(dim=1) < FOREGROUND_BELOW
+
+
+def silhouette(designs, real):
+    """Per design, the best IoU of its foreground with a real item's."""
+    mine, theirs = foreground(designs).flatten(1).float(), foreground(real).flatten(1).float()
+    intersection = mine @ theirs.T
+    union = mine.sum(1, keepdim=True) + theirs.sum(1) - intersection
+    return (intersection / union.clamp(min=1)).amax(dim=1)
+
+
+def ssim(designs, real):
+    """Per design, the best SSIM of its grey image with a real item's, on [0, 1] (SSIM is not shift-invariant)."""
+    grey, real_grey = ((designs.mean(1) + 1) / 2).numpy(), ((real.mean(1) + 1) / 2).numpy()
+    return torch.tensor([max(structural_similarity(a, b, data_range=1.0) for b in real_grey) for a in grey])
+
+
+def auc(scores, labels):
+    """P(a score of label 1 > one of label 0), ties counted half."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    return ((pos[:, None] > neg).double().mean() + 0.5 * (pos[:, None] == neg).double().mean()).item()
+
+
+def measure(cfg):
+    labels = read_json(cfg.labels, MAX_JSON_BYTES, "labels file")
+    scores, eye = {"silhouette": [], "SSIM": [], "realism": []}, []
+    for folder, entry in labels["figures"].items():
+        run = Path(folder)
+        digest = hashlib.sha256((run / "personal_design.png").read_bytes()).hexdigest()
+        if digest != entry["sha256"]:
+            raise RunError(f"{run / 'personal_design.png'} is not the figure that was labelled (made by: "
+                           f"{entry['made_by']})")
+        settings = read_json(run / "figures_config.json", MAX_JSON_BYTES, "settings file of pm/main.py")
+        stages = Stages(settings["dvbpr_run"], settings["gan_run"], settings["dataset"], pick_device(cfg.device))
+        fidelity = Fidelity({CLASSIFIER_EXTRACTOR: classifier_extractor(stages.category_classifier(run))},
+                            stages.images, stages.dataset.item_category)
+        designs, categories = figure_tiles(run, stages.designer.image_size)
+        for design, category in zip(designs, categories):
+            real = stages.images(stages.items_of(category))
+            scores["silhouette"].append(silhouette(design[None], real).item())
+            scores["SSIM"].append(ssim(design[None], real).item())
+            scores["realism"].append(fidelity.realism(design[None], category).item())
+        eye += entry["labels"]
+    return {name: torch.tensor(values) for name, values in scores.items()}, torch.tensor(eye)
+
+
+def report(scores, eye):
+    lines = ["| measure | AUC against the eye | mean, recognisable | mean, not recognisable |", "|---|---|---|---|"]
+    for name, values in scores.items():
+        lines.append(f"| {name} | {auc(values, eye):.3f} | {values[eye == 1].mean():.3f} | "
+                     f"{values[eye == 0].mean():.3f} |")
+    realistic = scores["realism"] >= 1
+    lines += ["", f"{len(eye)} designs, {int(eye.sum())} recognisable by eye; realistic (realism >= 1) agrees with "
+              f"the eye on {int((realistic == eye.bool()).sum())}: {int((realistic & (eye == 0)).sum())} realistic "
+              f"but not recognisable, {int((~realistic & (eye == 1)).sum())} recognisable but not realistic."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    with stage_errors("eye_check"):
+        cfg, _ = parse_config(EyeCheckConfig, argv, description=__doc__.splitlines()[0])
+        table = report(*measure(cfg))
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.out).write_text(table)
+        print(table)
+
+
+if __name__ == "__main__":
+    main()
