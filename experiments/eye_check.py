@@ -1,6 +1,8 @@
-"""Which measure sees what the eye sees? The designs of PM's fig. 5 (personal_design.png of `pm/main.py` runs), each
-labelled by eye before any measure was computed (docs/eye_labels.json: 1 where a person can tell the garment),
-against three measures of each design beside the real items of its category:
+"""Which measure sees what the eye sees: three measures against the designs of PM's fig. 5, labelled by eye.
+
+The designs of fig. 5 (personal_design.png of `pm/main.py` runs), each labelled by eye before any measure was
+computed (docs/eye_labels.json: 1 where a person can tell the garment), against three measures of each design beside
+the real items of its category:
 - silhouette: the best IoU of its foreground (pixels with a channel below 0.8 on white) with a real item's;
 - SSIM: the best structural similarity (scikit-image) of its grey image with a real item's;
 - realism: Kynkaanniemi et al.'s (2019) score in the category classifier's features (pm/fidelity.py); at least 1 is
@@ -85,6 +87,8 @@ def measure(cfg):
     scores, eye = {"silhouette": [], "SSIM": [], "realism": []}, []
     for folder, entry in labels["figures"].items():
         run = Path(folder)
+        if not (run / "personal_design.png").is_file():
+            raise RunError(f"no {run / 'personal_design.png'}: make it with `{entry['made_by']}`")
         digest = hashlib.sha256((run / "personal_design.png").read_bytes()).hexdigest()
         if digest != entry["sha256"]:
             raise RunError(f"{run / 'personal_design.png'} is not the figure that was labelled (made by: "
