@@ -196,7 +196,7 @@ class Fidelity:
 
     def realistic(self, images, category, name=CLASSIFIER_EXTRACTOR):
         """Per image, 1 where its realism is at least 1, else 0 (NaN where it is NaN): the per-image form of
-        precision, whose mean over a set it is."""
+        precision, which is its mean over a set."""
         realism = self.realism(images, category, name)
         return torch.where(realism.isnan(), realism, (realism >= 1).to(realism.dtype)).double()
 
