@@ -200,6 +200,12 @@ def _cached_bad_items(path: Path, sidecar: Path, key: dict) -> list[int] | None:
     return meta["bad_items"] if meta.get("key") == fingerprint(key) and path.exists() else None
 
 
+def cache_folder(dataset: Dataset) -> Path:
+    """Where what is derived from a dataset's items alone is kept: the dataset's own cache folder, else cache/
+    beside the dataset file."""
+    return Path(dataset.cache_dir or dataset.path.parent / "cache")
+
+
 def image_cache(dataset: Dataset, size: int, resize_filter: str = "nearest", cache_dir=None, strict: bool = False,
                 device="cpu", workers: int | None = None) -> np.ndarray:
     """All images of `dataset` decoded and resized: uint8 [itemnum, 3, size, size], memory-mapped read-only.
@@ -213,7 +219,7 @@ def image_cache(dataset: Dataset, size: int, resize_filter: str = "nearest", cac
     """
     if resize_filter not in RESIZE_FILTERS:
         raise ConfigError(f"resize_filter must be one of {', '.join(RESIZE_FILTERS)}, got {resize_filter!r}")
-    cache_dir = Path(cache_dir or dataset.cache_dir or dataset.path.parent / "cache")
+    cache_dir = Path(cache_dir or cache_folder(dataset))
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -356,11 +356,9 @@ def missing(cfg):
         pm_cfg = PMConfig(dvbpr_run=str(dvbpr_run), gan_run=str(gan_run), device=cfg.device)
         settle(pm_cfg, {"dvbpr_run", "gan_run", "device"}, "pm", PM_DEMO, embedded=True)
         pm_cfg = dataclasses.replace(pm_cfg, **pm_settings(cfg))
-        out = Path(cfg.out) / "-".join(["missing", *settings_names(cfg)]) / name
         stages = Stages(dvbpr_run, gan_run, device=pick_device(cfg.device))
         set_design_terms(stages, pm_cfg)
-        out.mkdir(parents=True, exist_ok=True)
-        rows[name] = missing_combination(stages, pm_cfg, catalogue.missing_pattern, catalogue.missing_categories, out)
+        rows[name] = missing_combination(stages, pm_cfg, catalogue.missing_pattern, catalogue.missing_categories)
     write_outputs(cfg, "-".join(["missing", *settings_names(cfg)]), rows, missing_markdown(rows))
     return rows
 

@@ -42,11 +42,11 @@ def reads_combination(attributes, pattern, categories):
         (attributes[:, SLICES["pattern"]].argmax(1) == PATTERNS.index(pattern))
 
 
-def missing_combination(stages, cfg, pattern, categories, out):
+def missing_combination(stages, cfg, pattern, categories):
     """The experiment's result: {"queries", "lovers", "items_with_combination", "reader", "sources": {source:
     {metric: (mean, std)}}, "paired": {metric: paired_test}}."""
     truth = load_truth(stages.dataset.path)
-    taste = open_true_taste(stages, out)
+    taste = open_true_taste(stages)
     trials, num_lovers = lovers(truth, pattern, categories, cfg.trials, np.random.default_rng(cfg.seed))
     results = run_trials(stages, cfg, trials, SOURCES, desc="missing-combination queries")
     per_trial = {}

@@ -79,18 +79,17 @@ class TrueTaste:
         return self.read(images) @ self.taste[user]
 
 
-def open_true_taste(stages, out):
+def open_true_taste(stages):
     """The hidden taste of a generated catalogue (its truth file beside it) with an attribute reader at the GAN's
-    size up to READER_MAX_SIZE, trained on the real items or loaded from `out`; None for a catalogue without a
-    truth file."""
+    size up to READER_MAX_SIZE, trained on the real items once and kept beside the catalogue's image caches; None
+    for a catalogue without a truth file."""
     if not truth_path(stages.dataset.path).is_file():
         return None
     truth = load_truth(stages.dataset.path)
     size, resize_filter = min(stages.designer.image_size, READER_MAX_SIZE), stages.gan.config.resize_filter
     store = stages.images if size == stages.images.size else ImageStore(
         image_cache(stages.dataset, size, resize_filter), stages.device)
-    reader, metrics = train_or_load_reader(stages.dataset, truth, store, Path(out) / "attribute_reader.pt",
-                                           resize_filter)
+    reader, metrics = train_or_load_reader(stages.dataset, truth, store, resize_filter)
     print("attribute reader, held out real items: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     return TrueTaste(truth, reader, metrics)
 

@@ -413,18 +413,18 @@ def fidelity_extractors(cfg, stages, classifier):
     return extractors
 
 
-def recommenders(stages, cfg, out):
+def recommenders(stages, cfg):
     """(the optimised DVBPR, the judge DVBPR of --judge-run or None, the hidden taste or None)."""
     judge = open_judge(cfg.judge_run, cfg.dvbpr_run, stages) if cfg.judge_run else None
     optimised = Recommender(stages.designer.dvbpr, stages.designer.theta, stages.item_embeddings)
-    return optimised, judge, open_true_taste(stages, out)
+    return optimised, judge, open_true_taste(stages)
 
 
 def measures_of(stages, cfg, out):
     classifier = stages.category_classifier(out)
     fidelity = Fidelity(fidelity_extractors(cfg, stages, classifier), stages.images, stages.dataset.item_category,
                         cfg.seed)
-    return Measures(stages, quality_scorer(cfg, stages, classifier), fidelity, *recommenders(stages, cfg, out),
+    return Measures(stages, quality_scorer(cfg, stages, classifier), fidelity, *recommenders(stages, cfg),
                     category=CategoryInception(classifier))
 
 
@@ -507,7 +507,7 @@ def tuning(stages, cfg, out):
     queries = draw_trials(stages.dataset, cfg.trials, np.random.default_rng(cfg.seed + 1), split="validation")
     fidelity = Fidelity({CLASSIFIER_EXTRACTOR: classifier_extractor(stages.category_classifier(out), stages.device)},
                         stages.images, stages.dataset.item_category, cfg.seed)
-    measures = Measures(stages, None, fidelity, *recommenders(stages, cfg, out))
+    measures = Measures(stages, None, fidelity, *recommenders(stages, cfg))
     scores = [score for score in TUNE_SCORES if score in measures.trial_metrics()]
     references = {source: dict(**judged(measures, r, queries), kid=classifier_kid(fidelity, r, queries))
                   for source, r in run_trials(stages, cfg, queries, ("real", "generated", "retrieval"),

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.catalogue.reader import reader_key, save_reader, train_reader
+from common.catalogue.reader import reader_key, reader_path, save_reader, train_reader
 from common.catalogue.truth import load_truth
 from common.checkpoint import save_checkpoint
 from common.classifier import CategoryClassifier, classifier_checkpoint
@@ -27,13 +27,14 @@ def place_random_classifier(run_dir, dataset, image_size, resize_filter="nearest
     save_checkpoint(run_dir / "classifier.pt", classifier_checkpoint(classifier, dataset, resize_filter, {}))
 
 
-def place_attribute_reader(out_dir, dataset_path, image_size, steps=10, resize_filter="nearest"):
-    """An attribute reader trained for a few steps in a PM output directory, which Table IV then reuses instead of
-    training one."""
+def place_attribute_reader(dataset_path, image_size, steps=10, resize_filter="nearest"):
+    """An attribute reader trained for a few steps where Table IV looks for the catalogue's reader, which it then
+    reuses instead of training one."""
     dataset = load_dataset(dataset_path)
     reader, metrics = train_reader(ImageStore(image_cache(dataset, image_size, resize_filter), "cpu"),
                                    load_truth(dataset_path), steps=steps)
-    save_reader(out_dir / "attribute_reader.pt", reader, reader_key(dataset, image_size, resize_filter), metrics)
+    save_reader(reader_path(dataset, image_size, resize_filter), reader, reader_key(dataset, image_size,
+                                                                                   resize_filter), metrics)
 
 
 def interactions_only(usernum, itemnum, user_train, user_validation, user_test, name="tiny"):

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-from common.catalogue.reader import train_reader
+from common.catalogue.reader import reader_path, train_or_load_reader, train_reader
 from common.catalogue.truth import load_truth
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.classifier import CategoryClassifier
@@ -173,6 +173,23 @@ def test_the_attribute_reader_beats_chance_by_a_margin_on_held_out_items(catalog
     assert metrics["taste_correlation"] > 0.5
     read = reader.read(store(torch.arange(5)))
     assert read.shape == (5, 19) and torch.allclose(read[:, :6].sum(1), torch.ones(5))
+
+
+def test_a_catalogues_reader_is_trained_once_beside_its_images_and_reused(catalogue, monkeypatch):
+    import common.catalogue.reader as reader_module
+    path = catalogue(num_users=12, num_items=300)
+    dataset, truth = load_dataset(path), load_truth(path)
+    store = ImageStore(image_cache(dataset, 16), "cpu")
+    trained = []
+    monkeypatch.setattr(reader_module, "train_reader", lambda store, truth: trained.append(store.size) or
+                        train_reader(store, truth, steps=5))
+    first, metrics = train_or_load_reader(dataset, truth, store)
+    assert reader_path(dataset, 16, "nearest").is_file() and trained == [16]
+    again, metrics_again = train_or_load_reader(dataset, truth, store)
+    assert trained == [16] and metrics_again == metrics
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    train_or_load_reader(dataset, truth, ImageStore(image_cache(dataset, 8), "cpu"))   # another size: its own
+    assert trained == [16, 8]
 
 
 def test_the_paired_test_finds_a_shift_and_not_noise():

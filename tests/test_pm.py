@@ -320,7 +320,7 @@ def test_figures_table_and_sweep_are_written(runs, tmp_path, catalogue):
     tailored = json.loads((tmp_path / "tailoring.json").read_text())["users"]
     assert len(tailored) == 2 and all(len(user["preference"]) == 4 for user in tailored)
 
-    place_attribute_reader(tmp_path, catalogue(num_users=40, num_items=90), 16)
+    place_attribute_reader(catalogue(num_users=40, num_items=90), 16)
     main(common + ["--table", "--trials", "3", "--splits", "2", "--sweep-eta", "0", "10",
                    "--judge-run", str(runs / "judge")])
     written = json.loads((tmp_path / "table_iv.json").read_text())

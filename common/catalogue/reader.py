@@ -6,7 +6,6 @@ taste can judge designs that have no truth of their own.
 What it reads is an expectation: the softmax of each one-hot group and the regressed bulk z-score, so that
 taste_u . read(image) is the user's expected true preference under the reader's belief.
 """
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +17,7 @@ from common.catalogue.taste import COLOUR_FAMILIES, PATTERNS
 from common.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from common.classifier import conv_block, split_items
 from common.errors import DatasetError
+from common.images import cache_folder
 from common.original_format import CATEGORY_NAMES
 
 GROUPS = {"category": len(CATEGORY_NAMES), "colour": len(COLOUR_FAMILIES), "pattern": len(PATTERNS)}
@@ -108,8 +108,14 @@ def train_reader(store, truth, steps=None, epochs=4, min_steps=400, batch_size=6
 
 
 def reader_key(dataset, image_size, resize_filter):
-    return fingerprint({"dataset": dataset.name, "itemnum": dataset.itemnum, "image_size": image_size,
-                        "resize_filter": resize_filter, "reader": 1})
+    return fingerprint({"dataset": dataset.name, "itemnum": dataset.itemnum, "images": dataset.images_digest,
+                        "image_size": image_size, "resize_filter": resize_filter, "reader": 1})
+
+
+def reader_path(dataset, image_size, resize_filter):
+    """The reader of a catalogue is trained once and kept beside its image caches: it depends on the items and
+    their truth alone, not on any run."""
+    return cache_folder(dataset) / f"{dataset.name}-reader-{image_size}px-{resize_filter}.pt"
 
 
 def check_truth(truth, dataset):
@@ -120,11 +126,11 @@ def check_truth(truth, dataset):
         raise DatasetError(f"the truth beside {dataset.path} gives other categories than the dataset")
 
 
-def train_or_load_reader(dataset, truth, store, path, resize_filter="nearest"):
-    """(reader, held-out metrics): loaded from `path` when it was trained there on the same data at the store's
-    size, else trained now and saved there."""
+def train_or_load_reader(dataset, truth, store, resize_filter="nearest"):
+    """(reader, held-out metrics): loaded from reader_path when it was trained there on the same data at the
+    store's size, else trained now and saved there."""
     check_truth(truth, dataset)
-    path, key = Path(path), reader_key(dataset, store.size, resize_filter)
+    path, key = reader_path(dataset, store.size, resize_filter), reader_key(dataset, store.size, resize_filter)
     if path.is_file():
         checkpoint = load_checkpoint(path, "attribute-reader", map_location=store.device)
         if checkpoint["config"].get("key") == key:
