@@ -343,6 +343,7 @@ def table_iv(cfg, name, latent):
     sweep_file = pm_out / "eta_sweep.json"   # Table IV's own files: PM is the last stage, with no run to open
     table = json.loads((pm_out / "table_iv.json").read_text())
     return dict(table=table["ours"], fidelity=table["fidelity"], paired=table["synthesis_vs_retrieval"],
+                against_samples=table.get("synthesis_vs_generated", {}),
                 eta_sweep=json.loads(sweep_file.read_text()) if sweep_file.is_file() else None)
 
 
@@ -371,11 +372,19 @@ def retrieval_synthesis(table, metric, paired=None):
     return f"{table['retrieval'][metric][0]:.2f} / {table['synthesis'][metric][0]:.2f}{p}"
 
 
+def realistic_cell(table, against_samples):
+    """Random samples / synthesis on realistic, with the paired test's p where there is one."""
+    if "realistic" not in table["synthesis"]:
+        return "n/a"
+    p = f" (p {against_samples['realistic']['p_value']:.3f})" if "realistic" in against_samples else ""
+    return f"{table['generated']['realistic'][0]:.2f} / {table['synthesis']['realistic'][0]:.2f}{p}"
+
+
 def design_markdown(rows):
     """Per catalogue, retrieval against synthesis: the optimised score, the judges' and the category classifier's
     match (with the paired test's p); the share of the generator's random samples and of synthesis inside the real
-    items' k-NN balls (retrieval's real items are always inside); the fidelity and quality of the images (KID also
-    of the generator's random samples), their diversity."""
+    items' k-NN balls (retrieval's real items are always inside), with the paired test of the two; the fidelity and
+    quality of the images (KID also of the generator's random samples), their diversity."""
     lines = ["| catalogue | latent | GAN consistency | optimised score | judge DVBPR | true preference | category "
              "match | realistic (k-NN): random G / synthesis | KID: random G / retrieval / synthesis "
              "| quality (in-domain IS) | diversity |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -386,13 +395,13 @@ def design_markdown(rows):
                              for source in ("generated", "retrieval", "synthesis"))
             cells = [retrieval_synthesis(t, metric, paired)
                      for metric in ("preference", "judge", "true_preference", "category_match")]
-            cells.append(" / ".join(f"{t[source]['realistic'][0]:.2f}" for source in ("generated", "synthesis"))
-                         if "realistic" in t["synthesis"] else "n/a")
+            cells.append(realistic_cell(t, row.get("against_samples", {})))
             lines.append(f"| {name} | {latent} | {row['consistency']:.3f} | " + " | ".join(cells) + f" | {kid} | "
                          f"{retrieval_synthesis(t, 'quality')} | {retrieval_synthesis(t, 'diversity')} |")
     lines.append("")
     lines.append("Retrieval / synthesis, means over the trials; p: the paired sign-flip test of synthesis against "
-                 "retrieval; KID over the category classifier's features against the real items of each category.")
+                 "retrieval (realistic: random samples / synthesis, and the test of the two); KID over the category "
+                 "classifier's features against the real items of each category.")
     return "\n".join(lines) + "\n"
 
 

@@ -281,6 +281,13 @@ def paired_tests(per_trial, metrics, source="synthesis"):
     return {metric: paired_test(per_trial[source][metric], per_trial["retrieval"][metric]) for metric in metrics}
 
 
+def against_samples(per_trial):
+    """{source: {"realistic": paired test}}: each design source against the generator's own random samples on the
+    same trials (does PM leave the generator's manifold?), where realistic is measured."""
+    return {source: {"realistic": paired_test(per_trial[source]["realistic"], per_trial["generated"]["realistic"])}
+            for source in COMPARED if source in per_trial and "realistic" in per_trial[source]}
+
+
 def mean_std(pair):
     return f"{pair[0]:.4f} ± {pair[1]:.3f}"
 
@@ -304,8 +311,9 @@ def format_fidelity(values, metric):
     return f"{values[metric]:.3f}{spread}"
 
 
-def judges_table(rows, fidelity, paired):
-    """The Markdown of the judges, the fidelity and the paired tests ({source: its tests against retrieval})."""
+def judges_table(rows, fidelity, paired, samples):
+    """The Markdown of the judges, the fidelity and the paired tests ({source: its tests against retrieval}, and
+    against the random samples)."""
     shown = [m for m in TRIAL_METRICS if m in next(iter(rows.values()))]
     columns = fidelity_columns(fidelity)
     lines = ["| Item source | " + " | ".join(TRIAL_METRICS[m] for m in shown) + " | "
@@ -322,10 +330,14 @@ def judges_table(rows, fidelity, paired):
                   f"| Score | Mean difference | Trials {source} above / below | p |", "|---|---|---|---|"]
         lines += [f"| {TRIAL_METRICS[m]} | {t['mean_difference']:+.4f} | {t['above']} / {t['below']} | "
                   f"{t['p_value']:.4f} |" for m, t in tests.items()]
+    for source, tests in samples.items():
+        t = tests["realistic"]
+        lines += ["", f"{SOURCES[source]} against {SOURCES['generated']} on the same trials, realistic: "
+                  f"{t['mean_difference']:+.4f} ({t['above']} trials above, {t['below']} below, p {t['p_value']:.4f})."]
     return lines
 
 
-def write_table(out, rows, fidelity, paired, quality_label, notes):
+def write_table(out, rows, fidelity, paired, samples, quality_label, notes):
     """table_iv.md, table_iv.csv and table_iv.json in `out`: the paper's numbers beside ours, then the judges,
     the fidelity and the paired tests."""
     lines = ["# Table IV: top-3 images for a given user and category", "", *notes, "",
@@ -337,7 +349,7 @@ def write_table(out, rows, fidelity, paired, quality_label, notes):
         paper = PAPER_TABLE_IV.get(source, {})
         lines.append(f"| {SOURCES[source]} | " + " | ".join(mean_std(row[m]) for m in METRICS) + " | "
                      + " | ".join(paper_mean_std(paper.get(m)) for m in METRICS) + " |")
-    lines += ["", "## Judges and fidelity", "", *JUDGES_NOTES, "", *judges_table(rows, fidelity, paired)]
+    lines += ["", "## Judges and fidelity", "", *JUDGES_NOTES, "", *judges_table(rows, fidelity, paired, samples)]
     (out / "table_iv.md").write_text("\n".join(lines) + "\n")
     shown = [m for m in TRIAL_METRICS if m in next(iter(rows.values()))]
     columns = fidelity_columns(fidelity)
@@ -356,6 +368,7 @@ def write_table(out, rows, fidelity, paired, quality_label, notes):
                                        "ours": {s: {m: list(v) for m, v in row.items()} for s, row in rows.items()},
                                        "fidelity": fidelity,
                                        **{f"{source}_vs_retrieval": tests for source, tests in paired.items()},
+                                       **{f"{source}_vs_generated": tests for source, tests in samples.items()},
                                        "paper": {s: {m: list(v) for m, v in p.items()}
                                                  for s, p in PAPER_TABLE_IV.items()}})
     return "\n".join(lines)
@@ -452,7 +465,7 @@ def tables(stages, cfg, out):
         rows, fidelity, per_trial = summarise(run_trials(stages, cfg, trials, sources), trials, measures, cfg.splits)
         paired = {source: paired_tests(per_trial, measures.trial_metrics(), source)
                   for source in COMPARED if source in per_trial}
-        print(write_table(out, rows, fidelity, paired, measures.quality.label, notes))
+        print(write_table(out, rows, fidelity, paired, against_samples(per_trial), measures.quality.label, notes))
     if cfg.sweep_eta:
         by_eta, retrieval = sweep_eta(stages, cfg, trials, cfg.sweep_eta, measures, out)
         for eta, row in by_eta.items():

@@ -80,6 +80,7 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
         assert set(row["eta_sweep"]["synthesis"]) == {"0", "10"}
         assert row["paired"]["judge"]["trials"] == 2 and "true_preference" in row["table"]["synthesis"]
         assert 0 <= row["table"]["synthesis"]["category_match"][0] <= 1
+        assert row["against_samples"]["realistic"]["trials"] == 2
         assert (tmp_path / "out" / "judges" / name / "results.json").is_file()
     assert (tmp_path / "out" / "design.md").read_text().count("| colour |") == 2
     monkeypatch.setattr(family, "PM_DEMO", dict(trials=2, starts=2, steps=4, splits=2))   # as a later demo would

@@ -337,6 +337,9 @@ def test_figures_table_and_sweep_are_written(runs, tmp_path, catalogue):
                                                       "realistic"}
     assert all(0 <= row["category_match"][0] <= 1 for row in table.values())
     assert table["real"]["realistic"][0] == table["retrieval"]["realistic"][0] == 1.0   # real items: in the reference
+    against_samples = written["synthesis_vs_generated"]["realistic"]
+    assert against_samples["trials"] == 3 and against_samples["mean_difference"] == pytest.approx(
+        table["synthesis"]["realistic"][0] - table["generated"]["realistic"][0])
     kid = {source: row["category-classifier"]["kid"] for source, row in written["fidelity"].items()}
     assert all(np.isfinite(list(kid.values())))
     assert "Judge percentile" in (tmp_path / "table_iv.md").read_text()
