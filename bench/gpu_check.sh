@@ -83,8 +83,10 @@ design() {  # bf16 UNet, the average's update, CUDA generator state in the check
   step diffusion-demo 60 "${diffusion[@]}" --epochs 8
   step diffusion-resume 30 "${diffusion[@]}" --epochs 9 --resume
   step dvbpr-for-design 60 python3 dvbpr/main.py --device cuda --out "$OUT/dvbpr-design"
+  # 10 trials: the 20 of the demo took ~4 s each on an H200, past this step's limit
   step guided-table 90 python3 pm/main.py --table --device cuda --dvbpr-run "$OUT/dvbpr-design" --gan-run \
-    "$OUT/diffusion" --latent sphere --init prior --starts 4 --steps 20 --guidance 0.3 --out "$OUT/pm-diffusion"
+    "$OUT/diffusion" --latent sphere --init prior --starts 4 --steps 20 --guidance 0.3 --trials 10 \
+    --out "$OUT/pm-diffusion"
   cp "$OUT/pm-diffusion/table_iv.md" "$OUT/design_table_iv.md" 2>/dev/null
   rm -rf "$OUT/diffusion" "$OUT/dvbpr-design" "$OUT/pm-diffusion"
 }
