@@ -1,5 +1,6 @@
 """Two ranks with gloo on CPU: the distributed step, evaluation and checkpoints equal the single-process ones."""
 import dataclasses
+import inspect
 import json
 import os
 import socket
@@ -7,10 +8,11 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
 
 from common.checkpoint import load_checkpoint
 from common.data import load_dataset
-from common.distributed import Ranks, cuda_placement, setup, teardown
+from common.distributed import NO_FORWARD_BUFFER_SYNC, Ranks, cuda_placement, setup, teardown
 from common.images import ImageStore, image_cache
 from common.metrics import evaluate_auc
 from common.sampling import TripletSampler
@@ -118,6 +120,11 @@ def test_ranks_split_batches_and_shards():
         Ranks(0, 3).share(128)
     shards = [Ranks(rank, 3).shard(10) for rank in range(3)]
     assert [list(s) for s in shards] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+
+
+def test_the_buffer_sync_switch_is_one_this_torchs_ddp_takes():
+    """Its name changed between torch versions (2.11 on an H200 machine lacked the newer one)."""
+    assert NO_FORWARD_BUFFER_SYNC in inspect.signature(DistributedDataParallel.__init__).parameters
 
 
 def test_cuda_ranks_take_one_gpu_each_or_share_them_over_gloo():
