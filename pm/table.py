@@ -94,7 +94,8 @@ JUDGES_NOTES = [
 TOP = 3
 # --tune's scores of the designs returned, where they can be measured; the judges' also choose a setting each
 TUNE_SCORES = {"preference": "preference returned", "preference_percentile": "optimised percentile",
-               "judge_percentile": "judge percentile", "true_preference": "true preference"}
+               "judge_percentile": "judge percentile", "true_preference": "true preference",
+               "realistic": "realistic"}
 JUDGED = ("judge_percentile", "true_preference")
 # --tune's limits on the designs' KID: the generator's own, and that plus the shift from random real items to
 # retrieval's (what choosing by a user's taste alone does to the KID of real items)

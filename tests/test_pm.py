@@ -379,6 +379,8 @@ def test_tuning_reads_validation_queries_and_more_steps_reach_a_higher_objective
                                    "shifted": kid["generated"] + kid["retrieval"] - kid["real"]}
     assert tuned["on_manifold"]["random"] == on_manifold(tuned["rows"], tuned["kid"]["generated"])
     assert "Highest objective with KID at most the random samples'" in (tmp_path / "tune.md").read_text()
+    assert "| realistic |" in (tmp_path / "tune.md").read_text() and all(0 <= row["realistic"] <= 1
+                                                                         for row in tuned["rows"])
     # The judges score the designs of every setting, and choose a setting each, beside the objective.
     assert all(0 <= row["judge_percentile"] <= 100 and np.isfinite(row["true_preference"]) for row in tuned["rows"])
     assert tuned["judged_on_manifold"] == {score: {limit: on_manifold(tuned["rows"], kid_limit, score)
