@@ -82,10 +82,23 @@ def auc(scores, labels):
     return ((pos[:, None] > neg).double().mean() + 0.5 * (pos[:, None] == neg).double().mean()).item()
 
 
+def labelled_figures(path):
+    """{figure run folder: {"made_by", "sha256", "labels"}} of a labels file, refused in one line (RunError) when it
+    is not in that form."""
+    content = read_json(path, MAX_JSON_BYTES, "labels file")
+    figures = content.get("figures") if isinstance(content, dict) else None
+    entries = figures.values() if isinstance(figures, dict) and figures else [None]
+    if not all(isinstance(entry, dict) and isinstance(entry.get("made_by"), str)
+               and isinstance(entry.get("sha256"), str) and isinstance(entry.get("labels"), list)
+               and all(label in (0, 1) for label in entry["labels"]) for entry in entries):
+        raise RunError(f"{path} is not a labels file: it needs \"figures\": {{folder: {{\"made_by\", \"sha256\", "
+                       "\"labels\": [0 or 1 per design]}}}}")
+    return figures
+
+
 def measure(cfg):
-    labels = read_json(cfg.labels, MAX_JSON_BYTES, "labels file")
     scores, eye = {"silhouette": [], "SSIM": [], "realism": []}, []
-    for folder, entry in labels["figures"].items():
+    for folder, entry in labelled_figures(cfg.labels).items():
         run = Path(folder)
         if not (run / "personal_design.png").is_file():
             raise RunError(f"no {run / 'personal_design.png'}: make it with `{entry['made_by']}`")
@@ -98,6 +111,8 @@ def measure(cfg):
         fidelity = Fidelity({CLASSIFIER_EXTRACTOR: classifier_extractor(stages.category_classifier(run))},
                             stages.images, stages.dataset.item_category)
         designs, categories = figure_tiles(run, stages.designer.image_size)
+        if len(entry["labels"]) != len(designs):
+            raise RunError(f"{cfg.labels} gives {len(entry['labels'])} labels for the {len(designs)} designs of {run}")
         for design, category in zip(designs, categories):
             real = stages.images(stages.items_of(category))
             scores["silhouette"].append(silhouette(design[None], real).item())

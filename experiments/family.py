@@ -395,7 +395,7 @@ def design_markdown(rows):
                              for source in ("generated", "retrieval", "synthesis"))
             cells = [retrieval_synthesis(t, metric, paired)
                      for metric in ("preference", "judge", "true_preference", "category_match")]
-            cells.append(realistic_cell(t, row.get("against_samples", {})))
+            cells.append(realistic_cell(t, row["against_samples"]))
             lines.append(f"| {name} | {latent} | {row['consistency']:.3f} | " + " | ".join(cells) + f" | {kid} | "
                          f"{retrieval_synthesis(t, 'quality')} | {retrieval_synthesis(t, 'diversity')} |")
     lines.append("")

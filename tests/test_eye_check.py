@@ -50,3 +50,11 @@ def test_a_figure_other_than_the_labelled_one_is_refused(tmp_path):
     (tmp_path / "labels.json").write_text(json.dumps(labels))
     with pytest.raises(RunError, match="personal_design.png is not the figure that was labelled"):
         measure(EyeCheckConfig(labels=str(tmp_path / "labels.json")))
+
+
+@pytest.mark.parametrize("content", [[1, 2], {"figures": {}}, {"figures": {"fig": {"sha256": "0", "labels": [1]}}},
+                                     {"figures": {"fig": {"made_by": "x", "sha256": "0", "labels": [2]}}}])
+def test_a_malformed_labels_file_is_refused_in_one_line(tmp_path, content):
+    (tmp_path / "labels.json").write_text(json.dumps(content))
+    with pytest.raises(RunError, match="is not a labels file"):
+        measure(EyeCheckConfig(labels=str(tmp_path / "labels.json")))
