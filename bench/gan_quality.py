@@ -30,8 +30,9 @@ import torch
 
 from common.checkpoint import write_json
 from common.classifier import train_or_load_classifier
-from common.cli import parse_config, stage_errors
+from common.cli import MAX_IMAGE_SIZE, parse_config, require_sizes, stage_errors
 from common.datasets import open_dataset
+from common.device import pick_device
 from common.errors import ConfigError
 from common.images import ImageStore, image_cache
 from common.machine import machine_line, matmul_gflops
@@ -78,6 +79,12 @@ class QualityConfig:
     seed: int = field(default=0, metadata={"help": "random seed of training and of the scored samples"})
     score: list[str] | None = field(default=None, metadata={"help": "trained GAN runs: score each one's samples as "
                                                                     "the candidates' are, instead of training"})
+    score_size: int | None = field(default=None, metadata={
+        "help": "--score: every run through one category classifier at this size, its samples and real items resized "
+                "to it alike (bilinear, antialiased), so runs of different sizes compare (default: each run at its "
+                "own size)"})
+    device: str = field(default="cpu", metadata={"help": "where --score scores: cpu, cuda or auto (candidates train "
+                                                         "on the CPU, whose minutes they measure)"})
 
 
 def candidate_config(name, dataset_path, seed):
@@ -89,17 +96,21 @@ def candidate_config(name, dataset_path, seed):
 class Scorer:
     """KID of a generator's samples against the real items, through the catalogue's category classifier."""
 
-    def __init__(self, dataset, store, out_dir, seed):
-        classifier = train_or_load_classifier(dataset, store.size, out_dir / "classifier.pt", "cpu", store=store)
-        self.fidelity = Fidelity({CLASSIFIER_EXTRACTOR: classifier_extractor(classifier)}, store,
+    def __init__(self, dataset, store, out_dir, seed, device="cpu", size=None):
+        """`store`: the real items at the generator's size; `size`: the classifier's (default the store's), to
+        which the extractor resizes real and generated images alike."""
+        size = size or store.size
+        classifier = train_or_load_classifier(dataset, size, out_dir / f"classifier-{size}px.pt", device,
+                                              store=store if size == store.size else None)
+        self.fidelity = Fidelity({CLASSIFIER_EXTRACTOR: classifier_extractor(classifier, device)}, store,
                                  dataset.item_category, seed)
         self.labels = torch.arange(dataset.num_categories).repeat_interleave(SAMPLES_PER_CATEGORY)
-        self.seed = seed
+        self.seed, self.device = seed, device
 
     def __call__(self, model):
-        z = model.sample_z(len(self.labels), rng=torch.Generator().manual_seed(self.seed))
+        z = model.sample_z(len(self.labels), rng=torch.Generator().manual_seed(self.seed)).to(self.device)
         images = torch.cat([generate(model, z_part, labels_part, bf16=False)
-                            for z_part, labels_part in zip(z.split(500), self.labels.split(500))])
+                            for z_part, labels_part in zip(z.split(500), self.labels.to(self.device).split(500))])
         return self.fidelity(images, self.labels)[CLASSIFIER_EXTRACTOR]
 
 
@@ -208,15 +219,16 @@ def plot(qc):
 
 def score_runs(qc):
     """{run: KID, FID, precision, recall} of each trained run in --score, scored as the candidates are (the
-    category classifier of its dataset in --out/<dataset name>/), written to --out/scores.json. Runs on the same
-    dataset and image size share one image cache and scorer."""
+    category classifier of its dataset in --out/<dataset name>/, at --score-size if given), written to
+    --out/scores.json. Runs on the same dataset and image size share one image cache and scorer."""
     results, scorers = {}, {}
+    device = pick_device(qc.device)
     for run_dir in qc.score:
-        run = open_gan_run(run_dir)
+        run = open_gan_run(run_dir, device)
         key = (run.config.dataset, run.config.image_size, run.config.resize_filter)
         if key not in scorers:
             dataset, store = run.real_items("cpu")
-            scorers[key] = Scorer(dataset, store, Path(qc.out) / dataset.name, qc.seed)
+            scorers[key] = Scorer(dataset, store, Path(qc.out) / dataset.name, qc.seed, device, qc.score_size)
         results[run_dir] = scorers[key](run.model)
         print(f"{run_dir}: {score_line(results[run_dir])}", flush=True)
     write_json(Path(qc.out) / "scores.json", results)
@@ -226,6 +238,7 @@ def score_runs(qc):
 def main(argv=None):
     with stage_errors("gan_quality"):
         qc, _ = parse_config(QualityConfig, argv, description=__doc__.splitlines()[0])
+        require_sizes(qc, {"score_size": MAX_IMAGE_SIZE})
         if qc.score:
             return score_runs(qc)
         if not qc.plot_only:

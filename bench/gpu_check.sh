@@ -6,6 +6,9 @@
 #   demos   `python dvbpr/main.py` and `python gan/main.py --train` on the embedded catalogue, on the GPU
 #   design  the diffusion model with its moving average, trained, resumed and designed with (Table IV with a guided
 #           row) on the embedded catalogue, on the GPU
+#   presets the design half's GPU presets (gan/config.py gpu-64, gpu-128) trained on the embedded catalogue, their
+#           samples' KID at 32 px beside the CPU demo's (runs/gan, if there), Table IV and fig. 5 through each, with
+#           runs/dvbpr and runs/judge if there (else trained here)
 #   suite   the rest of the test suite on the GPU machine (its tests then take "auto" = cuda)
 #   tests   cuda, then suite
 #
@@ -91,15 +94,50 @@ design() {  # bf16 UNet, the average's update, CUDA generator state in the check
   rm -rf "$OUT/diffusion" "$OUT/dvbpr-design" "$OUT/pm-diffusion"
 }
 
+presets() {
+  local dvbpr=runs/dvbpr judge=runs/judge demo=() size
+  [[ -f $dvbpr/checkpoint.pt ]] || { dvbpr=$OUT/dvbpr-design; step dvbpr-for-presets 60 python3 dvbpr/main.py \
+    --device cuda --out "$dvbpr"; }
+  [[ -f $judge/checkpoint.pt ]] || { judge=$OUT/judge-design; step judge-for-presets 60 python3 dvbpr/main.py \
+    --device cuda --seed 1 --out "$judge"; }
+  [[ -f runs/gan/checkpoint.pt ]] && demo=(runs/gan)
+  for size in 64 128; do
+    step "gan-gpu-$size" 200 python3 gan/main.py --train --preset "gpu-$size" --device cuda --out "$OUT/gan-$size"
+  done
+  step score-presets 90 python3 bench/gan_quality.py --score "$OUT/gan-64" "$OUT/gan-128" "${demo[@]}" \
+    --score-size 32 --device cuda --out "$OUT/quality"
+  for size in 64 128; do
+    step "table-gpu-$size" 150 python3 pm/main.py --table --device cuda --dvbpr-run "$dvbpr" --judge-run "$judge" \
+      --gan-run "$OUT/gan-$size" --out "$OUT/pm-table-$size"
+    step "figure-gpu-$size" 60 python3 pm/main.py --device cuda --dvbpr-run "$dvbpr" --gan-run "$OUT/gan-$size" \
+      --out "$OUT/pm-figure-$size"
+    step "grids-gpu-$size" 30 python3 gan/main.py --device cuda --out "$OUT/gan-$size"
+  done
+  # what comes back stays small: the tables, scores, figures, grids and training logs
+  mkdir -p "$OUT/presets"
+  cp "$OUT/quality/scores.json" "$OUT/presets/scores.json" 2>/dev/null
+  for size in 64 128; do
+    cp "$OUT/pm-table-$size/table_iv.md" "$OUT/presets/table_iv_$size.md" 2>/dev/null
+    cp "$OUT/pm-table-$size/table_iv.json" "$OUT/presets/table_iv_$size.json" 2>/dev/null
+    cp "$OUT/pm-figure-$size/personal_design.png" "$OUT/presets/personal_design_$size.png" 2>/dev/null
+    cp "$OUT/gan-$size/metrics.jsonl" "$OUT/presets/gan_metrics_$size.jsonl" 2>/dev/null
+    for category in 0 1 2 3 4 5; do
+      cp "$OUT/gan-$size/samples/test_arange_$category.png" "$OUT/presets/gan_${size}_category_$category.png" 2>/dev/null
+    done
+  done
+  rm -rf "$OUT/gan-64" "$OUT/gan-128" "$OUT/quality" "$OUT"/pm-table-* "$OUT"/pm-figure-* "$OUT"/dvbpr-design \
+    "$OUT"/judge-design
+}
+
 for group in "${@:-cuda bench demos suite}"; do
   for name in $group; do
     case $name in
-      cuda|bench|demos|design|suite|tests) $name ;;
-      *) echo "unknown group $name (cuda, bench, demos, design, suite, tests)" >&2; exit 2 ;;
+      cuda|bench|demos|design|presets|suite|tests) $name ;;
+      *) echo "unknown group $name (cuda, bench, demos, design, presets, suite, tests)" >&2; exit 2 ;;
     esac
   done
 done
 
 echo "=== summary" | tee -a "$LOG"
 printf '%s\n' "${STATUS[@]}" | tee -a "$LOG"
-grep -E "passed|failed|triplets/s|images/s|condition consistency|results \(best" "$LOG" | tee -a "$OUT/summary.txt"
+grep -E "passed|failed|triplets/s|images/s|condition consistency|results \(best|KID" "$LOG" | tee -a "$OUT/summary.txt"

@@ -27,15 +27,37 @@ def test_score_writes_each_runs_fidelity_from_fixed_codes_through_one_classifier
     shutil.copytree(tmp_path / "trained", tmp_path / "collapsed")
     collapse(tmp_path / "collapsed")
     runs = [str(tmp_path / "trained"), str(tmp_path / "collapsed")]
-    place_random_classifier(tmp_path / "bench" / "Tiny", load_dataset(path), 16)   # the bench's, not trained here
+    place_bench_classifier(tmp_path / "bench" / "Tiny", load_dataset(path), 16)   # the bench's, not trained here
 
     scores = gan_quality(["--score", *runs, "--out", str(tmp_path / "bench")])
     assert json.loads((tmp_path / "bench" / "scores.json").read_text()) == scores
     assert set(scores) == set(runs) and all(set(s) == {"kid", "kid_std", "fid", "precision", "recall"}
                                             for s in scores.values())
-    assert [p.name for p in (tmp_path / "bench").rglob("classifier.pt")] == ["classifier.pt"]   # one per dataset
+    assert [p.name for p in (tmp_path / "bench").rglob("classifier*.pt")] == ["classifier-16px.pt"]   # one per dataset
     assert scores[runs[1]]["kid"] != scores[runs[0]]["kid"]   # the generator's weights are what is scored
     assert gan_quality(["--score", runs[0], "--out", str(tmp_path / "bench")])[runs[0]] == scores[runs[0]]
+
+
+def test_score_size_scores_runs_of_two_sizes_through_one_classifier_resizing_both_sides(catalogue, tmp_path):
+    path = catalogue()
+    for name, size in (("small", 16), ("large", 32)):
+        place_random_classifier(tmp_path / name, load_dataset(path), size)
+        train_gan(tiny_config(dataset=str(path), out=str(tmp_path / name), image_size=size, epochs=1))
+    runs = [str(tmp_path / "small"), str(tmp_path / "large")]
+    place_bench_classifier(tmp_path / "bench" / "Tiny", load_dataset(path), 16)
+
+    scores = gan_quality(["--score", *runs, "--score-size", "16", "--out", str(tmp_path / "bench")])
+    assert [p.name for p in (tmp_path / "bench").rglob("classifier*.pt")] == ["classifier-16px.pt"]
+    assert all(0 <= s["precision"] <= 1 and s["kid"] == s["kid"] for s in scores.values())
+    # the 32-px run's real items are resized as its samples are: its own samples' KID against them is one number,
+    # and the same run scored at its own size (a 32-px classifier) gives another
+    at_own_size = gan_quality(["--score", runs[1], "--out", str(tmp_path / "own")])
+    assert at_own_size[runs[1]]["kid"] != scores[runs[1]]["kid"]
+
+
+def place_bench_classifier(folder, dataset, size):
+    place_random_classifier(folder, dataset, size)
+    (folder / "classifier.pt").rename(folder / f"classifier-{size}px.pt")
 
 
 def test_plot_goes_into_the_results_folder_unless_named(tmp_path):
