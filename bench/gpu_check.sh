@@ -121,6 +121,7 @@ presets() {
     cp "$OUT/pm-table-$size/table_iv.json" "$OUT/presets/table_iv_$size.json" 2>/dev/null
     cp "$OUT/pm-figure-$size/personal_design.png" "$OUT/presets/personal_design_$size.png" 2>/dev/null
     cp "$OUT/gan-$size/metrics.jsonl" "$OUT/presets/gan_metrics_$size.jsonl" 2>/dev/null
+    cp "$OUT/gan-$size/samples/beside_real.png" "$OUT/presets/gan_${size}_beside_real.png" 2>/dev/null
     for category in 0 1 2 3 4 5; do
       cp "$OUT/gan-$size/samples/test_arange_$category.png" "$OUT/presets/gan_${size}_category_$category.png" 2>/dev/null
     done

@@ -97,7 +97,8 @@ def rank_worker(rank, path, port):
         torch.testing.assert_close(model.state_dict(), reference["dvbpr"][1].state_dict(), rtol=1e-4, atol=1e-6)
         embeddings = embed_items(model, store, 64, ranks, bf16=False)
         torch.testing.assert_close(embeddings, reference["embeddings"], rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(gan_steps(dataset, store, ranks), reference["gan"], rtol=1e-4, atol=1e-5)
+        # a deconvolution's bias ahead of batch norm has no gradient but float noise: 1.5e-5 apart on a 16-core CPU
+        torch.testing.assert_close(gan_steps(dataset, store, ranks), reference["gan"], rtol=1e-4, atol=5e-5)
         for protocol, expected in reference["auc"].items():
             sharded = auc_of(dataset, ranks, protocol)
             assert sharded["num_users"] == expected["num_users"] == dataset.usernum
@@ -150,8 +151,9 @@ def test_dvbpr_under_torchrun_resumes_in_one_process_as_the_uninterrupted_run(ti
 
     one, two = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("one", "two"))
     assert one["step"] == two["step"]
-    # Adam turns float noise in a near-zero gradient into a step of up to lr (1e-4), hence atol
-    torch.testing.assert_close(two["model"], one["model"], rtol=1e-3, atol=1e-4)
+    # Adam turns float noise in a near-zero gradient (a mostly dead ReLU's bias) into a step of up to lr (1e-4), and
+    # does so again at the next step: 1.5e-4 apart on a 16-core CPU, hence atol twice lr
+    torch.testing.assert_close(two["model"], one["model"], rtol=1e-3, atol=2e-4)
     results = [json.loads((tmp_path / name / "results.json").read_text()) for name in ("one", "two")]
     assert results[1]["test_auc"] == pytest.approx(results[0]["test_auc"], abs=0.01)
 
