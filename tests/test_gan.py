@@ -318,5 +318,9 @@ def test_the_embedded_demo_trains_the_sngan_unless_the_lsgan_is_typed(tmp_path):
             ("lsgan", 0.5, 0.99, 8, 32)
     kept = settled(["--generator", "sngan", "--diffaugment", "--epochs", "3"])   # typed flags win over the demo's
     assert (kept.diffaugment, kept.beta1, kept.epochs) == (True, 0.0, 3)
+    for size, epochs in ((64, 120), (128, 80)):   # the GPU presets: none of their settings yields to the demo's
+        gpu = settled(["--preset", f"gpu-{size}"])
+        assert (gpu.generator, gpu.image_size, gpu.g_width, gpu.d_width, gpu.batch_size, gpu.epochs) == \
+            ("lsgan", size, 64, 64, 64, epochs)
     assert (preset("paper").generator, preset("original").generator) == ("lsgan", "lsgan")
     assert preset("demo") == dataclasses.replace(GANConfig(), **demo_settings("sngan"))
