@@ -10,6 +10,11 @@ the real items of its category:
 For each, its AUC against the labels (the chance that a recognisable design outscores an unrecognisable one), and
 the agreement of "realistic" with the eye.
 
+A second labeller works blind: every run writes a sheet (--sheet) of the labelled designs and one real item per row
+of each figure, shuffled in one fixed order and numbered, with nothing on it to tell a design from a real item or one
+figure from another; the labeller names each tile's garment from ANSWERS, or "cannot tell". Their answers (--blind,
+with the SHA-256 of the sheet they saw) are compared with the first labels and the measures.
+
     python experiments/eye_check.py        # the labelled figures must be the ones labelled: their SHA-256 is checked
 
 The designs are read back from the figure: its tiles are the GAN's images upscaled by nearest neighbours.
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from skimage.metrics import structural_similarity
 
@@ -27,30 +33,39 @@ from common.checkpoint import read_json
 from common.cli import parse_config, stage_errors
 from common.device import pick_device
 from common.errors import RunError
-from common.figures import CAPTION_HEIGHT, CAPTIONED_PADDING, MIN_CAPTIONED_TILE
+from common.figures import CAPTION_HEIGHT, CAPTIONED_PADDING, MIN_CAPTIONED_TILE, save_grid
 from pm.fidelity import CLASSIFIER_EXTRACTOR, Fidelity, classifier_extractor
 from pm.load import Stages
 
 FOREGROUND_BELOW = 0.8   # on [0, 1]: the catalogues draw items on white
 MAX_JSON_BYTES = 1 << 20
+# the blind labeller's choices: one per category of the embedded catalogues (common/catalogue/fashion_mnist.py), or none
+ANSWERS = ("long-sleeved top", "T-shirt or tank top", "trousers", "dress", "sneaker or ankle boot", "sandal",
+           "cannot tell")
+SHEET_COLUMNS = 8
 
 
 @dataclass
 class EyeCheckConfig:
     labels: str = field(default="docs/eye_labels.json", metadata={"help": "the labels by eye, per figure run"})
     out: str = field(default="runs/eye_check.md", metadata={"help": "where the table is written"})
+    sheet: str = field(default="runs/eye_sheet.png", metadata={"help": "where the blind sheet is written: the labelled "
+                                                                      "designs and a real item per row, shuffled"})
+    blind: str = field(default="docs/eye_labels_blind.json", metadata={
+        "help": "a second labeller's answers on the sheet (their comparison is skipped where the file is absent)"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
 
 
-def figure_tiles(run, size):
-    """(designs [n, 3, size, size] in [-1, 1], their categories [n]): the generated tiles of `run`'s fig. 5."""
+def figure_tiles(run, size, real_column=None):
+    """(designs [n, 3, size, size] in [-1, 1], their categories [n]): the generated tiles of `run`'s fig. 5 (with
+    `real_column`: the real item in that column of each row instead)."""
     record = read_json(run / "personal_design.json", MAX_JSON_BYTES, "fig. 5 record of pm/main.py")
     figure = np.asarray(Image.open(run / "personal_design.png").convert("RGB"), dtype=np.float32) / 127.5 - 1
     tile = max(size, MIN_CAPTIONED_TILE)
     step, columns = tile // size, 2 * len(record["queries"][0]["real"])
     designs, categories = [], []
     for row, query in enumerate(record["queries"]):
-        for column in range(len(query["real"]), columns):
+        for column in range(len(query["real"]), columns) if real_column is None else [real_column % len(query["real"])]:
             x = CAPTIONED_PADDING + column * (tile + CAPTIONED_PADDING)
             y = CAPTIONED_PADDING + row * (tile + CAPTION_HEIGHT + CAPTIONED_PADDING)
             designs.append(figure[y:y + tile:step, x:x + tile:step].transpose(2, 0, 1))
@@ -96,8 +111,9 @@ def labelled_figures(path):
     return figures
 
 
-def measure(cfg):
-    scores, eye = {"silhouette": [], "SSIM": [], "realism": []}, []
+def open_figures(cfg):
+    """[(run, labels, stages, designs, categories)] of the labelled figures, each checked to be the one labelled."""
+    figures = []
     for folder, entry in labelled_figures(cfg.labels).items():
         run = Path(folder)
         if not (run / "personal_design.png").is_file():
@@ -108,18 +124,94 @@ def measure(cfg):
                            f"{entry['made_by']})")
         settings = read_json(run / "figures_config.json", MAX_JSON_BYTES, "settings file of pm/main.py")
         stages = Stages(settings["dvbpr_run"], settings["gan_run"], settings["dataset"], pick_device(cfg.device))
-        fidelity = Fidelity({CLASSIFIER_EXTRACTOR: classifier_extractor(stages.category_classifier(run))},
-                            stages.images, stages.dataset.item_category)
         designs, categories = figure_tiles(run, stages.designer.image_size)
         if len(entry["labels"]) != len(designs):
             raise RunError(f"{cfg.labels} gives {len(entry['labels'])} labels for the {len(designs)} designs of {run}")
+        figures.append((run, entry["labels"], stages, designs, categories))
+    return figures
+
+
+def measure(figures):
+    """({measure: per design}, the first labels) of every design of the figures, in figure order."""
+    scores, eye = {"silhouette": [], "SSIM": [], "realism": []}, []
+    for run, labels, stages, designs, categories in figures:
+        fidelity = Fidelity({CLASSIFIER_EXTRACTOR: classifier_extractor(stages.category_classifier(run))},
+                            stages.images, stages.dataset.item_category)
         for design, category in zip(designs, categories):
             real = stages.images(stages.items_of(category))
             scores["silhouette"].append(silhouette(design[None], real).item())
             scores["SSIM"].append(ssim(design[None], real).item())
             scores["realism"].append(fidelity.realism(design[None], category).item())
-        eye += entry["labels"]
+        eye += labels
     return {name: torch.tensor(values) for name, values in scores.items()}, torch.tensor(eye)
+
+
+def blind_sheet(figures):
+    """(tiles [n, 3, S, S], key): every design of the figures and a real item of each row, in one fixed shuffled
+    order; key[i] = (the tile's place among the designs in figure order, or None for a real item; its category; its
+    figure's index)."""
+    tiles, key, designs_before = [], [], 0
+    for figure, (run, _, stages, designs, categories) in enumerate(figures):
+        # figures of the same queries show the same real items: each figure gives another column of them
+        controls, control_categories = figure_tiles(run, stages.designer.image_size, real_column=figure)
+        tiles += [*designs, *controls]
+        key += [(designs_before + i, c, figure) for i, c in enumerate(categories)]
+        key += [(None, c, figure) for c in control_categories]
+        designs_before += len(designs)
+    size = max(tile.shape[-1] for tile in tiles)
+    tiles = [F.interpolate(tile[None], size=(size, size), mode="nearest")[0] for tile in tiles]
+    order = np.random.default_rng(0).permutation(len(tiles))
+    return torch.stack([tiles[i] for i in order]), [key[i] for i in order]
+
+
+def write_sheet(path, tiles):
+    """The sheet as a PNG, tiles numbered from 1; its SHA-256."""
+    save_grid(path, tiles, SHEET_COLUMNS, [str(number) for number in range(1, len(tiles) + 1)])
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def blind_answers(path, sheet_digest, count):
+    """The second labeller's answers, one per tile of the sheet whose SHA-256 is `sheet_digest`; RunError in one
+    line when the file is not in that form or was answered on another sheet."""
+    content = read_json(path, MAX_JSON_BYTES, "blind labels file")
+    answers = content.get("answers") if isinstance(content, dict) else None
+    if not (isinstance(answers, list) and len(answers) == count and all(a in ANSWERS for a in answers)):
+        raise RunError(f"{path} is not a blind labels file for {count} tiles: it needs \"answers\": [one of "
+                       f"{', '.join(ANSWERS)} per tile]")
+    if content.get("sheet_sha256") != sheet_digest:
+        raise RunError(f"{path} answers another sheet than the one written now (its sheet_sha256 differs)")
+    return answers
+
+
+def cohen_kappa(a, b):
+    """Agreement of two binary labellings beyond what their rates alone give."""
+    observed = (a == b).double().mean()
+    expected = a.double().mean() * b.double().mean() + (1 - a.double().mean()) * (1 - b.double().mean())
+    return ((observed - expected) / (1 - expected)).item()
+
+
+def blind_report(answers, key, scores, eye, figure_names):
+    named = [(*tile, ANSWERS.index(answer)) for answer, tile in zip(answers, key)]   # (place, category, figure, answer)
+    real = [(category, answer) for place, category, _, answer in named if place is None]
+    by_place = sorted(entry for entry in named if entry[0] is not None)
+    garment = torch.tensor([int(answer != len(ANSWERS) - 1) for *_, answer in by_place])
+    right = torch.tensor([int(answer == category) for _, category, _, answer in by_place])
+    figure_of = torch.tensor([figure for _, _, figure, _ in by_place])
+    lines = [f"Second labeller, blind (a shuffled sheet of {len(by_place)} designs and {len(real)} real items): real "
+             f"items named as their category {sum(c == a for c, a in real)} of {len(real)}; designs named as a "
+             f"garment {int(garment.sum())} of {len(garment)} (first labeller: {int(eye.sum())} recognisable), as "
+             f"the garment of their category {int(right.sum())}. The two labellers agree on "
+             f"{int((garment == eye).sum())} of {len(eye)} designs (Cohen's kappa "
+             f"{cohen_kappa(garment, eye):.2f}).", "",
+             "| measure | AUC against the second labeller: named a garment | named their category |", "|---|---|---|"]
+    lines += [f"| {name} | {auc(values, garment):.3f} | {auc(values, right):.3f} |" for name, values in scores.items()]
+    lines += ["", "| figure | designs | first labeller: recognisable | second: named a garment | second: named their "
+              "category |", "|---|---|---|---|---|"]
+    for figure, name in enumerate(figure_names):
+        mine = figure_of == figure
+        lines.append(f"| {name} | {int(mine.sum())} | {int(eye[mine].sum())} | {int(garment[mine].sum())} | "
+                     f"{int(right[mine].sum())} |")
+    return "\n".join(lines) + "\n"
 
 
 def report(scores, eye):
@@ -137,7 +229,16 @@ def report(scores, eye):
 def main(argv=None):
     with stage_errors("eye_check"):
         cfg, _ = parse_config(EyeCheckConfig, argv, description=__doc__.splitlines()[0])
-        table = report(*measure(cfg))
+        figures = open_figures(cfg)
+        scores, eye = measure(figures)
+        table = report(scores, eye)
+        tiles, key = blind_sheet(figures)
+        digest = write_sheet(Path(cfg.sheet), tiles)
+        if Path(cfg.blind).is_file():
+            table += "\n" + blind_report(blind_answers(cfg.blind, digest, len(tiles)), key, scores, eye,
+                                         [str(run) for run, *_ in figures])
+        else:
+            print(f"no second labeller's answers at {cfg.blind}; their sheet is {cfg.sheet} (SHA-256 {digest})")
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(table)
         print(table)

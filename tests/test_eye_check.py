@@ -1,5 +1,6 @@
 """experiments/eye_check.py: the designs read back from fig. 5, its measures and the check of the labelled figure."""
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -7,7 +8,19 @@ import torch
 from common.checkpoint import write_json
 from common.errors import RunError
 from common.figures import save_grid
-from experiments.eye_check import EyeCheckConfig, auc, figure_tiles, measure, silhouette
+from experiments.eye_check import (
+    ANSWERS,
+    EyeCheckConfig,
+    auc,
+    blind_answers,
+    blind_report,
+    blind_sheet,
+    cohen_kappa,
+    figure_tiles,
+    open_figures,
+    silhouette,
+    write_sheet,
+)
 
 
 def write_figure(run, rows, size=16, k=3):
@@ -18,6 +31,17 @@ def write_figure(run, rows, size=16, k=3):
     queries = [{"category": row % 2, "real": [{"item": i} for i in range(k)]} for row in range(rows)]
     write_json(run / "personal_design.json", {"queries": queries})
     return images.view(rows, 2 * k, 3, size, size)[:, k:].flatten(0, 1)
+
+
+def two_figures(tmp_path):
+    """(run, labels, stages, designs, categories) of two labelled figures of 2 rows, as open_figures gives them."""
+    figures = []
+    for name in ("a", "b"):
+        write_figure(tmp_path / name, rows=2)
+        designs, categories = figure_tiles(tmp_path / name, 16)
+        figures.append((tmp_path / name, [1, 1, 1, 0, 0, 0], SimpleNamespace(designer=SimpleNamespace(image_size=16)),
+                        designs, categories))
+    return figures
 
 
 def test_the_designs_read_back_from_the_figure_are_the_generated_tiles(tmp_path):
@@ -49,7 +73,7 @@ def test_a_figure_other_than_the_labelled_one_is_refused(tmp_path):
                                                   "labels": [1, 0, 1]}}}
     (tmp_path / "labels.json").write_text(json.dumps(labels))
     with pytest.raises(RunError, match="personal_design.png is not the figure that was labelled"):
-        measure(EyeCheckConfig(labels=str(tmp_path / "labels.json")))
+        open_figures(EyeCheckConfig(labels=str(tmp_path / "labels.json")))
 
 
 @pytest.mark.parametrize("content", [[1, 2], {"figures": {}}, {"figures": {"fig": {"sha256": "0", "labels": [1]}}},
@@ -57,4 +81,49 @@ def test_a_figure_other_than_the_labelled_one_is_refused(tmp_path):
 def test_a_malformed_labels_file_is_refused_in_one_line(tmp_path, content):
     (tmp_path / "labels.json").write_text(json.dumps(content))
     with pytest.raises(RunError, match="is not a labels file"):
-        measure(EyeCheckConfig(labels=str(tmp_path / "labels.json")))
+        open_figures(EyeCheckConfig(labels=str(tmp_path / "labels.json")))
+
+
+def test_the_blind_sheet_holds_every_design_once_and_a_real_item_per_row_in_a_fixed_shuffle(tmp_path):
+    figures = two_figures(tmp_path)
+    tiles, key = blind_sheet(figures)
+    assert len(tiles) == 12 + 4 and sorted(place for place, _, _ in key if place is not None) == list(range(12))
+    assert [(category, figure) for place, category, figure in key if place is None] != [(0, 0), (1, 0), (0, 1), (1, 1)]
+    for tile, (place, _, figure) in zip(tiles, key):
+        if place is not None:   # a design's tile is that design
+            torch.testing.assert_close(tile, figures[figure][3][place - 6 * figure])
+    again, same_key = blind_sheet(figures)
+    assert torch.equal(again, tiles) and same_key == key
+    assert write_sheet(tmp_path / "sheet.png", tiles) == write_sheet(tmp_path / "again.png", again)
+
+
+def test_blind_answers_are_refused_in_one_line_unless_one_per_tile_of_this_sheet(tmp_path):
+    path = tmp_path / "blind.json"
+    for content, match in [({"sheet_sha256": "s", "answers": ["dress"] * 3}, "is not a blind labels file for 4"),
+                           ({"sheet_sha256": "s", "answers": ["dress", "hat", "dress", "dress"]}, "not a blind"),
+                           ({"sheet_sha256": "other", "answers": ["dress"] * 4}, "answers another sheet")]:
+        path.write_text(json.dumps(content))
+        with pytest.raises(RunError, match=match):
+            blind_answers(path, "s", 4)
+    path.write_text(json.dumps({"sheet_sha256": "s", "answers": ["dress"] * 4}))
+    assert blind_answers(path, "s", 4) == ["dress"] * 4
+
+
+def test_the_blind_report_counts_named_garments_against_the_first_labels():
+    # designs 0-2 of category 0 named as their garment, designs 3-5 of category 1 not; one real item of each category
+    key = [(place, place // 3, 0) for place in range(6)] + [(None, 0, 0), (None, 1, 0)]
+    answers = [ANSWERS[0]] * 3 + ["cannot tell"] * 3 + [ANSWERS[0], ANSWERS[2]]
+    eye = torch.tensor([1, 1, 0, 0, 0, 0])
+    scores = {"realism": torch.tensor([3.0, 2.0, 1.0, 0.5, 0.4, 0.3])}
+    report = blind_report(answers, key, scores, eye, ["fig"])
+    assert "real items named as their category 1 of 2" in report
+    assert "designs named as a garment 3 of 6 (first labeller: 2 recognisable), as the garment of their category 3" \
+        in report
+    assert "agree on 5 of 6 designs" in report and "| realism | 1.000 | 1.000 |" in report
+    assert "| fig | 6 | 2 | 3 | 3 |" in report
+
+
+def test_cohen_kappa_is_one_for_equal_labels_and_zero_for_chance_agreement():
+    labels = torch.tensor([1, 0, 1, 0])
+    assert cohen_kappa(labels, labels) == pytest.approx(1.0)
+    assert cohen_kappa(torch.tensor([1, 1, 0, 0]), torch.tensor([1, 0, 1, 0])) == pytest.approx(0.0)
