@@ -20,7 +20,8 @@ Both are resumable: a finished run is read back, not trained again (one run with
 earlier version, is refused). `--design --latents tanh sphere` puts synthesis through the paper's z = tanh(z')
 beside z on the prior's sphere (pm/design.py), each on every catalogue; --pm-steps, --pm-trials, --pm-eta,
 --pm-realism-floor, --pm-support-quantile and --pm-support-weight replace PM's demo settings, in folders and tables
-named after them.
+named after them. `--design --pm-steps-on-manifold` gives each catalogue the steps its own validation tuning picks
+(the highest objective whose KID is within the random samples'; the starts alone where none is), tuning it first.
 """
 import dataclasses
 import json
@@ -126,6 +127,9 @@ class FamilyConfig:
                                                         "catalogue, instead of Table IV"})
     pm_steps: int | None = field(default=None, metadata={"help": "with --design or --missing, synthesis's steps "
                                                                   "(pm/main.py --steps; None: PM's demo setting)"})
+    pm_steps_on_manifold: bool = field(default=False, metadata={
+        "help": "with --design, each catalogue's synthesis steps from its own validation tuning (--design --tune, "
+                "run first if not there): the most objective whose KID is within the random samples' (0 if none)"})
     pm_trials: int | None = field(default=None, metadata={"help": "with --design or --missing, the trials "
                                                                    "(pm/main.py --trials; None: PM's demo setting)"})
     pm_eta: float | None = field(default=None, metadata={"help": "with --design (and --tune) or --missing, the "
@@ -270,9 +274,24 @@ def design(cfg):
         recipe_run(cfg, DEMO_RECIPE, name)
         recipe_run(cfg, DEMO_RECIPE, name, seed=JUDGE_SEED)
         consistency = open_gan_run(demo_gan(cfg, name)).metrics["condition_consistency"]["overall"]
-        rows[name] = {latent: dict(consistency=consistency, **table_iv(cfg, name, latent)) for latent in cfg.latents}
+        rows[name] = {}
+        for latent in cfg.latents:
+            steps = on_manifold_steps(cfg, name, latent) if cfg.pm_steps_on_manifold else None
+            latent_cfg = cfg if steps is None else dataclasses.replace(
+                cfg, pm_steps_on_manifold=False, pm_steps=None if steps == PM_DEMO["steps"] else steps)
+            rows[name][latent] = dict(consistency=consistency, **table_iv(latent_cfg, name, latent),
+                                      **({} if steps is None else {"steps": steps}))
     write_outputs(cfg, "-".join(["design", *settings_names(cfg)]), rows, design_markdown(rows))
     return rows
+
+
+def on_manifold_steps(cfg, name, latent):
+    """The synthesis steps that catalogue `name`'s own validation tuning (PM_TUNE, with the PM terms of cfg) picks:
+    the highest objective among the settings whose KID is at most the random samples' (pm/table.py on_manifold),
+    else 0, the starts alone."""
+    tuning_cfg = dataclasses.replace(cfg, pm_steps=None, pm_trials=None, pm_steps_on_manifold=False)
+    chosen = pm_tuning(tuning_cfg, name, latent)["on_manifold"]["random"]
+    return chosen["steps"] if chosen else 0
 
 
 def design_tuning(cfg):
@@ -323,7 +342,8 @@ def pm_settings(cfg):
 def settings_names(cfg):
     """[generator, "steps<N>", "trials<M>", "eta<E>", "realism_floor<F>", "support_quantile<Q>", "support_weight<W>"]
     for --generator other than the demo's and the --pm-* settings given, in the names of their tables and folders."""
-    return generator_names(cfg) + [f"{name}{value:g}" for name, value in pm_settings(cfg).items()]
+    return generator_names(cfg) + [f"{name}{value:g}" for name, value in pm_settings(cfg).items()] + (
+        ["steps_on_manifold"] if cfg.pm_steps_on_manifold else [])
 
 
 def table_iv(cfg, name, latent):
@@ -391,6 +411,7 @@ def design_markdown(rows):
     for name, by_latent in rows.items():
         for latent, row in by_latent.items():
             t, paired = row["table"], row["paired"]
+            latent = f"{latent}, {row['steps']} steps" if "steps" in row else latent
             kid = " / ".join(f"{row['fidelity'][source][CLASSIFIER_EXTRACTOR]['kid']:.2f}"
                              for source in ("generated", "retrieval", "synthesis"))
             cells = [retrieval_synthesis(t, metric, paired)
@@ -466,10 +487,14 @@ def check_design_flags(cfg):
                         ("--pm-support-weight", cfg.pm_support_weight)):
         if value is not None and not (cfg.design or cfg.missing):
             raise ConfigError(f"{flag} sets PM of --design or --missing: give one of them")
-    table_flags = {"--sweep-eta": cfg.sweep_eta, "--pm-steps": cfg.pm_steps, "--pm-trials": cfg.pm_trials}
+    if cfg.pm_steps_on_manifold and cfg.pm_steps is not None:
+        raise ConfigError("--pm-steps-on-manifold picks each catalogue's steps: leave --pm-steps out")
+    table_flags = {"--sweep-eta": cfg.sweep_eta, "--pm-steps": cfg.pm_steps, "--pm-trials": cfg.pm_trials,
+                   "--pm-steps-on-manifold": cfg.pm_steps_on_manifold or None}
     given = [flag for flag, value in table_flags.items() if value is not None]
-    if cfg.missing and not cfg.design:   # --pm-steps and --pm-trials set --missing's synthesis too
-        given = [flag for flag in given if flag == "--sweep-eta"]
+    missing_takes = {"--pm-steps", "--pm-trials"}   # they set --missing's synthesis too
+    if cfg.missing and not cfg.design:
+        given = [flag for flag in given if flag not in missing_takes]
     if cfg.tune and not cfg.design:
         raise ConfigError("--tune tunes PM on every catalogue: give it with --design")
     if cfg.generator != DEMO_GENERATOR and not (cfg.design or cfg.missing):
@@ -477,7 +502,7 @@ def check_design_flags(cfg):
     if given and (cfg.tune or not cfg.design):
         raise ConfigError(f"{' '.join(given)} set Table IV of --design; "
                           + ("--tune writes no Table IV: leave them out" if cfg.design else "give --design"
-                             + ("" if "--sweep-eta" in given else " (or --missing)")))
+                             + ("" if set(given) - missing_takes else " (or --missing)")))
 
 
 def main(argv=None):
