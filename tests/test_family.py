@@ -109,6 +109,15 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
         assert set(tuned[name]["tanh"]["judged_on_manifold"]) == {"judge_percentile", "true_preference"}
     assert (tmp_path / "out" / "design_tune.md").read_text().count("| colour | tanh |") == 1
     assert "Mean over the 2 catalogues (tanh):" in (tmp_path / "out" / "design_tune.md").read_text()
+    # each catalogue's Table IV at the steps its own tuning picks within the random samples' KID
+    on_manifold = family.main([*tiny_family, "--design", "--pm-steps-on-manifold", "--pm-trials", "3",
+                               "--catalogues", "colour"])
+    chosen = tuned["colour"]["tanh"]["on_manifold"]["random"]
+    steps = chosen["steps"] if chosen else 0
+    assert on_manifold["colour"]["tanh"]["steps"] == steps
+    assert json.loads((tmp_path / "out" / "design" / "colour" / f"pm-steps{steps}-trials3" / "table_config.json"
+                       ).read_text())["steps"] == steps
+    assert f"| colour | tanh, {steps} steps |" in (tmp_path / "out" / "design-trials3-steps_on_manifold.md").read_text()
     without_realism = family.main([*tiny_family, "--design", "--tune", "--pm-eta", "0", "--catalogues", "colour"])
     assert json.loads((tmp_path / "out" / "design" / "colour" / "tune-tanh-eta0" / "tune_config.json").read_text(
     ))["eta"] == 0 and (tmp_path / "out" / "design_tune-eta0.md").is_file()
