@@ -61,6 +61,9 @@ class PMConfig:
     guidance: float | None = field(default=None, metadata={
         "help": "with a diffusion generator, Table IV also has preference-guided samples at this scale (the "
                 "gradient of theta_u . Phi of each step's x_0 estimate); default: no guided source"})
+    tailored: bool = field(default=False, metadata={
+        "help": "Table IV also tailors each of retrieval's items to the user: inverted into the generator (eq. 12, "
+                "--invert-steps), then --steps of eq. 10 from there (Sec. IV-E); default: no tailored source"})
     top_k: int = field(default=3, metadata={"help": "images per user and source in the figures"})
     min_train_items: int = field(default=10, metadata={"help": "the drawn users have more training items than this"})
     prototype: int | None = field(default=None, metadata={"help": "item to tailor (default: a random item of "
@@ -137,6 +140,8 @@ def check_config(cfg):
         raise ConfigError(f"--support-weight must be at least 0, got {cfg.support_weight}")
     if cfg.realism_floor is not None and not math.isfinite(cfg.realism_floor):
         raise ConfigError(f"--realism-floor must be a finite number, got {cfg.realism_floor}")
+    if cfg.tailored and not cfg.table:
+        raise ConfigError("--tailored adds a source to Table IV: give --table")
     for scale in ([cfg.guidance] if cfg.guidance is not None else []) + (cfg.tune_guidance or []):
         if not 0 <= scale <= MAX_GUIDANCE:
             raise ConfigError(f"--guidance and --tune-guidance are scales in [0, {MAX_GUIDANCE:g}], got {scale:g}")

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from common.checkpoint import write_json
+from common.seeding import derived_seed
 from pm.design import choose, retrieve
 from pm.fidelity import (
     CLASSIFIER_EXTRACTOR,
@@ -50,6 +51,7 @@ SOURCES = {
     "retrieval": "delta(u, c), retrieval (eq. 8)",
     "synthesis": "delta-hat(u, c), synthesis (eq. 9)",
     "guided": "G(., c) guided up theta_u . Phi (diffusion)",
+    "tailored": "delta(u, c) tailored (eq. 12, then eq. 10)",
 }
 # Table IV of the paper (1000 trials, AmazonFashion, 128 px GAN, ImageNet Inception): (mean, std) per metric
 PAPER_TABLE_IV = {
@@ -59,7 +61,8 @@ PAPER_TABLE_IV = {
     "synthesis": {"preference": (7.6760, 4.1), "quality": (7.6524, 0.24), "diversity": (0.5265, 0.12)},
 }
 PAPER_SOURCES = tuple(PAPER_TABLE_IV)
-COMPARED = ("synthesis", "guided")   # the designs tested against retrieval, paired over trials
+COMPARED = ("synthesis", "guided", "tailored")   # the designs tested against retrieval, paired over trials
+TAILORING_STREAM = 12   # the tailored source's own random stream: adding it leaves the other sources' draws alone
 METRICS = ("preference", "quality", "diversity")
 # the scores over trials beside the optimised one (pm/judges.py), where they can be measured
 TRIAL_METRICS = {
@@ -168,6 +171,7 @@ class Sources:
     def __init__(self, stages, cfg, rng):
         self.stages, self.cfg, self.rng = stages, cfg, rng
         self.select = "best" if cfg.select == "all" else cfg.select
+        self.tailoring_rng = torch.Generator(device=rng.device).manual_seed(derived_seed(cfg.seed, TAILORING_STREAM))
 
     def real(self, user, category):
         items = self.stages.items_of(category)
@@ -190,6 +194,19 @@ class Sources:
         designer = self.stages.designer
         images = designer.guided(user, category, TOP, self.cfg.guidance, self.rng)
         return images, designer.preference(user, images), torch.full((TOP,), -1)
+
+    def tailored(self, user, category):
+        """Retrieval's items, each inverted into the generator (eq. 12) and tailored to the user from there (eq. 10;
+        the paper's Sec. IV-E)."""
+        cfg, designer = self.cfg, self.stages.designer
+        items, _ = retrieve(designer.theta[user], self.stages.item_embeddings, self.stages.items_of(category), TOP)
+        designs = []
+        for query in self.stages.images(items):
+            z_prime, _ = designer.invert(query, category, cfg.invert_steps, cfg.invert_lr, latent=cfg.latent,
+                                         rng=self.tailoring_rng)
+            designs.append(designer.maximise(z_prime, user, category, cfg.steps, cfg.lr, cfg.eta, cfg.latent))
+        return (torch.cat([d.images for d in designs]), torch.cat([d.preference for d in designs]),
+                torch.full((len(designs),), -1))
 
     def synthesis(self, user, category, eta=None):
         cfg = self.cfg
@@ -461,8 +478,12 @@ def tables(stages, cfg, out):
             f"{name.replace('_', ' ')} {value:.3f}" for name, value in measures.taste.metrics.items()) + ".")
     if cfg.guidance is not None:
         notes.append(f"Guided: {TOP} samples of the prior per trial, guided at scale {cfg.guidance:g}.")
+    if cfg.tailored:
+        notes.append(f"Tailored: retrieval's {TOP} items, each inverted by {cfg.invert_steps} L1 steps at lr "
+                     f"{cfg.invert_lr} (best of 8 starts), then {cfg.steps} steps of eq. 10 from there.")
     if cfg.table:
-        sources = PAPER_SOURCES + (("guided",) if cfg.guidance is not None else ())
+        sources = PAPER_SOURCES + (("guided",) if cfg.guidance is not None else ()) + (
+            ("tailored",) if cfg.tailored else ())
         rows, fidelity, per_trial = summarise(run_trials(stages, cfg, trials, sources), trials, measures, cfg.splits)
         paired = {source: paired_tests(per_trial, measures.trial_metrics(), source)
                   for source in COMPARED if source in per_trial}
