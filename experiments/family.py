@@ -130,6 +130,8 @@ class FamilyConfig:
     pm_steps_on_manifold: bool = field(default=False, metadata={
         "help": "with --design, each catalogue's synthesis steps from its own validation tuning (--design --tune, "
                 "run first if not there): the most objective whose KID is within the random samples' (0 if none)"})
+    pm_tailored: bool = field(default=False, metadata={
+        "help": "with --design, Table IV also tailors retrieval's items to the user (pm/main.py --tailored)"})
     pm_trials: int | None = field(default=None, metadata={"help": "with --design or --missing, the trials "
                                                                    "(pm/main.py --trials; None: PM's demo setting)"})
     pm_eta: float | None = field(default=None, metadata={"help": "with --design (and --tune) or --missing, the "
@@ -343,7 +345,7 @@ def settings_names(cfg):
     """[generator, "steps<N>", "trials<M>", "eta<E>", "realism_floor<F>", "support_quantile<Q>", "support_weight<W>"]
     for --generator other than the demo's and the --pm-* settings given, in the names of their tables and folders."""
     return generator_names(cfg) + [f"{name}{value:g}" for name, value in pm_settings(cfg).items()] + (
-        ["steps_on_manifold"] if cfg.pm_steps_on_manifold else [])
+        ["steps_on_manifold"] if cfg.pm_steps_on_manifold else []) + (["tailored"] if cfg.pm_tailored else [])
 
 
 def table_iv(cfg, name, latent):
@@ -354,7 +356,8 @@ def table_iv(cfg, name, latent):
     settings = pm_settings(cfg)
     folder = "-".join(["pm", *([latent] if latent != "tanh" else []), *settings_names(cfg)])
     pm_out = Path(cfg.out) / "design" / name / folder
-    given = dict(judge_run=str(judge_path(cfg, name)), latent=latent, init=LATENT_STARTS[latent], **settings)
+    given = dict(judge_run=str(judge_path(cfg, name)), latent=latent, init=LATENT_STARTS[latent], **settings,
+                 **({"tailored": True} if cfg.pm_tailored else {}))
     if not (pm_out / "table_iv.json").is_file() or (cfg.sweep_eta and not (pm_out / "eta_sweep.json").is_file()):
         pm_cfg = PMConfig(table=True, sweep_eta=cfg.sweep_eta, dvbpr_run=str(dvbpr_run), gan_run=str(gan_run),
                           out=str(pm_out), device=cfg.device, **given)
@@ -364,6 +367,8 @@ def table_iv(cfg, name, latent):
     table = json.loads((pm_out / "table_iv.json").read_text())
     return dict(table=table["ours"], fidelity=table["fidelity"], paired=table["synthesis_vs_retrieval"],
                 against_samples=table.get("synthesis_vs_generated", {}),
+                **({"tailored_paired": table["tailored_vs_retrieval"], "tailored_against_samples": table.get(
+                    "tailored_vs_generated", {})} if "tailored_vs_retrieval" in table else {}),
                 eta_sweep=json.loads(sweep_file.read_text()) if sweep_file.is_file() else None)
 
 
@@ -384,12 +389,13 @@ def missing(cfg):
     return rows
 
 
-def retrieval_synthesis(table, metric, paired=None):
-    """'retrieval / synthesis' means of a Table IV metric, with the paired test's p where it has one."""
-    if metric not in table["synthesis"]:
+def retrieval_synthesis(table, metric, paired=None, source="synthesis"):
+    """'retrieval / synthesis' (or another design `source`) means of a Table IV metric, with the paired test's p
+    where it has one."""
+    if metric not in table[source]:
         return "n/a"
     p = f" (p {paired[metric]['p_value']:.3f})" if paired and metric in paired else ""
-    return f"{table['retrieval'][metric][0]:.2f} / {table['synthesis'][metric][0]:.2f}{p}"
+    return f"{table['retrieval'][metric][0]:.2f} / {table[source][metric][0]:.2f}{p}"
 
 
 def realistic_cell(table, against_samples):
@@ -423,7 +429,30 @@ def design_markdown(rows):
     lines.append("Retrieval / synthesis, means over the trials; p: the paired sign-flip test of synthesis against "
                  "retrieval (realistic: random samples / synthesis, and the test of the two); KID over the category "
                  "classifier's features against the real items of each category.")
+    if any("tailored_paired" in row for by_latent in rows.values() for row in by_latent.values()):
+        lines += tailored_markdown(rows)
     return "\n".join(lines) + "\n"
+
+
+def tailored_markdown(rows):
+    """Markdown lines: per catalogue, retrieval against its items tailored to the user (the judges' scores, with the
+    paired test's p), and the tailored designs' realistic share and KID beside synthesis's and the random samples'."""
+    lines = ["", "| catalogue | latent | optimised score | judge DVBPR | true preference | realistic (k-NN): random G "
+             "/ synthesis / tailored | KID: random G / synthesis / tailored |", "|---|---|---|---|---|---|---|"]
+    for name, by_latent in rows.items():
+        for latent, row in by_latent.items():
+            cells = [retrieval_synthesis(row["table"], metric, row["tailored_paired"], "tailored")
+                     for metric in ("preference", "judge", "true_preference")]
+            realistic = " / ".join(f"{row['table'][source]['realistic'][0]:.2f}"
+                                   for source in ("generated", "synthesis", "tailored"))
+            p = row["tailored_against_samples"].get("realistic", {}).get("p_value")
+            kid = " / ".join(f"{row['fidelity'][source][CLASSIFIER_EXTRACTOR]['kid']:.2f}"
+                             for source in ("generated", "synthesis", "tailored"))
+            lines.append(f"| {name} | {latent} | " + " | ".join(cells) + f" | {realistic}"
+                         + (f" (tailored vs random G: p {p:.3f})" if p is not None else "") + f" | {kid} |")
+    lines += ["", "Retrieval / tailored (retrieval's items inverted into the generator, eq. 12, then eq. 10 from "
+              "there), means over the trials; p: the paired sign-flip test of tailored against retrieval."]
+    return lines
 
 
 def tuning_markdown(rows):
@@ -490,7 +519,7 @@ def check_design_flags(cfg):
     if cfg.pm_steps_on_manifold and cfg.pm_steps is not None:
         raise ConfigError("--pm-steps-on-manifold picks each catalogue's steps: leave --pm-steps out")
     table_flags = {"--sweep-eta": cfg.sweep_eta, "--pm-steps": cfg.pm_steps, "--pm-trials": cfg.pm_trials,
-                   "--pm-steps-on-manifold": cfg.pm_steps_on_manifold or None}
+                   "--pm-steps-on-manifold": cfg.pm_steps_on_manifold or None, "--pm-tailored": cfg.pm_tailored or None}
     given = [flag for flag, value in table_flags.items() if value is not None]
     missing_takes = {"--pm-steps", "--pm-trials"}   # they set --missing's synthesis too
     if cfg.missing and not cfg.design:
