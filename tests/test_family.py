@@ -98,6 +98,10 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
         assert at_start[name]["tanh"]["table"]["synthesis"] != rows[name]["tanh"]["table"]["synthesis"]
     assert (tmp_path / "out" / "design-steps0-trials3-support_quantile0.5-support_weight0.md").read_text().count(
         "| colour |") == 1
+    tailored = family.main([*tiny_family, "--design", "--pm-tailored", "--catalogues", "colour"])["colour"]["tanh"]
+    assert tailored["tailored_paired"]["judge"]["trials"] == 2 and "tailored" in tailored["table"]
+    assert tailored["table"]["synthesis"] == rows["colour"]["tanh"]["table"]["synthesis"]   # its own random stream
+    assert (tmp_path / "out" / "design-tailored.md").read_text().count("| colour | tanh |") == 2   # and its own table
 
     monkeypatch.setattr(family, "PM_TUNE", dict(trials=2, tune_starts=[2], tune_steps=[0, 5], tune_lrs=[0.1]))
     tuned = family.main([*tiny_family, "--design", "--tune"])
