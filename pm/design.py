@@ -279,12 +279,12 @@ class Designer:
         return z_prime.detach()[best:best + 1], torch.stack(errors)[:, best].cpu()
 
     def tailor(self, query, category, users, steps, lr, eta=1.0, invert_steps=300, invert_lr=0.05, latent="tanh",
-               rng=None):
+               rng=None, record=lambda step: True):
         """Tailoring an existing item to users: invert it into z' once (eq. 12), then maximise each user's preference
-        from there (eq. 10), keeping every step's image and scores. Returns ([Design per user], L1 errors)."""
+        from there (eq. 10), keeping the steps `record` says (every one by default). Returns ([Design per user], L1
+        errors)."""
         z_prime, errors = self.invert(query, category, invert_steps, invert_lr, latent=latent, rng=rng)
-        designs = [self.maximise(z_prime, user, category, steps, lr, eta, latent, record=lambda step: True)
-                   for user in users]
+        designs = [self.maximise(z_prime, user, category, steps, lr, eta, latent, record=record) for user in users]
         return designs, errors
 
 

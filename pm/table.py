@@ -201,11 +201,9 @@ class Sources:
         the paper's Sec. IV-E)."""
         cfg, designer = self.cfg, self.stages.designer
         items, _ = retrieve(designer.theta[user], self.stages.item_embeddings, self.stages.items_of(category), TOP)
-        designs = []
-        for query in self.stages.images(items):
-            z_prime, _ = designer.invert(query, category, cfg.invert_steps, cfg.invert_lr, latent=cfg.latent,
-                                         rng=self.tailoring_rng)
-            designs.append(designer.maximise(z_prime, user, category, cfg.steps, cfg.lr, cfg.eta, cfg.latent))
+        designs = [designer.tailor(query, category, [user], cfg.steps, cfg.lr, cfg.eta, cfg.invert_steps,
+                                   cfg.invert_lr, cfg.latent, self.tailoring_rng, record=None)[0][0]
+                   for query in self.stages.images(items)]
         return (torch.cat([d.images for d in designs]), torch.cat([d.preference for d in designs]),
                 torch.full((len(designs),), -1))
 

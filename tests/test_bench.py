@@ -2,6 +2,7 @@
 import json
 import shutil
 
+import pytest
 import torch
 
 from bench.gan_quality import main as gan_quality
@@ -72,3 +73,11 @@ def test_plot_goes_into_the_results_folder_unless_named(tmp_path):
     assert (tmp_path / "out" / "per_minute.png").stat().st_size > 0
     gan_quality(["--plot-only", "--out", str(tmp_path / "out"), "--plot", str(tmp_path / "named.png")])
     assert (tmp_path / "named.png").stat().st_size > 0
+
+
+def test_score_device_and_size_are_checked_before_any_run_is_read(tmp_path):
+    if not torch.cuda.is_available():   # where there is a GPU, --device cuda is a place to score, not an error
+        with pytest.raises(SystemExit, match="^gan_quality: --device cuda was asked for but no CUDA GPU"):
+            gan_quality(["--score", str(tmp_path / "run"), "--device", "cuda", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="^gan_quality: --score-size must be at least 1, got 0$"):
+        gan_quality(["--score", str(tmp_path / "run"), "--score-size", "0", "--out", str(tmp_path / "out")])
