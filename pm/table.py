@@ -124,9 +124,10 @@ def tune(stages, cfg, queries, measures, starts_grid, steps_grid, lr_grid):
     the mean scores of the 3 results it returns by the optimised DVBPR and by the judges of `measures` (judged),
     their KID (category classifier) against the real items of their categories, and its seconds per query. Each
     (starts, lr) runs max(steps) steps once and the shorter lengths are read off its trajectory, so their seconds
-    are that run's, scaled by the share of its steps. A list of dicts."""
+    are that run's, scaled by the share of its steps (a grid of 0 steps alone: the starts' own seconds). A list of
+    dicts."""
     select = "best" if cfg.select == "all" else cfg.select
-    rows = []
+    longest, rows = max(steps_grid), []
     for starts in starts_grid:
         for lr in lr_grid:
             rng = torch.Generator(device=stages.device).manual_seed(cfg.seed)
@@ -135,7 +136,7 @@ def tune(stages, cfg, queries, measures, starts_grid, steps_grid, lr_grid):
             best, returned = ({steps: [] for steps in steps_grid} for _ in range(2))
             started = time.time()
             for user, category in tqdm(queries, desc=f"tuning: {starts} starts, lr {lr:g}", unit="query"):
-                design = stages.designer.synthesise(user, category, starts, max(steps_grid), lr, cfg.eta, cfg.init,
+                design = stages.designer.synthesise(user, category, starts, longest, lr, cfg.eta, cfg.init,
                                                     cfg.latent, rng, record=lambda step: step in best)
                 for snapshot in design.history:
                     best[snapshot.step].append(snapshot.objective.max().item())
@@ -148,7 +149,7 @@ def tune(stages, cfg, queries, measures, starts_grid, steps_grid, lr_grid):
                 rows.append(dict(starts=starts, steps=steps, lr=lr, objective=float(np.mean(values)),
                                  **judged(measures, result, queries),
                                  kid=classifier_kid(measures.fidelity, result, queries),
-                                 seconds_per_query=round(seconds * steps / max(steps_grid), 3)))
+                                 seconds_per_query=round(seconds * (steps / longest if longest else 1), 3)))
     return rows
 
 

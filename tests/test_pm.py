@@ -279,10 +279,12 @@ def test_pick_user_follows_the_original_and_relaxes_the_threshold(capsys):
 def runs(tmp_path_factory, catalogue):
     """A tiny catalogue, and DVBPR (with a judge: another seed) and GAN run directories written by those stages' own
     training code (the GAN's category classifier is a random-weight one put in place first, which its training
-    then reuses)."""
+    then reuses; the catalogue's attribute reader, a briefly trained one, is put in place for every test of the
+    module, whatever their order)."""
     root = tmp_path_factory.mktemp("runs")
     path = catalogue(num_users=40, num_items=90)
     dataset = load_dataset(path)
+    place_attribute_reader(path, 16)
     for name, seed in (("dvbpr", 0), ("judge", 1)):
         train_dvbpr(DVBPRConfig(dataset=str(path), out=str(root / name), k=8, image_size=32, fc_width=256, epochs=1,
                                 batch_size=32, seed=seed, device="cpu"))
@@ -306,7 +308,7 @@ def test_a_support_weight_without_the_penalty_is_refused(runs, tmp_path):
               "--support-weight", "3", "--device", "cpu"])
 
 
-def test_figures_table_and_sweep_are_written(runs, tmp_path, catalogue):
+def test_figures_table_and_sweep_are_written(runs, tmp_path):
     common = ["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--out", str(tmp_path),
               "--starts", "4", "--steps", "3", "--device", "cpu"]
     main(common + ["--category", "1", "--tailor-users", "2", "--invert-steps", "3", "--neighbour-samples", "2",
@@ -322,7 +324,6 @@ def test_figures_table_and_sweep_are_written(runs, tmp_path, catalogue):
     tailored = json.loads((tmp_path / "tailoring.json").read_text())["users"]
     assert len(tailored) == 2 and all(len(user["preference"]) == 4 for user in tailored)
 
-    place_attribute_reader(catalogue(num_users=40, num_items=90), 16)
     main(common + ["--table", "--trials", "3", "--splits", "2", "--sweep-eta", "0", "10",
                    "--judge-run", str(runs / "judge")])
     written = json.loads((tmp_path / "table_iv.json").read_text())
@@ -371,8 +372,7 @@ def test_tailored_designs_start_from_retrievals_items(runs):
     assert (distance(tailored) < distance(generated)).all()
 
 
-def test_the_tailored_source_joins_table_iv_on_its_own_random_stream(runs, catalogue, tmp_path):
-    place_attribute_reader(catalogue(num_users=40, num_items=90), 16)
+def test_the_tailored_source_joins_table_iv_on_its_own_random_stream(runs, tmp_path):
     common = ["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--table", "--trials", "3",
               "--splits", "2", "--starts", "2", "--steps", "2", "--device", "cpu"]
     main(common + ["--out", str(tmp_path / "plain")])
@@ -425,6 +425,13 @@ def test_tuning_reads_validation_queries_and_more_steps_reach_a_higher_objective
     main(common + ["--out", str(tmp_path / "best"), "--tune-steps", "0", "5", "--select", "best"])
     best_rows = json.loads((tmp_path / "best" / "tune.json").read_text())["rows"]
     assert {row["steps"]: row["objective"] for row in best_rows} == {0: by_steps[0], 5: by_steps[5]}
+
+
+def test_tuning_the_starts_alone_picks_the_best_of_more_prior_samples(runs, tmp_path):
+    main(["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--tune", "--trials", "3",
+          "--tune-starts", "2", "16", "--tune-steps", "0", "--out", str(tmp_path), "--device", "cpu"])
+    rows = {row["starts"]: row for row in json.loads((tmp_path / "tune.json").read_text())["rows"]}
+    assert rows[16]["objective"] > rows[2]["objective"] and rows[16]["seconds_per_query"] > 0
 
 
 def test_guided_samples_are_a_table_iv_source_and_their_scale_is_tuned_on_validation(runs, catalogue, tmp_path):
