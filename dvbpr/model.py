@@ -37,6 +37,10 @@ class DVBPR(nn.Module):
     def k(self):
         return self.head.out_features
 
+    @property
+    def input_size(self):
+        return self.backbone.input_size
+
     def phi(self, images):
         """Item embeddings Phi(X) [B, K]."""
         return self.head(self.backbone(images))

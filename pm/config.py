@@ -26,6 +26,9 @@ class PMConfig:
                                                            "steps, 20 trials, realism floor -1, support quantile "
                                                            "0.9"})
     dvbpr_run: str = field(default="runs/dvbpr", metadata={"help": "run directory of the trained DVBPR"})
+    ensemble_runs: list[str] | None = field(default=None, metadata={
+        "help": "more DVBPR runs of the same data (other seeds): the score that retrieval ranks and synthesis "
+                "maximises becomes the mean of theirs and --dvbpr-run's (default: --dvbpr-run's alone)"})
     gan_run: str = field(default="runs/gan", metadata={"help": "run directory of the trained GAN"})
     out: str | None = field(default=None, metadata={"help": "output directory (default: runs/pm)"})
     dataset: str | None = field(default=None, metadata={"help": "dataset .npy or folder (default: the one DVBPR "
@@ -120,6 +123,7 @@ PRESETS = {
 DEMO = dict(trials=20, starts=16, steps=100, realism_floor=-1.0, support_quantile=0.9)
 PRESETS["demo"] = {**PRESETS["paper"], **DEMO}
 MAX_GUIDANCE = 1e6
+MAX_ENSEMBLE_RUNS = 8   # each one's model is held and run at every step
 SIZE_BOUNDS = dict(starts=1024, top_k=64, tailor_users=64, neighbour_samples=64, trials=100_000, tune_starts=1024,
                    splits=100)
 
@@ -140,6 +144,10 @@ def check_config(cfg):
         raise ConfigError(f"--support-weight must be at least 0, got {cfg.support_weight}")
     if cfg.realism_floor is not None and not math.isfinite(cfg.realism_floor):
         raise ConfigError(f"--realism-floor must be a finite number, got {cfg.realism_floor}")
+    runs = cfg.ensemble_runs or []
+    if len(runs) > MAX_ENSEMBLE_RUNS or len(set(runs)) < len(runs):
+        raise ConfigError(f"--ensemble-runs takes up to {MAX_ENSEMBLE_RUNS} different run directories, got "
+                          f"{len(runs)} ({len(set(runs))} different)")
     if cfg.tailored and not cfg.table:
         raise ConfigError("--tailored adds a source to Table IV: give --table")
     for scale in ([cfg.guidance] if cfg.guidance is not None else []) + (cfg.tune_guidance or []):

@@ -191,7 +191,7 @@ class Designer:
 
     def phi(self, images):
         """Phi(Delta e) of images at the GAN's size; [B, K]."""
-        return self.dvbpr.phi(resize(images, self.dvbpr.backbone.input_size))
+        return self.dvbpr.phi(resize(images, self.dvbpr.input_size))
 
     def preference(self, user, images):
         """x_{u,e} = theta_u . Phi(Delta e) (eq. 6) of images at the GAN's size; [B]."""
@@ -286,6 +286,24 @@ class Designer:
         z_prime, errors = self.invert(query, category, invert_steps, invert_lr, latent=latent, rng=rng)
         designs = [self.maximise(z_prime, user, category, steps, lr, eta, latent, record=record) for user in users]
         return designs, errors
+
+
+class ScoreEnsemble(torch.nn.Module):
+    """Several DVBPRs of one dataset scored as one, by the mean of their theta_u . Phi: Phi is the members'
+    embeddings side by side, each divided by the number of members, and theta their user vectors side by side, so
+    that retrieval, synthesis, tailoring and the support penalty run on it unchanged. A design then has to please
+    every member, not the quirks of one network (as adversarial examples transfer less to a model outside an
+    ensemble they were made against)."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.input_size = members[0].input_size
+        self.register_buffer("theta", torch.cat([member.theta.detach() for member in members], dim=1))
+
+    def phi(self, images):
+        """The members' Phi(X) side by side, over their number: [B, sum of their K]."""
+        return torch.cat([member.phi(images) for member in self.members], dim=1) / len(self.members)
 
 
 def retrieve(theta_u, item_embeddings, candidates, k):

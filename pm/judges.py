@@ -45,21 +45,25 @@ class Recommender:
         if (items >= 0).all():
             return self.items[items.to(self.items.device)] @ self.theta[user]
         with torch.no_grad():
-            phi = self.model.phi(resize(images.to(self.theta.device), self.model.backbone.input_size))
+            phi = self.model.phi(resize(images.to(self.theta.device), self.model.input_size))
         return phi @ self.theta[user]
 
     def percentile(self, user, scores, category_items):
         return percentile(scores, self.items[category_items] @ self.theta[user])
 
 
-def open_judge(judge_run, dvbpr_run, stages):
-    """The judge DVBPR in `judge_run`, refused when it is the optimised run (`dvbpr_run`) or its exact twin."""
-    if Path(judge_run).resolve() == Path(dvbpr_run).resolve():
-        raise ConfigError("--judge-run is --dvbpr-run itself: the judge must be another run (another --seed)")
-    judge = open_dvbpr_run(judge_run, stages.dataset.path, stages.device, with_model=True)
-    if judge.config == stages.dvbpr_config and torch.equal(judge.items, stages.item_embeddings):
-        raise ConfigError(f"--judge-run {judge_run} is the same model as --dvbpr-run: train the judge with "
-                          "another --seed")
+def open_judge(judge_run, stages):
+    """The judge DVBPR in `judge_run`, refused when it is a run that synthesis optimised (--dvbpr-run or one of
+    --ensemble-runs) or its exact twin."""
+    judge = None
+    for index, optimised in enumerate(stages.dvbpr_runs):
+        flag = "--dvbpr-run" if index == 0 else f"--ensemble-runs {optimised.path}"
+        if Path(judge_run).resolve() == optimised.path.resolve():
+            raise ConfigError(f"--judge-run is {flag} itself: the judge must be another run (another --seed)")
+        judge = judge or open_dvbpr_run(judge_run, stages.dataset.path, stages.device, with_model=True)
+        if judge.config == optimised.config and torch.equal(judge.items, optimised.items):
+            raise ConfigError(f"--judge-run {judge_run} is the same model as {flag}: train the judge with "
+                              "another --seed")
     return Recommender(judge.model, judge.theta, judge.items)
 
 

@@ -1,26 +1,36 @@
-"""The trained stages preference maximisation reads, from their run directories: DVBPR and the GAN."""
+"""The trained stages preference maximisation reads, from their run directories: DVBPR (or several, scored as one)
+and the GAN."""
+from pathlib import Path
+
 import torch
 
-from common.errors import DatasetError
+from common.errors import ConfigError, DatasetError
 from common.images import ImageStore, image_cache
 from dvbpr.run import open_dvbpr_run
 from gan.run import open_gan_run
-from pm.design import Designer
+from pm.design import Designer, ScoreEnsemble
 
 
 class Stages:
     """What preference maximisation works with: the dataset, the Designer, the item embeddings Phi(X_i) (eq. 8)
-    and the catalogue's images at the GAN's size (for display, nearest neighbours and the image metrics)."""
+    and the catalogue's images at the GAN's size (for display, nearest neighbours and the image metrics). With
+    `ensemble_runs`, the DVBPR scored is the mean of `dvbpr_run`'s and theirs (ScoreEnsemble)."""
 
-    def __init__(self, dvbpr_run, gan_run, dataset=None, device="cpu"):
+    def __init__(self, dvbpr_run, gan_run, dataset=None, device="cpu", ensemble_runs=()):
         self.device = torch.device(device)
         trained = open_dvbpr_run(dvbpr_run, dataset, self.device, with_model=True)
+        self.dvbpr_runs = [trained] + [open_member(run, trained, self.device) for run in ensemble_runs]
         self.gan = open_gan_run(gan_run, self.device)
-        self.dataset, self.item_embeddings, self.dvbpr_config = trained.dataset, trained.items, trained.config
+        self.dataset, self.dvbpr_config = trained.dataset, trained.config
         if self.gan.num_categories != self.dataset.num_categories:
             raise DatasetError(f"the GAN has {self.gan.num_categories} categories but {self.dataset.name} has "
                                f"{self.dataset.num_categories}")
-        self.designer = Designer(trained.model, self.gan.model)
+        if ensemble_runs:
+            scorer = ScoreEnsemble([run.model for run in self.dvbpr_runs])
+            self.item_embeddings = torch.cat([run.items for run in self.dvbpr_runs], dim=1) / len(self.dvbpr_runs)
+        else:
+            scorer, self.item_embeddings = trained.model, trained.items
+        self.designer = Designer(scorer, self.gan.model)
         self.images = ImageStore(image_cache(self.dataset, self.gan.config.image_size, self.gan.config.resize_filter),
                                  self.device)
         self.item_category = torch.as_tensor(self.dataset.item_category, device=self.device)
@@ -31,3 +41,16 @@ class Stages:
     def category_classifier(self, fallback_dir):
         """The GAN run's category classifier (classifier.pt), else one trained now and saved in `fallback_dir`."""
         return self.gan.category_classifier(self.dataset, self.device, self.images, fallback_dir)
+
+
+def open_member(run, primary, device):
+    """Another DVBPR run of the primary run's dataset, to be scored with it; refused in one line when it is the
+    primary run or its exact twin, or takes images of another size."""
+    member = open_dvbpr_run(run, primary.dataset.path, device, with_model=True)
+    if Path(run).resolve() == primary.path.resolve() or (member.config == primary.config
+                                                          and torch.equal(member.items, primary.items)):
+        raise ConfigError(f"--ensemble-runs {run} is the same model as --dvbpr-run: train it with another --seed")
+    if member.model.input_size != primary.model.input_size:
+        raise ConfigError(f"--ensemble-runs {run} takes {member.model.input_size} px images, --dvbpr-run "
+                          f"{primary.model.input_size} px: an ensemble scores the same images")
+    return member

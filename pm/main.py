@@ -15,6 +15,8 @@
                                          random samples' (--tune-guidance: also the scales of preference guidance)
     python pm/main.py --table --guidance 10     with a diffusion generator, Table IV also has preference-guided
                                          samples (the diffusion analogue of eq. 9)
+    python pm/main.py --table --ensemble-runs R2 R3     retrieval and synthesis rank and maximise the mean score of
+                                         --dvbpr-run and the DVBPRs R2, R3 (other seeds); the judge is none of them
 
 Reads the trained models from --dvbpr-run (default runs/dvbpr) and --gan-run (default runs/gan) and writes into
 --out (default runs/pm). Preset `paper`: z = tanh(z') from 64 starts z ~ U(-1, 1), eta 1, the top 3 drawn by

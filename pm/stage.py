@@ -19,7 +19,7 @@ def run_pm(cfg, protected):
     """Run PM as configured; `protected` names the settings the demo settings leave alone (common/cli.py)."""
     check_config(cfg)
     device = pick_device(cfg.device)
-    stages = Stages(cfg.dvbpr_run, cfg.gan_run, cfg.dataset, device)
+    stages = Stages(cfg.dvbpr_run, cfg.gan_run, cfg.dataset, device, cfg.ensemble_runs or ())
     settle(cfg, protected, "pm", DEMO, embedded=is_embedded(stages.dataset.path))
     check_config(cfg)
     check_settled(cfg)

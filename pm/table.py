@@ -446,7 +446,7 @@ def fidelity_extractors(cfg, stages, classifier):
 
 def recommenders(stages, cfg):
     """(the optimised DVBPR, the judge DVBPR of --judge-run or None, the hidden taste or None)."""
-    judge = open_judge(cfg.judge_run, cfg.dvbpr_run, stages) if cfg.judge_run else None
+    judge = open_judge(cfg.judge_run, stages) if cfg.judge_run else None
     optimised = Recommender(stages.designer.dvbpr, stages.designer.theta, stages.item_embeddings)
     return optimised, judge, open_true_taste(stages)
 
@@ -471,6 +471,8 @@ def tables(stages, cfg, out):
              f"{cfg.support_weight}), latent {cfg.latent}, init {cfg.init}, select {cfg.select}.",
              "Preference and diversity: mean ± std over trials; quality: over all 3 x trials images of a source, "
              f"mean ± std over {cfg.splits} splits."]
+    if cfg.ensemble_runs:
+        notes.append(f"Optimised score: the mean of the DVBPRs {', '.join([cfg.dvbpr_run, *cfg.ensemble_runs])}.")
     if cfg.judge_run:
         notes.append(f"Judge DVBPR: {cfg.judge_run}.")
     if measures.taste is not None:

@@ -277,15 +277,15 @@ def test_pick_user_follows_the_original_and_relaxes_the_threshold(capsys):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, catalogue):
-    """A tiny catalogue, and DVBPR (with a judge: another seed) and GAN run directories written by those stages' own
-    training code (the GAN's category classifier is a random-weight one put in place first, which its training
-    then reuses; the catalogue's attribute reader, a briefly trained one, is put in place for every test of the
-    module, whatever their order)."""
+    """A tiny catalogue, and DVBPR (with a judge and an ensemble member: other seeds) and GAN run directories
+    written by those stages' own training code (the GAN's category classifier is a random-weight one put in place
+    first, which its training then reuses; the catalogue's attribute reader, a briefly trained one, is put in place
+    for every test of the module, whatever their order)."""
     root = tmp_path_factory.mktemp("runs")
     path = catalogue(num_users=40, num_items=90)
     dataset = load_dataset(path)
     place_attribute_reader(path, 16)
-    for name, seed in (("dvbpr", 0), ("judge", 1)):
+    for name, seed in (("dvbpr", 0), ("judge", 1), ("member", 2)):
         train_dvbpr(DVBPRConfig(dataset=str(path), out=str(root / name), k=8, image_size=32, fc_width=256, epochs=1,
                                 batch_size=32, seed=seed, device="cpu"))
     place_random_classifier(root / "gan", dataset, 16)
@@ -425,6 +425,39 @@ def test_tuning_reads_validation_queries_and_more_steps_reach_a_higher_objective
     main(common + ["--out", str(tmp_path / "best"), "--tune-steps", "0", "5", "--select", "best"])
     best_rows = json.loads((tmp_path / "best" / "tune.json").read_text())["rows"]
     assert {row["steps"]: row["objective"] for row in best_rows} == {0: by_steps[0], 5: by_steps[5]}
+
+
+def test_an_ensemble_scores_the_mean_of_its_members_and_synthesis_climbs_it(runs):
+    single, member = (Stages(runs / name, runs / "gan") for name in ("dvbpr", "member"))
+    ensemble = Stages(runs / "dvbpr", runs / "gan", ensemble_runs=[runs / "member"])
+    user, category = 3, 1
+    images = single.images(single.items_of(category))
+    mean = (single.designer.preference(user, images) + member.designer.preference(user, images)) / 2
+    torch.testing.assert_close(ensemble.designer.preference(user, images), mean)
+    items = ensemble.items_of(category)
+    mean_of_items = (single.item_embeddings[items] @ single.designer.theta[user]
+                     + member.item_embeddings[items] @ member.designer.theta[user]) / 2
+    retrieved, scores = retrieve(ensemble.designer.theta[user], ensemble.item_embeddings, items, 3)
+    torch.testing.assert_close(scores, mean_of_items.topk(3).values)
+    design = ensemble.designer.synthesise(user, category, 4, 10, 0.1, eta=0.0, rng=torch.Generator().manual_seed(0),
+                                          record=lambda step: step == 0)
+    assert design.preference.mean() > design.history[0].preference.mean()
+
+
+def test_ensemble_runs_and_the_judge_are_refused_where_they_repeat_a_model(runs, catalogue, tmp_path):
+    common = ["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--out", str(tmp_path / "pm"),
+              "--table", "--trials", "2", "--device", "cpu"]
+    with pytest.raises(SystemExit, match="--ensemble-runs .* is the same model as --dvbpr-run"):
+        main(common + ["--ensemble-runs", str(runs / "dvbpr")])
+    with pytest.raises(SystemExit, match="--judge-run is --ensemble-runs .* itself"):
+        main(common + ["--ensemble-runs", str(runs / "member"), "--judge-run", str(runs / "member")])
+    with pytest.raises(SystemExit, match="--ensemble-runs takes up to 8 different run directories, got 2 "
+                                         r"\(1 different\)"):
+        main(common + ["--ensemble-runs", str(runs / "member"), str(runs / "member")])
+    train_dvbpr(DVBPRConfig(dataset=str(catalogue(num_users=40, num_items=90)), out=str(tmp_path / "wide"), k=8,
+                            image_size=64, fc_width=256, epochs=1, batch_size=32, seed=3, device="cpu"))
+    with pytest.raises(SystemExit, match="takes 64 px images, --dvbpr-run 32 px"):
+        main(common + ["--ensemble-runs", str(tmp_path / "wide")])
 
 
 def test_tuning_the_starts_alone_picks_the_best_of_more_prior_samples(runs, tmp_path):
