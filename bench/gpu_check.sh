@@ -9,6 +9,9 @@
 #   presets the design half's GPU presets (gan/config.py gpu-64, gpu-128) trained on the embedded catalogue, their
 #           samples' KID at 32 px beside the CPU demo's (runs/gan, if there), Table IV and fig. 5 through each, with
 #           runs/dvbpr and runs/judge if there (else trained here)
+#   presets-tuned  the same presets, then PM tuned through each on 60 validation queries (pm/main.py --tune) and
+#           Table IV and fig. 5 at the setting it chose within the random samples' KID (--steps-from-tune);
+#           (both groups: SIZES="128" for one preset)
 #   suite   the rest of the test suite on the GPU machine (its tests then take "auto" = cuda)
 #   tests   cuda, then suite
 #
@@ -95,29 +98,55 @@ design() {  # bf16 UNet, the average's update, CUDA generator state in the check
   rm -rf "$OUT/diffusion" "$OUT/dvbpr-design" "$OUT/pm-diffusion"
 }
 
-presets() {
-  local dvbpr=runs/dvbpr judge=runs/judge demo=() size
-  [[ -f $dvbpr/checkpoint.pt ]] || { dvbpr=$OUT/dvbpr-design; step dvbpr-for-presets 60 python3 dvbpr/main.py \
-    --device cuda --out "$dvbpr"; }
-  [[ -f $judge/checkpoint.pt ]] || { judge=$OUT/judge-design; step judge-for-presets 60 python3 dvbpr/main.py \
-    --device cuda --seed 1 --out "$judge"; }
-  [[ -f runs/gan/checkpoint.pt ]] && demo=(runs/gan)
-  for size in 64 128; do
+preset_runs() {  # DVBPR and judge runs (runs/dvbpr and runs/judge where there) and the GPU presets' GANs
+  DVBPR=runs/dvbpr JUDGE=runs/judge
+  [[ -f $DVBPR/checkpoint.pt ]] || { DVBPR=$OUT/dvbpr-design; step dvbpr-for-presets 60 python3 dvbpr/main.py \
+    --device cuda --out "$DVBPR"; }
+  [[ -f $JUDGE/checkpoint.pt ]] || { JUDGE=$OUT/judge-design; step judge-for-presets 60 python3 dvbpr/main.py \
+    --device cuda --seed 1 --out "$JUDGE"; }
+  for size in ${SIZES:-64 128}; do
     step "gan-gpu-$size" 200 python3 gan/main.py --train --preset "gpu-$size" --device cuda --out "$OUT/gan-$size"
   done
-  step score-presets 90 python3 bench/gan_quality.py --score "$OUT/gan-64" "$OUT/gan-128" "${demo[@]}" \
+}
+
+presets_tuned() {
+  local size
+  preset_runs
+  mkdir -p "$OUT/presets-tuned"
+  for size in ${SIZES:-64 128}; do
+    step "tune-gpu-$size" 150 python3 pm/main.py --tune --device cuda --dvbpr-run "$DVBPR" --judge-run "$JUDGE" \
+      --gan-run "$OUT/gan-$size" --trials 60 --tune-starts 16 --tune-steps 0 2 5 10 25 50 100 --tune-lrs 0.1 \
+      --out "$OUT/pm-tune-$size"
+    step "tuned-table-gpu-$size" 90 python3 pm/main.py --table --device cuda --dvbpr-run "$DVBPR" --judge-run \
+      "$JUDGE" --gan-run "$OUT/gan-$size" --steps-from-tune "$OUT/pm-tune-$size" --out "$OUT/pm-table-$size"
+    step "tuned-figure-gpu-$size" 60 python3 pm/main.py --device cuda --dvbpr-run "$DVBPR" --gan-run \
+      "$OUT/gan-$size" --steps-from-tune "$OUT/pm-tune-$size" --out "$OUT/pm-figure-$size"
+    cp "$OUT/pm-tune-$size/tune.md" "$OUT/presets-tuned/tune_$size.md" 2>/dev/null
+    cp "$OUT/pm-table-$size/table_iv.md" "$OUT/presets-tuned/table_iv_$size.md" 2>/dev/null
+    cp "$OUT/pm-figure-$size/personal_design.png" "$OUT/presets-tuned/personal_design_$size.png" 2>/dev/null
+    cp "$OUT/gan-$size/samples/beside_real.png" "$OUT/presets-tuned/gan_${size}_beside_real.png" 2>/dev/null
+  done
+  rm -rf "$OUT"/gan-* "$OUT"/pm-tune-* "$OUT"/pm-table-* "$OUT"/pm-figure-* "$OUT"/dvbpr-design "$OUT"/judge-design
+}
+
+presets() {
+  local demo=() runs=() size
+  preset_runs
+  [[ -f runs/gan/checkpoint.pt ]] && demo=(runs/gan)
+  for size in ${SIZES:-64 128}; do runs+=("$OUT/gan-$size"); done
+  step score-presets 90 python3 bench/gan_quality.py --score "${runs[@]}" "${demo[@]}" \
     --score-size 32 --device cuda --out "$OUT/quality"
-  for size in 64 128; do
-    step "table-gpu-$size" 150 python3 pm/main.py --table --device cuda --dvbpr-run "$dvbpr" --judge-run "$judge" \
+  for size in ${SIZES:-64 128}; do
+    step "table-gpu-$size" 150 python3 pm/main.py --table --device cuda --dvbpr-run "$DVBPR" --judge-run "$JUDGE" \
       --gan-run "$OUT/gan-$size" --out "$OUT/pm-table-$size"
-    step "figure-gpu-$size" 60 python3 pm/main.py --device cuda --dvbpr-run "$dvbpr" --gan-run "$OUT/gan-$size" \
+    step "figure-gpu-$size" 60 python3 pm/main.py --device cuda --dvbpr-run "$DVBPR" --gan-run "$OUT/gan-$size" \
       --out "$OUT/pm-figure-$size"
     step "grids-gpu-$size" 30 python3 gan/main.py --device cuda --out "$OUT/gan-$size"
   done
   # what comes back stays small: the tables, scores, figures, grids and training logs
   mkdir -p "$OUT/presets"
   cp "$OUT/quality/scores.json" "$OUT/presets/scores.json" 2>/dev/null
-  for size in 64 128; do
+  for size in ${SIZES:-64 128}; do
     cp "$OUT/pm-table-$size/table_iv.md" "$OUT/presets/table_iv_$size.md" 2>/dev/null
     cp "$OUT/pm-table-$size/table_iv.json" "$OUT/presets/table_iv_$size.json" 2>/dev/null
     cp "$OUT/pm-figure-$size/personal_design.png" "$OUT/presets/personal_design_$size.png" 2>/dev/null
@@ -127,15 +156,15 @@ presets() {
       cp "$OUT/gan-$size/samples/test_arange_$category.png" "$OUT/presets/gan_${size}_category_$category.png" 2>/dev/null
     done
   done
-  rm -rf "$OUT/gan-64" "$OUT/gan-128" "$OUT/quality" "$OUT"/pm-table-* "$OUT"/pm-figure-* "$OUT"/dvbpr-design \
-    "$OUT"/judge-design
+  rm -rf "$OUT"/gan-* "$OUT/quality" "$OUT"/pm-table-* "$OUT"/pm-figure-* "$OUT"/dvbpr-design "$OUT"/judge-design
 }
 
 for group in "${@:-cuda bench demos suite}"; do
   for name in $group; do
     case $name in
       cuda|bench|demos|design|presets|suite|tests) $name ;;
-      *) echo "unknown group $name (cuda, bench, demos, design, presets, suite, tests)" >&2; exit 2 ;;
+      presets-tuned) presets_tuned ;;
+      *) echo "unknown group $name (cuda, bench, demos, design, presets, presets-tuned, suite, tests)" >&2; exit 2 ;;
     esac
   done
 done

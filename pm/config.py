@@ -38,6 +38,9 @@ class PMConfig:
     category: int | None = field(default=None, metadata={"help": "only this category (default: all)"})
     starts: int = field(default=64, metadata={"help": "random initial points m"})
     steps: int = field(default=200, metadata={"help": "Adam steps of preference maximisation"})
+    steps_from_tune: str | None = field(default=None, metadata={
+        "help": "a finished --tune run of the same DVBPR and GAN: take the starts, steps and lr it chose with the "
+                "highest objective within the random samples' KID (its starts alone, 0 steps, where none was)"})
     lr: float = field(default=0.1, metadata={"help": "Adam learning rate on z'"})
     eta: float = field(default=1.0, metadata={"help": "weight of the realism loss (lsgan: [D_c(G_c(z)) - 1]^2, "
                                                             "sngan: -D_c(G_c(z)), diffusion: its denoising error)"})

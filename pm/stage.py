@@ -1,11 +1,13 @@
 """One PM command: the trained DVBPR and GAN opened, the settings settled, then the figures, Table IV (and the eta
 sweep) or the tuning written into the output folder."""
 from dataclasses import asdict
+from pathlib import Path
 
 from common.catalogue.config import is_embedded
-from common.checkpoint import write_json
+from common.checkpoint import read_json, write_json
 from common.cli import settle
 from common.device import describe, pick_device
+from common.errors import ConfigError, RunError
 from common.runlog import run_dir
 from common.seeding import seed_everything
 from pm.config import DEMO, check_config, check_ids, check_settled
@@ -21,6 +23,8 @@ def run_pm(cfg, protected):
     device = pick_device(cfg.device)
     stages = Stages(cfg.dvbpr_run, cfg.gan_run, cfg.dataset, device, cfg.ensemble_runs or ())
     settle(cfg, protected, "pm", DEMO, embedded=is_embedded(stages.dataset.path))
+    if cfg.steps_from_tune:
+        take_tuned(cfg, protected)
     check_config(cfg)
     check_settled(cfg)
     check_ids(cfg, stages.dataset)
@@ -43,3 +47,44 @@ def set_design_terms(stages, cfg):
     stages.designer.support = None if cfg.support_quantile is None else EmbeddingSupport(
         stages.item_embeddings, stages.item_category, stages.dataset.num_categories, cfg.support_quantile,
         cfg.support_weight)
+
+
+TUNED = ("starts", "steps", "lr")   # what --steps-from-tune takes from a tuning
+# the settings a tuning's choice depends on: the runs, and the objective and its starts
+TUNED_WITH = ("dvbpr_run", "gan_run", "ensemble_runs", "eta", "realism_floor", "support_quantile", "support_weight",
+              "latent", "init")
+MAX_TUNE_BYTES = 16 << 20
+
+
+def take_tuned(cfg, protected):
+    """--steps-from-tune: the starts, steps and lr that a finished --tune run of the same runs and objective chose by
+    the objective within the random samples' KID (pm/table.py on_manifold), or 0 steps where none was; ConfigError
+    or RunError in one line otherwise."""
+    typed = [name for name in TUNED if name in protected]
+    if cfg.tune or typed:
+        raise ConfigError("--steps-from-tune takes a tuning's --starts, --steps and --lr into Table IV or the "
+                          f"figures: leave out --{'tune' if cfg.tune else typed[0]}")
+    run = Path(cfg.steps_from_tune)
+    tuned_with = read_json(run / "tune_config.json", MAX_TUNE_BYTES, "settings file of pm/main.py --tune")
+    tuned = read_json(run / "tune.json", MAX_TUNE_BYTES, "tuning file of pm/main.py --tune")
+    manifold = tuned.get("on_manifold") if isinstance(tuned, dict) else None
+    choice = manifold.get("random", False) if isinstance(manifold, dict) else False
+    if not isinstance(tuned_with, dict) or not (choice is None or isinstance(choice, dict) and all(
+            type(choice.get(name)) in kinds for name, kinds in (("starts", {int}), ("steps", {int}),
+                                                                ("lr", {int, float})))):
+        raise RunError(f"{run} does not hold a tuning of pm/main.py --tune (its choice within the random samples' "
+                       "KID is missing)")
+    for name in TUNED_WITH:
+        ours, theirs = getattr(cfg, name), tuned_with.get(name)
+        if name.endswith("_run"):
+            ours, theirs = Path(ours).resolve(), Path(str(theirs)).resolve()
+        elif name == "ensemble_runs":
+            ours, theirs = [Path(r).resolve() for r in ours or []], [Path(str(r)).resolve() for r in theirs or []]
+        if ours != theirs:
+            raise ConfigError(f"--steps-from-tune {run} was tuned with --{name.replace('_', '-')} {theirs}, this "
+                              f"command has {ours}")
+    if choice is not None:
+        cfg.starts, cfg.steps, cfg.lr = int(choice["starts"]), int(choice["steps"]), float(choice["lr"])
+    else:
+        cfg.steps = 0
+    print(f"pm: the tuning in {run} chose --starts {cfg.starts} --steps {cfg.steps} --lr {cfg.lr:g}")

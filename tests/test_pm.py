@@ -460,6 +460,33 @@ def test_ensemble_runs_and_the_judge_are_refused_where_they_repeat_a_model(runs,
         main(common + ["--ensemble-runs", str(tmp_path / "wide")])
 
 
+def test_table_iv_takes_the_setting_a_tuning_chose_and_refuses_another_runs_tuning(runs, tmp_path):
+    common = ["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--device", "cpu"]
+    tune = tmp_path / "tune"
+    main(common + ["--tune", "--trials", "3", "--tune-starts", "2", "--tune-steps", "0", "3", "--tune-lrs", "0.05",
+                   "--out", str(tune)])
+    tuned = json.loads((tune / "tune.json").read_text())
+    table = common + ["--table", "--trials", "2", "--splits", "2", "--steps-from-tune", str(tune)]
+
+    def used(choice, name):
+        manifold = {**tuned["on_manifold"], "random": choice}
+        (tune / "tune.json").write_text(json.dumps({**tuned, "on_manifold": manifold}))
+        main(table + ["--out", str(tmp_path / name)])
+        settings = json.loads((tmp_path / name / "table_config.json").read_text())
+        return settings["starts"], settings["steps"], settings["lr"]
+
+    assert used({"starts": 2, "steps": 3, "lr": 0.05}, "chosen") == (2, 3, 0.05)
+    assert used(None, "none") == (PMConfig().starts, 0, PMConfig().lr)   # none within: the starts alone
+    with pytest.raises(SystemExit, match="--steps-from-tune takes .* leave out --steps"):
+        main(table + ["--steps", "5"])
+    shutil.copytree(runs / "gan", tmp_path / "other-gan")
+    with pytest.raises(SystemExit, match=f"was tuned with --gan-run {runs / 'gan'}"):
+        main(table + ["--gan-run", str(tmp_path / "other-gan")])
+    (tune / "tune.json").write_text(json.dumps({"on_manifold": {"random": {"starts": "2"}}}))
+    with pytest.raises(SystemExit, match="does not hold a tuning of pm/main.py --tune"):
+        main(table)
+
+
 def test_tuning_the_starts_alone_picks_the_best_of_more_prior_samples(runs, tmp_path):
     main(["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--tune", "--trials", "3",
           "--tune-starts", "2", "16", "--tune-steps", "0", "--out", str(tmp_path), "--device", "cpu"])
