@@ -24,6 +24,7 @@ from common.errors import ConfigError
 from common.images import ImageStore, image_cache
 from dvbpr.run import open_dvbpr_run
 from pm.design import resize
+from pm.load import check_same_data
 
 PERMUTATION_ROUNDS = 10_000
 READER_MAX_SIZE = 64    # attributes are legible there (a stripe is a few pixels wide), at a quarter of 128 px's cost
@@ -60,7 +61,9 @@ def open_judge(judge_run, stages):
         flag = "--dvbpr-run" if index == 0 else f"--ensemble-runs {optimised.path}"
         if Path(judge_run).resolve() == optimised.path.resolve():
             raise ConfigError(f"--judge-run is {flag} itself: the judge must be another run (another --seed)")
-        judge = judge or open_dvbpr_run(judge_run, stages.dataset.path, stages.device, with_model=True)
+        if judge is None:
+            judge = open_dvbpr_run(judge_run, stages.dataset.path, stages.device, with_model=True)
+            check_same_data(judge, stages.dvbpr_runs[0], "--judge-run")
         if judge.config == optimised.config and torch.equal(judge.items, optimised.items):
             raise ConfigError(f"--judge-run {judge_run} is the same model as {flag}: train the judge with "
                               "another --seed")

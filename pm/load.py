@@ -44,9 +44,10 @@ class Stages:
 
 
 def open_member(run, primary, device):
-    """Another DVBPR run of the primary run's dataset, to be scored with it; refused in one line when it is the
-    primary run or its exact twin, or takes images of another size."""
+    """Another DVBPR run of the primary run's dataset, to be scored with it; refused in one line when it was
+    trained on another dataset, is the primary run or its exact twin, or takes images of another size."""
     member = open_dvbpr_run(run, primary.dataset.path, device, with_model=True)
+    check_same_data(member, primary, "--ensemble-runs")
     if Path(run).resolve() == primary.path.resolve() or (member.config == primary.config
                                                           and torch.equal(member.items, primary.items)):
         raise ConfigError(f"--ensemble-runs {run} is the same model as --dvbpr-run: train it with another --seed")
@@ -54,3 +55,12 @@ def open_member(run, primary, device):
         raise ConfigError(f"--ensemble-runs {run} takes {member.model.input_size} px images, --dvbpr-run "
                           f"{primary.model.input_size} px: an ensemble scores the same images")
     return member
+
+
+def check_same_data(run, primary, flag):
+    """ConfigError when DVBPR `run` (given by `flag`) was trained on a dataset of another name than the primary
+    run's: same-sized catalogues would otherwise pass as the same data (a copy elsewhere keeps its name)."""
+    theirs, ours = Path(str(run.config.dataset)).name, Path(str(primary.config.dataset)).name
+    if theirs != ours:
+        raise ConfigError(f"{flag} {run.path} was trained on {theirs}, --dvbpr-run on {ours}: give runs of one "
+                          "dataset")

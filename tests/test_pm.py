@@ -458,6 +458,14 @@ def test_ensemble_runs_and_the_judge_are_refused_where_they_repeat_a_model(runs,
                             image_size=64, fc_width=256, epochs=1, batch_size=32, seed=3, device="cpu"))
     with pytest.raises(SystemExit, match="takes 64 px images, --dvbpr-run 32 px"):
         main(common + ["--ensemble-runs", str(tmp_path / "wide")])
+    # a catalogue of the same size is not the same data
+    other = catalogue(num_users=40, num_items=90, name="Other")
+    train_dvbpr(DVBPRConfig(dataset=str(other), out=str(tmp_path / "other"), k=8, image_size=32, fc_width=256,
+                            epochs=1, batch_size=32, seed=4, device="cpu"))
+    for flag in ("--ensemble-runs", "--judge-run"):
+        with pytest.raises(SystemExit, match=f"{flag} {tmp_path / 'other'} was trained on Other.npy, --dvbpr-run on "
+                                             "Tiny.npy"):
+            main(common + [flag, str(tmp_path / "other")])
 
 
 def test_table_iv_takes_the_setting_a_tuning_chose_and_refuses_another_runs_tuning(runs, tmp_path):
