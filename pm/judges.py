@@ -55,16 +55,16 @@ class Recommender:
 
 def open_judge(judge_run, stages):
     """The judge DVBPR in `judge_run`, refused when it is a run that synthesis optimised (--dvbpr-run or one of
-    --ensemble-runs) or its exact twin."""
-    judge = None
-    for index, optimised in enumerate(stages.dvbpr_runs):
-        flag = "--dvbpr-run" if index == 0 else f"--ensemble-runs {optimised.path}"
-        if Path(judge_run).resolve() == optimised.path.resolve():
+    --ensemble-runs) or its exact twin, or was trained on other data."""
+    optimised = stages.dvbpr_runs
+    flags = ["--dvbpr-run"] + [f"--ensemble-runs {run.path}" for run in optimised[1:]]
+    for flag, run in zip(flags, optimised):
+        if Path(judge_run).resolve() == run.path.resolve():
             raise ConfigError(f"--judge-run is {flag} itself: the judge must be another run (another --seed)")
-        if judge is None:
-            judge = open_dvbpr_run(judge_run, stages.dataset.path, stages.device, with_model=True)
-            check_same_data(judge, stages.dvbpr_runs[0], "--judge-run")
-        if judge.config == optimised.config and torch.equal(judge.items, optimised.items):
+    judge = open_dvbpr_run(judge_run, stages.dataset.path, stages.device, with_model=True)
+    check_same_data(judge, optimised[0], "--judge-run")
+    for flag, run in zip(flags, optimised):
+        if judge.config == run.config and torch.equal(judge.items, run.items):
             raise ConfigError(f"--judge-run {judge_run} is the same model as {flag}: train the judge with "
                               "another --seed")
     return Recommender(judge.model, judge.theta, judge.items)
