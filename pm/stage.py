@@ -1,5 +1,5 @@
-"""One PM command: the trained DVBPR and GAN opened, the settings settled, then the figures, Table IV (and the eta
-sweep) or the tuning written into the output folder."""
+"""One PM command: the trained DVBPR and GAN opened, the settings settled (with --steps-from-tune, a finished tuning's
+choice taken), then the figures, Table IV (and the eta sweep) or the tuning written into the output folder."""
 from dataclasses import asdict
 from pathlib import Path
 
