@@ -52,7 +52,7 @@ from pm.fidelity import CLASSIFIER_EXTRACTOR
 from pm.load import Stages
 from pm.stage import run_pm, set_design_terms
 from pm.table import JUDGED as TUNE_JUDGED
-from pm.table import KID_LIMITS, on_manifold
+from pm.table import KID_LIMITS, on_manifold, tuned_setting
 from tools.health import health
 
 # Which visible attribute leads: scales of the generator's taste groups (common/catalogue/taste.py).
@@ -292,8 +292,7 @@ def on_manifold_steps(cfg, name, latent):
     the highest objective among the settings whose KID is at most the random samples' (pm/table.py on_manifold),
     else 0, the starts alone."""
     tuning_cfg = dataclasses.replace(cfg, pm_steps=None, pm_trials=None, pm_steps_on_manifold=False)
-    chosen = pm_tuning(tuning_cfg, name, latent)["on_manifold"]["random"]
-    return chosen["steps"] if chosen else 0
+    return tuned_setting(pm_tuning(tuning_cfg, name, latent), None, None)[1]
 
 
 def design_tuning(cfg):

@@ -48,8 +48,7 @@ def open_member(run, primary, device):
     trained on another dataset, is the primary run or its exact twin, or takes images of another size."""
     member = open_dvbpr_run(run, primary.dataset.path, device, with_model=True)
     check_same_data(member, primary, "--ensemble-runs")
-    if Path(run).resolve() == primary.path.resolve() or (member.config == primary.config
-                                                          and torch.equal(member.items, primary.items)):
+    if Path(run).resolve() == primary.path.resolve() or same_model(member, primary):
         raise ConfigError(f"--ensemble-runs {run} is the same model as --dvbpr-run: train it with another --seed")
     if member.model.input_size != primary.model.input_size:
         raise ConfigError(f"--ensemble-runs {run} takes {member.model.input_size} px images, --dvbpr-run "
@@ -64,3 +63,8 @@ def check_same_data(run, primary, flag):
     if theirs != ours:
         raise ConfigError(f"{flag} {run.path} was trained on {theirs}, --dvbpr-run on {ours}: give runs of one "
                           "dataset")
+
+
+def same_model(run, other):
+    """Whether two DVBPR runs hold the same model: the same settings and the same item embeddings."""
+    return run.config == other.config and torch.equal(run.items, other.items)

@@ -14,7 +14,7 @@ from pm.config import DEMO, check_config, check_ids, check_settled
 from pm.design import EmbeddingSupport
 from pm.figures import figures
 from pm.load import Stages
-from pm.table import tables, tuning
+from pm.table import tables, tuned_setting, tuning
 
 
 def run_pm(cfg, protected):
@@ -75,16 +75,19 @@ def take_tuned(cfg, protected):
         raise RunError(f"{run} does not hold a tuning of pm/main.py --tune (its choice within the random samples' "
                        "KID is missing)")
     for name in TUNED_WITH:
-        ours, theirs = getattr(cfg, name), tuned_with.get(name)
-        if name.endswith("_run"):
-            ours, theirs = Path(ours).resolve(), Path(str(theirs)).resolve()
-        elif name == "ensemble_runs":
-            ours, theirs = [Path(r).resolve() for r in ours or []], [Path(str(r)).resolve() for r in theirs or []]
+        ours, theirs = comparable(name, getattr(cfg, name)), comparable(name, tuned_with.get(name))
         if ours != theirs:
             raise ConfigError(f"--steps-from-tune {run} was tuned with --{name.replace('_', '-')} {theirs}, this "
                               f"command has {ours}")
-    if choice is not None:
-        cfg.starts, cfg.steps, cfg.lr = int(choice["starts"]), int(choice["steps"]), float(choice["lr"])
-    else:
-        cfg.steps = 0
+    starts, steps, lr = tuned_setting(tuned, cfg.starts, cfg.lr)
+    cfg.starts, cfg.steps, cfg.lr = int(starts), int(steps), float(lr)
     print(f"pm: the tuning in {run} chose --starts {cfg.starts} --steps {cfg.steps} --lr {cfg.lr:g}")
+
+
+def comparable(name, value):
+    """A setting as two commands compare it: run directories as resolved paths."""
+    if name.endswith("_run"):
+        return Path(str(value)).resolve()
+    if name == "ensemble_runs":
+        return [Path(str(run)).resolve() for run in value or []]
+    return value

@@ -159,6 +159,13 @@ def judged(measures, result, queries):
     return {metric: float(values.mean()) for metric, values in measures.per_trial(result, queries).items()}
 
 
+def tuned_setting(tuned, starts, lr):
+    """(starts, steps, lr) that a tuning (tune.json's content) chose by the objective within the random samples'
+    KID; where no setting stayed within, the starts alone: (`starts`, 0, `lr`)."""
+    choice = tuned["on_manifold"]["random"]
+    return (choice["starts"], choice["steps"], choice["lr"]) if choice else (starts, 0, lr)
+
+
 def on_manifold(rows, kid_limit, score="objective"):
     """The row of `tune` (or `tune_guidance`, by "preference") with the highest `score` among those whose KID is
     at most `kid_limit`; None where no row is."""
