@@ -53,9 +53,9 @@ class GANConfig:
     d_width: int = field(default=64, metadata={"help": "D width (64 = the original's channels)"})
     sample_steps: int = field(default=10, metadata={"help": "diffusion: DDIM steps from noise to image (each one "
                                                             "a UNet pass)"})
-    ema: float = field(default=0.0, metadata={"help": "diffusion: decay of the moving average of the UNet's "
-                                                      "weights that sampling reads, e.g. 0.999 (0: the last "
-                                                      "weights)"})
+    ema: float = field(default=0.0, metadata={"help": "sngan, diffusion: decay of the moving average of G's (the "
+                                                      "UNet's) weights that sampling and PM read, e.g. 0.999 (0: "
+                                                      "the last weights)"})
     diffaugment: bool = field(default=True, metadata={"help": "sngan: D sees real and fake images through "
                                                               "DiffAugment (colour, translation, cutout)"})
     batch_size: int = field(default=64, metadata={"help": "images per iteration"})
@@ -145,8 +145,6 @@ def check_config(cfg):
         raise ConfigError(f"--lr must be positive, got {cfg.lr}")
     if not 0 <= cfg.ema < 1:
         raise ConfigError(f"--ema is a decay in [0, 1), got {cfg.ema}")
-    if cfg.ema and cfg.generator != "diffusion":
-        raise ConfigError(f"--ema averages the diffusion model's UNet; --generator {cfg.generator} has none")
     if cfg.from_tf and cfg.generator != "lsgan":
         raise ConfigError(f"--from-tf reads the original's LSGAN; it cannot be --generator {cfg.generator}")
     if cfg.from_tf and (cfg.train or cfg.resume):

@@ -31,10 +31,9 @@ decay 0.9999), instead of the last weights of training.
 """
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel
 
 from common.device import autocast, fused_adam_kwargs, memory_format
-from gan.model import ConditionalGenerator, descend, noise_image_dim
+from gan.model import ConditionalGenerator, descend, moving_average, noise_image_dim
 
 TRAIN_TIMESTEPS = 1000
 REALISM_TIMESTEPS = (200, 500)      # of the realism term's denoising error
@@ -73,7 +72,7 @@ class Diffusion(ConditionalGenerator):
                                                                                memory_format=memory_format(device))
         self.averages = ("ema_unet",) if cfg.ema else ()
         if cfg.ema:
-            self.ema_unet = AveragedModel(self.unet, multi_avg_fn=warmed_up_ema(cfg.ema))
+            self.ema_unet = moving_average(self.unet, cfg.ema)
         self.image_size, self.num_categories = cfg.image_size, num_categories
         self.z_dim = noise_image_dim(cfg.image_size)
         self.scheduler = ddim_scheduler(cfg.sample_steps)
@@ -136,16 +135,6 @@ class Diffusion(ConditionalGenerator):
         if self.averages:
             self.ema_unet.update_parameters(self.unet)
         return {"loss": loss.detach()}
-
-
-def warmed_up_ema(decay):
-    """AveragedModel's multi_avg_fn for a moving average of decay min(decay, (1 + n) / (10 + n)) at its n-th
-    update: a plain decay of 0.999 would still hold a third of the random initialisation after 1,000 steps."""
-    @torch.no_grad()
-    def update(averaged, current, updates):
-        updates = int(updates)
-        torch._foreach_lerp_(averaged, current, 1 - min(decay, (1 + updates) / (10 + updates)))
-    return update
 
 
 def noisy(images, noise, alpha_cumprod):

@@ -30,6 +30,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
 
 from common.checkpoint import load_state
 from common.device import autocast, fused_adam_kwargs, memory_format
@@ -257,6 +258,9 @@ class LSGAN(ConditionalGenerator):
 
     def __init__(self, cfg, num_categories, device="cpu"):
         super().__init__()
+        if cfg.ema:   # checked here, not with the flags: on the embedded catalogue the demo's generator takes it
+            raise ConfigError("--ema averages the sngan's or the diffusion model's generator; --generator lsgan is "
+                              "kept as the paper trains it")
         self.generator, self.discriminator = build_gan(cfg, num_categories, device)
         self.z_dim, self.image_size, self.num_categories = cfg.z_dim, cfg.image_size, num_categories
 
@@ -276,6 +280,20 @@ class LSGAN(ConditionalGenerator):
     def train_step(self, nets, optimizers, real, labels, z, bf16=True):
         return train_step(nets["generator"], nets["discriminator"], optimizers["generator"],
                           optimizers["discriminator"], real, labels, z, bf16)
+
+
+def moving_average(net, decay):
+    """An exponential moving average of `net`'s weights and buffers (batch norm's running statistics, so that an
+    averaged generator normalises by statistics of the same trajectory), decay min(decay, (1 + n) / (10 + n)) at its
+    n-th update: a plain decay of 0.999 would still hold a third of the random initialisation after 1,000 steps."""
+    @torch.no_grad()
+    def update(averaged, current, updates):   # called per device and dtype
+        if not averaged[0].is_floating_point():   # batch norm's counts of batches
+            torch._foreach_copy_(averaged, current)
+            return
+        updates = int(updates)
+        torch._foreach_lerp_(averaged, current, 1 - min(decay, (1 + updates) / (10 + updates)))
+    return AveragedModel(net, multi_avg_fn=update, use_buffers=True)
 
 
 def noise_image_dim(image_size):

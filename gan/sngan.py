@@ -25,7 +25,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from common.device import autocast, fused_adam_kwargs, memory_format
 from common.distributed import unwrap
-from gan.model import ConditionalGenerator, batch_norm, descend, num_stages, sample_z
+from gan.model import ConditionalGenerator, batch_norm, descend, moving_average, num_stages, sample_z
 
 LEAK = 0.1                 # D's leaky ReLU slope (Miyato et al.'s standard CNN)
 TRANSLATION = 1 / 8        # DiffAugment's shift, a fraction of the side
@@ -161,7 +161,11 @@ class SNGAN(ConditionalGenerator):
     Its realism term of eq. 10 is -D_c(e), the hinge loss's target for G: smaller where D finds e more real. Unlike
     the LSGAN's [D_c(e) - 1]^2 it has no minimum at a finite score, so a large eta pushes the designs on towards
     what D finds most real rather than to D's decision boundary. z ~ U(-1, 1) is its prior (latent_box), so the
-    paper's z = tanh(z') spans its domain."""
+    paper's z = tanh(z') spans its domain.
+
+    With --ema D, sampling and preference maximisation read an exponential moving average of G's weights and batch
+    norm statistics (gan/model.py moving_average; Yazici et al., 2019, averaged a GAN's generator so), while D and
+    G's training read the last weights."""
     nets = ("generator", "discriminator")
 
     def __init__(self, cfg, num_categories, device="cpu"):
@@ -171,12 +175,15 @@ class SNGAN(ConditionalGenerator):
         self.discriminator = Discriminator(cfg.image_size, num_categories, cfg.d_width).to(device, memory_format=fmt)
         self.z_dim, self.image_size, self.num_categories = cfg.z_dim, cfg.image_size, num_categories
         self.augment = diff_augment if cfg.diffaugment else nn.Identity()
+        self.averages = ("ema_generator",) if cfg.ema else ()
+        if cfg.ema:
+            self.ema_generator = moving_average(self.generator, cfg.ema)
 
     def sample_z(self, n, device="cpu", rng=None):
         return sample_z(n, self.z_dim, "uniform", device, rng)
 
     def forward(self, z, labels):
-        return self.generator(z, labels)
+        return (self.ema_generator.module if self.averages else self.generator)(z, labels)
 
     def realism_loss(self, images, labels):
         return -self.discriminator(images, labels)
@@ -186,5 +193,8 @@ class SNGAN(ConditionalGenerator):
         return {name: torch.optim.Adam(getattr(self, name).parameters(), **kwargs) for name in self.nets}
 
     def train_step(self, nets, optimizers, real, labels, z, bf16=True):
-        return hinge_train_step(nets["generator"], nets["discriminator"], optimizers["generator"],
-                                optimizers["discriminator"], real, labels, z, self.augment, bf16)
+        losses = hinge_train_step(nets["generator"], nets["discriminator"], optimizers["generator"],
+                                  optimizers["discriminator"], real, labels, z, self.augment, bf16)
+        if self.averages:
+            self.ema_generator.update_parameters(self.generator)
+        return losses

@@ -59,6 +59,51 @@ def test_the_sngan_trains_through_the_registry_and_reopens_with_the_same_outputs
     assert torch.equal(run.model.realism_loss(images, labels), -trained.discriminator(images, labels))
 
 
+def test_the_averaged_generator_follows_weights_and_batch_norm_statistics_and_sampling_reads_it():
+    model = tiny_sngan(ema=0.9)
+    real, labels = torch.rand(16, 3, 16, 16) * 2 - 1, torch.arange(16) % 3
+    z = model.sample_z(16, rng=torch.Generator().manual_seed(1))
+    weights, means = [], []
+    for _ in range(3):
+        steps(model, real, labels, z, 1, frozen="discriminator")
+        weights.append(model.generator.to_rgb.weight.detach().clone())
+        means.append(model.generator.bn0.bn.running_mean.clone())
+    # the first update copies; the n-th after it keeps min(0.9, (1 + n) / (10 + n)) of the average
+    average, mean = weights[0], means[0]
+    for updates in (1, 2):
+        kept = min(0.9, (1 + updates) / (10 + updates))
+        average = kept * average + (1 - kept) * weights[updates]
+        mean = kept * mean + (1 - kept) * means[updates]
+    averaged = model.ema_generator.module
+    torch.testing.assert_close(averaged.to_rgb.weight, average)
+    torch.testing.assert_close(averaged.bn0.bn.running_mean, mean)
+    assert not torch.equal(average, weights[2])
+    assert averaged.bn0.bn.num_batches_tracked == model.generator.bn0.bn.num_batches_tracked == 3
+    with torch.no_grad():   # sampling reads the average; D and G's training the last weights
+        images = model.eval()(z[:2], labels[:2])
+        assert torch.equal(images, averaged.eval()(z[:2], labels[:2]))
+        assert not torch.equal(images, model.generator.eval()(z[:2], labels[:2]))
+
+
+def test_an_averaged_sngan_run_saves_both_generators_and_reopens_sampling_the_average(catalogue, tmp_path):
+    path = catalogue()
+    place_random_classifier(tmp_path, load_dataset(path), 16)
+    cfg = tiny_config(dataset=str(path), out=str(tmp_path), epochs=2, ema=0.99)
+    train_gan(cfg)
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt", "gan")
+    assert set(checkpoint["model"]) == {"generator", "discriminator", "ema_generator"}
+    assert set(checkpoint["optimizer"]) == {"generator", "discriminator"}
+    averaged = SNGAN(tiny_config(), num_categories=6).eval()
+    averaged.generator.load_state_dict({name.removeprefix("module."): weight for name, weight
+                                        in checkpoint["model"]["ema_generator"].items() if name != "n_averaged"})
+    run = open_gan_run(tmp_path)
+    z, labels = run.model.sample_z(2, rng=torch.Generator().manual_seed(0)), torch.tensor([0, 5])
+    assert torch.equal(run.model(z, labels), averaged(z, labels))
+    last = SNGAN(tiny_config(), num_categories=6).eval()
+    last.generator.load_state_dict(checkpoint["model"]["generator"])
+    assert not torch.equal(run.model(z, labels), last(z, labels))
+
+
 def test_spectral_norm_keeps_each_layers_largest_singular_value_near_one():
     discriminator = tiny_sngan().discriminator
     with torch.no_grad():
