@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from common.checkpoint import write_json
+from common.original_format import category_name
 from common.seeding import derived_seed
 from pm.design import choose, retrieve
 from pm.fidelity import (
@@ -74,6 +75,8 @@ TRIAL_METRICS = {
     "category_match": "Category match",
     "realistic": "Realistic (k-NN)",
 }
+# the scores of the per-category view, where a source's images stop looking like their category
+BY_CATEGORY = ("category_match", "realistic")
 FIDELITY_SHOWN = {"kid": "KID", "fid": "FID", "precision": "Precision", "recall": "Recall"}
 EXTRACTORS = {CLASSIFIER_EXTRACTOR: "category classifier", INCEPTION_EXTRACTOR: "Inception"}
 SWEEP_PANELS = {"preference": "preference score", "judge": "judge DVBPR", "true_preference": "true preference",
@@ -313,6 +316,32 @@ def against_samples(per_trial):
             for source in COMPARED if source in per_trial and "realistic" in per_trial[source]}
 
 
+def by_category(per_trial, trials, num_categories):
+    """{category name: {"trials": n, source: {metric: mean over its trials}}} of the metrics of BY_CATEGORY that
+    were measured, for each category that some trial asked for."""
+    categories = np.array([category for _, category in trials])
+    view = {}
+    for category in np.unique(categories):
+        asked = categories == category
+        view[category_name(int(category), num_categories)] = {"trials": int(asked.sum()), **{
+            source: {metric: float(values[metric][asked].mean()) for metric in BY_CATEGORY if metric in values}
+            for source, values in per_trial.items()}}
+    return view
+
+
+def category_lines(view):
+    """The Markdown of by_category's view: a row per category, a column per source and metric."""
+    first = next(iter(view.values()))
+    columns = [(source, metric) for source in first if source != "trials" for metric in first[source]]
+    if not columns:
+        return []
+    return ["", "Per category, the mean over its trials:", "",
+            "| Category | Trials | " + " | ".join(f"{source}: {TRIAL_METRICS[metric]}" for source, metric in columns)
+            + " |", "|---|---|" + "---|" * len(columns),
+            *(f"| {name} | {row['trials']} | " + " | ".join(f"{row[source][metric]:.2f}" for source, metric in columns)
+              + " |" for name, row in view.items())]
+
+
 def mean_std(pair):
     return f"{pair[0]:.4f} ± {pair[1]:.3f}"
 
@@ -362,9 +391,9 @@ def judges_table(rows, fidelity, paired, samples):
     return lines
 
 
-def write_table(out, rows, fidelity, paired, samples, quality_label, notes):
+def write_table(out, rows, fidelity, paired, samples, quality_label, notes, categories=None):
     """table_iv.md, table_iv.csv and table_iv.json in `out`: the paper's numbers beside ours, then the judges,
-    the fidelity and the paired tests."""
+    the fidelity, the paired tests and the per-category view (by_category's) if given."""
     lines = ["# Table IV: top-3 images for a given user and category", "", *notes, "",
              f"Quality: {quality_label}.", "",
              "| Item source | Preference score | Quality | Diversity | Paper: preference | Paper: quality | "
@@ -374,7 +403,8 @@ def write_table(out, rows, fidelity, paired, samples, quality_label, notes):
         paper = PAPER_TABLE_IV.get(source, {})
         lines.append(f"| {SOURCES[source]} | " + " | ".join(mean_std(row[m]) for m in METRICS) + " | "
                      + " | ".join(paper_mean_std(paper.get(m)) for m in METRICS) + " |")
-    lines += ["", "## Judges and fidelity", "", *JUDGES_NOTES, "", *judges_table(rows, fidelity, paired, samples)]
+    lines += ["", "## Judges and fidelity", "", *JUDGES_NOTES, "", *judges_table(rows, fidelity, paired, samples),
+              *(category_lines(categories) if categories else [])]
     (out / "table_iv.md").write_text("\n".join(lines) + "\n")
     shown = [m for m in TRIAL_METRICS if m in next(iter(rows.values()))]
     columns = fidelity_columns(fidelity)
@@ -394,6 +424,7 @@ def write_table(out, rows, fidelity, paired, samples, quality_label, notes):
                                        "fidelity": fidelity,
                                        **{f"{source}_vs_retrieval": tests for source, tests in paired.items()},
                                        **{f"{source}_vs_generated": tests for source, tests in samples.items()},
+                                       **({"by_category": categories} if categories else {}),
                                        "paper": {s: {m: list(v) for m, v in p.items()}
                                                  for s, p in PAPER_TABLE_IV.items()}})
     return "\n".join(lines)
@@ -496,7 +527,8 @@ def tables(stages, cfg, out):
         rows, fidelity, per_trial = summarise(run_trials(stages, cfg, trials, sources), trials, measures, cfg.splits)
         paired = {source: paired_tests(per_trial, measures.trial_metrics(), source)
                   for source in COMPARED if source in per_trial}
-        print(write_table(out, rows, fidelity, paired, against_samples(per_trial), measures.quality.label, notes))
+        print(write_table(out, rows, fidelity, paired, against_samples(per_trial), measures.quality.label, notes,
+                          by_category(per_trial, trials, stages.dataset.num_categories)))
     if cfg.sweep_eta:
         by_eta, retrieval = sweep_eta(stages, cfg, trials, cfg.sweep_eta, measures, out)
         for eta, row in by_eta.items():

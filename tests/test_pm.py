@@ -11,6 +11,7 @@ import torchvision
 
 from common.cli import parse_config
 from common.data import load_dataset
+from common.original_format import CATEGORY_NAMES
 from dvbpr.cnnf import CNNF
 from dvbpr.config import DVBPRConfig
 from dvbpr.model import DVBPR
@@ -349,6 +350,14 @@ def test_figures_table_and_sweep_are_written(runs, tmp_path):
     kid_cells = re.findall(r"\| (-?\d+\.\d{3}) ± (\d+\.\d{3}) \|", (tmp_path / "table_iv.md").read_text())
     assert [float(kid) for kid, _ in kid_cells] == pytest.approx([kid[source] for source in table], abs=1e-3)
     assert "Paper: preference" in (tmp_path / "table_iv.md").read_text()
+    categories = written["by_category"]   # each category's trials: their means weighted by count are the table's
+    assert set(categories) <= set(CATEGORY_NAMES) and sum(row["trials"] for row in categories.values()) == 3
+    for source in table:
+        for metric in ("category_match", "realistic"):
+            assert sum(row["trials"] * row[source][metric] for row in categories.values()) / 3 == pytest.approx(
+                table[source][metric][0])
+    assert "| Category | Trials | real: Category match | real: Realistic (k-NN) |" in (
+        tmp_path / "table_iv.md").read_text()
     assert len((tmp_path / "table_iv.csv").read_text().splitlines()) == 5
     assert (tmp_path / "eta_sweep.png").stat().st_size > 0
     sweep = json.loads((tmp_path / "eta_sweep.json").read_text())
