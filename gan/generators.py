@@ -17,4 +17,7 @@ def build_generator(cfg, num_categories, device="cpu"):
     """The generator cfg.generator names, its networks on `device`."""
     if cfg.generator not in GENERATORS:
         raise ConfigError(f"unknown generator {cfg.generator!r}; choose from {', '.join(GENERATORS)}")
+    if cfg.ema and not GENERATORS[cfg.generator].takes_ema:   # not with the flags: the embedded demo picks the sngan
+        averaged = " or ".join(name for name, kind in GENERATORS.items() if kind.takes_ema)
+        raise ConfigError(f"--ema averages the generator of {averaged}; --generator {cfg.generator} keeps none")
     return GENERATORS[cfg.generator](cfg, num_categories, device)

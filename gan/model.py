@@ -210,6 +210,7 @@ class ConditionalGenerator(nn.Module):
         realism_loss(images, labels)  [B] the realism term of eq. 10, to be kept small
         latent_box                    True when the codes live in [-1, 1]^z_dim, where the paper's z = tanh(z')
                                       (eq. 10) spans exactly the generator's domain; False: PM optimises z directly
+        takes_ema                     True when --ema D keeps a moving average of its generator in `averages`
         noise_image_codes             True when the codes are noise images ~ N(0, I) of noise_image_dim(S)
                                       entries, whatever --z-dim says (gan/config.py's with_generator_latent)
         guided_sample(z, labels, score, scale)   optional: samples steered up score(image) while they are drawn
@@ -221,6 +222,7 @@ class ConditionalGenerator(nn.Module):
     """
     nets = ()
     averages = ()
+    takes_ema = False
     latent_box = True
     noise_image_codes = False
 
@@ -258,9 +260,6 @@ class LSGAN(ConditionalGenerator):
 
     def __init__(self, cfg, num_categories, device="cpu"):
         super().__init__()
-        if cfg.ema:   # checked here, not with the flags: on the embedded catalogue the demo's generator takes it
-            raise ConfigError("--ema averages the sngan's or the diffusion model's generator; --generator lsgan is "
-                              "kept as the paper trains it")
         self.generator, self.discriminator = build_gan(cfg, num_categories, device)
         self.z_dim, self.image_size, self.num_categories = cfg.z_dim, cfg.image_size, num_categories
 

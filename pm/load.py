@@ -47,7 +47,7 @@ def open_member(run, primary, device):
     """Another DVBPR run of the primary run's dataset, to be scored with it; refused in one line when it was
     trained on another dataset, is the primary run or its exact twin, or takes images of another size."""
     member = open_dvbpr_run(run, primary.dataset.path, device, with_model=True)
-    check_same_data(member, primary, "--ensemble-runs")
+    check_same_dataset_name(member, primary, "--ensemble-runs")
     if Path(run).resolve() == primary.path.resolve() or same_model(member, primary):
         raise ConfigError(f"--ensemble-runs {run} is the same model as --dvbpr-run: train it with another --seed")
     if member.model.input_size != primary.model.input_size:
@@ -56,7 +56,7 @@ def open_member(run, primary, device):
     return member
 
 
-def check_same_data(run, primary, flag):
+def check_same_dataset_name(run, primary, flag):
     """ConfigError when DVBPR `run` (given by `flag`) was trained on a dataset of another name than the primary
     run's: same-sized catalogues would otherwise pass as the same data (a copy elsewhere keeps its name)."""
     theirs, ours = Path(str(run.config.dataset)).name, Path(str(primary.config.dataset)).name

@@ -317,14 +317,14 @@ def against_samples(per_trial):
 
 
 def by_category(per_trial, trials, num_categories):
-    """{category name: {"trials": n, source: {metric: mean over its trials}}} of the metrics of BY_CATEGORY that
-    were measured, for each category that some trial asked for."""
+    """{category name: {"trials": n, source: {metric: mean over its trials}}} of the metrics of BY_CATEGORY, for
+    each category that some trial asked for."""
     categories = np.array([category for _, category in trials])
     view = {}
     for category in np.unique(categories):
         asked = categories == category
         view[category_name(int(category), num_categories)] = {"trials": int(asked.sum()), **{
-            source: {metric: float(values[metric][asked].mean()) for metric in BY_CATEGORY if metric in values}
+            source: {metric: float(values[metric][asked].mean()) for metric in BY_CATEGORY}
             for source, values in per_trial.items()}}
     return view
 
@@ -333,8 +333,6 @@ def category_lines(view):
     """The Markdown of by_category's view: a row per category, a column per source and metric."""
     first = next(iter(view.values()))
     columns = [(source, metric) for source in first if source != "trials" for metric in first[source]]
-    if not columns:
-        return []
     return ["", "Per category, the mean over its trials:", "",
             "| Category | Trials | " + " | ".join(f"{source}: {TRIAL_METRICS[metric]}" for source, metric in columns)
             + " |", "|---|---|" + "---|" * len(columns),
@@ -391,9 +389,9 @@ def judges_table(rows, fidelity, paired, samples):
     return lines
 
 
-def write_table(out, rows, fidelity, paired, samples, quality_label, notes, categories=None):
+def write_table(out, rows, fidelity, paired, samples, quality_label, notes, categories):
     """table_iv.md, table_iv.csv and table_iv.json in `out`: the paper's numbers beside ours, then the judges,
-    the fidelity, the paired tests and the per-category view (by_category's) if given."""
+    the fidelity, the paired tests and the per-category view (by_category's)."""
     lines = ["# Table IV: top-3 images for a given user and category", "", *notes, "",
              f"Quality: {quality_label}.", "",
              "| Item source | Preference score | Quality | Diversity | Paper: preference | Paper: quality | "
@@ -404,7 +402,7 @@ def write_table(out, rows, fidelity, paired, samples, quality_label, notes, cate
         lines.append(f"| {SOURCES[source]} | " + " | ".join(mean_std(row[m]) for m in METRICS) + " | "
                      + " | ".join(paper_mean_std(paper.get(m)) for m in METRICS) + " |")
     lines += ["", "## Judges and fidelity", "", *JUDGES_NOTES, "", *judges_table(rows, fidelity, paired, samples),
-              *(category_lines(categories) if categories else [])]
+              *category_lines(categories)]
     (out / "table_iv.md").write_text("\n".join(lines) + "\n")
     shown = [m for m in TRIAL_METRICS if m in next(iter(rows.values()))]
     columns = fidelity_columns(fidelity)
@@ -424,7 +422,7 @@ def write_table(out, rows, fidelity, paired, samples, quality_label, notes, cate
                                        "fidelity": fidelity,
                                        **{f"{source}_vs_retrieval": tests for source, tests in paired.items()},
                                        **{f"{source}_vs_generated": tests for source, tests in samples.items()},
-                                       **({"by_category": categories} if categories else {}),
+                                       "by_category": categories,
                                        "paper": {s: {m: list(v) for m, v in p.items()}
                                                  for s, p in PAPER_TABLE_IV.items()}})
     return "\n".join(lines)
