@@ -69,7 +69,7 @@ def train(cfg, ranks=None):
         if not ranks.is_main:
             return
         if progress["kept"] is record:
-            save_checkpoint(out / "best.pt", snapshot(STAGE, model, cfg, record))
+            save_checkpoint(out / "best.pt", snapshot(STAGE, model, cfg, record, progress["dataset_digest"]))
         save_training(out / "checkpoint.pt", STAGE, trainee, cfg, progress)
         runlog.record(**record)
         tqdm.write(f"attention epoch {record['epoch']}: loss {record['loss']:.4g}, valid AUC "

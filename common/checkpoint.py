@@ -163,15 +163,24 @@ def load_state(module, state, source):
                               f"{first[:300]}{more}") from None
 
 
+def recorded_digest(checkpoint, source):
+    """The digest of the dataset the checkpoint `source` trained on (Dataset.digest, a hex string), or None where
+    it records none (older runs, imported ones)."""
+    saved = checkpoint.get("dataset_digest")
+    if saved is not None and not (isinstance(saved, str) and re.fullmatch(r"[0-9a-f]{64}", saved)):
+        raise CheckpointError(f"{source}: its dataset_digest is {describe_value(saved)}, not a SHA-256 hex digest")
+    return saved
+
+
 def check_same_data(checkpoint, dataset, source):
     """Refuse to resume the run whose checkpoint is `source` on another dataset than it trained on: one with other
     content under the same path (replaced, grown, or copied over with the same size and times) included. A
     checkpoint written before runs recorded their data's digest passes, with a note."""
-    saved = checkpoint.get("dataset_digest")
+    saved = recorded_digest(checkpoint, source)
     if saved is None:
         print(f"{source} does not record its dataset's digest (an older run): resuming on {dataset.path} unchecked")
     elif saved != dataset.digest:
-        raise CheckpointError(f"cannot resume {source}: it trained on a dataset of digest {str(saved)[:12]}, but "
+        raise CheckpointError(f"cannot resume {source}: it trained on a dataset of digest {saved[:12]}, but "
                               f"{dataset.path} now holds other data (digest {dataset.digest[:12]}): give the "
                               "dataset it trained on, or start afresh without --resume")
 

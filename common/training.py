@@ -172,10 +172,11 @@ def train_epochs(trainee, cfg, ranks, progress, num_interactions, on_epoch=None,
 # ----------------------------------------------------------------------------------------------------------------
 # A run directory's training files: best.pt (the kept epoch) and checkpoint.pt (the latest, for --resume)
 
-def snapshot(stage, model, cfg, record):
-    """best.pt's content: the kept epoch's weights and settings."""
+def snapshot(stage, model, cfg, record, dataset_digest):
+    """best.pt's content: the kept epoch's weights and settings, and the digest of the data they were trained on
+    (checked by the stages that open the run with another's)."""
     return {"stage": stage, "model": model.state_dict(), "config": dataclasses.asdict(cfg),
-            "epoch": record["epoch"], "step": record["step"], "metrics": record}
+            "epoch": record["epoch"], "step": record["step"], "metrics": record, "dataset_digest": dataset_digest}
 
 
 def save_training(path, stage, trainee, cfg, progress):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from common.checkpoint import load_checkpoint, load_state, saved_config
+from common.checkpoint import load_checkpoint, load_state, recorded_digest, saved_config
 from common.checkpoint import read_results as read_stage_results
 from common.data import Dataset
 from common.datasets import check_size, open_run_dataset
@@ -19,7 +19,8 @@ from dvbpr.model import DVBPR, build_model, embed_items
 
 @dataclass
 class DVBPRRun:
-    """A run's dataset, theta [usernum, K] and Phi(X_i) [itemnum, K] of one epoch, and the model if asked for."""
+    """A run's dataset, theta [usernum, K] and Phi(X_i) [itemnum, K] of one epoch, and the model if asked for;
+    `trained_on` is the digest of the data it trained on (Dataset.digest), None where its files record none."""
     path: Path
     config: DVBPRConfig
     dataset: Dataset
@@ -27,6 +28,7 @@ class DVBPRRun:
     items: torch.Tensor
     epoch: int
     model: DVBPR | None
+    trained_on: str | None
 
 
 def load_weights(run, device="cpu"):
@@ -76,6 +78,7 @@ def open_dvbpr_run(run, dataset_path=None, device="cpu", with_model=False):
         check_matrix(exported["items"], "items", embeddings, config.k)
     dataset = open_run_dataset(run, dataset_path or config.dataset, config.cache_dir)
     model = load_model(checkpoint, weights, device) if checkpoint else None
+    trained_on = recorded_digest(checkpoint, weights) if checkpoint else recorded_digest(exported, embeddings)
     if exported is None or (checkpoint and exported["step"] != checkpoint["step"]):
         reason = "missing" if exported is None else f"from step {exported['step']}, not {checkpoint['step']}"
         print(f"{run / 'embeddings.pt'} {reason}: computing the item embeddings of {weights.name} "
@@ -87,7 +90,7 @@ def open_dvbpr_run(run, dataset_path=None, device="cpu", with_model=False):
     theta, items = exported["theta"].float().to(device), exported["items"].float().to(device)
     check_size(run, len(theta), "users", dataset)
     check_size(run, len(items), "items", dataset)
-    return DVBPRRun(run, config, dataset, theta, items, exported["epoch"], model)
+    return DVBPRRun(run, config, dataset, theta, items, exported["epoch"], model, trained_on)
 
 
 RESULT_FIELDS = ("protocol", "dataset", "k", "image_size", "epoch", "valid_auc", "valid_auc_cold", "test_auc",

@@ -84,16 +84,19 @@ def rewrite_logs(out, history):
     return runlog
 
 
-def save_embeddings(path, theta, items, config, epoch, step):
-    """embeddings.pt: theta and every item's Phi(X_i) (the original's UI_*.npy), float32 on CPU."""
+def save_embeddings(path, theta, items, config, epoch, step, dataset_digest):
+    """embeddings.pt: theta and every item's Phi(X_i) (the original's UI_*.npy), float32 on CPU, and the digest
+    of the data trained on."""
     save_checkpoint(path, {"stage": "dvbpr-embeddings", "theta": theta.detach().float().cpu(),
-                           "items": items.float().cpu(), "config": config, "epoch": epoch, "step": step})
+                           "items": items.float().cpu(), "config": config, "epoch": epoch, "step": step,
+                           "dataset_digest": dataset_digest})
 
 
-def save_epoch_files(out, model, items, cfg, record):
+def save_epoch_files(out, model, items, cfg, record, dataset_digest):
     """The original's per-epoch outputs: a model checkpoint (the last few kept) and UI_<K>_<step>.npy, an object
     array [theta, item embeddings] as the original's np.save([U, I]) wrote it."""
-    save_checkpoint(out / f"DVBPR_auc_{cfg.k}_{record['step']}.pt", snapshot("dvbpr", model, cfg, record))
+    save_checkpoint(out / f"DVBPR_auc_{cfg.k}_{record['step']}.pt",
+                    snapshot("dvbpr", model, cfg, record, dataset_digest))
     kept = sorted(out.glob(f"DVBPR_auc_{cfg.k}_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
     for old in kept[:-KEPT_EPOCH_CHECKPOINTS]:
         old.unlink()
@@ -108,11 +111,11 @@ def save_epoch(out, cfg, trainee, items, progress):
     correctly)."""
     model, record = trainee.model, progress["history"][-1]
     if progress["kept"] is record:
-        save_checkpoint(out / "best.pt", snapshot("dvbpr", model, cfg, record))
+        save_checkpoint(out / "best.pt", snapshot("dvbpr", model, cfg, record, progress["dataset_digest"]))
         save_embeddings(out / "embeddings.pt", model.theta, items, dataclasses.asdict(cfg), record["epoch"],
-                        record["step"])
+                        record["step"], progress["dataset_digest"])
     if cfg.save_every_epoch:
-        save_epoch_files(out, model, items, cfg, record)
+        save_epoch_files(out, model, items, cfg, record, progress["dataset_digest"])
     save_training(out / "checkpoint.pt", "dvbpr", trainee, cfg, progress)
 
 

@@ -24,7 +24,7 @@ from common.errors import ConfigError
 from common.images import ImageStore, image_cache
 from dvbpr.run import open_dvbpr_run
 from pm.design import resize
-from pm.load import check_same_dataset_name, same_model
+from pm.load import check_trained_on, same_model
 
 PERMUTATION_ROUNDS = 10_000
 READER_MAX_SIZE = 64    # attributes are legible there (a stripe is a few pixels wide), at a quarter of 128 px's cost
@@ -62,7 +62,7 @@ def open_judge(judge_run, stages):
         if Path(judge_run).resolve() == run.path.resolve():
             raise ConfigError(f"--judge-run is {flag} itself: the judge must be another run (another --seed)")
     judge = open_dvbpr_run(judge_run, stages.dataset.path, stages.device, with_model=True)
-    check_same_dataset_name(judge, optimised[0], "--judge-run")
+    check_trained_on(judge, stages.dataset, "--judge-run", optimised[0])
     for flag, run in zip(flags, optimised):
         if same_model(judge, run):
             raise ConfigError(f"--judge-run {judge_run} is the same model as {flag}: train the judge with "

@@ -19,6 +19,7 @@ class Stages:
     def __init__(self, dvbpr_run, gan_run, dataset=None, device="cpu", ensemble_runs=()):
         self.device = torch.device(device)
         trained = open_dvbpr_run(dvbpr_run, dataset, self.device, with_model=True)
+        check_trained_on(trained, trained.dataset, "--dvbpr-run")
         self.dvbpr_runs = [trained] + [open_member(run, trained, self.device) for run in ensemble_runs]
         self.gan = open_gan_run(gan_run, self.device)
         self.dataset, self.dvbpr_config = trained.dataset, trained.config
@@ -47,7 +48,7 @@ def open_member(run, primary, device):
     """Another DVBPR run of the primary run's dataset, to be scored with it; refused in one line when it was
     trained on another dataset, is the primary run or its exact twin, or takes images of another size."""
     member = open_dvbpr_run(run, primary.dataset.path, device, with_model=True)
-    check_same_dataset_name(member, primary, "--ensemble-runs")
+    check_trained_on(member, primary.dataset, "--ensemble-runs", primary)
     if Path(run).resolve() == primary.path.resolve() or same_model(member, primary):
         raise ConfigError(f"--ensemble-runs {run} is the same model as --dvbpr-run: train it with another --seed")
     if member.model.input_size != primary.model.input_size:
@@ -56,13 +57,21 @@ def open_member(run, primary, device):
     return member
 
 
-def check_same_dataset_name(run, primary, flag):
-    """ConfigError when DVBPR `run` (given by `flag`) was trained on a dataset of another name than the primary
-    run's: same-sized catalogues would otherwise pass as the same data (a copy elsewhere keeps its name)."""
-    theirs, ours = Path(str(run.config.dataset)).name, Path(str(primary.config.dataset)).name
-    if theirs != ours:
-        raise ConfigError(f"{flag} {run.path} was trained on {theirs}, --dvbpr-run on {ours}: give runs of one "
-                          "dataset")
+def check_trained_on(run, dataset, flag, primary=None):
+    """ConfigError when DVBPR `run` (given by `flag`) was trained on other data than `dataset` holds, by the digest
+    its files record (a same-sized catalogue would otherwise pass, and a renamed copy is the same data). A run that
+    records none (older or imported) is compared with the `primary` run by its dataset's file name, with a note."""
+    if run.trained_on is None:
+        print(f"{flag} {run.path} does not record the digest of its data (an older or imported run): "
+              + ("compared by the dataset's file name" if primary else "unchecked"))
+        theirs = Path(str(run.config.dataset)).name
+        ours = Path(str(primary.config.dataset)).name if primary else theirs
+        if theirs != ours:
+            raise ConfigError(f"{flag} {run.path} was trained on {theirs}, --dvbpr-run on {ours}: give runs of one "
+                              "dataset")
+    elif run.trained_on != dataset.digest:
+        raise ConfigError(f"{flag} {run.path} was trained on other data than {dataset.path} holds (digest "
+                          f"{run.trained_on[:12]}, not {dataset.digest[:12]}): give runs of one dataset")
 
 
 def same_model(run, other):

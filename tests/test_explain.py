@@ -137,7 +137,7 @@ def runs(tmp_path_factory, catalogue):
                       conv_widths=[8, 8, 8, 8, 8], epochs=1)
     model = build_model(cfg, dataset.usernum)
     model.theta.data = torch.randn_like(model.theta)
-    save_checkpoint(root / "dvbpr" / "best.pt", snapshot("dvbpr", model, cfg, {"epoch": 1, "step": 1}))
+    save_checkpoint(root / "dvbpr" / "best.pt", snapshot("dvbpr", model, cfg, {"epoch": 1, "step": 1}, None))
     attention = AttentionConfig(dataset=str(dataset.path), out=str(root / "attention"), k=8, hidden=8,
                                 image_size=32, conv_widths=[8, 8, 8, 8, 8], batch_size=16, epochs=6, lr=0.01,
                                 device="cpu")

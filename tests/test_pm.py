@@ -9,6 +9,9 @@ import pytest
 import torch
 import torchvision
 
+from common.catalogue.config import CatalogueConfig
+from common.catalogue.generate import generate_catalogue
+from common.checkpoint import save_checkpoint
 from common.cli import parse_config
 from common.data import load_dataset
 from common.original_format import CATEGORY_NAMES
@@ -22,6 +25,7 @@ from gan.train import train as train_gan
 from pm.config import DEMO, PRESETS, PMConfig
 from pm.design import Designer, EmbeddingSupport, choose, resize, retrieve, to_z
 from pm.figures import pick_user
+from pm.judges import open_judge
 from pm.load import Stages
 from pm.main import main
 from pm.metrics import CategoryInception, ImageNetInception, inception_score, ssim_diversity
@@ -467,14 +471,35 @@ def test_ensemble_runs_and_the_judge_are_refused_where_they_repeat_a_model(runs,
                             image_size=64, fc_width=256, epochs=1, batch_size=32, seed=3, device="cpu"))
     with pytest.raises(SystemExit, match="takes 64 px images, --dvbpr-run 32 px"):
         main(common + ["--ensemble-runs", str(tmp_path / "wide")])
-    # a catalogue of the same size is not the same data
-    other = catalogue(num_users=40, num_items=90, name="Other")
-    train_dvbpr(DVBPRConfig(dataset=str(other), out=str(tmp_path / "other"), k=8, image_size=32, fc_width=256,
-                            epochs=1, batch_size=32, seed=4, device="cpu"))
+    # a catalogue of the same size and name is not the same data; a renamed copy is
+    elsewhere = generate_catalogue(tmp_path / "elsewhere" / "Tiny.npy", CatalogueConfig(
+        num_users=40, num_items=90, image_size=32, image_source="procedural", seed=1))
+    renamed = catalogue(num_users=40, num_items=90, name="Other")
+    for name, path, seed in (("elsewhere", elsewhere, 4), ("renamed", renamed, 5)):
+        train_dvbpr(DVBPRConfig(dataset=str(path), out=str(tmp_path / name), k=8, image_size=32, fc_width=256,
+                                epochs=1, batch_size=32, seed=seed, device="cpu"))
     for flag in ("--ensemble-runs", "--judge-run"):
-        with pytest.raises(SystemExit, match=f"{flag} {tmp_path / 'other'} was trained on Other.npy, --dvbpr-run on "
-                                             "Tiny.npy"):
-            main(common + [flag, str(tmp_path / "other")])
+        with pytest.raises(SystemExit, match=f"{flag} {tmp_path / 'elsewhere'} was trained on other data than "
+                                             f"{re.escape(str(catalogue(num_users=40, num_items=90)))} holds"):
+            main(common + [flag, str(tmp_path / "elsewhere")])
+    with pytest.raises(SystemExit, match=f"--dvbpr-run {runs / 'dvbpr'} was trained on other data than "
+                                         f"{re.escape(str(elsewhere))} holds"):
+        main(common + ["--dataset", str(elsewhere)])
+    member = Stages(runs / "dvbpr", runs / "gan", ensemble_runs=[tmp_path / "renamed"]).dvbpr_runs[1]
+    judge = open_judge(tmp_path / "renamed", Stages(runs / "dvbpr", runs / "gan"))
+    assert torch.equal(judge.theta, member.theta) and member.path == tmp_path / "renamed"
+    # a malformed digest is refused; a run from before runs recorded one is compared by its dataset's name
+    for digest in ("020b2a98", None):
+        for file in ("best.pt", "embeddings.pt"):
+            checkpoint = torch.load(tmp_path / "renamed" / file, weights_only=True)
+            save_checkpoint(tmp_path / "renamed" / file, {**checkpoint, "dataset_digest": digest})
+        if digest:
+            with pytest.raises(SystemExit, match="best.pt: its dataset_digest is .*, not a SHA-256 hex digest"):
+                main(common + ["--judge-run", str(tmp_path / "renamed")])
+    for flag in ("--ensemble-runs", "--judge-run"):
+        with pytest.raises(SystemExit, match=f"{flag} {tmp_path / 'renamed'} was trained on Other.npy, "
+                                             "--dvbpr-run on Tiny.npy"):
+            main(common + [flag, str(tmp_path / "renamed")])
 
 
 def test_table_iv_takes_the_setting_a_tuning_chose_and_refuses_another_runs_tuning(runs, tmp_path):

@@ -37,7 +37,7 @@ def save_random_run(run, dataset):
     cfg = DVBPRConfig(dataset=str(dataset.path), out=str(run), k=8, image_size=32, fc_width=256, epochs=1)
     model = build_model(cfg, dataset.usernum)
     model.theta.data = torch.randn_like(model.theta)  # trained users are spread out, not the tiny initial theta
-    save_checkpoint(run / "best.pt", snapshot("dvbpr", model, cfg, {"epoch": 1, "step": 3}))
+    save_checkpoint(run / "best.pt", snapshot("dvbpr", model, cfg, {"epoch": 1, "step": 3}, None))
     return model.eval()
 
 
@@ -51,7 +51,7 @@ def trained(tmp_path_factory, catalogue):
         items = model.phi(scale_to_model(torch.from_numpy(np.array(image_cache(dataset, 32)))))
     run = open_dvbpr_run(root / "run")  # computes the embeddings (embeddings.pt is missing) without writing
     assert not (root / "run" / "embeddings.pt").exists()
-    save_embeddings(root / "run" / "embeddings.pt", run.theta, run.items, dataclasses.asdict(run.config), 1, 3)
+    save_embeddings(root / "run" / "embeddings.pt", run.theta, run.items, dataclasses.asdict(run.config), 1, 3, None)
     return SimpleNamespace(root=root, run=run, dataset=dataset, theta=model.theta.detach(), items=items)
 
 
