@@ -100,12 +100,11 @@ PRESETS = {
     "paper": dict(k=50, protocol="exact", ties="fail", epochs=20, save_every_epoch=False, select="best-valid"),
     "original": dict(k=100, protocol="sampled100", epochs=19, save_every_epoch=True, select="last"),
 }
-# The embedded catalogues on a CPU: the best recipe by validation AUC over eight catalogues of different hidden
-# tastes (experiments/family.py --search, its RECIPES and the README), of the two level best the faster: 66 s for the
-# first set-up command on a 2-core machine with 281 GFLOP/s (51 s of training), 3.1-3.4 min by estimate at 100
-# GFLOP/s, where the other, 24-48 wide, would take about 3.5. 64 px, conv widths 16-32,
-# fc 256 wide, 16 epochs, no dropout, Kaiming-uniform weights, theta_u centred on 0, Adam at lr 2e-3 with a
-# one-epoch warm-up and cosine decay.
+# The embedded catalogues on a CPU: the best recipe by validation AUC over eight catalogues of different hidden tastes
+# (experiments/family.py --search, its RECIPES and docs/demo_recipe.md), of the two level best the faster: 66 s for the
+# first set-up command on a 2-core machine with 281 GFLOP/s (51 s of training), 3.1-3.4 min by estimate at 100 GFLOP/s,
+# where the other, 24-48 wide, would take about 3.5. 64 px, conv widths 16-32, fc 256 wide, 16 epochs, no dropout,
+# Kaiming-uniform weights, theta_u centred on 0, Adam at lr 2e-3 with a one-epoch warm-up and cosine decay.
 DEMO = dict(image_size=64, conv_widths=[16, 32, 32, 32, 32], fc_width=256, epochs=16, lr=2e-3, lr_schedule="cosine",
             warmup_epochs=1.0, theta_init="centred", init="kaiming", dropout=0.0)
 PRESETS["demo"] = {**PRESETS["paper"], **DEMO}

@@ -74,7 +74,7 @@ LACKING = {"no-striped-shoes-s3": CatalogueConfig(seed=3, image_source="fashion-
 
 # Candidate demo recipes: DVBPR settings over the paper preset (K 50, 128 triplets a batch, weight decay 1e-3).
 # "old-demo" is the demo recipe before this search; the others up to the finalists were screened on one or two
-# catalogues (README); the finalists ran on all eight.
+# catalogues (docs/demo_recipe.md); the finalists ran on all eight.
 NARROW = dict(image_size=64, conv_widths=[32, 64, 64, 64, 64], fc_width=256)
 RECIPES = {
     "old-demo": dict(image_size=32, fc_width=1024, epochs=30, lr=1e-3),

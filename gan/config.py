@@ -82,8 +82,8 @@ PRESETS = {
     "paper": dict(generator="lsgan"),
     "original": dict(generator="lsgan", image_size=64, z_dim=256, z_distribution="normal", batch_size=16, epochs=30),
 }
-# The design half on one GPU: the LSGAN, the generator that kept improving longest on the CPU (README, "A longer CPU
-# recipe"), at the paper's widths and batch with DCGAN's lr, for 4,680 and 3,120 iterations on the embedded
+# The design half on one GPU: the LSGAN, the generator that kept improving longest on the CPU (docs/design_half.md, "A
+# longer CPU recipe"), at the paper's widths and batch with DCGAN's lr, for 4,680 and 3,120 iterations on the embedded
 # catalogues: 89 s and 63 s of training on an H200, KID at 32 px 0.110 and 0.162 against the CPU demo's 0.943 in the
 # same lens (README, "The design half's GPU presets"). The epochs were set to fit the time, not tuned. Every field the
 # demo settings would set is named.
@@ -97,12 +97,12 @@ PRESETS["gpu-128"] = dict(GPU, image_size=128, epochs=80)
 # fresh clone (0.86), so 8 epochs keep the time within 5 minutes on a 100 GFLOP/s machine.
 DEMO = dict(image_size=32, g_width=16, d_width=16, batch_size=32, epochs=8, lr=2e-4, sample_every=200,
             checkpoint_every=500)
-# A generator's own demo settings over DEMO. The sngan without DiffAugment had a lower KID than the LSGAN at the
-# LSGAN demo's time (18 epochs) on three catalogues and six seeds (README, "A modern generator"), so the demo trains
-# it; its KID kept falling with training time (README, "The demo's minute, against its budget"), so it takes 30
-# epochs: as many as the demo's 5 minutes hold at 100 GFLOP/s by the README's scaling, with a margin.
-# A moving average of G (--ema 0.999) steadied its KID but did not lower its mean over the demo's seeds 0-2, by a
-# rule fixed beforehand (README, "An averaged generator"), so the demo trains without it.
+# A generator's own demo settings over DEMO. The sngan without DiffAugment had a lower KID than the LSGAN at the LSGAN
+# demo's time (18 epochs) on three catalogues and six seeds (docs/design_half.md, "A modern generator"), so the demo
+# trains it; its KID kept falling with training time (docs/design_half.md, "The demo's minute, against its budget"), so
+# it takes 30 epochs: as many as the demo's 5 minutes hold at 100 GFLOP/s by the README's scaling, with a margin. A
+# moving average of G (--ema 0.999) steadied its KID but did not lower its mean over the demo's seeds 0-2, by a rule
+# fixed beforehand (docs/design_half.md, "An averaged generator"), so the demo trains without it.
 GENERATOR_DEMOS = {"sngan": dict(diffaugment=False, beta1=0.0, beta2=0.9, epochs=30)}
 DEMO_GENERATOR = "sngan"
 

@@ -122,7 +122,7 @@ PRESETS = {
 # a KID as low or lower (by 0.01 to 0.89) than unbounded. The support penalty (w 1, q of 0.99, 0.9 and 0.5, nothing
 # else tried), each tested by a rule fixed before its tuning ran; at the rule's picks, true preference 2.51 / 2.56 /
 # 2.59 / 2.54 and KID 1.10 / 1.09 / 0.94 / 0.72 for no penalty (10 steps) / q 0.99 (50) / q 0.9 (100) / q 0.5 (100):
-# 0.99 then 0.9 adopted, 0.5 not (README, "PM's demo settings come from this table").
+# 0.99 then 0.9 adopted, 0.5 not (docs/demo_recipe.md, "PM's demo settings come from this table").
 DEMO = dict(trials=20, starts=16, steps=100, realism_floor=-1.0, support_quantile=0.9)
 PRESETS["demo"] = {**PRESETS["paper"], **DEMO}
 MAX_GUIDANCE = 1e6

@@ -21,8 +21,8 @@ PULSE, Menon et al., 2020).
 Why the support term: theta_u . Phi is linear in Phi and was learnt only where items lie, so ascent on it leaves
 them. On two of the embedded catalogue's fig. 5 queries the designs that DVBPR scores above every real item of the
 user (green squares, without this term) lie at d_c 18.6-27.5 from the real items of their category, 99% of which
-lie within 8.9-9.1 (README, fig. 5); in-distribution penalties are the standard remedy of offline model-based
-optimisation (conservative objective models, Trabucco et al., 2021).
+lie within 8.9-9.1 (docs/design_half.md, fig. 5); in-distribution penalties are the standard remedy of offline
+model-based optimisation (conservative objective models, Trabucco et al., 2021).
 """
 from dataclasses import dataclass, field
 

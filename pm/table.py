@@ -90,8 +90,8 @@ JUDGES_NOTES = [
     "(is the design the garment asked for?). Realistic: the share of the images inside the k-NN ball (k 3) of some "
     "real item of the query's category in the category classifier's features, the per-trial form of the precision "
     "column (real items are in the reference, so 1 by construction); of three measures tried against designs "
-    "labelled by eye, the one that agreed best with the first labeller and worst with a second, blind one (README): "
-    "a proxy, not a judge. Mean ± std over trials.",
+    "labelled by eye, the one that agreed best with the first labeller and worst with a second, blind one "
+    "(docs/design_half.md): a proxy, not a judge. Mean ± std over trials.",
     "",
     "KID, FID, precision and recall: torch-fidelity, each source's images against all real items of their "
     "category, averaged over categories weighted by images (pm/fidelity.py); lower KID and FID are closer to the "
