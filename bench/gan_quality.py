@@ -56,6 +56,8 @@ CANDIDATES = {
     "sngan": dict(generator="sngan", lr=2e-4, beta1=0.0, beta2=0.9),
     "sngan-no-diffaugment": dict(generator="sngan", lr=2e-4, beta1=0.0, beta2=0.9, diffaugment=False),
     "sngan-no-diffaugment-ema": dict(generator="sngan", lr=2e-4, beta1=0.0, beta2=0.9, diffaugment=False, ema=0.999),
+    "sngan-no-diffaugment-class-seed": dict(generator="sngan", lr=2e-4, beta1=0.0, beta2=0.9, diffaugment=False,
+                                            class_seed=True),
     "sngan-wide": dict(generator="sngan", g_width=32, d_width=32, lr=2e-4, beta1=0.0, beta2=0.9),
     "sngan-lr5e-4": dict(generator="sngan", lr=5e-4, beta1=0.0, beta2=0.9),
     "lsgan-wide": dict(generator="lsgan", g_width=32, d_width=32),

@@ -17,7 +17,8 @@ from gan.generators import GENERATORS
 from gan.model import noise_image_dim, num_stages
 
 GRID_SIZE = 16          # 4x4 sample grids
-ARCHITECTURE_FIELDS = ("generator", "image_size", "z_dim", "z_distribution", "g_width", "d_width", "ema")
+ARCHITECTURE_FIELDS = ("generator", "image_size", "z_dim", "z_distribution", "g_width", "d_width", "ema",
+                       "class_seed")
 
 
 @dataclass
@@ -58,6 +59,9 @@ class GANConfig:
                                                       "the last weights)"})
     diffaugment: bool = field(default=True, metadata={"help": "sngan: D sees real and fake images through "
                                                               "DiffAugment (colour, translation, cutout)"})
+    class_seed: bool = field(default=False, metadata={"help": "sngan: G also takes the category at its input, a "
+                                                              "learned 4x4 seed per category added to its projection "
+                                                              "of z (else only its batch norms see the category)"})
     batch_size: int = field(default=64, metadata={"help": "images per iteration"})
     epochs: int = field(default=25, metadata={"help": "epochs of floor(items / batch) iterations"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of G and D"})

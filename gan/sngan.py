@@ -7,13 +7,15 @@ At 32x32 with widths G w and D d (stages are added or dropped at the high-resolu
 halving its channels and D doubling them at each stage):
 
     G(z, c)                                              D(x, c)
-    h0 linear z -> 4x4x4w, cbn, relu        4x4x4w       4x4/2 sn-conv, lrelu                          16x16xd
+    h0 linear z (+ seed_c) -> 4x4x4w, cbn, relu  4x4x4w  4x4/2 sn-conv, lrelu                          16x16xd
     up 2x, 3x3 conv, cbn, relu              8x8x4w       4x4/2 sn-conv, lrelu                          8x8x2d
     up 2x, 3x3 conv, cbn, relu              16x16x2w     4x4/2 sn-conv, lrelu                          4x4x4d
     up 2x, 3x3 conv, cbn, relu              32x32xw      3x3/1 sn-conv, lrelu; sum over space   phi  4x4 -> 8d
     3x3 conv, tanh                          32x32x3      linear(phi) + <embed(c), phi>  (projection)   score
 
-cbn: batch norm whose scale and shift are looked up per category; sn-conv: a conv under spectral normalisation.
+cbn: batch norm whose scale and shift are looked up per category; sn-conv: a conv under spectral normalisation;
+seed_c (with --class-seed): a learned 4x4x4w map per category, so that the category reaches G's layout from its first
+layer and not only through the batch norms' scales and shifts.
 D has one strided conv per stage, as the LSGAN's, rather than the 3x3 + 4x4 pairs of Miyato et al.'s standard CNN:
 a third of the flops, so that a CPU gives it more iterations within the few minutes of a demo (its quality per
 CPU-minute: bench/gan_quality.py).
@@ -89,13 +91,16 @@ class ConditionalBatchNorm(nn.Module):
 
 class Generator(nn.Module):
 
-    def __init__(self, image_size=32, z_dim=100, num_categories=6, width=32):
+    def __init__(self, image_size=32, z_dim=100, num_categories=6, width=32, class_seed=False):
         super().__init__()
         self.image_size, self.z_dim, self.num_categories = image_size, z_dim, num_categories
         self.seed_channels = 4 * width
         # one upsampling stage per doubling from 4x4: 4w out of the first, then half as many out of each next
         channels = [self.seed_channels] + [max(self.seed_channels >> i, 1) for i in range(num_stages(image_size, 4))]
         self.h0_lin = nn.Linear(z_dim, self.seed_channels * 4 * 4)
+        self.class_seed = nn.Embedding(num_categories, self.seed_channels * 4 * 4) if class_seed else None
+        if class_seed:  # zero, as the batch norms' embeddings: at N(0, 1) it outweighed z and each category collapsed
+            nn.init.zeros_(self.class_seed.weight)
         self.bn0 = ConditionalBatchNorm(self.seed_channels, num_categories)
         self.convs = nn.ModuleList(nn.Conv2d(c_in, c_out, 3, padding=1) for c_in, c_out in zip(channels, channels[1:]))
         self.bns = nn.ModuleList(ConditionalBatchNorm(c, num_categories) for c in channels[1:])
@@ -103,7 +108,10 @@ class Generator(nn.Module):
 
     def forward(self, z, labels):
         """z [B, z_dim], labels [B] category ids -> images [B, 3, S, S] in [-1, 1]."""
-        h = self.h0_lin(z).view(-1, self.seed_channels, 4, 4)
+        h = self.h0_lin(z)
+        if self.class_seed is not None:
+            h = h + self.class_seed(labels).to(h.dtype)
+        h = h.view(-1, self.seed_channels, 4, 4)
         h = F.relu(self.bn0(h, labels))
         for conv, bn in zip(self.convs, self.bns):
             h = F.relu(bn(conv(F.interpolate(h, scale_factor=2, mode="nearest")), labels))
@@ -172,7 +180,8 @@ class SNGAN(ConditionalGenerator):
     def __init__(self, cfg, num_categories, device="cpu"):
         super().__init__()
         fmt = memory_format(device)
-        self.generator = Generator(cfg.image_size, cfg.z_dim, num_categories, cfg.g_width).to(device, memory_format=fmt)
+        self.generator = Generator(cfg.image_size, cfg.z_dim, num_categories, cfg.g_width, cfg.class_seed).to(
+            device, memory_format=fmt)
         self.discriminator = Discriminator(cfg.image_size, num_categories, cfg.d_width).to(device, memory_format=fmt)
         self.z_dim, self.image_size, self.num_categories = cfg.z_dim, cfg.image_size, num_categories
         self.augment = diff_augment if cfg.diffaugment else nn.Identity()

@@ -187,3 +187,24 @@ def test_the_diffaugment_flag_decides_whether_d_sees_augmented_images():
     augmented = tiny_sngan(diffaugment=True).augment
     assert not torch.equal(augmented(images), augmented(images))
     assert torch.equal(tiny_sngan(diffaugment=False).augment(images), images)
+
+
+def test_the_class_seed_starts_at_zero_and_g_learns_a_first_layer_map_per_category():
+    """At initialisation the batch norms' per-category scales and shifts are the identity and the class seed is zero,
+    so one code draws the same image in every category; G's training moves the seeds of the categories it saw (and
+    those alone), and then one code draws each category differently."""
+    model = tiny_sngan(class_seed=True)
+    z, labels = torch.rand(4, 8) * 2 - 1, torch.tensor([0, 1, 0, 1])
+    first_layer_only = lambda: model.generator.eval()(z[:1].expand(3, -1), torch.arange(3))
+    with torch.no_grad():
+        images = first_layer_only()
+    assert torch.equal(images[0], images[1]) and not model.generator.class_seed.weight.any()
+    for bn in (model.generator.bn0, *model.generator.bns):   # the batch norms' path held shut
+        for embedding in (bn.scale, bn.shift):
+            embedding.requires_grad_(False)
+    steps(model, torch.rand(4, 3, 16, 16) * 2 - 1, labels, z, 3, frozen="discriminator")
+    moved = model.generator.class_seed.weight.abs().sum(dim=1)
+    assert moved[0] > 0 and moved[1] > 0 and moved[2] == 0
+    with torch.no_grad():
+        images = first_layer_only()
+    assert (images[0] - images[1]).abs().mean() > 1e-4 and tiny_sngan().generator.class_seed is None
