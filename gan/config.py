@@ -106,7 +106,8 @@ DEMO = dict(image_size=32, g_width=16, d_width=16, batch_size=32, epochs=8, lr=2
 # trains it; its KID kept falling with training time (docs/design_half.md, "The demo's minute, against its budget"), so
 # it takes 30 epochs: as many as the demo's 5 minutes hold at 100 GFLOP/s by the README's scaling, with a margin. A
 # moving average of G (--ema 0.999) steadied its KID but did not lower its mean over the demo's seeds 0-2, by a rule
-# fixed beforehand (docs/design_half.md, "An averaged generator"), so the demo trains without it.
+# fixed beforehand (docs/design_half.md, "An averaged generator"), so the demo trains without it; nor with a learned
+# seed per category at G's input (--class-seed), which failed its rule too ("A category seed at G's input").
 GENERATOR_DEMOS = {"sngan": dict(diffaugment=False, beta1=0.0, beta2=0.9, epochs=30)}
 DEMO_GENERATOR = "sngan"
 
