@@ -6,7 +6,9 @@ the real items of its category:
 - silhouette: the best IoU of its foreground (pixels with a channel below 0.8 on white) with a real item's;
 - SSIM: the best structural similarity (scikit-image) of its grey image with a real item's;
 - realism: Kynkaanniemi et al.'s (2019) score in the category classifier's features (pm/fidelity.py); at least 1 is
-  "realistic", the per-image form of Table IV's precision.
+  "realistic", the per-image form of Table IV's precision;
+- wholeness (added later, after fig. 5's women's shoes were seen to fall apart into fragments under PM): the share of
+  its foreground in its largest 8-connected piece.
 For each, its AUC against the labels (the chance that a recognisable design outscores an unrecognisable one), and
 the agreement of "realistic" with the eye.
 
@@ -16,6 +18,11 @@ figure from another; the labeller names each tile's garment from ANSWERS, or "ca
 with the SHA-256 of the sheet they saw) are compared with the first labels and the measures.
 
     python experiments/eye_check.py        # the labelled figures must be the ones labelled: their SHA-256 is checked
+    python experiments/eye_check.py --sets docs/eye_labels_generators.json   # against many blind labellers' sets
+
+With --sets, the labels are sets of blind labels of other figures, one labeller per set: each measure's AUC against
+all of them and per set, and the threshold on each measure that agrees best with the first five sets, checked on the
+rest (--sets-out).
 
 The designs are read back from the figure: its tiles are the GAN's images upscaled by nearest neighbours.
 """
@@ -27,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from skimage.measure import label as connected_pieces
 from skimage.metrics import structural_similarity
 
 from common.checkpoint import read_json
@@ -53,6 +61,12 @@ class EyeCheckConfig:
                                                                       "designs and a real item per row, shuffled"})
     blind: str = field(default="docs/eye_labels_blind.json", metadata={
         "help": "a second labeller's answers on the sheet (their comparison is skipped where the file is absent)"})
+    sets: str | None = field(default=None, metadata={
+        "help": "a file of blind label sets of fig. 5 figures (docs/eye_labels_generators.json): the measures against "
+                "them instead of the first labels"})
+    sets_out: str = field(default="runs/eye_check_sets.md", metadata={"help": "where --sets writes its table"})
+    fit_sets: int = field(default=5, metadata={"help": "--sets: the first this many sets choose each measure's "
+                                                       "threshold, the rest check it"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
 
 
@@ -85,6 +99,17 @@ def silhouette(designs, real):
     return (intersection / union.clamp(min=1)).amax(dim=1)
 
 
+def wholeness(designs):
+    """Per design, the share of its foreground in its largest 8-connected piece (0 where it has none): near 1 for a
+    garment's one silhouette, low for scattered fragments."""
+    shares = []
+    for mask in foreground(designs).numpy():
+        pieces = connected_pieces(mask, connectivity=2)
+        sizes = np.bincount(pieces.ravel())[1:]
+        shares.append(sizes.max() / sizes.sum() if len(sizes) else 0.0)
+    return torch.tensor(shares, dtype=torch.float64)
+
+
 def ssim(designs, real):
     """Per design, the best SSIM of its grey image with a real item's, on [0, 1] (SSIM is not shift-invariant)."""
     grey, real_grey = ((designs.mean(1) + 1) / 2).numpy(), ((real.mean(1) + 1) / 2).numpy()
@@ -101,7 +126,11 @@ def labelled_figures(path):
     """{figure run folder: {"made_by", "sha256", "labels"}} of a labels file, refused in one line (RunError) when it
     is not in that form."""
     content = read_json(path, MAX_JSON_BYTES, "labels file")
-    figures = content.get("figures") if isinstance(content, dict) else None
+    return checked_figures(content.get("figures") if isinstance(content, dict) else None, path)
+
+
+def checked_figures(figures, path):
+    """`figures` of the labels file `path` when they are {folder: {"made_by", "sha256", "labels"}}, else RunError."""
     entries = figures.values() if isinstance(figures, dict) and figures else [None]
     if not all(isinstance(entry, dict) and isinstance(entry.get("made_by"), str)
                and isinstance(entry.get("sha256"), str) and isinstance(entry.get("labels"), list)
@@ -111,29 +140,43 @@ def labelled_figures(path):
     return figures
 
 
+def label_sets(path):
+    """[{folder: entry}] of a file of blind label sets ({"sets": [{"figures": {folder: entry}}, ...]}), refused in
+    one line (RunError) when it is not in that form."""
+    content = read_json(path, MAX_JSON_BYTES, "file of label sets")
+    sets = content.get("sets") if isinstance(content, dict) else None
+    if not (isinstance(sets, list) and sets and all(isinstance(one, dict) for one in sets)):
+        raise RunError(f"{path} is not a file of label sets: it needs \"sets\": [{{\"figures\": ...}}, ...]")
+    return [checked_figures(one.get("figures"), path) for one in sets]
+
+
+def open_figure(folder, entry, source, device):
+    """(run, labels, stages, designs, categories) of one figure of the labels file `source`, checked to be the one
+    labelled."""
+    run = Path(folder)
+    if not (run / "personal_design.png").is_file():
+        raise RunError(f"no {run / 'personal_design.png'}: make it with `{entry['made_by']}`")
+    digest = hashlib.sha256((run / "personal_design.png").read_bytes()).hexdigest()
+    if digest != entry["sha256"]:
+        raise RunError(f"{run / 'personal_design.png'} is not the figure that was labelled (made by: "
+                       f"{entry['made_by']})")
+    settings = read_json(run / "figures_config.json", MAX_JSON_BYTES, "settings file of pm/main.py")
+    stages = Stages(settings["dvbpr_run"], settings["gan_run"], settings["dataset"], pick_device(device))
+    designs, categories = figure_tiles(run, stages.designer.image_size)
+    if len(entry["labels"]) != len(designs):
+        raise RunError(f"{source} gives {len(entry['labels'])} labels for the {len(designs)} designs of {run}")
+    return run, entry["labels"], stages, designs, categories
+
+
 def open_figures(cfg):
     """[(run, labels, stages, designs, categories)] of the labelled figures, each checked to be the one labelled."""
-    figures = []
-    for folder, entry in labelled_figures(cfg.labels).items():
-        run = Path(folder)
-        if not (run / "personal_design.png").is_file():
-            raise RunError(f"no {run / 'personal_design.png'}: make it with `{entry['made_by']}`")
-        digest = hashlib.sha256((run / "personal_design.png").read_bytes()).hexdigest()
-        if digest != entry["sha256"]:
-            raise RunError(f"{run / 'personal_design.png'} is not the figure that was labelled (made by: "
-                           f"{entry['made_by']})")
-        settings = read_json(run / "figures_config.json", MAX_JSON_BYTES, "settings file of pm/main.py")
-        stages = Stages(settings["dvbpr_run"], settings["gan_run"], settings["dataset"], pick_device(cfg.device))
-        designs, categories = figure_tiles(run, stages.designer.image_size)
-        if len(entry["labels"]) != len(designs):
-            raise RunError(f"{cfg.labels} gives {len(entry['labels'])} labels for the {len(designs)} designs of {run}")
-        figures.append((run, entry["labels"], stages, designs, categories))
-    return figures
+    figures = labelled_figures(cfg.labels)
+    return [open_figure(folder, entry, cfg.labels, cfg.device) for folder, entry in figures.items()]
 
 
 def measure(figures):
     """({measure: per design}, the first labels) of every design of the figures, in figure order."""
-    scores, eye = {"silhouette": [], "SSIM": [], "realism": []}, []
+    scores, eye = {"silhouette": [], "SSIM": [], "realism": [], "wholeness": []}, []
     for run, labels, stages, designs, categories in figures:
         fidelity = Fidelity({CLASSIFIER_EXTRACTOR: classifier_extractor(stages.category_classifier(run))},
                             stages.images, stages.dataset.item_category)
@@ -142,6 +185,7 @@ def measure(figures):
             scores["silhouette"].append(silhouette(design[None], real).item())
             scores["SSIM"].append(ssim(design[None], real).item())
             scores["realism"].append(fidelity.realism(design[None], category).item())
+            scores["wholeness"].append(wholeness(design[None]).item())
         eye += labels
     return {name: torch.tensor(values) for name, values in scores.items()}, torch.tensor(eye)
 
@@ -226,9 +270,62 @@ def report(scores, eye):
     return "\n".join(lines) + "\n"
 
 
+def best_threshold(values, labels):
+    """The threshold t for which "value >= t means nameable" agrees with the most labels (the lowest such t)."""
+    candidates = torch.cat([values.unique(), values.max()[None] + 1])
+    agreement = torch.stack([((values >= t).long() == labels).sum() for t in candidates])
+    return candidates[agreement.argmax()].item()
+
+
+def measure_sets(cfg):
+    """[(set index, figure folder, {measure: per design}, labels)] of every figure of every set; a figure is
+    measured once."""
+    measured, rows = {}, []
+    for index, figures in enumerate(label_sets(cfg.sets)):
+        for folder, entry in figures.items():
+            key = (folder, entry["sha256"])
+            if key not in measured:
+                measured[key] = measure([open_figure(folder, entry, cfg.sets, cfg.device)])[0]
+            rows.append((index, folder, measured[key], torch.tensor(entry["labels"])))
+    return rows
+
+
+def sets_report(rows, fit_sets):
+    """Each measure's AUC against every set's labels pooled and per set, and its threshold fitted on the first
+    `fit_sets` sets, checked on the rest against always saying "nameable"."""
+    count = max(index for index, *_ in rows) + 1
+    pooled = lambda name, keep: (torch.cat([scores[name] for i, _, scores, _ in rows if keep(i)]),
+                                 torch.cat([labels for i, _, _, labels in rows if keep(i)]))
+    eye = torch.cat([labels for *_, labels in rows])
+    lines = [f"{len(eye)} labels of {len({folder for _, folder, *_ in rows})} figures in {count} sets, "
+             f"{int(eye.sum())} nameable; thresholds fitted on sets 1-{fit_sets}, checked on sets "
+             f"{fit_sets + 1}-{count}.", "",
+             "| measure | AUC, all sets | " + " | ".join(f"set {i + 1}" for i in range(count))
+             + " | threshold | accuracy on the held-out sets | always \"nameable\" there |",
+             "|---|---|" + "---|" * count + "---|---|---|"]
+    for name in rows[0][2]:
+        values, labels = pooled(name, lambda i: True)
+        per_set = []
+        for index in range(count):
+            mine, theirs = pooled(name, lambda i: i == index)
+            per_set.append(f"{auc(mine, theirs):.2f}" if 0 < theirs.sum() < len(theirs) else "-")
+        threshold = best_threshold(*pooled(name, lambda i: i < fit_sets))
+        held_values, held_labels = pooled(name, lambda i: i >= fit_sets)
+        accuracy = ((held_values >= threshold).long() == held_labels).double().mean().item()
+        lines.append(f"| {name} | {auc(values, labels):.3f} | " + " | ".join(per_set)
+                     + f" | {threshold:.3g} | {accuracy:.3f} | {held_labels.double().mean().item():.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     with stage_errors("eye_check"):
         cfg, _ = parse_config(EyeCheckConfig, argv, description=__doc__.splitlines()[0])
+        if cfg.sets is not None:
+            table = sets_report(measure_sets(cfg), cfg.fit_sets)
+            Path(cfg.sets_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(cfg.sets_out).write_text(table)
+            print(table)
+            return
         figures = open_figures(cfg)
         scores, eye = measure(figures)
         table = report(scores, eye)

@@ -17,8 +17,11 @@ from experiments.eye_check import (
     blind_sheet,
     cohen_kappa,
     figure_tiles,
+    label_sets,
     open_figures,
+    sets_report,
     silhouette,
+    wholeness,
     write_sheet,
 )
 
@@ -127,3 +130,28 @@ def test_cohen_kappa_is_one_for_equal_labels_and_zero_for_chance_agreement():
     labels = torch.tensor([1, 0, 1, 0])
     assert cohen_kappa(labels, labels) == pytest.approx(1.0)
     assert cohen_kappa(torch.tensor([1, 1, 0, 0]), torch.tensor([1, 0, 1, 0])) == pytest.approx(0.0)
+
+
+def test_wholeness_is_one_for_one_silhouette_and_falls_with_the_fragments():
+    images = torch.ones(3, 3, 8, 8)            # white
+    images[0, :, 1:7, 2:6] = -1                # one dark garment
+    images[1, :, 0:2, 0:2] = images[1, :, 5:7, 5:7] = -1   # two equal pieces apart
+    images[1, 0, 6, 0] = -1                    # and a speck: 1 pixel of 9
+    assert wholeness(images).tolist() == [1.0, 4 / 9, 0.0]     # nothing drawn: 0
+
+
+def test_the_sets_report_fits_a_threshold_on_the_first_sets_and_checks_it_on_the_rest():
+    labels = torch.tensor([1, 1, 0, 0])
+    separating, random = torch.tensor([0.9, 0.8, 0.2, 0.1]), torch.tensor([0.1, 0.9, 0.2, 0.8])
+    rows = [(index, f"fig{index}", {"good": separating, "bad": random}, labels) for index in range(3)]
+    table = sets_report(rows, fit_sets=2)
+    good, bad = (line for line in table.splitlines() if line.startswith(("| good", "| bad")))
+    assert good == "| good | 1.000 | 1.00 | 1.00 | 1.00 | 0.8 | 1.000 | 0.500 |"
+    assert bad.startswith("| bad | 0.500 |") and "12 labels of 3 figures in 3 sets, 6 nameable" in table
+
+
+@pytest.mark.parametrize("content", [{"sets": []}, {"sets": [1]}, {"sets": [{"figures": {"f": {"labels": [1]}}}]}])
+def test_a_malformed_file_of_label_sets_is_refused_in_one_line(tmp_path, content):
+    (tmp_path / "sets.json").write_text(json.dumps(content))
+    with pytest.raises(RunError, match="is not a (file of label sets|labels file)"):
+        label_sets(tmp_path / "sets.json")
