@@ -67,6 +67,8 @@ class EyeCheckConfig:
     sets_out: str = field(default="runs/eye_check_sets.md", metadata={"help": "where --sets writes its table"})
     fit_sets: int = field(default=5, metadata={"help": "--sets: the first this many sets choose each measure's "
                                                        "threshold, the rest check it"})
+    skip_missing: bool = field(default=False, metadata={"help": "--sets: leave out the figures not made here (the "
+                                                                "table names them) instead of stopping"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
 
 
@@ -278,21 +280,24 @@ def best_threshold(values, labels):
 
 
 def measure_sets(cfg):
-    """[(set index, figure folder, {measure: per design}, labels)] of every figure of every set; a figure is
-    measured once."""
-    measured, rows = {}, []
+    """([(set index, figure folder, {measure: per design}, labels)] of every figure of every set, each figure
+    measured once; [(set index, folder)] of those left out as not made, with --skip-missing)."""
+    measured, rows, missing = {}, [], []
     for index, figures in enumerate(label_sets(cfg.sets)):
         for folder, entry in figures.items():
+            if cfg.skip_missing and not (Path(folder) / "personal_design.png").is_file():
+                missing.append((index, folder))
+                continue
             key = (folder, entry["sha256"])
             if key not in measured:
                 measured[key] = measure([open_figure(folder, entry, cfg.sets, cfg.device)])[0]
             rows.append((index, folder, measured[key], torch.tensor(entry["labels"])))
-    return rows
+    return rows, missing
 
 
-def sets_report(rows, fit_sets):
+def sets_report(rows, fit_sets, missing=()):
     """Each measure's AUC against every set's labels pooled and per set, and its threshold fitted on the first
-    `fit_sets` sets, checked on the rest against always saying "nameable"."""
+    `fit_sets` sets, checked on the rest against always saying "nameable"; the figures `missing` named."""
     count = max(index for index, *_ in rows) + 1
     pooled = lambda name, keep: (torch.cat([scores[name] for i, _, scores, _ in rows if keep(i)]),
                                  torch.cat([labels for i, _, _, labels in rows if keep(i)]))
@@ -314,6 +319,9 @@ def sets_report(rows, fit_sets):
         accuracy = ((held_values >= threshold).long() == held_labels).double().mean().item()
         lines.append(f"| {name} | {auc(values, labels):.3f} | " + " | ".join(per_set)
                      + f" | {threshold:.3g} | {accuracy:.3f} | {held_labels.double().mean().item():.3f} |")
+    if missing:
+        left_out = ", ".join(f"{folder} (set {index + 1})" for index, folder in missing)
+        lines += ["", f"Left out, not made here: {left_out}."]
     return "\n".join(lines) + "\n"
 
 
@@ -321,7 +329,8 @@ def main(argv=None):
     with stage_errors("eye_check"):
         cfg, _ = parse_config(EyeCheckConfig, argv, description=__doc__.splitlines()[0])
         if cfg.sets is not None:
-            table = sets_report(measure_sets(cfg), cfg.fit_sets)
+            rows, missing = measure_sets(cfg)
+            table = sets_report(rows, cfg.fit_sets, missing)
             Path(cfg.sets_out).parent.mkdir(parents=True, exist_ok=True)
             Path(cfg.sets_out).write_text(table)
             print(table)

@@ -1,4 +1,5 @@
 """experiments/eye_check.py: the designs read back from fig. 5, its measures and the check of the labelled figure."""
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -18,6 +19,7 @@ from experiments.eye_check import (
     cohen_kappa,
     figure_tiles,
     label_sets,
+    measure_sets,
     open_figures,
     sets_report,
     silhouette,
@@ -155,3 +157,12 @@ def test_a_malformed_file_of_label_sets_is_refused_in_one_line(tmp_path, content
     (tmp_path / "sets.json").write_text(json.dumps(content))
     with pytest.raises(RunError, match="is not a (file of label sets|labels file)"):
         label_sets(tmp_path / "sets.json")
+
+
+def test_a_figure_not_made_stops_the_sets_unless_it_may_be_left_out(tmp_path):
+    entry = {"made_by": "python pm/main.py --out F", "sha256": "0", "labels": [1, 0]}
+    (tmp_path / "sets.json").write_text(json.dumps({"sets": [{"figures": {str(tmp_path / "absent"): entry}}]}))
+    cfg = EyeCheckConfig(sets=str(tmp_path / "sets.json"))
+    with pytest.raises(RunError, match="personal_design.png: make it with `python pm/main.py --out F`"):
+        measure_sets(cfg)
+    assert measure_sets(dataclasses.replace(cfg, skip_missing=True)) == ([], [(0, str(tmp_path / "absent"))])
