@@ -89,9 +89,9 @@ JUDGES_NOTES = [
     "images that the GAN run's category classifier, trained on the real items, assigns to the query's category "
     "(is the design the garment asked for?). Realistic: the share of the images inside the k-NN ball (k 3) of some "
     "real item of the query's category in the category classifier's features, the per-trial form of the precision "
-    "column (real items are in the reference, so 1 by construction); of three measures tried against designs "
-    "labelled by eye, the one that agreed best with the first labeller and worst with a second, blind one "
-    "(docs/design_half.md): a proxy, not a judge. Mean ± std over trials.",
+    "column (real items are in the reference, so 1 by construction): a measure in the classifier's features, not "
+    "of what a person sees (against 756 blind labels of whether a person can tell the garment, its AUC is 0.48; "
+    "docs/design_half.md). Mean ± std over trials.",
     "",
     "KID, FID, precision and recall: torch-fidelity, each source's images against all real items of their "
     "category, averaged over categories weighted by images (pm/fidelity.py); lower KID and FID are closer to the "
