@@ -40,7 +40,7 @@ from skimage.metrics import structural_similarity
 from common.checkpoint import read_json
 from common.cli import parse_config, stage_errors
 from common.device import pick_device
-from common.errors import RunError
+from common.errors import ConfigError, RunError
 from common.figures import CAPTION_HEIGHT, CAPTIONED_PADDING, MIN_CAPTIONED_TILE, save_grid
 from pm.fidelity import CLASSIFIER_EXTRACTOR, Fidelity, classifier_extractor
 from pm.load import Stages
@@ -298,7 +298,12 @@ def measure_sets(cfg):
 def sets_report(rows, fit_sets, missing=()):
     """Each measure's AUC against every set's labels pooled and per set, and its threshold fitted on the first
     `fit_sets` sets, checked on the rest against always saying "nameable"; the figures `missing` named."""
+    if not rows:
+        raise RunError("none of the labelled figures is made here: make them with the commands of their made_by")
     count = max(index for index, *_ in rows) + 1
+    if not 0 < fit_sets < count:
+        raise ConfigError(f"--fit-sets {fit_sets}: give 1 to {count - 1}, so that some of the {count} sets check the "
+                          "thresholds the others fit")
     pooled = lambda name, keep: (torch.cat([scores[name] for i, _, scores, _ in rows if keep(i)]),
                                  torch.cat([labels for i, _, _, labels in rows if keep(i)]))
     eye = torch.cat([labels for *_, labels in rows])

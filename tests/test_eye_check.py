@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from common.checkpoint import write_json
-from common.errors import RunError
+from common.errors import ConfigError, RunError
 from common.figures import save_grid
 from experiments.eye_check import (
     ANSWERS,
@@ -150,6 +150,10 @@ def test_the_sets_report_fits_a_threshold_on_the_first_sets_and_checks_it_on_the
     good, bad = (line for line in table.splitlines() if line.startswith(("| good", "| bad")))
     assert good == "| good | 1.000 | 1.00 | 1.00 | 1.00 | 0.8 | 1.000 | 0.500 |"
     assert bad.startswith("| bad | 0.500 |") and "12 labels of 3 figures in 3 sets, 6 nameable" in table
+    with pytest.raises(ConfigError, match="--fit-sets 3: give 1 to 2"):
+        sets_report(rows, fit_sets=3)
+    with pytest.raises(RunError, match="none of the labelled figures is made here"):
+        sets_report([], fit_sets=2)
 
 
 @pytest.mark.parametrize("content", [{"sets": []}, {"sets": [1]}, {"sets": [{"figures": {"f": {"labels": [1]}}}]}])
