@@ -63,7 +63,7 @@ class Diffusion(ConditionalGenerator):
     """The class-conditional DDPM with a DDIM sampler (this module's docstring); `nets` is its UNet alone. Its
     z_dim is 3 S^2 whatever cfg.z_dim says (gan/config.py's with_generator_latent settles the config to match)."""
     nets = ("unet",)
-    takes_ema = True
+    reads = ("ema",)
     latent_box = False
     noise_image_codes = True
 

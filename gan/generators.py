@@ -6,6 +6,9 @@ from gan.diffusion import Diffusion
 from gan.model import LSGAN
 from gan.sngan import SNGAN
 
+# settings off by default (false or 0) that only some generators read, each listing them in its `reads`
+OPTIONAL = ("ema", "class_seed")
+
 GENERATORS = {
     "lsgan": LSGAN,
     "sngan": SNGAN,
@@ -17,7 +20,9 @@ def build_generator(cfg, num_categories, device="cpu"):
     """The generator cfg.generator names, its networks on `device`."""
     if cfg.generator not in GENERATORS:
         raise ConfigError(f"unknown generator {cfg.generator!r}; choose from {', '.join(GENERATORS)}")
-    if cfg.ema and not GENERATORS[cfg.generator].takes_ema:   # not with the flags: the embedded demo picks the sngan
-        averaged = " or ".join(name for name, kind in GENERATORS.items() if kind.takes_ema)
-        raise ConfigError(f"--ema averages the generator of {averaged}; --generator {cfg.generator} keeps none")
+    for option in OPTIONAL:   # checked here, not with the flags: the embedded demo picks the sngan after them
+        if getattr(cfg, option) and option not in GENERATORS[cfg.generator].reads:
+            readers = " or ".join(name for name, kind in GENERATORS.items() if option in kind.reads)
+            raise ConfigError(f"--{option.replace('_', '-')} is read by --generator {readers}; --generator "
+                              f"{cfg.generator} has no use for it")
     return GENERATORS[cfg.generator](cfg, num_categories, device)

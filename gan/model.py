@@ -210,7 +210,8 @@ class ConditionalGenerator(nn.Module):
         realism_loss(images, labels)  [B] the realism term of eq. 10, to be kept small
         latent_box                    True when the codes live in [-1, 1]^z_dim, where the paper's z = tanh(z')
                                       (eq. 10) spans exactly the generator's domain; False: PM optimises z directly
-        takes_ema                     True when --ema D keeps a moving average of its generator in `averages`
+        reads                         the generator-specific settings it reads (of gan/generators.py's
+                                      OPTIONAL); the registry refuses the others when they are set
         noise_image_codes             True when the codes are noise images ~ N(0, I) of noise_image_dim(S)
                                       entries, whatever --z-dim says (gan/config.py's with_generator_latent)
         guided_sample(z, labels, score, scale)   optional: samples steered up score(image) while they are drawn
@@ -222,7 +223,7 @@ class ConditionalGenerator(nn.Module):
     """
     nets = ()
     averages = ()
-    takes_ema = False
+    reads = ()
     latent_box = True
     noise_image_codes = False
 

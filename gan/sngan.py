@@ -175,7 +175,7 @@ class SNGAN(ConditionalGenerator):
     norm statistics (gan/model.py moving_average; Yazici et al., 2019, averaged a GAN's generator so), while D and
     G's training read the last weights."""
     nets = ("generator", "discriminator")
-    takes_ema = True
+    reads = ("ema", "class_seed")
 
     def __init__(self, cfg, num_categories, device="cpu"):
         super().__init__()

@@ -7,9 +7,11 @@ import torch
 
 from common.checkpoint import load_checkpoint
 from common.data import load_dataset
+from common.errors import ConfigError
 from dvbpr.cnnf import CNNF
 from dvbpr.model import DVBPR
 from gan.config import GANConfig
+from gan.generators import build_generator
 from gan.run import open_gan_run
 from gan.sngan import SNGAN, cutout, diff_augment, translate
 from gan.train import train as train_gan
@@ -208,3 +210,10 @@ def test_the_class_seed_starts_at_zero_and_g_learns_a_first_layer_map_per_catego
     with torch.no_grad():
         images = first_layer_only()
     assert (images[0] - images[1]).abs().mean() > 1e-4 and tiny_sngan().generator.class_seed is None
+
+
+@pytest.mark.parametrize("generator", ["lsgan", "diffusion"])
+def test_the_class_seed_is_refused_for_a_generator_that_has_none(generator):
+    with pytest.raises(ConfigError, match=f"^--class-seed is read by --generator sngan; --generator {generator} has "
+                                          "no use for it$"):
+        build_generator(tiny_config(generator=generator, class_seed=True), 3)
