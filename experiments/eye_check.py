@@ -1,14 +1,16 @@
-"""Which measure sees what the eye sees: three measures against the designs of PM's fig. 5, labelled by eye.
+"""Which measure sees what the eye sees: five measures against the designs of PM's fig. 5, labelled by eye.
 
 The designs of fig. 5 (personal_design.png of `pm/main.py` runs), each labelled by eye before any measure was
-computed (docs/eye_labels.json: 1 where a person can tell the garment), against three measures of each design beside
+computed (docs/eye_labels.json: 1 where a person can tell the garment), against five measures of each design beside
 the real items of its category:
 - silhouette: the best IoU of its foreground (pixels with a channel below 0.8 on white) with a real item's;
 - SSIM: the best structural similarity (scikit-image) of its grey image with a real item's;
 - realism: Kynkaanniemi et al.'s (2019) score in the category classifier's features (pm/fidelity.py); at least 1 is
   "realistic", the per-image form of Table IV's precision;
 - wholeness (added later, after fig. 5's women's shoes were seen to fall apart into fragments under PM): the share of
-  its foreground in its largest 8-connected piece.
+  its foreground in its largest 8-connected piece;
+- category (added last): the in-domain category classifier's probability that the design is its row's category (the
+  classifier whose features realism and KID use; PM never optimises against it).
 For each, its AUC against the labels (the chance that a recognisable design outscores an unrecognisable one), and
 the agreement of "realistic" with the eye.
 
@@ -178,16 +180,18 @@ def open_figures(cfg):
 
 def measure(figures):
     """({measure: per design}, the first labels) of every design of the figures, in figure order."""
-    scores, eye = {"silhouette": [], "SSIM": [], "realism": [], "wholeness": []}, []
+    scores, eye = {"silhouette": [], "SSIM": [], "realism": [], "wholeness": [], "category": []}, []
     for run, labels, stages, designs, categories in figures:
-        fidelity = Fidelity({CLASSIFIER_EXTRACTOR: classifier_extractor(stages.category_classifier(run))},
-                            stages.images, stages.dataset.item_category)
+        classifier = stages.category_classifier(run)
+        fidelity = Fidelity({CLASSIFIER_EXTRACTOR: classifier_extractor(classifier)}, stages.images,
+                            stages.dataset.item_category)
         for design, category in zip(designs, categories):
             real = stages.images(stages.items_of(category))
             scores["silhouette"].append(silhouette(design[None], real).item())
             scores["SSIM"].append(ssim(design[None], real).item())
             scores["realism"].append(fidelity.realism(design[None], category).item())
             scores["wholeness"].append(wholeness(design[None]).item())
+            scores["category"].append(classifier.predict_proba(design[None])[0, category].item())
         eye += labels
     return {name: torch.tensor(values) for name, values in scores.items()}, torch.tensor(eye)
 
