@@ -20,6 +20,7 @@
 # Each step has its own time limit, cut to what is left of BUDGET seconds for the whole script (default 540, so the
 # default groups end within ten minutes); a step that would get less than 10 s is skipped and says so. A failed step
 # is reported and the next one runs. The summary at the end lists every step's exit status and the figures.
+# tests/test_gpu_check.py runs the groups with a stand-in python3 and checks every stage command they make.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}
