@@ -44,10 +44,10 @@ from common.cli import parse_config, stage_errors
 from common.device import pick_device
 from common.errors import ConfigError, RunError
 from common.figures import CAPTION_HEIGHT, CAPTIONED_PADDING, MIN_CAPTIONED_TILE, save_grid
+from pm.design import FOREGROUND_BELOW
 from pm.fidelity import CLASSIFIER_EXTRACTOR, Fidelity, classifier_extractor
 from pm.load import Stages
 
-FOREGROUND_BELOW = 0.8   # on [0, 1]: the catalogues draw items on white
 MAX_JSON_BYTES = 1 << 20
 # the blind labeller's choices: one per category of the embedded catalogues (common/catalogue/fashion_mnist.py), or none
 ANSWERS = ("long-sleeved top", "T-shirt or tank top", "trousers", "dress", "sneaker or ankle boot", "sandal",

@@ -55,6 +55,10 @@ class PMConfig:
                 "learnt only where items lie (the demo: 0.9); default: no penalty"})
     support_weight: float = field(default=SUPPORT_WEIGHT, metadata={"help": "w of that penalty, w (distance - "
                                                                             "radius)^2"})
+    shape_weight: float = field(default=0.0, metadata={
+        "help": "keep each design's outline: minus this weight times the mean squared change of its soft foreground "
+                "(the item against the white ground) from its start's, in synthesis and tailoring; colour and pattern "
+                "stay free; default 0: off"})
     init: str = field(default="uniform", metadata={"help": "starts: atanh of U(-1,1), N(0, 0.5^2), or codes of the "
                                                            "generator's prior (the LSGAN's: U(-1,1))",
                                                    "choices": ["uniform", "normal", "prior"]})
@@ -143,6 +147,8 @@ def check_config(cfg):
         raise ConfigError(f"--eta must be at least 0, got {cfg.eta}")
     if cfg.support_quantile is not None and not 0 < cfg.support_quantile <= 1:
         raise ConfigError(f"--support-quantile is a quantile in (0, 1], got {cfg.support_quantile}")
+    if not cfg.shape_weight >= 0 or not math.isfinite(cfg.shape_weight):
+        raise ConfigError(f"--shape-weight must be a finite number of at least 0, got {cfg.shape_weight}")
     if cfg.support_weight < 0:
         raise ConfigError(f"--support-weight must be at least 0, got {cfg.support_weight}")
     if cfg.realism_floor is not None and not math.isfinite(cfg.realism_floor):

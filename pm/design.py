@@ -7,6 +7,8 @@ tailoring of an existing item (eq. 12 then eq. 10).
                   replacement with p(e_t) = softmax(objective)_t (eq. 11), or taken best first
     support       optionally minus w relu(d_c(Phi(e)) - r_c)^2: d_c the Mahalanobis distance from the real items
                   of c in Phi's space, r_c a quantile of theirs (EmbeddingSupport)
+    shape         optionally minus s mean_pixels (m(e) - m(e_0))^2: m a soft foreground (the garment against the
+                  catalogue's white ground), e_0 the start's image; colour and pattern stay free (soft_silhouette)
     tailoring     z' = argmin ||G_c(tanh z') - nabla X_query||_1 (eq. 12), then eq. 10 from that z'
 
 Delta and nabla are nearest-neighbour resizes between the GAN's size and DVBPR's input size. G_c and the realism
@@ -23,6 +25,10 @@ them. On two of the embedded catalogue's fig. 5 queries the designs that DVBPR s
 user (green squares, without this term) lie at d_c 18.6-27.5 from the real items of their category, 99% of which
 lie within 8.9-9.1 (docs/design_half.md, fig. 5); in-distribution penalties are the standard remedy of offline
 model-based optimisation (conservative objective models, Trabucco et al., 2021).
+
+Why the shape term: the support term keeps Phi near the items, yet thin garments (sandals) still fall apart into
+fragments under the ascent, scored above the user's real favourites (docs/design_half.md); the generator's own
+samples keep their shapes far more often than the designs do, so the term holds each design to its start's outline.
 """
 from dataclasses import dataclass, field
 
@@ -34,6 +40,8 @@ from gan.model import sample_z
 
 ATANH_LIMIT = 1 - 1e-6  # U(-1, 1) can draw -1 exactly; atanh(+-1) is infinite
 RADIUS_SAMPLES = 1024   # prior codes whose mean norm is the sphere's radius
+FOREGROUND_BELOW = 0.8  # on [0, 1]: the catalogues draw items on white; a pixel with a channel below is the item's
+SILHOUETTE_SOFTNESS = 0.05
 
 
 def resize(images, size):
@@ -74,6 +82,12 @@ def choose(objective, k, select, rng=None):
     if select == "all":
         return objective.argsort(descending=True)
     raise ConfigError(f"unknown selection {select!r} (expected 'softmax', 'best' or 'all')")
+
+
+def soft_silhouette(images):
+    """[B, S, S] in (0, 1): how surely each pixel of images [B, 3, S, S] in [-1, 1] is the item's rather than the
+    white ground (the darkest channel below FOREGROUND_BELOW), smooth so that its change has a gradient."""
+    return torch.sigmoid((FOREGROUND_BELOW - (images.amin(dim=1) + 1) / 2) / SILHOUETTE_SOFTNESS)
 
 
 class EmbeddingSupport:
@@ -152,7 +166,7 @@ class Designer:
     Both are put in eval mode and frozen, so gradients reach only the latent codes. Where `realism_floor` is set
     (pm/stage.py, from --realism-floor) the realism loss is clamped from below there: past it, D_c(e) earns the
     design nothing more. Where `support` is set (an EmbeddingSupport, from --support-quantile) the objective pays
-    its penalty.
+    its penalty; where `shape_weight` is above 0 (--shape-weight) the ascent pays for changing a design's outline.
     """
 
     def __init__(self, dvbpr, model):
@@ -163,6 +177,7 @@ class Designer:
         self.image_size = model.image_size
         self.realism_floor = None
         self.support = None
+        self.shape_weight = 0.0
         codes = model.sample_z(RADIUS_SAMPLES, self.theta.device, torch.Generator(self.theta.device).manual_seed(0))
         self.radius = codes.norm(dim=1).mean().item()
 
@@ -227,10 +242,14 @@ class Designer:
         """
         z_prime = z_prime.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([z_prime], lr=lr)
-        history = []
+        history, start_shape = [], None
         for step in range(steps + 1):
             z = to_z(z_prime, latent, self.radius)
             objective, preference, realism, images = self.objective(z, user, category, eta)
+            if self.shape_weight:
+                shape = soft_silhouette(images)
+                start_shape = shape.detach() if start_shape is None else start_shape
+                objective = objective - self.shape_weight * (shape - start_shape).pow(2).mean(dim=(1, 2))
             if record is not None and record(step):
                 history.append(Snapshot(step, images.detach().cpu(), preference.detach().cpu(),
                                         objective.detach().cpu()))

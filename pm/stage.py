@@ -10,7 +10,7 @@ from common.device import describe, pick_device
 from common.errors import ConfigError, RunError
 from common.runlog import run_dir
 from common.seeding import seed_everything
-from pm.config import DEMO, check_config, check_ids, check_settled
+from pm.config import DEMO, PMConfig, check_config, check_ids, check_settled
 from pm.design import EmbeddingSupport
 from pm.figures import figures
 from pm.load import Stages
@@ -41,9 +41,10 @@ def run_pm(cfg, protected):
 
 
 def set_design_terms(stages, cfg):
-    """The Designer's terms from settled settings (the demo's included): the realism floor and the support
-    penalty."""
+    """The Designer's terms from settled settings (the demo's included): the realism floor, the support penalty and
+    the shape term."""
     stages.designer.realism_floor = cfg.realism_floor
+    stages.designer.shape_weight = cfg.shape_weight
     stages.designer.support = None if cfg.support_quantile is None else EmbeddingSupport(
         stages.item_embeddings, stages.item_category, stages.dataset.num_categories, cfg.support_quantile,
         cfg.support_weight)
@@ -52,7 +53,7 @@ def set_design_terms(stages, cfg):
 TUNED = ("starts", "steps", "lr")   # what --steps-from-tune takes from a tuning
 # the settings a tuning's choice depends on: the runs, and the objective and its starts
 TUNED_WITH = ("dvbpr_run", "gan_run", "ensemble_runs", "eta", "realism_floor", "support_quantile", "support_weight",
-              "latent", "init")
+              "shape_weight", "latent", "init")
 MAX_TUNE_BYTES = 16 << 20
 
 
@@ -74,8 +75,9 @@ def take_tuned(cfg, protected):
                                                                 ("lr", {int, float})))):
         raise RunError(f"{run} does not hold a tuning of pm/main.py --tune (its choice within the random samples' "
                        "KID is missing)")
-    for name in TUNED_WITH:
-        ours, theirs = comparable(name, getattr(cfg, name)), comparable(name, tuned_with.get(name))
+    for name in TUNED_WITH:   # a setting that a tuning's file does not name (it came before it) was at its default
+        ours = comparable(name, getattr(cfg, name))
+        theirs = comparable(name, tuned_with.get(name, PMConfig.__dataclass_fields__[name].default))
         if ours != theirs:
             raise ConfigError(f"--steps-from-tune {run} was tuned with --{name.replace('_', '-')} {theirs}, this "
                               f"command has {ours}")

@@ -23,7 +23,7 @@ from gan.config import GANConfig
 from gan.model import LSGAN
 from gan.train import train as train_gan
 from pm.config import DEMO, PRESETS, PMConfig
-from pm.design import Designer, EmbeddingSupport, choose, resize, retrieve, to_z
+from pm.design import Designer, EmbeddingSupport, choose, resize, retrieve, soft_silhouette, to_z
 from pm.figures import pick_user
 from pm.judges import open_judge
 from pm.load import Stages
@@ -168,6 +168,43 @@ def test_the_support_keeps_designs_nearer_the_items_phi_has_seen():
     assert distances["with"] < 0.8 * distances["without"]
 
 
+class Disc(torch.nn.Module):
+    """A generator stand-in: a disc on white, its radius from z[0], its colour from z[1:4]."""
+    z_dim, image_size, latent_box = 4, 16, True
+
+    def sample_z(self, n, device="cpu", rng=None):
+        return torch.rand(n, self.z_dim, generator=rng, device=device) * 2 - 1
+
+    def realism_loss(self, images, labels):
+        return torch.zeros(len(images), device=images.device)
+
+    def forward(self, z, labels):
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, 16), torch.linspace(-1, 1, 16), indexing="ij")
+        inside = torch.sigmoid(20 * (0.5 + 0.3 * z[:, :1, None] - (xs ** 2 + ys ** 2).sqrt()))[:, None]
+        colour = (z[:, 1:4] / 2 - 0.5)[:, :, None, None]       # [-1, 0]: darker than the ground
+        return 1 - inside * (1 - colour)
+
+
+def test_the_shape_term_holds_each_design_to_its_starts_outline_and_leaves_its_colour_free():
+    white, black = torch.ones(1, 3, 4, 4), -torch.ones(1, 3, 4, 4)
+    assert soft_silhouette(white).max() < 0.05 and soft_silhouette(black).min() > 0.95
+    torch.manual_seed(0)
+    dvbpr = DVBPR(TinyBackbone(), 5, 8)
+    dvbpr.theta.data = torch.randn(5, 8)
+    designer = Designer(dvbpr, Disc())
+    z_prime = torch.atanh(torch.rand(8, 4) * 1.2 - 0.6)
+    with torch.no_grad():
+        start = designer.generate(to_z(z_prime, "tanh"), 0)
+    change, gain = {}, {}
+    for weight in (0.0, 100.0):
+        designer.shape_weight = weight
+        design = designer.maximise(z_prime, user=2, category=0, steps=30, lr=0.1, eta=0.0)
+        change[weight] = (soft_silhouette(design.images) - soft_silhouette(start)).pow(2).mean().item()
+        gain[weight] = (design.preference - designer.preference(2, start)).mean().item()
+    assert change[100.0] < 0.01 * change[0.0]       # the outline stays where the start drew it
+    assert gain[100.0] > 0.5 * gain[0.0] > 0        # while the colour still climbs the preference
+
+
 def test_category_match_is_the_share_of_images_the_classifier_puts_in_the_query_category():
     class ByRedness(torch.nn.Module):
         """Category 1 where the red channel is brighter than the green, else 0."""
@@ -194,12 +231,12 @@ def test_the_settled_terms_reach_the_designer():
     designer = tiny_designer()
     stages = SimpleNamespace(designer=designer, item_embeddings=torch.randn(40, 8),
                              item_category=torch.arange(40) % 3, dataset=SimpleNamespace(num_categories=3))
-    set_design_terms(stages, PMConfig(realism_floor=-2.0, support_quantile=0.5, support_weight=3.0))
-    assert designer.realism_floor == -2.0 and designer.support.weight == 3.0
+    set_design_terms(stages, PMConfig(realism_floor=-2.0, support_quantile=0.5, support_weight=3.0, shape_weight=5.0))
+    assert designer.realism_floor == -2.0 and designer.support.weight == 3.0 and designer.shape_weight == 5.0
     assert designer.support.radius(0) == pytest.approx(designer.support.distance(
         stages.item_embeddings[stages.item_category == 0], 0).quantile(0.5).item())
     set_design_terms(stages, PMConfig())
-    assert designer.realism_floor is None and designer.support is None
+    assert designer.realism_floor is None and designer.support is None and designer.shape_weight == 0
 
 
 def test_inversion_reduces_the_l1_error():
@@ -593,6 +630,8 @@ def test_preset_demo_gives_the_demo_settings_on_any_dataset_and_bad_settings_are
                            (["--steps", "-1"], "pm: --steps must be at least 0, got -1"),
                            (["--realism-floor", "nan"], "pm: --realism-floor must be a finite number, got nan"),
                            (["--support-quantile", "0"], "pm: --support-quantile is a quantile in (0, 1], got 0.0"),
-                           (["--support-weight", "-1"], "pm: --support-weight must be at least 0, got -1.0")):
+                           (["--support-weight", "-1"], "pm: --support-weight must be at least 0, got -1.0"),
+                           (["--shape-weight", "-1"],
+                            "pm: --shape-weight must be a finite number of at least 0, got -1.0")):
         with pytest.raises(SystemExit, match=f"^{re.escape(message)}$"):
             main([*nowhere, *flags])
