@@ -5,7 +5,8 @@
     original  what the released code did (PM/main.py of the original repository): z optimised directly from
               N(0, 0.5^2), 16 starts, 10 Adam steps at lr 0.05, all 16 kept
     demo      sized for a 2-core CPU on the embedded catalogues: fewer queries and starts, 100 steps, the sngan's
-              realism term floored at -1 and the support penalty past the real items' 0.9 quantile
+              realism term floored at -1, the support penalty past the real items' 0.9 quantile and the shape term
+              at 10
 """
 import math
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ class PMConfig:
                                                            "original: z from N(0, 0.5^2), 16 starts, 10 steps, "
                                                            "lr 0.05, all kept; demo: paper with 16 starts, 100 "
                                                            "steps, 20 trials, realism floor -1, support quantile "
-                                                           "0.9"})
+                                                           "0.9, shape weight 10"})
     dvbpr_run: str = field(default="runs/dvbpr", metadata={"help": "run directory of the trained DVBPR"})
     ensemble_runs: list[str] | None = field(default=None, metadata={
         "help": "more DVBPR runs of the same data (other seeds): the score that retrieval ranks and synthesis "
@@ -58,7 +59,7 @@ class PMConfig:
     shape_weight: float = field(default=0.0, metadata={
         "help": "keep each design's outline: minus this weight times the mean squared change of its soft foreground "
                 "(the item against the white ground) from its start's, in synthesis and tailoring; colour and pattern "
-                "stay free; default 0: off"})
+                "stay free (the demo: 10); default 0: off"})
     init: str = field(default="uniform", metadata={"help": "starts: atanh of U(-1,1), N(0, 0.5^2), or codes of the "
                                                            "generator's prior (the LSGAN's: U(-1,1))",
                                                    "choices": ["uniform", "normal", "prior"]})
@@ -126,8 +127,12 @@ PRESETS = {
 # a KID as low or lower (by 0.01 to 0.89) than unbounded. The support penalty (w 1, q of 0.99, 0.9 and 0.5, nothing
 # else tried), each tested by a rule fixed before its tuning ran; at the rule's picks, true preference 2.51 / 2.56 /
 # 2.59 / 2.54 and KID 1.10 / 1.09 / 0.94 / 0.72 for no penalty (10 steps) / q 0.99 (50) / q 0.9 (100) / q 0.5 (100):
-# 0.99 then 0.9 adopted, 0.5 not (docs/demo_recipe.md, "PM's demo settings come from this table").
-DEMO = dict(trials=20, starts=16, steps=100, realism_floor=-1.0, support_quantile=0.9)
+# 0.99 then 0.9 adopted, 0.5 not (docs/demo_recipe.md, "PM's demo settings come from this table"). The shape term,
+# by a rule fixed beforehand over a grid of two weights (more designs named by a blind labeller on three seeds, and
+# on the same tuning at 100 steps at most 0.05 less true preference and 2 judge percentile points): s = 30 named 49
+# of 54 against 44 but lost 2.93 points; s = 10 named 50 against 47 and lost 1.07 points and 0.01 of true
+# preference, KID 0.67 against 0.94: adopted (docs/design_half.md, "Holding each design to its start's outline").
+DEMO = dict(trials=20, starts=16, steps=100, realism_floor=-1.0, support_quantile=0.9, shape_weight=10.0)
 PRESETS["demo"] = {**PRESETS["paper"], **DEMO}
 MAX_GUIDANCE = 1e6
 MAX_ENSEMBLE_RUNS = 8   # each one's model is held and run at every step
