@@ -152,10 +152,9 @@ def check_config(cfg):
         raise ConfigError(f"--eta must be at least 0, got {cfg.eta}")
     if cfg.support_quantile is not None and not 0 < cfg.support_quantile <= 1:
         raise ConfigError(f"--support-quantile is a quantile in (0, 1], got {cfg.support_quantile}")
-    if not cfg.shape_weight >= 0 or not math.isfinite(cfg.shape_weight):
-        raise ConfigError(f"--shape-weight must be a finite number of at least 0, got {cfg.shape_weight}")
-    if cfg.support_weight < 0:
-        raise ConfigError(f"--support-weight must be at least 0, got {cfg.support_weight}")
+    for name in ("support_weight", "shape_weight"):   # nan and inf are refused as flags are parsed
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(cfg, name)}")
     if cfg.realism_floor is not None and not math.isfinite(cfg.realism_floor):
         raise ConfigError(f"--realism-floor must be a finite number, got {cfg.realism_floor}")
     runs = cfg.ensemble_runs or []

@@ -54,7 +54,7 @@ def stage_configs(commands):
     return configs
 
 
-@pytest.mark.parametrize("group", ["demos", "design", "presets", "presets-tuned"])
+@pytest.mark.parametrize("group", ["demos", "design", "presets"])   # presets-tuned: the next test
 def test_every_stage_command_of_a_gpu_group_parses_and_passes_its_checks(tmp_path, group):
     configs = stage_configs(recorded_commands(tmp_path, group))
     assert configs and all(cfg.device == "cuda" for _, cfg in configs)
