@@ -105,6 +105,9 @@ LATENT_STARTS = {"tanh": "uniform", "sphere": "prior"}   # --design's latents an
 GENERATORS = [DEMO_GENERATOR, "lsgan"]   # --generator: the demo's (gan/config.py), or the paper's LSGAN
 # --design --tune: pm/main.py --tune's queries and grid on every catalogue (steps from 0: the starts alone)
 PM_TUNE = dict(trials=60, tune_starts=[16], tune_steps=[0, 2, 5, 10, 25, 50, 100], tune_lrs=[0.1])
+# Table IV's design sources beyond synthesis that --design can add, each with its own table (pm/table.py)
+EXTRA_SOURCES = {"tailored": "retrieval's items inverted into the generator, eq. 12, then eq. 10 from there",
+                 "sampled": "the generator's best of m (steps + 1) samples by eq. 10's objective, no step"}
 GRID_METRICS = ["auc", "ndcg@20", "recall@20"]   # the grid's rows: the paper's AUC and today's top-K metrics
 JUDGE_SEED = 1   # Table IV's judge DVBPR on each catalogue: the demo recipe with this seed
 FINALISTS = ["kc-1e-3-drop0", "kc-3e-3-drop0", "kc-2e-3-drop0-w24-e12", "kc-2e-3-drop0-w16-e16"]
@@ -132,6 +135,9 @@ class FamilyConfig:
                 "run first if not there): the most objective whose KID is within the random samples' (0 if none)"})
     pm_tailored: bool = field(default=False, metadata={
         "help": "with --design, Table IV also tailors retrieval's items to the user (pm/main.py --tailored)"})
+    pm_sampled: bool = field(default=False, metadata={
+        "help": "with --design, Table IV also has the generator's best of as many samples as synthesis evaluates, "
+                "the control for its ascent (pm/main.py --sampled)"})
     pm_trials: int | None = field(default=None, metadata={"help": "with --design or --missing, the trials "
                                                                    "(pm/main.py --trials; None: PM's demo setting)"})
     pm_eta: float | None = field(default=None, metadata={"help": "with --design (and --tune) or --missing, the "
@@ -350,7 +356,8 @@ def settings_names(cfg):
     "shape_weight<S>"]
     for --generator other than the demo's and the --pm-* settings given, in the names of their tables and folders."""
     return generator_names(cfg) + [f"{name}{value:g}" for name, value in pm_settings(cfg).items()] + (
-        ["steps_on_manifold"] if cfg.pm_steps_on_manifold else []) + (["tailored"] if cfg.pm_tailored else [])
+        ["steps_on_manifold"] if cfg.pm_steps_on_manifold else []) + (["tailored"] if cfg.pm_tailored else []) + (
+        ["sampled"] if cfg.pm_sampled else [])
 
 
 def table_iv(cfg, name, latent):
@@ -362,7 +369,7 @@ def table_iv(cfg, name, latent):
     folder = "-".join(["pm", *([latent] if latent != "tanh" else []), *settings_names(cfg)])
     pm_out = Path(cfg.out) / "design" / name / folder
     given = dict(judge_run=str(judge_path(cfg, name)), latent=latent, init=LATENT_STARTS[latent], **settings,
-                 **({"tailored": True} if cfg.pm_tailored else {}))
+                 **({"tailored": True} if cfg.pm_tailored else {}), **({"sampled": True} if cfg.pm_sampled else {}))
     if not (pm_out / "table_iv.json").is_file() or (cfg.sweep_eta and not (pm_out / "eta_sweep.json").is_file()):
         pm_cfg = PMConfig(table=True, sweep_eta=cfg.sweep_eta, dvbpr_run=str(dvbpr_run), gan_run=str(gan_run),
                           out=str(pm_out), device=cfg.device, **given)
@@ -372,8 +379,11 @@ def table_iv(cfg, name, latent):
     table = json.loads((pm_out / "table_iv.json").read_text())
     return dict(table=table["ours"], fidelity=table["fidelity"], paired=table["synthesis_vs_retrieval"],
                 against_samples=table.get("synthesis_vs_generated", {}),
-                **({"tailored_paired": table["tailored_vs_retrieval"], "tailored_against_samples": table.get(
-                    "tailored_vs_generated", {})} if "tailored_vs_retrieval" in table else {}),
+                **{f"{source}_paired": table[f"{source}_vs_retrieval"] for source in EXTRA_SOURCES
+                   if f"{source}_vs_retrieval" in table},
+                **{f"{source}_against_samples": table.get(f"{source}_vs_generated", {}) for source in EXTRA_SOURCES
+                   if f"{source}_vs_retrieval" in table},
+                **({"synthesis_vs_sampled": table["synthesis_vs_sampled"]} if "synthesis_vs_sampled" in table else {}),
                 eta_sweep=json.loads(sweep_file.read_text()) if sweep_file.is_file() else None)
 
 
@@ -434,29 +444,48 @@ def design_markdown(rows):
     lines.append("Retrieval / synthesis, means over the trials; p: the paired sign-flip test of synthesis against "
                  "retrieval (realistic: random samples / synthesis, and the test of the two); KID over the category "
                  "classifier's features against the real items of each category.")
-    if any("tailored_paired" in row for by_latent in rows.values() for row in by_latent.values()):
-        lines += tailored_markdown(rows)
+    for source in EXTRA_SOURCES:
+        if any(f"{source}_paired" in row for by_latent in rows.values() for row in by_latent.values()):
+            lines += source_markdown(rows, source)
+    if any("synthesis_vs_sampled" in row for by_latent in rows.values() for row in by_latent.values()):
+        lines += ascent_markdown(rows)
     return "\n".join(lines) + "\n"
 
 
-def tailored_markdown(rows):
-    """Markdown lines: per catalogue, retrieval against its items tailored to the user (the judges' scores, with the
-    paired test's p), and the tailored designs' realistic share and KID beside synthesis's and the random samples'."""
-    lines = ["", "| catalogue | latent | optimised score | judge DVBPR | true preference | realistic (k-NN): random G "
-             "/ synthesis / tailored | KID: random G / synthesis / tailored |", "|---|---|---|---|---|---|---|"]
+def source_markdown(rows, source):
+    """Markdown lines: per catalogue, retrieval against the extra design `source` (the judges' scores, with the
+    paired test's p), and its realistic share and KID beside synthesis's and the random samples'."""
+    lines = ["", f"| catalogue | latent | optimised score | judge DVBPR | true preference | realistic (k-NN): random G "
+             f"/ synthesis / {source} | KID: random G / synthesis / {source} |", "|---|---|---|---|---|---|---|"]
+    shown = ("generated", "synthesis", source)
     for name, by_latent in rows.items():
         for latent, row in by_latent.items():
-            cells = [retrieval_synthesis(row["table"], metric, row["tailored_paired"], "tailored")
+            cells = [retrieval_synthesis(row["table"], metric, row[f"{source}_paired"], source)
                      for metric in ("preference", "judge", "true_preference")]
-            realistic = " / ".join(f"{row['table'][source]['realistic'][0]:.2f}"
-                                   for source in ("generated", "synthesis", "tailored"))
-            p = row["tailored_against_samples"].get("realistic", {}).get("p_value")
-            kid = " / ".join(f"{row['fidelity'][source][CLASSIFIER_EXTRACTOR]['kid']:.2f}"
-                             for source in ("generated", "synthesis", "tailored"))
+            realistic = " / ".join(f"{row['table'][s]['realistic'][0]:.2f}" for s in shown)
+            p = row[f"{source}_against_samples"].get("realistic", {}).get("p_value")
+            kid = " / ".join(f"{row['fidelity'][s][CLASSIFIER_EXTRACTOR]['kid']:.2f}" for s in shown)
             lines.append(f"| {name} | {latent} | " + " | ".join(cells) + f" | {realistic}"
-                         + (f" (tailored vs random G: p {p:.3f})" if p is not None else "") + f" | {kid} |")
-    lines += ["", "Retrieval / tailored (retrieval's items inverted into the generator, eq. 12, then eq. 10 from "
-              "there), means over the trials; p: the paired sign-flip test of tailored against retrieval."]
+                         + (f" ({source} vs random G: p {p:.3f})" if p is not None else "") + f" | {kid} |")
+    lines += ["", f"Retrieval / {source} ({EXTRA_SOURCES[source]}), means over the trials; p: the paired sign-flip "
+              f"test of {source} against retrieval."]
+    return lines
+
+
+def ascent_markdown(rows):
+    """Markdown lines: per catalogue, synthesis against the best of as many samples (what the ascent adds to choosing
+    among the generator's samples) by the optimised score and the judges, with the paired test's p, and their KID."""
+    lines = ["", "| catalogue | latent | optimised score | judge DVBPR | true preference | KID |",
+             "|---|---|---|---|---|---|"]
+    for name, by_latent in rows.items():
+        for latent, row in by_latent.items():
+            table, tests = row["table"], row["synthesis_vs_sampled"]
+            cells = [f"{table['sampled'][m][0]:.2f} / {table['synthesis'][m][0]:.2f} (p {tests[m]['p_value']:.3f})"
+                     if m in tests else "n/a" for m in ("preference", "judge", "true_preference")]
+            kid = " / ".join(f"{row['fidelity'][s][CLASSIFIER_EXTRACTOR]['kid']:.2f}" for s in ("sampled", "synthesis"))
+            lines.append(f"| {name} | {latent} | " + " | ".join(cells) + f" | {kid} |")
+    lines += ["", "Best samples / synthesis, means over the trials; p: the paired sign-flip test of synthesis against "
+              "the best samples."]
     return lines
 
 
@@ -525,7 +554,8 @@ def check_design_flags(cfg):
     if cfg.pm_steps_on_manifold and cfg.pm_steps is not None:
         raise ConfigError("--pm-steps-on-manifold picks each catalogue's steps: leave --pm-steps out")
     table_flags = {"--sweep-eta": cfg.sweep_eta, "--pm-steps": cfg.pm_steps, "--pm-trials": cfg.pm_trials,
-                   "--pm-steps-on-manifold": cfg.pm_steps_on_manifold or None, "--pm-tailored": cfg.pm_tailored or None}
+                   "--pm-steps-on-manifold": cfg.pm_steps_on_manifold or None, "--pm-tailored": cfg.pm_tailored or None,
+                   "--pm-sampled": cfg.pm_sampled or None}
     given = [flag for flag, value in table_flags.items() if value is not None]
     missing_takes = {"--pm-steps", "--pm-trials"}   # they set --missing's synthesis too
     if cfg.missing and not cfg.design:

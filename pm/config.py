@@ -75,6 +75,10 @@ class PMConfig:
     tailored: bool = field(default=False, metadata={
         "help": "Table IV also tailors each of retrieval's items to the user: inverted into the generator (eq. 12, "
                 "--invert-steps), then --steps of eq. 10 from there (Sec. IV-E); default: no tailored source"})
+    sampled: bool = field(default=False, metadata={
+        "help": "Table IV also has the generator's best samples, the control for synthesis's ascent: 3 of starts x "
+                "(steps + 1) starts drawn as synthesis's, as many as it evaluates, the best by its objective with no "
+                "gradient step, and synthesis tested against them; default: no such source"})
     top_k: int = field(default=3, metadata={"help": "images per user and source in the figures"})
     min_train_items: int = field(default=10, metadata={"help": "the drawn users have more training items than this"})
     prototype: int | None = field(default=None, metadata={"help": "item to tailor (default: a random item of "
@@ -161,8 +165,9 @@ def check_config(cfg):
     if len(runs) > MAX_ENSEMBLE_RUNS or len(set(runs)) < len(runs):
         raise ConfigError(f"--ensemble-runs takes up to {MAX_ENSEMBLE_RUNS} different run directories, got "
                           f"{len(runs)} ({len(set(runs))} different)")
-    if cfg.tailored and not cfg.table:
-        raise ConfigError("--tailored adds a source to Table IV: give --table")
+    for name in ("tailored", "sampled"):
+        if getattr(cfg, name) and not cfg.table:
+            raise ConfigError(f"--{name} adds a source to Table IV: give --table")
     for scale in ([cfg.guidance] if cfg.guidance is not None else []) + (cfg.tune_guidance or []):
         if not 0 <= scale <= MAX_GUIDANCE:
             raise ConfigError(f"--guidance and --tune-guidance are scales in [0, {MAX_GUIDANCE:g}], got {scale:g}")

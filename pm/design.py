@@ -10,6 +10,8 @@ tailoring of an existing item (eq. 12 then eq. 10).
     shape         optionally minus s mean_pixels (m(e) - m(e_0))^2: m a soft foreground (the garment against the
                   catalogue's white ground), e_0 the start's image; colour and pattern stay free (soft_silhouette)
     tailoring     z' = argmin ||G_c(tanh z') - nabla X_query||_1 (eq. 12), then eq. 10 from that z'
+    best samples  the control for the ascent: the objective of eq. 10 at n starts, none moved, and the top-k by it
+                  (best-of-n; with n = m (steps + 1), as many evaluations as synthesis makes)
 
 Delta and nabla are nearest-neighbour resizes between the GAN's size and DVBPR's input size. G_c and the realism
 term are the trained generator's (gan/model.py's ConditionalGenerator; the LSGAN's D gives [D_c(e) - 1]^2, the
@@ -42,6 +44,7 @@ ATANH_LIMIT = 1 - 1e-6  # U(-1, 1) can draw -1 exactly; atanh(+-1) is infinite
 RADIUS_SAMPLES = 1024   # prior codes whose mean norm is the sphere's radius
 FOREGROUND_BELOW = 0.8  # on [0, 1]: the catalogues draw items on white; a pixel with a channel below is the item's
 SILHOUETTE_SOFTNESS = 0.05
+SCORED_AT_ONCE = 256    # best_samples' chunk: images through G, Phi and D at once
 
 
 def resize(images, size):
@@ -263,16 +266,31 @@ class Designer:
                                    f"{objective[~torch.isfinite(objective)][0].item()}); lower --lr")
         return Design(z.detach(), images.detach(), preference.detach(), realism.detach(), objective.detach(), history)
 
-    def synthesise(self, user, category, starts, steps, lr, eta=1.0, init="uniform", latent="tanh",
-                   rng=None, record=None):
-        """Preference maximisation from `starts` random initial points (eq. 10); every result is kept. `init`:
-        'uniform' or 'normal' (initial_latents), or 'prior': codes of the generator's own prior."""
+    def start_latents(self, starts, init="uniform", latent="tanh", rng=None):
+        """`starts` initial points z': 'uniform' or 'normal' (initial_latents), or 'prior': codes of the generator's
+        own prior."""
         if init == "prior":  # the generator's own codes, z' = atanh(z) where z = tanh(z') is optimised
             z = self.sample_z(starts, rng)
-            z_prime = torch.atanh(z.clamp(-ATANH_LIMIT, ATANH_LIMIT)) if latent == "tanh" else z
-        else:
-            z_prime = initial_latents(starts, self.z_dim, init, self.theta.device, rng)
-        return self.maximise(z_prime, user, category, steps, lr, eta, latent, record)
+            return torch.atanh(z.clamp(-ATANH_LIMIT, ATANH_LIMIT)) if latent == "tanh" else z
+        return initial_latents(starts, self.z_dim, init, self.theta.device, rng)
+
+    def synthesise(self, user, category, starts, steps, lr, eta=1.0, init="uniform", latent="tanh",
+                   rng=None, record=None):
+        """Preference maximisation from `starts` random initial points (eq. 10); every result is kept."""
+        return self.maximise(self.start_latents(starts, init, latent, rng), user, category, steps, lr, eta, latent,
+                             record)
+
+    @torch.no_grad()
+    def best_samples(self, user, category, samples, k, eta=1.0, init="uniform", latent="tanh", rng=None):
+        """Best-of-n, the control for the ascent: `samples` starts drawn as synthesis draws them, scored by its
+        objective at its step 0 (the shape term is then 0) and never moved; the k highest, best first (eq. 11's
+        softmax over thousands would draw among the many middling ones). A Design of the k, scored in chunks so that
+        n can be large."""
+        z = to_z(self.start_latents(samples, init, latent, rng), latent, self.radius)
+        objective = torch.cat([self.objective(part, user, category, eta)[0] for part in z.split(SCORED_AT_ONCE)])
+        kept = objective.topk(min(k, samples)).indices
+        objective, preference, realism, images = self.objective(z[kept], user, category, eta)
+        return Design(z[kept], images, preference, realism, objective)
 
     def invert(self, query, category, steps, lr, starts=8, latent="tanh", rng=None):
         """z' whose G_c(tanh z') is nearest in mean L1 to the query resized to the GAN's size (eq. 12).

@@ -8,11 +8,15 @@ A trial draws a user u uniformly and sets c to the category of u's test item. Ea
     synthesis   3 of the m results of eq. 10, chosen by eq. 11  (delta-hat(u, c))
     guided      G(z, c) for three z of the prior, each denoising step guided up theta_u . Phi (--guidance, diffusion
                 generators only)
+    tailored    retrieval's items, each inverted into G (eq. 12) and maximised from there (eq. 10; --tailored)
+    sampled     the top 3 by eq. 10's objective of m (steps + 1) samples drawn as synthesis's starts, none moved
+                (--sampled): best-of-n at synthesis's number of evaluations, the control for its ascent
 Preference score: theta_u . Phi(image) (eq. 6), averaged over the three, then mean and std over trials. Diversity:
 1 - mean pairwise SSIM of the three, mean and std over trials. Quality: the Inception Score of all the source's
 images over all trials (3 N of them), mean and std over `splits` parts (Salimans et al.). Beside them: the judges
 that synthesis was not optimised against (pm/judges.py), KID, FID, precision and recall against the real items of
-the category (pm/fidelity.py), and paired tests of synthesis (and guided samples) against retrieval.
+the category (pm/fidelity.py), and paired tests of the designs against retrieval (and of synthesis against the
+best samples).
 The tuning of PM's starts, steps and lr (--tune, and --tune-guidance's scales) scores the same designs on
 validation queries instead, by their objective and their KID beside the generator's random samples'.
 """
@@ -53,6 +57,7 @@ SOURCES = {
     "synthesis": "delta-hat(u, c), synthesis (eq. 9)",
     "guided": "G(., c) guided up theta_u . Phi (diffusion)",
     "tailored": "delta(u, c) tailored (eq. 12, then eq. 10)",
+    "sampled": "G(., c) best of m (steps + 1) samples (eq. 10's objective, no step)",
 }
 # Table IV of the paper (1000 trials, AmazonFashion, 128 px GAN, ImageNet Inception): (mean, std) per metric
 PAPER_TABLE_IV = {
@@ -62,8 +67,11 @@ PAPER_TABLE_IV = {
     "synthesis": {"preference": (7.6760, 4.1), "quality": (7.6524, 0.24), "diversity": (0.5265, 0.12)},
 }
 PAPER_SOURCES = tuple(PAPER_TABLE_IV)
-COMPARED = ("synthesis", "guided", "tailored")   # the designs tested against retrieval, paired over trials
+COMPARED = ("synthesis", "guided", "tailored", "sampled")   # the designs tested against retrieval, paired over trials
+# and synthesis against the best of as many samples: what the ascent adds to choosing among the generator's samples
+PAIRED = tuple((source, "retrieval") for source in COMPARED) + (("synthesis", "sampled"),)
 TAILORING_STREAM = 12   # the tailored source's own random stream: adding it leaves the other sources' draws alone
+SAMPLED_STREAM = 13     # the sampled source's, likewise
 METRICS = ("preference", "quality", "diversity")
 # the scores over trials beside the optimised one (pm/judges.py), where they can be measured
 TRIAL_METRICS = {
@@ -184,6 +192,7 @@ class Sources:
         self.stages, self.cfg, self.rng = stages, cfg, rng
         self.select = "best" if cfg.select == "all" else cfg.select
         self.tailoring_rng = torch.Generator(device=rng.device).manual_seed(derived_seed(cfg.seed, TAILORING_STREAM))
+        self.sampled_rng = torch.Generator(device=rng.device).manual_seed(derived_seed(cfg.seed, SAMPLED_STREAM))
 
     def real(self, user, category):
         items = self.stages.items_of(category)
@@ -217,6 +226,13 @@ class Sources:
                    for query in self.stages.images(items)]
         return (torch.cat([d.images for d in designs]), torch.cat([d.preference for d in designs]),
                 torch.full((len(designs),), -1))
+
+    def sampled(self, user, category):
+        """The best of as many samples as synthesis evaluates its objective on: m starts x (steps + 1)."""
+        cfg = self.cfg
+        design = self.stages.designer.best_samples(user, category, cfg.starts * (cfg.steps + 1), TOP, cfg.eta,
+                                                   cfg.init, cfg.latent, self.sampled_rng)
+        return design.images, design.preference, torch.full((len(design.images),), -1)
 
     def synthesis(self, user, category, eta=None):
         cfg = self.cfg
@@ -304,9 +320,9 @@ def summarise(results, trials, measures, splits):
     return rows, fidelity, per_trial
 
 
-def paired_tests(per_trial, metrics, source="synthesis"):
-    """`source` against retrieval over the same trials, per metric (pm/judges.py's sign-flip test)."""
-    return {metric: paired_test(per_trial[source][metric], per_trial["retrieval"][metric]) for metric in metrics}
+def paired_tests(per_trial, metrics, source="synthesis", against="retrieval"):
+    """`source` against `against` over the same trials, per metric (pm/judges.py's sign-flip test)."""
+    return {metric: paired_test(per_trial[source][metric], per_trial[against][metric]) for metric in metrics}
 
 
 def against_samples(per_trial):
@@ -364,8 +380,8 @@ def format_fidelity(values, metric):
 
 
 def judges_table(rows, fidelity, paired, samples):
-    """The Markdown of the judges, the fidelity and the paired tests ({source: its tests against retrieval}, and
-    against the random samples)."""
+    """The Markdown of the judges, the fidelity and the paired tests ({(source, against): its tests}, and against
+    the random samples)."""
     shown = [m for m in TRIAL_METRICS if m in next(iter(rows.values()))]
     columns = fidelity_columns(fidelity)
     lines = ["| Item source | " + " | ".join(TRIAL_METRICS[m] for m in shown) + " | "
@@ -375,9 +391,9 @@ def judges_table(rows, fidelity, paired, samples):
         lines.append(f"| {SOURCES[source]} | " + " | ".join(mean_std(row[m]) for m in shown) + " | "
                      + " | ".join(format_fidelity(fidelity[source][name], metric)
                                   for name, metric in columns) + " |")
-    for source, tests in paired.items():
+    for (source, against), tests in paired.items():
         n = next(iter(tests.values()))["trials"]
-        lines += ["", f"{SOURCES[source]} against retrieval, paired over the {n} trials (two-sided sign-flip "
+        lines += ["", f"{SOURCES[source]} against {SOURCES[against]}, paired over the {n} trials (two-sided sign-flip "
                   "permutation test of the mean difference):", "",
                   f"| Score | Mean difference | Trials {source} above / below | p |", "|---|---|---|---|"]
         lines += [f"| {TRIAL_METRICS[m]} | {t['mean_difference']:+.4f} | {t['above']} / {t['below']} | "
@@ -420,7 +436,8 @@ def write_table(out, rows, fidelity, paired, samples, quality_label, notes, cate
     write_json(out / "table_iv.json", {"notes": notes, "quality": quality_label,
                                        "ours": {s: {m: list(v) for m, v in row.items()} for s, row in rows.items()},
                                        "fidelity": fidelity,
-                                       **{f"{source}_vs_retrieval": tests for source, tests in paired.items()},
+                                       **{f"{source}_vs_{against}": tests
+                                          for (source, against), tests in paired.items()},
                                        **{f"{source}_vs_generated": tests for source, tests in samples.items()},
                                        "by_category": categories,
                                        "paper": {s: {m: list(v) for m, v in p.items()}
@@ -520,12 +537,16 @@ def tables(stages, cfg, out):
     if cfg.tailored:
         notes.append(f"Tailored: retrieval's {TOP} items, each inverted by {cfg.invert_steps} L1 steps at lr "
                      f"{cfg.invert_lr} (best of 8 starts), then {cfg.steps} steps of eq. 10 from there.")
+    if cfg.sampled:
+        notes.append(f"Best samples: {TOP} of {cfg.starts * (cfg.steps + 1)} starts drawn as synthesis draws them "
+                     f"(its {cfg.starts} x ({cfg.steps} + 1) evaluations of eq. 10's objective): the top {TOP} by "
+                     "that objective, with no gradient step.")
     if cfg.table:
         sources = PAPER_SOURCES + (("guided",) if cfg.guidance is not None else ()) + (
-            ("tailored",) if cfg.tailored else ())
+            ("tailored",) if cfg.tailored else ()) + (("sampled",) if cfg.sampled else ())
         rows, fidelity, per_trial = summarise(run_trials(stages, cfg, trials, sources), trials, measures, cfg.splits)
-        paired = {source: paired_tests(per_trial, measures.trial_metrics(), source)
-                  for source in COMPARED if source in per_trial}
+        paired = {(source, against): paired_tests(per_trial, measures.trial_metrics(), source, against)
+                  for source, against in PAIRED if source in per_trial and against in per_trial}
         print(write_table(out, rows, fidelity, paired, against_samples(per_trial), measures.quality.label, notes,
                           by_category(per_trial, trials, stages.dataset.num_categories)))
     if cfg.sweep_eta:

@@ -102,6 +102,10 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
     assert tailored["tailored_paired"]["judge"]["trials"] == 2 and "tailored" in tailored["table"]
     assert tailored["table"]["synthesis"] == rows["colour"]["tanh"]["table"]["synthesis"]   # its own random stream
     assert (tmp_path / "out" / "design-tailored.md").read_text().count("| colour | tanh |") == 2   # and its own table
+    sampled = family.main([*tiny_family, "--design", "--pm-sampled", "--catalogues", "colour"])["colour"]["tanh"]
+    assert sampled["synthesis_vs_sampled"]["true_preference"]["trials"] == 2 and "sampled" in sampled["table"]
+    assert sampled["table"]["synthesis"] == rows["colour"]["tanh"]["table"]["synthesis"]
+    assert (tmp_path / "out" / "design-sampled.md").read_text().count("| colour | tanh |") == 3   # two tables more
 
     monkeypatch.setattr(family, "PM_TUNE", dict(trials=2, tune_starts=[2], tune_steps=[0, 5], tune_lrs=[0.1]))
     tuned = family.main([*tiny_family, "--design", "--tune"])
@@ -191,6 +195,7 @@ def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tin
     (["--pm-shape-weight", "1"], "--pm-shape-weight sets PM of --design or --missing: give one of them"),
     (["--missing", "--pm-steps-on-manifold"], "--pm-steps-on-manifold set Table IV of --design; give --design"),
     (["--pm-tailored"], "--pm-tailored set Table IV of --design; give --design"),
+    (["--pm-sampled"], "--pm-sampled set Table IV of --design; give --design"),
     (["--design", "--pm-steps-on-manifold", "--pm-steps", "3"],
      "--pm-steps-on-manifold picks each catalogue's steps: leave --pm-steps out"),
     (["--design", "--tune", "--pm-trials", "5", "--sweep-eta", "0"],
