@@ -51,8 +51,8 @@ from pm.config import PMConfig
 from pm.fidelity import CLASSIFIER_EXTRACTOR
 from pm.load import Stages
 from pm.stage import run_pm, set_design_terms
-from pm.table import JUDGED as TUNE_JUDGED
-from pm.table import KID_LIMITS, on_manifold, tuned_setting
+from pm.tune import JUDGED as TUNE_JUDGED
+from pm.tune import KID_LIMITS, on_manifold, tuned_setting
 from tools.health import health
 
 # Which visible attribute leads: scales of the generator's taste groups (common/catalogue/taste.py).
@@ -298,7 +298,7 @@ def design(cfg):
 
 def on_manifold_steps(cfg, name, latent):
     """The synthesis steps that catalogue `name`'s own validation tuning (PM_TUNE, with the PM terms of cfg) picks:
-    the highest objective among the settings whose KID is at most the random samples' (pm/table.py on_manifold),
+    the highest objective among the settings whose KID is at most the random samples' (pm/tune.py on_manifold),
     else 0, the starts alone."""
     tuning_cfg = dataclasses.replace(cfg, pm_steps=None, pm_trials=None, pm_steps_on_manifold=False)
     return tuned_setting(pm_tuning(tuning_cfg, name, latent), None, None)[1]
@@ -492,7 +492,7 @@ def ascent_markdown(rows):
 def tuning_markdown(rows):
     """Per catalogue: the KID and the judges' scores of retrieval and of synthesis from the starts alone and after
     the most steps, and the setting chosen within each of --tune's KID limits by the objective and by each judge
-    (pm/table.py)."""
+    (pm/tune.py)."""
     lines = ["| catalogue | latent | KID: random real / retrieval / random G | KID of synthesis: 0 steps / most steps "
              "| judge percentile: retrieval / synthesis, 0 steps / most | true preference: the same "
              "| steps within the random samples' KID, by objective / judge / true preference "

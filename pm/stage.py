@@ -14,7 +14,8 @@ from pm.config import DEMO, PMConfig, check_config, check_ids, check_settled
 from pm.design import EmbeddingSupport
 from pm.figures import figures
 from pm.load import Stages
-from pm.table import tables, tuned_setting, tuning
+from pm.table import tables
+from pm.tune import tuned_setting, tuning
 
 
 def run_pm(cfg, protected):
@@ -59,7 +60,7 @@ MAX_TUNE_BYTES = 16 << 20
 
 def take_tuned(cfg, protected):
     """--steps-from-tune: the starts, steps and lr that a finished --tune run of the same runs and objective chose by
-    the objective within the random samples' KID (pm/table.py on_manifold), or 0 steps where none was; ConfigError
+    the objective within the random samples' KID (pm/tune.py on_manifold), or 0 steps where none was; ConfigError
     or RunError in one line otherwise."""
     typed = [name for name in TUNED if name in protected]
     if cfg.tune or typed:

@@ -31,7 +31,8 @@ from pm.load import Stages
 from pm.main import main
 from pm.metrics import CategoryInception, ImageNetInception, inception_score, ssim_diversity
 from pm.stage import set_design_terms
-from pm.table import Measures, Sources, draw_trials, on_manifold
+from pm.table import Measures, Sources, draw_trials
+from pm.tune import on_manifold
 from tests.helpers import place_attribute_reader, place_random_classifier
 
 Z_DIM = 8
