@@ -7,8 +7,8 @@
 #   design  the diffusion model with its moving average, trained, resumed and designed with (Table IV with a guided
 #           row) on the embedded catalogue, on the GPU
 #   presets the design half's GPU presets (gan/config.py gpu-64, gpu-128) trained on the embedded catalogue, their
-#           samples' KID at 32 px beside the CPU demo's (runs/gan, if there), Table IV and fig. 5 through each, with
-#           runs/dvbpr and runs/judge if there (else trained here)
+#           samples' KID at 32 px beside the CPU demo's (runs/gan, if there), Table IV (with the best-samples control,
+#           --sampled) and fig. 5 through each, with runs/dvbpr and runs/judge if there (else trained here)
 #   presets-tuned  the same presets, then PM tuned through each on 60 validation queries (pm/main.py --tune) and
 #           Table IV and fig. 5 at the setting it chose within the random samples' KID (--steps-from-tune);
 #           (both groups: SIZES="128" for one preset)
@@ -119,7 +119,8 @@ presets_tuned() {
       --gan-run "$OUT/gan-$size" --trials 60 --tune-starts 16 --tune-steps 0 2 5 10 25 50 100 --tune-lrs 0.1 \
       --out "$OUT/pm-tune-$size"
     step "tuned-table-gpu-$size" 90 python3 pm/main.py --table --device cuda --dvbpr-run "$DVBPR" --judge-run \
-      "$JUDGE" --gan-run "$OUT/gan-$size" --steps-from-tune "$OUT/pm-tune-$size" --out "$OUT/pm-table-$size"
+      "$JUDGE" --gan-run "$OUT/gan-$size" --steps-from-tune "$OUT/pm-tune-$size" --sampled \
+      --out "$OUT/pm-table-$size"
     step "tuned-figure-gpu-$size" 60 python3 pm/main.py --device cuda --dvbpr-run "$DVBPR" --gan-run \
       "$OUT/gan-$size" --steps-from-tune "$OUT/pm-tune-$size" --out "$OUT/pm-figure-$size"
     cp "$OUT/pm-tune-$size/tune.md" "$OUT/presets-tuned/tune_$size.md" 2>/dev/null
@@ -139,7 +140,7 @@ presets() {
     --score-size 32 --device cuda --out "$OUT/quality"
   for size in ${SIZES:-64 128}; do
     step "table-gpu-$size" 150 python3 pm/main.py --table --device cuda --dvbpr-run "$DVBPR" --judge-run "$JUDGE" \
-      --gan-run "$OUT/gan-$size" --out "$OUT/pm-table-$size"
+      --gan-run "$OUT/gan-$size" --sampled --out "$OUT/pm-table-$size"
     step "figure-gpu-$size" 60 python3 pm/main.py --device cuda --dvbpr-run "$DVBPR" --gan-run "$OUT/gan-$size" \
       --out "$OUT/pm-figure-$size"
     step "grids-gpu-$size" 30 python3 gan/main.py --device cuda --out "$OUT/gan-$size"
