@@ -18,7 +18,7 @@ from gan.model import noise_image_dim, num_stages
 
 GRID_SIZE = 16          # 4x4 sample grids
 ARCHITECTURE_FIELDS = ("generator", "image_size", "z_dim", "z_distribution", "g_width", "d_width", "ema",
-                       "class_seed")
+                       "class_seed", "aux_class_weight")
 
 
 @dataclass
@@ -62,6 +62,10 @@ class GANConfig:
     class_seed: bool = field(default=False, metadata={"help": "sngan: G also takes the category at its input, a "
                                                               "learned 4x4 seed per category added to its projection "
                                                               "of z (else only its batch norms see the category)"})
+    aux_class_weight: float = field(default=0.0, metadata={
+        "help": "sngan: D also names the category of the real items it sees, and G is trained to make its samples "
+                "named as the category asked, each loss weighted by this (an auxiliary classifier, Odena et al., "
+                "2017; 0: off)"})
     batch_size: int = field(default=64, metadata={"help": "images per iteration"})
     epochs: int = field(default=25, metadata={"help": "epochs of floor(items / batch) iterations"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of G and D"})
@@ -152,6 +156,8 @@ def check_config(cfg):
         raise ConfigError(f"--lr must be positive, got {cfg.lr}")
     if not 0 <= cfg.ema < 1:
         raise ConfigError(f"--ema is a decay in [0, 1), got {cfg.ema}")
+    if cfg.aux_class_weight < 0:
+        raise ConfigError(f"--aux-class-weight must be at least 0, got {cfg.aux_class_weight}")
     if cfg.from_tf and cfg.generator != "lsgan":
         raise ConfigError(f"--from-tf reads the original's LSGAN; it cannot be --generator {cfg.generator}")
     if cfg.from_tf and (cfg.train or cfg.resume):

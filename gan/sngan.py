@@ -120,7 +120,7 @@ class Generator(nn.Module):
 
 class Discriminator(nn.Module):
 
-    def __init__(self, image_size=32, num_categories=6, width=32):
+    def __init__(self, image_size=32, num_categories=6, width=32, classifies=False):
         super().__init__()
         self.image_size, self.num_categories = image_size, num_categories
         n = num_stages(image_size, 4)
@@ -130,37 +130,54 @@ class Discriminator(nn.Module):
         self.last = spectral_norm(nn.Conv2d(channels[-1], 2 * channels[-1], 3, padding=1))
         self.h_lin = spectral_norm(nn.Linear(2 * channels[-1], 1))
         self.embed = spectral_norm(nn.Embedding(num_categories, 2 * channels[-1]))
+        # the auxiliary classifier's head: not spectrally normalised, as it is no part of the score G climbs
+        self.classifier = nn.Linear(2 * channels[-1], num_categories) if classifies else None
 
-    def forward(self, x, labels):
-        """x [B, 3, S, S] in [-1, 1], labels [B] category ids -> raw scores [B]."""
+    def forward(self, x, labels, with_logits=False):
+        """x [B, 3, S, S] in [-1, 1], labels [B] category ids -> raw scores [B]; with_logits: (scores, the auxiliary
+        classifier's category logits [B, categories])."""
         h = x
         for down in self.downs:
             h = F.leaky_relu(down(h), LEAK)
         phi = F.leaky_relu(self.last(h), LEAK).sum(dim=(2, 3))
-        return self.h_lin(phi).squeeze(1) + (self.embed(labels) * phi).sum(1)   # the projection of c
+        scores = self.h_lin(phi).squeeze(1) + (self.embed(labels) * phi).sum(1)   # the projection of c
+        return (scores, self.classifier(phi)) if with_logits else scores
 
 
-def hinge_train_step(generator, discriminator, opt_g, opt_d, real, labels, z, augment, bf16=True):
+def hinge_train_step(generator, discriminator, opt_g, opt_d, real, labels, z, augment, bf16=True, aux_weight=0.0):
     """One D step then one G step on the hinge loss, D seeing real and fake through `augment`; returns the losses.
 
         L_D = E[relu(1 - D(aug(x), c))] + E[relu(1 + D(aug(G(z, c)), c))]        L_G = -E[D(aug(G(z, c)), c)]
+
+    With aux_weight a > 0 (an auxiliary classifier, Odena et al., 2017): L_D + a CE(C(aug(x)), c), C trained on the
+    real items alone, and L_G + a CE(C(aug(G(z, c))), c), so that G is pushed to samples D names as c.
     """
-    device = real.device
+    device, aux = real.device, aux_weight > 0
     with autocast(device, bf16):
         fake = generator(z, labels)
-        scores = discriminator(augment(torch.cat([real, fake.detach()])), torch.cat([labels, labels])).float()
-    d_real, d_fake = scores.chunk(2)
+        judged = discriminator(augment(torch.cat([real, fake.detach()])), torch.cat([labels, labels]), aux)
+    scores, logits = judged if aux else (judged, None)
+    d_real, d_fake = scores.float().chunk(2)
     d_loss_real, d_loss_fake = F.relu(1 - d_real).mean(), F.relu(1 + d_fake).mean()
     d_loss = d_loss_real + d_loss_fake
+    losses = {}
+    if aux:
+        losses["d_loss_class"] = F.cross_entropy(logits[:len(real)].float(), labels)
+        d_loss = d_loss + aux_weight * losses["d_loss_class"]
     descend(opt_d, d_loss)
 
     discriminator.requires_grad_(False)  # the G step needs gradients through D, not for D's weights
     with autocast(device, bf16):
-        g_loss = -unwrap(discriminator)(augment(fake), labels).float().mean()
+        judged = unwrap(discriminator)(augment(fake), labels, aux)
+    scores, logits = judged if aux else (judged, None)
+    g_loss = -scores.float().mean()
+    if aux:
+        losses["g_loss_class"] = F.cross_entropy(logits.float(), labels)
+        g_loss = g_loss + aux_weight * losses["g_loss_class"]
     descend(opt_g, g_loss)
     discriminator.requires_grad_(True)
     return {"d_loss": d_loss.detach(), "d_loss_real": d_loss_real.detach(), "d_loss_fake": d_loss_fake.detach(),
-            "g_loss": g_loss.detach()}
+            "g_loss": g_loss.detach(), **{name: loss.detach() for name, loss in losses.items()}}
 
 
 class SNGAN(ConditionalGenerator):
@@ -175,15 +192,17 @@ class SNGAN(ConditionalGenerator):
     norm statistics (gan/model.py moving_average; Yazici et al., 2019, averaged a GAN's generator so), while D and
     G's training read the last weights."""
     nets = ("generator", "discriminator")
-    reads = ("ema", "class_seed")
+    reads = ("ema", "class_seed", "aux_class_weight")
 
     def __init__(self, cfg, num_categories, device="cpu"):
         super().__init__()
         fmt = memory_format(device)
         self.generator = Generator(cfg.image_size, cfg.z_dim, num_categories, cfg.g_width, cfg.class_seed).to(
             device, memory_format=fmt)
-        self.discriminator = Discriminator(cfg.image_size, num_categories, cfg.d_width).to(device, memory_format=fmt)
+        self.discriminator = Discriminator(cfg.image_size, num_categories, cfg.d_width, bool(cfg.aux_class_weight)).to(
+            device, memory_format=fmt)
         self.z_dim, self.image_size, self.num_categories = cfg.z_dim, cfg.image_size, num_categories
+        self.aux_class_weight = cfg.aux_class_weight
         self.augment = diff_augment if cfg.diffaugment else nn.Identity()
         self.averages = ("ema_generator",) if cfg.ema else ()
         if cfg.ema:
@@ -204,7 +223,8 @@ class SNGAN(ConditionalGenerator):
 
     def train_step(self, nets, optimizers, real, labels, z, bf16=True):
         losses = hinge_train_step(nets["generator"], nets["discriminator"], optimizers["generator"],
-                                  optimizers["discriminator"], real, labels, z, self.augment, bf16)
+                                  optimizers["discriminator"], real, labels, z, self.augment, bf16,
+                                  self.aux_class_weight)
         if self.averages:
             self.ema_generator.update_parameters(self.generator)
         return losses

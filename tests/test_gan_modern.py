@@ -217,3 +217,38 @@ def test_the_class_seed_is_refused_for_a_generator_that_has_none(generator):
     with pytest.raises(ConfigError, match=f"^--class-seed is read by --generator sngan; --generator {generator} has "
                                           "no use for it$"):
         build_generator(tiny_config(generator=generator, class_seed=True), 3)
+
+
+def coloured_by_category(labels, size=16):
+    """Images whose category shows: channel c bright for category c, the rest dark, with noise."""
+    images = torch.full((len(labels), 3, size, size), -0.8) + 0.1 * torch.randn(len(labels), 3, size, size)
+    images[torch.arange(len(labels)), labels] = 0.8
+    return images
+
+
+def test_the_auxiliary_classifier_learns_the_real_categories_and_pushes_g_to_samples_named_as_asked():
+    model = tiny_sngan(diffaugment=False, aux_class_weight=1.0)
+    labels = torch.arange(24) % 3
+    real, z = coloured_by_category(labels), model.sample_z(24, rng=torch.Generator().manual_seed(1))
+    d_class = [losses["d_loss_class"].item() for losses in steps(model, real, labels, z, 40, frozen="generator")]
+    assert d_class[-1] < 0.3 * d_class[0]
+    with torch.no_grad():
+        _, logits = model.discriminator(coloured_by_category(labels), labels, with_logits=True)
+    assert (logits.argmax(dim=1) == labels).float().mean() > 0.9     # held-out draws, chance 1/3
+    g_class = [losses["g_loss_class"].item() for losses in steps(model, real, labels, z, 40, frozen="discriminator")]
+    assert g_class[-1] < 0.5 * g_class[0]     # G's samples move to where D names them as the category asked
+
+
+def test_without_the_weight_d_has_no_classifier_and_the_losses_are_the_hinge_alone(catalogue, tmp_path):
+    model = tiny_sngan()
+    labels = torch.arange(4) % 3
+    losses = steps(model, torch.rand(4, 3, 16, 16) * 2 - 1, labels, model.sample_z(4), 1, frozen="generator")[0]
+    assert model.discriminator.classifier is None and "d_loss_class" not in losses and "g_loss_class" not in losses
+    with pytest.raises(ConfigError, match="^--aux-class-weight is read by --generator sngan; --generator lsgan has no "
+                                          "use for it$"):
+        build_generator(tiny_config(generator="lsgan", aux_class_weight=1.0), 3)
+    path = catalogue()
+    place_random_classifier(tmp_path, load_dataset(path), 16)
+    train_gan(tiny_config(dataset=str(path), out=str(tmp_path), epochs=1, aux_class_weight=0.5))
+    run = open_gan_run(tmp_path)   # reopened with the classifier's head, which its checkpoint holds
+    assert run.model.discriminator.classifier is not None and run.config.aux_class_weight == 0.5
