@@ -10,7 +10,7 @@ from common.data import load_dataset
 from common.errors import ConfigError
 from dvbpr.cnnf import CNNF
 from dvbpr.model import DVBPR
-from gan.config import GANConfig
+from gan.config import GANConfig, check_config
 from gan.generators import build_generator
 from gan.run import open_gan_run
 from gan.sngan import SNGAN, cutout, diff_augment, translate
@@ -247,6 +247,8 @@ def test_without_the_weight_d_has_no_classifier_and_the_losses_are_the_hinge_alo
     with pytest.raises(ConfigError, match="^--aux-class-weight is read by --generator sngan; --generator lsgan has no "
                                           "use for it$"):
         build_generator(tiny_config(generator="lsgan", aux_class_weight=1.0), 3)
+    with pytest.raises(ConfigError, match=r"^--aux-class-weight must be at least 0, got -1.0$"):
+        check_config(tiny_config(aux_class_weight=-1.0))
     path = catalogue()
     place_random_classifier(tmp_path, load_dataset(path), 16)
     train_gan(tiny_config(dataset=str(path), out=str(tmp_path), epochs=1, aux_class_weight=0.5))
