@@ -421,6 +421,12 @@ def realistic_cell(table, against_samples):
     return f"{table['generated']['realistic'][0]:.2f} / {table['synthesis']['realistic'][0]:.2f}{p}"
 
 
+def kid_p(against_samples):
+    """' (p x)' of a source's KID test against the random samples where the table has one (tables before it have
+    not)."""
+    return f" (p {against_samples['kid']['p_value']:.3f})" if "kid" in against_samples else ""
+
+
 def design_markdown(rows):
     """Per catalogue, retrieval against synthesis: the optimised score, the judges' and the category classifier's
     match (with the paired test's p); the share of the generator's random samples and of synthesis inside the real
@@ -438,12 +444,14 @@ def design_markdown(rows):
             cells = [retrieval_synthesis(t, metric, paired)
                      for metric in ("preference", "judge", "true_preference", "category_match")]
             cells.append(realistic_cell(t, row["against_samples"]))
+            kid += kid_p(row["against_samples"])
             lines.append(f"| {name} | {latent} | {row['consistency']:.3f} | " + " | ".join(cells) + f" | {kid} | "
                          f"{retrieval_synthesis(t, 'quality')} | {retrieval_synthesis(t, 'diversity')} |")
     lines.append("")
     lines.append("Retrieval / synthesis, means over the trials; p: the paired sign-flip test of synthesis against "
                  "retrieval (realistic: random samples / synthesis, and the test of the two); KID over the category "
-                 "classifier's features against the real items of each category.")
+                 "classifier's features against the real items of each category, with the p of synthesis's against "
+                 "the random samples' (a permutation test swapping the two sources' images within trials).")
     for source in EXTRA_SOURCES:
         if any(f"{source}_paired" in row for by_latent in rows.values() for row in by_latent.values()):
             lines += source_markdown(rows, source)
@@ -465,10 +473,11 @@ def source_markdown(rows, source):
             realistic = " / ".join(f"{row['table'][s]['realistic'][0]:.2f}" for s in shown)
             p = row[f"{source}_against_samples"].get("realistic", {}).get("p_value")
             kid = " / ".join(f"{row['fidelity'][s][CLASSIFIER_EXTRACTOR]['kid']:.2f}" for s in shown)
+            kid += kid_p(row[f"{source}_against_samples"])
             lines.append(f"| {name} | {latent} | " + " | ".join(cells) + f" | {realistic}"
                          + (f" ({source} vs random G: p {p:.3f})" if p is not None else "") + f" | {kid} |")
     lines += ["", f"Retrieval / {source} ({EXTRA_SOURCES[source]}), means over the trials; p: the paired sign-flip "
-              f"test of {source} against retrieval."]
+              f"test of {source} against retrieval (KID: of {source}'s against the random samples')."]
     return lines
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
-from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kernel_poly, kid_features_to_metric
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor
@@ -35,6 +35,7 @@ INCEPTION_EXTRACTOR = "inception-v3-compat"
 DEFAULT_FID_INCEPTION_WEIGHTS = Path("pretrained/weights-inception-2015-12-05-6726825d.pth")
 MAX_WEIGHTS_BYTES = 256 << 20       # the file is 95 MB
 KID_SUBSETS, KID_MAX_SUBSET = 100, 1000
+KID_TEST_ROUNDS, KID_TEST_CHUNK = 10_000, 1000   # the permutation test's swaps, drawn and scored this many at a time
 PRC_NEIGHBOURHOOD = 3               # k of the k-NN balls, torch-fidelity's default
 REFERENCE_PER_CATEGORY = 2000       # real items per category in the reference: twice KID's largest subset
 METRICS = ("kid", "kid_std", "fid", "precision", "recall")
@@ -151,6 +152,56 @@ def fidelity(features, categories, reference, reference_categories, seed=0):
     return averaged
 
 
+def kid_gap(in_a, kernel, cross):
+    """Per row of in_a [rounds, n_pooled] (1: the pooled image is in set A, else in B), the unbiased MMD^2 of A minus
+    that of B against the same real items, whose own term cancels: kernel [n_pooled, n_pooled] with a zero diagonal,
+    cross [n_pooled] each pooled image's mean kernel value with the real items."""
+    in_b = 1 - in_a
+    n_a, n_b = in_a.sum(1), in_b.sum(1)
+    within_a, within_b = ((in_a @ kernel) * in_a).sum(1), ((in_b @ kernel) * in_b).sum(1)
+    return (within_a / (n_a * (n_a - 1)) - 2 * (in_a @ cross) / n_a
+            - within_b / (n_b * (n_b - 1)) + 2 * (in_b @ cross) / n_b)
+
+
+def kid_difference_test(features_a, trial_of_a, features_b, trial_of_b, trial_categories, reference,
+                        reference_categories, rounds=KID_TEST_ROUNDS, seed=0):
+    """KID(a) - KID(b) against the real items of the images' categories, and a two-sided paired permutation test
+    of it being 0.
+
+    features_a [N_a, F] and features_b [N_b, F] are two sources' images of the same trials (trial_of_a [N_a],
+    trial_of_b [N_b] their trial; trial_categories [trials] each trial's category). KID here is the unbiased MMD^2
+    of all of a source's images of a category against all the reference items of it (torch-fidelity's polynomial
+    kernel), averaged over the categories weighted by a's images as `fidelity` averages; torch-fidelity's subsets
+    estimate the same quantity. The null: a trial's images from the two sources are exchangeable, so each trial's
+    two sets swap with probability 1/2 (pm/judges.py's paired sign-flip test, for a statistic that is not a mean
+    over trials). Returns the difference, the p-value (the observed assignment counted among the rounds) and the
+    trials."""
+    trial_of_a, trial_of_b = np.asarray(trial_of_a), np.asarray(trial_of_b)
+    trial_categories = np.asarray(trial_categories)
+    swaps = np.random.default_rng(seed).random((rounds, len(trial_categories))) < 0.5
+    swaps = np.concatenate([np.zeros((1, len(trial_categories)), bool), swaps])   # row 0: as observed
+    gaps, weights = [], []
+    for c in np.unique(trial_categories):
+        mine_a, mine_b = trial_categories[trial_of_a] == c, trial_categories[trial_of_b] == c
+        theirs = reference[torch.as_tensor(reference_categories) == int(c)].double().numpy()
+        if min(mine_a.sum(), mine_b.sum(), len(theirs)) < 2:
+            continue
+        pooled = torch.cat([features_a[mine_a], features_b[mine_b]]).double().numpy()
+        kernel = kernel_poly(pooled, pooled)
+        np.fill_diagonal(kernel, 0)
+        cross = kernel_poly(pooled, theirs).mean(axis=1)
+        from_a = np.concatenate([np.ones(mine_a.sum(), bool), np.zeros(mine_b.sum(), bool)])
+        pooled_trials = np.concatenate([trial_of_a[mine_a], trial_of_b[mine_b]])
+        gaps.append(np.concatenate([kid_gap((from_a ^ chunk[:, pooled_trials]).astype(np.float64), kernel, cross)
+                                    for chunk in np.array_split(swaps, max(1, len(swaps) // KID_TEST_CHUNK))]))
+        weights.append(mine_a.sum())
+    gap = np.average(np.stack(gaps), axis=0, weights=weights)
+    noise = 1e-12 * max(1.0, np.abs(gap).max())   # float64 rounding: two sets of the same images tie, p = 1
+    extreme = np.sum(np.abs(gap[1:]) >= abs(gap[0]) - noise)
+    return {"kid_difference": float(gap[0]), "p_value": float((1 + extreme) / (1 + rounds)),
+            "trials": len(trial_categories)}
+
+
 def reference_items(item_category, per_category, seed=0):
     """(item ids, their categories): up to `per_category` real items of each category, drawn at random."""
     rng = np.random.default_rng(seed)
@@ -199,6 +250,15 @@ class Fidelity:
         precision, which is its mean over a set."""
         realism = self.realism(images, category, name)
         return torch.where(realism.isnan(), realism, (realism >= 1).to(realism.dtype)).double()
+
+    def kid_test(self, images_a, images_b, trial_categories, name=CLASSIFIER_EXTRACTOR):
+        """kid_difference_test of two sources' images [trials, k, 3, S, S] of the same trials (their categories
+        [trials]; k may differ between the two) under extractor `name`."""
+        trial_of = lambda images: np.repeat(np.arange(len(images)), images.shape[1])
+        return kid_difference_test(extract(self.extractors[name], images_a.flatten(0, 1)), trial_of(images_a),
+                                   extract(self.extractors[name], images_b.flatten(0, 1)), trial_of(images_b),
+                                   trial_categories, self.reference[name], self.reference_categories,
+                                   seed=self.seed)
 
     def __call__(self, images, categories):
         """{extractor name: {metric: value}} of images [N, 3, S, S] in [-1, 1] of categories [N]."""

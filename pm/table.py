@@ -101,8 +101,8 @@ JUDGES_NOTES = [
     "",
     "KID, FID, precision and recall: torch-fidelity, each source's images against all real items of their "
     "category, averaged over categories weighted by images (pm/fidelity.py); lower KID and FID are closer to the "
-    "real items. KID ± its std over torch-fidelity's subsets of the same images: how far a few dozen images let "
-    "two sources' KIDs be told apart.",
+    "real items. KID ± its std over torch-fidelity's subsets: how much the draw of the real items moves it; "
+    "whether a design source's KID differs from the random samples' is the permutation test after the table.",
 ]
 TOP = 3
 
@@ -260,11 +260,16 @@ def paired_tests(per_trial, metrics, source="synthesis", against="retrieval"):
     return {metric: paired_test(per_trial[source][metric], per_trial[against][metric]) for metric in metrics}
 
 
-def against_samples(per_trial):
-    """{source: {"realistic": paired test}}: each design source against the generator's own random samples on the
-    same trials (does PM leave the generator's manifold?), where realistic is measured."""
-    return {source: {"realistic": paired_test(per_trial[source]["realistic"], per_trial["generated"]["realistic"])}
-            for source in COMPARED if source in per_trial and "realistic" in per_trial[source]}
+def against_samples(per_trial, results, trials, fidelity):
+    """{source: {"realistic": paired test, "kid": KID test}}: each design source against the generator's own random
+    samples on the same trials (does PM leave the generator's manifold?): the per-trial realistic share, and the KID
+    in the category classifier's features (pm/fidelity.py kid_difference_test); none where fidelity is not measured."""
+    if fidelity is None:
+        return {}
+    categories = [category for _, category in trials]
+    return {source: {"realistic": paired_test(per_trial[source]["realistic"], per_trial["generated"]["realistic"]),
+                     "kid": fidelity.kid_test(results[source]["images"], results["generated"]["images"], categories)}
+            for source in COMPARED if source in per_trial}
 
 
 def by_category(per_trial, trials, num_categories):
@@ -334,9 +339,12 @@ def judges_table(rows, fidelity, paired, samples):
         lines += [f"| {TRIAL_METRICS[m]} | {t['mean_difference']:+.4f} | {t['above']} / {t['below']} | "
                   f"{t['p_value']:.4f} |" for m, t in tests.items()]
     for source, tests in samples.items():
-        t = tests["realistic"]
-        lines += ["", f"{SOURCES[source]} against {SOURCES['generated']} on the same trials, realistic: "
-                  f"{t['mean_difference']:+.4f} ({t['above']} trials above, {t['below']} below, p {t['p_value']:.4f})."]
+        realistic, kid = tests["realistic"], tests["kid"]
+        lines += ["", f"{SOURCES[source]} against {SOURCES['generated']} on the same trials: realistic "
+                  f"{realistic['mean_difference']:+.4f} ({realistic['above']} trials above, {realistic['below']} "
+                  f"below, p {realistic['p_value']:.4f}); KID (category classifier, all of each side's images of a "
+                  f"category against all its real items, no subsets) {kid['kid_difference']:+.4f}, p "
+                  f"{kid['p_value']:.4f} (two-sided permutation test swapping the two sources' images within trials)."]
     return lines
 
 
@@ -479,10 +487,12 @@ def tables(stages, cfg, out):
     if cfg.table:
         sources = PAPER_SOURCES + (("guided",) if cfg.guidance is not None else ()) + (
             ("tailored",) if cfg.tailored else ()) + (("sampled",) if cfg.sampled else ())
-        rows, fidelity, per_trial = summarise(run_trials(stages, cfg, trials, sources), trials, measures, cfg.splits)
+        results = run_trials(stages, cfg, trials, sources)
+        rows, fidelity, per_trial = summarise(results, trials, measures, cfg.splits)
         paired = {(source, against): paired_tests(per_trial, measures.trial_metrics(), source, against)
                   for source, against in PAIRED if source in per_trial and against in per_trial}
-        print(write_table(out, rows, fidelity, paired, against_samples(per_trial), measures.quality.label, notes,
+        samples = against_samples(per_trial, results, trials, measures.fidelity)
+        print(write_table(out, rows, fidelity, paired, samples, measures.quality.label, notes,
                           by_category(per_trial, trials, stages.dataset.num_categories)))
     if cfg.sweep_eta:
         by_eta, retrieval = sweep_eta(stages, cfg, trials, cfg.sweep_eta, measures, out)

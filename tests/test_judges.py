@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+from torch_fidelity.metric_kid import kernel_poly
 
 from common.catalogue.reader import reader_path, train_or_load_reader, train_reader
 from common.catalogue.truth import load_truth
@@ -22,7 +23,15 @@ from gan.run import open_gan_run
 from gan.train import GANTraining
 from gan.train import train as train_gan
 from pm.design import Designer
-from pm.fidelity import Fidelity, classifier_extractor, extract, fidelity, inception_extractor, reference_items
+from pm.fidelity import (
+    Fidelity,
+    classifier_extractor,
+    extract,
+    fidelity,
+    inception_extractor,
+    kid_difference_test,
+    reference_items,
+)
 from pm.judges import paired_test, percentile
 from tests.helpers import place_random_classifier
 
@@ -127,6 +136,38 @@ def test_kid_of_a_set_against_itself_is_near_zero_and_against_noise_high(images_
     assert against_noise["kid"] > 0 and abs(itself["kid"]) < 0.02 * against_noise["kid"]
     assert abs(itself["fid"]) < 1e-3 * against_noise["fid"]
     assert itself["precision"] == itself["recall"] == 1.0 and against_noise["precision"] < 0.5
+
+
+def unbiased_mmd2(x, y):
+    """The unbiased MMD^2 of two feature sets under torch-fidelity's KID kernel, written out."""
+    x, y = x.double().numpy(), y.double().numpy()
+    xx, yy, xy = kernel_poly(x, x), kernel_poly(y, y), kernel_poly(x, y)
+    within = lambda k: (k.sum() - np.trace(k)) / (len(k) * (len(k) - 1))
+    return within(xx) + within(yy) - 2 * xy.mean()
+
+
+def test_the_kid_test_finds_a_source_further_from_the_real_items_and_not_a_redraw():
+    rng = torch.Generator().manual_seed(0)
+    trials, per_trial = 30, 3
+    trial_of = np.repeat(np.arange(trials), per_trial)
+    trial_categories = np.arange(trials) % 3                          # each trial asks for one category
+    categories = trial_categories[trial_of]
+    reference, reference_categories = torch.randn(300, 16, generator=rng), torch.arange(300) % 3
+    near, redraw = (torch.randn(trials * per_trial, 16, generator=rng) for _ in range(2))
+    far = torch.randn(trials * per_trial, 16, generator=rng) + 0.5
+    test = lambda a, b, trial_of_b=trial_of: kid_difference_test(a, trial_of, b, trial_of_b, trial_categories,
+                                                                 reference, reference_categories)
+    worse = test(far, near)
+    by_hand = np.average([unbiased_mmd2(far[categories == c], reference[reference_categories == c])
+                          - unbiased_mmd2(near[categories == c], reference[reference_categories == c])
+                          for c in range(3)], weights=[(categories == c).sum() for c in range(3)])
+    assert worse["kid_difference"] == pytest.approx(by_hand) and worse["kid_difference"] > 0
+    assert worse["p_value"] < 0.001 and worse["trials"] == trials
+    assert test(redraw, near)["p_value"] > 0.05
+    itself = test(near, near.clone())
+    assert abs(itself["kid_difference"]) < 1e-9 and itself["p_value"] == 1.0
+    two_per_trial = np.flatnonzero(np.arange(len(near)) % per_trial < 2)   # a source returning fewer per trial
+    assert test(far, near[two_per_trial], trial_of[two_per_trial])["p_value"] < 0.001
 
 
 def test_realistic_per_image_averages_to_torch_fidelitys_precision(images_of_a_category):
