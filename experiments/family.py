@@ -422,9 +422,10 @@ def realistic_cell(table, against_samples):
 
 
 def kid_p(against_samples):
-    """' (p x)' of a source's KID test against the random samples where the table has one (tables before it have
-    not)."""
-    return f" (p {against_samples['kid']['p_value']:.3f})" if "kid" in against_samples else ""
+    """' (p x)' of a source's KID test against the random samples where the table has one (tables from before the
+    test have none)."""
+    p = against_samples.get("kid", {}).get("p_value")
+    return f" (p {p:.3f})" if p is not None else ""
 
 
 def design_markdown(rows):

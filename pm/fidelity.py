@@ -175,7 +175,7 @@ def kid_difference_test(features_a, trial_of_a, features_b, trial_of_b, trial_ca
     estimate the same quantity. The null: a trial's images from the two sources are exchangeable, so each trial's
     two sets swap with probability 1/2 (pm/judges.py's paired sign-flip test, for a statistic that is not a mean
     over trials). Returns the difference, the p-value (the observed assignment counted among the rounds) and the
-    trials."""
+    trials; the first two None where no category has two images of each source."""
     trial_of_a, trial_of_b = np.asarray(trial_of_a), np.asarray(trial_of_b)
     trial_categories = np.asarray(trial_categories)
     swaps = np.random.default_rng(seed).random((rounds, len(trial_categories))) < 0.5
@@ -195,6 +195,8 @@ def kid_difference_test(features_a, trial_of_a, features_b, trial_of_b, trial_ca
         gaps.append(np.concatenate([kid_gap((from_a ^ chunk[:, pooled_trials]).astype(np.float64), kernel, cross)
                                     for chunk in np.array_split(swaps, max(1, len(swaps) // KID_TEST_CHUNK))]))
         weights.append(mine_a.sum())
+    if not gaps:   # no category with two images on each side: no MMD^2 to estimate
+        return {"kid_difference": None, "p_value": None, "trials": len(trial_categories)}
     gap = np.average(np.stack(gaps), axis=0, weights=weights)
     noise = 1e-12 * max(1.0, np.abs(gap).max())   # float64 rounding: two sets of the same images tie, p = 1
     extreme = np.sum(np.abs(gap[1:]) >= abs(gap[0]) - noise)

@@ -340,11 +340,13 @@ def judges_table(rows, fidelity, paired, samples):
                   f"{t['p_value']:.4f} |" for m, t in tests.items()]
     for source, tests in samples.items():
         realistic, kid = tests["realistic"], tests["kid"]
+        kid_line = ("KID not tested (no category with two images from each)" if kid["p_value"] is None else
+                    f"KID (category classifier, all of each side's images of a category against all its real items, "
+                    f"no subsets) {kid['kid_difference']:+.4f}, p {kid['p_value']:.4f} (two-sided permutation test "
+                    "swapping the two sources' images within trials)")
         lines += ["", f"{SOURCES[source]} against {SOURCES['generated']} on the same trials: realistic "
                   f"{realistic['mean_difference']:+.4f} ({realistic['above']} trials above, {realistic['below']} "
-                  f"below, p {realistic['p_value']:.4f}); KID (category classifier, all of each side's images of a "
-                  f"category against all its real items, no subsets) {kid['kid_difference']:+.4f}, p "
-                  f"{kid['p_value']:.4f} (two-sided permutation test swapping the two sources' images within trials)."]
+                  f"below, p {realistic['p_value']:.4f}); {kid_line}."]
     return lines
 
 

@@ -168,6 +168,10 @@ def test_the_kid_test_finds_a_source_further_from_the_real_items_and_not_a_redra
     assert abs(itself["kid_difference"]) < 1e-9 and itself["p_value"] == 1.0
     two_per_trial = np.flatnonzero(np.arange(len(near)) % per_trial < 2)   # a source returning fewer per trial
     assert test(far, near[two_per_trial], trial_of[two_per_trial])["p_value"] < 0.001
+    one_trial = trial_of == 0                                           # one image of a side: nothing to estimate
+    untested = kid_difference_test(far[one_trial][:1], [0], near[one_trial], trial_of[one_trial], [0], reference,
+                                   reference_categories)
+    assert untested["kid_difference"] is None and untested["p_value"] is None
 
 
 def test_realistic_per_image_averages_to_torch_fidelitys_precision(images_of_a_category):
