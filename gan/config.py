@@ -66,6 +66,9 @@ class GANConfig:
         "help": "sngan: D also names the category of the real items it sees, and G is trained to make its samples "
                 "named as the category asked, each loss weighted by this (an auxiliary classifier, Odena et al., "
                 "2017; 0: off)"})
+    match_weight: float = field(default=0.0, metadata={
+        "help": "sngan: D also learns that a real item under another category's label is fake, the loss weighted by "
+                "this (a matching-aware discriminator, Reed et al., 2016; 0: off)"})
     batch_size: int = field(default=64, metadata={"help": "images per iteration"})
     epochs: int = field(default=25, metadata={"help": "epochs of floor(items / batch) iterations"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of G and D"})
@@ -156,8 +159,9 @@ def check_config(cfg):
         raise ConfigError(f"--lr must be positive, got {cfg.lr}")
     if not 0 <= cfg.ema < 1:
         raise ConfigError(f"--ema is a decay in [0, 1), got {cfg.ema}")
-    if cfg.aux_class_weight < 0:
-        raise ConfigError(f"--aux-class-weight must be at least 0, got {cfg.aux_class_weight}")
+    for weight in ("aux_class_weight", "match_weight"):
+        if getattr(cfg, weight) < 0:
+            raise ConfigError(f"--{weight.replace('_', '-')} must be at least 0, got {getattr(cfg, weight)}")
     if cfg.from_tf and cfg.generator != "lsgan":
         raise ConfigError(f"--from-tf reads the original's LSGAN; it cannot be --generator {cfg.generator}")
     if cfg.from_tf and (cfg.train or cfg.resume):

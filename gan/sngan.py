@@ -134,36 +134,55 @@ class Discriminator(nn.Module):
         self.classifier = nn.Linear(2 * channels[-1], num_categories) if classifies else None
 
     def forward(self, x, labels, with_logits=False):
-        """x [B, 3, S, S] in [-1, 1], labels [B] category ids -> raw scores [B]; with_logits: (scores, the auxiliary
-        classifier's category logits [B, categories])."""
+        """x [B, 3, S, S] in [-1, 1], labels [B] category ids -> raw scores [B] (labels [B, L]: each image scored
+        under each of its L labels, [B, L]); with_logits: (scores, the auxiliary classifier's category logits [B,
+        categories])."""
         h = x
         for down in self.downs:
             h = F.leaky_relu(down(h), LEAK)
         phi = F.leaky_relu(self.last(h), LEAK).sum(dim=(2, 3))
-        scores = self.h_lin(phi).squeeze(1) + (self.embed(labels) * phi).sum(1)   # the projection of c
+        if labels.dim() == 1:
+            scores = self.h_lin(phi).squeeze(1) + (self.embed(labels) * phi).sum(1)   # the projection of c
+        else:   # each image under each of its labels
+            scores = self.h_lin(phi) + (self.embed(labels) * phi[:, None]).sum(2)
         return (scores, self.classifier(phi)) if with_logits else scores
 
 
-def hinge_train_step(generator, discriminator, opt_g, opt_d, real, labels, z, augment, bf16=True, aux_weight=0.0):
+def hinge_train_step(generator, discriminator, opt_g, opt_d, real, labels, z, augment, bf16=True, aux_weight=0.0,
+                     match_weight=0.0):
     """One D step then one G step on the hinge loss, D seeing real and fake through `augment`; returns the losses.
 
         L_D = E[relu(1 - D(aug(x), c))] + E[relu(1 + D(aug(G(z, c)), c))]        L_G = -E[D(aug(G(z, c)), c)]
 
     With aux_weight a > 0 (an auxiliary classifier, Odena et al., 2017): L_D + a CE(C(aug(x)), c), C trained on the
     real items alone, and L_G + a CE(C(aug(G(z, c))), c), so that G is pushed to samples D names as c.
+    With match_weight m > 0 (a matching-aware discriminator, Reed et al., 2016): L_D + m E[relu(1 + D(aug(x), c'))],
+    c' another category drawn uniformly, so that D's projection of the category must tell a real item of one
+    category from the same item under another's label, and G's samples must look like their own category.
     """
-    device, aux = real.device, aux_weight > 0
+    device, aux, match = real.device, aux_weight > 0, match_weight > 0
+    d_labels = torch.cat([labels, labels])
+    if match:
+        categories = unwrap(discriminator).num_categories
+        other = (labels + torch.randint(1, categories, labels.shape, device=device)) % categories
+        d_labels = torch.stack([d_labels, torch.cat([other, other])], dim=1)
     with autocast(device, bf16):
         fake = generator(z, labels)
-        judged = discriminator(augment(torch.cat([real, fake.detach()])), torch.cat([labels, labels]), aux)
+        judged = discriminator(augment(torch.cat([real, fake.detach()])), d_labels, aux)
     scores, logits = judged if aux else (judged, None)
-    d_real, d_fake = scores.float().chunk(2)
+    scores = scores.float()
+    if match:
+        scores, mismatched = scores[:, 0], scores[:len(real), 1]
+    d_real, d_fake = scores.chunk(2)
     d_loss_real, d_loss_fake = F.relu(1 - d_real).mean(), F.relu(1 + d_fake).mean()
     d_loss = d_loss_real + d_loss_fake
     losses = {}
     if aux:
         losses["d_loss_class"] = F.cross_entropy(logits[:len(real)].float(), labels)
         d_loss = d_loss + aux_weight * losses["d_loss_class"]
+    if match:
+        losses["d_loss_mismatch"] = F.relu(1 + mismatched).mean()
+        d_loss = d_loss + match_weight * losses["d_loss_mismatch"]
     descend(opt_d, d_loss)
 
     discriminator.requires_grad_(False)  # the G step needs gradients through D, not for D's weights
@@ -192,7 +211,7 @@ class SNGAN(ConditionalGenerator):
     norm statistics (gan/model.py moving_average; Yazici et al., 2019, averaged a GAN's generator so), while D and
     G's training read the last weights."""
     nets = ("generator", "discriminator")
-    reads = ("ema", "class_seed", "aux_class_weight")
+    reads = ("ema", "class_seed", "aux_class_weight", "match_weight")
 
     def __init__(self, cfg, num_categories, device="cpu"):
         super().__init__()
@@ -202,7 +221,7 @@ class SNGAN(ConditionalGenerator):
         self.discriminator = Discriminator(cfg.image_size, num_categories, cfg.d_width, bool(cfg.aux_class_weight)).to(
             device, memory_format=fmt)
         self.z_dim, self.image_size, self.num_categories = cfg.z_dim, cfg.image_size, num_categories
-        self.aux_class_weight = cfg.aux_class_weight
+        self.aux_class_weight, self.match_weight = cfg.aux_class_weight, cfg.match_weight
         self.augment = diff_augment if cfg.diffaugment else nn.Identity()
         self.averages = ("ema_generator",) if cfg.ema else ()
         if cfg.ema:
@@ -224,7 +243,7 @@ class SNGAN(ConditionalGenerator):
     def train_step(self, nets, optimizers, real, labels, z, bf16=True):
         losses = hinge_train_step(nets["generator"], nets["discriminator"], optimizers["generator"],
                                   optimizers["discriminator"], real, labels, z, self.augment, bf16,
-                                  self.aux_class_weight)
+                                  self.aux_class_weight, self.match_weight)
         if self.averages:
             self.ema_generator.update_parameters(self.generator)
         return losses
