@@ -12,7 +12,8 @@ Per category c, the source's images of c are compared with the real items of c (
 REFERENCE_PER_CATEGORY drawn at random where there are more), and each metric is averaged over
 the categories weighted by the source's images there. Every source of a table has the same images per category
 (the trials are shared), so FID's small-sample bias is the same for each; KID is unbiased at any size. KID draws
-KID_SUBSETS subsets of min(images of c, real items of c, 1000) from each side.
+KID_SUBSETS subsets of min(images of c, real items of c, 1000) from each side. Whether two sources' KIDs differ
+(a design source's and the random samples') is kid_difference_test's permutation test over the shared trials.
 """
 import contextlib
 import os
