@@ -12,6 +12,7 @@ from common.catalogue.taste import PATTERNS
 from common.catalogue.truth import load_truth, true_scores
 from common.data import load_dataset
 from common.original_format import CATEGORY_NAMES
+from tools.catalogue import main as catalogue_main
 
 TINY = CatalogueConfig(num_users=40, num_items=90, image_size=32, image_source="procedural")
 
@@ -130,6 +131,35 @@ def test_ensure_generates_once_then_reuses(tmp_path):
     assert ensure_embedded_catalogue(tmp_path, TINY) == path
     assert path.stat().st_mtime_ns == stamp
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, truth_path(path).name])
+
+
+def test_the_catalogue_tool_makes_the_catalogue_its_flags_describe_and_prints_its_path(tmp_path, capsys):
+    argv = ["--seed", "4", "--num-users", "40", "--num-items", "90", "--image-size", "32", "--image-source",
+            "procedural", "--pattern-weight", "2.5", "--missing-pattern", "stripes", "--missing-categories", "4", "5",
+            "--data-dir", str(tmp_path)]
+    path = catalogue_main(argv)
+    settings = dataclasses.replace(TINY, seed=4, pattern_weight=2.5, missing_pattern="stripes",
+                                   missing_categories=[4, 5])
+    assert path == embedded_dataset_path(tmp_path, settings) and capsys.readouterr().out == f"{path}\n"
+    assert path.read_bytes() == generate_catalogue(tmp_path / "direct.npy", settings).read_bytes()
+    truth = load_truth(path)
+    assert not (np.isin(truth.item_category, [4, 5]) & (truth.item_pattern == PATTERNS.index("stripes"))).any()
+
+
+@pytest.mark.parametrize("argv, flag", [(["--num-items", "3"], "--num-items"),
+                                        (["--missing-pattern", "stripes"], "--missing-categories"),
+                                        (["--missing-pattern", "stripes", "--missing-categories", "9"],
+                                         "--missing-categories"),
+                                        (["--bulk-weight", "-1"], "--bulk-weight"),
+                                        (["--num-users", "100000", "--num-items", "100000"], "--num-users"),
+                                        (["--image-source", "fashion-mnist", "--fashion-mnist-dir", "nowhere"],
+                                         "nowhere")])
+def test_the_catalogue_tool_refuses_settings_out_of_range_in_one_line_before_writing(tmp_path, argv, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        catalogue_main(argv + ["--data-dir", str(tmp_path / "data")])
+    message = str(exit_info.value.code)
+    assert message.startswith("catalogue: ") and flag in message and "\n" not in message
+    assert not (tmp_path / "data").exists()
 
 
 def test_fashion_mnist_source(tmp_path):
