@@ -10,6 +10,8 @@ category after 1, 2.5, 5 (and more) minutes of training, for each candidate of C
     python bench/gan_quality.py --plot-only                       the plot from the results already measured
     python bench/gan_quality.py --score runs/gan runs/gan_sngan   trained runs' samples scored as the candidates'
                                                                   are: --out/scores.json
+    python bench/gan_quality.py --score A1 B1 A2 B2 ... --paired  and each pair's KID ratio B / A, their geometric
+                                                                  mean and a paired test: --out/paired.json
 
 Each candidate trains as gan/train.py does (the same batches and codes per iteration, the generator's own
 train_step) with the clock running only while it trains; at each checkpoint SAMPLES_PER_CATEGORY images per
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import torch
 
 from common.checkpoint import write_json
@@ -45,6 +48,7 @@ from gan.run import open_gan_run
 from gan.sample import samples_beside_real
 from gan.train import GANTraining, labelled_items, training_batch
 from pm.fidelity import CLASSIFIER_EXTRACTOR, Fidelity, classifier_extractor
+from pm.judges import paired_test
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
@@ -88,6 +92,9 @@ class QualityConfig:
                 "own size)"})
     device: str = field(default="cpu", metadata={"help": "where --score scores: cpu, cuda or auto (candidates train "
                                                          "on the CPU, whose minutes they measure)"})
+    paired: bool = field(default=False, metadata={
+        "help": "--score's runs are pairs A1 B1 A2 B2 ... (say, the same seed and data without and with a setting): "
+                "each pair's KID ratio B / A, their geometric mean and a paired sign-flip test of the log ratios"})
 
 
 def candidate_config(name, dataset_path, seed):
@@ -235,13 +242,44 @@ def score_runs(qc):
         results[run_dir] = scorers[key](run.model)
         print(f"{run_dir}: {score_line(results[run_dir])}", flush=True)
     write_json(Path(qc.out) / "scores.json", results)
+    if qc.paired:
+        comparison = paired_kid(results, qc.score)
+        write_json(Path(qc.out) / "paired.json", comparison)
+        print(paired_line(comparison), flush=True)
     return results
+
+
+def paired_kid(results, runs):
+    """Each pair's KID ratio (runs A1 B1 A2 B2 ...: B over A), their geometric mean, and pm/judges.py's paired
+    sign-flip test of log KID B against log KID A. Ratios, not differences: one run's KID moves several-fold with
+    the seed and the items (docs/design_half.md), and a setting's effect is closer to a factor than to an offset.
+    No test where a KID is not positive (the unbiased estimate can be, for samples as near as the real items)."""
+    pairs = [list(pair) for pair in zip(runs[0::2], runs[1::2])]
+    kids = np.array([[results[first]["kid"], results[second]["kid"]] for first, second in pairs])
+    comparison = {"pairs": pairs, "ratios": (kids[:, 1] / kids[:, 0]).tolist(), "test": None}
+    if (kids > 0).all():
+        log_ratios = np.log(kids[:, 1]) - np.log(kids[:, 0])
+        comparison["test"] = {"geometric_mean_ratio": float(np.exp(log_ratios.mean())),
+                              "log_ratio_std": float(log_ratios.std(ddof=1)) if len(pairs) > 1 else None,
+                              **paired_test(np.log(kids[:, 1]), np.log(kids[:, 0]))}
+    return comparison
+
+
+def paired_line(comparison):
+    test = comparison["test"]
+    if test is None:
+        return f"paired: {len(comparison['pairs'])} pairs; a KID is not positive, so no ratio test"
+    return (f"paired, second over first, {test['trials']} pairs: geometric mean KID ratio "
+            f"{test['geometric_mean_ratio']:.2f}, lower on {test['below']}, higher on {test['above']}, sign-flip "
+            f"p {test['p_value']:.3f}")
 
 
 def main(argv=None):
     with stage_errors("gan_quality"):
         qc, _ = parse_config(QualityConfig, argv, description=__doc__.splitlines()[0])
         require_sizes(qc, {"score_size": MAX_IMAGE_SIZE})
+        if qc.paired and (not qc.score or len(qc.score) % 2):
+            raise ConfigError(f"--paired takes --score runs in pairs, got {len(qc.score or [])} runs")
         if qc.score:
             return score_runs(qc)
         if not qc.plot_only:

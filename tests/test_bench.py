@@ -1,11 +1,15 @@
-"""bench/gan_quality.py: --score (trained runs scored as the bench scores its candidates), and where its figure goes."""
+"""bench/gan_quality.py: --score (trained runs scored as the bench scores its candidates), --paired, and where its
+figure goes."""
 import json
+import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from bench.gan_quality import main as gan_quality
+from bench.gan_quality import paired_kid
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.data import load_dataset
 from gan.train import train as train_gan
@@ -30,14 +34,41 @@ def test_score_writes_each_runs_fidelity_from_fixed_codes_through_one_classifier
     runs = [str(tmp_path / "trained"), str(tmp_path / "collapsed")]
     place_bench_classifier(tmp_path / "bench" / "Tiny", load_dataset(path), 16)   # the bench's, not trained here
 
-    scores = gan_quality(["--score", *runs, "--out", str(tmp_path / "bench")])
+    scores = gan_quality(["--score", *runs, "--paired", "--out", str(tmp_path / "bench")])
     assert json.loads((tmp_path / "bench" / "scores.json").read_text()) == scores
+    paired = json.loads((tmp_path / "bench" / "paired.json").read_text())
+    assert paired["pairs"] == [runs] and paired["ratios"] == [scores[runs[1]]["kid"] / scores[runs[0]]["kid"]]
     assert set(scores) == set(runs) and all(set(s) == {"kid", "kid_std", "fid", "precision", "recall"}
                                             for s in scores.values())
     assert [p.name for p in (tmp_path / "bench").rglob("classifier*.pt")] == ["classifier-16px.pt"]   # one per dataset
     assert scores[runs[1]]["kid"] != scores[runs[0]]["kid"]   # the generator's weights are what is scored
     assert gan_quality(["--score", runs[0], "--out", str(tmp_path / "bench")])[runs[0]] == scores[runs[0]]
 
+
+
+def kid_results(pairs):
+    runs = [name for index in range(len(pairs)) for name in (f"a{index}", f"b{index}")]
+    return runs, {name: {"kid": kid} for name, kid in zip(runs, np.ravel(pairs))}
+
+
+def test_paired_kid_finds_a_setting_that_halves_the_kid_on_every_item_set_and_not_a_coin_toss():
+    firsts = np.geomspace(0.3, 1.5, 10)                       # item sets whose KIDs differ five-fold
+    runs, results = kid_results(np.stack([firsts, 0.5 * firsts * np.linspace(0.8, 1.2, 10)], 1))
+    test = paired_kid(results, runs)["test"]
+    assert test["below"] == 10 and test["p_value"] < 0.01
+    assert math.isclose(test["geometric_mean_ratio"], 0.5 * np.exp(np.log(np.linspace(0.8, 1.2, 10)).mean()))
+    runs, results = kid_results(np.stack([firsts, firsts * np.tile([0.5, 2.0], 5)], 1))   # halved or doubled
+    test = paired_kid(results, runs)["test"]
+    assert math.isclose(test["geometric_mean_ratio"], 1.0) and test["p_value"] > 0.5
+    runs, results = kid_results([[0.4, 0.2], [0.3, -0.01]])   # a KID below 0: ratios, but no test of their logs
+    assert paired_kid(results, runs)["test"] is None
+
+
+def test_paired_wants_its_runs_in_pairs(tmp_path):
+    with pytest.raises(SystemExit, match="--paired takes --score runs in pairs, got 3 runs"):
+        gan_quality(["--score", "a", "b", "c", "--paired", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--paired takes --score runs in pairs, got 0 runs"):
+        gan_quality(["--paired", "--out", str(tmp_path)])
 
 def test_score_size_scores_runs_of_two_sizes_through_one_classifier_resizing_both_sides(catalogue, tmp_path):
     path = catalogue()
