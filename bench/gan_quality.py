@@ -11,7 +11,8 @@ category after 1, 2.5, 5 (and more) minutes of training, for each candidate of C
     python bench/gan_quality.py --score runs/gan runs/gan_sngan   trained runs' samples scored as the candidates'
                                                                   are: --out/scores.json
     python bench/gan_quality.py --score A1 B1 A2 B2 ... --paired  and each pair's KID ratio B / A, their geometric
-                                                                  mean and a paired test: --out/paired.json
+                                                                  mean and a paired test, and the same test of the
+                                                                  runs' condition consistency: --out/paired.json
 
 Each candidate trains as gan/train.py does (the same batches and codes per iteration, the generator's own
 train_step) with the clock running only while it trains; at each checkpoint SAMPLES_PER_CATEGORY images per
@@ -231,10 +232,11 @@ def score_runs(qc):
     """{run: KID, FID, precision, recall} of each trained run in --score, scored as the candidates are (the
     category classifier of its dataset in --out/<dataset name>/, at --score-size if given), written to
     --out/scores.json. Runs on the same dataset and image size share one image cache and scorer."""
-    results, scorers = {}, {}
+    results, scorers, consistency = {}, {}, {}
     device = pick_device(qc.device)
     for run_dir in qc.score:
         run = open_gan_run(run_dir, device)
+        consistency[run_dir] = run.metrics.get("condition_consistency", {}).get("overall")
         key = (run.config.dataset, run.config.image_size, run.config.resize_filter)
         if key not in scorers:
             dataset, store = run.real_items("cpu")
@@ -243,7 +245,7 @@ def score_runs(qc):
         print(f"{run_dir}: {score_line(results[run_dir])}", flush=True)
     write_json(Path(qc.out) / "scores.json", results)
     if qc.paired:
-        comparison = paired_kid(results, qc.score)
+        comparison = {**paired_kid(results, qc.score), "consistency": paired_consistency(consistency, qc.score)}
         write_json(Path(qc.out) / "paired.json", comparison)
         print(paired_line(comparison), flush=True)
     return results
@@ -265,13 +267,27 @@ def paired_kid(results, runs):
     return comparison
 
 
+def paired_consistency(consistency, runs):
+    """Each pair's condition consistency as its runs recorded it (gan/consistency.py) and the sign-flip test of
+    the second's against the first's; None where a run recorded none (trained without a category classifier)."""
+    if any(consistency[run] is None for run in runs):
+        return None
+    values = np.array([[consistency[first], consistency[second]] for first, second in zip(runs[0::2], runs[1::2])])
+    return {"values": values.tolist(), **paired_test(values[:, 1], values[:, 0])}
+
+
 def paired_line(comparison):
-    test = comparison["test"]
+    test, consistency = comparison["test"], comparison["consistency"]
+    line = f"paired, second over first, {len(comparison['pairs'])} pairs: "
     if test is None:
-        return f"paired: {len(comparison['pairs'])} pairs; a KID is not positive, so no ratio test"
-    return (f"paired, second over first, {test['trials']} pairs: geometric mean KID ratio "
-            f"{test['geometric_mean_ratio']:.2f}, lower on {test['below']}, higher on {test['above']}, sign-flip "
-            f"p {test['p_value']:.3f}")
+        line += "a KID is not positive, so no ratio test"
+    else:
+        line += (f"geometric mean KID ratio {test['geometric_mean_ratio']:.2f}, lower on {test['below']}, higher on "
+                 f"{test['above']}, sign-flip p {test['p_value']:.3f}")
+    if consistency is not None:
+        line += (f"; condition consistency higher on {consistency['above']}, lower on {consistency['below']}, "
+                 f"sign-flip p {consistency['p_value']:.3f}")
+    return line
 
 
 def main(argv=None):

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from bench.gan_quality import main as gan_quality
-from bench.gan_quality import paired_kid
+from bench.gan_quality import paired_consistency, paired_kid
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.data import load_dataset
+from gan.run import open_gan_run
 from gan.train import train as train_gan
 from tests.helpers import place_random_classifier
 from tests.test_gan_modern import tiny_config
@@ -38,6 +39,8 @@ def test_score_writes_each_runs_fidelity_from_fixed_codes_through_one_classifier
     assert json.loads((tmp_path / "bench" / "scores.json").read_text()) == scores
     paired = json.loads((tmp_path / "bench" / "paired.json").read_text())
     assert paired["pairs"] == [runs] and paired["ratios"] == [scores[runs[1]]["kid"] / scores[runs[0]]["kid"]]
+    recorded = open_gan_run(runs[0]).metrics["condition_consistency"]["overall"]   # the copy's log is the same
+    assert paired["consistency"]["values"] == [[recorded, recorded]] and paired["consistency"]["p_value"] == 1
     assert set(scores) == set(runs) and all(set(s) == {"kid", "kid_std", "fid", "precision", "recall"}
                                             for s in scores.values())
     assert [p.name for p in (tmp_path / "bench").rglob("classifier*.pt")] == ["classifier-16px.pt"]   # one per dataset
@@ -62,6 +65,15 @@ def test_paired_kid_finds_a_setting_that_halves_the_kid_on_every_item_set_and_no
     assert math.isclose(test["geometric_mean_ratio"], 1.0) and test["p_value"] > 0.5
     runs, results = kid_results([[0.4, 0.2], [0.3, -0.01]])   # a KID below 0: ratios, but no test of their logs
     assert paired_kid(results, runs)["test"] is None
+
+
+def test_paired_consistency_counts_the_pairs_a_setting_raised_and_needs_every_run_to_have_recorded_one():
+    runs = [name for index in range(8) for name in (f"a{index}", f"b{index}")]
+    raised = {run: (0.80 if run.startswith("a") else 0.90) + int(run[1:]) / 100 for run in runs}
+    test = paired_consistency(raised, runs)
+    assert (test["above"], test["below"]) == (8, 0) and test["p_value"] < 0.01
+    assert math.isclose(test["mean_difference"], 0.10)
+    assert paired_consistency({**raised, "b3": None}, runs) is None
 
 
 def test_paired_wants_its_runs_in_pairs(tmp_path):
