@@ -120,7 +120,7 @@ def test_a_missing_combination_is_absent_and_the_rest_is_as_without_it(tmp_path,
     assert np.array_equal(truth.item_pattern[~was_striped_shoe], holed_truth.item_pattern[~was_striped_shoe])
     assert np.array_equal(truth.item_category, holed_truth.item_category)
     assert embedded_dataset_path(tmp_path, holed) != embedded_dataset_path(tmp_path, TINY)
-    with pytest.raises(ValueError, match="missing pattern must be one of plain, stripes"):
+    with pytest.raises(ValueError, match="--missing-pattern must be one of plain, stripes"):
         generate_catalogue(tmp_path / "bad.npy", dataclasses.replace(holed, missing_pattern="zigzag"))
 
 
@@ -176,7 +176,7 @@ def test_fashion_mnist_source(tmp_path):
 
 
 def test_bad_settings_missing_fashion_mnist_and_corrupt_idx_raise(tmp_path):
-    with pytest.raises(ValueError, match="items"):
+    with pytest.raises(ValueError, match="^--num-items must be at least 20, got 10$"):
         generate_catalogue(tmp_path / "x.npy", dataclasses.replace(TINY, num_items=10))
     cfg = CatalogueConfig(image_source="fashion-mnist", fashion_mnist_dir=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="Fashion-MNIST"):

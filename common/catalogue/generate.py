@@ -8,6 +8,7 @@ import numpy as np
 
 from common.catalogue.config import (
     CatalogueConfig,
+    check_catalogue,
     embedded_dataset_path,
     resolve_image_source,
     streams,
@@ -16,7 +17,6 @@ from common.catalogue.config import (
 from common.catalogue.render import render_images
 from common.catalogue.taste import (
     ATTRIBUTE_NAMES,
-    MIN_INTERACTIONS,
     item_attributes,
     remove_combination,
     sample_interactions,
@@ -39,9 +39,7 @@ def ensure_embedded_catalogue(data_dir=Path("data/embedded"), cfg: CatalogueConf
 
 def generate_catalogue(path, cfg: CatalogueConfig) -> Path:
     """Write the catalogue to `path` (.npy, original layout) and its truth beside it; both appear atomically."""
-    if cfg.num_users < 1 or cfg.num_items < 4 * MIN_INTERACTIONS or cfg.image_size < 16:
-        raise ValueError(f"a catalogue needs >= 1 user, >= {4 * MIN_INTERACTIONS} items and images >= 16 px; "
-                         f"got {cfg.num_users} users, {cfg.num_items} items, {cfg.image_size} px")
+    check_catalogue(cfg)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     source = resolve_image_source(cfg)

@@ -49,11 +49,8 @@ def sample_items(rng, n):
 
 def remove_combination(items, pattern, categories):
     """Items of `categories` drawn with `pattern` get the next pattern instead, so that no item has the combination;
-    without a random draw, so that the rest of the catalogue is as it would be without it."""
-    if pattern not in PATTERNS:
-        raise ValueError(f"the missing pattern must be one of {', '.join(PATTERNS)}, not {pattern!r}")
-    if not set(categories) <= set(range(len(CATEGORY_NAMES))):
-        raise ValueError(f"the missing categories must be among 0-{len(CATEGORY_NAMES) - 1}, not {categories}")
+    without a random draw, so that the rest of the catalogue is as it would be without it (both checked by
+    config.py check_catalogue)."""
     code = PATTERNS.index(pattern)
     lacking = np.isin(items["category"], categories) & (items["pattern"] == code)
     items["pattern"][lacking] = (code + 1) % len(PATTERNS)
