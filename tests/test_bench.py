@@ -48,7 +48,6 @@ def test_score_writes_each_runs_fidelity_from_fixed_codes_through_one_classifier
     assert gan_quality(["--score", runs[0], "--out", str(tmp_path / "bench")])[runs[0]] == scores[runs[0]]
 
 
-
 def kid_results(pairs):
     runs = [name for index in range(len(pairs)) for name in (f"a{index}", f"b{index}")]
     return runs, {name: {"kid": kid} for name, kid in zip(runs, np.ravel(pairs))}
@@ -81,6 +80,7 @@ def test_paired_wants_its_runs_in_pairs(tmp_path):
         gan_quality(["--score", "a", "b", "c", "--paired", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--paired takes --score runs in pairs, got 0 runs"):
         gan_quality(["--paired", "--out", str(tmp_path)])
+
 
 def test_score_size_scores_runs_of_two_sizes_through_one_classifier_resizing_both_sides(catalogue, tmp_path):
     path = catalogue()
