@@ -13,6 +13,9 @@ category after 1, 2.5, 5 (and more) minutes of training, for each candidate of C
     python bench/gan_quality.py --score A1 B1 A2 B2 ... --paired  and each pair's KID ratio B / A, their geometric
                                                                   mean and a paired test, and the same test of the
                                                                   runs' condition consistency: --out/paired.json
+    python bench/gan_quality.py --candidates sngan-no-diffaugment --checkpoints 20 22 24 26 28 30 --seeds 5 6 7
+                                                                  along one trajectory per seed, the checkpoint a
+                                                                  second classifier picks against the last
 
 Each candidate trains as gan/train.py does (the same batches and codes per iteration, the generator's own
 train_step) with the clock running only while it trains; at each checkpoint SAMPLES_PER_CATEGORY images per
@@ -21,6 +24,12 @@ the catalogue's category classifier (common/classifier.py), per category against
 averaged over the categories. Results go to --out/<catalogue>/<candidate>.json with the machine's matmul rate and
 load average, samples of each category beside real items at each checkpoint to --out/<catalogue>/<candidate>/, and a
 finished candidate is read back, not trained again.
+
+With --checkpoints, each candidate is scored at the end of those epochs instead (iterations, not minutes: the same
+points on any machine), along one trajectory per --seeds, by two lenses: the report's (as above) and a selector's,
+a category classifier of another seed (its initial weights, split and batch order) on codes of its own. How much
+the choice of checkpoint matters: the checkpoint with the selector's lowest KID against the last one, as pairs
+scored through the report's lens, with the paired test of --paired (--out/<catalogue>/<candidate>-checkpoints.json).
 """
 import json
 import os
@@ -55,6 +64,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 SAMPLES_PER_CATEGORY = 250
+SELECTOR_SEED = 1   # --checkpoints' selector: its classifier's seed and its codes', another lens than the report's
 # name -> settings over the demo settings every generator shares (gan/config.py DEMO)
 CANDIDATES = {
     "lsgan-demo": dict(generator="lsgan"),
@@ -78,8 +88,8 @@ class QualityConfig:
         "help": "candidates to measure: " + ", ".join(CANDIDATES)})
     minutes: list[float] = field(default_factory=lambda: [1.0, 2.5, 5.0, 10.0], metadata={
         "help": "training minutes at which the samples are scored"})
-    catalogue: str = field(default="embedded", metadata={"help": "embedded, or a catalogue of the family "
-                                                                 "(experiments/family.py)"})
+    catalogue: str = field(default="embedded", metadata={"help": "embedded, a catalogue of the family "
+                                                                 "(experiments/family.py), or a dataset file"})
     data_dir: str = field(default="data/family", metadata={"help": "where the family's catalogues are generated"})
     out: str = field(default="runs/gan_quality", metadata={"help": "folder of the results"})
     plot: str | None = field(default=None, metadata={"help": "the figure written (default: --out/per_minute.png)"})
@@ -93,6 +103,11 @@ class QualityConfig:
                 "own size)"})
     device: str = field(default="cpu", metadata={"help": "where --score scores: cpu, cuda or auto (candidates train "
                                                          "on the CPU, whose minutes they measure)"})
+    checkpoints: list[int] | None = field(default=None, metadata={
+        "help": "epochs at whose end each candidate is scored, along one trajectory per --seeds, instead of at "
+                "--minutes; the checkpoint a second classifier scores best against the last"})
+    seeds: list[int] | None = field(default=None, metadata={
+        "help": "--checkpoints: the trajectories' training seeds (default: --seed)"})
     paired: bool = field(default=False, metadata={
         "help": "--score's runs are pairs A1 B1 A2 B2 ... (say, the same seed and data without and with a setting): "
                 "each pair's KID ratio B / A, their geometric mean and a paired sign-flip test of the log ratios"})
@@ -105,49 +120,76 @@ def candidate_config(name, dataset_path, seed):
 
 
 class Scorer:
-    """KID of a generator's samples against the real items, through the catalogue's category classifier."""
+    """KID of a generator's samples against the real items, through the catalogue's category classifier (of
+    `classifier_seed`), and the share of the samples it assigns to the category asked for (condition consistency)."""
 
-    def __init__(self, dataset, store, out_dir, seed, device="cpu", size=None):
+    def __init__(self, dataset, store, out_dir, seed, device="cpu", size=None, classifier_seed=0):
         """`store`: the real items at the generator's size; `size`: the classifier's (default the store's), to
         which the extractor resizes real and generated images alike."""
         size = size or store.size
-        classifier = train_or_load_classifier(dataset, size, out_dir / f"classifier-{size}px.pt", device,
-                                              store=store if size == store.size else None)
-        self.fidelity = Fidelity({CLASSIFIER_EXTRACTOR: classifier_extractor(classifier, device)}, store,
+        name = f"classifier-{size}px" + (f"-seed{classifier_seed}" if classifier_seed else "")
+        self.classifier = train_or_load_classifier(dataset, size, out_dir / f"{name}.pt", device,
+                                                   store=store if size == store.size else None, seed=classifier_seed)
+        self.fidelity = Fidelity({CLASSIFIER_EXTRACTOR: classifier_extractor(self.classifier, device)}, store,
                                  dataset.item_category, seed)
         self.labels = torch.arange(dataset.num_categories).repeat_interleave(SAMPLES_PER_CATEGORY)
         self.seed, self.device = seed, device
 
-    def __call__(self, model):
+    def samples(self, model):
         z = model.sample_z(len(self.labels), rng=torch.Generator().manual_seed(self.seed)).to(self.device)
-        images = torch.cat([generate(model, z_part, labels_part, bf16=False)
-                            for z_part, labels_part in zip(z.split(500), self.labels.to(self.device).split(500))])
-        return self.fidelity(images, self.labels)[CLASSIFIER_EXTRACTOR]
+        return torch.cat([generate(model, z_part, labels_part, bf16=False)
+                          for z_part, labels_part in zip(z.split(500), self.labels.to(self.device).split(500))])
+
+    def __call__(self, model, with_consistency=False):
+        images = self.samples(model)
+        scores = self.fidelity(images, self.labels)[CLASSIFIER_EXTRACTOR]
+        if with_consistency:
+            predicted = self.classifier.predict_proba(images.to(self.device)).argmax(dim=1).cpu()
+            scores["consistency"] = (predicted == self.labels).double().mean().item()
+        return scores
+
+
+class Trajectory:
+    """One candidate trained as gan/train.py trains it (the same batches and codes per iteration), an iteration at a
+    time."""
+
+    def __init__(self, cfg, dataset, store):
+        seed_everything(cfg.seed)
+        self.cfg, self.store, self.items = cfg, store, labelled_items(dataset)
+        self.iterations_per_epoch = len(self.items) // cfg.batch_size
+        self.run = GANTraining(cfg, dataset.num_categories, "cpu", self.iterations_per_epoch)
+        self.nets = {name: getattr(self.run.model, name).train() for name in self.run.model.nets}
+        self.item_labels = torch.as_tensor(dataset.item_category)
+        self.step = 0
+
+    @property
+    def model(self):
+        return self.run.model
+
+    def advance(self):
+        self.step += 1
+        ids, z = training_batch(self.cfg, self.items, self.step)
+        self.model.train_step(self.nets, self.run.optimizers, self.store(ids), self.item_labels[ids], z, bf16=False)
 
 
 def measure(cfg, dataset, store, scorer, minutes, grids):
     """[{minutes, iterations, kid, ...}] of one candidate trained for max(minutes), scored at each of them; its
     samples beside real items at each, in grids/<minutes>min.png."""
-    seed_everything(cfg.seed)
-    items = labelled_items(dataset)
-    run = GANTraining(cfg, dataset.num_categories, "cpu", len(items) // cfg.batch_size)
-    nets = {name: getattr(run.model, name).train() for name in run.model.nets}
-    item_labels = torch.as_tensor(dataset.item_category)
-    points, trained, cpu, step = [], 0.0, 0.0, 0
+    trajectory = Trajectory(cfg, dataset, store)
+    run = trajectory.run
+    points, trained, cpu = [], 0.0, 0.0
     for limit in sorted(minutes):
         while trained < limit * 60:
-            step += 1
-            ids, z = training_batch(cfg, items, step)
             start, cpu_start = time.perf_counter(), time.process_time()
-            run.model.train_step(nets, run.optimizers, store(ids), item_labels[ids], z, bf16=False)
+            trajectory.advance()
             trained, cpu = trained + time.perf_counter() - start, cpu + time.process_time() - cpu_start
         scores = scorer(run.model)
         samples_beside_real(run.model, dataset, store, cfg.seed, grids / f"{limit:g}min.png")
         # the process's CPU time and the load average show how much other work shared the cores
-        points.append({"minutes": limit, "iterations": step, "cpu_minutes": cpu / 60,
+        points.append({"minutes": limit, "iterations": trajectory.step, "cpu_minutes": cpu / 60,
                        "load_average": os.getloadavg()[0], **scores})
-        print(f"  {limit:g} min: {step} iterations, {cpu / 60:.1f} CPU-min, load {os.getloadavg()[0]:.2f}, "
-              f"{score_line(scores)}", flush=True)
+        print(f"  {limit:g} min: {trajectory.step} iterations, {cpu / 60:.1f} CPU-min, load "
+              f"{os.getloadavg()[0]:.2f}, {score_line(scores)}", flush=True)
         if run.model.averages:   # the same run's last weights, for a comparison on one trajectory
             points[-1]["last_weights"] = scorer(last_weights(cfg, run.model, dataset.num_categories))
             print(f"  {limit:g} min, last weights: {score_line(points[-1]['last_weights'])}", flush=True)
@@ -167,16 +209,25 @@ def last_weights(cfg, model, num_categories):
     return last
 
 
-def measure_all(qc):
-    if qc.catalogue != "embedded" and qc.catalogue not in CATALOGUES:
-        raise ConfigError(f"--catalogue {qc.catalogue}: give embedded or one of {', '.join(CATALOGUES)}")
+def open_catalogue(qc):
+    """(dataset path, dataset, its images at the demo's size, --out's folder for it) of --catalogue."""
+    if qc.catalogue == "embedded" or qc.catalogue in CATALOGUES:
+        path, name = "embedded" if qc.catalogue == "embedded" else catalogue_path(qc, qc.catalogue), qc.catalogue
+    elif Path(qc.catalogue).is_file():
+        path, name = qc.catalogue, Path(qc.catalogue).stem
+    else:
+        raise ConfigError(f"--catalogue {qc.catalogue}: give embedded, one of {', '.join(CATALOGUES)} or a dataset "
+                          "file")
     unknown = [name for name in qc.candidates if name not in CANDIDATES]
     if unknown:
         raise ConfigError(f"--candidates {' '.join(unknown)}: unknown; choose from {', '.join(CANDIDATES)}")
-    path = "embedded" if qc.catalogue == "embedded" else catalogue_path(qc, qc.catalogue)
     dataset, _ = open_dataset(path)
-    out_dir = Path(qc.out) / qc.catalogue
     store = ImageStore(image_cache(dataset, DEMO["image_size"], GANConfig.resize_filter), "cpu")
+    return path, dataset, store, Path(qc.out) / name
+
+
+def measure_all(qc):
+    path, dataset, store, out_dir = open_catalogue(qc)
     scorer = Scorer(dataset, store, out_dir, qc.seed)
     for name in qc.candidates:
         result_path = out_dir / f"{name}.json"
@@ -191,6 +242,56 @@ def measure_all(qc):
         write_json(result_path, {"candidate": name, "settings": CANDIDATES[name], "catalogue": qc.catalogue,
                                  "machine": machine, "gflops_after": matmul_gflops(),
                                  "load_average_after": os.getloadavg(), "points": points})
+
+
+def along_trajectory(cfg, dataset, store, lenses, epochs):
+    """[{epoch, iterations, selector_kid, kid, ...}] of one candidate trained by iterations to max(epochs), scored at
+    the end of each of `epochs` by the report's lens and the selector's."""
+    trajectory = Trajectory(cfg, dataset, store)
+    report, selector = lenses
+    points = []
+    for epoch in sorted(epochs):
+        while trajectory.step < epoch * trajectory.iterations_per_epoch:
+            trajectory.advance()
+        points.append({"epoch": epoch, "iterations": trajectory.step, "selector_kid": selector(trajectory.model)["kid"],
+                       **report(trajectory.model, with_consistency=True)})
+        print(f"  seed {cfg.seed}, epoch {epoch}: selector KID {points[-1]['selector_kid']:.4f}; "
+              f"{score_line(points[-1])}, consistency {points[-1]['consistency']:.3f}", flush=True)
+    return points
+
+
+def choice_against_last(points_per_seed):
+    """The checkpoint the selector's KID picks on each trajectory against its last, through the report's lens: each
+    pair's KID ratio, the paired test of --paired, and the same test of condition consistency."""
+    chosen = [min(points, key=lambda point: point["selector_kid"]) for points in points_per_seed]
+    last = [max(points, key=lambda point: point["epoch"]) for points in points_per_seed]
+    kids = np.array([[end["kid"], pick["kid"]] for end, pick in zip(last, chosen)])
+    consistency = np.array([[end["consistency"], pick["consistency"]] for end, pick in zip(last, chosen)])
+    comparison = {"chosen_epochs": [pick["epoch"] for pick in chosen], "ratios": (kids[:, 1] / kids[:, 0]).tolist(),
+                  "test": None, "consistency": {"values": consistency.tolist(),
+                                                **paired_test(consistency[:, 1], consistency[:, 0])}}
+    if (kids > 0).all():
+        test = paired_test(np.log(kids[:, 1]), np.log(kids[:, 0]))
+        comparison["test"] = {"geometric_mean_ratio": float(np.exp(test["mean_difference"])), **test}
+    return comparison
+
+
+def checkpoint_choice(qc):
+    """--checkpoints: every candidate along one trajectory per seed, the selector's choice against the last."""
+    path, dataset, store, out_dir = open_catalogue(qc)
+    lenses = (Scorer(dataset, store, out_dir, qc.seed),
+              Scorer(dataset, store, out_dir, SELECTOR_SEED, classifier_seed=SELECTOR_SEED))
+    for name in qc.candidates:
+        print(f"{name} on {qc.catalogue}; {machine_line()}", flush=True)
+        seeds = qc.seeds or [qc.seed]
+        trajectories = [along_trajectory(candidate_config(name, path, seed), dataset, store, lenses, qc.checkpoints)
+                        for seed in seeds]
+        comparison = {"pairs": [f"seed {seed}: last, chosen" for seed in seeds], **choice_against_last(trajectories)}
+        print(f"{name}, chosen epochs {comparison['chosen_epochs']}: " + paired_line(comparison), flush=True)
+        write_json(out_dir / f"{name}-checkpoints.json",
+                   {"candidate": name, "settings": CANDIDATES[name], "catalogue": qc.catalogue, "seeds": seeds,
+                    "epochs": sorted(qc.checkpoints), "machine": machine_line(), "trajectories": trajectories,
+                    "chosen_against_last": comparison})
 
 
 def plot(qc):
@@ -294,8 +395,14 @@ def main(argv=None):
         require_sizes(qc, {"score_size": MAX_IMAGE_SIZE})
         if qc.paired and (not qc.score or len(qc.score) % 2):
             raise ConfigError(f"--paired takes --score runs in pairs, got {len(qc.score or [])} runs")
+        if qc.checkpoints and (qc.score or min(qc.checkpoints) < 1):
+            raise ConfigError("--checkpoints takes epochs of at least 1, and trains candidates: leave out --score")
+        if qc.seeds and not qc.checkpoints:
+            raise ConfigError("--seeds gives --checkpoints its trajectories: give --checkpoints, or --seed alone")
         if qc.score:
             return score_runs(qc)
+        if qc.checkpoints:
+            return checkpoint_choice(qc)
         if not qc.plot_only:
             measure_all(qc)
         plot(qc)

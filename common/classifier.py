@@ -94,36 +94,38 @@ def train_classifier(network, store, item_category, epochs=3, min_steps=300, bat
     return network.eval(), metrics
 
 
-def classifier_key(dataset, image_size, resize_filter):
-    """What a cached classifier must match to be reused."""
+def classifier_key(dataset, image_size, resize_filter, seed=0):
+    """What a cached classifier must match to be reused (seed 0's key names no seed, as before seeds were given)."""
     return fingerprint({"dataset": dataset.name, "itemnum": dataset.itemnum, "num_categories": dataset.num_categories,
-                        "image_size": image_size, "resize_filter": resize_filter})
+                        "image_size": image_size, "resize_filter": resize_filter, **({"seed": seed} if seed else {})})
 
 
-def classifier_checkpoint(classifier, dataset, resize_filter, metrics):
+def classifier_checkpoint(classifier, dataset, resize_filter, metrics, seed=0):
     return {"stage": "classifier", "model": classifier.state_dict(),
             "config": {"image_size": classifier.image_size, "num_categories": classifier.num_categories,
-                       "key": classifier_key(dataset, classifier.image_size, resize_filter)}, "metrics": metrics}
+                       "key": classifier_key(dataset, classifier.image_size, resize_filter, seed)},
+            "metrics": metrics}
 
 
-def train_or_load_classifier(dataset, image_size, path, device="cpu", resize_filter="nearest", store=None,
+def train_or_load_classifier(dataset, image_size, path, device="cpu", resize_filter="nearest", store=None, seed=0,
                              **training):
     """The CategoryClassifier for `dataset` at `image_size`: loaded from `path` if it was trained there for the
-    same data, else trained (printing its held-out accuracy; `training`: arguments of `train_classifier`) and saved
-    there. `store`: an ImageStore over the same images to reuse. Returned in eval mode without gradients."""
+    same data and seed, else trained (printing its held-out accuracy; `seed`: its initial weights, held-out split
+    and batch order; `training`: other arguments of `train_classifier`) and saved there. `store`: an ImageStore over
+    the same images to reuse. Returned in eval mode without gradients."""
     device, path = torch.device(device), Path(path)
     if path.exists():
         checkpoint = load_checkpoint(path, "classifier", map_location=device)
-        if checkpoint["config"].get("key") == classifier_key(dataset, image_size, resize_filter):
+        if checkpoint["config"].get("key") == classifier_key(dataset, image_size, resize_filter, seed):
             return load_classifier(checkpoint, device)
     store = store or ImageStore(image_cache(dataset, image_size, resize_filter), device)
     with torch.random.fork_rng(devices=[]):  # seeded, and leaves the caller's random stream alone
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         classifier = CategoryClassifier(image_size, dataset.num_categories)
-    classifier, metrics = train_classifier(classifier, store, dataset.item_category, **training)
+    classifier, metrics = train_classifier(classifier, store, dataset.item_category, seed=seed, **training)
     print(f"category classifier: held-out accuracy {metrics['held_out_accuracy']:.3f} "
           f"(chance {1 / dataset.num_categories:.3f}), saved to {path}")
-    save_checkpoint(path, classifier_checkpoint(classifier, dataset, resize_filter, metrics))
+    save_checkpoint(path, classifier_checkpoint(classifier, dataset, resize_filter, metrics, seed))
     return classifier.requires_grad_(False)
 
 

@@ -20,11 +20,11 @@ from common.images import ImageStore, image_cache
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def place_random_classifier(run_dir, dataset, image_size, resize_filter="nearest"):
-    """A random-weight category classifier in a GAN run directory, which GAN training then reuses instead of
-    training one (the tests that use it check plumbing, not the classifier)."""
+def place_random_classifier(run_dir, dataset, image_size, resize_filter="nearest", seed=0):
+    """A random-weight category classifier (keyed as one of `seed`) in a GAN run directory, which GAN training then
+    reuses instead of training one (the tests that use it check plumbing, not the classifier)."""
     classifier = CategoryClassifier(image_size, dataset.num_categories)
-    save_checkpoint(run_dir / "classifier.pt", classifier_checkpoint(classifier, dataset, resize_filter, {}))
+    save_checkpoint(run_dir / "classifier.pt", classifier_checkpoint(classifier, dataset, resize_filter, {}, seed))
 
 
 def place_attribute_reader(dataset_path, image_size, steps=10, resize_filter="nearest"):

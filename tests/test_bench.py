@@ -1,5 +1,6 @@
 """bench/gan_quality.py: --score (trained runs scored as the bench scores its candidates), --paired, and where its
 figure goes."""
+import dataclasses
 import json
 import math
 import shutil
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from bench.gan_quality import SELECTOR_SEED, candidate_config, paired_consistency, paired_kid
 from bench.gan_quality import main as gan_quality
-from bench.gan_quality import paired_consistency, paired_kid
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.data import load_dataset
 from gan.run import open_gan_run
@@ -99,9 +100,48 @@ def test_score_size_scores_runs_of_two_sizes_through_one_classifier_resizing_bot
     assert at_own_size[runs[1]]["kid"] != scores[runs[1]]["kid"]
 
 
-def place_bench_classifier(folder, dataset, size):
-    place_random_classifier(folder, dataset, size)
-    (folder / "classifier.pt").rename(folder / f"classifier-{size}px.pt")
+def place_bench_classifier(folder, dataset, size, seed=0):
+    place_random_classifier(folder, dataset, size, seed=seed)
+    (folder / "classifier.pt").rename(folder / (f"classifier-{size}px" + (f"-seed{seed}" if seed else "") + ".pt"))
+
+
+def test_checkpoints_follow_gan_training_and_set_the_selectors_pick_against_the_last(catalogue, tmp_path):
+    path = catalogue()
+    dataset, bench = load_dataset(path), tmp_path / "bench" / "Tiny"
+    place_bench_classifier(bench, dataset, 32)
+    place_bench_classifier(bench, dataset, 32, seed=SELECTOR_SEED)
+    gan_quality(["--candidates", "sngan-no-diffaugment", "--catalogue", str(path), "--checkpoints", "2", "1",
+                 "--seeds", "0", "1", "--out", str(tmp_path / "bench")])
+    result = json.loads((bench / "sngan-no-diffaugment-checkpoints.json").read_text())
+    assert result["seeds"] == [0, 1] and result["epochs"] == [1, 2]
+    trajectories, comparison = result["trajectories"], result["chosen_against_last"]
+    assert [[point["epoch"] for point in points] for points in trajectories] == [[1, 2], [1, 2]]
+    assert all(point["selector_kid"] != point["kid"] for points in trajectories for point in points)  # two lenses
+    picks = [min(points, key=lambda point: point["selector_kid"]) for points in trajectories]
+    assert comparison["chosen_epochs"] == [pick["epoch"] for pick in picks]
+    assert comparison["ratios"] == [pick["kid"] / points[-1]["kid"] for pick, points in zip(picks, trajectories)]
+    assert comparison["consistency"]["values"] == [[points[-1]["consistency"], pick["consistency"]]
+                                                   for pick, points in zip(picks, trajectories)]
+
+    # the point at epoch 2 of seed 0 is gan/train.py's run of the candidate's settings for 2 epochs, scored alike
+    settings = candidate_config("sngan-no-diffaugment", path, 0)
+    place_random_classifier(tmp_path / "trained", dataset, 32)
+    train_gan(dataclasses.replace(settings, epochs=2, out=str(tmp_path / "trained")))
+    scored = gan_quality(["--score", str(tmp_path / "trained"), "--out", str(tmp_path / "bench")])
+    assert scored[str(tmp_path / "trained")]["kid"] == trajectories[0][1]["kid"]
+
+
+def test_checkpoints_and_seeds_are_checked_before_anything_trains(tmp_path):
+    out = ["--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="^gan_quality: --checkpoints takes epochs of at least 1, and trains"):
+        gan_quality(["--checkpoints", "0", "2", *out])
+    with pytest.raises(SystemExit, match="^gan_quality: --checkpoints takes epochs of at least 1, and trains"):
+        gan_quality(["--checkpoints", "2", "--score", "run", *out])
+    with pytest.raises(SystemExit, match="^gan_quality: --seeds gives --checkpoints its trajectories"):
+        gan_quality(["--seeds", "1", "2", *out])
+    with pytest.raises(SystemExit, match="^gan_quality: --catalogue nowhere.npy: give embedded, one of"):
+        gan_quality(["--checkpoints", "2", "--catalogue", "nowhere.npy", *out])
+    assert not (tmp_path / "out").exists()
 
 
 def test_plot_goes_into_the_results_folder_unless_named(tmp_path):
