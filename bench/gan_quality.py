@@ -71,6 +71,8 @@ CANDIDATES = {
     "sngan": dict(generator="sngan", lr=2e-4, beta1=0.0, beta2=0.9),
     "sngan-no-diffaugment": dict(generator="sngan", lr=2e-4, beta1=0.0, beta2=0.9, diffaugment=False),
     "sngan-no-diffaugment-ema": dict(generator="sngan", lr=2e-4, beta1=0.0, beta2=0.9, diffaugment=False, ema=0.999),
+    "sngan-no-diffaugment-lr-decay": dict(generator="sngan", lr=2e-4, beta1=0.0, beta2=0.9, diffaugment=False,
+                                          epochs=30, lr_decay_from=20),
     "sngan-no-diffaugment-class-seed": dict(generator="sngan", lr=2e-4, beta1=0.0, beta2=0.9, diffaugment=False,
                                             class_seed=True),
     "sngan-wide": dict(generator="sngan", g_width=32, d_width=32, lr=2e-4, beta1=0.0, beta2=0.9),
@@ -167,9 +169,12 @@ class Trajectory:
         return self.run.model
 
     def advance(self):
+        if self.cfg.lr_decay_from is not None and self.step == self.cfg.epochs * self.iterations_per_epoch:
+            raise ConfigError(f"this candidate's learning rate decays over its {self.cfg.epochs} epochs: score it "
+                              "within them")
         self.step += 1
         ids, z = training_batch(self.cfg, self.items, self.step)
-        self.model.train_step(self.nets, self.run.optimizers, self.store(ids), self.item_labels[ids], z, bf16=False)
+        self.run.train_step(self.nets, self.store(ids), self.item_labels[ids], z, self.step)
 
 
 def measure(cfg, dataset, store, scorer, minutes, grids):

@@ -86,6 +86,21 @@ class GANTraining:
         self.sample_labels = torch.arange(GRID_SIZE, device=device) % num_categories
         self.step = 0
 
+    def learning_rate(self, step):
+        """The learning rate of iteration `step`: --lr, or with --lr-decay-from falling linearly after that epoch's
+        end to lr / n at the last of the n iterations left."""
+        if self.cfg.lr_decay_from is None:
+            return self.cfg.lr
+        start, end = (epochs * self.iterations_per_epoch for epochs in (self.cfg.lr_decay_from, self.cfg.epochs))
+        return self.cfg.lr * min(1.0, (end - step + 1) / (end - start))
+
+    def train_step(self, nets, real, labels, z, step):
+        """Iteration `step` of training, at its learning rate; the generator's losses."""
+        for optimizer in self.optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = self.learning_rate(step)
+        return self.model.train_step(nets, self.optimizers, real, labels, z, self.cfg.bf16)
+
     def resume(self, path, device, dataset):
         checkpoint = load_checkpoint(path, "gan", fields=("model", "optimizer", "config", "step", "sample_z",
                                                           "sample_labels"))
@@ -171,7 +186,7 @@ def train_iterations(run, store, batches, item_labels, total_iterations, out_dir
     progress = tqdm(initial=run.step, total=total_iterations, desc="GAN", unit="it", disable=not ranks.is_main)
     tick, tick_step = time.perf_counter(), run.step
     for (ids, z, step), real in store.stream(batches):
-        losses = run.model.train_step(nets, run.optimizers, real, item_labels[ids.to(device)], z.to(device), cfg.bf16)
+        losses = run.train_step(nets, real, item_labels[ids.to(device)], z.to(device), step)
         progress.update()
         epoch, index = divmod(step - 1, run.iterations_per_epoch)  # of the iteration just done, as the original
         if step % LOG_EVERY == 0 or step == total_iterations:

@@ -15,12 +15,13 @@ from common.errors import CheckpointError, ConfigError, RunError
 from common.images import ImageStore, image_cache
 from common.runlog import RunLog
 from gan.config import PRESETS, GANConfig, demo_settings, embedded_demo
+from gan.config import check_config as check_gan_config
 from gan.consistency import condition_consistency
 from gan.main import main
 from gan.model import Discriminator, Generator, SameConv, SameDeconv, build_gan, build_optimizers, train_step
 from gan.run import open_gan_run
 from gan.sample import write_beside_real, write_category_grids
-from gan.train import labelled_items
+from gan.train import GANTraining, labelled_items, training_batch
 from gan.train import train as train_gan
 
 CPU = torch.device("cpu")
@@ -324,3 +325,36 @@ def test_the_embedded_demo_trains_the_sngan_unless_the_lsgan_is_typed(tmp_path):
             ("lsgan", size, 64, 64, 64, epochs)
     assert (preset("paper").generator, preset("original").generator) == ("lsgan", "lsgan")
     assert preset("demo") == dataclasses.replace(GANConfig(), **demo_settings("sngan"))
+
+
+def test_the_learning_rate_is_constant_unless_it_decays_after_its_epoch_to_lr_over_the_iterations_left():
+    constant = GANTraining(tiny_config(epochs=3, lr=2e-4), 6, CPU, 10)
+    assert {constant.learning_rate(step) for step in range(1, 31)} == {2e-4}
+    decaying = GANTraining(tiny_config(epochs=3, lr=2e-4, lr_decay_from=1), 6, CPU, 10)
+    rates = np.array([decaying.learning_rate(step) for step in range(1, 31)])
+    assert (rates[:11] == 2e-4).all()                       # through the first step after epoch 1's end
+    np.testing.assert_allclose(rates[10:], 2e-4 * np.arange(20, 0, -1) / 20)   # then linearly to lr / 20
+    with pytest.raises(ConfigError, match=r"^--lr-decay-from is an epoch before the last \(3\), got 3$"):
+        check_gan_config(tiny_config(epochs=3, lr_decay_from=3))
+
+
+def test_a_decaying_run_trains_as_a_constant_one_until_its_epoch_and_differently_after(tiny_dataset):
+    store = ImageStore(image_cache(tiny_dataset, 32, "nearest"), CPU)
+    items, labels = labelled_items(tiny_dataset), torch.as_tensor(tiny_dataset.item_category)
+    per_epoch = len(items) // 16
+    runs = []
+    for decay in (None, 1):
+        cfg = tiny_config(generator="sngan", epochs=2, lr=2e-4, lr_decay_from=decay)
+        torch.manual_seed(0)
+        run = GANTraining(cfg, tiny_dataset.num_categories, CPU, per_epoch)
+        nets = {name: getattr(run.model, name).train() for name in run.model.nets}
+        weights = []
+        for step in range(1, 2 * per_epoch + 1):
+            ids, z = training_batch(cfg, items, step)
+            run.train_step(nets, store(ids), labels[ids], z, step)
+            if step in (per_epoch + 1, 2 * per_epoch):
+                weights.append(torch.cat([p.detach().flatten().clone() for p in run.model.generator.parameters()]))
+        runs.append(weights)
+    assert torch.equal(runs[0][0], runs[1][0])        # the same nets at the first step of the decay (its rate is lr)
+    assert not torch.allclose(runs[0][1], runs[1][1])  # and others at the end
+    assert run.optimizers["generator"].param_groups[0]["lr"] == pytest.approx(2e-4 / per_epoch)
