@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from bench.gan_quality import SELECTOR_SEED, candidate_config, paired_consistency, paired_kid
+from bench.gan_quality import SELECTOR_SEED, Trajectory, candidate_config, paired_consistency, paired_kid
 from bench.gan_quality import main as gan_quality
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.data import load_dataset
+from common.errors import ConfigError
+from common.images import ImageStore, image_cache
 from gan.run import open_gan_run
 from gan.train import train as train_gan
 from tests.helpers import place_random_classifier
@@ -129,6 +131,16 @@ def test_checkpoints_follow_gan_training_and_set_the_selectors_pick_against_the_
     train_gan(dataclasses.replace(settings, epochs=2, out=str(tmp_path / "trained")))
     scored = gan_quality(["--score", str(tmp_path / "trained"), "--out", str(tmp_path / "bench")])
     assert scored[str(tmp_path / "trained")]["kid"] == trajectories[0][1]["kid"]
+
+
+def test_a_candidate_whose_rate_decays_is_not_trained_past_its_epochs(catalogue):
+    dataset = load_dataset(catalogue())
+    store = ImageStore(image_cache(dataset, 16, "nearest"), "cpu")
+    trajectory = Trajectory(tiny_config(epochs=1, lr_decay_from=0, batch_size=64), dataset, store)
+    for _ in range(trajectory.iterations_per_epoch):
+        trajectory.advance()
+    with pytest.raises(ConfigError, match="^this candidate's learning rate decays over its 1 epochs: score it within"):
+        trajectory.advance()
 
 
 def test_checkpoints_and_seeds_are_checked_before_anything_trains(tmp_path):

@@ -293,6 +293,19 @@ def test_a_trained_classifier_is_loaded_not_trained_again(tiny_dataset, classifi
     torch.testing.assert_close(loaded.predict_proba(images), expected)
 
 
+def test_a_classifier_of_another_seed_is_trained_not_loaded_from_a_file_of_seed_0(tiny_dataset, classifier_path,
+                                                                                 tmp_path):
+    path = tmp_path / "classifier.pt"
+    shutil.copy(classifier_path, path)
+    other = train_or_load_classifier(tiny_dataset, 32, path, seed=1, epochs=1, min_steps=5)
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    first = load_classifier(load_checkpoint(classifier_path)).predict_proba(images)
+    assert not torch.allclose(other.predict_proba(images), first)
+    assert train_or_load_classifier(tiny_dataset, 32, path, seed=1).state_dict().keys() == other.state_dict().keys()
+    torch.testing.assert_close(train_or_load_classifier(tiny_dataset, 32, path, seed=1).predict_proba(images),
+                               other.predict_proba(images))   # and then loaded, as seed 1's
+
+
 def test_condition_consistency_on_a_hand_made_case():
     probs = torch.tensor([[0.9, 0.1, 0.0],   # conditioned on 0, looks like 0
                           [0.2, 0.7, 0.1],   # conditioned on 0, looks like 1
