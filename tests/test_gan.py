@@ -371,3 +371,26 @@ def test_a_decaying_run_trains_as_a_constant_one_until_its_epoch_and_differently
     assert torch.equal(runs[0][0], runs[1][0])        # the same nets at the first step of the decay (its rate is lr)
     assert not torch.allclose(runs[0][1], runs[1][1])  # and others at the end
     assert run.optimizers["generator"].param_groups[0]["lr"] == pytest.approx(2e-4 / per_epoch)
+
+
+def test_a_run_whose_rate_decays_resumes_from_a_crash_to_the_same_weights(tiny_dataset, classifier_path, tmp_path,
+                                                                          monkeypatch):
+    cfg = tiny_config(epochs=2, lr_decay_from=1)   # 15 iterations an epoch; checkpoints every 5
+    straight_dir, resumed_dir = run_dir(tmp_path, classifier_path, "straight"), run_dir(tmp_path, classifier_path)
+    train(cfg, tiny_dataset, straight_dir)
+    save = GANTraining.save
+
+    def save_then_crash(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        if self.step == 20:   # within the decay
+            raise KeyboardInterrupt
+    monkeypatch.setattr(GANTraining, "save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tiny_dataset, resumed_dir)
+    monkeypatch.setattr(GANTraining, "save", save)
+    train(dataclasses.replace(cfg, resume=True), tiny_dataset, resumed_dir)
+    straight = load_checkpoint(straight_dir / "checkpoint.pt")
+    resumed = load_checkpoint(resumed_dir / "checkpoint.pt")
+    for net in ("generator", "discriminator"):
+        for name, weight in straight["model"][net].items():
+            torch.testing.assert_close(resumed["model"][net][name], weight, msg=f"{net} {name}")
