@@ -170,9 +170,6 @@ class Trajectory:
         return self.run.model
 
     def advance(self):
-        if self.cfg.lr_decay_from is not None and self.step == self.cfg.epochs * self.iterations_per_epoch:
-            raise ConfigError(f"this candidate's learning rate decays over its {self.cfg.epochs} epochs: score it "
-                              "within them")
         self.step += 1
         ids, z = training_batch(self.cfg, self.items, self.step)
         self.run.train_step(self.nets, self.store(ids), self.item_labels[ids], z, self.step)
@@ -266,20 +263,16 @@ def along_trajectory(cfg, dataset, store, lenses, epochs):
     return points
 
 
-def choice_against_last(points_per_seed):
-    """The checkpoint the selector's KID picks on each trajectory against its last, through the report's lens: each
-    pair's KID ratio, the paired test of --paired, and the same test of condition consistency."""
-    chosen = [min(points, key=lambda point: point["selector_kid"]) for points in points_per_seed]
-    last = [max(points, key=lambda point: point["epoch"]) for points in points_per_seed]
-    kids = np.array([[end["kid"], pick["kid"]] for end, pick in zip(last, chosen)])
-    consistency = np.array([[end["consistency"], pick["consistency"]] for end, pick in zip(last, chosen)])
-    comparison = {"chosen_epochs": [pick["epoch"] for pick in chosen], "ratios": (kids[:, 1] / kids[:, 0]).tolist(),
-                  "test": None, "consistency": {"values": consistency.tolist(),
-                                                **paired_test(consistency[:, 1], consistency[:, 0])}}
-    if (kids > 0).all():
-        test = paired_test(np.log(kids[:, 1]), np.log(kids[:, 0]))
-        comparison["test"] = {"geometric_mean_ratio": float(np.exp(test["mean_difference"])), **test}
-    return comparison
+def choice_against_last(points_per_seed, seeds):
+    """The checkpoint the selector's KID picks on each trajectory against its last, through the report's lens, as
+    --paired compares runs: each pair's KID ratio and the paired test, and the same test of condition consistency."""
+    results = {}
+    for seed, points in zip(seeds, points_per_seed):
+        results[f"seed {seed}: last"] = max(points, key=lambda point: point["epoch"])
+        results[f"seed {seed}: chosen"] = min(points, key=lambda point: point["selector_kid"])
+    names = list(results)
+    return {**paired_kid(results, names), "chosen_epochs": [results[name]["epoch"] for name in names[1::2]],
+            "consistency": paired_consistency({name: point["consistency"] for name, point in results.items()}, names)}
 
 
 def checkpoint_choice(qc):
@@ -292,7 +285,7 @@ def checkpoint_choice(qc):
         seeds = qc.seeds or [qc.seed]
         trajectories = [along_trajectory(candidate_config(name, path, seed), dataset, store, lenses, qc.checkpoints)
                         for seed in seeds]
-        comparison = {"pairs": [f"seed {seed}: last, chosen" for seed in seeds], **choice_against_last(trajectories)}
+        comparison = choice_against_last(trajectories, seeds)
         print(f"{name}, chosen epochs {comparison['chosen_epochs']}: " + paired_line(comparison), flush=True)
         write_json(out_dir / f"{name}-checkpoints.json",
                    {"candidate": name, "settings": CANDIDATES[name], "catalogue": qc.catalogue, "seeds": seeds,

@@ -92,6 +92,9 @@ class GANTraining:
         if self.cfg.lr_decay_from is None:
             return self.cfg.lr
         start, end = (epochs * self.iterations_per_epoch for epochs in (self.cfg.lr_decay_from, self.cfg.epochs))
+        if step > end:
+            raise ConfigError(f"--lr-decay-from decays the learning rate over --epochs {self.cfg.epochs}: iteration "
+                              f"{step} is past them")
         return self.cfg.lr * min(1.0, (end - step + 1) / (end - start))
 
     def train_step(self, nets, real, labels, z, step):

@@ -116,6 +116,8 @@ def test_checkpoints_follow_gan_training_and_set_the_selectors_pick_against_the_
                  "--seeds", "0", "1", "--out", str(tmp_path / "bench")])
     result = json.loads((bench / "sngan-no-diffaugment-checkpoints.json").read_text())
     assert result["seeds"] == [0, 1] and result["epochs"] == [1, 2]
+    assert result["chosen_against_last"]["pairs"] == [["seed 0: last", "seed 0: chosen"],
+                                                      ["seed 1: last", "seed 1: chosen"]]
     trajectories, comparison = result["trajectories"], result["chosen_against_last"]
     assert [[point["epoch"] for point in points] for points in trajectories] == [[1, 2], [1, 2]]
     assert all(point["selector_kid"] != point["kid"] for points in trajectories for point in points)  # two lenses
@@ -139,7 +141,7 @@ def test_a_candidate_whose_rate_decays_is_not_trained_past_its_epochs(catalogue)
     trajectory = Trajectory(tiny_config(epochs=1, lr_decay_from=0, batch_size=64), dataset, store)
     for _ in range(trajectory.iterations_per_epoch):
         trajectory.advance()
-    with pytest.raises(ConfigError, match="^this candidate's learning rate decays over its 1 epochs: score it within"):
+    with pytest.raises(ConfigError, match="^--lr-decay-from decays the learning rate over --epochs 1: iteration"):
         trajectory.advance()
 
 
