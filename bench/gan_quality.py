@@ -74,6 +74,8 @@ CANDIDATES = {
     "sngan-no-diffaugment-lr-decay": dict(generator="sngan", lr=2e-4, beta1=0.0, beta2=0.9, diffaugment=False,
                                           epochs=30, lr_decay_from=20),
     "sngan-no-diffaugment-lr4e-4": dict(generator="sngan", lr=4e-4, beta1=0.0, beta2=0.9, diffaugment=False),
+    "sngan-no-diffaugment-channels-last": dict(generator="sngan", lr=2e-4, beta1=0.0, beta2=0.9, diffaugment=False,
+                                               channels_last=True),
     "sngan-no-diffaugment-class-seed": dict(generator="sngan", lr=2e-4, beta1=0.0, beta2=0.9, diffaugment=False,
                                             class_seed=True),
     "sngan-wide": dict(generator="sngan", g_width=32, d_width=32, lr=2e-4, beta1=0.0, beta2=0.9),

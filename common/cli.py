@@ -47,7 +47,7 @@ def _add_argument(parser, name, kind, default, metadata, choices):
     if kind is bool:
         parser.add_argument(*names, action=argparse.BooleanOptionalAction, **common)
     elif typing.get_origin(kind) in (list, tuple):
-        parser.add_argument(*names, type=typing.get_args(kind)[0], nargs="+", **common)
+        parser.add_argument(*names, type=typing.get_args(kind)[0], nargs="+", choices=choices, **common)
     else:
         parser.add_argument(*names, type=kind, choices=choices, **common)
 

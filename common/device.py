@@ -26,8 +26,9 @@ def autocast(device, enabled=True):
     return contextlib.nullcontext()
 
 
-def memory_format(device):
-    return torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format
+def memory_format(device, channels_last=False):
+    """channels_last on CUDA, and on the CPU where asked (oneDNN runs some small nets faster so)."""
+    return torch.channels_last if channels_last or torch.device(device).type == "cuda" else torch.contiguous_format
 
 
 def fused_adam_kwargs(device):

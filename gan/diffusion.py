@@ -69,8 +69,8 @@ class Diffusion(ConditionalGenerator):
 
     def __init__(self, cfg, num_categories, device="cpu"):
         super().__init__()
-        self.unet = build_unet(cfg.image_size, num_categories, cfg.g_width).to(device,
-                                                                               memory_format=memory_format(device))
+        self.unet = build_unet(cfg.image_size, num_categories, cfg.g_width).to(
+            device, memory_format=memory_format(device, cfg.channels_last))
         self.averages = ("ema_unet",) if cfg.ema else ()
         if cfg.ema:
             self.ema_unet = moving_average(self.unet, cfg.ema)

@@ -155,7 +155,7 @@ class Discriminator(nn.Module):
 def build_gan(cfg, num_categories, device):
     generator = Generator(cfg.image_size, cfg.z_dim, num_categories, cfg.g_width)
     discriminator = Discriminator(cfg.image_size, num_categories, cfg.d_width)
-    fmt = memory_format(device)
+    fmt = memory_format(device, cfg.channels_last)
     return generator.to(device, memory_format=fmt), discriminator.to(device, memory_format=fmt)
 
 

@@ -215,7 +215,7 @@ class SNGAN(ConditionalGenerator):
 
     def __init__(self, cfg, num_categories, device="cpu"):
         super().__init__()
-        fmt = memory_format(device)
+        fmt = memory_format(device, cfg.channels_last)
         self.generator = Generator(cfg.image_size, cfg.z_dim, num_categories, cfg.g_width, cfg.class_seed).to(
             device, memory_format=fmt)
         self.discriminator = Discriminator(cfg.image_size, num_categories, cfg.d_width, bool(cfg.aux_class_weight)).to(

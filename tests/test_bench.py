@@ -11,6 +11,7 @@ import torch
 
 from bench.gan_quality import SELECTOR_SEED, Trajectory, candidate_config, paired_consistency, paired_kid
 from bench.gan_quality import main as gan_quality
+from bench.gan_throughput import main as gan_throughput
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.data import load_dataset
 from common.errors import ConfigError
@@ -178,3 +179,14 @@ def test_score_device_and_size_are_checked_before_any_run_is_read(tmp_path):
             gan_quality(["--score", str(tmp_path / "run"), "--device", "cuda", "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="^gan_quality: --score-size must be at least 1, got 0$"):
         gan_quality(["--score", str(tmp_path / "run"), "--score-size", "0", "--out", str(tmp_path / "out")])
+
+
+def test_gan_throughput_times_any_generator_in_each_memory_format(capsys):
+    gan_throughput(["--preset", "demo", "--image-size", "16", "--batch-size", "8", "--devices", "cpu",
+                    "--iterations", "1", "--warmup", "0"])
+    printed = capsys.readouterr().out
+    assert "sngan: 16 px, batch 8" in printed
+    for name in ("as-built", "channels_last", "contiguous"):
+        assert f"fp32, {name}: " in printed and "images/s" in printed
+    with pytest.raises(SystemExit):
+        gan_throughput(["--memory-formats", "strided"])
