@@ -16,6 +16,9 @@ category after 1, 2.5, 5 (and more) minutes of training, for each candidate of C
     python bench/gan_quality.py --candidates sngan-no-diffaugment --checkpoints 20 22 24 26 28 30 --seeds 5 6 7
                                                                   along one trajectory per seed, the checkpoint a
                                                                   second classifier picks against the last
+    python bench/gan_quality.py --candidates sngan-no-diffaugment-channels-last --checkpoints 30 38 --seeds 5 6 7 \
+        --against sngan-no-diffaugment:30                         and each seed's last point against that of
+                                                                  another candidate measured so before
 
 Each candidate trains as gan/train.py does (the same batches and codes per iteration, the generator's own
 train_step) with the clock running only while it trains; at each checkpoint SAMPLES_PER_CATEGORY images per
@@ -30,6 +33,8 @@ points on any machine), along one trajectory per --seeds, by two lenses: the rep
 a category classifier of another seed (its initial weights, split and batch order) on codes of its own. How much
 the choice of checkpoint matters: the checkpoint with the selector's lowest KID against the last one, as pairs
 scored through the report's lens, with the paired test of --paired (--out/<catalogue>/<candidate>-checkpoints.json).
+With --against CANDIDATE:EPOCH, each seed's last point is also paired with that seed's point at EPOCH of another
+candidate whose trajectories are already in --out: a setting against the demo at an equal time or epoch.
 """
 import json
 import os
@@ -41,12 +46,12 @@ import matplotlib
 import numpy as np
 import torch
 
-from common.checkpoint import write_json
+from common.checkpoint import read_json, write_json
 from common.classifier import train_or_load_classifier
 from common.cli import MAX_IMAGE_SIZE, parse_config, require_sizes, stage_errors
 from common.datasets import open_dataset
 from common.device import pick_device
-from common.errors import ConfigError
+from common.errors import ConfigError, RunError
 from common.images import ImageStore, image_cache
 from common.machine import machine_line, matmul_gflops
 from common.seeding import seed_everything
@@ -64,6 +69,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 SAMPLES_PER_CATEGORY = 250
+MAX_RESULT_BYTES = 16 << 20   # a --checkpoints result read back by --against: a few kilobytes per seed
 SELECTOR_SEED = 1   # --checkpoints' selector: its classifier's seed and its codes', another lens than the report's
 # name -> settings over the demo settings every generator shares (gan/config.py DEMO)
 CANDIDATES = {
@@ -113,6 +119,9 @@ class QualityConfig:
                 "--minutes; the checkpoint a second classifier scores best against the last"})
     seeds: list[int] | None = field(default=None, metadata={
         "help": "--checkpoints: the trajectories' training seeds (default: --seed)"})
+    against: str | None = field(default=None, metadata={
+        "help": "--checkpoints: CANDIDATE:EPOCH, another candidate's trajectories of the same seeds already in --out; "
+                "each seed's point at EPOCH against this candidate's at its last epoch, as --paired pairs runs"})
     paired: bool = field(default=False, metadata={
         "help": "--score's runs are pairs A1 B1 A2 B2 ... (say, the same seed and data without and with a setting): "
                 "each pair's KID ratio B / A, their geometric mean and a paired sign-flip test of the log ratios"})
@@ -265,34 +274,73 @@ def along_trajectory(cfg, dataset, store, lenses, epochs):
     return points
 
 
+def compare_points(points):
+    """Points {name: point} in pairs (A1 B1 A2 B2 ...), compared as --paired compares runs: each pair's KID ratio and
+    the paired test, and the same test of condition consistency."""
+    names = list(points)
+    return {**paired_kid(points, names),
+            "consistency": paired_consistency({name: point["consistency"] for name, point in points.items()}, names)}
+
+
 def choice_against_last(points_per_seed, seeds):
-    """The checkpoint the selector's KID picks on each trajectory against its last, through the report's lens, as
-    --paired compares runs: each pair's KID ratio and the paired test, and the same test of condition consistency."""
-    results = {}
-    for seed, points in zip(seeds, points_per_seed):
-        results[f"seed {seed}: last"] = max(points, key=lambda point: point["epoch"])
-        results[f"seed {seed}: chosen"] = min(points, key=lambda point: point["selector_kid"])
-    names = list(results)
-    return {**paired_kid(results, names), "chosen_epochs": [results[name]["epoch"] for name in names[1::2]],
-            "consistency": paired_consistency({name: point["consistency"] for name, point in results.items()}, names)}
+    """The checkpoint the selector's KID picks on each trajectory against its last, through the report's lens."""
+    points = {}
+    for seed, trajectory in zip(seeds, points_per_seed):
+        points[f"seed {seed}: last"] = max(trajectory, key=lambda point: point["epoch"])
+        points[f"seed {seed}: chosen"] = min(trajectory, key=lambda point: point["selector_kid"])
+    return {**compare_points(points), "chosen_epochs": [point["epoch"] for point in list(points.values())[1::2]]}
+
+
+def control_points(against, seeds, out_dir):
+    """--against CANDIDATE:EPOCH: {seed: that candidate's point at EPOCH}, read from its result in `out_dir`; refused
+    in one line before anything trains where the flag, the file, its epoch or one of `seeds` is missing."""
+    name, _, epoch = against.rpartition(":")
+    if name not in CANDIDATES or not epoch.isdigit():
+        raise ConfigError(f"--against takes CANDIDATE:EPOCH, a candidate of {', '.join(CANDIDATES)}; got {against}")
+    path = out_dir / f"{name}-checkpoints.json"
+    result = read_json(path, MAX_RESULT_BYTES, f"result of `bench/gan_quality.py --candidates {name} --checkpoints`")
+    try:
+        points = {seed: point for seed, trajectory in zip(result["seeds"], result["trajectories"])
+                  for point in trajectory if point["epoch"] == int(epoch)}
+    except (KeyError, TypeError) as error:
+        raise RunError(f"{path} is not a --checkpoints result (no {error})") from None
+    missing = [seed for seed in seeds if seed not in points]
+    if missing:
+        raise ConfigError(f"--against {against}: {path} has no point at epoch {epoch} for seeds {missing}")
+    return {seed: points[seed] for seed in seeds}
+
+
+def against_control(name, trajectories, seeds, against, control):
+    """Each seed's last point of candidate `name` against the control's point (control_points) of the same seed."""
+    points = {}
+    for seed, trajectory in zip(seeds, trajectories):
+        last = max(trajectory, key=lambda point: point["epoch"])
+        points[f"seed {seed}: {against}"] = control[seed]
+        points[f"seed {seed}: {name}:{last['epoch']}"] = last
+    return compare_points(points)
 
 
 def checkpoint_choice(qc):
     """--checkpoints: every candidate along one trajectory per seed, the selector's choice against the last."""
     path, dataset, store, out_dir = open_catalogue(qc)
+    seeds = qc.seeds or [qc.seed]
+    control = control_points(qc.against, seeds, out_dir) if qc.against else None
     lenses = (Scorer(dataset, store, out_dir, qc.seed),
               Scorer(dataset, store, out_dir, SELECTOR_SEED, classifier_seed=SELECTOR_SEED))
     for name in qc.candidates:
         print(f"{name} on {qc.catalogue}; {machine_line()}", flush=True)
-        seeds = qc.seeds or [qc.seed]
         trajectories = [along_trajectory(candidate_config(name, path, seed), dataset, store, lenses, qc.checkpoints)
                         for seed in seeds]
         comparison = choice_against_last(trajectories, seeds)
         print(f"{name}, chosen epochs {comparison['chosen_epochs']}: " + paired_line(comparison), flush=True)
-        write_json(out_dir / f"{name}-checkpoints.json",
-                   {"candidate": name, "settings": CANDIDATES[name], "catalogue": qc.catalogue, "seeds": seeds,
-                    "epochs": sorted(qc.checkpoints), "machine": machine_line(), "trajectories": trajectories,
-                    "chosen_against_last": comparison})
+        result = {"candidate": name, "settings": CANDIDATES[name], "catalogue": qc.catalogue, "seeds": seeds,
+                  "epochs": sorted(qc.checkpoints), "machine": machine_line(), "trajectories": trajectories,
+                  "chosen_against_last": comparison}
+        if control is not None:
+            result["against"] = against_control(name, trajectories, seeds, qc.against, control)
+            print(f"{name} at epoch {max(qc.checkpoints)} against {qc.against}: " + paired_line(result["against"]),
+                  flush=True)
+        write_json(out_dir / f"{name}-checkpoints.json", result)
 
 
 def plot(qc):
@@ -398,8 +446,8 @@ def main(argv=None):
             raise ConfigError(f"--paired takes --score runs in pairs, got {len(qc.score or [])} runs")
         if qc.checkpoints and (qc.score or min(qc.checkpoints) < 1):
             raise ConfigError("--checkpoints takes epochs of at least 1, and trains candidates: leave out --score")
-        if qc.seeds and not qc.checkpoints:
-            raise ConfigError("--seeds gives --checkpoints its trajectories: give --checkpoints, or --seed alone")
+        if (qc.seeds or qc.against) and not qc.checkpoints:
+            raise ConfigError("--seeds and --against are --checkpoints' options: give --checkpoints")
         if qc.score:
             return score_runs(qc)
         if qc.checkpoints:

@@ -128,6 +128,25 @@ def test_checkpoints_follow_gan_training_and_set_the_selectors_pick_against_the_
     assert comparison["consistency"]["values"] == [[points[-1]["consistency"], pick["consistency"]]
                                                    for pick, points in zip(picks, trajectories)]
 
+    # another candidate's last point against this one's at epoch 2, seed by seed
+    gan_quality(["--candidates", "sngan-no-diffaugment-channels-last", "--catalogue", str(path), "--checkpoints", "1",
+                 "--seeds", "1", "0", "--against", "sngan-no-diffaugment:2", "--out", str(tmp_path / "bench")])
+    other = json.loads((bench / "sngan-no-diffaugment-channels-last-checkpoints.json").read_text())
+    against = other["against"]
+    assert against["pairs"] == [["seed 1: sngan-no-diffaugment:2", "seed 1: sngan-no-diffaugment-channels-last:1"],
+                                ["seed 0: sngan-no-diffaugment:2", "seed 0: sngan-no-diffaugment-channels-last:1"]]
+    assert against["ratios"] == [other["trajectories"][0][0]["kid"] / trajectories[1][1]["kid"],
+                                 other["trajectories"][1][0]["kid"] / trajectories[0][1]["kid"]]
+    assert against["consistency"]["values"][0] == [trajectories[1][1]["consistency"],
+                                                   other["trajectories"][0][0]["consistency"]]
+    for flag, refusal in [("sngan-no-diffaugment:3", r"has no point at epoch 3 for seeds \[1\]"),
+                          ("sngan-wide:2", "no .*sngan-wide-checkpoints.json: expected a result of"),
+                          ("sngan-no-diffaugment", "--against takes CANDIDATE:EPOCH")]:
+        with pytest.raises(SystemExit, match=refusal):
+            gan_quality(["--candidates", "sngan", "--catalogue", str(path), "--checkpoints", "1", "--seeds", "1",
+                         "--against", flag, "--out", str(tmp_path / "bench")])
+    assert not (bench / "sngan-checkpoints.json").exists()
+
     # the point at epoch 2 of seed 0 is gan/train.py's run of the candidate's settings for 2 epochs, scored alike
     settings = candidate_config("sngan-no-diffaugment", path, 0)
     place_random_classifier(tmp_path / "trained", dataset, 32)
@@ -152,8 +171,9 @@ def test_checkpoints_and_seeds_are_checked_before_anything_trains(tmp_path):
         gan_quality(["--checkpoints", "0", "2", *out])
     with pytest.raises(SystemExit, match="^gan_quality: --checkpoints takes epochs of at least 1, and trains"):
         gan_quality(["--checkpoints", "2", "--score", "run", *out])
-    with pytest.raises(SystemExit, match="^gan_quality: --seeds gives --checkpoints its trajectories"):
-        gan_quality(["--seeds", "1", "2", *out])
+    for options in (["--seeds", "1", "2"], ["--against", "sngan:2"]):
+        with pytest.raises(SystemExit, match="^gan_quality: --seeds and --against are --checkpoints' options"):
+            gan_quality([*options, *out])
     with pytest.raises(SystemExit, match="^gan_quality: --catalogue nowhere.npy: give embedded, one of"):
         gan_quality(["--checkpoints", "2", "--catalogue", "nowhere.npy", *out])
     assert not (tmp_path / "out").exists()
