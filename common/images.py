@@ -250,6 +250,18 @@ def scale_to_model(images: torch.Tensor) -> torch.Tensor:
     return (images.float() - 127.5) / 127.5
 
 
+def translate(images: torch.Tensor, max_shift: int, fill: float = 0.0, generator=None) -> torch.Tensor:
+    """Each image of [B, C, H, W] shifted by its own whole-pixel offset, drawn uniformly from [-max_shift,
+    max_shift]^2; what comes in from outside is `fill`. Differentiable in the images."""
+    n, height, width, device = len(images), images.shape[2], images.shape[3], images.device
+    dy, dx = (torch.randint(-max_shift, max_shift + 1, (n, 1, 1), device=device, generator=generator)
+              for _ in range(2))
+    rows = (torch.arange(height, device=device)[None, :, None] + dy + 1).clamp(0, height + 1)
+    columns = (torch.arange(width, device=device)[None, None, :] + dx + 1).clamp(0, width + 1)
+    padded = torch.nn.functional.pad(images, (1, 1, 1, 1), value=fill).permute(0, 2, 3, 1)
+    return padded[torch.arange(n, device=device)[:, None, None], rows, columns].permute(0, 3, 1, 2)
+
+
 def _fits_on_gpu(nbytes: int, device: torch.device) -> bool:
     free, total = torch.cuda.mem_get_info(device)
     return nbytes < free - _GPU_HEADROOM * total

@@ -27,6 +27,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from common.device import autocast, fused_adam_kwargs, memory_format
 from common.distributed import unwrap
+from common.images import translate as shift_images
 from gan.model import ConditionalGenerator, batch_norm, descend, moving_average, num_stages, sample_z
 
 LEAK = 0.1                 # D's leaky ReLU slope (Miyato et al.'s standard CNN)
@@ -55,12 +56,7 @@ def pixel_grid(x):
 
 def translate(x):
     """Shift each image by up to TRANSLATION of its side, filling with zeros."""
-    shift = int(x.shape[2] * TRANSLATION + 0.5)
-    dy, dx = (torch.randint(-shift, shift + 1, (len(x), 1, 1), device=x.device) for _ in range(2))
-    rows, columns = pixel_grid(x)
-    rows, columns = (rows + dy + 1).clamp(0, x.shape[2] + 1), (columns + dx + 1).clamp(0, x.shape[3] + 1)
-    padded = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1)
-    return padded[torch.arange(len(x), device=x.device)[:, None, None], rows, columns].permute(0, 3, 1, 2)
+    return shift_images(x, int(x.shape[2] * TRANSLATION + 0.5))
 
 
 def cutout(x):

@@ -9,6 +9,8 @@ tailoring of an existing item (eq. 12 then eq. 10).
                   of c in Phi's space, r_c a quantile of theirs (EmbeddingSupport)
     shape         optionally minus s mean_pixels (m(e) - m(e_0))^2: m a soft foreground (the garment against the
                   catalogue's white ground), e_0 the start's image; colour and pattern stay free (soft_silhouette)
+    jitter        optionally, at each step, Phi (in the preference and the support term) of Delta e shifted by a
+                  random offset of up to J pixels: a one-sample estimate of their mean over shifts
     tailoring     z' = argmin ||G_c(tanh z') - nabla X_query||_1 (eq. 12), then eq. 10 from that z'
     best samples  the control for the ascent: the objective of eq. 10 at n starts, none moved, and the top-k by it
                   (best-of-n; with n = m (steps + 1), as many evaluations as synthesis makes)
@@ -31,6 +33,11 @@ model-based optimisation (conservative objective models, Trabucco et al., 2021).
 Why the shape term: the support term keeps Phi near the items, yet thin garments (sandals) still fall apart into
 fragments under the ascent, scored above the user's real favourites (docs/design_half.md); the generator's own
 samples keep their shapes far more often than the designs do, so the term holds each design to its start's outline.
+
+Why the jitter: an image that maximises a CNN's output by gradient ascent fills with high-frequency patterns that
+the CNN scores at one alignment only; asking the score to hold under small shifts (transformation robustness, Olah et
+al., Distill 2017) is the feature-visualisation remedy. The steps follow the shifted score; what is kept, reported
+and selected (eq. 11) is the design as it is, unshifted.
 """
 from dataclasses import dataclass, field
 
@@ -38,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import ConfigError, TrainingDiverged
+from common.images import translate
 from gan.model import sample_z
 
 ATANH_LIMIT = 1 - 1e-6  # U(-1, 1) can draw -1 exactly; atanh(+-1) is infinite
@@ -169,7 +177,8 @@ class Designer:
     Both are put in eval mode and frozen, so gradients reach only the latent codes. Where `realism_floor` is set
     (pm/stage.py, from --realism-floor) the realism loss is clamped from below there: past it, D_c(e) earns the
     design nothing more. Where `support` is set (an EmbeddingSupport, from --support-quantile) the objective pays
-    its penalty; where `shape_weight` is above 0 (--shape-weight) the ascent pays for changing a design's outline.
+    its penalty; where `shape_weight` is above 0 (--shape-weight) the ascent pays for changing a design's outline;
+    where `jitter` is above 0 (--jitter) each ascent step scores the designs shifted by up to that many pixels.
     """
 
     def __init__(self, dvbpr, model):
@@ -181,6 +190,8 @@ class Designer:
         self.realism_floor = None
         self.support = None
         self.shape_weight = 0.0
+        self.jitter = 0
+        self.jitter_rng = torch.Generator(self.theta.device).manual_seed(0)
         codes = model.sample_z(RADIUS_SAMPLES, self.theta.device, torch.Generator(self.theta.device).manual_seed(0))
         self.radius = codes.norm(dim=1).mean().item()
 
@@ -207,9 +218,13 @@ class Designer:
         """n codes from the generator's prior (Table IV's random G(., c), the figures' samples)."""
         return self.model.sample_z(n, self.theta.device, rng)
 
-    def phi(self, images):
-        """Phi(Delta e) of images at the GAN's size; [B, K]."""
-        return self.dvbpr.phi(resize(images, self.dvbpr.input_size))
+    def phi(self, images, shifted=False):
+        """Phi(Delta e) of images at the GAN's size; [B, K]. shifted: each first moved by a random offset of up to
+        `jitter` pixels at DVBPR's input size, the ground filled white."""
+        inputs = resize(images, self.dvbpr.input_size)
+        if shifted:
+            inputs = translate(inputs, self.jitter, fill=1.0, generator=self.jitter_rng)
+        return self.dvbpr.phi(inputs)
 
     def preference(self, user, images):
         """x_{u,e} = theta_u . Phi(Delta e) (eq. 6) of images at the GAN's size; [B]."""
@@ -226,11 +241,11 @@ class Designer:
         labels = torch.full((len(z),), category, dtype=torch.long, device=z.device)
         return self.model(z, labels)
 
-    def objective(self, z, user, category, eta):
+    def objective(self, z, user, category, eta, shifted=False):
         """(objective, preference, realism loss, images) of G_c(z), each per row of z (eq. 9, less the support
-        penalty where there is one)."""
+        penalty where there is one); shifted: Phi of the images shifted (phi)."""
         images = self.generate(z, category)
-        features = self.phi(images)
+        features = self.phi(images, shifted)
         preference = features @ self.theta[user]
         realism = self.realism_loss(images, category)
         objective = preference - eta * realism
@@ -246,16 +261,26 @@ class Designer:
         z_prime = z_prime.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([z_prime], lr=lr)
         history, start_shape = [], None
-        for step in range(steps + 1):
-            z = to_z(z_prime, latent, self.radius)
-            objective, preference, realism, images = self.objective(z, user, category, eta)
+
+        def scored(z, shifted):
+            nonlocal start_shape
+            objective, preference, realism, images = self.objective(z, user, category, eta, shifted)
             if self.shape_weight:
                 shape = soft_silhouette(images)
                 start_shape = shape.detach() if start_shape is None else start_shape
                 objective = objective - self.shape_weight * (shape - start_shape).pow(2).mean(dim=(1, 2))
+            return objective, preference, realism, images
+
+        for step in range(steps + 1):
+            z = to_z(z_prime, latent, self.radius)
+            shifted = self.jitter > 0 and step < steps     # the last scores are the designs' own
+            objective, preference, realism, images = scored(z, shifted)
             if record is not None and record(step):
-                history.append(Snapshot(step, images.detach().cpu(), preference.detach().cpu(),
-                                        objective.detach().cpu()))
+                with torch.no_grad():
+                    kept_objective, kept_preference, _, kept_images = scored(z, False) if shifted else (
+                        objective, preference, realism, images)
+                history.append(Snapshot(step, kept_images.detach().cpu(), kept_preference.detach().cpu(),
+                                        kept_objective.detach().cpu()))
             if step == steps:
                 break
             optimizer.zero_grad(set_to_none=True)

@@ -466,7 +466,8 @@ def tables(stages, cfg, out):
              f"K={stages.dvbpr_config.k}; GAN {stages.designer.image_size} px ({stages.gan.config.generator}).",
              f"Synthesis: preset {cfg.preset}, {cfg.starts} starts, {cfg.steps} Adam steps at lr {cfg.lr}, "
              f"eta {cfg.eta}, realism floor {cfg.realism_floor}, support quantile {cfg.support_quantile} (weight "
-             f"{cfg.support_weight}), shape weight {cfg.shape_weight}, latent {cfg.latent}, init {cfg.init}, "
+             f"{cfg.support_weight}), shape weight {cfg.shape_weight}, "
+             + (f"jitter {cfg.jitter} px, " if cfg.jitter else "") + f"latent {cfg.latent}, init {cfg.init}, "
              f"select {cfg.select}.",
              "Preference and diversity: mean ± std over trials; quality: over all 3 x trials images of a source, "
              f"mean ± std over {cfg.splits} splits."]

@@ -14,6 +14,8 @@ from common.catalogue.generate import generate_catalogue
 from common.checkpoint import save_checkpoint
 from common.cli import parse_config
 from common.data import load_dataset
+from common.errors import ConfigError
+from common.images import translate
 from common.original_format import CATEGORY_NAMES
 from dvbpr.cnnf import CNNF
 from dvbpr.config import DVBPRConfig
@@ -207,6 +209,60 @@ def test_the_shape_term_holds_each_design_to_its_starts_outline_and_leaves_its_c
     assert gain[100.0] > 0.5 * gain[0.0] > 0        # while the colour still climbs the preference
 
 
+def test_translation_moves_each_image_by_its_own_offset_and_fills_what_comes_in():
+    images = torch.rand(64, 3, 12, 12, requires_grad=True)
+    shifted = translate(images, 2, fill=1.0, generator=torch.Generator().manual_seed(0))
+    offsets = set()
+    for image, moved in zip(images.detach(), shifted.detach()):
+        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if torch.equal(moved[:, 2:10, 2:10], image[:, 2 + dy:10 + dy, 2 + dx:10 + dx])]
+        assert len(found) == 1      # the middle is the image moved by one offset within the bound
+        offsets.add(found[0])
+        dy, dx = found[0]
+        rows = list(range(12 - dy, 12)) if dy > 0 else list(range(-dy))
+        assert (moved[:, rows] == 1).all()     # the rows that came in from outside are the fill
+    assert len(offsets) > 10
+    assert torch.equal(translate(images, 0), images)
+    shifted.sum().backward()
+    assert images.grad.sum() > 0
+
+
+class Canvas(Disc):
+    """A generator stand-in whose image is its code: every pixel free, as an ascent on pixels would have them."""
+    z_dim = 3 * 16 * 16
+
+    def forward(self, z, labels):
+        return z.view(-1, 3, 16, 16)
+
+
+def test_jitter_makes_the_ascent_follow_the_score_of_shifted_designs():
+    """The tiny Phi (a 4x4 conv of stride 4) sees a pattern at one alignment only: without the jitter the ascent
+    climbs the score of the design as it lies, far above its mean score over shifts; with it, that mean. What is
+    kept and reported is the design unshifted."""
+    torch.manual_seed(0)
+    dvbpr = DVBPR(TinyBackbone(), 5, 8)
+    dvbpr.theta.data = torch.randn(5, 8)
+    designer = Designer(dvbpr, Canvas())
+
+    def mean_over_shifts(images, draws=64):
+        generator, inputs = torch.Generator().manual_seed(1), resize(images, TinyBackbone.input_size)
+        return torch.stack([dvbpr.phi(translate(inputs, 3, 1.0, generator)) @ dvbpr.theta[1]
+                            for _ in range(draws)]).mean()
+
+    z_prime = torch.atanh(torch.rand(8, Canvas.z_dim) * 1.8 - 0.9)
+    designs = {}
+    for jitter in (0, 3):
+        designer.jitter = jitter
+        designs[jitter] = designer.maximise(z_prime, user=1, category=0, steps=40, lr=0.1, eta=0.0,
+                                            record=lambda step: step in (0, 40))
+    for design in designs.values():
+        assert torch.allclose(design.preference, designer.preference(1, design.images), atol=1e-4)
+        assert torch.allclose(design.history[-1].preference, design.preference)
+    plain, jittered = designs[0], designs[3]
+    assert plain.preference.mean() > 2 * jittered.preference.mean()
+    assert mean_over_shifts(jittered.images) > 1.2 * mean_over_shifts(plain.images)
+
+
 def test_category_match_is_the_share_of_images_the_classifier_puts_in_the_query_category():
     class ByRedness(torch.nn.Module):
         """Category 1 where the red channel is brighter than the green, else 0."""
@@ -237,8 +293,11 @@ def test_the_settled_terms_reach_the_designer():
     assert designer.realism_floor == -2.0 and designer.support.weight == 3.0 and designer.shape_weight == 5.0
     assert designer.support.radius(0) == pytest.approx(designer.support.distance(
         stages.item_embeddings[stages.item_category == 0], 0).quantile(0.5).item())
-    set_design_terms(stages, PMConfig())
+    set_design_terms(stages, PMConfig(jitter=4))
     assert designer.realism_floor is None and designer.support is None and designer.shape_weight == 0
+    assert designer.jitter == 4
+    with pytest.raises(ConfigError, match="--jitter 32 must be below the 32 pixels"):
+        set_design_terms(stages, PMConfig(jitter=32))
 
 
 def test_inversion_reduces_the_l1_error():
