@@ -155,6 +155,9 @@ class FamilyConfig:
     pm_shape_weight: float | None = field(default=None, metadata={
         "help": "with --design (and --tune) or --missing, the weight of the term that keeps each design's outline "
                 "(pm/main.py --shape-weight; None: PM's setting)"})
+    pm_truncation: float | None = field(default=None, metadata={
+        "help": "with --design (and --tune) or --missing, the share psi of the prior's box that PM's codes keep to "
+                "(pm/main.py --truncation; None: PM's setting)"})
     pm_jitter: int | None = field(default=None, metadata={
         "help": "with --design (and --tune) or --missing, the pixels by which each ascent step shifts the designs "
                 "that DVBPR scores (pm/main.py --jitter; None: PM's setting)"})
@@ -347,16 +350,17 @@ def refuse_other_settings(config_file, settings):
 
 def pm_settings(cfg):
     """PM's settings that --pm-steps, --pm-trials, --pm-eta, --pm-realism-floor, --pm-support-quantile,
-    --pm-support-weight, --pm-shape-weight and --pm-jitter replace: {PMConfig field: value}."""
+    --pm-support-weight, --pm-shape-weight, --pm-jitter and --pm-truncation replace: {PMConfig field: value}."""
     given = dict(steps=cfg.pm_steps, trials=cfg.pm_trials, eta=cfg.pm_eta, realism_floor=cfg.pm_realism_floor,
                  support_quantile=cfg.pm_support_quantile, support_weight=cfg.pm_support_weight,
-                 shape_weight=cfg.pm_shape_weight, jitter=cfg.pm_jitter)
+                 shape_weight=cfg.pm_shape_weight, jitter=cfg.pm_jitter,
+                 truncation=cfg.pm_truncation)
     return {name: value for name, value in given.items() if value is not None}
 
 
 def settings_names(cfg):
     """[generator, "steps<N>", "trials<M>", "eta<E>", "realism_floor<F>", "support_quantile<Q>", "support_weight<W>",
-    "shape_weight<S>", "jitter<J>"]
+    "shape_weight<S>", "jitter<J>", "truncation<T>"]
     for --generator other than the demo's and the --pm-* settings given, in the names of their tables and folders."""
     return generator_names(cfg) + [f"{name}{value:g}" for name, value in pm_settings(cfg).items()] + (
         ["steps_on_manifold"] if cfg.pm_steps_on_manifold else []) + (["tailored"] if cfg.pm_tailored else []) + (
@@ -557,12 +561,12 @@ def family_choice(tunings, latent):
 def check_design_flags(cfg):
     """ConfigError for a flag of --design given where it would be ignored: a Table IV flag without --design (but for
     PM's steps and trials, with --missing) or with --design --tune, --tune without --design, --generator and
-    --pm-eta, --pm-realism-floor, --pm-support-quantile, --pm-support-weight, --pm-shape-weight or --pm-jitter
-    without --design or --missing."""
+    --pm-eta, --pm-realism-floor, --pm-support-quantile, --pm-support-weight, --pm-shape-weight, --pm-jitter or
+    --pm-truncation without --design or --missing."""
     for flag, value in (("--pm-eta", cfg.pm_eta), ("--pm-realism-floor", cfg.pm_realism_floor),
                         ("--pm-support-quantile", cfg.pm_support_quantile),
                         ("--pm-support-weight", cfg.pm_support_weight), ("--pm-shape-weight", cfg.pm_shape_weight),
-                        ("--pm-jitter", cfg.pm_jitter)):
+                        ("--pm-jitter", cfg.pm_jitter), ("--pm-truncation", cfg.pm_truncation)):
         if value is not None and not (cfg.design or cfg.missing):
             raise ConfigError(f"{flag} sets PM of --design or --missing: give one of them")
     if cfg.pm_steps_on_manifold and cfg.pm_steps is not None:

@@ -9,6 +9,8 @@ tailoring of an existing item (eq. 12 then eq. 10).
                   of c in Phi's space, r_c a quantile of theirs (EmbeddingSupport)
     shape         optionally minus s mean_pixels (m(e) - m(e_0))^2: m a soft foreground (the garment against the
                   catalogue's white ground), e_0 the start's image; colour and pattern stay free (soft_silhouette)
+    truncation    optionally z = psi tanh(z'), psi < 1: starts and ascent in the central box of the prior, where
+                  the generator's samples are most typical (the truncation trick, Brock et al., 2019)
     jitter        optionally, at each step, Phi (in the preference and the support term) of Delta e shifted by a
                   random offset of up to J pixels: a one-sample estimate of their mean over shifts
     tailoring     z' = argmin ||G_c(tanh z') - nabla X_query||_1 (eq. 12), then eq. 10 from that z'
@@ -62,11 +64,12 @@ def resize(images, size):
     return F.interpolate(images, size=(size, size), mode="nearest")
 
 
-def to_z(z_prime, latent, radius=None):
-    """The generator's input from the optimised variable: tanh keeps it in [-1, 1] (eq. 10); sphere puts it at
-    `radius` from the origin, where the codes of the generator's prior lie; direct is z' itself."""
+def to_z(z_prime, latent, radius=None, truncation=1.0):
+    """The generator's input from the optimised variable: tanh keeps it in [-1, 1] (eq. 10), or in [-truncation,
+    truncation]; sphere puts it at `radius` from the origin, where the codes of the generator's prior lie; direct is
+    z' itself."""
     if latent == "tanh":
-        return torch.tanh(z_prime)
+        return truncation * torch.tanh(z_prime)
     if latent == "sphere":
         return radius * F.normalize(z_prime, dim=1)
     return z_prime
@@ -178,7 +181,8 @@ class Designer:
     (pm/stage.py, from --realism-floor) the realism loss is clamped from below there: past it, D_c(e) earns the
     design nothing more. Where `support` is set (an EmbeddingSupport, from --support-quantile) the objective pays
     its penalty; where `shape_weight` is above 0 (--shape-weight) the ascent pays for changing a design's outline;
-    where `jitter` is above 0 (--jitter) each ascent step scores the designs shifted by up to that many pixels.
+    where `jitter` is above 0 (--jitter) each ascent step scores the designs shifted by up to that many pixels;
+    where `truncation` psi is below 1 (--truncation) the codes z = psi tanh(z') stay in the prior's central box.
     """
 
     def __init__(self, dvbpr, model):
@@ -191,6 +195,7 @@ class Designer:
         self.support = None
         self.shape_weight = 0.0
         self.jitter = 0
+        self.truncation = 1.0
         self.jitter_rng = torch.Generator(self.theta.device).manual_seed(0)
         codes = model.sample_z(RADIUS_SAMPLES, self.theta.device, torch.Generator(self.theta.device).manual_seed(0))
         self.radius = codes.norm(dim=1).mean().item()
@@ -272,7 +277,7 @@ class Designer:
             return objective, preference, realism, images
 
         for step in range(steps + 1):
-            z = to_z(z_prime, latent, self.radius)
+            z = to_z(z_prime, latent, self.radius, self.truncation)
             shifted = self.jitter > 0 and step < steps     # the last scores are the designs' own
             objective, preference, realism, images = scored(z, shifted)
             if record is not None and record(step):
@@ -311,7 +316,7 @@ class Designer:
         objective at its step 0 (the shape term is then 0) and never moved; the k highest, best first (eq. 11's
         softmax over thousands would draw among the many middling ones). A Design of the k, scored in chunks so that
         n can be large."""
-        z = to_z(self.start_latents(samples, init, latent, rng), latent, self.radius)
+        z = to_z(self.start_latents(samples, init, latent, rng), latent, self.radius, self.truncation)
         objective = torch.cat([self.objective(part, user, category, eta)[0] for part in z.split(SCORED_AT_ONCE)])
         kept = objective.topk(min(k, samples)).indices
         objective, preference, realism, images = self.objective(z[kept], user, category, eta)
@@ -329,7 +334,7 @@ class Designer:
         optimizer = torch.optim.Adam([z_prime], lr=lr)
         errors = []
         for step in range(steps + 1):
-            images = self.generate(to_z(z_prime, latent, self.radius), category)
+            images = self.generate(to_z(z_prime, latent, self.radius, self.truncation), category)
             error = (images - target).abs().mean(dim=(1, 2, 3))
             errors.append(error.detach())
             if step == steps:

@@ -43,13 +43,14 @@ def run_pm(cfg, protected):
 
 def set_design_terms(stages, cfg):
     """The Designer's terms from settled settings (the demo's included): the realism floor, the support penalty,
-    the shape term and the jitter."""
+    the shape term, the jitter and the truncation."""
     stages.designer.realism_floor = cfg.realism_floor
     stages.designer.shape_weight = cfg.shape_weight
     if cfg.jitter >= stages.designer.dvbpr.input_size:
         raise ConfigError(f"--jitter {cfg.jitter} must be below the {stages.designer.dvbpr.input_size} pixels of "
                           f"DVBPR's input side")
     stages.designer.jitter = cfg.jitter
+    stages.designer.truncation = cfg.truncation
     stages.designer.support = None if cfg.support_quantile is None else EmbeddingSupport(
         stages.item_embeddings, stages.item_category, stages.dataset.num_categories, cfg.support_quantile,
         cfg.support_weight)
@@ -58,7 +59,8 @@ def set_design_terms(stages, cfg):
 TUNED = ("starts", "steps", "lr")   # what --steps-from-tune takes from a tuning
 # the settings a tuning's choice depends on: the runs, and the objective and its starts
 TUNED_WITH = ("dvbpr_run", "gan_run", "ensemble_runs", "eta", "realism_floor", "support_quantile", "support_weight",
-              "shape_weight", "jitter", "latent", "init")
+              "shape_weight", "jitter", "truncation", "latent",
+              "init")
 MAX_TUNE_BYTES = 16 << 20
 
 

@@ -462,12 +462,13 @@ def tables(stages, cfg, out):
     trials = draw_trials(stages.dataset, cfg.trials, np.random.default_rng(cfg.seed))
     if cfg.select == "all":
         print("--select all: Table IV takes the best 3 of the m results")
+    terms = [f"shape weight {cfg.shape_weight}"] + ([f"jitter {cfg.jitter} px"] if cfg.jitter else []) + (
+        [f"truncation {cfg.truncation}"] if cfg.truncation < 1 else [])
     notes = [f"{cfg.trials} trials on {stages.dataset.name}; DVBPR {stages.dvbpr_config.image_size} px, "
              f"K={stages.dvbpr_config.k}; GAN {stages.designer.image_size} px ({stages.gan.config.generator}).",
              f"Synthesis: preset {cfg.preset}, {cfg.starts} starts, {cfg.steps} Adam steps at lr {cfg.lr}, "
              f"eta {cfg.eta}, realism floor {cfg.realism_floor}, support quantile {cfg.support_quantile} (weight "
-             f"{cfg.support_weight}), shape weight {cfg.shape_weight}, "
-             + (f"jitter {cfg.jitter} px, " if cfg.jitter else "") + f"latent {cfg.latent}, init {cfg.init}, "
+             f"{cfg.support_weight}), {', '.join(terms)}, latent {cfg.latent}, init {cfg.init}, "
              f"select {cfg.select}.",
              "Preference and diversity: mean ± std over trials; quality: over all 3 x trials images of a source, "
              f"mean ± std over {cfg.splits} splits."]

@@ -194,6 +194,7 @@ def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tin
     (["--pm-support-weight", "0"], "--pm-support-weight sets PM of --design or --missing: give one of them"),
     (["--pm-shape-weight", "1"], "--pm-shape-weight sets PM of --design or --missing: give one of them"),
     (["--pm-jitter", "4"], "--pm-jitter sets PM of --design or --missing: give one of them"),
+    (["--pm-truncation", "0.5"], "--pm-truncation sets PM of --design or --missing: give one of them"),
     (["--missing", "--pm-steps-on-manifold"], "--pm-steps-on-manifold set Table IV of --design; give --design"),
     (["--pm-tailored"], "--pm-tailored set Table IV of --design; give --design"),
     (["--pm-sampled"], "--pm-sampled set Table IV of --design; give --design"),

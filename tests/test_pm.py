@@ -99,6 +99,20 @@ def test_maximisation_raises_the_objective_and_tanh_keeps_z_in_the_box():
     assert direct.z.abs().max() > 1
 
 
+def test_truncation_keeps_the_starts_the_ascent_and_the_best_samples_in_the_central_box():
+    designer = tiny_designer()
+    designer.truncation = 0.5
+    z_prime = torch.randn(64, Z_DIM)
+    start = designer.maximise(z_prime, user=0, category=1, steps=0, lr=0.1)
+    assert start.z.abs().max() <= 0.5 and start.z.abs().max() > 0.4    # U(-1, 1) starts become U(-0.5, 0.5)
+    assert torch.allclose(start.z, 0.5 * torch.tanh(z_prime))
+    wild = designer.maximise(z_prime[:6], user=0, category=1, steps=10, lr=5.0)
+    assert wild.z.abs().max() <= 0.5
+    assert designer.best_samples(0, 1, samples=64, k=4).z.abs().max() <= 0.5
+    designer.truncation = 1.0
+    assert designer.maximise(z_prime[:6], user=0, category=1, steps=10, lr=5.0).z.abs().max() > 0.5
+
+
 def test_the_sphere_keeps_z_where_the_priors_codes_lie_and_still_raises_the_objective():
     designer = tiny_designer()
     prior_norms = designer.sample_z(2000).norm(dim=1)
@@ -293,9 +307,9 @@ def test_the_settled_terms_reach_the_designer():
     assert designer.realism_floor == -2.0 and designer.support.weight == 3.0 and designer.shape_weight == 5.0
     assert designer.support.radius(0) == pytest.approx(designer.support.distance(
         stages.item_embeddings[stages.item_category == 0], 0).quantile(0.5).item())
-    set_design_terms(stages, PMConfig(jitter=4))
+    set_design_terms(stages, PMConfig(jitter=4, truncation=0.5))
     assert designer.realism_floor is None and designer.support is None and designer.shape_weight == 0
-    assert designer.jitter == 4
+    assert designer.jitter == 4 and designer.truncation == 0.5
     with pytest.raises(ConfigError, match="--jitter 32 must be below the 32 pixels"):
         set_design_terms(stages, PMConfig(jitter=32))
 
@@ -731,6 +745,11 @@ def test_preset_demo_gives_the_demo_settings_on_any_dataset_and_bad_settings_are
                            (["--realism-floor", "nan"], "pm: --realism-floor must be a finite number, got nan"),
                            (["--support-quantile", "0"], "pm: --support-quantile is a quantile in (0, 1], got 0.0"),
                            (["--support-weight", "-1"], "pm: --support-weight must be at least 0, got -1.0"),
-                           (["--shape-weight", "-1"], "pm: --shape-weight must be at least 0, got -1.0")):
+                           (["--shape-weight", "-1"], "pm: --shape-weight must be at least 0, got -1.0"),
+                           (["--jitter", "-1"], "pm: --jitter must be at least 0, got -1"),
+                           (["--truncation", "0"], "pm: --truncation is a share of the prior's box in (0, 1], got 0.0"),
+                           (["--truncation", "0.5", "--latent", "sphere"],
+                            "pm: --truncation keeps z = psi tanh(z') in a box of the prior: give --latent tanh, not "
+                            "sphere")):
         with pytest.raises(SystemExit, match=f"^{re.escape(message)}$"):
             main([*nowhere, *flags])
