@@ -59,8 +59,7 @@ def set_design_terms(stages, cfg):
 TUNED = ("starts", "steps", "lr")   # what --steps-from-tune takes from a tuning
 # the settings a tuning's choice depends on: the runs, and the objective and its starts
 TUNED_WITH = ("dvbpr_run", "gan_run", "ensemble_runs", "eta", "realism_floor", "support_quantile", "support_weight",
-              "shape_weight", "jitter", "truncation", "latent",
-              "init")
+              "shape_weight", "jitter", "truncation", "latent", "init")
 MAX_TUNE_BYTES = 16 << 20
 
 
