@@ -148,12 +148,24 @@ def test_the_sets_report_fits_a_threshold_on_the_first_sets_and_checks_it_on_the
     rows = [(index, f"fig{index}", {"good": separating, "bad": random}, labels) for index in range(3)]
     table = sets_report(rows, fit_sets=2)
     good, bad = (line for line in table.splitlines() if line.startswith(("| good", "| bad")))
-    assert good == "| good | 1.000 | 1.00 | 1.00 | 1.00 | 0.8 | 1.000 | 0.500 |"
+    assert good == "| good | 1.000 | 1.000 | 1.00 | 1.00 | 1.00 | 0.8 | 1.000 | 0.500 |"
     assert bad.startswith("| bad | 0.500 |") and "12 labels of 3 figures in 3 sets, 6 nameable" in table
     with pytest.raises(ConfigError, match="--fit-sets 3: give 1 to 2"):
         sets_report(rows, fit_sets=3)
     with pytest.raises(RunError, match="none of the labelled figures is made here"):
         sets_report([], fit_sets=2)
+
+
+def test_the_combination_fitted_on_the_first_sets_sees_on_the_rest_what_neither_measure_sees_alone():
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for index in range(6):
+        a, b = torch.rand(40, generator=generator), torch.rand(40, generator=generator)
+        rows.append((index, f"fig{index}", {"a": a, "b": b}, (a + b > 1).long()))   # nameable: both together
+    table = sets_report(rows, fit_sets=3)
+    held_out_auc = {line.split(" | ")[0][2:]: float(line.split(" | ")[2]) for line in table.splitlines()
+                    if line.startswith(("| a ", "| b ", "| combined "))}
+    assert held_out_auc["combined"] > 0.97 and max(held_out_auc["a"], held_out_auc["b"]) < 0.9
 
 
 @pytest.mark.parametrize("content", [{"sets": []}, {"sets": [1]}, {"sets": [{"figures": {"f": {"labels": [1]}}}]}])
