@@ -325,9 +325,24 @@ def with_combination(rows, fit_sets):
                 for f, (index, folder, scores, eye) in zip(stacked, rows)]
 
 
+def figures_ordered(rows, name, keep):
+    """(pairs ordered alike, pairs) over the pairs of figures of one set (of the sets `keep` keeps) whose labeller
+    named different numbers of designs: alike where the figure with more named has the higher mean measure."""
+    alike = pairs = 0
+    for index in {i for i, *_ in rows if keep(i)}:
+        figures = [(scores[name].mean().item(), labels.sum().item()) for i, _, scores, labels in rows if i == index]
+        for a, (mean_a, named_a) in enumerate(figures):
+            for mean_b, named_b in figures[a + 1:]:
+                if named_a != named_b:
+                    pairs += 1
+                    alike += (mean_a - mean_b) * (named_a - named_b) > 0
+    return alike, pairs
+
+
 def sets_report(rows, fit_sets, missing=()):
-    """Each measure's AUC against every set's labels pooled and per set, and its threshold fitted on the first
-    `fit_sets` sets, checked on the rest against always saying "nameable"; the figures `missing` named."""
+    """Each measure's AUC against every set's labels pooled, on the held-out sets and per set, its threshold fitted on
+    the first `fit_sets` sets, checked on the rest against always saying "nameable", and how often its mean orders
+    two figures of a held-out set as their labeller's counts do; the figures `missing` named."""
     if not rows:
         raise RunError("none of the labelled figures is made here: make them with the commands of their made_by")
     count = max(index for index, *_ in rows) + 1
@@ -344,8 +359,9 @@ def sets_report(rows, fit_sets, missing=()):
              "combined: a logistic regression on the other measures, fitted on the same sets as the thresholds (so "
              "its AUC over all sets counts the sets it was fitted on; the held-out AUC does not).", "",
              "| measure | AUC, all sets | AUC, held-out sets | " + " | ".join(f"set {i + 1}" for i in range(count))
-             + " | threshold | accuracy on the held-out sets | always \"nameable\" there |",
-             "|---|---|---|" + "---|" * count + "---|---|---|"]
+             + " | threshold | accuracy on the held-out sets | always \"nameable\" there | figure pairs of a held-out "
+             "set ordered as its labeller ordered them |",
+             "|---|---|---|" + "---|" * count + "---|---|---|---|"]
     for name in rows[0][2]:
         values, labels = pooled(name, lambda i: True)
         per_set = []
@@ -357,7 +373,8 @@ def sets_report(rows, fit_sets, missing=()):
         accuracy = ((held_values >= threshold).long() == held_labels).double().mean().item()
         lines.append(f"| {name} | {auc(values, labels):.3f} | {auc(held_values, held_labels):.3f} | "
                      + " | ".join(per_set)
-                     + f" | {threshold:.3g} | {accuracy:.3f} | {held_labels.double().mean().item():.3f} |")
+                     + f" | {threshold:.3g} | {accuracy:.3f} | {held_labels.double().mean().item():.3f} | "
+                     + "{} of {} |".format(*figures_ordered(rows, name, lambda i: i >= fit_sets)))
     if missing:
         left_out = ", ".join(f"{folder} (set {index + 1})" for index, folder in missing)
         lines += ["", f"Left out, not made here: {left_out}."]

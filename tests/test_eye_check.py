@@ -18,6 +18,7 @@ from experiments.eye_check import (
     blind_sheet,
     cohen_kappa,
     figure_tiles,
+    figures_ordered,
     label_sets,
     measure_sets,
     open_figures,
@@ -148,7 +149,7 @@ def test_the_sets_report_fits_a_threshold_on_the_first_sets_and_checks_it_on_the
     rows = [(index, f"fig{index}", {"good": separating, "bad": random}, labels) for index in range(3)]
     table = sets_report(rows, fit_sets=2)
     good, bad = (line for line in table.splitlines() if line.startswith(("| good", "| bad")))
-    assert good == "| good | 1.000 | 1.000 | 1.00 | 1.00 | 1.00 | 0.8 | 1.000 | 0.500 |"
+    assert good == "| good | 1.000 | 1.000 | 1.00 | 1.00 | 1.00 | 0.8 | 1.000 | 0.500 | 0 of 0 |"
     assert bad.startswith("| bad | 0.500 |") and "12 labels of 3 figures in 3 sets, 6 nameable" in table
     with pytest.raises(ConfigError, match="--fit-sets 3: give 1 to 2"):
         sets_report(rows, fit_sets=3)
@@ -166,6 +167,15 @@ def test_the_combination_fitted_on_the_first_sets_sees_on_the_rest_what_neither_
     held_out_auc = {line.split(" | ")[0][2:]: float(line.split(" | ")[2]) for line in table.splitlines()
                     if line.startswith(("| a ", "| b ", "| combined "))}
     assert held_out_auc["combined"] > 0.97 and max(held_out_auc["a"], held_out_auc["b"]) < 0.9
+
+
+def test_figures_are_ordered_alike_where_the_higher_mean_measure_has_more_named():
+    named = lambda count: torch.tensor([1] * count + [0] * (4 - count))
+    rows = [(0, "f1", {"m": torch.full((4,), 0.9)}, named(3)), (0, "f2", {"m": torch.full((4,), 0.5)}, named(1)),
+            (0, "f3", {"m": torch.full((4,), 0.1)}, named(2)), (1, "g1", {"m": torch.full((4,), 0.1)}, named(4)),
+            (1, "g2", {"m": torch.full((4,), 0.9)}, named(4))]
+    assert figures_ordered(rows, "m", lambda i: True) == (2, 3)    # f1 > f2, f1 > f3 alike; f2, f3 not; g: a tie
+    assert figures_ordered(rows, "m", lambda i: i == 1) == (0, 0)
 
 
 @pytest.mark.parametrize("content", [{"sets": []}, {"sets": [1]}, {"sets": [{"figures": {"f": {"labels": [1]}}}]}])
