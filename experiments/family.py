@@ -348,19 +348,19 @@ def refuse_other_settings(config_file, settings):
                           "again")
 
 
+# PM's objective and latent settings that a --pm-<term> flag of the same name replaces, in --design's and --tune's
+# PM alike (the order of the folder and table names they give)
+PM_TERMS = ("eta", "realism_floor", "support_quantile", "support_weight", "shape_weight", "jitter", "truncation")
+
+
 def pm_settings(cfg):
-    """PM's settings that --pm-steps, --pm-trials, --pm-eta, --pm-realism-floor, --pm-support-quantile,
-    --pm-support-weight, --pm-shape-weight, --pm-jitter and --pm-truncation replace: {PMConfig field: value}."""
-    given = dict(steps=cfg.pm_steps, trials=cfg.pm_trials, eta=cfg.pm_eta, realism_floor=cfg.pm_realism_floor,
-                 support_quantile=cfg.pm_support_quantile, support_weight=cfg.pm_support_weight,
-                 shape_weight=cfg.pm_shape_weight, jitter=cfg.pm_jitter,
-                 truncation=cfg.pm_truncation)
+    """PM's settings that --pm-steps, --pm-trials and --pm-<term> (PM_TERMS) replace: {PMConfig field: value}."""
+    given = {name: getattr(cfg, f"pm_{name}") for name in ("steps", "trials", *PM_TERMS)}
     return {name: value for name, value in given.items() if value is not None}
 
 
 def settings_names(cfg):
-    """[generator, "steps<N>", "trials<M>", "eta<E>", "realism_floor<F>", "support_quantile<Q>", "support_weight<W>",
-    "shape_weight<S>", "jitter<J>", "truncation<T>"]
+    """[generator, "steps<N>", "trials<M>", "eta<E>", ... one per PM_TERMS given]
     for --generator other than the demo's and the --pm-* settings given, in the names of their tables and folders."""
     return generator_names(cfg) + [f"{name}{value:g}" for name, value in pm_settings(cfg).items()] + (
         ["steps_on_manifold"] if cfg.pm_steps_on_manifold else []) + (["tailored"] if cfg.pm_tailored else []) + (
@@ -561,14 +561,10 @@ def family_choice(tunings, latent):
 def check_design_flags(cfg):
     """ConfigError for a flag of --design given where it would be ignored: a Table IV flag without --design (but for
     PM's steps and trials, with --missing) or with --design --tune, --tune without --design, --generator and
-    --pm-eta, --pm-realism-floor, --pm-support-quantile, --pm-support-weight, --pm-shape-weight, --pm-jitter or
-    --pm-truncation without --design or --missing."""
-    for flag, value in (("--pm-eta", cfg.pm_eta), ("--pm-realism-floor", cfg.pm_realism_floor),
-                        ("--pm-support-quantile", cfg.pm_support_quantile),
-                        ("--pm-support-weight", cfg.pm_support_weight), ("--pm-shape-weight", cfg.pm_shape_weight),
-                        ("--pm-jitter", cfg.pm_jitter), ("--pm-truncation", cfg.pm_truncation)):
-        if value is not None and not (cfg.design or cfg.missing):
-            raise ConfigError(f"{flag} sets PM of --design or --missing: give one of them")
+    --pm-<term> (PM_TERMS) without --design or --missing."""
+    for name in PM_TERMS:
+        if getattr(cfg, f"pm_{name}") is not None and not (cfg.design or cfg.missing):
+            raise ConfigError(f"--pm-{name.replace('_', '-')} sets PM of --design or --missing: give one of them")
     if cfg.pm_steps_on_manifold and cfg.pm_steps is not None:
         raise ConfigError("--pm-steps-on-manifold picks each catalogue's steps: leave --pm-steps out")
     table_flags = {"--sweep-eta": cfg.sweep_eta, "--pm-steps": cfg.pm_steps, "--pm-trials": cfg.pm_trials,

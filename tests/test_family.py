@@ -9,6 +9,7 @@ import experiments.family as family
 import gan.config
 import pm.stage
 from common.catalogue.config import CatalogueConfig
+from common.cli import parse_config
 from gan.run import open_gan_run
 
 
@@ -181,6 +182,13 @@ def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tin
                                                          "support_quantile0.9.md").is_file()
     assert terms == [(-1.0, False), (-2.0, True)]   # the demo's terms, then the flags', reach the designs
     assert at_start["sources"]["synthesis"] != row["sources"]["synthesis"]
+
+
+def test_the_pm_flags_reach_pm_and_name_its_folders():
+    cfg, _ = parse_config(family.FamilyConfig, ["--design", "--pm-steps", "5", "--pm-shape-weight", "30",
+                                                "--pm-jitter", "4", "--pm-truncation", "0.5"])
+    assert family.pm_settings(cfg) == dict(steps=5, shape_weight=30.0, jitter=4, truncation=0.5)
+    assert family.settings_names(cfg)[-4:] == ["steps5", "shape_weight30", "jitter4", "truncation0.5"]
 
 
 @pytest.mark.parametrize("flags, message", [
