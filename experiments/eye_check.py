@@ -45,7 +45,7 @@ from common.cli import parse_config, stage_errors
 from common.device import pick_device
 from common.errors import ConfigError, RunError
 from common.figures import CAPTION_HEIGHT, CAPTIONED_PADDING, MIN_CAPTIONED_TILE, save_grid
-from pm.design import FOREGROUND_BELOW
+from pm.design import foreground, silhouette
 from pm.fidelity import CLASSIFIER_EXTRACTOR, Fidelity, classifier_extractor
 from pm.load import Stages
 
@@ -91,18 +91,6 @@ def figure_tiles(run, size, real_column=None):
             designs.append(figure[y:y + tile:step, x:x + tile:step].transpose(2, 0, 1))
             categories.append(query["category"])
     return torch.from_numpy(np.stack(designs)), categories
-
-
-def foreground(images):
-    return ((images + 1) / 2).amin(dim=1) < FOREGROUND_BELOW
-
-
-def silhouette(designs, real):
-    """Per design, the best IoU of its foreground with a real item's."""
-    mine, theirs = foreground(designs).flatten(1).float(), foreground(real).flatten(1).float()
-    intersection = mine @ theirs.T
-    union = mine.sum(1, keepdim=True) + theirs.sum(1) - intersection
-    return (intersection / union.clamp(min=1)).amax(dim=1)
 
 
 def wholeness(designs):

@@ -161,6 +161,9 @@ class FamilyConfig:
     pm_jitter: int | None = field(default=None, metadata={
         "help": "with --design (and --tune) or --missing, the pixels by which each ascent step shifts the designs "
                 "that DVBPR scores (pm/main.py --jitter; None: PM's setting)"})
+    pm_min_silhouette: float | None = field(default=None, metadata={
+        "help": "with --design (and --tune) or --missing, the silhouette below which a design is chosen only to "
+                "make up the number (pm/main.py --min-silhouette; None: PM's setting)"})
     generator: str = field(default=DEMO_GENERATOR, metadata={
         "help": "with --design or --missing, the GAN, trained with its demo settings (gan/config.py): the demo's, "
                 "or the paper's LSGAN, whose results go to folders and tables named after it", "choices": GENERATORS})
@@ -350,7 +353,8 @@ def refuse_other_settings(config_file, settings):
 
 # PM's objective and latent settings that a --pm-<term> flag of the same name replaces, in --design's and --tune's
 # PM alike (the order of the folder and table names they give)
-PM_TERMS = ("eta", "realism_floor", "support_quantile", "support_weight", "shape_weight", "jitter", "truncation")
+PM_TERMS = ("eta", "realism_floor", "support_quantile", "support_weight", "shape_weight", "jitter", "truncation",
+            "min_silhouette")
 
 
 def pm_settings(cfg):

@@ -70,6 +70,11 @@ class PMConfig:
                 "this many pixels at DVBPR's input (the ground filled white): an ascent that follows a pattern only "
                 "one alignment scores is not rewarded (transformation robustness, Olah et al., 2017); measured at 4 "
                 "and left off: no more designs named blind, at a lower score (docs/design_half.md); default 0: off"})
+    min_silhouette: float | None = field(default=None, metadata={
+        "help": "a screen at eq. 11's choice (and the best samples'): a design whose silhouette, the best IoU of its "
+                "foreground with a real item's of its category, is below this is chosen only when fewer than the k "
+                "asked for reach it (the threshold that fits blind labels: 0.642, docs/eye_check_sets.md); default: "
+                "no screen"})
     init: str = field(default="uniform", metadata={"help": "starts: atanh of U(-1,1), N(0, 0.5^2), or codes of the "
                                                            "generator's prior (the LSGAN's: U(-1,1))",
                                                    "choices": ["uniform", "normal", "prior"]})
@@ -174,6 +179,8 @@ def check_config(cfg):
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(cfg, name)}")
     if not 0 < cfg.truncation <= 1:
         raise ConfigError(f"--truncation is a share of the prior's box in (0, 1], got {cfg.truncation}")
+    if cfg.min_silhouette is not None and not 0 < cfg.min_silhouette <= 1:
+        raise ConfigError(f"--min-silhouette is an IoU in (0, 1], got {cfg.min_silhouette}")
     if cfg.truncation < 1 and cfg.latent != "tanh":
         raise ConfigError(f"--truncation keeps z = psi tanh(z') in a box of the prior: give --latent tanh, not "
                           f"{cfg.latent}")

@@ -16,6 +16,8 @@ tailoring of an existing item (eq. 12 then eq. 10).
     tailoring     z' = argmin ||G_c(tanh z') - nabla X_query||_1 (eq. 12), then eq. 10 from that z'
     best samples  the control for the ascent: the objective of eq. 10 at n starts, none moved, and the top-k by it
                   (best-of-n; with n = m (steps + 1), as many evaluations as synthesis makes)
+    screen        optionally, at eq. 11's choice and the best samples', a design whose silhouette (the best
+                  foreground IoU with a real item of c) is below T is taken only when fewer than k reach T
 
 Delta and nabla are nearest-neighbour resizes between the GAN's size and DVBPR's input size. G_c and the realism
 term are the trained generator's (gan/model.py's ConditionalGenerator; the LSGAN's D gives [D_c(e) - 1]^2, the
@@ -85,9 +87,16 @@ def initial_latents(m, z_dim, init, device="cpu", rng=None):
     raise ConfigError(f"unknown latent init {init!r} (expected 'uniform' or 'normal')")
 
 
-def choose(objective, k, select, rng=None):
+def choose(objective, k, select, rng=None, passes=None):
     """Indices of k of the m results: 'softmax' draws without replacement with p = softmax(objective) (eq. 11), in
-    the order drawn; 'best' takes the k highest; 'all' returns every result, best first."""
+    the order drawn; 'best' takes the k highest; 'all' returns every result, best first. passes: [m] bool, the
+    results a screen lets through (Designer.passes); they are chosen from first, the rest only to make up k, best
+    first."""
+    if passes is not None and not passes.all():
+        through, rest = passes.nonzero().flatten(), (~passes).nonzero().flatten()
+        kept = through[choose(objective[through], k, select, rng)] if len(through) else through
+        rest = rest[objective[rest].argsort(descending=True)]
+        return torch.cat([kept, rest if select == "all" else rest[:max(k - len(kept), 0)]])
     if select == "softmax":
         probabilities = torch.softmax(objective.double(), dim=0)
         return torch.multinomial(probabilities, min(k, len(objective)), replacement=False, generator=rng)
@@ -96,6 +105,24 @@ def choose(objective, k, select, rng=None):
     if select == "all":
         return objective.argsort(descending=True)
     raise ConfigError(f"unknown selection {select!r} (expected 'softmax', 'best' or 'all')")
+
+
+def foreground(images):
+    """[B, S, S] bool: the pixels of images [B, 3, S, S] in [-1, 1] that are the item's, not the white ground."""
+    return ((images + 1) / 2).amin(dim=1) < FOREGROUND_BELOW
+
+
+def best_overlap(masks, real_masks):
+    """[B] the best IoU of each of masks [B, S, S] with one of real_masks [N, S, S]."""
+    mine, theirs = masks.flatten(1).float(), real_masks.flatten(1).float()
+    intersection = mine @ theirs.T
+    union = mine.sum(1, keepdim=True) + theirs.sum(1) - intersection
+    return (intersection / union.clamp(min=1)).amax(dim=1)
+
+
+def silhouette(designs, real):
+    """Per design of designs [B, 3, S, S], the best IoU of its foreground with a real item's of real [N, 3, S, S]."""
+    return best_overlap(foreground(designs), foreground(real))
 
 
 def soft_silhouette(images):
@@ -182,7 +209,8 @@ class Designer:
     design nothing more. Where `support` is set (an EmbeddingSupport, from --support-quantile) the objective pays
     its penalty; where `shape_weight` is above 0 (--shape-weight) the ascent pays for changing a design's outline;
     where `jitter` is above 0 (--jitter) each ascent step scores the designs shifted by up to that many pixels;
-    where `truncation` psi is below 1 (--truncation) the codes z = psi tanh(z') stay in the prior's central box.
+    where `truncation` psi is below 1 (--truncation) the codes z = psi tanh(z') stay in the prior's central box;
+    where `outlines` are set (screen_by_silhouette, from --min-silhouette) the choices pass designs through a screen.
     """
 
     def __init__(self, dvbpr, model):
@@ -196,9 +224,22 @@ class Designer:
         self.shape_weight = 0.0
         self.jitter = 0
         self.truncation = 1.0
+        self.min_silhouette, self.outlines = None, None
         self.jitter_rng = torch.Generator(self.theta.device).manual_seed(0)
         codes = model.sample_z(RADIUS_SAMPLES, self.theta.device, torch.Generator(self.theta.device).manual_seed(0))
         self.radius = codes.norm(dim=1).mean().item()
+
+    def screen_by_silhouette(self, threshold, real_images):
+        """Screen the choices (passes) at `threshold`, against real_images: {category: its real items' images}."""
+        self.min_silhouette = threshold
+        self.outlines = {category: foreground(images) for category, images in real_images.items()}
+
+    def passes(self, images, category):
+        """[B] bool: the designs whose silhouette against the real items of `category` reaches min_silhouette;
+        None where there is no screen (every design passes)."""
+        if self.outlines is None:
+            return None
+        return best_overlap(foreground(images), self.outlines[category].to(images.device)) >= self.min_silhouette
 
     def check_latent(self, latent):
         """ConfigError when z = tanh(z') would not span the generator's latent domain."""
@@ -317,8 +358,12 @@ class Designer:
         softmax over thousands would draw among the many middling ones). A Design of the k, scored in chunks so that
         n can be large."""
         z = to_z(self.start_latents(samples, init, latent, rng), latent, self.radius, self.truncation)
-        objective = torch.cat([self.objective(part, user, category, eta)[0] for part in z.split(SCORED_AT_ONCE)])
-        kept = objective.topk(min(k, samples)).indices
+        objective, passes = [], []
+        for part in z.split(SCORED_AT_ONCE):
+            part_objective, _, _, images = self.objective(part, user, category, eta)
+            objective.append(part_objective)
+            passes.append(self.passes(images, category))
+        kept = choose(torch.cat(objective), k, "best", passes=None if self.outlines is None else torch.cat(passes))
         objective, preference, realism, images = self.objective(z[kept], user, category, eta)
         return Design(z[kept], images, preference, realism, objective)
 

@@ -96,7 +96,7 @@ def personal_design(stages, cfg, queries, out, rng):
         items, real_scores = retrieve(designer.theta[user], stages.item_embeddings, stages.items_of(category), k)
         design = designer.synthesise(user, category, cfg.starts, cfg.steps, cfg.lr, cfg.eta, cfg.init, cfg.latent,
                                      rng, record=lambda step: step in shown)
-        kept = choose(design.objective, k, cfg.select, rng)
+        kept = choose(design.objective, k, cfg.select, rng, designer.passes(design.images, category))
         kept = kept[design.objective[kept].argsort(descending=True)]
         generated = design.pick(kept)
         images += [stages.images(items).cpu(), generated.images.cpu()]

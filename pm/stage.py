@@ -43,7 +43,7 @@ def run_pm(cfg, protected):
 
 def set_design_terms(stages, cfg):
     """The Designer's terms from settled settings (the demo's included): the realism floor, the support penalty,
-    the shape term, the jitter and the truncation."""
+    the shape term, the jitter, the truncation and the screen."""
     stages.designer.realism_floor = cfg.realism_floor
     stages.designer.shape_weight = cfg.shape_weight
     if cfg.jitter >= stages.designer.dvbpr.input_size:
@@ -51,6 +51,9 @@ def set_design_terms(stages, cfg):
                           f"DVBPR's input side")
     stages.designer.jitter = cfg.jitter
     stages.designer.truncation = cfg.truncation
+    if cfg.min_silhouette is not None:
+        stages.designer.screen_by_silhouette(cfg.min_silhouette, {category: stages.images(stages.items_of(category))
+                                                                  for category in range(stages.dataset.num_categories)})
     stages.designer.support = None if cfg.support_quantile is None else EmbeddingSupport(
         stages.item_embeddings, stages.item_category, stages.dataset.num_categories, cfg.support_quantile,
         cfg.support_weight)
@@ -59,7 +62,7 @@ def set_design_terms(stages, cfg):
 TUNED = ("starts", "steps", "lr")   # what --steps-from-tune takes from a tuning
 # the settings a tuning's choice depends on: the runs, and the objective and its starts
 TUNED_WITH = ("dvbpr_run", "gan_run", "ensemble_runs", "eta", "realism_floor", "support_quantile", "support_weight",
-              "shape_weight", "jitter", "truncation", "latent", "init")
+              "shape_weight", "jitter", "truncation", "min_silhouette", "latent", "init")
 MAX_TUNE_BYTES = 16 << 20
 
 

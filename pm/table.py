@@ -173,7 +173,8 @@ class Sources:
         cfg = self.cfg
         design = self.stages.designer.synthesise(user, category, cfg.starts, cfg.steps, cfg.lr,
                                                  cfg.eta if eta is None else eta, cfg.init, cfg.latent, self.rng)
-        kept = choose(design.objective, TOP, self.select, self.rng)
+        kept = choose(design.objective, TOP, self.select, self.rng,
+                      self.stages.designer.passes(design.images, category))
         return design.images[kept], design.preference[kept], torch.full((len(kept),), -1)
 
 

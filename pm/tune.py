@@ -47,7 +47,8 @@ def tune(stages, cfg, queries, measures, starts_grid, steps_grid, lr_grid):
                                                     cfg.latent, rng, record=lambda step: step in best)
                 for snapshot in design.history:
                     best[snapshot.step].append(snapshot.objective.max().item())
-                    kept = choose(snapshot.objective.to(stages.device), TOP, select, selection_rng).cpu()
+                    passes = stages.designer.passes(snapshot.images.to(stages.device), category)
+                    kept = choose(snapshot.objective.to(stages.device), TOP, select, selection_rng, passes).cpu()
                     returned[snapshot.step].append((snapshot.images[kept], snapshot.preference[kept]))
             seconds = (time.time() - started) / len(queries)
             for steps, values in best.items():

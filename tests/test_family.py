@@ -186,9 +186,11 @@ def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tin
 
 def test_the_pm_flags_reach_pm_and_name_its_folders():
     cfg, _ = parse_config(family.FamilyConfig, ["--design", "--pm-steps", "5", "--pm-shape-weight", "30",
-                                                "--pm-jitter", "4", "--pm-truncation", "0.5"])
-    assert family.pm_settings(cfg) == dict(steps=5, shape_weight=30.0, jitter=4, truncation=0.5)
-    assert family.settings_names(cfg)[-4:] == ["steps5", "shape_weight30", "jitter4", "truncation0.5"]
+                                                "--pm-jitter", "4", "--pm-truncation", "0.5",
+                                                "--pm-min-silhouette", "0.642"])
+    assert family.pm_settings(cfg) == dict(steps=5, shape_weight=30.0, jitter=4, truncation=0.5, min_silhouette=0.642)
+    assert family.settings_names(cfg)[-5:] == ["steps5", "shape_weight30", "jitter4", "truncation0.5",
+                                               "min_silhouette0.642"]
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -203,6 +205,7 @@ def test_the_pm_flags_reach_pm_and_name_its_folders():
     (["--pm-shape-weight", "1"], "--pm-shape-weight sets PM of --design or --missing: give one of them"),
     (["--pm-jitter", "4"], "--pm-jitter sets PM of --design or --missing: give one of them"),
     (["--pm-truncation", "0.5"], "--pm-truncation sets PM of --design or --missing: give one of them"),
+    (["--pm-min-silhouette", "0.6"], "--pm-min-silhouette sets PM of --design or --missing: give one of them"),
     (["--missing", "--pm-steps-on-manifold"], "--pm-steps-on-manifold set Table IV of --design; give --design"),
     (["--pm-tailored"], "--pm-tailored set Table IV of --design; give --design"),
     (["--pm-sampled"], "--pm-sampled set Table IV of --design; give --design"),

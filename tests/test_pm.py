@@ -26,7 +26,7 @@ from gan.model import LSGAN
 from gan.train import train as train_gan
 from pm import design as pm_design
 from pm.config import DEMO, PRESETS, PMConfig
-from pm.design import Designer, EmbeddingSupport, choose, resize, retrieve, soft_silhouette, to_z
+from pm.design import Designer, EmbeddingSupport, choose, resize, retrieve, silhouette, soft_silhouette, to_z
 from pm.figures import pick_user
 from pm.judges import open_judge
 from pm.load import Stages
@@ -356,6 +356,39 @@ def test_softmax_sampling_follows_eq_11():
     assert torch.equal(choose(objective, 2, "best"), torch.tensor([2, 1]))
 
 
+def test_the_screen_chooses_from_what_passes_and_makes_up_the_number_with_the_best_of_the_rest():
+    objective, passes = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0]), torch.tensor([False, True, False, True, True])
+    assert choose(objective, 2, "best", passes=passes).tolist() == [1, 3]
+    assert choose(objective, 4, "best", passes=passes).tolist() == [1, 3, 4, 0]
+    assert choose(objective, 5, "all", passes=passes).tolist() == [1, 3, 4, 0, 2]
+    assert choose(objective, 2, "best", passes=torch.zeros(5, dtype=torch.bool)).tolist() == [0, 1]
+    draws = torch.stack([choose(objective, 2, "softmax", torch.Generator().manual_seed(seed), passes)
+                         for seed in range(300)])
+    assert set(draws.flatten().tolist()) == {1, 3, 4}      # what fails is never drawn while enough pass
+    everything = torch.ones(5, dtype=torch.bool)           # a screen that passes all draws as no screen does
+    assert torch.equal(choose(objective, 3, "softmax", torch.Generator().manual_seed(1), everything),
+                       choose(objective, 3, "softmax", torch.Generator().manual_seed(1)))
+
+
+def test_the_screen_keeps_the_best_samples_whose_outline_a_real_item_has():
+    """Discs whose radius code z[0] is near 1 share the real items' outline (discs drawn at z[0] = 1); the screen's
+    best samples are the best by the objective among those, where unscreened the best are of every radius."""
+    torch.manual_seed(0)
+    dvbpr = DVBPR(TinyBackbone(), 5, 8)
+    dvbpr.theta.data = torch.randn(5, 8)
+    designer = Designer(dvbpr, Disc())
+    real = designer.generate(torch.tensor([[1.0, -1.0, 0.0, 1.0], [1.0, 0.5, 0.5, 0.5]]), 0)
+    assert silhouette(real[:1], real).item() == 1.0
+    plain = designer.best_samples(1, 0, 64, 3, rng=torch.Generator().manual_seed(3))
+    designer.screen_by_silhouette(0.9, {0: real})
+    screened = designer.best_samples(1, 0, 64, 3, rng=torch.Generator().manual_seed(3))
+    assert (silhouette(screened.images, real) >= 0.9).all() and not (silhouette(plain.images, real) >= 0.9).all()
+    every = designer.best_samples(1, 0, 64, 64, rng=torch.Generator().manual_seed(3))
+    passing = every.objective[silhouette(every.images, real) >= 0.9]
+    torch.testing.assert_close(screened.objective, passing.topk(3).values)
+    assert designer.passes(real, 0).all() and designer.passes(torch.ones(1, 3, 16, 16), 0).tolist() == [False]
+
+
 def test_inception_score_on_known_tables():
     assert inception_score(torch.full((10, 7), 1 / 7))[0] == pytest.approx(1.0)
     assert inception_score(torch.eye(5))[0] == pytest.approx(5.0)
@@ -483,6 +516,20 @@ def test_figures_table_and_sweep_are_written(runs, tmp_path):
     sweep = json.loads((tmp_path / "eta_sweep.json").read_text())
     assert set(sweep["synthesis"]) == set(sweep["synthesis_vs_retrieval"]) == {"0", "10"}
     assert "judge" in sweep["synthesis"]["10"] and "kid" in sweep["synthesis_fidelity"]["10"]["category-classifier"]
+
+
+def test_fig_5_chooses_through_the_screen(runs, tmp_path, monkeypatch):
+    """With --min-silhouette the real items' outlines are read and every choice of fig. 5 goes through the screen
+    (here one that passes the even starts alone)."""
+    screened = []
+    monkeypatch.setattr(Designer, "passes", lambda self, images, category: (
+        screened.append(self.min_silhouette) or torch.arange(len(images)) % 2 == 0))
+    main(["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--out", str(tmp_path), "--starts",
+          "8", "--steps", "2", "--tailor-users", "1", "--invert-steps", "2", "--neighbour-samples", "1",
+          "--min-silhouette", "0.5", "--device", "cpu"])
+    queries = json.loads((tmp_path / "personal_design.json").read_text())["queries"]
+    assert screened and set(screened) == {0.5}
+    assert all(generated["start"] % 2 == 0 for query in queries for generated in query["generated"])
 
 
 def test_tailored_designs_start_from_retrievals_items(runs):
@@ -748,6 +795,7 @@ def test_preset_demo_gives_the_demo_settings_on_any_dataset_and_bad_settings_are
                            (["--shape-weight", "-1"], "pm: --shape-weight must be at least 0, got -1.0"),
                            (["--jitter", "-1"], "pm: --jitter must be at least 0, got -1"),
                            (["--truncation", "0"], "pm: --truncation is a share of the prior's box in (0, 1], got 0.0"),
+                           (["--min-silhouette", "0"], "pm: --min-silhouette is an IoU in (0, 1], got 0.0"),
                            (["--truncation", "0.5", "--latent", "sphere"],
                             "pm: --truncation keeps z = psi tanh(z') in a box of the prior: give --latent tanh, not "
                             "sphere")):
