@@ -354,9 +354,9 @@ class Designer:
     @torch.no_grad()
     def best_samples(self, user, category, samples, k, eta=1.0, init="uniform", latent="tanh", rng=None):
         """Best-of-n, the control for the ascent: `samples` starts drawn as synthesis draws them, scored by its
-        objective at its step 0 (the shape term is then 0) and never moved; the k highest, best first (eq. 11's
-        softmax over thousands would draw among the many middling ones). A Design of the k, scored in chunks so that
-        n can be large."""
+        objective at its step 0 (the shape term is then 0) and never moved; the k highest (through the screen
+        where there is one), best first (eq. 11's softmax over thousands would draw among the many middling ones). A
+        Design of the k, scored in chunks so that n can be large."""
         z = to_z(self.start_latents(samples, init, latent, rng), latent, self.radius, self.truncation)
         objective, passes = [], []
         for part in z.split(SCORED_AT_ONCE):
