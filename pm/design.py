@@ -113,7 +113,7 @@ def foreground(images):
 
 
 def best_overlap(masks, real_masks):
-    """[B] the best IoU of each of masks [B, S, S] with one of real_masks [N, S, S]."""
+    """[B] the best IoU of each of masks [B, S, S] with one of real_masks [N, S, S] (or each flattened)."""
     mine, theirs = masks.flatten(1).float(), real_masks.flatten(1).float()
     intersection = mine @ theirs.T
     union = mine.sum(1, keepdim=True) + theirs.sum(1) - intersection
@@ -230,9 +230,11 @@ class Designer:
         self.radius = codes.norm(dim=1).mean().item()
 
     def screen_by_silhouette(self, threshold, real_images):
-        """Screen the choices (passes) at `threshold`, against real_images: {category: its real items' images}."""
+        """Screen the choices (passes) at `threshold`, against real_images: {category: its real items' images};
+        no screen where `threshold` is None."""
         self.min_silhouette = threshold
-        self.outlines = {category: foreground(images) for category, images in real_images.items()}
+        self.outlines = None if threshold is None else {
+            category: foreground(images).flatten(1).float() for category, images in real_images.items()}
 
     def passes(self, images, category):
         """[B] bool: the designs whose silhouette against the real items of `category` reaches min_silhouette;

@@ -3,6 +3,8 @@ choice taken), then the figures, Table IV (and the eta sweep) or the tuning writ
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from common.catalogue.config import is_embedded
 from common.checkpoint import read_json, write_json
 from common.cli import settle
@@ -16,6 +18,8 @@ from pm.figures import figures
 from pm.load import Stages
 from pm.table import tables
 from pm.tune import tuned_setting, tuning
+
+MAX_OUTLINES = 2048   # real items per category that --min-silhouette compares each design with (a fixed draw)
 
 
 def run_pm(cfg, protected):
@@ -51,12 +55,21 @@ def set_design_terms(stages, cfg):
                           f"DVBPR's input side")
     stages.designer.jitter = cfg.jitter
     stages.designer.truncation = cfg.truncation
-    if cfg.min_silhouette is not None:
-        stages.designer.screen_by_silhouette(cfg.min_silhouette, {category: stages.images(stages.items_of(category))
-                                                                  for category in range(stages.dataset.num_categories)})
+    stages.designer.screen_by_silhouette(cfg.min_silhouette, None if cfg.min_silhouette is None else {
+        category: stages.images(outline_items(stages.items_of(category)))
+        for category in range(stages.dataset.num_categories)})
     stages.designer.support = None if cfg.support_quantile is None else EmbeddingSupport(
         stages.item_embeddings, stages.item_category, stages.dataset.num_categories, cfg.support_quantile,
         cfg.support_weight)
+
+
+def outline_items(items):
+    """`items`, or a fixed draw of MAX_OUTLINES of them where there are more: the real items whose outlines the
+    screen compares designs with, its memory bounded on catalogues of AmazonFashion's size."""
+    if len(items) <= MAX_OUTLINES:
+        return items
+    draw = torch.randperm(len(items), generator=torch.Generator().manual_seed(0))[:MAX_OUTLINES]
+    return items[draw.to(items.device)].sort().values
 
 
 TUNED = ("starts", "steps", "lr")   # what --steps-from-tune takes from a tuning

@@ -25,6 +25,7 @@ from gan.config import GANConfig
 from gan.model import LSGAN
 from gan.train import train as train_gan
 from pm import design as pm_design
+from pm import stage as pm_stage
 from pm.config import DEMO, PRESETS, PMConfig
 from pm.design import Designer, EmbeddingSupport, choose, resize, retrieve, silhouette, soft_silhouette, to_z
 from pm.figures import pick_user
@@ -312,6 +313,26 @@ def test_the_settled_terms_reach_the_designer():
     assert designer.jitter == 4 and designer.truncation == 0.5
     with pytest.raises(ConfigError, match="--jitter 32 must be below the 32 pixels"):
         set_design_terms(stages, PMConfig(jitter=32))
+
+
+def test_the_screen_reads_a_bounded_fixed_draw_of_each_categorys_real_items(monkeypatch):
+    monkeypatch.setattr(pm_stage, "MAX_OUTLINES", 5)
+    designer, read = tiny_designer(), []
+    images = torch.ones(40, 3, 16, 16)
+    images[:, :, 4:12, 4:12] = -1        # every real item a dark square
+    stages = SimpleNamespace(designer=designer, item_embeddings=torch.randn(40, 8), item_category=torch.arange(40) % 3,
+                             dataset=SimpleNamespace(num_categories=3),
+                             items_of=lambda category: torch.arange(category, 40, 3),
+                             images=lambda items: read.append(items) or images[items])
+    set_design_terms(stages, PMConfig(min_silhouette=0.9))
+    assert [len(items) for items in read] == [5, 5, 5] and all((items % 3 == c).all() for c, items in enumerate(read))
+    first = [items.tolist() for items in read]
+    set_design_terms(stages, PMConfig(min_silhouette=0.9))
+    assert [items.tolist() for items in read[3:]] == first          # the same draw each time
+    square, shifted = images[:1], torch.roll(images[:1], 4, dims=3)
+    assert designer.passes(square, 1).tolist() == [True] and designer.passes(shifted, 1).tolist() == [False]
+    set_design_terms(stages, PMConfig())
+    assert designer.passes(square, 1) is None
 
 
 def test_inversion_reduces_the_l1_error():
