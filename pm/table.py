@@ -96,7 +96,7 @@ JUDGES_NOTES = [
     "(is the design the garment asked for?). Realistic: the share of the images inside the k-NN ball (k 3) of some "
     "real item of the query's category in the category classifier's features, the per-trial form of the precision "
     "column (real items are in the reference, so 1 by construction): a measure in the classifier's features, not "
-    "of what a person sees (against 1,746 blind labels of whether a person can tell the garment, its AUC is 0.535; "
+    "of what a person sees (against 1,854 blind labels of whether a person can tell the garment, its AUC is 0.54; "
     "docs/design_half.md). Mean ± std over trials.",
     "",
     "KID, FID, precision and recall: torch-fidelity, each source's images against all real items of their "
