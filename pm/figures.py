@@ -96,7 +96,8 @@ def personal_design(stages, cfg, queries, out, rng):
         items, real_scores = retrieve(designer.theta[user], stages.item_embeddings, stages.items_of(category), k)
         design = designer.synthesise(user, category, cfg.starts, cfg.steps, cfg.lr, cfg.eta, cfg.init, cfg.latent,
                                      rng, record=lambda step: step in shown)
-        kept = choose(design.objective, k, cfg.select, rng, designer.passes(design.images, category))
+        passes = designer.passes(design.images, category)
+        kept = choose(design.objective, k, cfg.select, rng, passes)
         kept = kept[design.objective[kept].argsort(descending=True)]
         generated = design.pick(kept)
         images += [stages.images(items).cpu(), generated.images.cpu()]
@@ -112,6 +113,8 @@ def personal_design(stages, cfg, queries, out, rng):
                                                            generated.objective.tolist(), generated.realism.tolist())],
                        "starts": {"steps": shown, "preference": [s.preference[:16].tolist() for s in design.history],
                                   "objective": [s.objective[:16].tolist() for s in design.history]}})
+        if passes is not None:   # which shown designs reached --min-silhouette (the rest made up the number)
+            record[-1]["passed_screen"] = passes[kept].tolist()
         if designer.support is not None:
             record[-1]["support"] = support_distances(designer, stages.item_embeddings[items], generated.images,
                                                       category)

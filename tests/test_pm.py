@@ -551,6 +551,7 @@ def test_fig_5_chooses_through_the_screen(runs, tmp_path, monkeypatch):
     queries = json.loads((tmp_path / "personal_design.json").read_text())["queries"]
     assert screened and set(screened) == {0.5}
     assert all(generated["start"] % 2 == 0 for query in queries for generated in query["generated"])
+    assert all(query["passed_screen"] == [True] * 3 for query in queries)
 
 
 def test_tailored_designs_start_from_retrievals_items(runs):
