@@ -464,7 +464,8 @@ def tables(stages, cfg, out):
     if cfg.select == "all":
         print("--select all: Table IV takes the best 3 of the m results")
     terms = [f"shape weight {cfg.shape_weight}"] + ([f"jitter {cfg.jitter} px"] if cfg.jitter else []) + (
-        [f"truncation {cfg.truncation}"] if cfg.truncation < 1 else [])
+        [f"truncation {cfg.truncation}"] if cfg.truncation < 1 else []) + (
+        [f"screen at silhouette {cfg.min_silhouette}"] if cfg.min_silhouette is not None else [])
     notes = [f"{cfg.trials} trials on {stages.dataset.name}; DVBPR {stages.dvbpr_config.image_size} px, "
              f"K={stages.dvbpr_config.k}; GAN {stages.designer.image_size} px ({stages.gan.config.generator}).",
              f"Synthesis: preset {cfg.preset}, {cfg.starts} starts, {cfg.steps} Adam steps at lr {cfg.lr}, "

@@ -554,6 +554,22 @@ def test_fig_5_chooses_through_the_screen(runs, tmp_path, monkeypatch):
     assert all(query["passed_screen"] == [True] * 3 for query in queries)
 
 
+def test_table_iv_and_the_tuning_choose_synthesis_through_the_screen(runs, tmp_path, monkeypatch):
+    """Table IV's synthesis (8 starts) and each step the tuning reads (6 starts) go through the screen, and Table IV's
+    notes say it was on."""
+    screened = []
+    monkeypatch.setattr(Designer, "passes", lambda self, images, category: (
+        screened.append(len(images)) or torch.arange(len(images)) % 2 == 0))
+    common = ["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--trials", "2",
+              "--min-silhouette", "0.5", "--device", "cpu"]
+    main(common + ["--table", "--starts", "8", "--steps", "1", "--splits", "1", "--out", str(tmp_path / "table")])
+    assert screened == [8, 8]
+    assert "screen at silhouette 0.5" in (tmp_path / "table" / "table_iv.md").read_text()
+    main(common + ["--tune", "--tune-starts", "6", "--tune-steps", "0", "2", "--tune-lrs", "0.05", "--out",
+                   str(tmp_path / "tune")])
+    assert screened[2:] == [6] * 4          # two validation queries, each at 0 and 2 steps
+
+
 def test_tailored_designs_start_from_retrievals_items(runs):
     """At 0 steps of eq. 10 a tailored design is retrieval's item inverted into the generator: nearer it in L1 than
     the generator's random samples are."""
