@@ -22,6 +22,8 @@ beside z on the prior's sphere (pm/design.py), each on every catalogue; --pm-ste
 --pm-realism-floor, --pm-support-quantile and --pm-support-weight replace PM's demo settings, in folders and tables
 named after them. `--design --pm-steps-on-manifold` gives each catalogue the steps its own validation tuning picks
 (the highest objective whose KID is within the random samples'; the starts alone where none is), tuning it first.
+`--gan-seed S` trains the demo GAN with seed S instead of 0, in folders and tables named after it: a finding read
+through other GAN runs.
 """
 import dataclasses
 import json
@@ -167,6 +169,9 @@ class FamilyConfig:
     generator: str = field(default=DEMO_GENERATOR, metadata={
         "help": "with --design or --missing, the GAN, trained with its demo settings (gan/config.py): the demo's, "
                 "or the paper's LSGAN, whose results go to folders and tables named after it", "choices": GENERATORS})
+    gan_seed: int = field(default=0, metadata={
+        "help": "with --design or --missing, the seed of that GAN's training (gan/main.py --seed): a finding read "
+                "again through other GAN runs; a seed other than the demo's 0 names its folders and tables"})
     latents: list[str] = field(default_factory=lambda: ["tanh"], metadata={
         "help": "with --design, Table IV's synthesis with each of these latents (pm/main.py --latent): tanh from "
                 "U(-1, 1) starts, or sphere from the prior's codes", "choices": list(LATENT_STARTS)})
@@ -273,8 +278,9 @@ def demo_gan(cfg, name):
     """The run directory of the demo GAN (of --generator) on catalogue `name`, trained first if it is not there."""
     gan_run = Path(cfg.out) / "design" / name / "-".join(["gan", *generator_names(cfg)])
     if not (gan_run / "checkpoint.pt").is_file():
-        gan_cfg = GANConfig(train=True, dataset=str(catalogue_path(cfg, name)), out=str(gan_run), device=cfg.device)
-        train_gan(settle(gan_cfg, {"train", "dataset", "out", "device"}, "gan", demo_settings(cfg.generator)))
+        gan_cfg = GANConfig(train=True, dataset=str(catalogue_path(cfg, name)), out=str(gan_run), device=cfg.device,
+                            seed=cfg.gan_seed)
+        train_gan(settle(gan_cfg, {"train", "dataset", "out", "device", "seed"}, "gan", demo_settings(cfg.generator)))
     trained = open_gan_run(gan_run).config.generator
     if trained != cfg.generator:   # a folder of an earlier version, whose demo trained another generator
         raise ConfigError(f"{gan_run} was trained with --generator {trained}, not {cfg.generator}: move it away to "
@@ -283,8 +289,10 @@ def demo_gan(cfg, name):
 
 
 def generator_names(cfg):
-    """[] for the demo's generator, [generator] for another, in the names of its folders and tables."""
-    return [cfg.generator] if cfg.generator != DEMO_GENERATOR else []
+    """[] for the demo's generator and seed, [generator] for another, then [gan_seed<S>] for another seed, in the
+    names of its folders and tables."""
+    return ([cfg.generator] if cfg.generator != DEMO_GENERATOR else []) + (
+        [f"gan_seed{cfg.gan_seed}"] if cfg.gan_seed else [])
 
 
 def design(cfg):
@@ -564,8 +572,8 @@ def family_choice(tunings, latent):
 
 def check_design_flags(cfg):
     """ConfigError for a flag of --design given where it would be ignored: a Table IV flag without --design (but for
-    PM's steps and trials, with --missing) or with --design --tune, --tune without --design, --generator and
-    --pm-<term> (PM_TERMS) without --design or --missing."""
+    PM's steps and trials, with --missing) or with --design --tune, --tune without --design, --generator, --gan-seed
+    and --pm-<term> (PM_TERMS) without --design or --missing."""
     for name in PM_TERMS:
         if getattr(cfg, f"pm_{name}") is not None and not (cfg.design or cfg.missing):
             raise ConfigError(f"--pm-{name.replace('_', '-')} sets PM of --design or --missing: give one of them")
@@ -582,6 +590,8 @@ def check_design_flags(cfg):
         raise ConfigError("--tune tunes PM on every catalogue: give it with --design")
     if cfg.generator != DEMO_GENERATOR and not (cfg.design or cfg.missing):
         raise ConfigError(f"--generator {cfg.generator} trains the GAN of --design or --missing: give one of them")
+    if cfg.gan_seed and not (cfg.design or cfg.missing):
+        raise ConfigError(f"--gan-seed {cfg.gan_seed} trains the GAN of --design or --missing: give one of them")
     if given and (cfg.tune or not cfg.design):
         raise ConfigError(f"{' '.join(given)} set Table IV of --design; "
                           + ("--tune writes no Table IV: leave them out" if cfg.design else "give --design"

@@ -149,6 +149,13 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
     assert through_lsgan["colour"]["tanh"]["rows"] != tuned["colour"]["tanh"]["rows"]
     assert (tmp_path / "out" / "design_tune-lsgan.md").read_text().count("| colour | tanh |") == 1
 
+    reseeded = family.main([*tiny_family, "--design", "--gan-seed", "1", "--catalogues", "colour"])["colour"]["tanh"]
+    seed1_run = open_gan_run(tmp_path / "out" / "design" / "colour" / "gan-gan_seed1")
+    assert seed1_run.config.seed == 1 and open_gan_run(tmp_path / "out" / "design" / "colour" / "gan").config.seed == 0
+    assert reseeded["table"]["generated"] != sampled["table"]["generated"]   # another GAN's samples
+    assert reseeded["table"]["retrieval"] == sampled["table"]["retrieval"]   # the same DVBPR and trials
+    assert (tmp_path / "out" / "design-gan_seed1.md").read_text().count("| colour |") == 1
+
     demo_run = tmp_path / "out" / "design" / "colour" / "gan"
     shutil.rmtree(demo_run)
     shutil.copytree(lsgan_run, demo_run)   # as an earlier version, whose demo was the LSGAN, left it
@@ -198,6 +205,7 @@ def test_the_pm_flags_reach_pm_and_name_its_folders():
     (["--pm-steps", "0"], "--pm-steps set Table IV of --design; give --design (or --missing)"),
     (["--missing", "--sweep-eta", "0"], "--sweep-eta set Table IV of --design; give --design"),
     (["--generator", "lsgan"], "--generator lsgan trains the GAN of --design or --missing: give one of them"),
+    (["--gan-seed", "1"], "--gan-seed 1 trains the GAN of --design or --missing: give one of them"),
     (["--pm-eta", "0"], "--pm-eta sets PM of --design or --missing: give one of them"),
     (["--pm-realism-floor", "-1"], "--pm-realism-floor sets PM of --design or --missing: give one of them"),
     (["--pm-support-quantile", "0.9"], "--pm-support-quantile sets PM of --design or --missing: give one of them"),
