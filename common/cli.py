@@ -65,6 +65,7 @@ def parse_config(cfg_cls, argv=None, presets=None, description=""):
     given = vars(parser.parse_intermixed_args(argv))
     refuse_non_finite(given)
     refuse_empty(given)
+    refuse_bad_seeds(given)
     preset = presets.get(given.get("preset", getattr(defaults, "preset", None)), {})
     cfg = dataclasses.replace(dataclasses.replace(defaults, **preset), **given)
     return cfg, set(given) | (set(preset) if "preset" in given else set())
@@ -83,6 +84,17 @@ def refuse_empty(given):
     for name, value in given.items():
         if any(isinstance(v, str) and not v.strip() for v in (value if isinstance(value, list) else [value])):
             raise ConfigError(f"--{name.replace('_', '-')} is empty: give a value, or leave the flag out")
+
+
+MAX_SEED = 2**32 - 1   # numpy's legacy seeding, which every stage's seed_everything calls, takes no more
+
+
+def refuse_bad_seeds(given):
+    """ConfigError naming the first seed flag (--seed, --<what>-seed) outside what the random generators take."""
+    for name, value in given.items():
+        is_seed = name == "seed" or name.endswith("_seed")
+        if is_seed and type(value) is int and not 0 <= value <= MAX_SEED:   # not --class-seed, a switch
+            raise ConfigError(f"--{name.replace('_', '-')} must be from 0 to {MAX_SEED}, got {value}")
 
 
 def typed_flags(cfg_cls, argv=None):

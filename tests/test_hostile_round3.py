@@ -189,6 +189,9 @@ def test_a_gan_checkpoint_is_checked_before_its_nets_are_built(tmp_path):
     (gan_main, ["--from-tf", " "], "gan: --from-tf is empty: give a value, or leave the flag out"),
     (explain_main, ["--user", "0", "--occlusion-patch", "-4"], "explain: --occlusion-patch must be at least 1, got -4"),
     (pm_main, ["--starts", "0"], "pm: --starts must be at least 1, got 0"),
+    (dvbpr_main, ["--seed", "-1"], "dvbpr: --seed must be from 0 to 4294967295, got -1"),
+    (gan_main, ["--seed", str(2**32)], "gan: --seed must be from 0 to 4294967295, got 4294967296"),
+    (pm_main, ["--seed", "-3"], "pm: --seed must be from 0 to 4294967295, got -3"),
 ])
 def test_flags_out_of_range_are_refused_before_any_data_is_read(tmp_path, main, argv, says):
     absent = ["--run", tmp_path / "absent"] if main is explain_main else \
