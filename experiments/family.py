@@ -588,10 +588,11 @@ def check_design_flags(cfg):
         given = [flag for flag in given if flag not in missing_takes]
     if cfg.tune and not cfg.design:
         raise ConfigError("--tune tunes PM on every catalogue: give it with --design")
-    if cfg.generator != DEMO_GENERATOR and not (cfg.design or cfg.missing):
-        raise ConfigError(f"--generator {cfg.generator} trains the GAN of --design or --missing: give one of them")
-    if cfg.gan_seed and not (cfg.design or cfg.missing):
-        raise ConfigError(f"--gan-seed {cfg.gan_seed} trains the GAN of --design or --missing: give one of them")
+    gan_flags = {f"--generator {cfg.generator}": cfg.generator != DEMO_GENERATOR,
+                 f"--gan-seed {cfg.gan_seed}": cfg.gan_seed != 0}
+    for flag, given_here in gan_flags.items():
+        if given_here and not (cfg.design or cfg.missing):
+            raise ConfigError(f"{flag} trains the GAN of --design or --missing: give one of them")
     if given and (cfg.tune or not cfg.design):
         raise ConfigError(f"{' '.join(given)} set Table IV of --design; "
                           + ("--tune writes no Table IV: leave them out" if cfg.design else "give --design"
