@@ -90,11 +90,13 @@ MAX_SEED = 2**32 - 1   # numpy's legacy seeding, which every stage's seed_everyt
 
 
 def refuse_bad_seeds(given):
-    """ConfigError naming the first seed flag (--seed, --<what>-seed) outside what the random generators take."""
+    """ConfigError naming the first seed flag (--seed, --<what>-seed, --<what>-seeds) with a value outside what the
+    random generators take."""
     for name, value in given.items():
-        is_seed = name == "seed" or name.endswith("_seed")
-        if is_seed and type(value) is int and not 0 <= value <= MAX_SEED:   # not --class-seed, a switch
-            raise ConfigError(f"--{name.replace('_', '-')} must be from 0 to {MAX_SEED}, got {value}")
+        is_seed = name == "seed" or name.endswith(("_seed", "_seeds"))
+        for seed in value if isinstance(value, list) else [value]:
+            if is_seed and type(seed) is int and not 0 <= seed <= MAX_SEED:   # not --class-seed, a switch
+                raise ConfigError(f"--{name.replace('_', '-')} must be from 0 to {MAX_SEED}, got {seed}")
 
 
 def typed_flags(cfg_cls, argv=None):

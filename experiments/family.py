@@ -7,6 +7,7 @@ recipe by validation AUC over that family.
     python experiments/family.py --design --tune   # PM's tuning (pm/main.py --tune) on every catalogue instead
     python experiments/family.py --missing   # designing what a catalogue lacks (experiments/missing.py)
     python experiments/family.py --design --generator lsgan   # the same through the paper's LSGAN
+    python experiments/family.py --design --gan-seeds 0 1 2   # Table IV through three GAN runs, and across them
 
 The family: four taste mixes (which visible attribute leads the users' choices) x two seeds, the first seed's
 images from Fashion-MNIST photos and the second's drawn procedurally. A catalogue is generated once into
@@ -22,8 +23,9 @@ beside z on the prior's sphere (pm/design.py), each on every catalogue; --pm-ste
 --pm-realism-floor, --pm-support-quantile and --pm-support-weight replace PM's demo settings, in folders and tables
 named after them. `--design --pm-steps-on-manifold` gives each catalogue the steps its own validation tuning picks
 (the highest objective whose KID is within the random samples'; the starts alone where none is), tuning it first.
-`--gan-seed S` trains the demo GAN with seed S instead of 0, in folders and tables named after it: a finding read
-through other GAN runs.
+`--gan-seeds S` trains the demo GAN with seed S instead of 0, in folders and tables named after it: a finding read
+through other GAN runs; with several seeds, --design writes each seed's tables and then one across them
+(design-gan_seeds<S1>-<S2>-...md): per catalogue and seed, the KID tests and the paired verdicts, and their counts.
 """
 import dataclasses
 import json
@@ -169,9 +171,10 @@ class FamilyConfig:
     generator: str = field(default=DEMO_GENERATOR, metadata={
         "help": "with --design or --missing, the GAN, trained with its demo settings (gan/config.py): the demo's, "
                 "or the paper's LSGAN, whose results go to folders and tables named after it", "choices": GENERATORS})
-    gan_seed: int = field(default=0, metadata={
+    gan_seeds: list[int] = field(default_factory=lambda: [0], metadata={
         "help": "with --design or --missing, the seed of that GAN's training (gan/main.py --seed): a finding read "
-                "again through other GAN runs; a seed other than the demo's 0 names its folders and tables"})
+                "again through other GAN runs; a seed other than the demo's 0 names its folders and tables. Several "
+                "(with --design, not --tune): each seed's Table IV, then a table across them"})
     latents: list[str] = field(default_factory=lambda: ["tanh"], metadata={
         "help": "with --design, Table IV's synthesis with each of these latents (pm/main.py --latent): tanh from "
                 "U(-1, 1) starts, or sphere from the prior's codes", "choices": list(LATENT_STARTS)})
@@ -279,7 +282,7 @@ def demo_gan(cfg, name):
     gan_run = Path(cfg.out) / "design" / name / "-".join(["gan", *generator_names(cfg)])
     if not (gan_run / "checkpoint.pt").is_file():
         gan_cfg = GANConfig(train=True, dataset=str(catalogue_path(cfg, name)), out=str(gan_run), device=cfg.device,
-                            seed=cfg.gan_seed)
+                            seed=gan_seed(cfg))
         train_gan(settle(gan_cfg, {"train", "dataset", "out", "device", "seed"}, "gan", demo_settings(cfg.generator)))
     trained = open_gan_run(gan_run).config.generator
     if trained != cfg.generator:   # a folder of an earlier version, whose demo trained another generator
@@ -288,11 +291,18 @@ def demo_gan(cfg, name):
     return gan_run
 
 
+def gan_seed(cfg):
+    """The GAN seed of a run through one GAN (main gives each of several --gan-seeds its own)."""
+    (seed,) = cfg.gan_seeds
+    return seed
+
+
 def generator_names(cfg):
-    """[] for the demo's generator and seed, [generator] for another, then [gan_seed<S>] for another seed, in the
-    names of its folders and tables."""
+    """[] for the demo's generator and seed, [generator] for another, then [gan_seed<S>] for another seed or
+    [gan_seeds<S1>-<S2>-...] for several, in the names of its folders and tables."""
+    seeds = "-".join(map(str, cfg.gan_seeds))
     return ([cfg.generator] if cfg.generator != DEMO_GENERATOR else []) + (
-        [f"gan_seed{cfg.gan_seed}"] if cfg.gan_seed else [])
+        [] if cfg.gan_seeds == [0] else [f"gan_seed{seeds}"] if len(cfg.gan_seeds) == 1 else [f"gan_seeds{seeds}"])
 
 
 def design(cfg):
@@ -311,6 +321,14 @@ def design(cfg):
                                       **({} if steps is None else {"steps": steps}))
     write_outputs(cfg, "-".join(["design", *settings_names(cfg)]), rows, design_markdown(rows))
     return rows
+
+
+def across_gan_seeds(cfg):
+    """--design with several --gan-seeds: {seed: design()'s rows through that seed's GAN}, each seed's tables
+    written as by one seed, then one table across them (across_seeds_markdown)."""
+    by_seed = {str(seed): design(dataclasses.replace(cfg, gan_seeds=[seed])) for seed in cfg.gan_seeds}
+    write_outputs(cfg, "-".join(["design", *settings_names(cfg)]), by_seed, across_seeds_markdown(by_seed))
+    return by_seed
 
 
 def on_manifold_steps(cfg, name, latent):
@@ -518,6 +536,57 @@ def ascent_markdown(rows):
     return lines
 
 
+# The verdicts read across GAN seeds: (label, the row's tests, the test's metric), the best samples' with
+# --pm-sampled alone; a paired test over the trials or a KID permutation test, each of its first source against
+# the second, decided at p < ALPHA
+ACROSS_VERDICTS = [("synthesis vs retrieval: optimised score", "paired", "preference"),
+                   ("synthesis vs retrieval: judge DVBPR", "paired", "judge"),
+                   ("synthesis vs retrieval: true preference", "paired", "true_preference"),
+                   ("synthesis vs best samples: judge DVBPR", "synthesis_vs_sampled", "judge"),
+                   ("synthesis vs best samples: true preference", "synthesis_vs_sampled", "true_preference"),
+                   ("synthesis vs random G: KID", "against_samples", "kid"),
+                   ("best samples vs random G: KID", "sampled_against_samples", "kid")]
+ALPHA = 0.05
+KID_SOURCES = {"generated": "random G", "synthesis": "synthesis", "sampled": "best samples", "retrieval": "retrieval"}
+
+
+def verdict(row, tests, metric):
+    """(side, difference): side 'ahead', 'behind' or '=' (p >= ALPHA) of one of ACROSS_VERDICTS in a Table IV row;
+    None where the row has no such test."""
+    test = row.get(tests, {}).get(metric)
+    if not test or test.get("p_value") is None:
+        return None
+    difference = test["kid_difference"] if metric == "kid" else test["mean_difference"]
+    return ("=" if test["p_value"] >= ALPHA else "ahead" if difference > 0 else "behind"), difference
+
+
+def across_seeds_markdown(by_seed):
+    """Per catalogue, latent and GAN seed: the KIDs and the verdicts of ACROSS_VERDICTS; then each verdict's count
+    over all the tables, and the catalogues where one seed's side is another's opposite."""
+    first = next(iter(by_seed.values()))
+    tables = [(name, latent, seed, rows[name][latent]) for name, by_latent in first.items() for latent in by_latent
+              for seed, rows in by_seed.items()]
+    kinds = [kind for kind in ACROSS_VERDICTS if any(verdict(row, *kind[1:]) for *_, row in tables)]
+    sources = [source for source in KID_SOURCES if source in tables[0][3]["fidelity"]]
+    lines = ["| catalogue | latent | GAN seed | GAN consistency | KID: " + " / ".join(KID_SOURCES[s] for s in sources)
+             + " | " + " | ".join(label for label, *_ in kinds) + " |", "|---" * (5 + len(kinds)) + "|"]
+    for name, latent, seed, row in tables:
+        kid = " / ".join(f"{row['fidelity'][source][CLASSIFIER_EXTRACTOR]['kid']:.2f}" for source in sources)
+        found = [verdict(row, *kind[1:]) for kind in kinds]
+        lines.append(f"| {name} | {latent} | {seed} | {row['consistency']:.3f} | {kid} | " + " | ".join(
+            "n/a" if cell is None else f"{cell[0]} ({cell[1]:+.2f})" for cell in found) + " |")
+    lines += ["", "Paired sign-flip tests over the trials, the mean difference beside; for KID the permutation test of "
+              "the difference in the category classifier's features (ahead: further from the real items). Ahead or "
+              f"behind at p < {ALPHA}, = otherwise. Over the {len(tables)} tables:", ""]
+    for label, *kind in kinds:
+        sides = [(f"{name} ({latent})", (verdict(row, *kind) or ("n/a",))[0]) for name, latent, _, row in tables]
+        counts = ", ".join(f"{side} on {sum(s == side for _, s in sides)}" for side in ("ahead", "behind", "="))
+        turned = sorted({table for table, side in sides if side == "ahead"}
+                        & {table for table, side in sides if side == "behind"})
+        lines.append(f"- {label}: {counts}; one seed's side another's opposite on {', '.join(turned) or 'none'}.")
+    return "\n".join(lines) + "\n"
+
+
 def tuning_markdown(rows):
     """Per catalogue: the KID and the judges' scores of retrieval and of synthesis from the starts alone and after
     the most steps, and the setting chosen within each of --tune's KID limits by the objective and by each judge
@@ -589,10 +658,15 @@ def check_design_flags(cfg):
     if cfg.tune and not cfg.design:
         raise ConfigError("--tune tunes PM on every catalogue: give it with --design")
     gan_flags = {f"--generator {cfg.generator}": cfg.generator != DEMO_GENERATOR,
-                 f"--gan-seed {cfg.gan_seed}": cfg.gan_seed != 0}
+                 f"--gan-seeds {' '.join(map(str, cfg.gan_seeds))}": cfg.gan_seeds != [0]}
     for flag, given_here in gan_flags.items():
         if given_here and not (cfg.design or cfg.missing):
             raise ConfigError(f"{flag} trains the GAN of --design or --missing: give one of them")
+    if len(cfg.gan_seeds) > 1 and (cfg.tune or not cfg.design):
+        raise ConfigError("several --gan-seeds compare Table IV across GAN runs: give one seed with "
+                          + ("--tune" if cfg.tune else "--missing") + ", or several with --design alone")
+    if len(set(cfg.gan_seeds)) < len(cfg.gan_seeds):
+        raise ConfigError(f"--gan-seeds names a seed twice: {' '.join(map(str, cfg.gan_seeds))}")
     if given and (cfg.tune or not cfg.design):
         raise ConfigError(f"{' '.join(given)} set Table IV of --design; "
                           + ("--tune writes no Table IV: leave them out" if cfg.design else "give --design"
@@ -609,7 +683,7 @@ def main(argv=None):
             raise ConfigError(f"unknown recipe or catalogue {', '.join(unknown)}")
         check_design_flags(cfg)
         if cfg.design:
-            return design_tuning(cfg) if cfg.tune else design(cfg)
+            return design_tuning(cfg) if cfg.tune else across_gan_seeds(cfg) if len(cfg.gan_seeds) > 1 else design(cfg)
         return search(cfg) if cfg.search else missing(cfg) if cfg.missing else grid(cfg)
 
 

@@ -1,5 +1,8 @@
 """The tiny catalogues the tests share, each generated once per session."""
+import os
+
 import pytest
+import torch
 
 from common.catalogue.config import CatalogueConfig
 from common.catalogue.generate import generate_catalogue
@@ -19,3 +22,9 @@ def catalogue(tmp_path_factory):
                                                                  image_size=image_size, image_source="procedural"))
         return made[key]
     return make
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):   # one of several workers, each on a core of its own
+        os.environ["OMP_NUM_THREADS"] = "1"    # and the processes it starts, as runs compared with its own
+        torch.set_num_threads(1)

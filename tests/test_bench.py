@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import bench.gan_quality
 from bench.gan_quality import SELECTOR_SEED, Trajectory, candidate_config, paired_consistency, paired_kid
 from bench.gan_quality import main as gan_quality
 from bench.gan_throughput import main as gan_throughput
@@ -20,6 +21,12 @@ from gan.run import open_gan_run
 from gan.train import train as train_gan
 from tests.helpers import place_random_classifier
 from tests.test_gan_modern import tiny_config
+
+
+@pytest.fixture(autouse=True)
+def fewer_samples(monkeypatch):
+    """A fifth of the benchmark's samples per category at each point: the same code, at a test's cost."""
+    monkeypatch.setattr(bench.gan_quality, "SAMPLES_PER_CATEGORY", 50)
 
 
 def collapse(run_dir):
@@ -99,6 +106,7 @@ def test_score_size_scores_runs_of_two_sizes_through_one_classifier_resizing_bot
     assert all(0 <= s["precision"] <= 1 and s["kid"] == s["kid"] for s in scores.values())
     # the 32-px run's real items are resized as its samples are: its own samples' KID against them is one number,
     # and the same run scored at its own size (a 32-px classifier) gives another
+    place_bench_classifier(tmp_path / "own" / "Tiny", load_dataset(path), 32)
     at_own_size = gan_quality(["--score", runs[1], "--out", str(tmp_path / "own")])
     assert at_own_size[runs[1]]["kid"] != scores[runs[1]]["kid"]
 

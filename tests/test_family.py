@@ -1,12 +1,15 @@
 """The catalogue family: the recipe search ranks by validation AUC and the grid reuses the demo recipe's runs."""
+import functools
 import json
 import re
 import shutil
 
 import pytest
 
+import common.catalogue.reader
 import experiments.family as family
 import gan.config
+import gan.train
 import pm.stage
 from common.catalogue.config import CatalogueConfig
 from common.cli import parse_config
@@ -55,10 +58,16 @@ def test_search_ranks_by_validation_and_the_grid_reuses_the_demo_runs(tiny_famil
 
 
 def tiny_gan_demo(monkeypatch):
-    """The demo GANs at 16 px, one epoch, each generator keeping the rest of its own demo settings."""
+    """The demo GANs at 16 px, one epoch, each generator keeping the rest of its own demo settings; the category
+    classifier of each GAN run and the attribute reader of Table IV's hidden taste trained for a tenth of their
+    steps (their accuracy is tested in test_judges.py, not here)."""
     monkeypatch.setattr(gan.config, "DEMO", dict(image_size=16, z_dim=8, g_width=8, d_width=8, batch_size=16, epochs=1,
                                                  consistency_samples=4))
     monkeypatch.setitem(gan.config.GENERATOR_DEMOS, "sngan", dict(diffaugment=False, beta1=0.0, beta2=0.9))
+    monkeypatch.setattr(gan.train, "train_or_load_classifier",
+                        functools.partial(gan.train.train_or_load_classifier, epochs=1, min_steps=30))
+    monkeypatch.setattr(common.catalogue.reader, "train_reader",
+                        functools.partial(common.catalogue.reader.train_reader, epochs=1, min_steps=40))
 
 
 def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue(tiny_family, tmp_path, monkeypatch):
@@ -149,12 +158,22 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
     assert through_lsgan["colour"]["tanh"]["rows"] != tuned["colour"]["tanh"]["rows"]
     assert (tmp_path / "out" / "design_tune-lsgan.md").read_text().count("| colour | tanh |") == 1
 
-    reseeded = family.main([*tiny_family, "--design", "--gan-seed", "1", "--catalogues", "colour"])["colour"]["tanh"]
+    reseeded = family.main([*tiny_family, "--design", "--pm-sampled", "--gan-seeds", "1", "--catalogues", "colour"]
+                           )["colour"]["tanh"]
     seed1_run = open_gan_run(tmp_path / "out" / "design" / "colour" / "gan-gan_seed1")
     assert seed1_run.config.seed == 1 and open_gan_run(tmp_path / "out" / "design" / "colour" / "gan").config.seed == 0
     assert reseeded["table"]["generated"] != sampled["table"]["generated"]   # another GAN's samples
     assert reseeded["table"]["retrieval"] == sampled["table"]["retrieval"]   # the same DVBPR and trials
-    assert (tmp_path / "out" / "design-gan_seed1.md").read_text().count("| colour |") == 1
+    assert (tmp_path / "out" / "design-gan_seed1-sampled.md").read_text().count("| colour | tanh |") == 3
+    # both seeds' finished tables, read back and set side by side
+    across = family.main([*tiny_family, "--design", "--pm-sampled", "--gan-seeds", "0", "1", "--catalogues", "colour"])
+    assert across["0"]["colour"]["tanh"] == sampled and across["1"]["colour"]["tanh"] == reseeded
+    table = (tmp_path / "out" / "design-gan_seeds0-1-sampled.md").read_text()
+    for seed, row in across.items():
+        side, difference = family.verdict(row["colour"]["tanh"], "synthesis_vs_sampled", "judge")
+        assert re.search(rf"^\| colour \| tanh \| {seed} \| .* \| {re.escape(f'{side} ({difference:+.2f})')} \|", table,
+                         re.MULTILINE)
+    assert table.count("| colour | tanh |") == 2 and "- synthesis vs best samples: true preference: ahead on" in table
 
     demo_run = tmp_path / "out" / "design" / "colour" / "gan"
     shutil.rmtree(demo_run)
@@ -191,6 +210,24 @@ def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tin
     assert at_start["sources"]["synthesis"] != row["sources"]["synthesis"]
 
 
+def test_the_table_across_gan_seeds_counts_each_verdict_and_names_the_sides_that_turn_over():
+    def row(judge_difference, judge_p, kid_difference):
+        return {"consistency": 0.9, "fidelity": {source: {family.CLASSIFIER_EXTRACTOR: {"kid": 0.5}}
+                                                 for source in ("generated", "retrieval", "synthesis")},
+                "paired": {"judge": {"mean_difference": judge_difference, "p_value": judge_p}},
+                "against_samples": {"kid": {"kid_difference": kid_difference, "p_value": 0.5}}}
+
+    by_seed = {"0": {"a": {"tanh": row(+0.4, 0.01, 0.1)}, "b": {"tanh": row(-0.3, 0.04, 0.1)}},
+               "1": {"a": {"tanh": row(-0.2, 0.03, 0.1)}, "b": {"tanh": row(-0.1, 0.30, 0.1)}}}
+    table = family.across_seeds_markdown(by_seed)
+    assert "| a | tanh | 1 | 0.900 | 0.50 / 0.50 / 0.50 | behind (-0.20) | = (+0.10) |" in table
+    assert ("- synthesis vs retrieval: judge DVBPR: ahead on 1, behind on 2, = on 1; one seed's side another's "
+            "opposite on a (tanh).") in table
+    assert ("- synthesis vs random G: KID: ahead on 0, behind on 0, = on 4; one seed's side another's opposite on "
+            "none.") in table
+    assert "optimised score" not in table   # no table has that test
+
+
 def test_the_pm_flags_reach_pm_and_name_its_folders():
     cfg, _ = parse_config(family.FamilyConfig, ["--design", "--pm-steps", "5", "--pm-shape-weight", "30",
                                                 "--pm-jitter", "4", "--pm-truncation", "0.5",
@@ -205,7 +242,14 @@ def test_the_pm_flags_reach_pm_and_name_its_folders():
     (["--pm-steps", "0"], "--pm-steps set Table IV of --design; give --design (or --missing)"),
     (["--missing", "--sweep-eta", "0"], "--sweep-eta set Table IV of --design; give --design"),
     (["--generator", "lsgan"], "--generator lsgan trains the GAN of --design or --missing: give one of them"),
-    (["--gan-seed", "1"], "--gan-seed 1 trains the GAN of --design or --missing: give one of them"),
+    (["--gan-seeds", "1"], "--gan-seeds 1 trains the GAN of --design or --missing: give one of them"),
+    (["--design", "--tune", "--gan-seeds", "0", "1"],
+     "several --gan-seeds compare Table IV across GAN runs: give one seed with --tune, or several with --design alone"),
+    (["--missing", "--gan-seeds", "1", "2"],
+     "several --gan-seeds compare Table IV across GAN runs: give one seed with --missing, or several with --design "
+     "alone"),
+    (["--design", "--gan-seeds", "1", "1"], "--gan-seeds names a seed twice: 1 1"),
+    (["--design", "--gan-seeds", "0", "-1"], "--gan-seeds must be from 0 to 4294967295, got -1"),
     (["--pm-eta", "0"], "--pm-eta sets PM of --design or --missing: give one of them"),
     (["--pm-realism-floor", "-1"], "--pm-realism-floor sets PM of --design or --missing: give one of them"),
     (["--pm-support-quantile", "0.9"], "--pm-support-quantile sets PM of --design or --missing: give one of them"),

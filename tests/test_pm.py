@@ -518,8 +518,11 @@ def test_figures_table_and_sweep_are_written(runs, tmp_path):
     assert all(np.isfinite(list(kid.values())))
     kid_test = written["synthesis_vs_generated"]["kid"]
     assert kid_test["trials"] == 3 and 0 < kid_test["p_value"] <= 1 and np.isfinite(kid_test["kid_difference"])
-    # all images against all real items, no subsets: the same side of zero as the tables' subsets' estimates
-    assert np.sign(kid_test["kid_difference"]) == np.sign(kid["synthesis"] - kid["generated"])
+    # all images against all real items, no subsets: the same side of zero as the tables' subsets' estimates, unless
+    # both are zero to float rounding (the designs barely moved), where a CPU's rounding picks the side
+    subsets_difference = kid["synthesis"] - kid["generated"]
+    assert np.sign(kid_test["kid_difference"]) == np.sign(subsets_difference) or max(
+        abs(kid_test["kid_difference"]), abs(subsets_difference)) < 1e-5
     assert "Judge percentile" in (tmp_path / "table_iv.md").read_text()
     kid_cells = re.findall(r"\| (-?\d+\.\d{3}) ± (\d+\.\d{3}) \|", (tmp_path / "table_iv.md").read_text())
     assert [float(kid) for kid, _ in kid_cells] == pytest.approx([kid[source] for source in table], abs=1e-3)
