@@ -53,7 +53,7 @@ AMAZON=(--users 64583 --items 234892 --image-size 224 --steps 100 --warmup 10 --
   python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 } 2>&1 | tee -a "$LOG"
 
-cuda() { step cuda-tests 100 python3 -m pytest -q -rs tests/test_cuda.py; }
+cuda() { step cuda-tests 100 python3 -m pytest -q -rs -n 0 tests/test_cuda.py; }   # one file: no workers to start
 # the rest of the suite took 288 s on an H200 machine's 16 cores
 suite() { step all-tests 330 python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/test_cuda.py; }
 tests() { cuda; suite; }
