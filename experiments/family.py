@@ -566,20 +566,22 @@ def across_seeds_markdown(by_seed):
     first = next(iter(by_seed.values()))
     tables = [(name, latent, seed, rows[name][latent]) for name, by_latent in first.items() for latent in by_latent
               for seed, rows in by_seed.items()]
-    kinds = [kind for kind in ACROSS_VERDICTS if any(verdict(row, *kind[1:]) for *_, row in tables)]
+    kinds = [(label, tests, metric) for label, tests, metric in ACROSS_VERDICTS
+             if any(verdict(row, tests, metric) for *_, row in tables)]
     sources = [source for source in KID_SOURCES if source in tables[0][3]["fidelity"]]
     lines = ["| catalogue | latent | GAN seed | GAN consistency | KID: " + " / ".join(KID_SOURCES[s] for s in sources)
              + " | " + " | ".join(label for label, *_ in kinds) + " |", "|---" * (5 + len(kinds)) + "|"]
     for name, latent, seed, row in tables:
         kid = " / ".join(f"{row['fidelity'][source][CLASSIFIER_EXTRACTOR]['kid']:.2f}" for source in sources)
-        found = [verdict(row, *kind[1:]) for kind in kinds]
+        found = [verdict(row, tests, metric) for _, tests, metric in kinds]
         lines.append(f"| {name} | {latent} | {seed} | {row['consistency']:.3f} | {kid} | " + " | ".join(
             "n/a" if cell is None else f"{cell[0]} ({cell[1]:+.2f})" for cell in found) + " |")
     lines += ["", "Paired sign-flip tests over the trials, the mean difference beside; for KID the permutation test of "
               "the difference in the category classifier's features (ahead: further from the real items). Ahead or "
               f"behind at p < {ALPHA}, = otherwise. Over the {len(tables)} tables:", ""]
-    for label, *kind in kinds:
-        sides = [(f"{name} ({latent})", (verdict(row, *kind) or ("n/a",))[0]) for name, latent, _, row in tables]
+    for label, tests, metric in kinds:
+        sides = [(f"{name} ({latent})", (verdict(row, tests, metric) or ("n/a",))[0])
+                 for name, latent, _, row in tables]
         counts = ", ".join(f"{side} on {sum(s == side for _, s in sides)}" for side in ("ahead", "behind", "="))
         turned = sorted({table for table, side in sides if side == "ahead"}
                         & {table for table, side in sides if side == "behind"})
@@ -641,8 +643,9 @@ def family_choice(tunings, latent):
 
 def check_design_flags(cfg):
     """ConfigError for a flag of --design given where it would be ignored: a Table IV flag without --design (but for
-    PM's steps and trials, with --missing) or with --design --tune, --tune without --design, --generator, --gan-seed
-    and --pm-<term> (PM_TERMS) without --design or --missing."""
+    PM's steps and trials, with --missing) or with --design --tune, --tune without --design, --generator, --gan-seeds
+    and --pm-<term> (PM_TERMS) without --design or --missing, several --gan-seeds but with --design alone, and a seed
+    named twice."""
     for name in PM_TERMS:
         if getattr(cfg, f"pm_{name}") is not None and not (cfg.design or cfg.missing):
             raise ConfigError(f"--pm-{name.replace('_', '-')} sets PM of --design or --missing: give one of them")
@@ -657,8 +660,9 @@ def check_design_flags(cfg):
         given = [flag for flag in given if flag not in missing_takes]
     if cfg.tune and not cfg.design:
         raise ConfigError("--tune tunes PM on every catalogue: give it with --design")
+    seeds = " ".join(map(str, cfg.gan_seeds))
     gan_flags = {f"--generator {cfg.generator}": cfg.generator != DEMO_GENERATOR,
-                 f"--gan-seeds {' '.join(map(str, cfg.gan_seeds))}": cfg.gan_seeds != [0]}
+                 f"--gan-seeds {seeds}": cfg.gan_seeds != [0]}
     for flag, given_here in gan_flags.items():
         if given_here and not (cfg.design or cfg.missing):
             raise ConfigError(f"{flag} trains the GAN of --design or --missing: give one of them")
@@ -666,7 +670,7 @@ def check_design_flags(cfg):
         raise ConfigError("several --gan-seeds compare Table IV across GAN runs: give one seed with "
                           + ("--tune" if cfg.tune else "--missing") + ", or several with --design alone")
     if len(set(cfg.gan_seeds)) < len(cfg.gan_seeds):
-        raise ConfigError(f"--gan-seeds names a seed twice: {' '.join(map(str, cfg.gan_seeds))}")
+        raise ConfigError(f"--gan-seeds names a seed twice: {seeds}")
     if given and (cfg.tune or not cfg.design):
         raise ConfigError(f"{' '.join(given)} set Table IV of --design; "
                           + ("--tune writes no Table IV: leave them out" if cfg.design else "give --design"

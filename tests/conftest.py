@@ -1,4 +1,4 @@
-"""The tiny catalogues the tests share, each generated once per session."""
+"""The tiny catalogues the tests share, each generated once per session; one thread per test worker."""
 import os
 
 import pytest

@@ -208,6 +208,10 @@ def test_missing_trains_the_demo_stages_and_measures_the_missing_combination(tin
                                                          "support_quantile0.9.md").is_file()
     assert terms == [(-1.0, False), (-2.0, True)]   # the demo's terms, then the flags', reach the designs
     assert at_start["sources"]["synthesis"] != row["sources"]["synthesis"]
+    reseeded = family.main([*tiny_family, "--missing", "--gan-seeds", "1"])["holed"]
+    assert open_gan_run(tmp_path / "out" / "design" / "holed" / "gan-gan_seed1").config.seed == 1
+    assert reseeded["sources"]["generated"] != row["sources"]["generated"] and (tmp_path / "out" /
+                                                                               "missing-gan_seed1.md").is_file()
 
 
 def test_the_table_across_gan_seeds_counts_each_verdict_and_names_the_sides_that_turn_over():
