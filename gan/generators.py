@@ -7,7 +7,7 @@ from gan.model import LSGAN
 from gan.sngan import SNGAN
 
 # settings off by default (false or 0) that only some generators read, each listing them in its `reads`
-OPTIONAL = ("ema", "class_seed", "aux_class_weight", "match_weight")
+OPTIONAL = ("ema", "class_seed", "aux_class_weight", "match_weight", "half_chroma")
 
 GENERATORS = {
     "lsgan": LSGAN,

@@ -16,6 +16,11 @@ halving its channels and D doubling them at each stage):
 cbn: batch norm whose scale and shift are looked up per category; sn-conv: a conv under spectral normalisation;
 seed_c (with --class-seed): a learned 4x4x4w map per category, so that the category reaches G's layout from its first
 layer and not only through the batch norms' scales and shifts.
+With --half-chroma G draws colour at half the side, as JPEG's 4:2:0 stores it: the last 3x3 conv gives only the
+luma Y (32x32x1), a 3x3 conv of the stage before gives the chroma Cb, Cr (16x16x2), upsampled bilinearly, and the
+fixed YCbCr -> RGB matrix mixes them before the tanh, so colour can change only as fast as a map at half the side
+lets it. Against the demo's weave of colours from pixel to pixel: measured and left off, as its samples lost more
+shape than colour noise (docs/design_half.md, "Colour at half the side, measured").
 D has one strided conv per stage, as the LSGAN's, rather than the 3x3 + 4x4 pairs of Miyato et al.'s standard CNN:
 a third of the flops, so that a CPU gives it more iterations within the few minutes of a demo (its quality per
 CPU-minute: bench/gan_quality.py).
@@ -33,6 +38,9 @@ from gan.model import ConditionalGenerator, batch_norm, descend, moving_average,
 LEAK = 0.1                 # D's leaky ReLU slope (Miyato et al.'s standard CNN)
 TRANSLATION = 1 / 8        # DiffAugment's shift, a fraction of the side
 CUTOUT = 1 / 2             # DiffAugment's erased square, a fraction of the side
+YCBCR_TO_RGB = torch.tensor([[1.0, 0.0, 1.402],      # JPEG's (ITU-R BT.601, full range)
+                             [1.0, -0.344136, -0.714136],
+                             [1.0, 1.772, 0.0]])
 
 
 def diff_augment(x):
@@ -87,7 +95,7 @@ class ConditionalBatchNorm(nn.Module):
 
 class Generator(nn.Module):
 
-    def __init__(self, image_size=32, z_dim=100, num_categories=6, width=32, class_seed=False):
+    def __init__(self, image_size=32, z_dim=100, num_categories=6, width=32, class_seed=False, half_chroma=False):
         super().__init__()
         self.image_size, self.z_dim, self.num_categories = image_size, z_dim, num_categories
         self.seed_channels = 4 * width
@@ -100,7 +108,13 @@ class Generator(nn.Module):
         self.bn0 = ConditionalBatchNorm(self.seed_channels, num_categories)
         self.convs = nn.ModuleList(nn.Conv2d(c_in, c_out, 3, padding=1) for c_in, c_out in zip(channels, channels[1:]))
         self.bns = nn.ModuleList(ConditionalBatchNorm(c, num_categories) for c in channels[1:])
-        self.to_rgb = nn.Conv2d(channels[-1], 3, 3, padding=1)
+        if half_chroma:
+            self.to_luma = nn.Conv2d(channels[-1], 1, 3, padding=1)
+            self.to_chroma = nn.Conv2d(channels[-2], 2, 3, padding=1)
+            self.register_buffer("ycbcr_to_rgb", YCBCR_TO_RGB.clone(), persistent=False)
+        else:
+            self.to_rgb = nn.Conv2d(channels[-1], 3, 3, padding=1)
+        self.half_chroma = half_chroma
 
     def forward(self, z, labels):
         """z [B, z_dim], labels [B] category ids -> images [B, 3, S, S] in [-1, 1]."""
@@ -110,8 +124,12 @@ class Generator(nn.Module):
         h = h.view(-1, self.seed_channels, 4, 4)
         h = F.relu(self.bn0(h, labels))
         for conv, bn in zip(self.convs, self.bns):
-            h = F.relu(bn(conv(F.interpolate(h, scale_factor=2, mode="nearest")), labels))
-        return torch.tanh(self.to_rgb(h))
+            h_half, h = h, F.relu(bn(conv(F.interpolate(h, scale_factor=2, mode="nearest")), labels))
+        if not self.half_chroma:
+            return torch.tanh(self.to_rgb(h))
+        chroma = F.interpolate(self.to_chroma(h_half), scale_factor=2, mode="bilinear", align_corners=False)
+        ycbcr = torch.cat([self.to_luma(h), chroma], dim=1)
+        return torch.tanh(torch.einsum("rc,bchw->brhw", self.ycbcr_to_rgb.to(ycbcr.dtype), ycbcr))
 
 
 class Discriminator(nn.Module):
@@ -207,13 +225,13 @@ class SNGAN(ConditionalGenerator):
     norm statistics (gan/model.py moving_average; Yazici et al., 2019, averaged a GAN's generator so), while D and
     G's training read the last weights."""
     nets = ("generator", "discriminator")
-    reads = ("ema", "class_seed", "aux_class_weight", "match_weight")
+    reads = ("ema", "class_seed", "aux_class_weight", "match_weight", "half_chroma")
 
     def __init__(self, cfg, num_categories, device="cpu"):
         super().__init__()
         fmt = memory_format(device, cfg.channels_last)
-        self.generator = Generator(cfg.image_size, cfg.z_dim, num_categories, cfg.g_width, cfg.class_seed).to(
-            device, memory_format=fmt)
+        self.generator = Generator(cfg.image_size, cfg.z_dim, num_categories, cfg.g_width, cfg.class_seed,
+                                   cfg.half_chroma).to(device, memory_format=fmt)
         self.discriminator = Discriminator(cfg.image_size, num_categories, cfg.d_width, bool(cfg.aux_class_weight)).to(
             device, memory_format=fmt)
         self.z_dim, self.image_size, self.num_categories = cfg.z_dim, cfg.image_size, num_categories

@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from common.checkpoint import load_checkpoint
 from common.data import load_dataset
@@ -13,7 +14,7 @@ from dvbpr.model import DVBPR
 from gan.config import GANConfig, check_config
 from gan.generators import build_generator
 from gan.run import open_gan_run
-from gan.sngan import SNGAN, cutout, diff_augment, translate
+from gan.sngan import SNGAN, YCBCR_TO_RGB, cutout, diff_augment, translate
 from gan.train import train as train_gan
 from pm.design import Designer
 from tests.helpers import place_random_classifier
@@ -41,10 +42,11 @@ def spectral_norms(discriminator):
             for module in discriminator.modules() if hasattr(module, "parametrizations")]
 
 
-def test_the_sngan_trains_through_the_registry_and_reopens_with_the_same_outputs(catalogue, tmp_path):
+@pytest.mark.parametrize("half_chroma", [False, True])
+def test_the_sngan_trains_through_the_registry_and_reopens_with_the_same_outputs(catalogue, tmp_path, half_chroma):
     path = catalogue()
     place_random_classifier(tmp_path, load_dataset(path), 16)
-    cfg = tiny_config(dataset=str(path), out=str(tmp_path), epochs=2)
+    cfg = tiny_config(dataset=str(path), out=str(tmp_path), epochs=2, half_chroma=half_chroma)
     train_gan(cfg)
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pt", "gan")
     assert set(checkpoint["model"]) == set(checkpoint["optimizer"]) == {"generator", "discriminator"}
@@ -55,6 +57,7 @@ def test_the_sngan_trains_through_the_registry_and_reopens_with_the_same_outputs
 
     run = open_gan_run(tmp_path)
     assert isinstance(run.model, SNGAN) and run.config.generator == "sngan" and run.step == checkpoint["step"] > 0
+    assert run.config.half_chroma == half_chroma
     z, labels = run.model.sample_z(6, rng=torch.Generator().manual_seed(0)), torch.arange(6)
     images = run.model(z, labels)
     assert torch.equal(images, trained(z, labels)) and not torch.equal(images[:2], untrained_images)
@@ -234,11 +237,38 @@ def test_the_class_seed_starts_at_zero_and_g_learns_a_first_layer_map_per_catego
     assert (images[0] - images[1]).abs().mean() > 1e-4 and tiny_sngan().generator.class_seed is None
 
 
+@pytest.mark.parametrize("option", ["class_seed", "half_chroma"])
 @pytest.mark.parametrize("generator", ["lsgan", "diffusion"])
-def test_the_class_seed_is_refused_for_a_generator_that_has_none(generator):
-    with pytest.raises(ConfigError, match=f"^--class-seed is read by --generator sngan; --generator {generator} has "
+def test_the_sngans_switches_are_refused_for_a_generator_that_has_none(generator, option):
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(ConfigError, match=f"^{flag} is read by --generator sngan; --generator {generator} has "
                                           "no use for it$"):
-        build_generator(tiny_config(generator=generator, class_seed=True), 3)
+        build_generator(tiny_config(generator=generator, **{option: True}), 3)
+
+
+def test_half_chroma_draws_colour_at_half_the_side_brightness_at_the_full_and_learns_both():
+    """The output's chroma, read back through tanh and the YCbCr matrix, is the bilinear upsampling of a map at half
+    the side; its luma has detail that no such map gives; a step of G moves both heads."""
+    model = tiny_sngan(half_chroma=True, diffaugment=False)
+    generator = model.generator.eval()
+    captured = []
+    generator.to_chroma.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    z, labels = torch.rand(4, 8) * 2 - 1, torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        images = generator(z, labels)
+    assert images.shape == (4, 3, 16, 16) and captured[0].shape == (4, 2, 8, 8)
+    ycbcr = torch.einsum("cr,brhw->bchw", torch.linalg.inv(YCBCR_TO_RGB), torch.atanh(images.double()).float())
+    upsampled = lambda maps: F.interpolate(maps, scale_factor=2, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(ycbcr[:, 1:], upsampled(captured[0]), rtol=1e-3, atol=1e-4)
+    # every image that is such an upsampling lies in the span of the upsampled one-hot maps: the luma does not
+    basis = upsampled(torch.eye(64).view(64, 1, 8, 8)).flatten(1).T.double()
+    def off_span(maps):
+        pixels = maps.reshape(-1, 256).T.double()
+        return (basis @ torch.linalg.lstsq(basis, pixels).solution - pixels).norm()
+    assert off_span(ycbcr[:, :1]) > 1000 * off_span(ycbcr[:, 1:]) and off_span(ycbcr[:, :1]) > 1e-3
+    heads = {name: getattr(model.generator, name).weight.detach().clone() for name in ("to_luma", "to_chroma")}
+    steps(model, torch.rand(8, 3, 16, 16) * 2 - 1, torch.arange(8) % 3, z.repeat(2, 1), 1, frozen="discriminator")
+    assert all(not torch.equal(getattr(model.generator, name).weight, before) for name, before in heads.items())
 
 
 def coloured_by_category(labels, size=16):
