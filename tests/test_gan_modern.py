@@ -15,6 +15,7 @@ from gan.config import GANConfig, check_config
 from gan.generators import build_generator
 from gan.run import open_gan_run
 from gan.sngan import SNGAN, YCBCR_TO_RGB, cutout, diff_augment, translate
+from gan.train import check_architecture
 from gan.train import train as train_gan
 from pm.design import Designer
 from tests.helpers import place_random_classifier
@@ -244,6 +245,15 @@ def test_the_sngans_switches_are_refused_for_a_generator_that_has_none(generator
     with pytest.raises(ConfigError, match=f"^{flag} is read by --generator sngan; --generator {generator} has "
                                           "no use for it$"):
         build_generator(tiny_config(generator=generator, **{option: True}), 3)
+
+
+def test_a_run_is_resumed_only_with_the_generators_architecture_it_was_trained_with():
+    """A checkpoint saved before --half-chroma existed (no such key) reads as without it."""
+    saved = {name: value for name, value in dataclasses.asdict(tiny_config()).items() if name != "half_chroma"}
+    check_architecture(tiny_config(), saved)
+    with pytest.raises(ConfigError, match=r"^cannot resume: the checkpoint was trained with different settings "
+                                          r"\(saved, now\): half_chroma False vs True$"):
+        check_architecture(tiny_config(half_chroma=True), saved)
 
 
 def test_half_chroma_draws_colour_at_half_the_side_brightness_at_the_full_and_learns_both():
