@@ -84,6 +84,8 @@ CANDIDATES = {
                                                channels_last=True),
     "sngan-no-diffaugment-class-seed": dict(generator="sngan", lr=2e-4, beta1=0.0, beta2=0.9, diffaugment=False,
                                             class_seed=True),
+    "sngan-no-diffaugment-half-chroma": dict(generator="sngan", lr=2e-4, beta1=0.0, beta2=0.9, diffaugment=False,
+                                             half_chroma=True),
     "sngan-wide": dict(generator="sngan", g_width=32, d_width=32, lr=2e-4, beta1=0.0, beta2=0.9),
     "sngan-lr5e-4": dict(generator="sngan", lr=5e-4, beta1=0.0, beta2=0.9),
     "lsgan-wide": dict(generator="lsgan", g_width=32, d_width=32),

@@ -17,6 +17,7 @@ from common.checkpoint import load_checkpoint, save_checkpoint
 from common.data import load_dataset
 from common.errors import ConfigError
 from common.images import ImageStore, image_cache
+from gan.generators import build_generator
 from gan.run import open_gan_run
 from gan.train import train as train_gan
 from tests.helpers import place_random_classifier
@@ -218,3 +219,9 @@ def test_gan_throughput_times_any_generator_in_each_memory_format(capsys):
         assert f"fp32, {name}: " in printed and "images/s" in printed
     with pytest.raises(SystemExit):
         gan_throughput(["--memory-formats", "strided"])
+
+
+def test_every_quality_candidate_names_real_settings_and_builds_its_generator():
+    for name in bench.gan_quality.CANDIDATES:
+        cfg = candidate_config(name, "unused.npy", seed=0)
+        assert build_generator(cfg, 6).image_size == cfg.image_size, name
