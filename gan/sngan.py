@@ -19,8 +19,8 @@ layer and not only through the batch norms' scales and shifts.
 With --half-chroma G draws colour at half the side, as JPEG's 4:2:0 stores it: the last 3x3 conv gives only the
 luma Y (32x32x1), a 3x3 conv of the stage before gives the chroma Cb, Cr (16x16x2), upsampled bilinearly, and the
 fixed YCbCr -> RGB matrix mixes them before the tanh, so colour can change only as fast as a map at half the side
-lets it. Against the demo's weave of colours from pixel to pixel: measured and left off, as its samples lost more
-shape than colour noise (docs/design_half.md, "Colour at half the side, measured").
+lets it. Against the demo's weave of colours from pixel to pixel; measured and left off: blind labellers named fewer
+of its designs (docs/design_half.md, "Colour at half the side, measured").
 D has one strided conv per stage, as the LSGAN's, rather than the 3x3 + 4x4 pairs of Miyato et al.'s standard CNN:
 a third of the flops, so that a CPU gives it more iterations within the few minutes of a demo (its quality per
 CPU-minute: bench/gan_quality.py).
