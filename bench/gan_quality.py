@@ -61,6 +61,7 @@ from gan.generators import build_generator
 from gan.model import generate
 from gan.run import open_gan_run
 from gan.sample import samples_beside_real
+from gan.sngan import YCBCR_TO_RGB
 from gan.train import GANTraining, labelled_items, training_batch
 from pm.fidelity import CLASSIFIER_EXTRACTOR, Fidelity, classifier_extractor
 from pm.judges import paired_test
@@ -135,9 +136,21 @@ def candidate_config(name, dataset_path, seed):
     return with_generator_latent(cfg)
 
 
+def fine_colour_share(images):
+    """The mean share, over images [B, 3, S, S] in [-1, 1], of their chroma's (YCbCr's Cb and Cr) power, less the
+    mean, at frequencies above half the Nyquist frequency on either axis: a colour weave from pixel to pixel
+    (docs/design_half.md, "Colour at half the side")."""
+    chroma = torch.einsum("cr,brhw->bchw", torch.linalg.inv(YCBCR_TO_RGB), (images.float().cpu() + 1) / 2)[:, 1:]
+    power = torch.fft.fft2(chroma - chroma.mean(dim=(2, 3), keepdim=True)).abs().pow(2)
+    frequency = torch.fft.fftfreq(images.shape[-1]).abs()
+    fine = torch.maximum(frequency[:, None], frequency[None, :]) > 0.25
+    return ((power * fine).sum(dim=(2, 3)) / power.sum(dim=(2, 3)).clamp(min=1e-12)).mean().item()
+
+
 class Scorer:
     """KID of a generator's samples against the real items, through the catalogue's category classifier (of
-    `classifier_seed`), and the share of the samples it assigns to the category asked for (condition consistency)."""
+    `classifier_seed`), the share of the samples it assigns to the category asked for (condition consistency), and
+    their fine colour beside the real items' (fine_colour_share)."""
 
     def __init__(self, dataset, store, out_dir, seed, device="cpu", size=None, classifier_seed=0):
         """`store`: the real items at the generator's size; `size`: the classifier's (default the store's), to
@@ -150,6 +163,7 @@ class Scorer:
                                  dataset.item_category, seed)
         self.labels = torch.arange(dataset.num_categories).repeat_interleave(SAMPLES_PER_CATEGORY)
         self.seed, self.device = seed, device
+        self.real_fine_colour = fine_colour_share(store(torch.arange(min(len(store), len(self.labels)))))
 
     def samples(self, model):
         z = model.sample_z(len(self.labels), rng=torch.Generator().manual_seed(self.seed)).to(self.device)
@@ -158,7 +172,8 @@ class Scorer:
 
     def __call__(self, model, with_consistency=False):
         images = self.samples(model)
-        scores = self.fidelity(images, self.labels)[CLASSIFIER_EXTRACTOR]
+        scores = {**self.fidelity(images, self.labels)[CLASSIFIER_EXTRACTOR],
+                  "fine_colour": fine_colour_share(images), "real_fine_colour": self.real_fine_colour}
         if with_consistency:
             predicted = self.classifier.predict_proba(images.to(self.device)).argmax(dim=1).cpu()
             scores["consistency"] = (predicted == self.labels).double().mean().item()
@@ -214,7 +229,8 @@ def measure(cfg, dataset, store, scorer, minutes, grids):
 
 def score_line(scores):
     return (f"KID {scores['kid']:.4f} +- {scores['kid_std']:.4f}, FID {scores['fid']:.1f}, "
-            f"precision {scores['precision']:.2f}, recall {scores['recall']:.2f}")
+            f"precision {scores['precision']:.2f}, recall {scores['recall']:.2f}, fine colour "
+            f"{scores['fine_colour']:.3f} (real items {scores['real_fine_colour']:.3f})")
 
 
 def last_weights(cfg, model, num_categories):

@@ -53,8 +53,9 @@ def test_score_writes_each_runs_fidelity_from_fixed_codes_through_one_classifier
     assert paired["pairs"] == [runs] and paired["ratios"] == [scores[runs[1]]["kid"] / scores[runs[0]]["kid"]]
     recorded = open_gan_run(runs[0]).metrics["condition_consistency"]["overall"]   # the copy's log is the same
     assert paired["consistency"]["values"] == [[recorded, recorded]] and paired["consistency"]["p_value"] == 1
-    assert set(scores) == set(runs) and all(set(s) == {"kid", "kid_std", "fid", "precision", "recall"}
-                                            for s in scores.values())
+    assert set(scores) == set(runs) and all(set(s) == {"kid", "kid_std", "fid", "precision", "recall", "fine_colour",
+                                                       "real_fine_colour"} for s in scores.values())
+    assert scores[runs[0]]["real_fine_colour"] == scores[runs[1]]["real_fine_colour"]   # the same real items
     assert [p.name for p in (tmp_path / "bench").rglob("classifier*.pt")] == ["classifier-16px.pt"]   # one per dataset
     assert scores[runs[1]]["kid"] != scores[runs[0]]["kid"]   # the generator's weights are what is scored
     assert gan_quality(["--score", runs[0], "--out", str(tmp_path / "bench")])[runs[0]] == scores[runs[0]]
@@ -225,3 +226,16 @@ def test_every_quality_candidate_names_real_settings_and_builds_its_generator():
     for name in bench.gan_quality.CANDIDATES:
         cfg = candidate_config(name, "unused.npy", seed=0)
         assert build_generator(cfg, 6).image_size == cfg.image_size, name
+
+
+def test_fine_colour_is_high_for_a_colour_weave_from_pixel_to_pixel_and_low_for_a_smooth_garment():
+    """Red and green pixels alternating: nearly all of the chroma's power at the highest frequency; a colour changing
+    smoothly across the image: none of it; a grey image, without chroma: 0."""
+    y, x = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    red, green = torch.tensor([0.9, -0.6, -0.6]), torch.tensor([-0.6, 0.3, -0.6])
+    weave = torch.where(((x + y) % 2 == 0)[None], red[:, None, None], green[:, None, None])
+    mix = (0.5 - 0.5 * torch.cos(2 * math.pi * x / 16))[None]   # one period across: no jump at the border
+    smooth = red[:, None, None] * mix + green[:, None, None] * (1 - mix)
+    assert bench.gan_quality.fine_colour_share(weave[None]) > 0.95
+    assert bench.gan_quality.fine_colour_share(smooth[None]) < 0.05
+    assert bench.gan_quality.fine_colour_share(torch.zeros(1, 3, 16, 16)) == 0
