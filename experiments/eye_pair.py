@@ -56,6 +56,9 @@ class EyePairConfig:
         "help": "the base's fig. 5 runs (pm/main.py --out folders), one per seed"})
     lever: list[str] | None = field(default=None, metadata={
         "help": "the lever's fig. 5 runs, as many as --base, the i-th made with the i-th base's seeds"})
+    real_items: bool = field(default=False, metadata={
+        "help": "instead of --lever, every real item of the base figures' rows (the users' top items by eq. 8, at "
+                "the designs' size): are the designs named as often as real products?"})
     sheet: str = field(default="runs/eye_pair.png", metadata={
         "help": "where the sheet is written; its key and the labellers' brief beside it (.json, .md)"})
     shuffle_seed: int = field(default=0, metadata={"help": "the seed of the sheet's shuffle"})
@@ -64,8 +67,13 @@ class EyePairConfig:
     out: str = field(default="runs/eye_pair.md", metadata={"help": "where the scores are written"})
 
 
-def figure_order(base, lever):
-    """[(arm, folder)] in the sheet's figure order, base and lever interleaved; ConfigError unless paired."""
+def figure_order(base, lever, real_items=False):
+    """[(arm, folder)] in the sheet's figure order, base and lever interleaved (the base alone with `real_items`);
+    ConfigError unless paired."""
+    if real_items:
+        if not base or lever:
+            raise ConfigError("--real-items: give --base figures and no --lever")
+        return [("base", folder) for folder in base]
     if not base or not lever or len(base) != len(lever):
         raise ConfigError("--base and --lever: give as many lever figures as base figures (one pair per seed)")
     return [pair for runs in zip(base, lever) for pair in (("base", runs[0]), ("lever", runs[1]))]
@@ -77,19 +85,29 @@ def image_size(run):
     return open_gan_run(settings["gan_run"]).config.image_size
 
 
-def pair_sheet(figures, sizes, shuffle_seed):
-    """(tiles [n, 3, S, S], key): every design of `figures` ([(arm, folder)]) and each base figure's real items, in
-    one shuffled order; key[i] = [arm, folder, the design's place in its figure or None for a real item,
-    category]."""
+def columns_per_row(folder):
+    """How many real items, and as many designs, each row of `folder`'s fig. 5 shows."""
+    record = read_json(Path(folder) / "personal_design.json", MAX_JSON_BYTES, "fig. 5 record of pm/main.py")
+    return len(record["queries"][0]["real"])
+
+
+def pair_sheet(figures, sizes, shuffle_seed, real_items=False):
+    """(tiles [n, 3, S, S], key): every design of `figures` ([(arm, folder)]) and, with `real_items`, every real
+    item of their rows (arm "real"), else the real items of one column of each base figure (a control: place None),
+    in one shuffled order; key[i] = {arm, figure, place (in its figure and arm, row by row), row, category}."""
     tiles, key = [], []
     for index, ((arm, folder), size) in enumerate(zip(figures, sizes)):
+        per_row = columns_per_row(folder)
         designs, categories = figure_tiles(Path(folder), size)
         tiles += [*designs]
-        key += [[arm, folder, place, category] for place, category in enumerate(categories)]
-        if arm == "base":
-            real, real_categories = figure_tiles(Path(folder), size, real_column=index)
+        key += [{"arm": arm, "figure": folder, "place": place, "row": place // per_row, "category": category}
+                for place, category in enumerate(categories)]
+        for column in range(per_row) if real_items else [index] if arm == "base" else []:
+            real, categories = figure_tiles(Path(folder), size, real_column=column)
             tiles += [*real]
-            key += [[arm, folder, None, category] for category in real_categories]
+            key += [{"arm": "real" if real_items else arm, "figure": folder,
+                     "place": row * per_row + column if real_items else None, "row": row, "category": category}
+                    for row, category in enumerate(categories)]
     side = max(tile.shape[-1] for tile in tiles)
     tiles = [F.interpolate(tile[None], size=(side, side), mode="nearest")[0] for tile in tiles]
     order = np.random.default_rng(shuffle_seed).permutation(len(tiles))
@@ -97,31 +115,37 @@ def pair_sheet(figures, sizes, shuffle_seed):
 
 
 def make_sheet(cfg):
-    """Write the sheet, its key and the brief; the sheet's SHA-256."""
-    figures = figure_order(cfg.base, cfg.lever)
+    """Write the sheet, its key and the brief; (the sheet's SHA-256, its tile count)."""
+    figures = figure_order(cfg.base, cfg.lever, cfg.real_items)
     sizes = [image_size(folder) for _, folder in figures]
-    tiles, key = pair_sheet(figures, sizes, cfg.shuffle_seed)
+    tiles, key = pair_sheet(figures, sizes, cfg.shuffle_seed, cfg.real_items)
     sheet = Path(cfg.sheet)
     sheet.parent.mkdir(parents=True, exist_ok=True)
     digest = write_sheet(sheet, tiles)
     write_json(sheet.with_suffix(".json"), {"sheet_sha256": digest, "shuffle_seed": cfg.shuffle_seed,
-                                            "base": cfg.base, "lever": cfg.lever, "key": key})
+                                            "base": cfg.base, "lever": cfg.lever, "real_items": cfg.real_items,
+                                            "key": key})
     sheet.with_suffix(".md").write_text(BRIEF.format(
         sheet=sheet, size=max(sizes), answers=", ".join(f'"{a}"' for a in ANSWERS), count=len(tiles),
         digest=digest))
     return digest, len(tiles)
 
 
+def is_tile(tile):
+    return (isinstance(tile, dict) and tile.get("arm") in ("base", "lever", "real")
+            and isinstance(tile.get("figure"), str) and (tile.get("place") is None or type(tile["place"]) is int)
+            and type(tile.get("row")) is int and type(tile.get("category")) is int
+            and 0 <= tile["category"] < len(ANSWERS) - 1)
+
+
 def read_key(path):
     """(sheet SHA-256, key) of a sheet's key file, refused in one line (RunError) when it is not one."""
     content = read_json(path, MAX_JSON_BYTES, "sheet key of experiments/eye_pair.py")
     key = content.get("key") if isinstance(content, dict) else None
-    if not (isinstance(content.get("sheet_sha256") if key else None, str) and isinstance(key, list)
-            and all(isinstance(tile, list) and len(tile) == 4 and tile[0] in ("base", "lever")
-                    and isinstance(tile[1], str) and (tile[2] is None or type(tile[2]) is int)
-                    and type(tile[3]) is int and 0 <= tile[3] < len(ANSWERS) - 1 for tile in key)):
-        raise RunError(f"{path} is not a sheet key: it needs \"sheet_sha256\" and \"key\": [[arm, figure, place or "
-                       "null, category] per tile]")
+    if not (isinstance(key, list) and key and isinstance(content.get("sheet_sha256"), str)
+            and all(is_tile(tile) for tile in key) and len({tile["arm"] for tile in key} - {"base"}) == 1):
+        raise RunError(f"{path} is not a sheet key: it needs \"sheet_sha256\" and \"key\": [{{arm (base and one of "
+                       "lever, real), figure, place or null, row, category}} per tile]")
     return content["sheet_sha256"], key
 
 
@@ -140,54 +164,87 @@ def read_answers(path, digest, count):
     return [answers[n] for n in numbers]
 
 
-def labels_of(answers, key):
-    """({figure: [1 where the design was named a garment, per design in figure order]}, the real items' [named their
-    category, count])."""
-    named, real = {}, [0, 0]
-    for (arm, figure, place, category), answer in zip(key, answers):
-        if place is None:
-            real[0] += answer == ANSWERS[category]
-            real[1] += 1
-            continue
-        named.setdefault(figure, {})[place] = int(answer != CANNOT_TELL)
-    return {figure: [labels[p] for p in sorted(labels)] for figure, labels in named.items()}, real
-
-
 def arm_figures(key):
-    """{arm: [figure]} in the sheet's figure order."""
-    figures = {"base": [], "lever": []}
-    for arm, figure, *_ in key:
-        if figure not in figures[arm]:
-            figures[arm].append(figure)
+    """{arm: [figure]} in the sheet's figure order, the base first."""
+    figures = {"base": []}
+    for tile in key:
+        if tile["figure"] not in figures.setdefault(tile["arm"], []):
+            figures[tile["arm"]].append(tile["figure"])
     return figures
+
+
+def labels_of(answers, key):
+    """({(arm, figure): [1 where the tile was named a garment, by place]}, the same for named its own category)."""
+    named, right = {}, {}
+    for tile, answer in zip(key, answers):
+        if tile["place"] is not None:
+            figure = (tile["arm"], tile["figure"])
+            named.setdefault(figure, {})[tile["place"]] = int(answer != CANNOT_TELL)
+            right.setdefault(figure, {})[tile["place"]] = int(answer == ANSWERS[tile["category"]])
+    return tuple({figure: [labels[p] for p in sorted(labels)] for figure, labels in by_figure.items()}
+                 for by_figure in (named, right))
+
+
+def unit_difference(labels, key, other):
+    """{(pair, row): the share of `other`'s tiles named minus the base's} over the units (a figure pair's row, one
+    user's query), for one labeller's `labels` ({tile index: 0 or 1})."""
+    figures, shares = arm_figures(key), {}
+    for index, tile in enumerate(key):
+        if tile["place"] is not None:
+            unit = (figures[tile["arm"]].index(tile["figure"]), tile["row"])
+            shares.setdefault(unit, {}).setdefault(tile["arm"], []).append(labels[index])
+    return {unit: np.mean(arms[other]) - np.mean(arms["base"]) for unit, arms in shares.items()}
+
+
+def bootstrap_interval(differences, draws=10_000):
+    """(mean, 2.5th and 97.5th percentiles of the mean) of per-unit differences over resampled units."""
+    values = np.asarray(differences)
+    means = values[np.random.default_rng(0).integers(0, len(values), (draws, len(values)))].mean(1)
+    return values.mean(), *np.percentile(means, [2.5, 97.5])
 
 
 def score(answer_files, digest, key):
     """The scores of every labeller's answers as a Markdown report."""
-    figures, categories = arm_figures(key), {}
-    for _, figure, place, category in key:
-        if place is not None:
-            categories.setdefault(figure, {})[place] = category
-    lines = ["| labeller | real items named as their category | base: designs named, per figure | lever: designs "
-             "named, per figure | lever - base | women's shoes named, base / lever |", "|---|---|---|---|---|---|"]
-    named_by, differences = [], []
+    figures = arm_figures(key)
+    other = next(arm for arm in figures if arm != "base")
+    lines = [f"| labeller | control: real items named as their category | base: named a garment, per figure | "
+             f"{other}: the same | {other} - base | named as their category: base / {other} | women's shoes named: "
+             f"base / {other} |", "|---|---|---|---|---|---|---|"]
+    differences, every_named, units = [], [], {"named a garment": [], "named as their category": []}
     for path in answer_files:
-        labels, real = labels_of(read_answers(path, digest, len(key)), key)
-        per_arm = {arm: [sum(labels[f]) for f in arm_figures_of] for arm, arm_figures_of in figures.items()}
-        shoes = {arm: sum(label for f in figs for place, label in enumerate(labels[f])
-                          if categories[f][place] == WOMENS_SHOES) for arm, figs in figures.items()}
-        differences.append(sum(per_arm["lever"]) - sum(per_arm["base"]))
-        named_by.append(torch.tensor([label for arm in ("base", "lever") for f in figures[arm] for label in labels[f]]))
-        lines.append(f"| {Path(path).name} | {real[0]} of {real[1]} | {' / '.join(map(str, per_arm['base']))} = "
-                     f"{sum(per_arm['base'])} | {' / '.join(map(str, per_arm['lever']))} = {sum(per_arm['lever'])} "
-                     f"| {differences[-1]:+d} | {shoes['base']} / {shoes['lever']} |")
-    designs = len(named_by[0]) // 2
-    lines += ["", f"Designs named, the lever's minus the base's, of {designs} each: {np.mean(differences):+.2f} on "
-              f"average over {len(answer_files)} labellers."]
-    if len(named_by) > 1:
-        pairs = [(int((a == b).sum()), cohen_kappa(a, b)) for a, b in combinations(named_by, 2)]
+        answers = read_answers(path, digest, len(key))
+        named, right = labels_of(answers, key)
+        control = [answer == ANSWERS[tile["category"]] for tile, answer in zip(key, answers) if tile["place"] is None]
+        counts = {arm: [sum(named[(arm, f)]) for f in figures[arm]] for arm in ("base", other)}
+        shoes = {arm: sum(answer != CANNOT_TELL for tile, answer in zip(key, answers)
+                          if tile["arm"] == arm and tile["place"] is not None and tile["category"] == WOMENS_SHOES)
+                 for arm in ("base", other)}
+        differences.append(sum(counts[other]) - sum(counts["base"]))
+        every_named.append(torch.tensor([label for figure in sorted(named) for label in named[figure]]))
+        for measure, labels in (("named a garment", named), ("named as their category", right)):
+            by_tile = {}
+            for index, tile in enumerate(key):
+                if tile["place"] is not None:
+                    by_tile[index] = labels[(tile["arm"], tile["figure"])][tile["place"]]
+            units[measure].append(unit_difference(by_tile, key, other))
+        lines.append(f"| {Path(path).name} | {f'{sum(control)} of {len(control)}' if control else '-'} | "
+                     f"{' / '.join(map(str, counts['base']))} = {sum(counts['base'])} | "
+                     f"{' / '.join(map(str, counts[other]))} = {sum(counts[other])} | {differences[-1]:+d} | "
+                     f"{sum(map(sum, (right[('base', f)] for f in figures['base'])))} / "
+                     f"{sum(map(sum, (right[(other, f)] for f in figures[other])))} | {shoes['base']} / "
+                     f"{shoes[other]} |")
+    tiles = sum(len(named[("base", f)]) for f in figures["base"])
+    lines += ["", f"Tiles named, {other} minus base, of {tiles} each: {np.mean(differences):+.2f} on average over "
+              f"{len(answer_files)} labellers."]
+    for measure, per_labeller in units.items():
+        mean, low, high = bootstrap_interval([np.mean([one[unit] for one in per_labeller])
+                                              for unit in sorted(per_labeller[0])])
+        lines.append(f"Share {measure}, {other} minus base, over the labellers: {mean:+.3f} (95% interval {low:+.3f} "
+                     f"to {high:+.3f}, a bootstrap over the {len(per_labeller[0])} rows: one user's query each).")
+    if len(every_named) > 1:
+        pairs = [(int((a == b).sum()), cohen_kappa(a, b)) for a, b in combinations(every_named, 2)]
         lines.append(f"Two labellers agree on {min(p[0] for p in pairs)} to {max(p[0] for p in pairs)} of "
-                     f"{2 * designs} designs (Cohen's kappa {min(p[1] for p in pairs):.2f} to "
+                     f"{len(every_named[0])} tiles (Cohen's kappa {min(p[1] for p in pairs):.2f} to "
                      f"{max(p[1] for p in pairs):.2f}).")
     return "\n".join(lines) + "\n"
 
