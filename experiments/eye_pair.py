@@ -173,26 +173,29 @@ def arm_figures(key):
     return figures
 
 
-def labels_of(answers, key):
-    """({(arm, figure): [1 where the tile was named a garment, by place]}, the same for named its own category)."""
-    named, right = {}, {}
-    for tile, answer in zip(key, answers):
+def tile_labels(answers, key):
+    """{"named a garment": [0 or 1 per tile], "named as their category": [...]} of one labeller's answers."""
+    return {"named a garment": [int(answer != CANNOT_TELL) for answer in answers],
+            "named as their category": [int(answer == ANSWERS[tile["category"]]) for tile, answer in zip(key, answers)]}
+
+
+def labels_of(labels, key):
+    """{(arm, figure): [label per tile, by place]} of per-tile labels, the controls left out."""
+    by_figure = {}
+    for tile, label in zip(key, labels):
         if tile["place"] is not None:
-            figure = (tile["arm"], tile["figure"])
-            named.setdefault(figure, {})[tile["place"]] = int(answer != CANNOT_TELL)
-            right.setdefault(figure, {})[tile["place"]] = int(answer == ANSWERS[tile["category"]])
-    return tuple({figure: [labels[p] for p in sorted(labels)] for figure, labels in by_figure.items()}
-                 for by_figure in (named, right))
+            by_figure.setdefault((tile["arm"], tile["figure"]), {})[tile["place"]] = label
+    return {figure: [labels[place] for place in sorted(labels)] for figure, labels in by_figure.items()}
 
 
-def unit_difference(labels, key, other):
-    """{(pair, row): the share of `other`'s tiles named minus the base's} over the units (a figure pair's row, one
-    user's query), for one labeller's `labels` ({tile index: 0 or 1})."""
+def row_differences(labels, key, other):
+    """{(figure pair, row): the share of `other`'s tiles labelled 1 minus the base's} of per-tile labels: one unit
+    per user's query."""
     figures, shares = arm_figures(key), {}
-    for index, tile in enumerate(key):
+    for tile, label in zip(key, labels):
         if tile["place"] is not None:
             unit = (figures[tile["arm"]].index(tile["figure"]), tile["row"])
-            shares.setdefault(unit, {}).setdefault(tile["arm"], []).append(labels[index])
+            shares.setdefault(unit, {}).setdefault(tile["arm"], []).append(label)
     return {unit: np.mean(arms[other]) - np.mean(arms["base"]) for unit, arms in shares.items()}
 
 
@@ -203,48 +206,50 @@ def bootstrap_interval(differences, draws=10_000):
     return values.mean(), *np.percentile(means, [2.5, 97.5])
 
 
+def labeller_row(name, answers, key, other):
+    """One labeller's line of the report."""
+    figures, labels = arm_figures(key), tile_labels(answers, key)
+    named = labels_of(labels["named a garment"], key)
+    right = labels_of(labels["named as their category"], key)
+    control = [label for tile, label in zip(key, labels["named as their category"]) if tile["place"] is None]
+    counts = {arm: [sum(named[(arm, figure)]) for figure in figures[arm]] for arm in ("base", other)}
+    on_category = {arm: sum(sum(right[(arm, figure)]) for figure in figures[arm]) for arm in ("base", other)}
+    shoes = {arm: sum(label for tile, label in zip(key, labels["named a garment"])
+                      if tile["arm"] == arm and tile["place"] is not None and tile["category"] == WOMENS_SHOES)
+             for arm in ("base", other)}
+    return (f"| {name} | {f'{sum(control)} of {len(control)}' if control else '-'} | "
+            f"{' / '.join(map(str, counts['base']))} = {sum(counts['base'])} | "
+            f"{' / '.join(map(str, counts[other]))} = {sum(counts[other])} | "
+            f"{sum(counts[other]) - sum(counts['base']):+d} | {on_category['base']} / {on_category[other]} | "
+            f"{shoes['base']} / {shoes[other]} |")
+
+
 def score(answer_files, digest, key):
     """The scores of every labeller's answers as a Markdown report."""
-    figures = arm_figures(key)
-    other = next(arm for arm in figures if arm != "base")
+    other = next(arm for arm in arm_figures(key) if arm != "base")
+    labellers = [read_answers(path, digest, len(key)) for path in answer_files]
     lines = [f"| labeller | control: real items named as their category | base: named a garment, per figure | "
              f"{other}: the same | {other} - base | named as their category: base / {other} | women's shoes named: "
              f"base / {other} |", "|---|---|---|---|---|---|---|"]
-    differences, every_named, units = [], [], {"named a garment": [], "named as their category": []}
-    for path in answer_files:
-        answers = read_answers(path, digest, len(key))
-        named, right = labels_of(answers, key)
-        control = [answer == ANSWERS[tile["category"]] for tile, answer in zip(key, answers) if tile["place"] is None]
-        counts = {arm: [sum(named[(arm, f)]) for f in figures[arm]] for arm in ("base", other)}
-        shoes = {arm: sum(answer != CANNOT_TELL for tile, answer in zip(key, answers)
-                          if tile["arm"] == arm and tile["place"] is not None and tile["category"] == WOMENS_SHOES)
-                 for arm in ("base", other)}
-        differences.append(sum(counts[other]) - sum(counts["base"]))
-        every_named.append(torch.tensor([label for figure in sorted(named) for label in named[figure]]))
-        for measure, labels in (("named a garment", named), ("named as their category", right)):
-            by_tile = {}
-            for index, tile in enumerate(key):
-                if tile["place"] is not None:
-                    by_tile[index] = labels[(tile["arm"], tile["figure"])][tile["place"]]
-            units[measure].append(unit_difference(by_tile, key, other))
-        lines.append(f"| {Path(path).name} | {f'{sum(control)} of {len(control)}' if control else '-'} | "
-                     f"{' / '.join(map(str, counts['base']))} = {sum(counts['base'])} | "
-                     f"{' / '.join(map(str, counts[other]))} = {sum(counts[other])} | {differences[-1]:+d} | "
-                     f"{sum(map(sum, (right[('base', f)] for f in figures['base'])))} / "
-                     f"{sum(map(sum, (right[(other, f)] for f in figures[other])))} | {shoes['base']} / "
-                     f"{shoes[other]} |")
-    tiles = sum(len(named[("base", f)]) for f in figures["base"])
-    lines += ["", f"Tiles named, {other} minus base, of {tiles} each: {np.mean(differences):+.2f} on average over "
-              f"{len(answer_files)} labellers."]
-    for measure, per_labeller in units.items():
-        mean, low, high = bootstrap_interval([np.mean([one[unit] for one in per_labeller])
-                                              for unit in sorted(per_labeller[0])])
+    lines += [labeller_row(Path(path).name, answers, key, other) for path, answers in zip(answer_files, labellers)]
+    labels = [tile_labels(answers, key) for answers in labellers]
+    shown = [index for index, tile in enumerate(key) if tile["place"] is not None]
+    named = [torch.tensor([one["named a garment"][index] for index in shown]) for one in labels]
+    per_arm = sum(key[index]["arm"] == "base" for index in shown)
+    difference = np.mean([sum(one["named a garment"][i] * (1 if key[i]["arm"] == other else -1) for i in shown)
+                          for one in labels])
+    lines += ["", f"Tiles named a garment, {other} minus base, of {per_arm} each: {difference:+.2f} on average over "
+              f"{len(labellers)} labellers."]
+    for measure in ("named a garment", "named as their category"):
+        per_labeller = [row_differences(one[measure], key, other) for one in labels]
+        units = sorted(per_labeller[0])
+        mean, low, high = bootstrap_interval([np.mean([one[unit] for one in per_labeller]) for unit in units])
         lines.append(f"Share {measure}, {other} minus base, over the labellers: {mean:+.3f} (95% interval {low:+.3f} "
-                     f"to {high:+.3f}, a bootstrap over the {len(per_labeller[0])} rows: one user's query each).")
-    if len(every_named) > 1:
-        pairs = [(int((a == b).sum()), cohen_kappa(a, b)) for a, b in combinations(every_named, 2)]
+                     f"to {high:+.3f}, a bootstrap over the {len(units)} rows: one user's query each).")
+    if len(named) > 1:
+        pairs = [(int((a == b).sum()), cohen_kappa(a, b)) for a, b in combinations(named, 2)]
         lines.append(f"Two labellers agree on {min(p[0] for p in pairs)} to {max(p[0] for p in pairs)} of "
-                     f"{len(every_named[0])} tiles (Cohen's kappa {min(p[1] for p in pairs):.2f} to "
+                     f"{len(shown)} tiles (Cohen's kappa {min(p[1] for p in pairs):.2f} to "
                      f"{max(p[1] for p in pairs):.2f}).")
     return "\n".join(lines) + "\n"
 

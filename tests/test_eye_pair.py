@@ -1,4 +1,5 @@
-"""experiments/eye_pair.py: a lever's fig. 5s against the base's on one blind sheet, and the labellers' scores."""
+"""experiments/eye_pair.py: a lever's fig. 5s against the base's (or against the real items of the same rows) on
+one blind sheet, and the labellers' scores."""
 import json
 
 import pytest
@@ -6,42 +7,68 @@ import torch
 
 from common.errors import ConfigError, RunError
 from experiments.eye_check import ANSWERS, figure_tiles
-from experiments.eye_pair import figure_order, labels_of, main, pair_sheet, read_answers, read_key, score
+from experiments.eye_pair import (
+    bootstrap_interval,
+    figure_order,
+    labels_of,
+    main,
+    pair_sheet,
+    read_answers,
+    read_key,
+    score,
+    tile_labels,
+)
 from tests.test_eye_check import write_figure
 
 COMMITTED = "docs/eye_half_chroma"
 
 
-def two_pairs(tmp_path):
-    """[(arm, folder)] of two base and two lever figures of 2 rows (categories 0, 1) and 3 designs a row."""
-    for name in ("b1", "l1", "b2", "l2"):
-        write_figure(tmp_path / name, rows=2)
-    return figure_order([str(tmp_path / "b1"), str(tmp_path / "b2")], [str(tmp_path / "l1"), str(tmp_path / "l2")])
+def figures_in(tmp_path, names):
+    for name in names:
+        write_figure(tmp_path / name, rows=2)   # categories 0 and 1, 3 real items and 3 designs a row
+    return [str(tmp_path / name) for name in names]
 
 
 def test_the_figures_are_taken_in_pairs_and_unpaired_ones_refused():
     assert figure_order(["b1", "b2"], ["l1", "l2"]) == [("base", "b1"), ("lever", "l1"), ("base", "b2"),
                                                         ("lever", "l2")]
+    assert figure_order(["b1", "b2"], None, real_items=True) == [("base", "b1"), ("base", "b2")]
     for base, lever in [(["b1", "b2"], ["l1"]), (None, ["l1"]), ([], [])]:
         with pytest.raises(ConfigError, match="as many lever figures as base figures"):
             figure_order(base, lever)
+    with pytest.raises(ConfigError, match="--real-items: give --base figures and no --lever"):
+        figure_order(["b1"], ["l1"], real_items=True)
 
 
 def test_the_sheet_holds_every_design_once_and_the_base_figures_real_items_in_a_fixed_shuffle(tmp_path):
-    figures = two_pairs(tmp_path)
+    figures = figure_order(figures_in(tmp_path, ["b1", "b2"]), figures_in(tmp_path, ["l1", "l2"]))
     tiles, key = pair_sheet(figures, [16] * 4, shuffle_seed=0)
     assert len(tiles) == 4 * 6 + 2 * 2
-    for folder in (f for _, f in figures):
-        assert sorted(place for _, f, place, _ in key if f == folder and place is not None) == list(range(6))
-    assert {arm for arm, _, place, _ in key if place is None} == {"base"}
-    for tile, (_, folder, place, _) in zip(tiles, key):
-        designs, _ = figure_tiles(tmp_path / folder.split("/")[-1], 16)
-        if place is not None:
-            torch.testing.assert_close(tile, designs[place])
+    for _, folder in figures:
+        assert sorted(t["place"] for t in key if t["figure"] == folder and t["place"] is not None) == list(range(6))
+    assert {t["arm"] for t in key if t["place"] is None} == {"base"}
+    for tile, entry in zip(tiles, key):
+        if entry["place"] is not None:   # a design's tile is that design, in its row
+            designs, categories = figure_tiles(tmp_path / entry["figure"].split("/")[-1], 16)
+            torch.testing.assert_close(tile, designs[entry["place"]])
+            assert entry["row"] == entry["place"] // 3 and entry["category"] == categories[entry["place"]]
     again, same_key = pair_sheet(figures, [16] * 4, shuffle_seed=0)
     assert torch.equal(again, tiles) and same_key == key
-    _, other_key = pair_sheet(figures, [16] * 4, shuffle_seed=1)
-    assert other_key != key
+    assert pair_sheet(figures, [16] * 4, shuffle_seed=1)[1] != key
+
+
+def test_with_real_items_the_sheet_holds_every_real_item_of_each_row_beside_its_designs(tmp_path):
+    figures = figure_order(figures_in(tmp_path, ["b1", "b2"]), None, real_items=True)
+    tiles, key = pair_sheet(figures, [16] * 2, shuffle_seed=0, real_items=True)
+    assert len(tiles) == 2 * (6 + 6) and all(t["place"] is not None for t in key)
+    for tile, entry in zip(tiles, key):
+        if entry["arm"] == "real":
+            real, categories = figure_tiles(tmp_path / entry["figure"].split("/")[-1], 16,
+                                            real_column=entry["place"] % 3)
+            torch.testing.assert_close(tile, real[entry["row"]])
+            assert entry["row"] == entry["place"] // 3 and entry["category"] == categories[entry["row"]]
+    assert sorted((t["figure"], t["place"]) for t in key if t["arm"] == "real") == \
+        sorted((t["figure"], t["place"]) for t in key if t["arm"] == "base")
 
 
 def answers_file(path, digest, answers):
@@ -50,14 +77,36 @@ def answers_file(path, digest, answers):
 
 
 def test_a_labeller_who_names_every_base_design_and_no_lever_design_scores_minus_all(tmp_path):
-    figures = two_pairs(tmp_path)
+    figures = figure_order(figures_in(tmp_path, ["b1", "b2"]), figures_in(tmp_path, ["l1", "l2"]))
     _, key = pair_sheet(figures, [16] * 4, shuffle_seed=0)
-    answers = [ANSWERS[category] if arm == "base" else "cannot tell" for arm, _, _, category in key]
-    labels, real = labels_of(answers, key)
-    assert real == [4, 4] and all(sum(labels[f]) == (6 if arm == "base" else 0) for arm, f in figures)
+    answers = [ANSWERS[t["category"]] if t["arm"] == "base" else "cannot tell" for t in key]
+    labels = tile_labels(answers, key)
+    named, right = labels_of(labels["named a garment"], key), labels_of(labels["named as their category"], key)
+    assert all(sum(named[figure]) == (6 if figure[0] == "base" else 0) for figure in figures) and named == right
     report = score([answers_file(tmp_path / "a.json", "s", answers)], "s", key)
-    assert "| a.json | 4 of 4 | 6 / 6 = 12 | 0 / 0 = 0 | -12 | 0 / 0 |" in report
+    assert "| a.json | 4 of 4 | 6 / 6 = 12 | 0 / 0 = 0 | -12 | 12 / 0 | 0 / 0 |" in report
     assert "-12.00 on average over 1 labellers" in report
+    assert "Share named a garment, lever minus base, over the labellers: -1.000 (95% interval -1.000 to -1.000, " \
+           "a bootstrap over the 4 rows" in report
+
+
+def test_designs_named_half_as_often_as_the_real_items_beside_them_score_minus_a_half(tmp_path):
+    figures = figure_order(figures_in(tmp_path, ["b1", "b2"]), None, real_items=True)
+    _, key = pair_sheet(figures, [16] * 2, shuffle_seed=0, real_items=True)
+    # every real item named as its category; the designs of row 0 of each figure too, those of row 1 called sandals
+    answers = [ANSWERS[t["category"]] if t["arm"] == "real" or t["row"] == 0 else "cannot tell" for t in key]
+    report = score([answers_file(tmp_path / "a.json", "s", answers)], "s", key)
+    assert "| a.json | - | 3 / 3 = 6 | 6 / 6 = 12 | +6 | 6 / 12 | 0 / 0 |" in report
+    assert "Share named a garment, real minus base, over the labellers: +0.500 (95% interval +0.000 to +1.000" \
+        in report
+
+
+def test_the_bootstrap_interval_holds_the_mean_and_narrows_with_more_rows():
+    mean, low, high = bootstrap_interval([0.0, 1.0] * 5)
+    assert mean == 0.5 and low < 0.5 < high
+    _, wide_low, wide_high = bootstrap_interval([0.0, 1.0])
+    assert wide_high - wide_low > high - low
+    assert bootstrap_interval([0.25] * 7) == pytest.approx((0.25, 0.25, 0.25))
 
 
 def test_answers_are_refused_in_one_line_unless_one_per_tile_of_the_keys_sheet(tmp_path):
@@ -71,8 +120,14 @@ def test_answers_are_refused_in_one_line_unless_one_per_tile_of_the_keys_sheet(t
     assert read_answers(answers_file(path, "s", ["dress"] * 4), "s", 4) == ["dress"] * 4
 
 
-@pytest.mark.parametrize("content", [{"key": []}, {"sheet_sha256": "s", "key": [["other", "f", 0, 1]]},
-                                     {"sheet_sha256": "s", "key": [["base", "f", 0, 6]]}, [1, 2]])
+TILE = {"arm": "base", "figure": "f", "place": 0, "row": 0, "category": 1}
+
+
+@pytest.mark.parametrize("content", [
+    {"key": [TILE, {**TILE, "arm": "real"}]}, [1, 2], {"sheet_sha256": "s", "key": [TILE, {**TILE, "arm": "other"}]},
+    {"sheet_sha256": "s", "key": [TILE, {**TILE, "arm": "real", "category": 6}]},
+    {"sheet_sha256": "s", "key": [TILE, {**TILE, "arm": "lever"}, {**TILE, "arm": "real"}]},
+    {"sheet_sha256": "s", "key": [TILE, {**TILE, "arm": "real", "row": None}]}])
 def test_a_malformed_key_is_refused_in_one_line(tmp_path, content):
     (tmp_path / "key.json").write_text(json.dumps(content))
     with pytest.raises(RunError, match="is not a sheet key"):
@@ -81,10 +136,11 @@ def test_a_malformed_key_is_refused_in_one_line(tmp_path, content):
 
 def test_the_committed_answers_give_the_committed_labels_of_the_half_chroma_rule(tmp_path):
     digest, key = read_key(f"{COMMITTED}/sheet.json")
-    labelled = json.loads(open("docs/eye_labels_half_chroma.json").read())["sets"]
-    for one in labelled:
-        labels, _ = labels_of(read_answers(f"{COMMITTED}/labeller_{one['labeller']}.json", digest, len(key)), key)
-        assert labels == {figure: entry["labels"] for figure, entry in one["figures"].items()}
+    for one in json.loads(open("docs/eye_labels_half_chroma.json").read())["sets"]:
+        answers = read_answers(f"{COMMITTED}/labeller_{one['labeller']}.json", digest, len(key))
+        named = labels_of(tile_labels(answers, key)["named a garment"], key)
+        assert {figure: labels for (_, figure), labels in named.items()} == \
+            {figure: entry["labels"] for figure, entry in one["figures"].items()}
     main(["--key", f"{COMMITTED}/sheet.json", "--out", str(tmp_path / "score.md"), "--answers",
           *(f"{COMMITTED}/labeller_{n}.json" for n in (27, 28, 29, 30))])
     assert "-5.25 on average over 4 labellers" in (tmp_path / "score.md").read_text()
