@@ -224,6 +224,22 @@ def labeller_row(name, answers, key, other):
             f"{shoes['base']} / {shoes[other]} |")
 
 
+def by_category(labels, key, other):
+    """A table per category: of its tiles in each arm, how many times the labellers named a garment and their
+    category."""
+    lines = [f"| category (its garment) | base: named a garment | {other}: the same | base: named as their category | "
+             f"{other}: the same |", "|---|---|---|---|---|"]
+    for category in sorted({tile["category"] for tile in key}):
+        cells = []
+        for measure in ("named a garment", "named as their category"):
+            for arm in ("base", other):
+                tiles = [i for i, tile in enumerate(key)
+                         if tile["place"] is not None and tile["arm"] == arm and tile["category"] == category]
+                cells.append(f"{sum(one[measure][i] for one in labels for i in tiles)} of {len(tiles) * len(labels)}")
+        lines.append(f"| {category} ({ANSWERS[category]}) | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def score(answer_files, digest, key):
     """The scores of every labeller's answers as a Markdown report."""
     other = next(arm for arm in arm_figures(key) if arm != "base")
@@ -246,6 +262,7 @@ def score(answer_files, digest, key):
         mean, low, high = bootstrap_interval([np.mean([one[unit] for one in per_labeller]) for unit in units])
         lines.append(f"Share {measure}, {other} minus base, over the labellers: {mean:+.3f} (95% interval {low:+.3f} "
                      f"to {high:+.3f}, a bootstrap over the {len(units)} rows: one user's query each).")
+    lines += ["", by_category(labels, key, other)]
     if len(named) > 1:
         pairs = [(int((a == b).sum()), cohen_kappa(a, b)) for a, b in combinations(named, 2)]
         lines.append(f"Two labellers agree on {min(p[0] for p in pairs)} to {max(p[0] for p in pairs)} of "

@@ -99,6 +99,8 @@ def test_designs_named_half_as_often_as_the_real_items_beside_them_score_minus_a
     assert "| a.json | - | 3 / 3 = 6 | 6 / 6 = 12 | +6 | 6 / 12 | 0 / 0 |" in report
     assert "Share named a garment, real minus base, over the labellers: +0.500 (95% interval +0.000 to +1.000" \
         in report
+    assert "| 0 (long-sleeved top) | 6 of 6 | 6 of 6 | 6 of 6 | 6 of 6 |" in report
+    assert "| 1 (T-shirt or tank top) | 0 of 6 | 6 of 6 | 0 of 6 | 6 of 6 |" in report
 
 
 def test_the_bootstrap_interval_holds_the_mean_and_narrows_with_more_rows():
