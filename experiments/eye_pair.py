@@ -7,7 +7,11 @@ can be named more often than the base's. This makes that sheet and scores it:
         writes the sheet (--sheet, a PNG), its key (the same path, .json: which figure and design each tile is, and
         the sheet's SHA-256) and the labellers' brief (the same path, .md);
     python experiments/eye_pair.py --key runs/eye_pair.json --answers answers_1.json answers_2.json
-        scores the labellers' answers ({"sheet_sha256": ..., "answers": {"1": one of ANSWERS, ...}}, one per tile).
+        scores the labellers' answers ({"sheet_sha256": ..., "answers": {"1": one of ANSWERS, ...}}, one per tile);
+    python experiments/eye_pair.py --real-items --base runs/pm_fig_s0 runs/pm_fig_s1
+        the base's designs against every real item of their rows (the users' top items by eq. 8) instead;
+    ... --key K --answers ... --against-key K2 --against-answers ...
+        two sheets of the same rows and arms compared row by row (each within its own labellers).
 
 The sheet holds every design of every figure and the real items of each base figure's rows (a control: a labeller
 who cannot name real items is not judging garments), all tiles at one size, shuffled by --shuffle-seed, numbered
@@ -64,6 +68,11 @@ class EyePairConfig:
     shuffle_seed: int = field(default=0, metadata={"help": "the seed of the sheet's shuffle"})
     key: str | None = field(default=None, metadata={"help": "a sheet's key (.json): score --answers against it"})
     answers: list[str] | None = field(default=None, metadata={"help": "blind labellers' answer files, one each"})
+    against_key: str | None = field(default=None, metadata={
+        "help": "with --answers: a second sheet of the same rows and arms (its designs made otherwise): per row, the "
+                "difference between this sheet's arms minus the difference between its"})
+    against_answers: list[str] | None = field(default=None, metadata={
+        "help": "the second sheet's labellers' answer files"})
     out: str = field(default="runs/eye_pair.md", metadata={"help": "where the scores are written"})
 
 
@@ -240,9 +249,22 @@ def by_category(labels, key, other):
     return "\n".join(lines)
 
 
+MEASURES = ("named a garment", "named as their category")
+
+
+def other_arm(key):
+    return next(arm for arm in arm_figures(key) if arm != "base")
+
+
+def row_means(labels, key, measure):
+    """{(figure pair, row): the other arm's share minus the base's, averaged over the labellers' `labels`}."""
+    per_labeller = [row_differences(one[measure], key, other_arm(key)) for one in labels]
+    return {unit: np.mean([one[unit] for one in per_labeller]) for unit in sorted(per_labeller[0])}
+
+
 def score(answer_files, digest, key):
-    """The scores of every labeller's answers as a Markdown report."""
-    other = next(arm for arm in arm_figures(key) if arm != "base")
+    """(the scores of every labeller's answers as a Markdown report, their per-tile labels)."""
+    other = other_arm(key)
     labellers = [read_answers(path, digest, len(key)) for path in answer_files]
     lines = [f"| labeller | control: real items named as their category | base: named a garment, per figure | "
              f"{other}: the same | {other} - base | named as their category: base / {other} | women's shoes named: "
@@ -250,25 +272,37 @@ def score(answer_files, digest, key):
     lines += [labeller_row(Path(path).name, answers, key, other) for path, answers in zip(answer_files, labellers)]
     labels = [tile_labels(answers, key) for answers in labellers]
     shown = [index for index, tile in enumerate(key) if tile["place"] is not None]
-    named = [torch.tensor([one["named a garment"][index] for index in shown]) for one in labels]
     per_arm = sum(key[index]["arm"] == "base" for index in shown)
     difference = np.mean([sum(one["named a garment"][i] * (1 if key[i]["arm"] == other else -1) for i in shown)
                           for one in labels])
     lines += ["", f"Tiles named a garment, {other} minus base, of {per_arm} each: {difference:+.2f} on average over "
               f"{len(labellers)} labellers."]
-    for measure in ("named a garment", "named as their category"):
-        per_labeller = [row_differences(one[measure], key, other) for one in labels]
-        units = sorted(per_labeller[0])
-        mean, low, high = bootstrap_interval([np.mean([one[unit] for one in per_labeller]) for unit in units])
+    for measure in MEASURES:
+        rows = row_means(labels, key, measure)
+        mean, low, high = bootstrap_interval(list(rows.values()))
         lines.append(f"Share {measure}, {other} minus base, over the labellers: {mean:+.3f} (95% interval {low:+.3f} "
-                     f"to {high:+.3f}, a bootstrap over the {len(units)} rows: one user's query each).")
-    lines += ["", by_category(labels, key, other)]
+                     f"to {high:+.3f}, a bootstrap over the {len(rows)} rows: one user's query each).")
+    named = [torch.tensor([one["named a garment"][index] for index in shown]) for one in labels]
     if len(named) > 1:
         pairs = [(int((a == b).sum()), cohen_kappa(a, b)) for a, b in combinations(named, 2)]
         lines.append(f"Two labellers agree on {min(p[0] for p in pairs)} to {max(p[0] for p in pairs)} of "
                      f"{len(shown)} tiles (Cohen's kappa {min(p[1] for p in pairs):.2f} to "
                      f"{max(p[1] for p in pairs):.2f}).")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", by_category(labels, key, other)]) + "\n", labels
+
+
+def between_sheets(first, second):
+    """Lines comparing two sheets of the same rows ((labels, key) each, the same arms): per row, the first's
+    difference between its arms minus the second's, with a bootstrap interval over the rows."""
+    lines = []
+    for measure in MEASURES:
+        ours, theirs = row_means(*first, measure), row_means(*second, measure)
+        if sorted(ours) != sorted(theirs):
+            raise RunError("--against-key: the two sheets do not hold the same rows (figure pairs and rows)")
+        mean, low, high = bootstrap_interval([ours[unit] - theirs[unit] for unit in ours])
+        lines.append(f"Share {measure}: this sheet's difference minus the --against sheet's, per row: {mean:+.3f} "
+                     f"(95% interval {low:+.3f} to {high:+.3f}, a bootstrap over the {len(ours)} rows).")
+    return lines
 
 
 def main(argv=None):
@@ -278,7 +312,13 @@ def main(argv=None):
             if cfg.key is None:
                 raise ConfigError("--answers: give the sheet's --key (the .json written beside it)")
             digest, key = read_key(cfg.key)
-            report = score(cfg.answers, digest, key)
+            report, labels = score(cfg.answers, digest, key)
+            if cfg.against_key is not None:
+                if not cfg.against_answers:
+                    raise ConfigError("--against-key: give the other sheet's --against-answers")
+                against_digest, against_key = read_key(cfg.against_key)
+                _, against_labels = score(cfg.against_answers, against_digest, against_key)
+                report += "\n" + "\n".join(between_sheets((labels, key), (against_labels, against_key))) + "\n"
             Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
             Path(cfg.out).write_text(report)
             print(report)

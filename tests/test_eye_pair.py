@@ -8,6 +8,7 @@ import torch
 from common.errors import ConfigError, RunError
 from experiments.eye_check import ANSWERS, figure_tiles
 from experiments.eye_pair import (
+    between_sheets,
     bootstrap_interval,
     figure_order,
     labels_of,
@@ -83,7 +84,7 @@ def test_a_labeller_who_names_every_base_design_and_no_lever_design_scores_minus
     labels = tile_labels(answers, key)
     named, right = labels_of(labels["named a garment"], key), labels_of(labels["named as their category"], key)
     assert all(sum(named[figure]) == (6 if figure[0] == "base" else 0) for figure in figures) and named == right
-    report = score([answers_file(tmp_path / "a.json", "s", answers)], "s", key)
+    report, _ = score([answers_file(tmp_path / "a.json", "s", answers)], "s", key)
     assert "| a.json | 4 of 4 | 6 / 6 = 12 | 0 / 0 = 0 | -12 | 12 / 0 | 0 / 0 |" in report
     assert "-12.00 on average over 1 labellers" in report
     assert "Share named a garment, lever minus base, over the labellers: -1.000 (95% interval -1.000 to -1.000, " \
@@ -95,7 +96,7 @@ def test_designs_named_half_as_often_as_the_real_items_beside_them_score_minus_a
     _, key = pair_sheet(figures, [16] * 2, shuffle_seed=0, real_items=True)
     # every real item named as its category; the designs of row 0 of each figure too, those of row 1 called sandals
     answers = [ANSWERS[t["category"]] if t["arm"] == "real" or t["row"] == 0 else "cannot tell" for t in key]
-    report = score([answers_file(tmp_path / "a.json", "s", answers)], "s", key)
+    report, _ = score([answers_file(tmp_path / "a.json", "s", answers)], "s", key)
     assert "| a.json | - | 3 / 3 = 6 | 6 / 6 = 12 | +6 | 6 / 12 | 0 / 0 |" in report
     assert "Share named a garment, real minus base, over the labellers: +0.500 (95% interval +0.000 to +1.000" \
         in report
@@ -151,3 +152,18 @@ def test_the_committed_answers_give_the_committed_labels_of_the_half_chroma_rule
 def test_answers_without_a_key_are_refused_in_one_line():
     with pytest.raises(SystemExit, match="eye_pair: --answers: give the sheet's --key"):
         main(["--answers", "a.json"])
+
+
+def test_two_sheets_of_the_same_rows_compare_row_by_row_and_other_rows_are_refused(tmp_path):
+    figures = figure_order(figures_in(tmp_path, ["b1", "b2"]), None, real_items=True)
+    _, key = pair_sheet(figures, [16] * 2, shuffle_seed=0, real_items=True)
+    _, other_key = pair_sheet(figures, [16] * 2, shuffle_seed=1, real_items=True)
+    every_one = tile_labels([ANSWERS[t["category"]] for t in key], key)   # designs as nameable as real items
+    no_design = tile_labels([ANSWERS[t["category"]] if t["arm"] == "real" else "cannot tell" for t in other_key],
+                            other_key)
+    lines = between_sheets(([every_one], key), ([no_design], other_key))
+    assert lines[0].startswith("Share named a garment: this sheet's difference minus the --against sheet's, per row: "
+                               "-1.000 (95% interval -1.000 to -1.000, a bootstrap over the 4 rows)")
+    fewer_rows = [t for t in other_key if t["row"] == 0]
+    with pytest.raises(RunError, match="do not hold the same rows"):
+        between_sheets(([every_one], key), ([tile_labels(["dress"] * len(fewer_rows), fewer_rows)], fewer_rows))
