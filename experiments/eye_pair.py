@@ -1,7 +1,9 @@
-"""A lever's fig. 5s against the base's, on one blind sheet: how many designs each blind labeller names of each.
+"""Fig. 5's designs on one blind sheet against a lever's or against the real items beside them, and how many of
+each arm blind labellers name.
 
 The rules by which generator levers were judged (docs/design_half.md) ask blind labellers whether a lever's designs
-can be named more often than the base's. This makes that sheet and scores it:
+can be named more often than the base's; the acceptance asks whether a person can tell the designs' garments as
+well as the real products' at the same size. This makes those sheets and scores them:
 
     python experiments/eye_pair.py --base runs/pm_fig_s0 runs/pm_fig_s1 --lever runs/pm_fig_hc_s0 runs/pm_fig_hc_s1
         writes the sheet (--sheet, a PNG), its key (the same path, .json: which figure and design each tile is, and
@@ -13,8 +15,9 @@ can be named more often than the base's. This makes that sheet and scores it:
     ... --key K --answers ... --against-key K2 --against-answers ...
         two sheets of the same rows and arms compared row by row (each within its own labellers).
 
-The sheet holds every design of every figure and the real items of each base figure's rows (a control: a labeller
-who cannot name real items is not judging garments), all tiles at one size, shuffled by --shuffle-seed, numbered
+The sheet holds every design of every figure and the real items of one column of each base figure's rows (a
+control: a labeller who cannot name real items is not judging garments; with --real-items, every real item of each
+row, as the second arm), all tiles at one size, shuffled by --shuffle-seed, numbered
 from 1; nothing on it tells a design from a real item, a lever's figure from a base's, or one figure from another.
 Figures are taken in the order base 1, lever 1, base 2, lever 2, ...; the i-th figure's real items are those of
 column i (mod 3) of its rows, so that figures of the same queries show different real items.
@@ -69,8 +72,8 @@ class EyePairConfig:
     key: str | None = field(default=None, metadata={"help": "a sheet's key (.json): score --answers against it"})
     answers: list[str] | None = field(default=None, metadata={"help": "blind labellers' answer files, one each"})
     against_key: str | None = field(default=None, metadata={
-        "help": "with --answers: a second sheet of the same rows and arms (its designs made otherwise): per row, the "
-                "difference between this sheet's arms minus the difference between its"})
+        "help": "with --answers: a second sheet of the same rows and arms (its designs made otherwise), compared per "
+                "row: this sheet's difference between its arms minus the second's"})
     against_answers: list[str] | None = field(default=None, metadata={
         "help": "the second sheet's labellers' answer files"})
     out: str = field(default="runs/eye_pair.md", metadata={"help": "where the scores are written"})
