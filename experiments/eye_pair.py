@@ -297,14 +297,15 @@ def score(answer_files, digest, key):
 def between_sheets(first, second):
     """Lines comparing two sheets of the same rows ((labels, key) each, the same arms): per row, the first's
     difference between its arms minus the second's, with a bootstrap interval over the rows."""
-    lines = []
+    lines, other = [], other_arm(first[1])
     for measure in MEASURES:
         ours, theirs = row_means(*first, measure), row_means(*second, measure)
         if sorted(ours) != sorted(theirs):
             raise RunError("--against-key: the two sheets do not hold the same rows (figure pairs and rows)")
         mean, low, high = bootstrap_interval([ours[unit] - theirs[unit] for unit in ours])
-        lines.append(f"Share {measure}: this sheet's difference minus the --against sheet's, per row: {mean:+.3f} "
-                     f"(95% interval {low:+.3f} to {high:+.3f}, a bootstrap over the {len(ours)} rows).")
+        lines.append(f"Share {measure}, ({other} minus base) on this sheet minus the same on the --against sheet, per "
+                     f"row: {mean:+.3f} (95% interval {low:+.3f} to {high:+.3f}, a bootstrap over the {len(ours)} "
+                     "rows).")
     return lines
 
 

@@ -162,8 +162,8 @@ def test_two_sheets_of_the_same_rows_compare_row_by_row_and_other_rows_are_refus
     no_design = tile_labels([ANSWERS[t["category"]] if t["arm"] == "real" else "cannot tell" for t in other_key],
                             other_key)
     lines = between_sheets(([every_one], key), ([no_design], other_key))
-    assert lines[0].startswith("Share named a garment: this sheet's difference minus the --against sheet's, per row: "
-                               "-1.000 (95% interval -1.000 to -1.000, a bootstrap over the 4 rows)")
+    assert lines[0].startswith("Share named a garment, (real minus base) on this sheet minus the same on the --against "
+                               "sheet, per row: -1.000 (95% interval -1.000 to -1.000, a bootstrap over the 4 rows)")
     fewer_rows = [t for t in other_key if t["row"] == 0]
     with pytest.raises(RunError, match="do not hold the same rows"):
         between_sheets(([every_one], key), ([tile_labels(["dress"] * len(fewer_rows), fewer_rows)], fewer_rows))
