@@ -38,6 +38,7 @@ from gan.run import open_gan_run
 
 CANNOT_TELL = ANSWERS[-1]
 WOMENS_SHOES = ANSWERS.index("sandal")   # the answer named after the category
+MEASURES = ("named a garment", "named as their category")
 BRIEF = """You are a careful, independent labeller of small clothing images. Look at the image file {sheet} (use
 your image viewing tool; view the file itself, and if it helps, crop it into parts and view those at a larger scale,
 but do not compute anything about the pixels: judge by eye only). It holds numbered tiles (the number is under each
@@ -93,7 +94,10 @@ def figure_order(base, lever, real_items=False):
 
 def image_size(run):
     """The generator's image side behind `run`'s fig. 5 (its tiles are upscaled from it)."""
-    settings = read_json(Path(run) / "figures_config.json", MAX_JSON_BYTES, "settings file of pm/main.py")
+    path = Path(run) / "figures_config.json"
+    settings = read_json(path, MAX_JSON_BYTES, "settings file of pm/main.py")
+    if not (isinstance(settings, dict) and isinstance(settings.get("gan_run"), str)):
+        raise RunError(f"{path} names no GAN run (\"gan_run\"): not a settings file of pm/main.py")
     return open_gan_run(settings["gan_run"]).config.image_size
 
 
@@ -186,9 +190,10 @@ def arm_figures(key):
 
 
 def tile_labels(answers, key):
-    """{"named a garment": [0 or 1 per tile], "named as their category": [...]} of one labeller's answers."""
-    return {"named a garment": [int(answer != CANNOT_TELL) for answer in answers],
-            "named as their category": [int(answer == ANSWERS[tile["category"]]) for tile, answer in zip(key, answers)]}
+    """{measure: [0 or 1 per tile]} of one labeller's answers, for each of MEASURES."""
+    named = [int(answer != CANNOT_TELL) for answer in answers]
+    right = [int(answer == ANSWERS[tile["category"]]) for tile, answer in zip(key, answers)]
+    return dict(zip(MEASURES, (named, right)))
 
 
 def labels_of(labels, key):
@@ -250,9 +255,6 @@ def by_category(labels, key, other):
                 cells.append(f"{sum(one[measure][i] for one in labels for i in tiles)} of {len(tiles) * len(labels)}")
         lines.append(f"| {category} ({ANSWERS[category]}) | {' | '.join(cells)} |")
     return "\n".join(lines)
-
-
-MEASURES = ("named a garment", "named as their category")
 
 
 def other_arm(key):

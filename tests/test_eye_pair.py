@@ -11,6 +11,7 @@ from experiments.eye_pair import (
     between_sheets,
     bootstrap_interval,
     figure_order,
+    image_size,
     labels_of,
     main,
     pair_sheet,
@@ -167,3 +168,9 @@ def test_two_sheets_of_the_same_rows_compare_row_by_row_and_other_rows_are_refus
     fewer_rows = [t for t in other_key if t["row"] == 0]
     with pytest.raises(RunError, match="do not hold the same rows"):
         between_sheets(([every_one], key), ([tile_labels(["dress"] * len(fewer_rows), fewer_rows)], fewer_rows))
+
+
+def test_a_figure_whose_settings_name_no_gan_run_is_refused_in_one_line(tmp_path):
+    (tmp_path / "figures_config.json").write_text(json.dumps({"dvbpr_run": "runs/dvbpr"}))
+    with pytest.raises(RunError, match="names no GAN run"):
+        image_size(tmp_path)
