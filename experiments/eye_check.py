@@ -198,9 +198,14 @@ def blind_sheet(figures):
         key += [(designs_before + i, c, figure) for i, c in enumerate(categories)]
         key += [(None, c, figure) for c in control_categories]
         designs_before += len(designs)
+    return shuffled_sheet(tiles, key, seed=0)
+
+
+def shuffled_sheet(tiles, key, seed):
+    """(tiles [n, 3, S, S] at the largest tile's size, upscaled by nearest neighbours, key) in one shuffled order."""
     size = max(tile.shape[-1] for tile in tiles)
     tiles = [F.interpolate(tile[None], size=(size, size), mode="nearest")[0] for tile in tiles]
-    order = np.random.default_rng(0).permutation(len(tiles))
+    order = np.random.default_rng(seed).permutation(len(tiles))
     return torch.stack([tiles[i] for i in order]), [key[i] for i in order]
 
 

@@ -28,12 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from common.checkpoint import read_json, write_json
 from common.cli import parse_config, stage_errors
 from common.errors import ConfigError, RunError
-from experiments.eye_check import ANSWERS, MAX_JSON_BYTES, cohen_kappa, figure_tiles, write_sheet
+from experiments.eye_check import ANSWERS, MAX_JSON_BYTES, cohen_kappa, figure_tiles, shuffled_sheet, write_sheet
 from gan.run import open_gan_run
 
 CANNOT_TELL = ANSWERS[-1]
@@ -124,10 +123,7 @@ def pair_sheet(figures, sizes, shuffle_seed, real_items=False):
             key += [{"arm": "real" if real_items else arm, "figure": folder,
                      "place": row * per_row + column if real_items else None, "row": row, "category": category}
                     for row, category in enumerate(categories)]
-    side = max(tile.shape[-1] for tile in tiles)
-    tiles = [F.interpolate(tile[None], size=(side, side), mode="nearest")[0] for tile in tiles]
-    order = np.random.default_rng(shuffle_seed).permutation(len(tiles))
-    return torch.stack([tiles[i] for i in order]), [key[i] for i in order]
+    return shuffled_sheet(tiles, key, shuffle_seed)
 
 
 def make_sheet(cfg):
@@ -223,9 +219,9 @@ def bootstrap_interval(differences, draws=10_000):
     return values.mean(), *np.percentile(means, [2.5, 97.5])
 
 
-def labeller_row(name, answers, key, other):
-    """One labeller's line of the report."""
-    figures, labels = arm_figures(key), tile_labels(answers, key)
+def labeller_row(name, labels, key, other):
+    """One labeller's line of the report, from their tile_labels."""
+    figures = arm_figures(key)
     named = labels_of(labels["named a garment"], key)
     right = labels_of(labels["named as their category"], key)
     control = [label for tile, label in zip(key, labels["named as their category"]) if tile["place"] is None]
@@ -267,21 +263,25 @@ def row_means(labels, key, measure):
     return {unit: np.mean([one[unit] for one in per_labeller]) for unit in sorted(per_labeller[0])}
 
 
-def score(answer_files, digest, key):
-    """(the scores of every labeller's answers as a Markdown report, their per-tile labels)."""
+def sheet_labels(answer_files, digest, key):
+    """[tile_labels of each labeller's answers] on the sheet of `key`, whose SHA-256 is `digest`."""
+    return [tile_labels(read_answers(path, digest, len(key)), key) for path in answer_files]
+
+
+def score(answer_files, labels, key):
+    """The scores of the labellers' per-tile `labels` (sheet_labels, one per file of `answer_files`) as a Markdown
+    report."""
     other = other_arm(key)
-    labellers = [read_answers(path, digest, len(key)) for path in answer_files]
     lines = [f"| labeller | control: real items named as their category | base: named a garment, per figure | "
              f"{other}: the same | {other} - base | named as their category: base / {other} | women's shoes named: "
              f"base / {other} |", "|---|---|---|---|---|---|---|"]
-    lines += [labeller_row(Path(path).name, answers, key, other) for path, answers in zip(answer_files, labellers)]
-    labels = [tile_labels(answers, key) for answers in labellers]
+    lines += [labeller_row(Path(path).name, one, key, other) for path, one in zip(answer_files, labels)]
     shown = [index for index, tile in enumerate(key) if tile["place"] is not None]
     per_arm = sum(key[index]["arm"] == "base" for index in shown)
     difference = np.mean([sum(one["named a garment"][i] * (1 if key[i]["arm"] == other else -1) for i in shown)
                           for one in labels])
     lines += ["", f"Tiles named a garment, {other} minus base, of {per_arm} each: {difference:+.2f} on average over "
-              f"{len(labellers)} labellers."]
+              f"{len(labels)} labellers."]
     for measure in MEASURES:
         rows = row_means(labels, key, measure)
         mean, low, high = bootstrap_interval(list(rows.values()))
@@ -293,7 +293,7 @@ def score(answer_files, digest, key):
         lines.append(f"Two labellers agree on {min(p[0] for p in pairs)} to {max(p[0] for p in pairs)} of "
                      f"{len(shown)} tiles (Cohen's kappa {min(p[1] for p in pairs):.2f} to "
                      f"{max(p[1] for p in pairs):.2f}).")
-    return "\n".join(lines + ["", by_category(labels, key, other)]) + "\n", labels
+    return "\n".join(lines + ["", by_category(labels, key, other)]) + "\n"
 
 
 def between_sheets(first, second):
@@ -318,12 +318,13 @@ def main(argv=None):
             if cfg.key is None:
                 raise ConfigError("--answers: give the sheet's --key (the .json written beside it)")
             digest, key = read_key(cfg.key)
-            report, labels = score(cfg.answers, digest, key)
+            labels = sheet_labels(cfg.answers, digest, key)
+            report = score(cfg.answers, labels, key)
             if cfg.against_key is not None:
                 if not cfg.against_answers:
                     raise ConfigError("--against-key: give the other sheet's --against-answers")
                 against_digest, against_key = read_key(cfg.against_key)
-                _, against_labels = score(cfg.against_answers, against_digest, against_key)
+                against_labels = sheet_labels(cfg.against_answers, against_digest, against_key)
                 report += "\n" + "\n".join(between_sheets((labels, key), (against_labels, against_key))) + "\n"
             Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
             Path(cfg.out).write_text(report)

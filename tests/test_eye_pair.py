@@ -1,6 +1,7 @@
 """experiments/eye_pair.py: a lever's fig. 5s against the base's (or against the real items of the same rows) on
 one blind sheet, and the labellers' scores."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from experiments.eye_pair import (
     read_answers,
     read_key,
     score,
+    sheet_labels,
     tile_labels,
 )
 from tests.test_eye_check import write_figure
@@ -85,7 +87,8 @@ def test_a_labeller_who_names_every_base_design_and_no_lever_design_scores_minus
     labels = tile_labels(answers, key)
     named, right = labels_of(labels["named a garment"], key), labels_of(labels["named as their category"], key)
     assert all(sum(named[figure]) == (6 if figure[0] == "base" else 0) for figure in figures) and named == right
-    report, _ = score([answers_file(tmp_path / "a.json", "s", answers)], "s", key)
+    files = [answers_file(tmp_path / "a.json", "s", answers)]
+    report = score(files, sheet_labels(files, "s", key), key)
     assert "| a.json | 4 of 4 | 6 / 6 = 12 | 0 / 0 = 0 | -12 | 12 / 0 | 0 / 0 |" in report
     assert "-12.00 on average over 1 labellers" in report
     assert "Share named a garment, lever minus base, over the labellers: -1.000 (95% interval -1.000 to -1.000, " \
@@ -97,7 +100,8 @@ def test_designs_named_half_as_often_as_the_real_items_beside_them_score_minus_a
     _, key = pair_sheet(figures, [16] * 2, shuffle_seed=0, real_items=True)
     # every real item named as its category; the designs of row 0 of each figure too, those of row 1 called sandals
     answers = [ANSWERS[t["category"]] if t["arm"] == "real" or t["row"] == 0 else "cannot tell" for t in key]
-    report, _ = score([answers_file(tmp_path / "a.json", "s", answers)], "s", key)
+    files = [answers_file(tmp_path / "a.json", "s", answers)]
+    report = score(files, sheet_labels(files, "s", key), key)
     assert "| a.json | - | 3 / 3 = 6 | 6 / 6 = 12 | +6 | 6 / 12 | 0 / 0 |" in report
     assert "Share named a garment, real minus base, over the labellers: +0.500 (95% interval +0.000 to +1.000" \
         in report
@@ -174,3 +178,23 @@ def test_a_figure_whose_settings_name_no_gan_run_is_refused_in_one_line(tmp_path
     (tmp_path / "figures_config.json").write_text(json.dumps({"dvbpr_run": "runs/dvbpr"}))
     with pytest.raises(RunError, match="names no GAN run"):
         image_size(tmp_path)
+
+
+def test_the_command_writes_a_sheet_its_key_and_brief_that_its_scoring_reads_back(tmp_path, monkeypatch):
+    monkeypatch.setattr("experiments.eye_pair.image_size", lambda run: 16)   # the figures' GAN, not made here
+    base = figures_in(tmp_path, ["b1", "b2"])
+    sheet = tmp_path / "out" / "sheet.png"
+    main(["--real-items", "--base", *base, "--sheet", str(sheet)])
+    digest, key = read_key(sheet.with_suffix(".json"))
+    assert Path(sheet).is_file() and len(key) == 24 and {t["arm"] for t in key} == {"base", "real"}
+    brief = sheet.with_suffix(".md").read_text()
+    assert digest in brief and "from 1 to 24" in brief and str(sheet) in brief
+    every_one = answers_file(tmp_path / "a.json", digest, [ANSWERS[t["category"]] for t in key])
+    main(["--key", str(sheet.with_suffix(".json")), "--answers", every_one, "--out", str(tmp_path / "score.md")])
+    assert "| a.json | - | 6 / 6 = 12 | 6 / 6 = 12 | +0 |" in (tmp_path / "score.md").read_text()
+    with pytest.raises(SystemExit, match="eye_pair: --against-key: give the other sheet's --against-answers"):
+        main(["--key", str(sheet.with_suffix(".json")), "--answers", every_one, "--against-key",
+              str(sheet.with_suffix(".json"))])
+    main(["--key", str(sheet.with_suffix(".json")), "--answers", every_one, "--out", str(tmp_path / "both.md"),
+          "--against-key", str(sheet.with_suffix(".json")), "--against-answers", every_one])
+    assert "on the --against sheet, per row: +0.000" in (tmp_path / "both.md").read_text()
