@@ -216,15 +216,19 @@ def write_sheet(path, tiles):
 
 
 def blind_answers(path, sheet_digest, count):
-    """The second labeller's answers, one per tile of the sheet whose SHA-256 is `sheet_digest`; RunError in one
-    line when the file is not in that form or was answered on another sheet."""
-    content = read_json(path, MAX_JSON_BYTES, "blind labels file")
+    """A blind labeller's answers in tile order, one per tile of the sheet whose SHA-256 is `sheet_digest`: a list,
+    or tile numbers "1" to `count` as keys (the form eye_pair.py's brief asks for); RunError in one line when the
+    file is in neither form or was answered on another sheet."""
+    content = read_json(path, MAX_JSON_BYTES, "blind answers file")
     answers = content.get("answers") if isinstance(content, dict) else None
+    numbers = [str(n) for n in range(1, count + 1)]
+    if isinstance(answers, dict) and sorted(answers) == sorted(numbers):
+        answers = [answers[n] for n in numbers]
     if not (isinstance(answers, list) and len(answers) == count and all(a in ANSWERS for a in answers)):
-        raise RunError(f"{path} is not a blind labels file for {count} tiles: it needs \"answers\": [one of "
-                       f"{', '.join(ANSWERS)} per tile]")
+        raise RunError(f"{path} is not a blind answers file for {count} tiles: it needs \"answers\": one of "
+                       f"{', '.join(ANSWERS)} per tile, as a list or as {{\"1\": ..., \"{count}\": ...}}")
     if content.get("sheet_sha256") != sheet_digest:
-        raise RunError(f"{path} answers another sheet than the one written now (its sheet_sha256 differs)")
+        raise RunError(f"{path} answers another sheet than this one (its sheet_sha256 differs)")
     return answers
 
 

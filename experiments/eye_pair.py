@@ -32,7 +32,15 @@ import torch
 from common.checkpoint import read_json, write_json
 from common.cli import parse_config, stage_errors
 from common.errors import ConfigError, RunError
-from experiments.eye_check import ANSWERS, MAX_JSON_BYTES, cohen_kappa, figure_tiles, shuffled_sheet, write_sheet
+from experiments.eye_check import (
+    ANSWERS,
+    MAX_JSON_BYTES,
+    blind_answers,
+    cohen_kappa,
+    figure_tiles,
+    shuffled_sheet,
+    write_sheet,
+)
 from gan.run import open_gan_run
 
 CANNOT_TELL = ANSWERS[-1]
@@ -161,21 +169,6 @@ def read_key(path):
     return content["sheet_sha256"], key
 
 
-def read_answers(path, digest, count):
-    """One labeller's answers in tile order, refused in one line (RunError) unless one of ANSWERS per tile of the
-    sheet whose SHA-256 is `digest`."""
-    content = read_json(path, MAX_JSON_BYTES, "blind answers file")
-    answers = content.get("answers") if isinstance(content, dict) else None
-    numbers = [str(n) for n in range(1, count + 1)]
-    if not (isinstance(answers, dict) and sorted(answers) == sorted(numbers)
-            and all(answers[n] in ANSWERS for n in numbers)):
-        raise RunError(f"{path} is not a blind answers file for {count} tiles: it needs \"answers\": {{\"1\": one of "
-                       f"{', '.join(ANSWERS)}, ... \"{count}\": ...}}")
-    if content.get("sheet_sha256") != digest:
-        raise RunError(f"{path} answers another sheet than the key's (its sheet_sha256 differs)")
-    return [answers[n] for n in numbers]
-
-
 def arm_figures(key):
     """{arm: [figure]} in the sheet's figure order, the base first."""
     figures = {"base": []}
@@ -265,7 +258,7 @@ def row_means(labels, key, measure):
 
 def sheet_labels(answer_files, digest, key):
     """[tile_labels of each labeller's answers] on the sheet of `key`, whose SHA-256 is `digest`."""
-    return [tile_labels(read_answers(path, digest, len(key)), key) for path in answer_files]
+    return [tile_labels(blind_answers(path, digest, len(key)), key) for path in answer_files]
 
 
 def score(answer_files, labels, key):

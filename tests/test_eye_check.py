@@ -105,7 +105,10 @@ def test_the_blind_sheet_holds_every_design_once_and_a_real_item_per_row_in_a_fi
 
 def test_blind_answers_are_refused_in_one_line_unless_one_per_tile_of_this_sheet(tmp_path):
     path = tmp_path / "blind.json"
-    for content, match in [({"sheet_sha256": "s", "answers": ["dress"] * 3}, "is not a blind labels file for 4"),
+    numbered = {str(n): "dress" for n in range(1, 5)}
+    for content, match in [({"sheet_sha256": "s", "answers": ["dress"] * 3}, "is not a blind answers file for 4"),
+                           ({"sheet_sha256": "s", "answers": {**numbered, "5": "dress"}}, "not a blind"),
+                           ({"sheet_sha256": "s", "answers": {**numbered, "4": "hat"}}, "not a blind"),
                            ({"sheet_sha256": "s", "answers": ["dress", "hat", "dress", "dress"]}, "not a blind"),
                            ({"sheet_sha256": "other", "answers": ["dress"] * 4}, "answers another sheet")]:
         path.write_text(json.dumps(content))
@@ -113,6 +116,8 @@ def test_blind_answers_are_refused_in_one_line_unless_one_per_tile_of_this_sheet
             blind_answers(path, "s", 4)
     path.write_text(json.dumps({"sheet_sha256": "s", "answers": ["dress"] * 4}))
     assert blind_answers(path, "s", 4) == ["dress"] * 4
+    path.write_text(json.dumps({"sheet_sha256": "s", "answers": {**numbered, "2": "sandal"}}))
+    assert blind_answers(path, "s", 4) == ["dress", "sandal", "dress", "dress"]
 
 
 def test_the_blind_report_counts_named_garments_against_the_first_labels():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from common.errors import ConfigError, RunError
-from experiments.eye_check import ANSWERS, figure_tiles
+from experiments.eye_check import ANSWERS, blind_answers, figure_tiles
 from experiments.eye_pair import (
     between_sheets,
     bootstrap_interval,
@@ -16,7 +16,6 @@ from experiments.eye_pair import (
     labels_of,
     main,
     pair_sheet,
-    read_answers,
     read_key,
     score,
     sheet_labels,
@@ -117,17 +116,6 @@ def test_the_bootstrap_interval_holds_the_mean_and_narrows_with_more_rows():
     assert bootstrap_interval([0.25] * 7) == pytest.approx((0.25, 0.25, 0.25))
 
 
-def test_answers_are_refused_in_one_line_unless_one_per_tile_of_the_keys_sheet(tmp_path):
-    path = tmp_path / "a.json"
-    for answers, digest, match in [(["dress"] * 3, "s", "not a blind answers file for 4 tiles"),
-                                   (["dress", "hat", "dress", "dress"], "s", "not a blind answers file"),
-                                   (["dress"] * 4, "other", "answers another sheet")]:
-        answers_file(path, digest, answers)
-        with pytest.raises(RunError, match=match):
-            read_answers(path, "s", 4)
-    assert read_answers(answers_file(path, "s", ["dress"] * 4), "s", 4) == ["dress"] * 4
-
-
 TILE = {"arm": "base", "figure": "f", "place": 0, "row": 0, "category": 1}
 
 
@@ -145,7 +133,7 @@ def test_a_malformed_key_is_refused_in_one_line(tmp_path, content):
 def test_the_committed_answers_give_the_committed_labels_of_the_half_chroma_rule(tmp_path):
     digest, key = read_key(f"{COMMITTED}/sheet.json")
     for one in json.loads(open("docs/eye_labels_half_chroma.json").read())["sets"]:
-        answers = read_answers(f"{COMMITTED}/labeller_{one['labeller']}.json", digest, len(key))
+        answers = blind_answers(f"{COMMITTED}/labeller_{one['labeller']}.json", digest, len(key))
         named = labels_of(tile_labels(answers, key)["named a garment"], key)
         assert {figure: labels for (_, figure), labels in named.items()} == \
             {figure: entry["labels"] for figure, entry in one["figures"].items()}
