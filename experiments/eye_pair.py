@@ -23,6 +23,7 @@ Figures are taken in the order base 1, lever 1, base 2, lever 2, ...; the i-th f
 column i (mod 3) of its rows, so that figures of the same queries show different real items.
 """
 from dataclasses import dataclass, field
+from functools import cache
 from itertools import combinations
 from pathlib import Path
 
@@ -105,7 +106,13 @@ def image_size(run):
     settings = read_json(path, MAX_JSON_BYTES, "settings file of pm/main.py")
     if not (isinstance(settings, dict) and isinstance(settings.get("gan_run"), str)):
         raise RunError(f"{path} names no GAN run (\"gan_run\"): not a settings file of pm/main.py")
-    return open_gan_run(settings["gan_run"]).config.image_size
+    return gan_image_size(settings["gan_run"])
+
+
+@cache
+def gan_image_size(gan_run):
+    """The image side of the GAN trained in `gan_run`, read once however many figures it made."""
+    return open_gan_run(gan_run).config.image_size
 
 
 def columns_per_row(folder):
