@@ -62,7 +62,8 @@ would; where it is a blob, a fragment, a patch of pattern or otherwise not recog
 Write your answers as JSON to OUTFILE, exactly in this form (every tile number from 1 to {count}, as strings):
 {{"sheet_sha256": "{digest}", "answers": {{"1": "...", "2": "...", ...}}}}
 Do not read any other file in any folder, and do not look at any other image than the sheet (and crops you make
-of it). Reply with one line: how many tiles you answered and how many you answered "cannot tell".
+of it, kept in a folder of your own: other labellers may be cropping the same sheet at the same time). Reply with
+one line: how many tiles you answered and how many you answered "cannot tell".
 """
 
 
