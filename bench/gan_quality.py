@@ -152,12 +152,15 @@ class Scorer:
     `classifier_seed`), the share of the samples it assigns to the category asked for (condition consistency), and
     their fine colour beside the real items' (fine_colour_share)."""
 
-    def __init__(self, dataset, store, out_dir, seed, device="cpu", size=None, classifier_seed=0):
-        """`store`: the real items at the generator's size; `size`: the classifier's (default the store's), to
-        which the extractor resizes real and generated images alike."""
+    def __init__(self, dataset, store, out_dir, seed, device="cpu", size=None, classifier_seed=0,
+                 resize_filter="nearest"):
+        """`store`: the real items at the generator's size, resized by `resize_filter`; `size`: the classifier's
+        (default the store's), to which the extractor resizes real and generated images alike. The classifier
+        learns the images as that filter resizes them, each filter's cached in a file of its own."""
         size = size or store.size
-        name = f"classifier-{size}px" + (f"-seed{classifier_seed}" if classifier_seed else "")
-        self.classifier = train_or_load_classifier(dataset, size, out_dir / f"{name}.pt", device,
+        name = (f"classifier-{size}px" + (f"-{resize_filter}" if resize_filter != "nearest" else "")
+                + (f"-seed{classifier_seed}" if classifier_seed else ""))
+        self.classifier = train_or_load_classifier(dataset, size, out_dir / f"{name}.pt", device, resize_filter,
                                                    store=store if size == store.size else None, seed=classifier_seed)
         self.fidelity = Fidelity({CLASSIFIER_EXTRACTOR: classifier_extractor(self.classifier, device)}, store,
                                  dataset.item_category, seed)
@@ -408,7 +411,8 @@ def score_runs(qc):
         key = (run.config.dataset, run.config.image_size, run.config.resize_filter)
         if key not in scorers:
             dataset, store = run.real_items("cpu")
-            scorers[key] = Scorer(dataset, store, Path(qc.out) / dataset.name, qc.seed, device, qc.score_size)
+            scorers[key] = Scorer(dataset, store, Path(qc.out) / dataset.name, qc.seed, device, qc.score_size,
+                                  resize_filter=run.config.resize_filter)
         results[run_dir] = scorers[key](run.model)
         print(f"{run_dir}: {score_line(results[run_dir])}", flush=True)
     write_json(Path(qc.out) / "scores.json", results)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import bench.gan_quality
-from bench.gan_quality import SELECTOR_SEED, Trajectory, candidate_config, paired_consistency, paired_kid
+from bench.gan_quality import SELECTOR_SEED, Scorer, Trajectory, candidate_config, paired_consistency, paired_kid
 from bench.gan_quality import main as gan_quality
 from bench.gan_throughput import main as gan_throughput
 from common.checkpoint import load_checkpoint, save_checkpoint
@@ -111,6 +111,25 @@ def test_score_size_scores_runs_of_two_sizes_through_one_classifier_resizing_bot
     place_bench_classifier(tmp_path / "own" / "Tiny", load_dataset(path), 32)
     at_own_size = gan_quality(["--score", runs[1], "--out", str(tmp_path / "own")])
     assert at_own_size[runs[1]]["kid"] != scores[runs[1]]["kid"]
+
+
+def test_runs_trained_on_images_resized_otherwise_are_scored_through_a_classifier_of_their_own(catalogue, tmp_path):
+    path = catalogue()
+    for name, resize_filter in (("nearest", "nearest"), ("bilinear", "bilinear")):
+        place_random_classifier(tmp_path / name, load_dataset(path), 16, resize_filter)
+        train_gan(tiny_config(dataset=str(path), out=str(tmp_path / name), resize_filter=resize_filter, epochs=1))
+    runs = [str(tmp_path / "nearest"), str(tmp_path / "bilinear")]
+    bench_dir = tmp_path / "bench" / "Tiny"
+    place_bench_classifier(bench_dir, load_dataset(path), 16)
+    place_random_classifier(bench_dir, load_dataset(path), 16, "bilinear", seed=0)
+    (bench_dir / "classifier.pt").rename(bench_dir / "classifier-16px-bilinear.pt")
+    nearest_lens = (bench_dir / "classifier-16px.pt").read_bytes()
+
+    scores = gan_quality(["--score", *runs, "--out", str(tmp_path / "bench")])
+    assert (bench_dir / "classifier-16px.pt").read_bytes() == nearest_lens   # neither retrained nor overwritten
+    # the bilinear run through the nearest lens scores otherwise: the lens it got was the bilinear one
+    through_nearest = Scorer(load_dataset(path), open_gan_run(runs[1]).real_items("cpu")[1], bench_dir, 0)
+    assert through_nearest(open_gan_run(runs[1]).model)["kid"] != scores[runs[1]]["kid"]
 
 
 def place_bench_classifier(folder, dataset, size, seed=0):
