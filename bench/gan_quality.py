@@ -147,6 +147,12 @@ def fine_colour_share(images):
     return ((power * fine).sum(dim=(2, 3)) / power.sum(dim=(2, 3)).clamp(min=1e-12)).mean().item()
 
 
+def classifier_file(size, resize_filter="nearest", classifier_seed=0):
+    """The file name of the bench's cached category classifier of images at `size` resized by `resize_filter`."""
+    return (f"classifier-{size}px" + (f"-{resize_filter}" if resize_filter != "nearest" else "")
+            + (f"-seed{classifier_seed}" if classifier_seed else "") + ".pt")
+
+
 class Scorer:
     """KID of a generator's samples against the real items, through the catalogue's category classifier (of
     `classifier_seed`), the share of the samples it assigns to the category asked for (condition consistency), and
@@ -158,9 +164,8 @@ class Scorer:
         (default the store's), to which the extractor resizes real and generated images alike. The classifier
         learns the images as that filter resizes them, each filter's cached in a file of its own."""
         size = size or store.size
-        name = (f"classifier-{size}px" + (f"-{resize_filter}" if resize_filter != "nearest" else "")
-                + (f"-seed{classifier_seed}" if classifier_seed else ""))
-        self.classifier = train_or_load_classifier(dataset, size, out_dir / f"{name}.pt", device, resize_filter,
+        path = out_dir / classifier_file(size, resize_filter, classifier_seed)
+        self.classifier = train_or_load_classifier(dataset, size, path, device, resize_filter,
                                                    store=store if size == store.size else None, seed=classifier_seed)
         self.fidelity = Fidelity({CLASSIFIER_EXTRACTOR: classifier_extractor(self.classifier, device)}, store,
                                  dataset.item_category, seed)

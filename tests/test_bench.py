@@ -10,7 +10,15 @@ import pytest
 import torch
 
 import bench.gan_quality
-from bench.gan_quality import SELECTOR_SEED, Scorer, Trajectory, candidate_config, paired_consistency, paired_kid
+from bench.gan_quality import (
+    SELECTOR_SEED,
+    Scorer,
+    Trajectory,
+    candidate_config,
+    classifier_file,
+    paired_consistency,
+    paired_kid,
+)
 from bench.gan_quality import main as gan_quality
 from bench.gan_throughput import main as gan_throughput
 from common.checkpoint import load_checkpoint, save_checkpoint
@@ -121,8 +129,7 @@ def test_runs_trained_on_images_resized_otherwise_are_scored_through_a_classifie
     runs = [str(tmp_path / "nearest"), str(tmp_path / "bilinear")]
     bench_dir = tmp_path / "bench" / "Tiny"
     place_bench_classifier(bench_dir, load_dataset(path), 16)
-    place_random_classifier(bench_dir, load_dataset(path), 16, "bilinear", seed=0)
-    (bench_dir / "classifier.pt").rename(bench_dir / "classifier-16px-bilinear.pt")
+    place_bench_classifier(bench_dir, load_dataset(path), 16, resize_filter="bilinear")
     nearest_lens = (bench_dir / "classifier-16px.pt").read_bytes()
 
     scores = gan_quality(["--score", *runs, "--out", str(tmp_path / "bench")])
@@ -132,9 +139,9 @@ def test_runs_trained_on_images_resized_otherwise_are_scored_through_a_classifie
     assert through_nearest(open_gan_run(runs[1]).model)["kid"] != scores[runs[1]]["kid"]
 
 
-def place_bench_classifier(folder, dataset, size, seed=0):
-    place_random_classifier(folder, dataset, size, seed=seed)
-    (folder / "classifier.pt").rename(folder / (f"classifier-{size}px" + (f"-seed{seed}" if seed else "") + ".pt"))
+def place_bench_classifier(folder, dataset, size, seed=0, resize_filter="nearest"):
+    place_random_classifier(folder, dataset, size, resize_filter, seed=seed)
+    (folder / "classifier.pt").rename(folder / classifier_file(size, resize_filter, seed))
 
 
 def test_checkpoints_follow_gan_training_and_set_the_selectors_pick_against_the_last(catalogue, tmp_path):
