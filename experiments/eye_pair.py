@@ -9,7 +9,8 @@ well as the real products' at the same size. This makes those sheets and scores 
         writes the sheet (--sheet, a PNG), its key (the same path, .json: which figure and design each tile is, and
         the sheet's SHA-256) and the labellers' brief (the same path, .md);
     python experiments/eye_pair.py --key runs/eye_pair.json --answers answers_1.json answers_2.json
-        scores the labellers' answers ({"sheet_sha256": ..., "answers": {"1": one of ANSWERS, ...}}, one per tile);
+        scores the labellers' answers ({"sheet_sha256": ..., "answers": {"1": one of ANSWERS, ...}}, one per tile,
+        or the answers as a list in tile order);
     python experiments/eye_pair.py --real-items --base runs/pm_fig_s0 runs/pm_fig_s1
         the base's designs against every real item of their rows (the users' top items by eq. 8) instead;
     ... --key K --answers ... --against-key K2 --against-answers ...
@@ -321,9 +322,10 @@ def main(argv=None):
             digest, key = read_key(cfg.key)
             labels = sheet_labels(cfg.answers, digest, key)
             report = score(cfg.answers, labels, key)
+            if (cfg.against_key is None) != (not cfg.against_answers):
+                raise ConfigError("--against-key and --against-answers: give both (the other sheet's key and its "
+                                  "labellers' answers) or neither")
             if cfg.against_key is not None:
-                if not cfg.against_answers:
-                    raise ConfigError("--against-key: give the other sheet's --against-answers")
                 against_digest, against_key = read_key(cfg.against_key)
                 against_labels = sheet_labels(cfg.against_answers, against_digest, against_key)
                 report += "\n" + "\n".join(between_sheets((labels, key), (against_labels, against_key))) + "\n"

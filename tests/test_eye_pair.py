@@ -180,9 +180,9 @@ def test_the_command_writes_a_sheet_its_key_and_brief_that_its_scoring_reads_bac
     every_one = answers_file(tmp_path / "a.json", digest, [ANSWERS[t["category"]] for t in key])
     main(["--key", str(sheet.with_suffix(".json")), "--answers", every_one, "--out", str(tmp_path / "score.md")])
     assert "| a.json | - | 6 / 6 = 12 | 6 / 6 = 12 | +0 |" in (tmp_path / "score.md").read_text()
-    with pytest.raises(SystemExit, match="eye_pair: --against-key: give the other sheet's --against-answers"):
-        main(["--key", str(sheet.with_suffix(".json")), "--answers", every_one, "--against-key",
-              str(sheet.with_suffix(".json"))])
+    for half in (["--against-key", str(sheet.with_suffix(".json"))], ["--against-answers", every_one]):
+        with pytest.raises(SystemExit, match="eye_pair: --against-key and --against-answers: give both"):
+            main(["--key", str(sheet.with_suffix(".json")), "--answers", every_one, *half])
     main(["--key", str(sheet.with_suffix(".json")), "--answers", every_one, "--out", str(tmp_path / "both.md"),
           "--against-key", str(sheet.with_suffix(".json")), "--against-answers", every_one])
     assert "on the --against sheet, per row: +0.000" in (tmp_path / "both.md").read_text()
