@@ -14,7 +14,7 @@ from common.checkpoint import read_results as read_stage_results
 from common.data import Dataset
 from common.datasets import check_size, open_run_dataset
 from common.errors import RunError
-from common.images import ImageStore, image_cache
+from common.images import ImageStore, image_store
 
 RESULT_FIELDS = ("protocol", "dataset", "k", "image_size", "epoch", "valid_auc", "valid_auc_cold", "test_auc",
                  "test_auc_cold", "wall_seconds")
@@ -51,7 +51,7 @@ def open_attention_run(run, dataset_path=None, device="cpu"):
         check_size(run, len(theta), "users", dataset)
     model = build_attention(cfg, dataset.usernum)
     load_state(model, checkpoint["model"], path)
-    images = ImageStore(image_cache(dataset, cfg.image_size, cfg.resize_filter), device)
+    images = image_store(dataset, cfg.image_size, cfg.resize_filter, device=device)
     return AttentionRun(run, cfg, dataset, images, model.to(device).eval().requires_grad_(False),
                         checkpoint["epoch"])
 

@@ -26,7 +26,7 @@ from common.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from common.classifier import train_classifier
 from common.device import autocast, memory_format
 from common.errors import DatasetError
-from common.images import ImageStore, image_cache
+from common.images import image_store
 from dvbpr.backbones import ImageNetInput, build_backbone, load_torchvision_weights
 
 IMAGENET_SIZE = 224
@@ -81,7 +81,7 @@ def pretrain_cnnf(dataset, images, settings, device):
 
 def cnnf_features(dataset, settings, device):
     """(features, description) from CNN-F pre-trained on the categories."""
-    images = ImageStore(image_cache(dataset, settings.image_size, settings.resize_filter), device)
+    images = image_store(dataset, settings.image_size, settings.resize_filter, device=device)
     backbone, _, metrics = pretrain_cnnf(dataset, images, settings, device)
     features = extract(backbone, images, dataset.itemnum, device, desc="CNN-F features")
     return features, (f"CNN-F fc2 ({backbone.feature_width}-d), pre-trained {settings.epochs} epochs at "
@@ -100,7 +100,7 @@ def alexnet_fc7(weights_path):
 def imagenet_features(dataset, settings, device):
     """(features, description) from AlexNet with the ImageNet weights of settings.imagenet_weights."""
     network = alexnet_fc7(settings.imagenet_weights).to(device, memory_format=memory_format(device))
-    images = ImageStore(image_cache(dataset, IMAGENET_SIZE, settings.resize_filter), device)
+    images = image_store(dataset, IMAGENET_SIZE, settings.resize_filter, device=device)
     features = extract(network, images, dataset.itemnum, device, desc="AlexNet features")
     return features, f"ImageNet AlexNet fc7 (4096-d), weights {Path(settings.imagenet_weights).name}"
 

@@ -52,7 +52,7 @@ class BenchConfig:
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA"})
 
 
-def image_store(bench, device, folder):
+def random_image_store(bench, device, folder):
     images = np.random.default_rng(0).integers(0, 256, (bench.images, 3, bench.image_size, bench.image_size),
                                                dtype=np.uint8)
     if not bench.stream:
@@ -66,7 +66,7 @@ def measure(bench, dataset, ranks):
     cfg = DVBPRConfig(k=bench.k, image_size=bench.image_size, batch_size=bench.batch_size, bf16=bench.bf16)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:
-        store = image_store(bench, device, Path(folder))
+        store = random_image_store(bench, device, Path(folder))
         model = build_model(cfg, dataset.usernum).to(device, memory_format=memory_format(device))
         network = ranks.wrap(model)
         trainee = dvbpr_trainee(model, dataset, store, cfg, ranks)

@@ -52,7 +52,7 @@ from common.cli import MAX_IMAGE_SIZE, parse_config, require_sizes, stage_errors
 from common.datasets import open_dataset
 from common.device import pick_device
 from common.errors import ConfigError, RunError
-from common.images import ImageStore, image_cache
+from common.images import image_store, known_filter
 from common.machine import machine_line, matmul_gflops
 from common.seeding import seed_everything
 from experiments.family import CATALOGUES, catalogue_path
@@ -158,15 +158,16 @@ class Scorer:
     `classifier_seed`), the share of the samples it assigns to the category asked for (condition consistency), and
     their fine colour beside the real items' (fine_colour_share)."""
 
-    def __init__(self, dataset, store, out_dir, seed, device="cpu", size=None, classifier_seed=0,
-                 resize_filter="nearest"):
-        """`store`: the real items at the generator's size, resized by `resize_filter`; `size`: the classifier's
-        (default the store's), to which the extractor resizes real and generated images alike. The classifier
-        learns the images as that filter resizes them, each filter's cached in a file of its own."""
-        size = size or store.size
-        path = out_dir / classifier_file(size, resize_filter, classifier_seed)
-        self.classifier = train_or_load_classifier(dataset, size, path, device, resize_filter,
-                                                   store=store if size == store.size else None, seed=classifier_seed)
+    def __init__(self, dataset, store, out_dir, seed, device="cpu", size=None, classifier_seed=0):
+        """`store`: the real items at the generator's size, as its run's filter resized them (an `image_store`);
+        `size`: the classifier's (default the store's), to which the extractor resizes real and generated images
+        alike. The classifier learns the images as that filter resizes them, each filter's cached in a file of
+        its own."""
+        size, resize_filter = size or store.size, known_filter(store)
+        lens = store if size == store.size else image_store(dataset, size, resize_filter, store.device)
+        self.classifier = train_or_load_classifier(dataset, lens, out_dir / classifier_file(size, resize_filter,
+                                                                                             classifier_seed),
+                                                   seed=classifier_seed)
         self.fidelity = Fidelity({CLASSIFIER_EXTRACTOR: classifier_extractor(self.classifier, device)}, store,
                                  dataset.item_category, seed)
         self.labels = torch.arange(dataset.num_categories).repeat_interleave(SAMPLES_PER_CATEGORY)
@@ -262,7 +263,7 @@ def open_catalogue(qc):
     if unknown:
         raise ConfigError(f"--candidates {' '.join(unknown)}: unknown; choose from {', '.join(CANDIDATES)}")
     dataset, _ = open_dataset(path)
-    store = ImageStore(image_cache(dataset, DEMO["image_size"], GANConfig.resize_filter), "cpu")
+    store = image_store(dataset, DEMO["image_size"], GANConfig.resize_filter, device="cpu")
     return path, dataset, store, Path(qc.out) / name
 
 
@@ -416,8 +417,7 @@ def score_runs(qc):
         key = (run.config.dataset, run.config.image_size, run.config.resize_filter)
         if key not in scorers:
             dataset, store = run.real_items("cpu")
-            scorers[key] = Scorer(dataset, store, Path(qc.out) / dataset.name, qc.seed, device, qc.score_size,
-                                  resize_filter=run.config.resize_filter)
+            scorers[key] = Scorer(dataset, store, Path(qc.out) / dataset.name, qc.seed, device, qc.score_size)
         results[run_dir] = scorers[key](run.model)
         print(f"{run_dir}: {score_line(results[run_dir])}", flush=True)
     write_json(Path(qc.out) / "scores.json", results)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from common.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from common.device import fused_adam_kwargs
 from common.errors import DatasetError
-from common.images import ImageStore, image_cache
+from common.images import known_filter
 
 HELD_OUT_FRACTION = 0.1
 
@@ -107,21 +107,19 @@ def classifier_checkpoint(classifier, dataset, resize_filter, metrics, seed=0):
             "metrics": metrics}
 
 
-def train_or_load_classifier(dataset, image_size, path, device="cpu", resize_filter="nearest", store=None, seed=0,
-                             **training):
-    """The CategoryClassifier for `dataset` at `image_size`: loaded from `path` if it was trained there for the
-    same data and seed, else trained (printing its held-out accuracy; `seed`: its initial weights, held-out split
-    and batch order; `training`: other arguments of `train_classifier`) and saved there. `store`: an ImageStore over
-    the same images to reuse. Returned in eval mode without gradients."""
-    device, path = torch.device(device), Path(path)
+def train_or_load_classifier(dataset, store, path, seed=0, **training):
+    """The CategoryClassifier of `dataset`'s images as `store` holds them (an `image_store`: its size and filter),
+    on the store's device: loaded from `path` if it was trained there for the same data, images and seed, else
+    trained (printing its held-out accuracy; `seed`: its initial weights, held-out split and batch order;
+    `training`: other arguments of `train_classifier`) and saved there. Returned in eval mode without gradients."""
+    path, resize_filter = Path(path), known_filter(store)
     if path.exists():
-        checkpoint = load_checkpoint(path, "classifier", map_location=device)
-        if checkpoint["config"].get("key") == classifier_key(dataset, image_size, resize_filter, seed):
-            return load_classifier(checkpoint, device)
-    store = store or ImageStore(image_cache(dataset, image_size, resize_filter), device)
+        checkpoint = load_checkpoint(path, "classifier", map_location=store.device)
+        if checkpoint["config"].get("key") == classifier_key(dataset, store.size, resize_filter, seed):
+            return load_classifier(checkpoint, store.device)
     with torch.random.fork_rng(devices=[]):  # seeded, and leaves the caller's random stream alone
         torch.manual_seed(seed)
-        classifier = CategoryClassifier(image_size, dataset.num_categories)
+        classifier = CategoryClassifier(store.size, dataset.num_categories)
     classifier, metrics = train_classifier(classifier, store, dataset.item_category, seed=seed, **training)
     print(f"category classifier: held-out accuracy {metrics['held_out_accuracy']:.3f} "
           f"(chance {1 / dataset.num_categories:.3f}), saved to {path}")

@@ -75,7 +75,7 @@ def open_run_data(cfg, ranks, check=None):
             check(dataset)
         cache = image_cache(dataset, cfg.image_size, cfg.resize_filter, strict=cfg.strict_images,
                             device=ranks.device)
-    return dataset, embedded, ImageStore(cache, ranks.device)
+    return dataset, embedded, ImageStore(cache, ranks.device, resize_filter=cfg.resize_filter)
 
 
 def describe_data(dataset):

@@ -242,6 +242,22 @@ def image_cache(dataset: Dataset, size: int, resize_filter: str = "nearest", cac
     return np.load(path, mmap_mode="r")
 
 
+def image_store(dataset: Dataset, size: int, resize_filter: str = "nearest", device="cpu", resident=None,
+                **cache_options) -> "ImageStore":
+    """An ImageStore over `image_cache(dataset, size, resize_filter, **cache_options)` on `device`, knowing its
+    filter."""
+    device = torch.device(device)
+    cache = image_cache(dataset, size, resize_filter, device=device, **cache_options)
+    return ImageStore(cache, device, resident, resize_filter)
+
+
+def known_filter(store: "ImageStore") -> str:
+    """The filter that made `store`'s images, for what is trained on them and cached under it."""
+    if store.resize_filter is None:
+        raise ValueError("this ImageStore does not know its resize filter: make it with image_store()")
+    return store.resize_filter
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Batches for training
 
@@ -280,13 +296,15 @@ class ImageStore:
 
     Keeps the whole uint8 cache on the device when it fits (`resident`; by default only on CUDA, with headroom
     left for training), else gathers the rows from the memory-mapped cache, through pinned memory on CUDA.
-    `stream` overlaps that gathering with the work on the previous batch.
+    `stream` overlaps that gathering with the work on the previous batch. `resize_filter`: the filter that made
+    the cache, where known (`image_store` records it; a classifier trained on the store is keyed by it).
     """
 
-    def __init__(self, cache: np.ndarray, device, resident: bool | None = None):
+    def __init__(self, cache: np.ndarray, device, resident: bool | None = None, resize_filter: str | None = None):
         self.cache = cache
         self.device = torch.device(device)
         self.size = cache.shape[-1]
+        self.resize_filter = resize_filter
         if resident is None:
             resident = self.device.type == "cuda" and _fits_on_gpu(cache.nbytes, self.device)
         self.resident = resident

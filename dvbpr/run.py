@@ -11,7 +11,7 @@ from common.checkpoint import read_results as read_stage_results
 from common.data import Dataset
 from common.datasets import check_size, open_run_dataset
 from common.errors import CheckpointError, RunError
-from common.images import ImageStore, image_cache
+from common.images import image_store
 from common.safe_pickle import describe_value
 from dvbpr.config import DVBPRConfig, check_config
 from dvbpr.model import DVBPR, build_model, embed_items
@@ -84,7 +84,7 @@ def open_dvbpr_run(run, dataset_path=None, device="cpu", with_model=False):
         print(f"{run / 'embeddings.pt'} {reason}: computing the item embeddings of {weights.name} "
               f"(epoch {checkpoint['epoch']})")
         check_size(run, len(model.theta), "users", dataset)
-        store = ImageStore(image_cache(dataset, config.image_size, config.resize_filter), device)
+        store = image_store(dataset, config.image_size, config.resize_filter, device=device)
         items = embed_items(model, store, config.eval_batch_size, bf16=config.bf16)
         exported = {"theta": model.theta, "items": items, "epoch": checkpoint["epoch"]}
     theta, items = exported["theta"].float().to(device), exported["items"].float().to(device)

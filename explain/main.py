@@ -24,7 +24,7 @@ from common.cli import MAX_BATCH, MAX_IMAGE_SIZE, MAX_TILE_SIZE, parse_config, r
 from common.data import check_id, history
 from common.device import pick_device
 from common.errors import ConfigError, RunError
-from common.images import ImageStore, image_cache
+from common.images import ImageStore, image_store
 from common.original_format import category_name
 from dvbpr.run import open_dvbpr_run
 from explain.faithfulness import evaluate_faithfulness
@@ -78,7 +78,7 @@ def open_explained(run, dataset_path=None, device="cpu"):
         return open_attention(run, dataset_path, device)
     trained = open_dvbpr_run(run, dataset_path, device, with_model=True)
     cfg = trained.config
-    store = ImageStore(image_cache(trained.dataset, cfg.image_size, cfg.resize_filter), device)
+    store = image_store(trained.dataset, cfg.image_size, cfg.resize_filter, device=device)
     return Explained(run, trained.model, trained.dataset, store, cfg.resize_filter,
                      f"DVBPR, {cfg.backbone} at {cfg.image_size} px, epoch {trained.epoch}",
                      lambda users: trained.theta[users.to(device)] @ trained.items.T)

@@ -9,7 +9,7 @@ from common.classifier import load_classifier, train_or_load_classifier
 from common.data import MAX_CATEGORIES
 from common.datasets import open_dataset
 from common.errors import CheckpointError, RunError
-from common.images import ImageStore, image_cache
+from common.images import image_store
 from common.safe_pickle import describe_value
 from gan.config import GANConfig, check_config
 from gan.generators import build_generator
@@ -34,13 +34,13 @@ class GANRun:
     def real_items(self, device):
         """(dataset, its images at the run's size and filter) of the dataset the run was trained on."""
         dataset, _ = open_dataset(self.config.dataset, self.config.cache_dir)
-        return dataset, ImageStore(image_cache(dataset, self.config.image_size, self.config.resize_filter), device)
+        return dataset, image_store(dataset, self.config.image_size, self.config.resize_filter, device=device)
 
-    def category_classifier(self, dataset, device, store=None, fallback_dir=None):
-        """The run's category classifier, else one trained now and saved in `fallback_dir`."""
-        return self.saved_classifier(device) or train_or_load_classifier(
-            dataset, self.config.image_size, Path(fallback_dir) / "classifier.pt", device, self.config.resize_filter,
-            store)
+    def category_classifier(self, dataset, store, fallback_dir):
+        """The run's category classifier, else one trained now on `store` (the run's images, as `real_items`
+        gives them) and saved in `fallback_dir`."""
+        return self.saved_classifier(store.device) or train_or_load_classifier(
+            dataset, store, Path(fallback_dir) / "classifier.pt")
 
 
 def open_gan_run(run, device="cpu"):

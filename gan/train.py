@@ -35,7 +35,7 @@ from common.device import pick_device
 from common.distributed import Ranks
 from common.errors import CheckpointError, ConfigError, DatasetError, TrainingDiverged
 from common.figures import save_grid
-from common.images import ImageStore, image_cache
+from common.images import image_store
 from common.runlog import RunLog, run_dir
 from common.safe_pickle import describe_value
 from common.seeding import derived_seed, restore_torch_rng_state, seed_everything, torch_rng_state
@@ -146,7 +146,7 @@ def train(cfg, ranks=None):
     with ranks.main_first():
         out_dir = run_dir(cfg.out, "gan")
         dataset, _ = open_dataset(cfg.dataset, cfg.cache_dir)
-        store = ImageStore(image_cache(dataset, cfg.image_size, cfg.resize_filter, device=device), device)
+        store = image_store(dataset, cfg.image_size, cfg.resize_filter, device=device)
     seed_everything(cfg.seed)
     items = labelled_items(dataset)
     iterations_per_epoch = len(items) // cfg.batch_size
@@ -171,8 +171,7 @@ def train(cfg, ranks=None):
     if not ranks.is_main:
         return None
     trained_rng_state = torch_rng_state(device)   # what a resume continues from, before the measurements draw
-    classifier = train_or_load_classifier(dataset, cfg.image_size, out_dir / "classifier.pt", device,
-                                          cfg.resize_filter, store)
+    classifier = train_or_load_classifier(dataset, store, out_dir / "classifier.pt")
     consistency = measure_consistency(run.model, classifier, dataset.num_categories, cfg.consistency_samples,
                                       device, cfg.bf16, cfg.seed)
     print(format_consistency(consistency))

@@ -21,7 +21,7 @@ from common.catalogue.config import truth_path
 from common.catalogue.reader import train_or_load_reader
 from common.catalogue.truth import load_truth
 from common.errors import ConfigError
-from common.images import ImageStore, image_cache
+from common.images import image_store
 from dvbpr.run import open_dvbpr_run
 from pm.design import resize
 from pm.load import check_trained_on, same_model
@@ -94,9 +94,9 @@ def open_true_taste(stages):
         return None
     truth = load_truth(stages.dataset.path)
     size, resize_filter = min(stages.designer.image_size, READER_MAX_SIZE), stages.gan.config.resize_filter
-    store = stages.images if size == stages.images.size else ImageStore(
-        image_cache(stages.dataset, size, resize_filter), stages.device)
-    reader, metrics = train_or_load_reader(stages.dataset, truth, store, resize_filter)
+    store = stages.images if size == stages.images.size else image_store(stages.dataset, size, resize_filter,
+                                                                         stages.device)
+    reader, metrics = train_or_load_reader(stages.dataset, truth, store)
     print("attribute reader, held out real items: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     return TrueTaste(truth, reader, metrics)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 from common.errors import ConfigError, DatasetError
-from common.images import ImageStore, image_cache
+from common.images import image_store
 from dvbpr.run import open_dvbpr_run
 from gan.run import open_gan_run
 from pm.design import Designer, ScoreEnsemble
@@ -32,8 +32,8 @@ class Stages:
         else:
             scorer, self.item_embeddings = trained.model, trained.items
         self.designer = Designer(scorer, self.gan.model)
-        self.images = ImageStore(image_cache(self.dataset, self.gan.config.image_size, self.gan.config.resize_filter),
-                                 self.device)
+        self.images = image_store(self.dataset, self.gan.config.image_size, self.gan.config.resize_filter,
+                                  device=self.device)
         self.item_category = torch.as_tensor(self.dataset.item_category, device=self.device)
 
     def items_of(self, category):
@@ -41,7 +41,7 @@ class Stages:
 
     def category_classifier(self, fallback_dir):
         """The GAN run's category classifier (classifier.pt), else one trained now and saved in `fallback_dir`."""
-        return self.gan.category_classifier(self.dataset, self.device, self.images, fallback_dir)
+        return self.gan.category_classifier(self.dataset, self.images, fallback_dir)
 
 
 def open_member(run, primary, device):

@@ -15,7 +15,7 @@ from common.catalogue.truth import load_truth
 from common.checkpoint import save_checkpoint
 from common.classifier import CategoryClassifier, classifier_checkpoint
 from common.data import Dataset, load_dataset
-from common.images import ImageStore, image_cache
+from common.images import image_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def place_attribute_reader(dataset_path, image_size, steps=10, resize_filter="ne
     """An attribute reader trained for a few steps where Table IV looks for the catalogue's reader, which it then
     reuses instead of training one."""
     dataset = load_dataset(dataset_path)
-    reader, metrics = train_reader(ImageStore(image_cache(dataset, image_size, resize_filter), "cpu"),
+    reader, metrics = train_reader(image_store(dataset, image_size, resize_filter, device="cpu"),
                                    load_truth(dataset_path), steps=steps)
     save_reader(reader_path(dataset, image_size, resize_filter), reader, reader_key(dataset, image_size,
                                                                                    resize_filter), metrics)

@@ -44,7 +44,7 @@ from baselines.warp import harmonic, warp_loss
 from common.cli import parse_config
 from common.data import load_dataset
 from common.errors import ConfigError, DatasetError
-from common.images import ImageStore, image_cache
+from common.images import image_store
 from common.original_format import save_original_format
 from common.sampling import TripletSampler
 from tests.helpers import interactions_only
@@ -329,7 +329,7 @@ def test_cnnf_features_are_the_last_hidden_layer_of_a_category_classifier(tmp_pa
     assert "CNN-F" in description and "2 item categories" in description
 
     # the same seed trains the same network: its output layer reads the categories off the features
-    _, head, metrics = pretrain_cnnf(dataset, ImageStore(image_cache(dataset, 32), CPU), settings, CPU)
+    _, head, metrics = pretrain_cnnf(dataset, image_store(dataset, 32, device=CPU), settings, CPU)
     assert metrics["train_accuracy"] == 1.0
     with torch.no_grad():
         assert head(features).argmax(1).tolist() == categories

@@ -13,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from common.checkpoint import load_checkpoint
 from common.data import load_dataset
 from common.distributed import NO_FORWARD_BUFFER_SYNC, Ranks, cuda_placement, setup, teardown
-from common.images import ImageStore, image_cache
+from common.images import image_cache, image_store
 from common.metrics import evaluate_auc
 from common.sampling import TripletSampler
 from common.seeding import seed_everything
@@ -81,7 +81,7 @@ def auc_of(dataset, ranks, protocol):
 def rank_worker(rank, path, port):
     torch.set_num_threads(1)
     dataset = load_dataset(path)
-    store = ImageStore(image_cache(dataset, 32), "cpu")
+    store = image_store(dataset, 32, device="cpu")
     single = Ranks()
     reference = dict(dvbpr=dvbpr_steps(dataset, store, single), gan=gan_steps(dataset, store, single),
                      auc={p: auc_of(dataset, single, p) for p in ("exact", "sampled100")})

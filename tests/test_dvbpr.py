@@ -18,7 +18,7 @@ from common.cli import parse_config, settle
 from common.data import load_dataset
 from common.distributed import Ranks
 from common.errors import ConfigError
-from common.images import ImageStore, image_cache
+from common.images import image_store
 from common.sampling import TripletSampler
 from common.training import epoch_end_step, keep_record
 from dvbpr.backbones import BACKBONES, build_backbone
@@ -40,7 +40,7 @@ def tiny_path(catalogue):
 @pytest.fixture(scope="module")
 def tiny(tiny_path):
     dataset = load_dataset(tiny_path)
-    return dataset, ImageStore(image_cache(dataset, 32), CPU)
+    return dataset, image_store(dataset, 32, device=CPU)
 
 
 def dvbpr_model(usernum, k=8, image_size=32, fc_width=256, dropout=0.5, **settings):

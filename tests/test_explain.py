@@ -14,7 +14,7 @@ from common.catalogue.truth import load_truth
 from common.checkpoint import save_checkpoint
 from common.data import load_dataset
 from common.errors import ConfigError
-from common.images import ImageStore, image_cache
+from common.images import image_cache, image_store
 from common.training import snapshot
 from dvbpr.backbones import build_backbone
 from dvbpr.config import DVBPRConfig
@@ -120,7 +120,7 @@ def test_attention_scorer_matches_scoring_each_image(catalogue):
     torch.manual_seed(0)
     model = RegionAttention(build_backbone("cnn-f", 32, fc_width=1, widths=[4, 8, 8, 8, 8]), dataset.usernum, k=6)
     model.theta.data = torch.randn_like(model.theta)
-    store = ImageStore(image_cache(dataset, 32), "cpu")
+    store = image_store(dataset, 32, device="cpu")
     items = torch.arange(0, 240, 7)
     with torch.no_grad():
         each = torch.stack([model.score(torch.full_like(items, u), store(items)) for u in (2, 5)])

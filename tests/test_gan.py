@@ -12,7 +12,7 @@ from common.classifier import load_classifier, split_items, train_or_load_classi
 from common.cli import parse_config, settle
 from common.data import load_dataset
 from common.errors import CheckpointError, ConfigError, RunError
-from common.images import ImageStore, image_cache
+from common.images import ImageStore, image_cache, image_store
 from common.runlog import RunLog
 from gan.config import PRESETS, GANConfig, demo_settings, embedded_demo
 from gan.config import check_config as check_gan_config
@@ -54,7 +54,7 @@ def train(cfg, dataset, out):
 def classifier_path(tiny_dataset, tmp_path_factory):
     """A category classifier trained once (briefly) and copied into each run directory, so training loads it."""
     path = tmp_path_factory.mktemp("classifier") / "classifier.pt"
-    train_or_load_classifier(tiny_dataset, 32, path, epochs=1, min_steps=60)
+    train_or_load_classifier(tiny_dataset, image_store(tiny_dataset, 32), path, epochs=1, min_steps=60)
     return path
 
 
@@ -275,7 +275,7 @@ def test_items_without_a_category_are_left_out_and_none_at_all_is_an_error(tiny_
 
 def test_the_classifier_learns_the_categories(tiny_dataset, classifier_path):
     classifier = load_classifier(load_checkpoint(classifier_path))
-    store = ImageStore(image_cache(tiny_dataset, 32), CPU)
+    store = image_store(tiny_dataset, 32, device=CPU)
     _, held_out = split_items(tiny_dataset.item_category)
     probs = classifier.predict_proba(store(held_out))
     torch.testing.assert_close(probs.sum(1), torch.ones(len(held_out)))
@@ -286,7 +286,7 @@ def test_the_classifier_learns_the_categories(tiny_dataset, classifier_path):
 
 def test_a_trained_classifier_is_loaded_not_trained_again(tiny_dataset, classifier_path):
     stamp = classifier_path.stat().st_mtime_ns
-    loaded = train_or_load_classifier(tiny_dataset, 32, classifier_path)
+    loaded = train_or_load_classifier(tiny_dataset, image_store(tiny_dataset, 32), classifier_path)
     assert classifier_path.stat().st_mtime_ns == stamp
     images = torch.rand(4, 3, 32, 32) * 2 - 1
     expected = load_classifier(load_checkpoint(classifier_path)).predict_proba(images)
@@ -297,13 +297,25 @@ def test_a_classifier_of_another_seed_is_trained_not_loaded_from_a_file_of_seed_
                                                                                  tmp_path):
     path = tmp_path / "classifier.pt"
     shutil.copy(classifier_path, path)
-    other = train_or_load_classifier(tiny_dataset, 32, path, seed=1, epochs=1, min_steps=5)
+    other = train_or_load_classifier(tiny_dataset, image_store(tiny_dataset, 32), path, seed=1, epochs=1, min_steps=5)
     images = torch.rand(4, 3, 32, 32) * 2 - 1
     first = load_classifier(load_checkpoint(classifier_path)).predict_proba(images)
     assert not torch.allclose(other.predict_proba(images), first)
-    assert train_or_load_classifier(tiny_dataset, 32, path, seed=1).state_dict().keys() == other.state_dict().keys()
-    torch.testing.assert_close(train_or_load_classifier(tiny_dataset, 32, path, seed=1).predict_proba(images),
-                               other.predict_proba(images))   # and then loaded, as seed 1's
+    again = train_or_load_classifier(tiny_dataset, image_store(tiny_dataset, 32), path, seed=1)
+    assert again.state_dict().keys() == other.state_dict().keys()
+    torch.testing.assert_close(again.predict_proba(images), other.predict_proba(images))   # loaded, as seed 1's
+
+
+def test_a_classifier_learns_the_images_as_its_store_resized_them(tiny_dataset, classifier_path, tmp_path):
+    path = tmp_path / "classifier.pt"
+    shutil.copy(classifier_path, path)   # trained on the nearest filter's images
+    bilinear = train_or_load_classifier(tiny_dataset, image_store(tiny_dataset, 32, "bilinear"), path, epochs=1,
+                                        min_steps=5)
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    nearest = load_classifier(load_checkpoint(classifier_path)).predict_proba(images)
+    assert not torch.allclose(bilinear.predict_proba(images), nearest)   # trained anew, not lent the nearest one's
+    with pytest.raises(ValueError, match="resize filter"):
+        train_or_load_classifier(tiny_dataset, ImageStore(image_cache(tiny_dataset, 32), CPU), path)
 
 
 def test_condition_consistency_on_a_hand_made_case():
@@ -352,7 +364,7 @@ def test_the_learning_rate_is_constant_unless_it_decays_after_its_epoch_to_lr_ov
 
 
 def test_a_decaying_run_trains_as_a_constant_one_until_its_epoch_and_differently_after(tiny_dataset):
-    store = ImageStore(image_cache(tiny_dataset, 32, "nearest"), CPU)
+    store = image_store(tiny_dataset, 32, "nearest", device=CPU)
     items, labels = labelled_items(tiny_dataset), torch.as_tensor(tiny_dataset.item_category)
     per_epoch = len(items) // 16
     runs = []

@@ -17,6 +17,7 @@ from common.images import (
     decode_image,
     decode_resize_nearest,
     image_cache,
+    image_store,
     pillow_nearest_index,
     scale_to_model,
 )
@@ -187,7 +188,7 @@ def test_image_store_batches(dataset, tmp_path, resident):
 @pytest.mark.filterwarnings("ignore:2 of 10 images")
 @pytest.mark.parametrize("resident", [False, True])
 def test_image_store_stream_keeps_order_and_payload(dataset, tmp_path, resident):
-    store = ImageStore(image_cache(dataset, 32, cache_dir=tmp_path / "c"), "cpu", resident=resident)
+    store = image_store(dataset, 32, cache_dir=tmp_path / "c", device="cpu", resident=resident)
     id_batches = [torch.tensor([3, 0]), torch.tensor([9]), torch.tensor([1, 2, 3])]
     streamed = list(store.stream((ids, f"payload {n}") for n, ids in enumerate(id_batches)))
     assert [batch[1] for batch, _ in streamed] == ["payload 0", "payload 1", "payload 2"]

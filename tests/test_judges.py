@@ -13,7 +13,7 @@ from common.checkpoint import load_checkpoint, save_checkpoint
 from common.classifier import CategoryClassifier
 from common.data import load_dataset
 from common.errors import CheckpointError, ConfigError
-from common.images import ImageStore, image_cache
+from common.images import image_store
 from dvbpr.cnnf import CNNF
 from dvbpr.model import DVBPR
 from gan.config import GANConfig
@@ -120,7 +120,7 @@ def test_the_lsgan_round_trips_through_a_checkpoint_and_an_old_one_opens_as_lsga
 @pytest.fixture(scope="module")
 def images_of_a_category(catalogue):
     dataset = load_dataset(catalogue())
-    store = ImageStore(image_cache(dataset, 16), "cpu")
+    store = image_store(dataset, 16, device="cpu")
     items = torch.as_tensor(np.flatnonzero(dataset.item_category == 2))
     return store(items)
 
@@ -211,7 +211,7 @@ def test_the_fid_inception_is_read_weights_only_from_its_file(tmp_path, monkeypa
 
 def test_the_attribute_reader_beats_chance_by_a_margin_on_held_out_items(catalogue):
     path = catalogue(num_users=12, num_items=480)
-    store = ImageStore(image_cache(load_dataset(path), 16), "cpu")
+    store = image_store(load_dataset(path), 16, device="cpu")
     reader, metrics = train_reader(store, load_truth(path), steps=80)
     assert metrics["category_accuracy"] > 1 / 6 + 0.4
     assert metrics["colour_accuracy"] > 1 / 8 + 0.4
@@ -224,7 +224,7 @@ def test_a_catalogues_reader_is_trained_once_beside_its_images_and_reused(catalo
     import common.catalogue.reader as reader_module
     path = catalogue(num_users=12, num_items=300)
     dataset, truth = load_dataset(path), load_truth(path)
-    store = ImageStore(image_cache(dataset, 16), "cpu")
+    store = image_store(dataset, 16, device="cpu")
     trained = []
     monkeypatch.setattr(reader_module, "train_reader", lambda store, truth: trained.append(store.size) or
                         train_reader(store, truth, steps=5))
@@ -233,7 +233,7 @@ def test_a_catalogues_reader_is_trained_once_beside_its_images_and_reused(catalo
     again, metrics_again = train_or_load_reader(dataset, truth, store)
     assert trained == [16] and metrics_again == metrics
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
-    train_or_load_reader(dataset, truth, ImageStore(image_cache(dataset, 8), "cpu"))   # another size: its own
+    train_or_load_reader(dataset, truth, image_store(dataset, 8, device="cpu"))   # another size: its own
     assert trained == [16, 8]
 
 

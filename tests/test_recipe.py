@@ -15,7 +15,7 @@ from common.checkpoint import load_checkpoint
 from common.cli import parse_config
 from common.data import load_dataset
 from common.errors import ConfigError
-from common.images import ImageStore, image_cache
+from common.images import image_store
 from common.training import learning_rate
 from dvbpr.cnnf import CNNF
 from dvbpr.config import DEMO, PRESETS, DVBPRConfig, check_config
@@ -79,7 +79,7 @@ def test_directions_holding_the_variance():
 
 def test_ever_active_units_finds_dead_ones(catalogue):
     dataset = load_dataset(catalogue(num_users=6, num_items=20))
-    store = ImageStore(image_cache(dataset, 32), "cpu")
+    store = image_store(dataset, 32, device="cpu")
     torch.manual_seed(0)
     network = CNNF(32, fc_width=64, widths=(8, 16, 16, 16, 16))
     network.initialise()

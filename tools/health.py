@@ -14,7 +14,7 @@ import torch
 
 from common.cli import parse_config, stage_errors
 from common.errors import RunError
-from common.images import ImageStore, image_cache
+from common.images import image_store
 from dvbpr.run import open_dvbpr_run
 
 VARIANCE_SHARE = 0.99
@@ -61,7 +61,7 @@ def health(run_dir):
     run = open_dvbpr_run(run_dir, with_model=True)
     if run.config.backbone != "cnn-f":
         raise RunError(f"the unit figures are CNN-F's; the run in {run_dir} has backbone {run.config.backbone}")
-    store = ImageStore(image_cache(run.dataset, run.config.image_size, run.config.resize_filter), "cpu")
+    store = image_store(run.dataset, run.config.image_size, run.config.resize_filter, device="cpu")
     return dict(epoch=run.epoch, ever_active=ever_active_units(run.model.backbone.eval(), store),
                 directions_99=directions_holding(run.items), k=run.items.shape[1])
 

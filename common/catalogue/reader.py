@@ -17,7 +17,7 @@ from common.catalogue.taste import COLOUR_FAMILIES, PATTERNS
 from common.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from common.classifier import conv_block, split_items
 from common.errors import DatasetError
-from common.images import cache_folder
+from common.images import cache_folder, known_filter
 from common.original_format import CATEGORY_NAMES
 
 GROUPS = {"category": len(CATEGORY_NAMES), "colour": len(COLOUR_FAMILIES), "pattern": len(PATTERNS)}
@@ -126,10 +126,11 @@ def check_truth(truth, dataset):
         raise DatasetError(f"the truth beside {dataset.path} gives other categories than the dataset")
 
 
-def train_or_load_reader(dataset, truth, store, resize_filter="nearest"):
+def train_or_load_reader(dataset, truth, store):
     """(reader, held-out metrics): loaded from reader_path when it was trained there on the same data at the
-    store's size, else trained now and saved there."""
+    store's size and filter, else trained now and saved there."""
     check_truth(truth, dataset)
+    resize_filter = known_filter(store)
     path, key = reader_path(dataset, store.size, resize_filter), reader_key(dataset, store.size, resize_filter)
     if path.is_file():
         checkpoint = load_checkpoint(path, "attribute-reader", map_location=store.device)
