@@ -121,7 +121,8 @@ DEMO = dict(image_size=32, g_width=16, d_width=16, batch_size=32, epochs=8, lr=2
 # A generator's own demo settings over DEMO. The sngan without DiffAugment had a lower KID than the LSGAN at the LSGAN
 # demo's time (18 epochs) on three catalogues and six seeds (docs/design_half.md, "A modern generator"), so the demo
 # trains it; its KID kept falling with training time (docs/design_half.md, "The demo's minute, against its budget"), so
-# it takes 30 epochs: as many as the demo's 5 minutes hold at 100 GFLOP/s by the README's scaling, with a margin. A
+# it takes 30 epochs: as many as the demo's 5 minutes held at 100 GFLOP/s by the README's scaling on the machines
+# measured then, with a margin (machine H's since, whose matmul outruns its convolutions, scales to 6.8 minutes). A
 # moving average of G (--ema 0.999) steadied its KID but did not lower its mean over the demo's seeds 0-2, by a rule
 # fixed beforehand (docs/design_half.md, "An averaged generator"), so the demo trains without it; nor with a learned
 # seed per category at G's input (--class-seed), which failed its rule too ("A category seed at G's input"); nor with
