@@ -164,7 +164,7 @@ class Scorer:
         alike. The classifier learns the images as that filter resizes them, each filter's cached in a file of
         its own."""
         size, resize_filter = size or store.size, known_filter(store)
-        lens = store if size == store.size else image_store(dataset, size, resize_filter, store.device)
+        lens = store if size == store.size else image_store(dataset, size, resize_filter, device)
         self.classifier = train_or_load_classifier(dataset, lens, out_dir / classifier_file(size, resize_filter,
                                                                                              classifier_seed),
                                                    seed=classifier_seed)
