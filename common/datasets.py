@@ -11,7 +11,7 @@ from common.catalogue.generate import ensure_embedded_catalogue
 from common.data import Dataset, load_dataset
 from common.dataset_folder import is_dataset_folder, load_dataset_folder
 from common.errors import DatasetError, RunError
-from common.images import ImageStore, image_cache
+from common.images import image_store
 
 DEFAULT_DATASET = Path("data/AmazonFashion6ImgPartitioned.npy")
 
@@ -73,9 +73,8 @@ def open_run_data(cfg, ranks, check=None):
         dataset, embedded = open_dataset(cfg.dataset, cfg.cache_dir)
         if check:
             check(dataset)
-        cache = image_cache(dataset, cfg.image_size, cfg.resize_filter, strict=cfg.strict_images,
-                            device=ranks.device)
-    return dataset, embedded, ImageStore(cache, ranks.device, resize_filter=cfg.resize_filter)
+        store = image_store(dataset, cfg.image_size, cfg.resize_filter, ranks.device, strict=cfg.strict_images)
+    return dataset, embedded, store
 
 
 def describe_data(dataset):
