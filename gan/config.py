@@ -44,7 +44,9 @@ class GANConfig:
                                                               "DiffAugment); sngan a spectrally normalised "
                                                               "projection GAN with hinge loss and DiffAugment "
                                                               "(gan/sngan.py); diffusion a class-conditional "
-                                                              "DDPM with a DDIM sampler (gan/diffusion.py)",
+                                                              "DDPM with a DDIM sampler (gan/diffusion.py); vae a "
+                                                              "conditional VAE whose decoder is the sngan's G "
+                                                              "(gan/vae.py)",
                                                       "choices": GENERATORS})
     image_size: int = field(default=128, metadata={"help": "output side in pixels, a power of two >= 16"})
     z_dim: int = field(default=100, metadata={"help": "latent size"})
@@ -132,6 +134,10 @@ DEMO = dict(image_size=32, g_width=16, d_width=16, batch_size=32, epochs=8, lr=2
 # whose KID the spread between trajectories kept from telling apart ("A faster layout"). Nor with colour drawn at
 # half the side (--half-chroma), whose designs blind labellers named less often ("Colour at half the side").
 GENERATOR_DEMOS = {"sngan": dict(diffaugment=False, beta1=0.0, beta2=0.9, epochs=30)}
+# The conditional VAE (gan/vae.py) with the PyTorch examples' VAE's Adam (lr 1e-3, betas 0.9 and 0.999), untuned, for
+# the sngan demo's time: it trains 1.3 times as many images a second on two cores (bench/gan_throughput.py, machine
+# I), so 39 epochs (docs/design_half.md, "A likelihood-trained generator").
+GENERATOR_DEMOS["vae"] = dict(lr=1e-3, beta1=0.9, beta2=0.999, epochs=39)
 DEMO_GENERATOR = "sngan"
 
 
@@ -161,10 +167,12 @@ def noise_image_codes(cfg):
 
 def with_generator_latent(cfg):
     """cfg with the latent the generator dictates: a diffusion model's codes are noise images (z_dim 3 S^2 ~ N(0, I))
-    whatever --z-dim and --z-distribution say. Training settles it before anything is drawn or saved."""
+    whatever --z-dim and --z-distribution say, a VAE's are drawn from N(0, I) whatever --z-distribution says.
+    Training settles it before anything is drawn or saved."""
     if noise_image_codes(cfg):
-        return replace(cfg, z_dim=noise_image_dim(cfg.image_size), z_distribution="normal")
-    return cfg
+        cfg = replace(cfg, z_dim=noise_image_dim(cfg.image_size))
+    prior = GENERATORS[cfg.generator].z_distribution if cfg.generator in GENERATORS else None
+    return replace(cfg, z_distribution=prior) if prior else cfg
 
 
 def check_config(cfg):

@@ -66,6 +66,7 @@ class Diffusion(ConditionalGenerator):
     reads = ("ema",)
     latent_box = False
     noise_image_codes = True
+    z_distribution = "normal"
 
     def __init__(self, cfg, num_categories, device="cpu"):
         super().__init__()

@@ -5,6 +5,7 @@ from common.errors import ConfigError
 from gan.diffusion import Diffusion
 from gan.model import LSGAN
 from gan.sngan import SNGAN
+from gan.vae import VAE
 
 # settings off by default (false or 0) that only some generators read, each listing them in its `reads`
 OPTIONAL = ("ema", "class_seed", "aux_class_weight", "match_weight", "half_chroma")
@@ -13,6 +14,7 @@ GENERATORS = {
     "lsgan": LSGAN,
     "sngan": SNGAN,
     "diffusion": Diffusion,
+    "vae": VAE,
 }
 
 

@@ -164,11 +164,14 @@ def build_optimizers(cfg, generator, discriminator, device):
     return torch.optim.Adam(generator.parameters(), **kwargs), torch.optim.Adam(discriminator.parameters(), **kwargs)
 
 
-def descend(optimizer, loss):
-    """One optimiser step down `loss`."""
-    optimizer.zero_grad(set_to_none=True)
+def descend(optimizers, loss):
+    """One step of each optimiser (one, or several over parts of a model) down `loss`."""
+    optimizers = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    optimizer.step()
+    for optimizer in optimizers:
+        optimizer.step()
 
 
 def train_step(generator, discriminator, opt_g, opt_d, real, labels, z, bf16=True):
@@ -214,6 +217,8 @@ class ConditionalGenerator(nn.Module):
                                       OPTIONAL); the registry refuses the others when they are set
         noise_image_codes             True when the codes are noise images ~ N(0, I) of noise_image_dim(S)
                                       entries, whatever --z-dim says (gan/config.py's with_generator_latent)
+        z_distribution                the prior its codes are drawn from in training and grids whatever
+                                      --z-distribution says ("normal"), or None where the flag decides
         guided_sample(z, labels, score, scale)   optional: samples steered up score(image) while they are drawn
                                       (the diffusion model's; pm/main.py --guidance needs it)
         optimizers(cfg, device)       {net name: optimiser}
@@ -226,6 +231,7 @@ class ConditionalGenerator(nn.Module):
     reads = ()
     latent_box = True
     noise_image_codes = False
+    z_distribution = None
 
     @property
     def saved_nets(self):

@@ -1,0 +1,96 @@
+"""A class-conditional variational autoencoder (Kingma & Welling, 2014; conditional as Sohn et al., 2015) as a
+ConditionalGenerator: the likelihood-based alternative to the GANs, whose decoder must reconstruct every training
+item and so cannot drop a category's shape the way a GAN's generator may (mode dropping); its price is blur.
+
+The decoder is the sngan's G (gan/sngan.py) at the same widths, so the two differ by how G is trained alone. The
+encoder mirrors the sngan's D without spectral normalisation; the category enters it as a learned vector added to
+its pooled features:
+
+    q(z | x, c)                                          p(x | z, c)
+    4x4/2 conv, lrelu                       16x16xd      G(z, c) of gan/sngan.py (cbn, relu; tanh)   32x32x3
+    4x4/2 conv, lrelu                       8x8x2d
+    4x4/2 conv, lrelu                       4x4x4d
+    flatten + embed(c), linear -> mu, log sigma^2        2 x z_dim
+
+Training maximises the ELBO with p(x | z, c) = N(G(z, c), 1/2 I) on images in [-1, 1] and the prior p(z) = N(0, I):
+
+    L = sum_pixels (G(z, c) - x)^2 + KL(N(mu, sigma^2) || N(0, I)),   z = mu + sigma * eps   (reparameterised)
+
+Samples decode z ~ N(0, I) (latent_box is False: PM optimises z directly). The realism term of eq. 10 is the same
+negative ELBO of a design e, per pixel, with z at the encoder's mean: smaller where the model finds e more probable.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common.device import autocast, fused_adam_kwargs, memory_format
+from gan.model import ConditionalGenerator, descend, num_stages
+from gan.sngan import LEAK, Generator
+
+
+class Encoder(nn.Module):
+
+    def __init__(self, image_size=32, z_dim=100, num_categories=6, width=32):
+        super().__init__()
+        n = num_stages(image_size, 4)
+        channels = [3] + [max(4 * width >> (n - 1 - i), 1) for i in range(n)]    # ..., d, 2d, 4d at the 4x4 end
+        self.downs = nn.ModuleList(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1)
+                                   for c_in, c_out in zip(channels, channels[1:]))
+        features = channels[-1] * 4 * 4
+        self.embed = nn.Embedding(num_categories, features)
+        self.to_posterior = nn.Linear(features, 2 * z_dim)
+
+    def forward(self, x, labels):
+        """x [B, 3, S, S] in [-1, 1], labels [B] -> the posterior's mean and log variance, each [B, z_dim]."""
+        h = x
+        for down in self.downs:
+            h = F.leaky_relu(down(h), LEAK)
+        h = h.flatten(1) + self.embed(labels).to(h.dtype)
+        return self.to_posterior(h).float().chunk(2, dim=1)
+
+
+def negative_elbo(decoder, encoder, images, labels, sample=True):
+    """Per image [B]: the squared reconstruction error summed over pixels and the KL of q(z | x, c) from N(0, I),
+    z drawn from q (reparameterised) or at its mean."""
+    mean, log_variance = encoder(images, labels)
+    z = mean + (0.5 * log_variance).exp() * torch.randn_like(mean) if sample else mean
+    reconstruction = (decoder(z, labels).float() - images.float()).pow(2).sum(dim=(1, 2, 3))
+    kl = 0.5 * (mean.pow(2) + log_variance.exp() - 1 - log_variance).sum(dim=1)
+    return reconstruction, kl
+
+
+class VAE(ConditionalGenerator):
+    """The conditional VAE (this module's docstring); `nets` is the encoder and the decoder, each with its Adam (one
+    Adam over both, as Adam is per parameter), stepped together down one loss."""
+    nets = ("encoder", "decoder")
+    latent_box = False
+    z_distribution = "normal"
+
+    def __init__(self, cfg, num_categories, device="cpu"):
+        super().__init__()
+        fmt = memory_format(device, cfg.channels_last)
+        self.encoder = Encoder(cfg.image_size, cfg.z_dim, num_categories, cfg.d_width).to(device, memory_format=fmt)
+        self.decoder = Generator(cfg.image_size, cfg.z_dim, num_categories, cfg.g_width).to(device, memory_format=fmt)
+        self.z_dim, self.image_size, self.num_categories = cfg.z_dim, cfg.image_size, num_categories
+
+    def sample_z(self, n, device="cpu", rng=None):
+        return torch.randn(n, self.z_dim, device=device, generator=rng)
+
+    def forward(self, z, labels):
+        return self.decoder(z, labels)
+
+    def realism_loss(self, images, labels):
+        reconstruction, kl = negative_elbo(self.decoder, self.encoder, images, labels, sample=False)
+        return (reconstruction + kl) / images[0].numel()
+
+    def optimizers(self, cfg, device):
+        kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused_adam_kwargs(device))
+        return {name: torch.optim.Adam(getattr(self, name).parameters(), **kwargs) for name in self.nets}
+
+    def train_step(self, nets, optimizers, real, labels, z, bf16=True):
+        """One Adam step down the negative ELBO of the batch (z, drawn for the GANs, is not used: q gives it)."""
+        with autocast(real.device, bf16):
+            reconstruction, kl = negative_elbo(nets["decoder"], nets["encoder"], real, labels)
+        loss = (reconstruction + kl).mean()
+        descend(optimizers.values(), loss)
+        return {"loss": loss.detach(), "reconstruction": reconstruction.mean().detach(), "kl": kl.mean().detach()}

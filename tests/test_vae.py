@@ -1,0 +1,110 @@
+"""The conditional VAE generator (gan/vae.py): its prior settled by the config, the registry round trip resumed to
+identical weights, the ELBO's KL term, training lowering the negative ELBO, the realism term preferring what it
+learned, and preference maximisation through it."""
+import dataclasses
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from common.checkpoint import load_checkpoint
+from common.data import load_dataset
+from common.errors import ConfigError
+from dvbpr.cnnf import CNNF
+from dvbpr.model import DVBPR
+from gan.config import GANConfig, with_generator_latent
+from gan.generators import build_generator
+from gan.run import open_gan_run
+from gan.train import train as train_gan
+from gan.vae import VAE, negative_elbo
+from pm.design import Designer
+from tests.helpers import place_random_classifier
+
+
+def tiny_config(**overrides):
+    settings = dict(generator="vae", image_size=16, z_dim=8, g_width=4, d_width=4, batch_size=16, lr=2e-3,
+                    beta1=0.9, beta2=0.999, consistency_samples=4, device="cpu")
+    return with_generator_latent(dataclasses.replace(GANConfig(), **{**settings, **overrides}))
+
+
+def tiny_vae(**overrides):
+    torch.manual_seed(0)
+    return VAE(tiny_config(**overrides), num_categories=3)
+
+
+def flat_colours(labels):
+    """Each category one flat colour: red, green, blue."""
+    colours = torch.tensor([[1.0, -1, -1], [-1, 1, -1], [-1, -1, 1]])
+    return colours[labels % 3][:, :, None, None].expand(-1, -1, 16, 16)
+
+
+def test_the_config_settles_the_prior_to_the_normal_whatever_the_flag_says():
+    assert tiny_config(z_distribution="uniform").z_distribution == "normal"
+    assert with_generator_latent(dataclasses.replace(GANConfig(), generator="sngan")).z_distribution == "uniform"
+    with pytest.raises(ConfigError, match=r"^--ema is read by --generator sngan or diffusion; --generator vae has"):
+        build_generator(tiny_config(ema=0.9), 3)
+
+
+def test_the_vae_trains_through_the_registry_resumes_to_identical_weights_and_reopens(catalogue, tmp_path):
+    path = catalogue()
+    for name in ("straight", "resumed"):
+        place_random_classifier(tmp_path / name, load_dataset(path), 16)
+    cfg = tiny_config(dataset=str(path), epochs=2)
+    train_gan(dataclasses.replace(cfg, out=str(tmp_path / "straight")))
+    train_gan(dataclasses.replace(cfg, out=str(tmp_path / "resumed"), epochs=1))
+    train_gan(dataclasses.replace(cfg, out=str(tmp_path / "resumed"), resume=True))
+    straight, resumed = (load_checkpoint(tmp_path / name / "checkpoint.pt", "gan") for name in ("straight", "resumed"))
+    assert set(straight["model"]) == set(straight["optimizer"]) == {"encoder", "decoder"}
+    assert straight["config"]["z_distribution"] == "normal" and resumed["step"] == straight["step"] > 0
+    for net, weights in straight["model"].items():   # the posterior's noise continues where the first part stopped
+        for name, weight in weights.items():
+            torch.testing.assert_close(resumed["model"][net][name], weight, rtol=0, atol=0, msg=f"{net} {name}")
+
+    run = open_gan_run(tmp_path / "straight")
+    assert isinstance(run.model, VAE) and not run.model.latent_box
+    trained = VAE(cfg, num_categories=6).eval()
+    untrained_images = trained(torch.zeros(2, 8), torch.tensor([0, 1]))
+    for name in trained.nets:
+        getattr(trained, name).load_state_dict(straight["model"][name])
+    z, labels = run.model.sample_z(6, rng=torch.Generator().manual_seed(0)), torch.arange(6)
+    images = run.model(z, labels)
+    assert images.shape == (6, 3, 16, 16) and images.abs().max() <= 1
+    assert torch.equal(images, trained(z, labels)) and not torch.equal(images[:2], untrained_images)
+
+
+def test_the_kl_term_is_that_of_the_posterior_from_the_standard_normal():
+    model = tiny_vae().eval()
+    images, labels = torch.rand(4, 3, 16, 16) * 2 - 1, torch.arange(4) % 3
+    _, kl = negative_elbo(model.decoder, model.encoder, images, labels, sample=False)
+    mean, log_variance = model.encoder(images, labels)
+    expected = kl_divergence(Normal(mean, (0.5 * log_variance).exp()), Normal(0.0, 1.0)).sum(1)
+    torch.testing.assert_close(kl, expected)
+
+
+def test_training_lowers_the_negative_elbo_and_the_realism_term_prefers_what_it_learned():
+    model = tiny_vae()
+    labels = torch.arange(16) % 3
+    real = flat_colours(labels)
+    optimizers = model.optimizers(tiny_config(), "cpu")
+    nets = {name: getattr(model, name).train() for name in model.nets}
+    torch.manual_seed(1)
+    losses = [model.train_step(nets, optimizers, real, labels, None)["loss"].item() for _ in range(60)]
+    assert sum(losses[-10:]) < 0.5 * sum(losses[:10]), losses
+    model.eval()
+    with torch.no_grad():   # the learned images are more probable under the model than the other categories'
+        other = flat_colours(labels + 1)
+        assert model.realism_loss(real, labels).mean() < 0.5 * model.realism_loss(other, labels).mean()
+        samples = model(model.sample_z(16, rng=torch.Generator().manual_seed(0)), labels)
+        assert (samples - real).abs().mean() < (samples - other).abs().mean()   # its samples wear their colour
+
+
+def test_preference_maximisation_designs_through_the_vae_from_its_prior():
+    model = tiny_vae().eval()
+    torch.manual_seed(0)
+    designer = Designer(DVBPR(CNNF(32, fc_width=64), 4, k=8), model)
+    with pytest.raises(ConfigError):
+        designer.check_latent("tanh")
+    design = designer.synthesise(1, 2, starts=4, steps=20, lr=0.1, eta=0.1, init="prior", latent="direct",
+                                 rng=torch.Generator().manual_seed(0), record=lambda step: step == 0)
+    assert design.objective.mean() > design.history[0].objective.mean()
+    torch.testing.assert_close(design.realism, model.realism_loss(design.images, torch.full((4,), 2)))
