@@ -18,7 +18,7 @@ from gan.model import noise_image_dim, num_stages
 
 GRID_SIZE = 16          # 4x4 sample grids
 ARCHITECTURE_FIELDS = ("generator", "image_size", "z_dim", "z_distribution", "g_width", "d_width", "ema",
-                       "class_seed", "aux_class_weight", "half_chroma")
+                       "class_seed", "aux_class_weight", "half_chroma", "ex_post_prior")
 
 
 @dataclass
@@ -74,6 +74,9 @@ class GANConfig:
     match_weight: float = field(default=0.0, metadata={
         "help": "sngan: D also learns that a real item under another category's label is fake, the loss weighted by "
                 "this (a matching-aware discriminator, Reed et al., 2016; 0: off)"})
+    ex_post_prior: bool = field(default=False, metadata={
+        "help": "vae: sample from a Gaussian per category fitted to the encoder's means of the training items (the "
+                "aggregate posterior, kept as running statistics) instead of N(0, I)"})
     batch_size: int = field(default=64, metadata={"help": "images per iteration"})
     epochs: int = field(default=25, metadata={"help": "epochs of floor(items / batch) iterations"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of G and D"})

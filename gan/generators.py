@@ -8,7 +8,7 @@ from gan.sngan import SNGAN
 from gan.vae import VAE
 
 # settings off by default (false or 0) that only some generators read, each listing them in its `reads`
-OPTIONAL = ("ema", "class_seed", "aux_class_weight", "match_weight", "half_chroma")
+OPTIONAL = ("ema", "class_seed", "aux_class_weight", "match_weight", "half_chroma", "ex_post_prior")
 
 GENERATORS = {
     "lsgan": LSGAN,

@@ -18,6 +18,12 @@ Training maximises the ELBO with p(x | z, c) = N(G(z, c), 1/2 I) on images in [-
 
 Samples decode z ~ N(0, I) (latent_box is False: PM optimises z directly). The realism term of eq. 10 is the same
 negative ELBO of a design e, per pixel, with z at the encoder's mean: smaller where the model finds e more probable.
+
+With --ex-post-prior, samples come instead from a Gaussian per category fitted to the encoder's means of the training
+items, the aggregate posterior, which the prior N(0, I) matches only on average (ex-post density estimation, Ghosh et
+al., 2020): G_c(z) decodes m_c + L_c z with z ~ N(0, I), m_c and L_c L_c^T the mean and covariance of the means of
+category c, kept as running statistics over training as batch norm keeps its own. The code z stays a standard normal,
+so PM's sphere and prior apply unchanged.
 """
 import torch
 import torch.nn as nn
@@ -26,6 +32,9 @@ import torch.nn.functional as F
 from common.device import autocast, fused_adam_kwargs, memory_format
 from gan.model import ConditionalGenerator, descend, num_stages
 from gan.sngan import LEAK, Generator
+
+MOMENTUM = 0.01              # of the aggregate posterior's running statistics (--ex-post-prior)
+COVARIANCE_JITTER = 1e-4     # added to their covariance's diagonal before its Cholesky factor
 
 
 class Encoder(nn.Module):
@@ -51,18 +60,45 @@ class Encoder(nn.Module):
 
 def negative_elbo(decoder, encoder, images, labels, sample=True):
     """Per image [B]: the squared reconstruction error summed over pixels and the KL of q(z | x, c) from N(0, I),
-    z drawn from q (reparameterised) or at its mean."""
+    z drawn from q (reparameterised) or at its mean; and the posterior's means [B, z_dim]."""
     mean, log_variance = encoder(images, labels)
     z = mean + (0.5 * log_variance).exp() * torch.randn_like(mean) if sample else mean
     reconstruction = (decoder(z, labels).float() - images.float()).pow(2).sum(dim=(1, 2, 3))
     kl = 0.5 * (mean.pow(2) + log_variance.exp() - 1 - log_variance).sum(dim=1)
-    return reconstruction, kl
+    return reconstruction, kl, mean
+
+
+class AggregatePosterior(nn.Module):
+    """Running mean and covariance per category of the encoder's posterior means, each moved by MOMENTUM towards a
+    batch's, as batch norm's running statistics are; they start as N(0, I), so that an untrained model samples as
+    without them."""
+
+    def __init__(self, num_categories, z_dim):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(num_categories, z_dim))
+        self.register_buffer("second_moment", torch.eye(z_dim).repeat(num_categories, 1, 1))
+
+    @torch.no_grad()
+    def update(self, means, labels):
+        means = means.float()
+        for category in labels.unique():
+            of_category = means[labels == category]
+            self.mean[category].lerp_(of_category.mean(0), MOMENTUM)
+            self.second_moment[category].lerp_(of_category.T @ of_category / len(of_category), MOMENTUM)
+
+    def forward(self, z, labels):
+        """m_c + L_c z for each row of z [B, z_dim] and its category."""
+        covariance = self.second_moment - self.mean[:, :, None] * self.mean[:, None, :]
+        jitter = COVARIANCE_JITTER * torch.eye(covariance.shape[-1], device=z.device)
+        factor = torch.linalg.cholesky(covariance + jitter)
+        return self.mean[labels] + (factor[labels] @ z[:, :, None].to(factor.dtype)).squeeze(2)
 
 
 class VAE(ConditionalGenerator):
     """The conditional VAE (this module's docstring); `nets` is the encoder and the decoder, each with its Adam (one
     Adam over both, as Adam is per parameter), stepped together down one loss."""
     nets = ("encoder", "decoder")
+    reads = ("ex_post_prior",)
     latent_box = False
     z_distribution = "normal"
 
@@ -72,15 +108,18 @@ class VAE(ConditionalGenerator):
         self.encoder = Encoder(cfg.image_size, cfg.z_dim, num_categories, cfg.d_width).to(device, memory_format=fmt)
         self.decoder = Generator(cfg.image_size, cfg.z_dim, num_categories, cfg.g_width).to(device, memory_format=fmt)
         self.z_dim, self.image_size, self.num_categories = cfg.z_dim, cfg.image_size, num_categories
+        self.averages = ("aggregate",) if cfg.ex_post_prior else ()
+        if cfg.ex_post_prior:
+            self.aggregate = AggregatePosterior(num_categories, cfg.z_dim).to(device)
 
     def sample_z(self, n, device="cpu", rng=None):
         return torch.randn(n, self.z_dim, device=device, generator=rng)
 
     def forward(self, z, labels):
-        return self.decoder(z, labels)
+        return self.decoder(self.aggregate(z, labels) if self.averages else z, labels)
 
     def realism_loss(self, images, labels):
-        reconstruction, kl = negative_elbo(self.decoder, self.encoder, images, labels, sample=False)
+        reconstruction, kl, _ = negative_elbo(self.decoder, self.encoder, images, labels, sample=False)
         return (reconstruction + kl) / images[0].numel()
 
     def optimizers(self, cfg, device):
@@ -90,7 +129,9 @@ class VAE(ConditionalGenerator):
     def train_step(self, nets, optimizers, real, labels, z, bf16=True):
         """One Adam step down the negative ELBO of the batch (z, drawn for the GANs, is not used: q gives it)."""
         with autocast(real.device, bf16):
-            reconstruction, kl = negative_elbo(nets["decoder"], nets["encoder"], real, labels)
+            reconstruction, kl, means = negative_elbo(nets["decoder"], nets["encoder"], real, labels)
         loss = (reconstruction + kl).mean()
         descend(optimizers.values(), loss)
+        if self.averages:
+            self.aggregate.update(means, labels)
         return {"loss": loss.detach(), "reconstruction": reconstruction.mean().detach(), "kl": kl.mean().detach()}

@@ -1,6 +1,6 @@
 """The conditional VAE generator (gan/vae.py): its prior settled by the config, the registry round trip resumed to
 identical weights, the ELBO's KL term, training lowering the negative ELBO, the realism term preferring what it
-learned, and preference maximisation through it."""
+learned, preference maximisation through it, and the ex-post prior's running statistics and samples."""
 import dataclasses
 
 import pytest
@@ -16,7 +16,7 @@ from gan.config import GANConfig, with_generator_latent
 from gan.generators import build_generator
 from gan.run import open_gan_run
 from gan.train import train as train_gan
-from gan.vae import VAE, negative_elbo
+from gan.vae import VAE, AggregatePosterior, negative_elbo
 from pm.design import Designer
 from tests.helpers import place_random_classifier
 
@@ -45,16 +45,19 @@ def test_the_config_settles_the_prior_to_the_normal_whatever_the_flag_says():
         build_generator(tiny_config(ema=0.9), 3)
 
 
-def test_the_vae_trains_through_the_registry_resumes_to_identical_weights_and_reopens(catalogue, tmp_path):
+@pytest.mark.parametrize("ex_post_prior", [False, True])
+def test_the_vae_trains_through_the_registry_resumes_to_identical_weights_and_reopens(catalogue, tmp_path,
+                                                                                     ex_post_prior):
     path = catalogue()
     for name in ("straight", "resumed"):
         place_random_classifier(tmp_path / name, load_dataset(path), 16)
-    cfg = tiny_config(dataset=str(path), epochs=2)
+    cfg = tiny_config(dataset=str(path), epochs=2, ex_post_prior=ex_post_prior)
     train_gan(dataclasses.replace(cfg, out=str(tmp_path / "straight")))
     train_gan(dataclasses.replace(cfg, out=str(tmp_path / "resumed"), epochs=1))
     train_gan(dataclasses.replace(cfg, out=str(tmp_path / "resumed"), resume=True))
     straight, resumed = (load_checkpoint(tmp_path / name / "checkpoint.pt", "gan") for name in ("straight", "resumed"))
-    assert set(straight["model"]) == set(straight["optimizer"]) == {"encoder", "decoder"}
+    assert set(straight["optimizer"]) == {"encoder", "decoder"}
+    assert set(straight["model"]) == {"encoder", "decoder"} | ({"aggregate"} if ex_post_prior else set())
     assert straight["config"]["z_distribution"] == "normal" and resumed["step"] == straight["step"] > 0
     for net, weights in straight["model"].items():   # the posterior's noise continues where the first part stopped
         for name, weight in weights.items():
@@ -64,7 +67,7 @@ def test_the_vae_trains_through_the_registry_resumes_to_identical_weights_and_re
     assert isinstance(run.model, VAE) and not run.model.latent_box
     trained = VAE(cfg, num_categories=6).eval()
     untrained_images = trained(torch.zeros(2, 8), torch.tensor([0, 1]))
-    for name in trained.nets:
+    for name in trained.saved_nets:
         getattr(trained, name).load_state_dict(straight["model"][name])
     z, labels = run.model.sample_z(6, rng=torch.Generator().manual_seed(0)), torch.arange(6)
     images = run.model(z, labels)
@@ -75,7 +78,7 @@ def test_the_vae_trains_through_the_registry_resumes_to_identical_weights_and_re
 def test_the_kl_term_is_that_of_the_posterior_from_the_standard_normal():
     model = tiny_vae().eval()
     images, labels = torch.rand(4, 3, 16, 16) * 2 - 1, torch.arange(4) % 3
-    _, kl = negative_elbo(model.decoder, model.encoder, images, labels, sample=False)
+    _, kl, _ = negative_elbo(model.decoder, model.encoder, images, labels, sample=False)
     mean, log_variance = model.encoder(images, labels)
     expected = kl_divergence(Normal(mean, (0.5 * log_variance).exp()), Normal(0.0, 1.0)).sum(1)
     torch.testing.assert_close(kl, expected)
@@ -108,3 +111,43 @@ def test_preference_maximisation_designs_through_the_vae_from_its_prior():
                                  rng=torch.Generator().manual_seed(0), record=lambda step: step == 0)
     assert design.objective.mean() > design.history[0].objective.mean()
     torch.testing.assert_close(design.realism, model.realism_loss(design.images, torch.full((4,), 2)))
+
+
+def test_the_aggregate_posterior_tracks_each_categorys_mean_and_covariance_and_samples_from_them():
+    torch.manual_seed(0)
+    aggregate = AggregatePosterior(num_categories=2, z_dim=3)
+    z, labels = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
+    torch.testing.assert_close(aggregate(z, labels), z, rtol=1e-4, atol=1e-6)   # untrained: N(0, I) itself
+    centres, scales = torch.tensor([[3.0, 0, 0], [0, -2, 0]]), torch.tensor([[0.5, 1, 2], [1, 0.2, 1]])
+    for _ in range(2000):
+        labels = torch.arange(64) % 2
+        aggregate.update(centres[labels] + scales[labels] * torch.randn(64, 3), labels)
+    samples = aggregate(torch.randn(4000, 3), torch.arange(4000) % 2)
+    for category in (0, 1):
+        of_category = samples[category::2]
+        torch.testing.assert_close(of_category.mean(0), centres[category], atol=0.15, rtol=0)
+        torch.testing.assert_close(of_category.std(0), scales[category], atol=0.15, rtol=0)
+
+
+def test_the_ex_post_prior_decodes_codes_where_the_encoder_put_the_categorys_items():
+    model = tiny_vae(ex_post_prior=True)
+    labels = torch.arange(48) % 3
+    real = flat_colours(labels)
+    optimizers = model.optimizers(tiny_config(), "cpu")
+    nets = {name: getattr(model, name).train() for name in model.nets}
+    torch.manual_seed(1)
+    for step in range(700):
+        if step == 100:   # the weights stop; the running statistics, lagging as a running mean does, catch up
+            for optimizer in optimizers.values():
+                optimizer.param_groups[0]["lr"] = 0.0
+        model.train_step(nets, optimizers, real, labels, None)
+    model.eval()
+    with torch.no_grad():
+        means, _ = model.encoder(real, labels)
+        for category in range(3):
+            torch.testing.assert_close(model.aggregate.mean[category], means[labels == category].mean(0),
+                                       atol=0.02, rtol=0)
+        z = torch.zeros(3, 8)   # the centre of the code's prior decodes the category's mean code
+        torch.testing.assert_close(model(z, torch.arange(3)), model.decoder(model.aggregate.mean, torch.arange(3)))
+    with pytest.raises(ConfigError, match=r"^--ex-post-prior is read by --generator vae; --generator sngan has no"):
+        build_generator(dataclasses.replace(tiny_config(ex_post_prior=True), generator="sngan"), 3)
