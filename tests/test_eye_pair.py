@@ -142,6 +142,17 @@ def test_the_committed_answers_give_the_committed_labels_of_the_half_chroma_rule
     assert "-5.25 on average over 4 labellers" in (tmp_path / "score.md").read_text()
 
 
+def test_the_committed_answers_give_the_twelfth_rules_comparison_of_the_ex_post_vae_and_the_demo(tmp_path):
+    ours, our_labellers = "docs/eye_real_vaep", range(115, 121)
+    theirs, their_labellers = "docs/eye_real_sn_i", range(121, 127)
+    main(["--key", f"{ours}/sheet.json", "--answers", *(f"{ours}/labeller_{n}.json" for n in our_labellers),
+          "--against-key", f"{theirs}/sheet.json", "--against-answers",
+          *(f"{theirs}/labeller_{n}.json" for n in their_labellers), "--out", str(tmp_path / "score.md")])
+    scores = (tmp_path / "score.md").read_text()
+    assert "+0.117 (95% interval +0.042 to +0.198, a bootstrap over the 36 rows" in scores
+    assert "per row: -0.103 (95% interval -0.199 to -0.009, a bootstrap over the 36 rows)" in scores
+
+
 def test_answers_without_a_key_are_refused_in_one_line():
     with pytest.raises(SystemExit, match="eye_pair: --answers: give the sheet's --key"):
         main(["--answers", "a.json"])
