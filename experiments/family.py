@@ -7,6 +7,7 @@ recipe by validation AUC over that family.
     python experiments/family.py --design --tune   # PM's tuning (pm/main.py --tune) on every catalogue instead
     python experiments/family.py --missing   # designing what a catalogue lacks (experiments/missing.py)
     python experiments/family.py --design --generator lsgan   # the same through the paper's LSGAN
+    python experiments/family.py --design --generator vae --latents sphere   # through the VAE (gan/vae.py)
     python experiments/family.py --design --gan-seeds 0 1 2   # Table IV through three GAN runs, and across them
 
 The family: four taste mixes (which visible attribute leads the users' choices) x two seeds, the first seed's
@@ -106,7 +107,7 @@ RECIPES = {
 }
 DEMO_RECIPE = "kc-2e-3-drop0-w16-e16"
 LATENT_STARTS = {"tanh": "uniform", "sphere": "prior"}   # --design's latents and the starts (pm --init) of each
-GENERATORS = [DEMO_GENERATOR, "lsgan"]   # --generator: the demo's (gan/config.py), or the paper's LSGAN
+GENERATORS = [DEMO_GENERATOR, "lsgan", "vae"]   # --generator: the demo's (gan/config.py), the paper's LSGAN, a VAE
 # --design --tune: pm/main.py --tune's queries and grid on every catalogue (steps from 0: the starts alone)
 PM_TUNE = dict(trials=60, tune_starts=[16], tune_steps=[0, 2, 5, 10, 25, 50, 100], tune_lrs=[0.1])
 # Table IV's design sources beyond synthesis that --design can add, each with its own table (pm/table.py)
@@ -169,8 +170,9 @@ class FamilyConfig:
         "help": "with --design (and --tune) or --missing, the silhouette below which a design is chosen only to "
                 "make up the number (pm/main.py --min-silhouette; None: PM's setting)"})
     generator: str = field(default=DEMO_GENERATOR, metadata={
-        "help": "with --design or --missing, the GAN, trained with its demo settings (gan/config.py): the demo's, "
-                "or the paper's LSGAN, whose results go to folders and tables named after it", "choices": GENERATORS})
+        "help": "with --design or --missing, the generator, trained with its demo settings (gan/config.py): the "
+                "demo's, the paper's LSGAN or the VAE sampling its encoder's codes (with --latents sphere), whose "
+                "results go to folders and tables named after it", "choices": GENERATORS})
     gan_seeds: list[int] = field(default_factory=lambda: [0], metadata={
         "help": "with --design or --missing, the seed of that GAN's training (gan/main.py --seed): a finding read "
                 "again through other GAN runs; a seed other than the demo's 0 names its folders and tables. Several "
