@@ -64,6 +64,7 @@ def tiny_gan_demo(monkeypatch):
     monkeypatch.setattr(gan.config, "DEMO", dict(image_size=16, z_dim=8, g_width=8, d_width=8, batch_size=16, epochs=1,
                                                  consistency_samples=4))
     monkeypatch.setitem(gan.config.GENERATOR_DEMOS, "sngan", dict(diffaugment=False, beta1=0.0, beta2=0.9))
+    monkeypatch.setitem(gan.config.GENERATOR_DEMOS, "vae", dict(gan.config.GENERATOR_DEMOS["vae"], epochs=1))
     monkeypatch.setattr(gan.train, "train_or_load_classifier",
                         functools.partial(gan.train.train_or_load_classifier, epochs=1, min_steps=30))
     monkeypatch.setattr(common.catalogue.reader, "train_reader",
@@ -157,6 +158,11 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
     assert (tmp_path / "out" / "design" / "colour" / "tune-tanh-lsgan" / "tune.json").is_file()
     assert through_lsgan["colour"]["tanh"]["rows"] != tuned["colour"]["tanh"]["rows"]
     assert (tmp_path / "out" / "design_tune-lsgan.md").read_text().count("| colour | tanh |") == 1
+    family.main([*tiny_family, "--design", "--tune", "--generator", "vae", "--latents", "sphere", "--catalogues",
+                 "colour"])
+    vae_run = open_gan_run(tmp_path / "out" / "design" / "colour" / "gan-vae")   # its demo samples the encoder's codes
+    assert vae_run.config.generator == "vae" and vae_run.config.ex_post_prior and vae_run.model.averages
+    assert (tmp_path / "out" / "design" / "colour" / "tune-sphere-vae" / "tune.json").is_file()
 
     reseeded = family.main([*tiny_family, "--design", "--pm-sampled", "--gan-seeds", "1", "--catalogues", "colour"]
                            )["colour"]["tanh"]
