@@ -138,11 +138,11 @@ DEMO = dict(image_size=32, g_width=16, d_width=16, batch_size=32, epochs=8, lr=2
 # the side (--half-chroma), whose designs blind labellers named less often ("Colour at half the side").
 GENERATOR_DEMOS = {"sngan": dict(diffaugment=False, beta1=0.0, beta2=0.9, epochs=30)}
 # The conditional VAE (gan/vae.py) with the PyTorch examples' VAE's Adam (lr 1e-3, betas 0.9 and 0.999), untuned, for
-# the sngan demo's time: it trains 1.3 times as many images a second on two cores (bench/gan_throughput.py, machine
-# I), so 39 epochs. Its samples from N(0, I) are blurred blends that blind labellers named a garment 16% of the time,
-# against 65% for the sngan's on the same rows; the same weights with --ex-post-prior 80%, so its demo samples so, and
-# its designs after PM were more nameable than the demo's, but at 2.7 times the sngan's KID, so the demo keeps the
-# sngan (docs/design_half.md, "A likelihood-trained generator").
+# the sngan demo's time: it trains 1.3 times as many images a second on two cores (bench/gan_throughput.py, machine I),
+# so 39 epochs. Its samples from N(0, I) are blurred blends that blind labellers named a garment 16% of the time,
+# against 65% for the sngan's on the same rows; the same weights with --ex-post-prior 80% (and a KID lower on all five
+# runs of three catalogues), so its demo samples so, and its designs after PM were more nameable than the demo's, but at
+# 2.7 times the sngan's KID, so the demo keeps the sngan (docs/design_half.md, "A likelihood-trained generator").
 GENERATOR_DEMOS["vae"] = dict(lr=1e-3, beta1=0.9, beta2=0.999, epochs=39, ex_post_prior=True)
 DEMO_GENERATOR = "sngan"
 
