@@ -75,8 +75,9 @@ class GANConfig:
         "help": "sngan: D also learns that a real item under another category's label is fake, the loss weighted by "
                 "this (a matching-aware discriminator, Reed et al., 2016; 0: off)"})
     ex_post_prior: bool = field(default=False, metadata={
-        "help": "vae: sample from a Gaussian per category fitted to the encoder's means of the training items (the "
-                "aggregate posterior, kept as running statistics) instead of N(0, I); on in the VAE's demo settings"})
+        "help": "vae, vaegan: sample from a Gaussian per category fitted to the encoder's means of the training items "
+                "(the aggregate posterior, kept as running statistics) instead of N(0, I); on in the VAE's demo "
+                "settings"})
     batch_size: int = field(default=64, metadata={"help": "images per iteration"})
     epochs: int = field(default=25, metadata={"help": "epochs of floor(items / batch) iterations"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of G and D"})

@@ -6,6 +6,7 @@ from gan.diffusion import Diffusion
 from gan.model import LSGAN
 from gan.sngan import SNGAN
 from gan.vae import VAE
+from gan.vaegan import VAEGAN
 
 # settings off by default (false or 0) that only some generators read, each listing them in its `reads`
 OPTIONAL = ("ema", "class_seed", "aux_class_weight", "match_weight", "half_chroma", "ex_post_prior")
@@ -15,6 +16,7 @@ GENERATORS = {
     "sngan": SNGAN,
     "diffusion": Diffusion,
     "vae": VAE,
+    "vaegan": VAEGAN,
 }
 
 

@@ -60,12 +60,13 @@ class Encoder(nn.Module):
 
 def negative_elbo(decoder, encoder, images, labels, sample=True):
     """Per image [B]: the squared reconstruction error summed over pixels and the KL of q(z | x, c) from N(0, I),
-    z drawn from q (reparameterised) or at its mean; and the posterior's means [B, z_dim]."""
+    z drawn from q (reparameterised) or at its mean; the posterior's means [B, z_dim]; and the decoded images."""
     mean, log_variance = encoder(images, labels)
     z = mean + (0.5 * log_variance).exp() * torch.randn_like(mean) if sample else mean
-    reconstruction = (decoder(z, labels).float() - images.float()).pow(2).sum(dim=(1, 2, 3))
+    decoded = decoder(z, labels)
+    reconstruction = (decoded.float() - images.float()).pow(2).sum(dim=(1, 2, 3))
     kl = 0.5 * (mean.pow(2) + log_variance.exp() - 1 - log_variance).sum(dim=1)
-    return reconstruction, kl, mean
+    return reconstruction, kl, mean, decoded
 
 
 class AggregatePosterior(nn.Module):
@@ -119,7 +120,7 @@ class VAE(ConditionalGenerator):
         return self.decoder(self.aggregate(z, labels) if self.averages else z, labels)
 
     def realism_loss(self, images, labels):
-        reconstruction, kl, _ = negative_elbo(self.decoder, self.encoder, images, labels, sample=False)
+        reconstruction, kl, _, _ = negative_elbo(self.decoder, self.encoder, images, labels, sample=False)
         return (reconstruction + kl) / images[0].numel()
 
     def optimizers(self, cfg, device):
@@ -129,7 +130,7 @@ class VAE(ConditionalGenerator):
     def train_step(self, nets, optimizers, real, labels, z, bf16=True):
         """One Adam step down the negative ELBO of the batch (z, drawn for the GANs, is not used: q gives it)."""
         with autocast(real.device, bf16):
-            reconstruction, kl, means = negative_elbo(nets["decoder"], nets["encoder"], real, labels)
+            reconstruction, kl, means, _ = negative_elbo(nets["decoder"], nets["encoder"], real, labels)
         loss = (reconstruction + kl).mean()
         descend(optimizers.values(), loss)
         if self.averages:

@@ -78,7 +78,7 @@ def test_the_vae_trains_through_the_registry_resumes_to_identical_weights_and_re
 def test_the_kl_term_is_that_of_the_posterior_from_the_standard_normal():
     model = tiny_vae().eval()
     images, labels = torch.rand(4, 3, 16, 16) * 2 - 1, torch.arange(4) % 3
-    _, kl, _ = negative_elbo(model.decoder, model.encoder, images, labels, sample=False)
+    _, kl, _, _ = negative_elbo(model.decoder, model.encoder, images, labels, sample=False)
     mean, log_variance = model.encoder(images, labels)
     expected = kl_divergence(Normal(mean, (0.5 * log_variance).exp()), Normal(0.0, 1.0)).sum(1)
     torch.testing.assert_close(kl, expected)
@@ -149,5 +149,5 @@ def test_the_ex_post_prior_decodes_codes_where_the_encoder_put_the_categorys_ite
                                        atol=0.02, rtol=0)
         z = torch.zeros(3, 8)   # the centre of the code's prior decodes the category's mean code
         torch.testing.assert_close(model(z, torch.arange(3)), model.decoder(model.aggregate.mean, torch.arange(3)))
-    with pytest.raises(ConfigError, match=r"^--ex-post-prior is read by --generator vae; --generator sngan has no"):
+    with pytest.raises(ConfigError, match=r"^--ex-post-prior is read by --generator vae or vaegan; --generator sngan"):
         build_generator(dataclasses.replace(tiny_config(ex_post_prior=True), generator="sngan"), 3)

@@ -1,0 +1,70 @@
+"""The conditional VAE of gan/vae.py whose reconstructions are also judged by the sngan's discriminator: the VAE's
+whole outlines (it must reconstruct every item) with a GAN's sharpness, as VAE-GAN (Larsen et al., 2016) and the
+autoencoders of VQGAN (Esser et al., 2021) and latent diffusion train theirs.
+
+The encoder, decoder (the sngan's G) and ex-post prior are the VAE's; D is the sngan's (spectral normalisation,
+projection of the category, hinge loss), and judges real items against the reconstructions, not samples of the
+prior, as VQGAN's does. One iteration on a batch x of category c:
+
+    z = mu(x, c) + sigma(x, c) * eps,  x' = G(z, c)                                   (the VAE's, reparameterised)
+    L_D = E[relu(1 - D(x, c))] + E[relu(1 + D(x', c))]                                 D's hinge step
+    L_E,G = E[sum_pixels (x' - x)^2 + KL(q(z | x, c) || N(0, I))] - lambda E[D(x', c)]
+
+with lambda set at each iteration so that the adversarial term's gradient at G's last layer is as large as the
+ELBO's (VQGAN's adaptive weight, Esser et al., 2021, eq. 7): no weight to tune, and neither term drowns the other
+as their scales drift. Sampling, the ex-post prior and the realism term of eq. 10 (the negative ELBO per pixel) are
+the VAE's.
+"""
+import torch
+import torch.nn.functional as F
+
+from common.device import autocast, memory_format
+from common.distributed import unwrap
+from gan.model import descend
+from gan.sngan import Discriminator
+from gan.vae import VAE, negative_elbo
+
+MAX_ADVERSARIAL_WEIGHT = 1e4   # VQGAN's clamp on lambda
+GRADIENT_EPSILON = 1e-4        # VQGAN's, in lambda's denominator
+
+
+def adaptive_weight(elbo, adversarial, last_weight):
+    """lambda = ||grad_w ELBO|| / (||grad_w adversarial|| + eps) at G's last layer w (Esser et al., 2021, eq. 7)."""
+    elbo_gradient, = torch.autograd.grad(elbo, last_weight, retain_graph=True)
+    adversarial_gradient, = torch.autograd.grad(adversarial, last_weight, retain_graph=True)
+    weight = elbo_gradient.norm() / (adversarial_gradient.norm() + GRADIENT_EPSILON)
+    return weight.clamp(0, MAX_ADVERSARIAL_WEIGHT).detach()
+
+
+class VAEGAN(VAE):
+    """The conditional VAE with the sngan's D on its reconstructions (this module's docstring)."""
+    nets = ("encoder", "decoder", "discriminator")
+
+    def __init__(self, cfg, num_categories, device="cpu"):
+        super().__init__(cfg, num_categories, device)
+        self.discriminator = Discriminator(cfg.image_size, num_categories, cfg.d_width).to(
+            device, memory_format=memory_format(device, cfg.channels_last))
+
+    def train_step(self, nets, optimizers, real, labels, z, bf16=True):
+        """One D step on real items against reconstructions, then one step of the encoder and decoder down the
+        negative ELBO and the weighted adversarial term (z, drawn for the GANs, is not used: q gives it)."""
+        encoder, decoder, discriminator = nets["encoder"], nets["decoder"], nets["discriminator"]
+        with autocast(real.device, bf16):
+            reconstruction, kl, mean, reconstructed = negative_elbo(decoder, encoder, real, labels)
+            d_real, d_fake = discriminator(torch.cat([real, reconstructed.detach()]),
+                                           torch.cat([labels, labels])).float().chunk(2)
+        d_loss_real, d_loss_fake = F.relu(1 - d_real).mean(), F.relu(1 + d_fake).mean()
+        descend(optimizers["discriminator"], d_loss_real + d_loss_fake)
+
+        discriminator.requires_grad_(False)
+        with autocast(real.device, bf16):
+            adversarial = -unwrap(discriminator)(reconstructed, labels).float().mean()
+        elbo = (reconstruction + kl).mean()
+        weight = adaptive_weight(elbo, adversarial, unwrap(decoder).to_rgb.weight)
+        descend([optimizers["encoder"], optimizers["decoder"]], elbo + weight * adversarial)
+        discriminator.requires_grad_(True)
+        if self.averages:
+            self.aggregate.update(mean, labels)
+        return {"loss": elbo.detach(), "reconstruction": reconstruction.mean().detach(), "kl": kl.mean().detach(),
+                "d_loss": (d_loss_real + d_loss_fake).detach(), "g_loss": adversarial.detach(),
+                "adversarial_weight": weight}

@@ -1,0 +1,68 @@
+"""The VAE with a discriminator on its reconstructions (gan/vaegan.py): VQGAN's adaptive weight, the registry round
+trip resumed to identical weights, and training lowering the negative ELBO while D learns to tell the
+reconstructions from the real items."""
+import dataclasses
+
+import torch
+
+from common.checkpoint import load_checkpoint
+from common.data import load_dataset
+from gan.config import GANConfig, with_generator_latent
+from gan.run import open_gan_run
+from gan.train import train as train_gan
+from gan.vaegan import VAEGAN, adaptive_weight
+from tests.helpers import place_random_classifier
+from tests.test_vae import flat_colours
+
+
+def tiny_config(**overrides):
+    settings = dict(generator="vaegan", image_size=16, z_dim=8, g_width=4, d_width=4, batch_size=16, lr=2e-3,
+                    beta1=0.5, beta2=0.9, consistency_samples=4, device="cpu")
+    return with_generator_latent(dataclasses.replace(GANConfig(), **{**settings, **overrides}))
+
+
+def test_the_adaptive_weight_gives_the_adversarial_gradient_the_elbos_norm_at_the_last_layer():
+    weight = torch.randn(3, 4, requires_grad=True)
+    elbo_direction, adversarial_direction = torch.randn(3, 4), torch.randn(3, 4)
+    elbo, adversarial = (elbo_direction * weight).sum(), (adversarial_direction * weight ** 2).sum()
+    lam = adaptive_weight(elbo, adversarial, weight)
+    adversarial_gradient = 2 * adversarial_direction * weight.detach()
+    torch.testing.assert_close(lam * adversarial_gradient.norm(), elbo_direction.norm(), rtol=1e-3, atol=0)
+    assert not lam.requires_grad
+    (elbo + lam * adversarial).backward()   # the graphs were kept for the step that follows
+    torch.testing.assert_close(weight.grad, elbo_direction + lam * adversarial_gradient)
+
+
+def test_the_vaegan_trains_through_the_registry_resumes_to_identical_weights_and_reopens(catalogue, tmp_path):
+    path = catalogue()
+    for name in ("straight", "resumed"):
+        place_random_classifier(tmp_path / name, load_dataset(path), 16)
+    cfg = tiny_config(dataset=str(path), epochs=2, ex_post_prior=True)
+    train_gan(dataclasses.replace(cfg, out=str(tmp_path / "straight")))
+    train_gan(dataclasses.replace(cfg, out=str(tmp_path / "resumed"), epochs=1))
+    train_gan(dataclasses.replace(cfg, out=str(tmp_path / "resumed"), resume=True))
+    straight, resumed = (load_checkpoint(tmp_path / name / "checkpoint.pt", "gan") for name in ("straight", "resumed"))
+    assert set(straight["optimizer"]) == {"encoder", "decoder", "discriminator"}
+    assert set(straight["model"]) == {"encoder", "decoder", "discriminator", "aggregate"}
+    for net, weights in straight["model"].items():
+        for name, weight in weights.items():
+            torch.testing.assert_close(resumed["model"][net][name], weight, rtol=0, atol=0, msg=f"{net} {name}")
+    run = open_gan_run(tmp_path / "straight")
+    assert isinstance(run.model, VAEGAN) and not run.model.latent_box
+    images = run.model(run.model.sample_z(6, rng=torch.Generator().manual_seed(0)), torch.arange(6))
+    assert images.shape == (6, 3, 16, 16) and images.abs().max() <= 1
+
+
+def test_training_lowers_the_negative_elbo_while_d_tells_reconstructions_from_real_items():
+    torch.manual_seed(0)
+    model = VAEGAN(tiny_config(), num_categories=3)
+    labels = torch.arange(16) % 3
+    real = flat_colours(labels) * 0.8 + 0.1 * torch.randn(16, 3, 16, 16)   # a texture a blurred decoder misses
+    optimizers = model.optimizers(tiny_config(), "cpu")
+    nets = {name: getattr(model, name).train() for name in model.nets}
+    torch.manual_seed(1)
+    steps = [model.train_step(nets, optimizers, real, labels, None) for _ in range(80)]
+    elbo, d_loss = ([step[name].item() for step in steps] for name in ("loss", "d_loss"))
+    assert sum(elbo[-10:]) < 0.5 * sum(elbo[:10]), elbo
+    assert min(d_loss) < 1.5 < d_loss[0], d_loss   # 2 where D cannot tell them apart, until G catches up
+    assert all(step["adversarial_weight"] > 0 for step in steps)
