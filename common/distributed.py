@@ -153,6 +153,37 @@ def teardown():
         dist.destroy_process_group()
 
 
+def global_rows(tensor):
+    """The rows of every rank's `tensor` (of equal shapes: each rank's share of a global batch) concatenated in rank
+    order, as one process holding the whole batch has them; `tensor` itself without torchrun."""
+    if not _initialised():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def global_randn_like(tensor):
+    """Standard normal noise shaped as `tensor` (a rank's share of a global batch): under torchrun, this rank's share
+    of the draw one process makes for the whole batch, as every rank's generator is seeded alike; so the noise, as
+    the batches, does not depend on the number of ranks. torch.randn_like(tensor) without torchrun."""
+    if not _initialised():
+        return torch.randn_like(tensor)
+    rank, share = dist.get_rank(), len(tensor)
+    whole = torch.randn((dist.get_world_size() * share, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    return whole[rank * share:(rank + 1) * share]
+
+
+def global_mean(tensor):
+    """The mean over ranks of `tensor` (a mean over each rank's share of a global batch: the whole batch's mean);
+    `tensor` itself without torchrun."""
+    if not _initialised():
+        return tensor
+    total = tensor.clone()
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
+
+
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are those of the global batch when several ranks train, and plain
     BatchNorm2d otherwise. PyTorch's SyncBatchNorm does this on GPUs only; this one runs on gloo (CPU) too, so

@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.device import autocast, fused_adam_kwargs, memory_format
+from common.distributed import global_randn_like, global_rows
 from gan.model import ConditionalGenerator, descend, num_stages
 from gan.sngan import LEAK, Generator
 
@@ -62,7 +63,7 @@ def negative_elbo(decoder, encoder, images, labels, sample=True):
     """Per image [B]: the squared reconstruction error summed over pixels and the KL of q(z | x, c) from N(0, I),
     z drawn from q (reparameterised) or at its mean; the posterior's means [B, z_dim]; and the decoded images."""
     mean, log_variance = encoder(images, labels)
-    z = mean + (0.5 * log_variance).exp() * torch.randn_like(mean) if sample else mean
+    z = mean + (0.5 * log_variance).exp() * global_randn_like(mean) if sample else mean
     decoded = decoder(z, labels)
     reconstruction = (decoded.float() - images.float()).pow(2).sum(dim=(1, 2, 3))
     kl = 0.5 * (mean.pow(2) + log_variance.exp() - 1 - log_variance).sum(dim=1)
@@ -81,7 +82,9 @@ class AggregatePosterior(nn.Module):
 
     @torch.no_grad()
     def update(self, means, labels):
-        means = means.float()
+        """Move the statistics towards those of the batch's `means` [B, z_dim] (every rank's share of it under
+        torchrun) by category."""
+        means, labels = global_rows(means.float()), global_rows(labels)
         for category in labels.unique():
             of_category = means[labels == category]
             self.mean[category].lerp_(of_category.mean(0), MOMENTUM)

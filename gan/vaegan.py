@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from common.device import autocast, memory_format
-from common.distributed import unwrap
+from common.distributed import global_mean, unwrap
 from gan.model import descend
 from gan.sngan import Discriminator
 from gan.vae import VAE, negative_elbo
@@ -29,9 +29,10 @@ GRADIENT_EPSILON = 1e-4        # VQGAN's, in lambda's denominator
 
 
 def adaptive_weight(elbo, adversarial, last_weight):
-    """lambda = ||grad_w ELBO|| / (||grad_w adversarial|| + eps) at G's last layer w (Esser et al., 2021, eq. 7)."""
-    elbo_gradient, = torch.autograd.grad(elbo, last_weight, retain_graph=True)
-    adversarial_gradient, = torch.autograd.grad(adversarial, last_weight, retain_graph=True)
+    """lambda = ||grad_w ELBO|| / (||grad_w adversarial|| + eps) at G's last layer w (Esser et al., 2021, eq. 7), of
+    the whole batch's gradients under torchrun, so that every rank weighs its share alike."""
+    elbo_gradient, adversarial_gradient = (global_mean(torch.autograd.grad(loss, last_weight, retain_graph=True)[0])
+                                           for loss in (elbo, adversarial))
     weight = elbo_gradient.norm() / (adversarial_gradient.norm() + GRADIENT_EPSILON)
     return weight.clamp(0, MAX_ADVERSARIAL_WEIGHT).detach()
 

@@ -21,7 +21,8 @@ from common.training import train_steps
 from dvbpr.config import DVBPRConfig
 from dvbpr.model import build_model, embed_items
 from dvbpr.train import dvbpr_trainee
-from gan.config import GANConfig
+from gan.config import GANConfig, with_generator_latent
+from gan.generators import build_generator
 from gan.model import build_gan, train_step
 from gan.train import labelled_items, training_batch
 from tests.helpers import place_random_classifier, run_stage
@@ -178,4 +179,27 @@ def test_gan_under_torchrun_learns_what_one_process_learns(tiny, tmp_path):
         names = [name for name, _ in start.named_parameters()]
         update_one, update_two = (torch.cat([(run["model"][net][name] - start.state_dict()[name]).flatten()
                                              for name in names]) for run in (one, two))
+        assert (update_two - update_one).norm() < 0.1 * update_one.norm(), net
+
+
+def test_the_vaegan_under_torchrun_learns_and_keeps_the_statistics_one_process_does(tiny, tmp_path):
+    """The VAE-GAN's extras: its adaptive weight from the whole batch's gradients and its ex-post prior's running
+    statistics from the whole batch's codes. Compared as the LSGAN's above, each update and the statistics' own
+    change against one process's."""
+    dataset = load_dataset(tiny)
+    flags = ["--train", "--generator", "vaegan", "--ex-post-prior", "--dataset", str(tiny), "--image-size", "32",
+             "--z-dim", "16", "--g-width", "4", "--d-width", "4", "--batch-size", "16", "--epochs", "1",
+             "--consistency-samples", "4", "--device", "cpu"]
+    for name, nproc in (("one", 1), ("two", 2)):
+        place_random_classifier(tmp_path / name, dataset, 32)
+        run_stage("gan/main.py", flags + ["--out", str(tmp_path / name)], nproc)
+    one, two = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("one", "two"))
+    cfg = with_generator_latent(GANConfig(**one["config"]))
+    seed_everything(cfg.seed)
+    initial = build_generator(cfg, dataset.num_categories)
+    for net in (*initial.nets, "aggregate"):
+        start = getattr(initial, net).state_dict()
+        names = [name for name in start if start[name].is_floating_point()]
+        update_one, update_two = (torch.cat([(run["model"][net][name] - start[name]).flatten() for name in names])
+                                  for run in (one, two))
         assert (update_two - update_one).norm() < 0.1 * update_one.norm(), net
