@@ -107,7 +107,8 @@ RECIPES = {
 }
 DEMO_RECIPE = "kc-2e-3-drop0-w16-e16"
 LATENT_STARTS = {"tanh": "uniform", "sphere": "prior"}   # --design's latents and the starts (pm --init) of each
-GENERATORS = [DEMO_GENERATOR, "lsgan", "vae"]   # --generator: the demo's (gan/config.py), the paper's LSGAN, a VAE
+# --generator: the demo's (gan/config.py), the paper's LSGAN, the VAE, the VAE-GAN
+GENERATORS = [DEMO_GENERATOR, "lsgan", "vae", "vaegan"]
 # --design --tune: pm/main.py --tune's queries and grid on every catalogue (steps from 0: the starts alone)
 PM_TUNE = dict(trials=60, tune_starts=[16], tune_steps=[0, 2, 5, 10, 25, 50, 100], tune_lrs=[0.1])
 # Table IV's design sources beyond synthesis that --design can add, each with its own table (pm/table.py)
@@ -171,8 +172,8 @@ class FamilyConfig:
                 "make up the number (pm/main.py --min-silhouette; None: PM's setting)"})
     generator: str = field(default=DEMO_GENERATOR, metadata={
         "help": "with --design or --missing, the generator, trained with its demo settings (gan/config.py): the "
-                "demo's, the paper's LSGAN or the VAE sampling its encoder's codes (with --latents sphere), whose "
-                "results go to folders and tables named after it", "choices": GENERATORS})
+                "demo's, the paper's LSGAN, or the VAE or VAE-GAN sampling its encoder's codes (with --latents "
+                "sphere), whose results go to folders and tables named after it", "choices": GENERATORS})
     gan_seeds: list[int] = field(default_factory=lambda: [0], metadata={
         "help": "with --design or --missing, the seed of that GAN's training (gan/main.py --seed): a finding read "
                 "again through other GAN runs; a seed other than the demo's 0 names its folders and tables. Several "
