@@ -78,6 +78,9 @@ class GANConfig:
         "help": "vae, vaegan: sample from a Gaussian per category fitted to the encoder's means of the training items "
                 "(the aggregate posterior, kept as running statistics) instead of N(0, I); on in the VAE's demo "
                 "settings"})
+    discriminator_realism: bool = field(default=False, metadata={
+        "help": "vaegan: the realism term of eq. 10 that PM keeps small is its discriminator's -D_c(e), as the "
+                "sngan's, instead of the VAE's negative ELBO per pixel (training is unchanged)"})
     batch_size: int = field(default=64, metadata={"help": "images per iteration"})
     epochs: int = field(default=25, metadata={"help": "epochs of floor(items / batch) iterations"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of G and D"})

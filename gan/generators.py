@@ -9,7 +9,8 @@ from gan.vae import VAE
 from gan.vaegan import VAEGAN
 
 # settings off by default (false or 0) that only some generators read, each listing them in its `reads`
-OPTIONAL = ("ema", "class_seed", "aux_class_weight", "match_weight", "half_chroma", "ex_post_prior")
+OPTIONAL = ("ema", "class_seed", "aux_class_weight", "match_weight", "half_chroma", "ex_post_prior",
+            "discriminator_realism")
 
 GENERATORS = {
     "lsgan": LSGAN,

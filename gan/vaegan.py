@@ -13,7 +13,7 @@ prior, as VQGAN's does. One iteration on a batch x of category c:
 with lambda set at each iteration so that the adversarial term's gradient at G's last layer is as large as the
 ELBO's (VQGAN's adaptive weight, Esser et al., 2021, eq. 7): no weight to tune, and neither term drowns the other
 as their scales drift. Sampling, the ex-post prior and the realism term of eq. 10 (the negative ELBO per pixel) are
-the VAE's.
+the VAE's, or with --discriminator-realism the sngan's -D_c(e).
 """
 import torch
 import torch.nn.functional as F
@@ -38,13 +38,21 @@ def adaptive_weight(elbo, adversarial, last_weight):
 
 
 class VAEGAN(VAE):
-    """The conditional VAE with the sngan's D on its reconstructions (this module's docstring)."""
+    """The conditional VAE with the sngan's D on its reconstructions (this module's docstring). With
+    --discriminator-realism its realism term of eq. 10 is the sngan's -D_c(e) instead of the VAE's."""
     nets = ("encoder", "decoder", "discriminator")
+    reads = ("ex_post_prior", "discriminator_realism")
 
     def __init__(self, cfg, num_categories, device="cpu"):
         super().__init__(cfg, num_categories, device)
         self.discriminator = Discriminator(cfg.image_size, num_categories, cfg.d_width).to(
             device, memory_format=memory_format(device, cfg.channels_last))
+        self.discriminator_realism = cfg.discriminator_realism
+
+    def realism_loss(self, images, labels):
+        if self.discriminator_realism:
+            return -self.discriminator(images, labels)
+        return super().realism_loss(images, labels)
 
     def train_step(self, nets, optimizers, real, labels, z, bf16=True):
         """One D step on real items against reconstructions, then one step of the encoder and decoder down the

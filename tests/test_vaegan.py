@@ -1,15 +1,19 @@
 """The VAE with a discriminator on its reconstructions (gan/vaegan.py): VQGAN's adaptive weight, the registry round
-trip resumed to identical weights, and training lowering the negative ELBO while D learns to tell the
-reconstructions from the real items."""
+trip resumed to identical weights, training lowering the negative ELBO while D learns to tell the reconstructions
+from the real items, and its two realism terms."""
 import dataclasses
 
+import pytest
 import torch
 
 from common.checkpoint import load_checkpoint
 from common.data import load_dataset
+from common.errors import ConfigError
 from gan.config import GANConfig, with_generator_latent
+from gan.generators import build_generator
 from gan.run import open_gan_run
 from gan.train import train as train_gan
+from gan.vae import VAE
 from gan.vaegan import VAEGAN, adaptive_weight
 from tests.helpers import place_random_classifier
 from tests.test_vae import flat_colours
@@ -66,3 +70,15 @@ def test_training_lowers_the_negative_elbo_while_d_tells_reconstructions_from_re
     assert sum(elbo[-10:]) < 0.5 * sum(elbo[:10]), elbo
     assert min(d_loss) < 1.5 < d_loss[0], d_loss   # 2 where D cannot tell them apart, until G catches up
     assert all(step["adversarial_weight"] > 0 for step in steps)
+
+
+def test_the_realism_term_is_the_negative_elbo_or_with_the_flag_its_discriminators_score():
+    images, labels = torch.rand(4, 3, 16, 16) * 2 - 1, torch.arange(4) % 3
+    torch.manual_seed(0)
+    elbo_realism = VAEGAN(tiny_config(), num_categories=3).eval()
+    torch.manual_seed(0)
+    d_realism = VAEGAN(tiny_config(discriminator_realism=True), num_categories=3).eval()
+    torch.testing.assert_close(d_realism.realism_loss(images, labels), -d_realism.discriminator(images, labels))
+    torch.testing.assert_close(elbo_realism.realism_loss(images, labels), VAE.realism_loss(d_realism, images, labels))
+    with pytest.raises(ConfigError, match=r"^--discriminator-realism is read by --generator vaegan; --generator vae "):
+        build_generator(tiny_config(generator="vae", discriminator_realism=True), 3)
