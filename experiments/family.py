@@ -49,6 +49,7 @@ from dvbpr.run import read_results
 from dvbpr.train import train
 from experiments.missing import missing_combination, missing_markdown
 from gan.config import DEMO_GENERATOR, GANConfig, demo_settings
+from gan.generators import GENERATORS as GENERATOR_KINDS
 from gan.run import open_gan_run
 from gan.train import train as train_gan
 from pm.config import DEMO as PM_DEMO
@@ -648,7 +649,7 @@ def check_design_flags(cfg):
     """ConfigError for a flag of --design given where it would be ignored: a Table IV flag without --design (but for
     PM's steps and trials, with --missing) or with --design --tune, --tune without --design, --generator, --gan-seeds
     and --pm-<term> (PM_TERMS) without --design or --missing, several --gan-seeds but with --design alone, and a seed
-    named twice."""
+    named twice; and --latents tanh for a generator whose codes tanh cannot reach."""
     for name in PM_TERMS:
         if getattr(cfg, f"pm_{name}") is not None and not (cfg.design or cfg.missing):
             raise ConfigError(f"--pm-{name.replace('_', '-')} sets PM of --design or --missing: give one of them")
@@ -678,6 +679,9 @@ def check_design_flags(cfg):
         raise ConfigError(f"{' '.join(given)} set Table IV of --design; "
                           + ("--tune writes no Table IV: leave them out" if cfg.design else "give --design"
                              + ("" if set(given) - missing_takes else " (or --missing)")))
+    if "tanh" in cfg.latents and not GENERATOR_KINDS[cfg.generator].latent_box and (cfg.design or cfg.missing):
+        raise ConfigError(f"--latents tanh keeps z in [-1, 1], but --generator {cfg.generator} draws its codes from "
+                          "N(0, I): give --latents sphere")
 
 
 def main(argv=None):

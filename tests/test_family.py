@@ -275,6 +275,8 @@ def test_the_pm_flags_reach_pm_and_name_its_folders():
      "--pm-steps-on-manifold picks each catalogue's steps: leave --pm-steps out"),
     (["--design", "--tune", "--pm-trials", "5", "--sweep-eta", "0"],
      "--sweep-eta --pm-trials set Table IV of --design; --tune writes no Table IV: leave them out"),
+    (["--design", "--generator", "vaegan"],
+     "--latents tanh keeps z in [-1, 1], but --generator vaegan draws its codes from N(0, I): give --latents sphere"),
 ])
 def test_table_iv_flags_are_refused_where_they_would_be_ignored(flags, message):
     with pytest.raises(SystemExit, match="^family: " + re.escape(message) + "$"):
