@@ -18,7 +18,7 @@ from gan.model import noise_image_dim, num_stages
 
 GRID_SIZE = 16          # 4x4 sample grids
 ARCHITECTURE_FIELDS = ("generator", "image_size", "z_dim", "z_distribution", "g_width", "d_width", "ema",
-                       "class_seed", "aux_class_weight", "half_chroma", "ex_post_prior")
+                       "class_seed", "aux_class_weight", "half_chroma", "ex_post_prior", "prior_fakes")
 
 
 @dataclass
@@ -78,6 +78,10 @@ class GANConfig:
         "help": "vae, vaegan: sample from a Gaussian per category fitted to the encoder's means of the training items "
                 "(the aggregate posterior, kept as running statistics) instead of N(0, I); on in the VAE's demo "
                 "settings"})
+    prior_fakes: bool = field(default=False, metadata={
+        "help": "vaegan: D also judges decoded samples of the prior (the ex-post one with --ex-post-prior) as fakes, "
+                "and the decoder is trained to pass them as real, as Larsen et al.'s VAE-GAN (else only "
+                "reconstructions)"})
     discriminator_realism: bool = field(default=False, metadata={
         "help": "vaegan: the realism term of eq. 10 that PM keeps small is its discriminator's -D_c(e), as the "
                 "sngan's, instead of the VAE's negative ELBO per pixel (training is unchanged)"})

@@ -13,7 +13,9 @@ prior, as VQGAN's does. One iteration on a batch x of category c:
 with lambda set at each iteration so that the adversarial term's gradient at G's last layer is as large as the
 ELBO's (VQGAN's adaptive weight, Esser et al., 2021, eq. 7): no weight to tune, and neither term drowns the other
 as their scales drift. Sampling, the ex-post prior and the realism term of eq. 10 (the negative ELBO per pixel) are
-the VAE's, or with --discriminator-realism the sngan's -D_c(e).
+the VAE's, or with --discriminator-realism the sngan's -D_c(e). With --prior-fakes D also judges decoded samples of
+the prior, G(z, c) with z ~ N(0, I) through the ex-post prior, as Larsen et al.'s does, so that the decoder is trained
+to make the codes it is sampled and optimised at look real, not only those of the training items.
 """
 import torch
 import torch.nn.functional as F
@@ -41,13 +43,13 @@ class VAEGAN(VAE):
     """The conditional VAE with the sngan's D on its reconstructions (this module's docstring). With
     --discriminator-realism its realism term of eq. 10 is the sngan's -D_c(e) instead of the VAE's."""
     nets = ("encoder", "decoder", "discriminator")
-    reads = ("ex_post_prior", "discriminator_realism")
+    reads = ("ex_post_prior", "discriminator_realism", "prior_fakes")
 
     def __init__(self, cfg, num_categories, device="cpu"):
         super().__init__(cfg, num_categories, device)
         self.discriminator = Discriminator(cfg.image_size, num_categories, cfg.d_width).to(
             device, memory_format=memory_format(device, cfg.channels_last))
-        self.discriminator_realism = cfg.discriminator_realism
+        self.discriminator_realism, self.prior_fakes = cfg.discriminator_realism, cfg.prior_fakes
 
     def realism_loss(self, images, labels):
         if self.discriminator_realism:
@@ -55,19 +57,24 @@ class VAEGAN(VAE):
         return super().realism_loss(images, labels)
 
     def train_step(self, nets, optimizers, real, labels, z, bf16=True):
-        """One D step on real items against reconstructions, then one step of the encoder and decoder down the
-        negative ELBO and the weighted adversarial term (z, drawn for the GANs, is not used: q gives it)."""
+        """One D step on real items against reconstructions (and with --prior-fakes the decoded codes z, N(0, I),
+        of the batch), then one step of the encoder and decoder down the negative ELBO and the weighted adversarial
+        term."""
         encoder, decoder, discriminator = nets["encoder"], nets["decoder"], nets["discriminator"]
         with autocast(real.device, bf16):
             reconstruction, kl, mean, reconstructed = negative_elbo(decoder, encoder, real, labels)
-            d_real, d_fake = discriminator(torch.cat([real, reconstructed.detach()]),
-                                           torch.cat([labels, labels])).float().chunk(2)
+            fakes, fake_labels = reconstructed, labels
+            if self.prior_fakes:   # the batch's codes z ~ N(0, I), through the ex-post prior where there is one
+                sampled = decoder(self.aggregate(z, labels) if self.averages else z, labels)
+                fakes, fake_labels = torch.cat([reconstructed, sampled]), torch.cat([labels, labels])
+            scores = discriminator(torch.cat([real, fakes.detach()]), torch.cat([labels, fake_labels])).float()
+        d_real, d_fake = scores[:len(real)], scores[len(real):]
         d_loss_real, d_loss_fake = F.relu(1 - d_real).mean(), F.relu(1 + d_fake).mean()
         descend(optimizers["discriminator"], d_loss_real + d_loss_fake)
 
         discriminator.requires_grad_(False)
         with autocast(real.device, bf16):
-            adversarial = -unwrap(discriminator)(reconstructed, labels).float().mean()
+            adversarial = -unwrap(discriminator)(fakes, fake_labels).float().mean()
         elbo = (reconstruction + kl).mean()
         weight = adaptive_weight(elbo, adversarial, unwrap(decoder).to_rgb.weight)
         descend([optimizers["encoder"], optimizers["decoder"]], elbo + weight * adversarial)

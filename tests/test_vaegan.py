@@ -82,3 +82,22 @@ def test_the_realism_term_is_the_negative_elbo_or_with_the_flag_its_discriminato
     torch.testing.assert_close(elbo_realism.realism_loss(images, labels), VAE.realism_loss(d_realism, images, labels))
     with pytest.raises(ConfigError, match=r"^--discriminator-realism is read by --generator vaegan; --generator vae "):
         build_generator(tiny_config(generator="vae", discriminator_realism=True), 3)
+
+
+def test_prior_fakes_put_decoded_samples_of_the_prior_before_d_and_train_the_decoder_on_them():
+    labels = torch.arange(16) % 3
+    real = flat_colours(labels)
+    z = torch.randn(16, 8)
+    decoders, seen = {}, {}
+    for prior_fakes in (False, True):
+        torch.manual_seed(0)
+        model = VAEGAN(tiny_config(prior_fakes=True, ex_post_prior=True) if prior_fakes else
+                       tiny_config(ex_post_prior=True), num_categories=3)
+        sizes = seen.setdefault(prior_fakes, [])
+        model.discriminator.register_forward_hook(lambda net, inputs, output, sizes=sizes: sizes.append(len(inputs[0])))
+        nets = {name: getattr(model, name).train() for name in model.nets}
+        torch.manual_seed(1)
+        model.train_step(nets, model.optimizers(tiny_config(), "cpu"), real, labels, z)
+        decoders[prior_fakes] = torch.cat([p.detach().flatten() for p in model.decoder.parameters()])
+    assert seen == {False: [32, 16], True: [48, 32]}   # D's step on real and fakes, then G's on the fakes
+    assert not torch.equal(decoders[False], decoders[True])
