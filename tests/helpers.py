@@ -1,5 +1,6 @@
 """Stand-ins shared by several test files."""
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
@@ -9,13 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from common.catalogue.reader import reader_key, reader_path, save_reader, train_reader
 from common.catalogue.truth import load_truth
-from common.checkpoint import save_checkpoint
+from common.checkpoint import load_checkpoint, save_checkpoint
 from common.classifier import CategoryClassifier, classifier_checkpoint
 from common.data import Dataset, load_dataset
 from common.images import image_store
+from gan.train import train as train_gan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +28,22 @@ def place_random_classifier(run_dir, dataset, image_size, resize_filter="nearest
     reuses instead of training one (the tests that use it check plumbing, not the classifier)."""
     classifier = CategoryClassifier(image_size, dataset.num_categories)
     save_checkpoint(run_dir / "classifier.pt", classifier_checkpoint(classifier, dataset, resize_filter, {}, seed))
+
+
+def straight_and_resumed_gan(cfg, tmp_path):
+    """(straight, resumed): the checkpoints of cfg's GAN trained for cfg.epochs in one go and in two parts (one epoch,
+    then --resume), each in a folder of tmp_path with a random classifier; asserts they hold identical weights."""
+    for name in ("straight", "resumed"):
+        place_random_classifier(tmp_path / name, load_dataset(cfg.dataset), cfg.image_size)
+    train_gan(dataclasses.replace(cfg, out=str(tmp_path / "straight")))
+    train_gan(dataclasses.replace(cfg, out=str(tmp_path / "resumed"), epochs=1))
+    train_gan(dataclasses.replace(cfg, out=str(tmp_path / "resumed"), resume=True))
+    straight, resumed = (load_checkpoint(tmp_path / name / "checkpoint.pt", "gan") for name in ("straight", "resumed"))
+    assert resumed["step"] == straight["step"] > 0
+    for net, weights in straight["model"].items():   # noise drawn in training continues after the resume
+        for name, weight in weights.items():
+            torch.testing.assert_close(resumed["model"][net][name], weight, rtol=0, atol=0, msg=f"{net} {name}")
+    return straight, resumed
 
 
 def place_attribute_reader(dataset_path, image_size, steps=10, resize_filter="nearest"):

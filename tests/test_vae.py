@@ -7,18 +7,15 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from common.checkpoint import load_checkpoint
-from common.data import load_dataset
 from common.errors import ConfigError
 from dvbpr.cnnf import CNNF
 from dvbpr.model import DVBPR
 from gan.config import GANConfig, with_generator_latent
 from gan.generators import build_generator
 from gan.run import open_gan_run
-from gan.train import train as train_gan
 from gan.vae import VAE, AggregatePosterior, negative_elbo
 from pm.design import Designer
-from tests.helpers import place_random_classifier
+from tests.helpers import straight_and_resumed_gan
 
 
 def tiny_config(**overrides):
@@ -48,20 +45,11 @@ def test_the_config_settles_the_prior_to_the_normal_whatever_the_flag_says():
 @pytest.mark.parametrize("ex_post_prior", [False, True])
 def test_the_vae_trains_through_the_registry_resumes_to_identical_weights_and_reopens(catalogue, tmp_path,
                                                                                      ex_post_prior):
-    path = catalogue()
-    for name in ("straight", "resumed"):
-        place_random_classifier(tmp_path / name, load_dataset(path), 16)
-    cfg = tiny_config(dataset=str(path), epochs=2, ex_post_prior=ex_post_prior)
-    train_gan(dataclasses.replace(cfg, out=str(tmp_path / "straight")))
-    train_gan(dataclasses.replace(cfg, out=str(tmp_path / "resumed"), epochs=1))
-    train_gan(dataclasses.replace(cfg, out=str(tmp_path / "resumed"), resume=True))
-    straight, resumed = (load_checkpoint(tmp_path / name / "checkpoint.pt", "gan") for name in ("straight", "resumed"))
+    cfg = tiny_config(dataset=str(catalogue()), epochs=2, ex_post_prior=ex_post_prior)
+    straight, _ = straight_and_resumed_gan(cfg, tmp_path)
     assert set(straight["optimizer"]) == {"encoder", "decoder"}
     assert set(straight["model"]) == {"encoder", "decoder"} | ({"aggregate"} if ex_post_prior else set())
-    assert straight["config"]["z_distribution"] == "normal" and resumed["step"] == straight["step"] > 0
-    for net, weights in straight["model"].items():   # the posterior's noise continues where the first part stopped
-        for name, weight in weights.items():
-            torch.testing.assert_close(resumed["model"][net][name], weight, rtol=0, atol=0, msg=f"{net} {name}")
+    assert straight["config"]["z_distribution"] == "normal"
 
     run = open_gan_run(tmp_path / "straight")
     assert isinstance(run.model, VAE) and not run.model.latent_box
