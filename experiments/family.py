@@ -53,7 +53,7 @@ from gan.generators import GENERATORS as GENERATOR_KINDS
 from gan.run import open_gan_run
 from gan.train import train as train_gan
 from pm.config import DEMO as PM_DEMO
-from pm.config import PMConfig
+from pm.config import REALISM_TERMS, PMConfig
 from pm.fidelity import CLASSIFIER_EXTRACTOR
 from pm.load import Stages
 from pm.stage import run_pm, set_design_terms
@@ -150,6 +150,9 @@ class FamilyConfig:
     pm_eta: float | None = field(default=None, metadata={"help": "with --design (and --tune) or --missing, the "
                                                                 "realism weight of eq. 10 (pm/main.py --eta; None: "
                                                                 "PM's setting)"})
+    pm_realism_term: str | None = field(default=None, metadata={
+        "help": "with --design (and --tune) or --missing, the realism term of eq. 10 (pm/main.py --realism-term; "
+                "None: the generator's own)", "choices": REALISM_TERMS})
     pm_realism_floor: float | None = field(default=None, metadata={
         "help": "with --design (and --tune) or --missing, the floor of the realism loss (pm/main.py "
                 "--realism-floor; None: PM's setting)"})
@@ -383,8 +386,8 @@ def refuse_other_settings(config_file, settings):
 
 # PM's objective and latent settings that a --pm-<term> flag of the same name replaces, in --design's and --tune's
 # PM alike (the order of the folder and table names they give)
-PM_TERMS = ("eta", "realism_floor", "support_quantile", "support_weight", "shape_weight", "jitter", "truncation",
-            "min_silhouette")
+PM_TERMS = ("eta", "realism_term", "realism_floor", "support_quantile", "support_weight", "shape_weight", "jitter",
+            "truncation", "min_silhouette")
 
 
 def pm_settings(cfg):
@@ -396,7 +399,8 @@ def pm_settings(cfg):
 def settings_names(cfg):
     """[generator, "steps<N>", "trials<M>", "eta<E>", ... one per PM_TERMS given]
     for --generator other than the demo's and the --pm-* settings given, in the names of their tables and folders."""
-    return generator_names(cfg) + [f"{name}{value:g}" for name, value in pm_settings(cfg).items()] + (
+    return generator_names(cfg) + [f"{name}{value}" if isinstance(value, str) else f"{name}{value:g}"
+                                   for name, value in pm_settings(cfg).items()] + (
         ["steps_on_manifold"] if cfg.pm_steps_on_manifold else []) + (["tailored"] if cfg.pm_tailored else []) + (
         ["sampled"] if cfg.pm_sampled else [])
 

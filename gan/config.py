@@ -82,9 +82,6 @@ class GANConfig:
         "help": "vaegan: D also judges decoded samples of the prior (the ex-post one with --ex-post-prior) as fakes, "
                 "and the decoder is trained to pass them as real, as Larsen et al.'s VAE-GAN (else only "
                 "reconstructions)"})
-    discriminator_realism: bool = field(default=False, metadata={
-        "help": "vaegan: the realism term of eq. 10 that PM keeps small is its discriminator's -D_c(e), as the "
-                "sngan's, instead of the VAE's negative ELBO per pixel (training is unchanged)"})
     batch_size: int = field(default=64, metadata={"help": "images per iteration"})
     epochs: int = field(default=25, metadata={"help": "epochs of floor(items / batch) iterations"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of G and D"})

@@ -65,6 +65,7 @@ class Diffusion(ConditionalGenerator):
     nets = ("unet",)
     reads = ("ema",)
     latent_box = False
+    own_realism = "denoising"
     noise_image_codes = True
     z_distribution = "normal"
 

@@ -210,7 +210,9 @@ class ConditionalGenerator(nn.Module):
         sample_z(n, device, rng)      latent codes from the prior of random samples (grids, Table IV's "generated")
         forward(z, labels)            images [B, 3, S, S] in [-1, 1], differentiable in z: the map that eq. 9-12
                                       optimise through
-        realism_loss(images, labels)  [B] the realism term of eq. 10, to be kept small
+        realism_loss(images, labels)  [B] the realism term of eq. 10, to be kept small: its own, named own_realism
+        realism_terms()               {name: function(images, labels) -> [B]}: the realism terms it offers, its own
+                                      first (pm/main.py --realism-term picks one)
         latent_box                    True when the codes live in [-1, 1]^z_dim, where the paper's z = tanh(z')
                                       (eq. 10) spans exactly the generator's domain; False: PM optimises z directly
         reads                         the generator-specific settings it reads (of gan/generators.py's
@@ -232,6 +234,7 @@ class ConditionalGenerator(nn.Module):
     latent_box = True
     noise_image_codes = False
     z_distribution = None
+    own_realism = "discriminator"
 
     @property
     def saved_nets(self):
@@ -252,6 +255,9 @@ class ConditionalGenerator(nn.Module):
 
     def realism_loss(self, images, labels):
         raise NotImplementedError
+
+    def realism_terms(self):
+        return {self.own_realism: self.realism_loss}
 
     def optimizers(self, cfg, device):
         raise NotImplementedError

@@ -105,6 +105,7 @@ class VAE(ConditionalGenerator):
     reads = ("ex_post_prior",)
     latent_box = False
     z_distribution = "normal"
+    own_realism = "elbo"
 
     def __init__(self, cfg, num_categories, device="cpu"):
         super().__init__()

@@ -13,9 +13,9 @@ prior, as VQGAN's does. One iteration on a batch x of category c:
 with lambda set at each iteration so that the adversarial term's gradient at G's last layer is as large as the
 ELBO's (VQGAN's adaptive weight, Esser et al., 2021, eq. 7): no weight to tune, and neither term drowns the other
 as their scales drift. Sampling, the ex-post prior and the realism term of eq. 10 (the negative ELBO per pixel) are
-the VAE's, or with --discriminator-realism the sngan's -D_c(e). With --prior-fakes D also judges decoded samples of
-the prior, G(z, c) with z ~ N(0, I) through the ex-post prior, as Larsen et al.'s does, so that the decoder is trained
-to make the codes it is sampled and optimised at look real, not only those of the training items.
+the VAE's; pm/main.py --realism-term discriminator takes the sngan's -D_c(e) instead. With --prior-fakes D also judges
+decoded samples of the prior, G(z, c) with z ~ N(0, I) through the ex-post prior, as Larsen et al.'s does, so that the
+decoder is trained to make the codes it is sampled and optimised at look real, not only those of the training items.
 """
 import torch
 import torch.nn.functional as F
@@ -40,21 +40,19 @@ def adaptive_weight(elbo, adversarial, last_weight):
 
 
 class VAEGAN(VAE):
-    """The conditional VAE with the sngan's D on its reconstructions (this module's docstring). With
-    --discriminator-realism its realism term of eq. 10 is the sngan's -D_c(e) instead of the VAE's."""
+    """The conditional VAE with the sngan's D on its reconstructions (this module's docstring). Its realism terms of
+    eq. 10 are the VAE's negative ELBO, its own, and the sngan's -D_c(e) (pm/main.py --realism-term discriminator)."""
     nets = ("encoder", "decoder", "discriminator")
-    reads = ("ex_post_prior", "discriminator_realism", "prior_fakes")
+    reads = ("ex_post_prior", "prior_fakes")
 
     def __init__(self, cfg, num_categories, device="cpu"):
         super().__init__(cfg, num_categories, device)
         self.discriminator = Discriminator(cfg.image_size, num_categories, cfg.d_width).to(
             device, memory_format=memory_format(device, cfg.channels_last))
-        self.discriminator_realism, self.prior_fakes = cfg.discriminator_realism, cfg.prior_fakes
+        self.prior_fakes = cfg.prior_fakes
 
-    def realism_loss(self, images, labels):
-        if self.discriminator_realism:
-            return -self.discriminator(images, labels)
-        return super().realism_loss(images, labels)
+    def realism_terms(self):
+        return {**super().realism_terms(), "discriminator": lambda images, labels: -self.discriminator(images, labels)}
 
     def train_step(self, nets, optimizers, real, labels, z, bf16=True):
         """One D step on real items against reconstructions (and with --prior-fakes the decoded codes z, N(0, I),

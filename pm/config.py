@@ -17,6 +17,7 @@ from pm.fidelity import DEFAULT_FID_INCEPTION_WEIGHTS
 from pm.metrics import DEFAULT_INCEPTION_WEIGHTS
 
 SUPPORT_WEIGHT = 1.0
+REALISM_TERMS = ("discriminator", "denoising", "elbo")   # the generators' realism_terms (gan/)
 
 
 @dataclass
@@ -45,6 +46,10 @@ class PMConfig:
     lr: float = field(default=0.1, metadata={"help": "Adam learning rate on z'"})
     eta: float = field(default=1.0, metadata={"help": "weight of the realism loss (lsgan: [D_c(G_c(z)) - 1]^2, "
                                                             "sngan: -D_c(G_c(z)), diffusion: its denoising error)"})
+    realism_term: str | None = field(default=None, metadata={
+        "help": "the realism term of eq. 10 (default: the generator's own; lsgan, sngan: discriminator, diffusion: "
+                "denoising, vae: elbo; vaegan: elbo, or discriminator, its D's -D_c(e) as the sngan's)",
+        "choices": REALISM_TERMS})
     realism_floor: float | None = field(default=None, metadata={
         "help": "the realism loss counts down to this value and no further (the demo: -1, where the hinge loss "
                 "stops rewarding the sngan's D_c on real items, bounds -D_c(e) as the LSGAN's target bounds its "

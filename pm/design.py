@@ -204,7 +204,8 @@ class Designer:
     """The trained pieces of personalised design: theta and Phi from DVBPR, the conditional generator (with its
     realism term) from the GAN stage.
 
-    Both are put in eval mode and frozen, so gradients reach only the latent codes. Where `realism_floor` is set
+    Both are put in eval mode and frozen, so gradients reach only the latent codes. The realism term is the
+    generator's own unless choose_realism (from --realism-term) picks another it offers. Where `realism_floor` is set
     (pm/stage.py, from --realism-floor) the realism loss is clamped from below there: past it, D_c(e) earns the
     design nothing more. Where `support` is set (an EmbeddingSupport, from --support-quantile) the objective pays
     its penalty; where `shape_weight` is above 0 (--shape-weight) the ascent pays for changing a design's outline;
@@ -219,6 +220,7 @@ class Designer:
         self.model = model.eval().requires_grad_(False)
         self.z_dim = model.z_dim
         self.image_size = model.image_size
+        self.realism_term = model.realism_loss
         self.realism_floor = None
         self.support = None
         self.shape_weight = 0.0
@@ -242,6 +244,15 @@ class Designer:
         if self.outlines is None:
             return None
         return best_overlap(foreground(images), self.outlines[category].to(images.device)) >= self.min_silhouette
+
+    def choose_realism(self, term):
+        """Keep the generator's realism term named `term` small (None: its own); ConfigError where it has none of
+        that name."""
+        terms = self.model.realism_terms()
+        if term is not None and term not in terms:
+            raise ConfigError(f"--realism-term {term}: this {type(self.model).__name__} generator offers "
+                              f"{', '.join(terms)}")
+        self.realism_term = terms[term or self.model.own_realism]
 
     def check_latent(self, latent):
         """ConfigError when z = tanh(z') would not span the generator's latent domain."""
@@ -279,10 +290,10 @@ class Designer:
         return self.phi(images) @ self.theta[user]
 
     def realism_loss(self, images, category):
-        """L_real(e, c), the generator's realism_loss (the LSGAN's [D_c(e) - 1]^2, the SNGAN's -D_c(e), the
-        diffusion model's denoising error), no lower than the realism floor; [B]."""
+        """L_real(e, c), the generator's realism term (its own by default: the LSGAN's [D_c(e) - 1]^2, the SNGAN's
+        -D_c(e), the diffusion model's denoising error), no lower than the realism floor; [B]."""
         labels = torch.full((len(images),), category, dtype=torch.long, device=images.device)
-        realism = self.model.realism_loss(images, labels)
+        realism = self.realism_term(images, labels)
         return realism if self.realism_floor is None else realism.clamp(min=self.realism_floor)
 
     def generate(self, z, category):

@@ -472,11 +472,14 @@ def test_missing_run_directories_say_how_to_make_them(runs, tmp_path):
         main(["--dvbpr-run", str(tmp_path / "nodvbpr"), "--gan-run", str(runs / "gan")])
 
 
-def test_a_support_weight_without_the_penalty_is_refused(runs, tmp_path):
-    message = "pm: --support-weight weighs the support penalty, which is off: give --support-quantile too"
-    with pytest.raises(SystemExit, match=f"^{re.escape(message)}$"):
-        main(["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--out", str(tmp_path),
-              "--support-weight", "3", "--device", "cpu"])
+def test_a_support_weight_without_the_penalty_and_a_realism_term_the_generator_lacks_are_refused(runs, tmp_path):
+    for flags, message in ((["--support-weight", "3"], "pm: --support-weight weighs the support penalty, which is off: "
+                                                       "give --support-quantile too"),
+                           (["--realism-term", "elbo"], "pm: --realism-term elbo: this LSGAN generator offers "
+                                                        "discriminator")):
+        with pytest.raises(SystemExit, match=f"^{re.escape(message)}$"):
+            main(["--dvbpr-run", str(runs / "dvbpr"), "--gan-run", str(runs / "gan"), "--out", str(tmp_path),
+                  "--device", "cpu", *flags])
 
 
 def test_figures_table_and_sweep_are_written(runs, tmp_path):

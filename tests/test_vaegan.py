@@ -1,17 +1,19 @@
 """The VAE with a discriminator on its reconstructions (gan/vaegan.py): VQGAN's adaptive weight, the registry round
 trip resumed to identical weights, training lowering the negative ELBO while D learns to tell the reconstructions
-from the real items, and its two realism terms."""
+from the real items, and the two realism terms PM may keep small."""
 import dataclasses
 
 import pytest
 import torch
 
 from common.errors import ConfigError
+from dvbpr.cnnf import CNNF
+from dvbpr.model import DVBPR
 from gan.config import GANConfig, with_generator_latent
-from gan.generators import build_generator
 from gan.run import open_gan_run
 from gan.vae import VAE
 from gan.vaegan import VAEGAN, adaptive_weight
+from pm.design import Designer
 from tests.helpers import straight_and_resumed_gan
 from tests.test_vae import flat_colours
 
@@ -60,16 +62,19 @@ def test_training_lowers_the_negative_elbo_while_d_tells_reconstructions_from_re
     assert all(step["adversarial_weight"] > 0 for step in steps)
 
 
-def test_the_realism_term_is_the_negative_elbo_or_with_the_flag_its_discriminators_score():
-    images, labels = torch.rand(4, 3, 16, 16) * 2 - 1, torch.arange(4) % 3
+def test_pm_keeps_the_negative_elbo_small_or_on_request_its_discriminators_score():
+    images, labels = torch.rand(4, 3, 16, 16) * 2 - 1, torch.full((4,), 2)
     torch.manual_seed(0)
-    elbo_realism = VAEGAN(tiny_config(), num_categories=3).eval()
-    torch.manual_seed(0)
-    d_realism = VAEGAN(tiny_config(discriminator_realism=True), num_categories=3).eval()
-    torch.testing.assert_close(d_realism.realism_loss(images, labels), -d_realism.discriminator(images, labels))
-    torch.testing.assert_close(elbo_realism.realism_loss(images, labels), VAE.realism_loss(d_realism, images, labels))
-    with pytest.raises(ConfigError, match=r"^--discriminator-realism is read by --generator vaegan; --generator vae "):
-        build_generator(tiny_config(generator="vae", discriminator_realism=True), 3)
+    model = VAEGAN(tiny_config(), num_categories=3)
+    designer = Designer(DVBPR(CNNF(32, fc_width=64), 4, k=8), model)
+    torch.testing.assert_close(designer.realism_loss(images, 2), VAE.realism_loss(model, images, labels))
+    designer.choose_realism("discriminator")
+    torch.testing.assert_close(designer.realism_loss(images, 2), -model.discriminator(images, labels))
+    designer.choose_realism(None)
+    torch.testing.assert_close(designer.realism_loss(images, 2), VAE.realism_loss(model, images, labels))
+    vae_designer = Designer(DVBPR(CNNF(32, fc_width=64), 4, k=8), VAE(tiny_config(generator="vae"), 3))
+    with pytest.raises(ConfigError, match=r"^--realism-term discriminator: this VAE generator offers elbo$"):
+        vae_designer.choose_realism("discriminator")
 
 
 def test_prior_fakes_put_decoded_samples_of_the_prior_before_d_and_train_the_decoder_on_them():
