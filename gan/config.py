@@ -18,7 +18,8 @@ from gan.model import noise_image_dim, num_stages
 
 GRID_SIZE = 16          # 4x4 sample grids
 ARCHITECTURE_FIELDS = ("generator", "image_size", "z_dim", "z_distribution", "g_width", "d_width", "ema",
-                       "class_seed", "aux_class_weight", "half_chroma", "ex_post_prior", "prior_fakes")
+                       "class_seed", "aux_class_weight", "half_chroma", "ex_post_prior", "prior_fakes",
+                       "prior_fakes_every")
 
 
 @dataclass
@@ -82,6 +83,9 @@ class GANConfig:
         "help": "vaegan: D also judges decoded samples of the prior (the ex-post one with --ex-post-prior) as fakes, "
                 "and the decoder is trained to pass them as real, as Larsen et al.'s VAE-GAN (else only "
                 "reconstructions)"})
+    prior_fakes_every: int = field(default=1, metadata={
+        "help": "with --prior-fakes, D sees the decoded codes of every K-th item of the batch: fewer fakes, a cheaper "
+                "iteration (default 1: one per item, as Larsen et al.)"})
     batch_size: int = field(default=64, metadata={"help": "images per iteration"})
     epochs: int = field(default=25, metadata={"help": "epochs of floor(items / batch) iterations"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of G and D"})
@@ -206,6 +210,11 @@ def check_config(cfg):
     for weight in ("aux_class_weight", "match_weight"):
         if getattr(cfg, weight) < 0:
             raise ConfigError(f"--{weight.replace('_', '-')} must be at least 0, got {getattr(cfg, weight)}")
+    if not 1 <= cfg.prior_fakes_every <= cfg.batch_size:
+        raise ConfigError(f"--prior-fakes-every is from 1 to the batch size {cfg.batch_size}, got "
+                          f"{cfg.prior_fakes_every}")
+    if cfg.prior_fakes_every > 1 and not cfg.prior_fakes:
+        raise ConfigError("--prior-fakes-every sets how many prior fakes D sees: give --prior-fakes too")
     if cfg.from_tf and cfg.generator != "lsgan":
         raise ConfigError(f"--from-tf reads the original's LSGAN; it cannot be --generator {cfg.generator}")
     if cfg.from_tf and (cfg.train or cfg.resume):

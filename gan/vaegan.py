@@ -15,7 +15,8 @@ ELBO's (VQGAN's adaptive weight, Esser et al., 2021, eq. 7): no weight to tune, 
 as their scales drift. Sampling, the ex-post prior and the realism term of eq. 10 (the negative ELBO per pixel) are
 the VAE's; pm/main.py --realism-term discriminator takes the sngan's -D_c(e) instead. With --prior-fakes D also judges
 decoded samples of the prior, G(z, c) with z ~ N(0, I) through the ex-post prior, as Larsen et al.'s does, so that the
-decoder is trained to make the codes it is sampled and optimised at look real, not only those of the training items.
+decoder is trained to make the codes it is sampled and optimised at look real, not only those of the training items;
+--prior-fakes-every K decodes only every K-th item's code, a cheaper iteration.
 """
 import torch
 import torch.nn.functional as F
@@ -49,22 +50,24 @@ class VAEGAN(VAE):
         super().__init__(cfg, num_categories, device)
         self.discriminator = Discriminator(cfg.image_size, num_categories, cfg.d_width).to(
             device, memory_format=memory_format(device, cfg.channels_last))
-        self.prior_fakes = cfg.prior_fakes
+        self.prior_fakes, self.prior_fakes_every = cfg.prior_fakes, cfg.prior_fakes_every
 
     def realism_terms(self):
         return {**super().realism_terms(), "discriminator": lambda images, labels: -self.discriminator(images, labels)}
 
     def train_step(self, nets, optimizers, real, labels, z, bf16=True):
         """One D step on real items against reconstructions (and with --prior-fakes the decoded codes z, N(0, I),
-        of the batch), then one step of the encoder and decoder down the negative ELBO and the weighted adversarial
-        term."""
+        of every --prior-fakes-every-th item of the batch), then one step of the encoder and decoder down the negative
+        ELBO and the weighted adversarial term."""
         encoder, decoder, discriminator = nets["encoder"], nets["decoder"], nets["discriminator"]
         with autocast(real.device, bf16):
             reconstruction, kl, mean, reconstructed = negative_elbo(decoder, encoder, real, labels)
             fakes, fake_labels = reconstructed, labels
             if self.prior_fakes:   # the batch's codes z ~ N(0, I), through the ex-post prior where there is one
-                sampled = decoder(self.aggregate(z, labels) if self.averages else z, labels)
-                fakes, fake_labels = torch.cat([reconstructed, sampled]), torch.cat([labels, labels])
+                # every K-th row: under torchrun the rows one process takes, where each rank's part is a multiple of K
+                z, z_labels = z[::self.prior_fakes_every], labels[::self.prior_fakes_every]
+                sampled = decoder(self.aggregate(z, z_labels) if self.averages else z, z_labels)
+                fakes, fake_labels = torch.cat([reconstructed, sampled]), torch.cat([labels, z_labels])
             scores = discriminator(torch.cat([real, fakes.detach()]), torch.cat([labels, fake_labels])).float()
         d_real, d_fake = scores[:len(real)], scores[len(real):]
         d_loss_real, d_loss_fake = F.relu(1 - d_real).mean(), F.relu(1 + d_fake).mean()

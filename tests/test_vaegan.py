@@ -2,6 +2,7 @@
 trip resumed to identical weights, training lowering the negative ELBO while D learns to tell the reconstructions
 from the real items, and the two realism terms PM may keep small."""
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch
 from common.errors import ConfigError
 from dvbpr.cnnf import CNNF
 from dvbpr.model import DVBPR
-from gan.config import GANConfig, with_generator_latent
+from gan.config import GANConfig, check_config, with_generator_latent
 from gan.run import open_gan_run
 from gan.vae import VAE
 from gan.vaegan import VAEGAN, adaptive_weight
@@ -82,15 +83,22 @@ def test_prior_fakes_put_decoded_samples_of_the_prior_before_d_and_train_the_dec
     real = flat_colours(labels)
     z = torch.randn(16, 8)
     decoders, seen = {}, {}
-    for prior_fakes in (False, True):
+    for every in (None, 1, 4):   # no prior fakes, one per item, one per four items
         torch.manual_seed(0)
-        model = VAEGAN(tiny_config(prior_fakes=True, ex_post_prior=True) if prior_fakes else
-                       tiny_config(ex_post_prior=True), num_categories=3)
-        sizes = seen.setdefault(prior_fakes, [])
+        model = VAEGAN(tiny_config(ex_post_prior=True) if every is None else
+                       tiny_config(prior_fakes=True, prior_fakes_every=every, ex_post_prior=True), num_categories=3)
+        sizes = seen.setdefault(every, [])
         model.discriminator.register_forward_hook(lambda net, inputs, output, sizes=sizes: sizes.append(len(inputs[0])))
         nets = {name: getattr(model, name).train() for name in model.nets}
         torch.manual_seed(1)
         model.train_step(nets, model.optimizers(tiny_config(), "cpu"), real, labels, z)
-        decoders[prior_fakes] = torch.cat([p.detach().flatten() for p in model.decoder.parameters()])
-    assert seen == {False: [32, 16], True: [48, 32]}   # D's step on real and fakes, then G's on the fakes
-    assert not torch.equal(decoders[False], decoders[True])
+        decoders[every] = torch.cat([p.detach().flatten() for p in model.decoder.parameters()])
+    # D's step on real items and fakes, then G's on the fakes
+    assert seen == {None: [32, 16], 1: [48, 32], 4: [36, 20]}
+    assert not torch.equal(decoders[None], decoders[1]) and not torch.equal(decoders[1], decoders[4])
+    for flags, message in ((dict(prior_fakes_every=2), "--prior-fakes-every sets how many prior fakes D sees: give "
+                                                       "--prior-fakes too"),
+                           (dict(prior_fakes=True, prior_fakes_every=17), "--prior-fakes-every is from 1 to the batch "
+                                                                         "size 16, got 17")):
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            check_config(tiny_config(**flags))
