@@ -17,6 +17,7 @@ from gan.generators import GENERATORS
 from gan.model import noise_image_dim, num_stages
 
 GRID_SIZE = 16          # 4x4 sample grids
+MAX_KL_WEIGHT = 100.0
 ARCHITECTURE_FIELDS = ("generator", "image_size", "z_dim", "z_distribution", "g_width", "d_width", "ema",
                        "class_seed", "aux_class_weight", "half_chroma", "ex_post_prior", "prior_fakes",
                        "prior_fakes_every")
@@ -79,6 +80,10 @@ class GANConfig:
         "help": "vae, vaegan: sample from a Gaussian per category fitted to the encoder's means of the training items "
                 "(the aggregate posterior, kept as running statistics) instead of N(0, I); on in the VAE's demo "
                 "settings"})
+    kl_weight: float | None = field(default=None, metadata={
+        "help": "vae, vaegan: beta, the weight of the ELBO's KL term (Higgins et al., 2017): below 1 the "
+                "reconstructions sharpen and the codes stray from N(0, I), which the ex-post prior follows (Ghosh et "
+                "al., 2020); default: 1, the ELBO"})
     prior_fakes: bool = field(default=False, metadata={
         "help": "vaegan: D also judges decoded samples of the prior (the ex-post one with --ex-post-prior) as fakes, "
                 "and the decoder is trained to pass them as real, as Larsen et al.'s VAE-GAN (else only "
@@ -211,6 +216,8 @@ def check_config(cfg):
     for weight in ("aux_class_weight", "match_weight"):
         if getattr(cfg, weight) < 0:
             raise ConfigError(f"--{weight.replace('_', '-')} must be at least 0, got {getattr(cfg, weight)}")
+    if cfg.kl_weight is not None and not 0 < cfg.kl_weight <= MAX_KL_WEIGHT:
+        raise ConfigError(f"--kl-weight is in (0, {MAX_KL_WEIGHT:g}], got {cfg.kl_weight}")
     if not 1 <= cfg.prior_fakes_every <= cfg.batch_size:
         raise ConfigError(f"--prior-fakes-every is from 1 to the batch size {cfg.batch_size}, got "
                           f"{cfg.prior_fakes_every}")

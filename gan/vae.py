@@ -14,10 +14,12 @@ its pooled features:
 
 Training maximises the ELBO with p(x | z, c) = N(G(z, c), 1/2 I) on images in [-1, 1] and the prior p(z) = N(0, I):
 
-    L = sum_pixels (G(z, c) - x)^2 + KL(N(mu, sigma^2) || N(0, I)),   z = mu + sigma * eps   (reparameterised)
+    L = sum_pixels (G(z, c) - x)^2 + beta KL(N(mu, sigma^2) || N(0, I)),   z = mu + sigma * eps   (reparameterised)
+
+beta is 1 (the ELBO) unless --kl-weight sets it (a beta-VAE, Higgins et al., 2017).
 
 Samples decode z ~ N(0, I) (latent_box is False: PM optimises z directly). The realism term of eq. 10 is the same
-negative ELBO of a design e, per pixel, with z at the encoder's mean: smaller where the model finds e more probable.
+loss L of a design e, per pixel, with z at the encoder's mean: smaller where the model finds e more probable.
 
 With --ex-post-prior, samples come instead from a Gaussian per category fitted to the encoder's means of the training
 items, the aggregate posterior, which the prior N(0, I) matches only on average (ex-post density estimation, Ghosh et
@@ -102,7 +104,7 @@ class VAE(ConditionalGenerator):
     """The conditional VAE (this module's docstring); `nets` is the encoder and the decoder, each with its Adam (one
     Adam over both, as Adam is per parameter), stepped together down one loss."""
     nets = ("encoder", "decoder")
-    reads = ("ex_post_prior",)
+    reads = ("ex_post_prior", "kl_weight")
     latent_box = False
     z_distribution = "normal"
     own_realism = "elbo"
@@ -113,6 +115,7 @@ class VAE(ConditionalGenerator):
         self.encoder = Encoder(cfg.image_size, cfg.z_dim, num_categories, cfg.d_width).to(device, memory_format=fmt)
         self.decoder = Generator(cfg.image_size, cfg.z_dim, num_categories, cfg.g_width).to(device, memory_format=fmt)
         self.z_dim, self.image_size, self.num_categories = cfg.z_dim, cfg.image_size, num_categories
+        self.kl_weight = 1.0 if cfg.kl_weight is None else cfg.kl_weight
         self.averages = ("aggregate",) if cfg.ex_post_prior else ()
         if cfg.ex_post_prior:
             self.aggregate = AggregatePosterior(num_categories, cfg.z_dim).to(device)
@@ -125,7 +128,7 @@ class VAE(ConditionalGenerator):
 
     def realism_loss(self, images, labels):
         reconstruction, kl, _, _ = negative_elbo(self.decoder, self.encoder, images, labels, sample=False)
-        return (reconstruction + kl) / images[0].numel()
+        return (reconstruction + self.kl_weight * kl) / images[0].numel()
 
     def optimizers(self, cfg, device):
         kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused_adam_kwargs(device))
@@ -135,7 +138,7 @@ class VAE(ConditionalGenerator):
         """One Adam step down the negative ELBO of the batch (z, drawn for the GANs, is not used: q gives it)."""
         with autocast(real.device, bf16):
             reconstruction, kl, means, _ = negative_elbo(nets["decoder"], nets["encoder"], real, labels)
-        loss = (reconstruction + kl).mean()
+        loss = (reconstruction + self.kl_weight * kl).mean()
         descend(optimizers.values(), loss)
         if self.averages:
             self.aggregate.update(means, labels)

@@ -44,7 +44,7 @@ class VAEGAN(VAE):
     """The conditional VAE with the sngan's D on its reconstructions (this module's docstring). Its realism terms of
     eq. 10 are the VAE's negative ELBO, its own, and the sngan's -D_c(e) (pm/main.py --realism-term discriminator)."""
     nets = ("encoder", "decoder", "discriminator")
-    reads = ("ex_post_prior", "prior_fakes")
+    reads = ("ex_post_prior", "kl_weight", "prior_fakes")
 
     def __init__(self, cfg, num_categories, device="cpu"):
         super().__init__(cfg, num_categories, device)
@@ -76,7 +76,7 @@ class VAEGAN(VAE):
         discriminator.requires_grad_(False)
         with autocast(real.device, bf16):
             adversarial = -unwrap(discriminator)(fakes, fake_labels).float().mean()
-        elbo = (reconstruction + kl).mean()
+        elbo = (reconstruction + self.kl_weight * kl).mean()
         weight = adaptive_weight(elbo, adversarial, unwrap(decoder).to_rgb.weight)
         descend([optimizers["encoder"], optimizers["decoder"]], elbo + weight * adversarial)
         discriminator.requires_grad_(True)

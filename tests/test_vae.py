@@ -10,7 +10,7 @@ from torch.distributions import Normal, kl_divergence
 from common.errors import ConfigError
 from dvbpr.cnnf import CNNF
 from dvbpr.model import DVBPR
-from gan.config import GANConfig, with_generator_latent
+from gan.config import GANConfig, check_config, with_generator_latent
 from gan.generators import build_generator
 from gan.run import open_gan_run
 from gan.vae import VAE, AggregatePosterior, negative_elbo
@@ -139,3 +139,20 @@ def test_the_ex_post_prior_decodes_codes_where_the_encoder_put_the_categorys_ite
         torch.testing.assert_close(model(z, torch.arange(3)), model.decoder(model.aggregate.mean, torch.arange(3)))
     with pytest.raises(ConfigError, match=r"^--ex-post-prior is read by --generator vae or vaegan; --generator sngan"):
         build_generator(dataclasses.replace(tiny_config(ex_post_prior=True), generator="sngan"), 3)
+
+
+def test_the_kl_weight_scales_the_kl_term_in_training_and_in_the_realism_term():
+    labels = torch.arange(16) % 3
+    real = flat_colours(labels)
+    model = tiny_vae(kl_weight=0.1)
+    nets = {name: getattr(model, name).train() for name in model.nets}
+    step = model.train_step(nets, model.optimizers(tiny_config(), "cpu"), real, labels, None)
+    torch.testing.assert_close(step["loss"], step["reconstruction"] + 0.1 * step["kl"])
+    model.eval()
+    reconstruction, kl, _, _ = negative_elbo(model.decoder, model.encoder, real, labels, sample=False)
+    torch.testing.assert_close(model.realism_loss(real, labels), (reconstruction + 0.1 * kl) / real[0].numel())
+    assert not torch.allclose(model.realism_loss(real, labels), (reconstruction + kl) / real[0].numel())
+    with pytest.raises(ConfigError, match=r"^--kl-weight is read by --generator vae or vaegan; --generator sngan "):
+        build_generator(tiny_config(generator="sngan", kl_weight=0.5), 3)
+    with pytest.raises(ConfigError, match=r"^--kl-weight is in \(0, 100\], got 0.0$"):
+        check_config(tiny_config(kl_weight=0.0))
