@@ -19,7 +19,8 @@ Training maximises the ELBO with p(x | z, c) = N(G(z, c), 1/2 I) on images in [-
 beta is 1 (the ELBO) unless --kl-weight sets it (a beta-VAE, Higgins et al., 2017).
 
 Samples decode z ~ N(0, I) (latent_box is False: PM optimises z directly). The realism term of eq. 10 is the same
-loss L of a design e, per pixel, with z at the encoder's mean: smaller where the model finds e more probable.
+loss L of a design e, per pixel, with z at the encoder's mean: smaller where the model finds e more probable
+(pm/main.py --realism-term full-elbo: with beta 1, the negative ELBO, whatever --kl-weight).
 
 With --ex-post-prior, samples come instead from a Gaussian per category fitted to the encoder's means of the training
 items, the aggregate posterior, which the prior N(0, I) matches only on average (ex-post density estimation, Ghosh et
@@ -126,9 +127,14 @@ class VAE(ConditionalGenerator):
     def forward(self, z, labels):
         return self.decoder(self.aggregate(z, labels) if self.averages else z, labels)
 
-    def realism_loss(self, images, labels):
+    def realism_loss(self, images, labels, kl_weight=None):
+        """The loss L per pixel at the encoder's mean, its KL term weighed by `kl_weight` (None: the trained beta)."""
         reconstruction, kl, _, _ = negative_elbo(self.decoder, self.encoder, images, labels, sample=False)
-        return (reconstruction + self.kl_weight * kl) / images[0].numel()
+        return (reconstruction + (self.kl_weight if kl_weight is None else kl_weight) * kl) / images[0].numel()
+
+    def realism_terms(self):
+        """Its own (the loss it was trained on) and "full-elbo", the negative ELBO whatever --kl-weight."""
+        return {**super().realism_terms(), "full-elbo": lambda images, labels: self.realism_loss(images, labels, 1.0)}
 
     def optimizers(self, cfg, device):
         kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused_adam_kwargs(device))

@@ -17,7 +17,7 @@ from pm.fidelity import DEFAULT_FID_INCEPTION_WEIGHTS
 from pm.metrics import DEFAULT_INCEPTION_WEIGHTS
 
 SUPPORT_WEIGHT = 1.0
-REALISM_TERMS = ("discriminator", "denoising", "elbo")   # the generators' realism_terms (gan/)
+REALISM_TERMS = ("discriminator", "denoising", "elbo", "full-elbo")   # the generators' realism_terms (gan/)
 
 
 @dataclass
@@ -48,7 +48,8 @@ class PMConfig:
                                                             "sngan: -D_c(G_c(z)), diffusion: its denoising error)"})
     realism_term: str | None = field(default=None, metadata={
         "help": "the realism term of eq. 10 (default: the generator's own; lsgan, sngan: discriminator, diffusion: "
-                "denoising, vae: elbo; vaegan: elbo, or discriminator, its D's -D_c(e) as the sngan's)",
+                "denoising, vae: elbo, its training loss; vae and vaegan also full-elbo, the KL term at weight 1 "
+                "whatever --kl-weight; vaegan also discriminator, its D's -D_c(e) as the sngan's)",
         "choices": REALISM_TERMS})
     realism_floor: float | None = field(default=None, metadata={
         "help": "the realism loss counts down to this value and no further (the demo: -1, where the hinge loss "

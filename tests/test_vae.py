@@ -141,7 +141,7 @@ def test_the_ex_post_prior_decodes_codes_where_the_encoder_put_the_categorys_ite
         build_generator(dataclasses.replace(tiny_config(ex_post_prior=True), generator="sngan"), 3)
 
 
-def test_the_kl_weight_scales_the_kl_term_in_training_and_in_the_realism_term():
+def test_the_kl_weight_scales_the_kl_term_in_training_and_in_the_realism_term_but_not_in_the_full_elbo():
     labels = torch.arange(16) % 3
     real = flat_colours(labels)
     model = tiny_vae(kl_weight=0.1)
@@ -152,6 +152,8 @@ def test_the_kl_weight_scales_the_kl_term_in_training_and_in_the_realism_term():
     reconstruction, kl, _, _ = negative_elbo(model.decoder, model.encoder, real, labels, sample=False)
     torch.testing.assert_close(model.realism_loss(real, labels), (reconstruction + 0.1 * kl) / real[0].numel())
     assert not torch.allclose(model.realism_loss(real, labels), (reconstruction + kl) / real[0].numel())
+    torch.testing.assert_close(model.realism_terms()["full-elbo"](real, labels),
+                               (reconstruction + kl) / real[0].numel())
     with pytest.raises(ConfigError, match=r"^--kl-weight is read by --generator vae or vaegan; --generator sngan "):
         build_generator(tiny_config(generator="sngan", kl_weight=0.5), 3)
     with pytest.raises(ConfigError, match=r"^--kl-weight is in \(0, 100\], got 0.0$"):

@@ -74,7 +74,7 @@ def test_pm_keeps_the_negative_elbo_small_or_on_request_its_discriminators_score
     designer.choose_realism(None)
     torch.testing.assert_close(designer.realism_loss(images, 2), VAE.realism_loss(model, images, labels))
     vae_designer = Designer(DVBPR(CNNF(32, fc_width=64), 4, k=8), VAE(tiny_config(generator="vae"), 3))
-    with pytest.raises(ConfigError, match=r"^--realism-term discriminator: this VAE generator offers elbo$"):
+    with pytest.raises(ConfigError, match=r"^--realism-term discriminator: this VAE generator offers elbo, full-elbo$"):
         vae_designer.choose_realism("discriminator")
 
 
