@@ -159,47 +159,52 @@ def test_dvbpr_under_torchrun_resumes_in_one_process_as_the_uninterrupted_run(ti
     assert results[1]["test_auc"] == pytest.approx(results[0]["test_auc"], abs=0.01)
 
 
+def gan_on_one_and_two_ranks(tiny, tmp_path, *flags):
+    """(dataset, one, two): the checkpoints of one epoch of gan/main.py --train with `flags` on the tiny catalogue, in
+    one process and under two ranks."""
+    dataset = load_dataset(tiny)
+    common = ["--train", "--dataset", str(tiny), "--image-size", "32", "--z-dim", "16", "--g-width", "4",
+              "--d-width", "4", "--batch-size", "16", "--epochs", "1", "--consistency-samples", "4", "--device", "cpu"]
+    for name, nproc in (("one", 1), ("two", 2)):
+        place_random_classifier(tmp_path / name, dataset, 32)
+        run_stage("gan/main.py", [*common, *flags, "--out", str(tmp_path / name)], nproc)
+    one, two = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("one", "two"))
+    return dataset, one, two
+
+
+def assert_updates_agree(starts, one, two):
+    """Each net's whole update from its `starts` ({net: {name: initial tensor}}) under two ranks within a tenth of
+    the update in one process."""
+    for net, start in starts.items():
+        update_one, update_two = (torch.cat([(run["model"][net][name] - weight).flatten()
+                                             for name, weight in start.items()]) for run in (one, two))
+        assert (update_two - update_one).norm() < 0.1 * update_one.norm(), net
+
+
 def test_gan_under_torchrun_learns_what_one_process_learns(tiny, tmp_path):
     """The same iterations under two ranks move the nets as one process does. Compared as the whole update from
     the shared initialisation: Adam turns float noise in near-zero gradients (e.g. of the conv biases ahead of
     batch norm, which have none) into steps of up to lr, so the runs differ by ~3% of the update; with per-rank
     batch norm instead of the global one they differ by ~35%."""
-    dataset = load_dataset(tiny)
-    cfg = GANConfig(image_size=32, z_dim=16, g_width=4, d_width=4, batch_size=16, epochs=1)
-    flags = ["--train", "--dataset", str(tiny), "--image-size", "32", "--z-dim", "16", "--g-width", "4",
-             "--d-width", "4", "--batch-size", "16", "--epochs", "1", "--consistency-samples", "4", "--device", "cpu"]
-    for name, nproc in (("one", 1), ("two", 2)):
-        place_random_classifier(tmp_path / name, dataset, 32)
-        run_stage("gan/main.py", flags + ["--out", str(tmp_path / name)], nproc)
-    one, two = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("one", "two"))
+    dataset, one, two = gan_on_one_and_two_ranks(tiny, tmp_path)
     assert one["step"] == two["step"] == len(labelled_items(dataset)) // 16
+    cfg = GANConfig(image_size=32, z_dim=16, g_width=4, d_width=4, batch_size=16, epochs=1)
     seed_everything(cfg.seed)  # as training does before building the nets
     initial = dict(zip(("generator", "discriminator"), build_gan(cfg, dataset.num_categories, torch.device("cpu"))))
-    for net, start in initial.items():
-        names = [name for name, _ in start.named_parameters()]
-        update_one, update_two = (torch.cat([(run["model"][net][name] - start.state_dict()[name]).flatten()
-                                             for name in names]) for run in (one, two))
-        assert (update_two - update_one).norm() < 0.1 * update_one.norm(), net
+    assert_updates_agree({net: {name: net_start.state_dict()[name] for name, _ in net_start.named_parameters()}
+                          for net, net_start in initial.items()}, one, two)
 
 
 def test_the_vaegan_under_torchrun_learns_and_keeps_the_statistics_one_process_does(tiny, tmp_path):
-    """The VAE-GAN's extras: its adaptive weight from the whole batch's gradients and its ex-post prior's running
-    statistics from the whole batch's codes. Compared as the LSGAN's above, each update and the statistics' own
-    change against one process's."""
-    dataset = load_dataset(tiny)
-    flags = ["--train", "--generator", "vaegan", "--ex-post-prior", "--dataset", str(tiny), "--image-size", "32",
-             "--z-dim", "16", "--g-width", "4", "--d-width", "4", "--batch-size", "16", "--epochs", "1",
-             "--consistency-samples", "4", "--device", "cpu"]
-    for name, nproc in (("one", 1), ("two", 2)):
-        place_random_classifier(tmp_path / name, dataset, 32)
-        run_stage("gan/main.py", flags + ["--out", str(tmp_path / name)], nproc)
-    one, two = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("one", "two"))
+    """The VAE-GAN's extras: its adaptive weight from the whole batch's gradients, its ex-post prior's running
+    statistics from the whole batch's codes and its prior fakes from the rows one process takes (every fourth, each
+    rank's 8 a multiple of 4). Compared as the LSGAN's above, each update and the statistics' own change against one
+    process's."""
+    dataset, one, two = gan_on_one_and_two_ranks(tiny, tmp_path, "--generator", "vaegan", "--ex-post-prior",
+                                                 "--prior-fakes", "--prior-fakes-every", "4")
     cfg = with_generator_latent(GANConfig(**one["config"]))
     seed_everything(cfg.seed)
     initial = build_generator(cfg, dataset.num_categories)
-    for net in (*initial.nets, "aggregate"):
-        start = getattr(initial, net).state_dict()
-        names = [name for name in start if start[name].is_floating_point()]
-        update_one, update_two = (torch.cat([(run["model"][net][name] - start[name]).flatten() for name in names])
-                                  for run in (one, two))
-        assert (update_two - update_one).norm() < 0.1 * update_one.norm(), net
+    starts = {net: getattr(initial, net).state_dict() for net in (*initial.nets, "aggregate")}
+    assert_updates_agree({net: {name: weight for name, weight in start.items() if weight.is_floating_point()}
+                          for net, start in starts.items()}, one, two)
