@@ -12,7 +12,7 @@ prior, as VQGAN's does. One iteration on a batch x of category c:
 
 with lambda set at each iteration so that the adversarial term's gradient at G's last layer is as large as the
 ELBO's (VQGAN's adaptive weight, Esser et al., 2021, eq. 7): no weight to tune, and neither term drowns the other
-as their scales drift. Sampling, the ex-post prior and the realism term of eq. 10 (the negative ELBO per pixel) are
+as their scales drift. Sampling, the ex-post prior and the realism term of eq. 10 (the VAE's loss per pixel) are
 the VAE's; pm/main.py --realism-term discriminator takes the sngan's -D_c(e) instead. With --prior-fakes D also judges
 decoded samples of the prior, G(z, c) with z ~ N(0, I) through the ex-post prior, as Larsen et al.'s does, so that the
 decoder is trained to make the codes it is sampled and optimised at look real, not only those of the training items;
@@ -42,7 +42,8 @@ def adaptive_weight(elbo, adversarial, last_weight):
 
 class VAEGAN(VAE):
     """The conditional VAE with the sngan's D on its reconstructions (this module's docstring). Its realism terms of
-    eq. 10 are the VAE's negative ELBO, its own, and the sngan's -D_c(e) (pm/main.py --realism-term discriminator)."""
+    eq. 10 are the VAE's (its own, and the full ELBO) and the sngan's -D_c(e) (pm/main.py --realism-term
+    discriminator)."""
     nets = ("encoder", "decoder", "discriminator")
     reads = ("ex_post_prior", "kl_weight", "prior_fakes")
 
