@@ -18,9 +18,10 @@ from gan.model import noise_image_dim, num_stages
 
 GRID_SIZE = 16          # 4x4 sample grids
 MAX_KL_WEIGHT = 100.0
+MAX_EX_POST_COMPONENTS = 32
 ARCHITECTURE_FIELDS = ("generator", "image_size", "z_dim", "z_distribution", "g_width", "d_width", "ema",
-                       "class_seed", "aux_class_weight", "half_chroma", "ex_post_prior", "prior_fakes",
-                       "prior_fakes_every")
+                       "class_seed", "aux_class_weight", "half_chroma", "ex_post_prior",
+                       "ex_post_components", "prior_fakes", "prior_fakes_every")
 
 
 @dataclass
@@ -80,6 +81,10 @@ class GANConfig:
         "help": "vae, vaegan: sample from a Gaussian per category fitted to the encoder's means of the training items "
                 "(the aggregate posterior, kept as running statistics) instead of N(0, I); on in the VAE's demo "
                 "settings"})
+    ex_post_components: int | None = field(default=None, metadata={
+        "help": "vae: with --ex-post-prior, a mixture of this many Gaussians per category, fitted by EM to the "
+                "encoder's means of every training item after the last iteration (Ghosh et al. fit 10), instead of "
+                "one Gaussian kept as running statistics"})
     kl_weight: float | None = field(default=None, metadata={
         "help": "vae, vaegan: beta, the weight of the ELBO's KL term (Higgins et al., 2017): below 1 the "
                 "reconstructions sharpen and the codes stray from N(0, I), which the ex-post prior follows (Ghosh et "
@@ -218,6 +223,10 @@ def check_config(cfg):
     for weight in ("aux_class_weight", "match_weight"):
         if getattr(cfg, weight) < 0:
             raise ConfigError(f"--{weight.replace('_', '-')} must be at least 0, got {getattr(cfg, weight)}")
+    if cfg.ex_post_components is not None and not 1 <= cfg.ex_post_components <= MAX_EX_POST_COMPONENTS:
+        raise ConfigError(f"--ex-post-components is from 1 to {MAX_EX_POST_COMPONENTS}, got {cfg.ex_post_components}")
+    if cfg.ex_post_components and not cfg.ex_post_prior:
+        raise ConfigError("--ex-post-components sets the ex-post prior's mixture: give --ex-post-prior too")
     if cfg.kl_weight is not None and not 0 < cfg.kl_weight <= MAX_KL_WEIGHT:
         raise ConfigError(f"--kl-weight is in (0, {MAX_KL_WEIGHT:g}], got {cfg.kl_weight}")
     if not 1 <= cfg.prior_fakes_every <= cfg.batch_size:

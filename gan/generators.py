@@ -10,7 +10,7 @@ from gan.vaegan import VAEGAN
 
 # settings off by default (false, 0 or None) that only some generators read, each listing them in its `reads`
 OPTIONAL = ("ema", "class_seed", "aux_class_weight", "match_weight", "half_chroma", "ex_post_prior",
-            "kl_weight", "prior_fakes")
+            "ex_post_components", "kl_weight", "prior_fakes")
 
 GENERATORS = {
     "lsgan": LSGAN,

@@ -224,6 +224,9 @@ class ConditionalGenerator(nn.Module):
         guided_sample(z, labels, score, scale)   optional: samples steered up score(image) while they are drawn
                                       (the diffusion model's; pm/main.py --guidance needs it)
         optimizers(cfg, device)       {net name: optimiser}
+        finish_training(store, items, labels)   what is fitted once after the last iteration, from the training
+                                      items' images (store(items)) and labels (the VAE's ex-post mixture); else
+                                      nothing
         train_step(nets, optimizers, real, labels, z, bf16)   one training iteration on a batch of real images, their
                                       labels and codes z drawn from --z-distribution; `nets` are the networks by name,
                                       wrapped for DistributedDataParallel under torchrun; returns the losses (tensors)
@@ -264,6 +267,9 @@ class ConditionalGenerator(nn.Module):
 
     def train_step(self, nets, optimizers, real, labels, z, bf16=True):
         raise NotImplementedError
+
+    def finish_training(self, store, items, labels):
+        pass
 
 
 class LSGAN(ConditionalGenerator):

@@ -170,6 +170,7 @@ def train(cfg, ranks=None):
                      total_iterations, out_dir, ranks)
     if not ranks.is_main:
         return None
+    run.model.finish_training(store, items, torch.as_tensor(dataset.item_category)[items])
     trained_rng_state = torch_rng_state(device)   # what a resume continues from, before the measurements draw
     classifier = train_or_load_classifier(dataset, store, out_dir / "classifier.pt")
     consistency = measure_consistency(run.model, classifier, dataset.num_categories, cfg.consistency_samples,

@@ -27,7 +27,18 @@ items, the aggregate posterior, which the prior N(0, I) matches only on average 
 al., 2020): G_c(z) decodes m_c + L_c z with z ~ N(0, I), m_c and L_c L_c^T the mean and covariance of the means of
 category c, kept as running statistics over training as batch norm keeps its own. The code z stays a standard normal,
 so PM's sphere and prior apply unchanged.
+
+With --ex-post-components K the ex-post prior is instead a mixture of K Gaussians per category, fitted once after the
+last iteration to the encoder's means of every training item, by EM (Dempster et al., 1977) from k-means++ seeds, each
+covariance shrunk towards the category's as a conjugate prior does (the MAP estimate of Fraley & Raftery, 2007, with
+z_dim + 2 degrees of freedom): about 400 items a category cannot fill K full covariances of 100 dimensions alone. Ghosh
+et al. fit ten components. The training grids decode N(0, I) until the fit. One code z ~ N(0, I) still draws a sample
+exactly: the quantile of z's first coordinate picks the component by the mixture's weights and, rescaled within that
+component's share of the quantiles, is the component's first coordinate again (so PM's ascent moves within a
+component and may cross to the next one).
 """
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -39,6 +50,10 @@ from gan.sngan import LEAK, Generator
 
 MOMENTUM = 0.01              # of the aggregate posterior's running statistics (--ex-post-prior)
 COVARIANCE_JITTER = 1e-4     # added to their covariance's diagonal before its Cholesky factor
+EM_ITERATIONS = 200          # at most, of the mixture's fit (--ex-post-components)
+EM_TOLERANCE = 1e-6          # it stops when the mean log-likelihood per item rises by less
+FIT_CHUNK = 256              # items encoded at once for the fit
+QUANTILE_MARGIN = 1e-6       # keeps the first coordinate's rescaled quantile off 0 and 1
 
 
 class Encoder(nn.Module):
@@ -101,11 +116,80 @@ class AggregatePosterior(nn.Module):
         return self.mean[labels] + (factor[labels] @ z[:, :, None].to(factor.dtype)).squeeze(2)
 
 
+class MixturePosterior(nn.Module):
+    """A mixture of `components` Gaussians per category over the codes, fitted after training (`fit`; the module's
+    docstring). Before its fit every component is N(0, I), so that it samples as N(0, I) does."""
+
+    def __init__(self, num_categories, z_dim, components):
+        super().__init__()
+        self.register_buffer("weight", torch.full((num_categories, components), 1 / components))
+        self.register_buffer("mean", torch.zeros(num_categories, components, z_dim))
+        self.register_buffer("factor", torch.eye(z_dim).repeat(num_categories, components, 1, 1))
+
+    @torch.no_grad()
+    def fit(self, means, labels, rng):
+        """Fit each category's mixture to the encoder's `means` [N, z_dim] of its items (`labels` [N]), seeded by the
+        torch.Generator `rng`."""
+        for category in labels.unique():
+            weight, mean, covariance = fit_mixture(means[labels == category].double(), self.weight.shape[1], rng)
+            self.weight[category], self.mean[category] = weight.float(), mean.float()
+            self.factor[category] = torch.linalg.cholesky(covariance).float()
+
+    def forward(self, z, labels):
+        """The mixture's sample of each row of z [B, z_dim] and its category: component k where the quantile of z's
+        first coordinate falls in k's share, then mean_k + factor_k z' with z's first coordinate rescaled within it."""
+        quantile = torch.special.ndtr(z[:, 0].float())
+        upper = self.weight[labels].cumsum(1)
+        component = (quantile[:, None] > upper[:, :-1]).sum(1)
+        rows = torch.arange(len(z), device=z.device)
+        share = self.weight[labels, component]
+        within = ((quantile - (upper[rows, component] - share)) / share).clamp(QUANTILE_MARGIN, 1 - QUANTILE_MARGIN)
+        z = torch.cat([torch.special.ndtri(within)[:, None], z[:, 1:].float()], dim=1)
+        mean, factor = self.mean[labels, component], self.factor[labels, component]
+        return mean + (factor @ z[:, :, None]).squeeze(2)
+
+
+def fit_mixture(codes, components, rng):
+    """(weights [K], means [K, d], covariances [K, d, d]) of a Gaussian mixture fitted to `codes` [n, d] by EM from
+    k-means++ seeds, each covariance the MAP estimate under an inverse-Wishart prior centred on the codes' own
+    covariance with d + 2 degrees of freedom (Fraley & Raftery, 2007)."""
+    n, d = codes.shape
+    spread = torch.cov(codes.T).reshape(d, d) + COVARIANCE_JITTER * torch.eye(d, dtype=codes.dtype)
+    seeds = [int(torch.randint(n, (1,), generator=rng))]
+    for _ in range(components - 1):
+        nearest = torch.cdist(codes, codes[seeds]).pow(2).min(1).values
+        seeds.append(int(torch.multinomial(nearest + 1e-12, 1, generator=rng)))
+    weight, mean = torch.full((components,), 1 / components, dtype=codes.dtype), codes[seeds]
+    covariance = spread.expand(components, d, d)
+    previous = -math.inf
+    for _ in range(EM_ITERATIONS):
+        log_joint = gaussian_log_density(codes, mean, covariance) + weight.log()[:, None]      # [K, n]
+        log_likelihood = log_joint.logsumexp(0)
+        responsibility = (log_joint - log_likelihood).exp()                                     # E step
+        counts = responsibility.sum(1)                                                          # M step
+        weight, mean = counts / n, responsibility @ codes / counts[:, None]
+        centred = codes[None] - mean[:, None]
+        scatter = torch.einsum("kn,kni,knj->kij", responsibility, centred, centred)
+        covariance = (scatter + (d + 2) * spread) / (counts[:, None, None] + d + 2)
+        if log_likelihood.mean() - previous < EM_TOLERANCE:
+            break
+        previous = log_likelihood.mean()
+    return weight, mean, covariance
+
+
+def gaussian_log_density(codes, mean, covariance):
+    """log N(code | mean_k, covariance_k) [K, n] of `codes` [n, d] under each of K Gaussians."""
+    factor = torch.linalg.cholesky(covariance)
+    solved = torch.linalg.solve_triangular(factor, (codes[None] - mean[:, None]).transpose(1, 2), upper=False)
+    log_determinant = 2 * factor.diagonal(dim1=1, dim2=2).log().sum(1)
+    return -0.5 * (solved.pow(2).sum(1) + log_determinant[:, None] + codes.shape[1] * math.log(2 * math.pi))
+
+
 class VAE(ConditionalGenerator):
     """The conditional VAE (this module's docstring); `nets` is the encoder and the decoder, each with its Adam (one
     Adam over both, as Adam is per parameter), stepped together down one loss."""
     nets = ("encoder", "decoder")
-    reads = ("ex_post_prior", "kl_weight")
+    reads = ("ex_post_prior", "ex_post_components", "kl_weight")
     latent_box = False
     z_distribution = "normal"
     own_realism = "elbo"
@@ -119,7 +203,9 @@ class VAE(ConditionalGenerator):
         self.kl_weight = 1.0 if cfg.kl_weight is None else cfg.kl_weight
         self.averages = ("aggregate",) if cfg.ex_post_prior else ()
         if cfg.ex_post_prior:
-            self.aggregate = AggregatePosterior(num_categories, cfg.z_dim).to(device)
+            self.aggregate = (MixturePosterior(num_categories, cfg.z_dim, cfg.ex_post_components)
+                              if cfg.ex_post_components else AggregatePosterior(num_categories, cfg.z_dim)).to(device)
+        self.seed = cfg.seed
 
     def sample_z(self, n, device="cpu", rng=None):
         return torch.randn(n, self.z_dim, device=device, generator=rng)
@@ -146,6 +232,18 @@ class VAE(ConditionalGenerator):
             reconstruction, kl, means, _ = negative_elbo(nets["decoder"], nets["encoder"], real, labels)
         loss = (reconstruction + self.kl_weight * kl).mean()
         descend(optimizers.values(), loss)
-        if self.averages:
+        if isinstance(getattr(self, "aggregate", None), AggregatePosterior):
             self.aggregate.update(means, labels)
         return {"loss": loss.detach(), "reconstruction": reconstruction.mean().detach(), "kl": kl.mean().detach()}
+
+    @torch.no_grad()
+    def finish_training(self, store, items, labels):
+        """With --ex-post-components, fit the mixture to the encoder's means of the training `items` (their images
+        store(ids), their `labels`), in float32 whatever the training's precision."""
+        if not isinstance(getattr(self, "aggregate", None), MixturePosterior):
+            return
+        means = []
+        for chunk, chunk_labels in zip(items.split(FIT_CHUNK), labels.split(FIT_CHUNK)):
+            images = store(chunk)
+            means.append(self.encoder(images, chunk_labels.to(images.device))[0].cpu())
+        self.aggregate.fit(torch.cat(means), labels.cpu(), torch.Generator().manual_seed(self.seed))

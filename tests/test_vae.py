@@ -13,7 +13,7 @@ from dvbpr.model import DVBPR
 from gan.config import GANConfig, check_config, with_generator_latent
 from gan.generators import build_generator
 from gan.run import open_gan_run
-from gan.vae import VAE, AggregatePosterior, negative_elbo
+from gan.vae import VAE, AggregatePosterior, MixturePosterior, fit_mixture, negative_elbo
 from pm.design import Designer
 from tests.helpers import straight_and_resumed_gan
 
@@ -42,11 +42,16 @@ def test_the_config_settles_the_prior_to_the_normal_whatever_the_flag_says():
         build_generator(tiny_config(ema=0.9), 3)
 
 
-@pytest.mark.parametrize("ex_post_prior", [False, True])
+@pytest.mark.parametrize("ex_post_prior, components", [(False, None), (True, None), (True, 2)])
 def test_the_vae_trains_through_the_registry_resumes_to_identical_weights_and_reopens(catalogue, tmp_path,
-                                                                                     ex_post_prior):
-    cfg = tiny_config(dataset=str(catalogue()), epochs=2, ex_post_prior=ex_post_prior)
-    straight, _ = straight_and_resumed_gan(cfg, tmp_path)
+                                                                                     ex_post_prior, components):
+    cfg = tiny_config(dataset=str(catalogue()), epochs=2, ex_post_prior=ex_post_prior, ex_post_components=components)
+    straight, resumed = straight_and_resumed_gan(cfg, tmp_path)
+    if components:   # the mixture fitted after the last iteration, the same after a resume
+        weights = straight["model"]["aggregate"]["weight"]
+        assert weights.shape == (6, 2) and not torch.equal(weights, torch.full((6, 2), 0.5))
+        for name, buffer in straight["model"]["aggregate"].items():
+            torch.testing.assert_close(resumed["model"]["aggregate"][name], buffer, rtol=0, atol=0)
     assert set(straight["optimizer"]) == {"encoder", "decoder"}
     assert set(straight["model"]) == {"encoder", "decoder"} | ({"aggregate"} if ex_post_prior else set())
     assert straight["config"]["z_distribution"] == "normal"
@@ -139,6 +144,50 @@ def test_the_ex_post_prior_decodes_codes_where_the_encoder_put_the_categorys_ite
         torch.testing.assert_close(model(z, torch.arange(3)), model.decoder(model.aggregate.mean, torch.arange(3)))
     with pytest.raises(ConfigError, match=r"^--ex-post-prior is read by --generator vae or vaegan; --generator sngan"):
         build_generator(dataclasses.replace(tiny_config(ex_post_prior=True), generator="sngan"), 3)
+
+
+def test_the_mixture_fit_finds_each_cluster_of_codes_and_samples_them_in_their_shares_from_one_normal_code():
+    rng = torch.Generator().manual_seed(0)
+    centres, scales, shares = torch.tensor([[4.0, 0, 0], [-4, 0, 0], [0, 5, 0]]), torch.tensor([0.5, 1, 0.3]), (
+        torch.tensor([0.5, 0.3, 0.2]))
+    cluster = torch.multinomial(shares, 12000, replacement=True, generator=rng)
+    codes = centres[cluster] + scales[cluster, None] * torch.randn(12000, 3, generator=rng)
+    prior = MixturePosterior(num_categories=2, z_dim=3, components=3)
+    z, labels = torch.randn(6000, 3, generator=rng), torch.arange(6000) % 2
+    unfitted = prior(z, labels)   # N(0, I) in distribution: the first coordinate redrawn within its third
+    torch.testing.assert_close(unfitted[:, 1:], z[:, 1:])
+    torch.testing.assert_close(unfitted[:, 0].std(), torch.tensor(1.0), atol=0.03, rtol=0)
+    prior.fit(codes, torch.ones(12000, dtype=torch.long), rng)   # category 1 only; shrunk little by 12,000 codes
+    order = prior.mean[1, :, 0].argsort(descending=True)                 # x = 4, then 0 (y = 5), then -4
+    torch.testing.assert_close(prior.weight[1, order], shares[[0, 2, 1]], atol=0.03, rtol=0)
+    torch.testing.assert_close(prior.mean[1, order], centres[[0, 2, 1]], atol=0.1, rtol=0)
+    samples = prior(z, labels)
+    torch.testing.assert_close(samples[labels == 0], unfitted[labels == 0])
+    drawn = samples[labels == 1]
+    nearest = torch.cdist(drawn, centres).argmin(1)
+    torch.testing.assert_close(torch.bincount(nearest, minlength=3) / len(drawn), shares, atol=0.03, rtol=0)
+    for k in range(3):
+        torch.testing.assert_close(drawn[nearest == k].std(0), scales[k].expand(3), atol=0.12, rtol=0)
+    z.requires_grad_(True)   # PM's gradient reaches the code through the rescaled quantile
+    prior(z[:8], torch.ones(8, dtype=torch.long)).sum().backward()
+    assert z.grad[:8, 0].abs().min() > 0
+
+
+def test_the_mixture_fit_stays_finite_with_fewer_codes_than_dimensions_and_ascends_the_likelihood():
+    rng = torch.Generator().manual_seed(0)
+    codes = torch.randn(20, 30, generator=rng, dtype=torch.float64) * torch.linspace(0.01, 2, 30, dtype=torch.float64)
+    weight, mean, covariance = fit_mixture(codes, 4, rng)
+    assert torch.isfinite(covariance).all() and torch.linalg.eigvalsh(covariance).min() > 0
+    torch.testing.assert_close(weight.sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_the_ex_post_components_are_refused_without_the_ex_post_prior_or_out_of_range():
+    with pytest.raises(ConfigError, match=r"^--ex-post-components sets the ex-post prior's mixture: give "):
+        check_config(tiny_config(ex_post_components=4))
+    with pytest.raises(ConfigError, match=r"^--ex-post-components is from 1 to 32, got 0"):
+        check_config(tiny_config(ex_post_prior=True, ex_post_components=0))
+    with pytest.raises(ConfigError, match=r"^--ex-post-components is read by --generator vae; --generator vaegan"):
+        build_generator(tiny_config(generator="vaegan", ex_post_prior=True, ex_post_components=4), 3)
 
 
 def test_the_kl_weight_scales_the_kl_term_in_training_and_in_the_realism_term_but_not_in_the_full_elbo():
