@@ -94,8 +94,9 @@ def test_training_lowers_the_negative_elbo_and_the_realism_term_prefers_what_it_
         assert (samples - real).abs().mean() < (samples - other).abs().mean()   # its samples wear their colour
 
 
-def test_preference_maximisation_designs_through_the_vae_from_its_prior():
-    model = tiny_vae().eval()
+@pytest.mark.parametrize("prior", [{}, dict(ex_post_prior=True, ex_post_components=3)])
+def test_preference_maximisation_designs_through_the_vae_from_its_prior(prior):
+    model = tiny_vae(**prior).eval()
     torch.manual_seed(0)
     designer = Designer(DVBPR(CNNF(32, fc_width=64), 4, k=8), model)
     with pytest.raises(ConfigError):
