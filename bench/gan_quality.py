@@ -245,7 +245,7 @@ def score_line(scores):
 def last_weights(cfg, model, num_categories):
     """The generator of `cfg` without moving averages (of weights, or the VAE's of its posterior), holding `model`'s
     last trained weights."""
-    last = build_generator(replace(cfg, ema=0.0, ex_post_prior=False, ex_post_components=None), num_categories)
+    last = build_generator(replace(cfg, ema=0.0, ex_post_prior=False, ex_post_components=0), num_categories)
     for name in model.nets:
         getattr(last, name).load_state_dict(getattr(model, name).state_dict())
     return last

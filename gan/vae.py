@@ -154,7 +154,8 @@ def fit_mixture(codes, components, rng):
     k-means++ seeds, each covariance the MAP estimate under an inverse-Wishart prior centred on the codes' own
     covariance with d + 2 degrees of freedom (Fraley & Raftery, 2007)."""
     n, d = codes.shape
-    spread = torch.cov(codes.T).reshape(d, d) + COVARIANCE_JITTER * torch.eye(d, dtype=codes.dtype)
+    jitter = COVARIANCE_JITTER * torch.eye(d, dtype=codes.dtype)
+    spread = torch.cov(codes.T, correction=int(n > 1)).reshape(d, d) + jitter   # one item: no spread
     seeds = [int(torch.randint(n, (1,), generator=rng))]
     for _ in range(components - 1):
         nearest = torch.cdist(codes, codes[seeds]).pow(2).min(1).values

@@ -342,6 +342,11 @@ def test_the_embedded_demo_trains_the_sngan_unless_the_lsgan_is_typed(tmp_path):
         lsgan = settled(argv)
         assert (lsgan.generator, lsgan.beta1, lsgan.beta2, lsgan.epochs, lsgan.image_size) == \
             ("lsgan", 0.5, 0.99, 8, 32)
+    vae = settled(["--generator", "vae"])   # its mixture of the ex-post prior, gone with the prior itself
+    assert (vae.ex_post_prior, vae.ex_post_components, vae.epochs) == (True, 10, 39)
+    plain = settled(["--generator", "vae", "--no-ex-post-prior"])
+    assert (plain.ex_post_prior, plain.ex_post_components) == (False, 0)
+    assert settled(["--generator", "vae", "--ex-post-components", "0"]).ex_post_components == 0
     kept = settled(["--generator", "sngan", "--diffaugment", "--epochs", "3"])   # typed flags win over the demo's
     assert (kept.diffaugment, kept.beta1, kept.epochs) == (True, 0.0, 3)
     for size, epochs in ((64, 120), (128, 80)):   # the GPU presets: none of their settings yields to the demo's

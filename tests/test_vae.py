@@ -42,7 +42,7 @@ def test_the_config_settles_the_prior_to_the_normal_whatever_the_flag_says():
         build_generator(tiny_config(ema=0.9), 3)
 
 
-@pytest.mark.parametrize("ex_post_prior, components", [(False, None), (True, None), (True, 2)])
+@pytest.mark.parametrize("ex_post_prior, components", [(False, 0), (True, 0), (True, 2)])
 def test_the_vae_trains_through_the_registry_resumes_to_identical_weights_and_reopens(catalogue, tmp_path,
                                                                                      ex_post_prior, components):
     cfg = tiny_config(dataset=str(catalogue()), epochs=2, ex_post_prior=ex_post_prior, ex_post_components=components)
@@ -174,19 +174,21 @@ def test_the_mixture_fit_finds_each_cluster_of_codes_and_samples_them_in_their_s
     assert z.grad[:8, 0].abs().min() > 0
 
 
-def test_the_mixture_fit_stays_finite_with_fewer_codes_than_dimensions_and_ascends_the_likelihood():
+def test_the_mixture_fit_stays_finite_with_fewer_codes_than_dimensions_even_one():
     rng = torch.Generator().manual_seed(0)
     codes = torch.randn(20, 30, generator=rng, dtype=torch.float64) * torch.linspace(0.01, 2, 30, dtype=torch.float64)
     weight, mean, covariance = fit_mixture(codes, 4, rng)
     assert torch.isfinite(covariance).all() and torch.linalg.eigvalsh(covariance).min() > 0
     torch.testing.assert_close(weight.sum(), torch.tensor(1.0, dtype=torch.float64))
+    for lone in fit_mixture(codes[:1], 4, rng):   # a category of one item
+        assert torch.isfinite(lone).all()
 
 
 def test_the_ex_post_components_are_refused_without_the_ex_post_prior_or_out_of_range():
     with pytest.raises(ConfigError, match=r"^--ex-post-components sets the ex-post prior's mixture: give "):
         check_config(tiny_config(ex_post_components=4))
-    with pytest.raises(ConfigError, match=r"^--ex-post-components is from 1 to 32, got 0"):
-        check_config(tiny_config(ex_post_prior=True, ex_post_components=0))
+    with pytest.raises(ConfigError, match=r"^--ex-post-components is from 0 to 32, got 33"):
+        check_config(tiny_config(ex_post_prior=True, ex_post_components=33))
     with pytest.raises(ConfigError, match=r"^--ex-post-components is read by --generator vae; --generator vaegan"):
         build_generator(tiny_config(generator="vaegan", ex_post_prior=True, ex_post_components=4), 3)
 
