@@ -165,7 +165,7 @@ GENERATOR_DEMOS = {"sngan": dict(diffaugment=False, beta1=0.0, beta2=0.9, epochs
 # With --kl-weight 0.1 (chosen from 1, 0.3 and 0.1 on validation seeds) its KID fell to 1.22 times the sngan's and its
 # samples stayed as nameable, but PM then cost its designs 13 points of names; that beta stays off. A mixture of ten
 # Gaussians per category (--ex-post-components 10, chosen from 1, 3 and 10 by KID on validation runs of two catalogues)
-# lowered the test seeds' KID to 0.93 times the one Gaussian's, its samples came 4.9 points short of the real items and
+# lowered the test seeds' KID to 0.94 times the one Gaussian's, its samples came 4.9 points short of the real items and
 # its designs 17.4, neither detectably apart from the one Gaussian's (docs/design_half.md, "A mixture for the ex-post
 # prior"), so its rule gave it to the VAE's demo; --ex-post-components 0 repeats the runs measured before it.
 GENERATOR_DEMOS["vae"] = dict(lr=1e-3, beta1=0.9, beta2=0.999, epochs=39, ex_post_prior=True, ex_post_components=10)
