@@ -53,6 +53,7 @@ COVARIANCE_JITTER = 1e-4     # added to their covariance's diagonal before its C
 EM_ITERATIONS = 200          # at most, of the mixture's fit (--ex-post-components)
 EM_TOLERANCE = 1e-6          # it stops when the mean log-likelihood per item rises by less
 FIT_CHUNK = 256              # items encoded at once for the fit
+SEED_FLOOR = 1e-12           # k-means++'s weights where every code is already a seed (fewer codes than K)
 QUANTILE_MARGIN = 1e-6       # keeps the first coordinate's rescaled quantile off 0 and 1
 
 
@@ -159,7 +160,7 @@ def fit_mixture(codes, components, rng):
     seeds = [int(torch.randint(n, (1,), generator=rng))]
     for _ in range(components - 1):
         nearest = torch.cdist(codes, codes[seeds]).pow(2).min(1).values
-        seeds.append(int(torch.multinomial(nearest + 1e-12, 1, generator=rng)))
+        seeds.append(int(torch.multinomial(nearest + SEED_FLOOR, 1, generator=rng)))
     weight, mean = torch.full((components,), 1 / components, dtype=codes.dtype), codes[seeds]
     covariance = spread.expand(components, d, d)
     previous = -math.inf
@@ -233,7 +234,7 @@ class VAE(ConditionalGenerator):
             reconstruction, kl, means, _ = negative_elbo(nets["decoder"], nets["encoder"], real, labels)
         loss = (reconstruction + self.kl_weight * kl).mean()
         descend(optimizers.values(), loss)
-        if isinstance(getattr(self, "aggregate", None), AggregatePosterior):
+        if self.averages and isinstance(self.aggregate, AggregatePosterior):
             self.aggregate.update(means, labels)
         return {"loss": loss.detach(), "reconstruction": reconstruction.mean().detach(), "kl": kl.mean().detach()}
 
@@ -241,7 +242,7 @@ class VAE(ConditionalGenerator):
     def finish_training(self, store, items, labels):
         """With --ex-post-components, fit the mixture to the encoder's means of the training `items` (their images
         store(ids), their `labels`), in float32 whatever the training's precision."""
-        if not isinstance(getattr(self, "aggregate", None), MixturePosterior):
+        if not (self.averages and isinstance(self.aggregate, MixturePosterior)):
             return
         means = []
         for chunk, chunk_labels in zip(items.split(FIT_CHUNK), labels.split(FIT_CHUNK)):
