@@ -165,6 +165,9 @@ class FamilyConfig:
     pm_shape_weight: float | None = field(default=None, metadata={
         "help": "with --design (and --tune) or --missing, the weight of the term that keeps each design's outline "
                 "(pm/main.py --shape-weight; None: PM's setting)"})
+    pm_structure_weight: float | None = field(default=None, metadata={
+        "help": "with --design (and --tune) or --missing, the weight of the term that keeps the light and dark inside "
+                "each design (pm/main.py --structure-weight; None: PM's setting)"})
     pm_truncation: float | None = field(default=None, metadata={
         "help": "with --design (and --tune) or --missing, the share psi of the prior's box that PM's codes keep to "
                 "(pm/main.py --truncation; None: PM's setting)"})
@@ -386,8 +389,8 @@ def refuse_other_settings(config_file, settings):
 
 # PM's objective and latent settings that a --pm-<term> flag of the same name replaces, in --design's and --tune's
 # PM alike (the order of the folder and table names they give)
-PM_TERMS = ("eta", "realism_term", "realism_floor", "support_quantile", "support_weight", "shape_weight", "jitter",
-            "truncation", "min_silhouette")
+PM_TERMS = ("eta", "realism_term", "realism_floor", "support_quantile", "support_weight", "shape_weight",
+            "structure_weight", "jitter", "truncation", "min_silhouette")
 
 
 def pm_settings(cfg):

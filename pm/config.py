@@ -66,6 +66,11 @@ class PMConfig:
         "help": "keep each design's outline: minus this weight times the mean squared change of its soft foreground "
                 "(the item against the white ground) from its start's, in synthesis and tailoring; colour and pattern "
                 "stay free (the demo: 10); default 0: off"})
+    structure_weight: float = field(default=0.0, metadata={
+        "help": "keep the light and dark inside each design: minus this weight times the mean over pixels of 1 - "
+                "the local correlation of its luminance with its start's (SSIM's structure term), in synthesis and "
+                "tailoring; colour and brightness stay free; default 0: off (measured through the mixture VAE: "
+                "docs/design_half.md)"})
     truncation: float = field(default=1.0, metadata={
         "help": "keep PM's codes in the central box [-psi, psi] of the generator's U(-1, 1) prior, z = psi tanh(z'): "
                 "starts and ascent where its samples are most typical (the truncation trick, Brock et al., 2019); "
@@ -181,7 +186,8 @@ def check_config(cfg):
         raise ConfigError(f"--eta must be at least 0, got {cfg.eta}")
     if cfg.support_quantile is not None and not 0 < cfg.support_quantile <= 1:
         raise ConfigError(f"--support-quantile is a quantile in (0, 1], got {cfg.support_quantile}")
-    for name in ("support_weight", "shape_weight", "jitter"):   # nan and inf are refused as flags are parsed
+    # nan and inf are refused as flags are parsed
+    for name in ("support_weight", "shape_weight", "structure_weight", "jitter"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(cfg, name)}")
     if not 0 < cfg.truncation <= 1:

@@ -9,6 +9,8 @@ tailoring of an existing item (eq. 12 then eq. 10).
                   of c in Phi's space, r_c a quantile of theirs (EmbeddingSupport)
     shape         optionally minus s mean_pixels (m(e) - m(e_0))^2: m a soft foreground (the garment against the
                   catalogue's white ground), e_0 the start's image; colour and pattern stay free (soft_silhouette)
+    structure     optionally minus w mean_pixels (1 - s(e, e_0)): s the local correlation of the luminances
+                  (SSIM's structure term, Wang et al., 2004); colour and brightness stay free (structure_change)
     truncation    optionally z = psi tanh(z'), psi < 1: starts and ascent in the central box of the prior, where
                   the generator's samples are most typical (the truncation trick, Brock et al., 2019)
     jitter        optionally, at each step, Phi (in the preference and the support term) of Delta e shifted by a
@@ -38,6 +40,11 @@ Why the shape term: the support term keeps Phi near the items, yet thin garments
 fragments under the ascent, scored above the user's real favourites (docs/design_half.md); the generator's own
 samples keep their shapes far more often than the designs do, so the term holds each design to its start's outline.
 
+Why the structure term: through the mixture VAE the outline survives the ascent (the silhouette does not move) while
+the edges inside it, a top's sleeves and neckline, blur away, and those designs are the ones people could not name
+(docs/design_half.md, "Holding each design to its start's structure"); the term holds the arrangement of light and
+dark inside the garment and leaves its colour free.
+
 Why the jitter: an image that maximises a CNN's output by gradient ascent fills with high-frequency patterns that
 the CNN scores at one alignment only; asking the score to hold under small shifts (transformation robustness, Olah et
 al., Distill 2017) is the feature-visualisation remedy. The steps follow the shifted score; what is kept, reported
@@ -57,6 +64,10 @@ RADIUS_SAMPLES = 1024   # prior codes whose mean norm is the sphere's radius
 FOREGROUND_BELOW = 0.8  # on [0, 1]: the catalogues draw items on white; a pixel with a channel below is the item's
 SILHOUETTE_SOFTNESS = 0.05
 SCORED_AT_ONCE = 256    # best_samples' chunk: images through G, Phi and D at once
+STRUCTURE_WINDOW = 7    # pixels a side of the windows the structure term correlates over
+STRUCTURE_C3 = 0.03 ** 2 / 2   # SSIM's C3 = C2 / 2 for images in [0, 1] (Wang et al., 2004)
+STRUCTURE_FLOOR = 1e-8
+LUMA = (0.299, 0.587, 0.114)   # ITU-R BT.601, as SSIM is computed on the Y channel
 
 
 def resize(images, size):
@@ -129,6 +140,22 @@ def soft_silhouette(images):
     """[B, S, S] in (0, 1): how surely each pixel of images [B, 3, S, S] in [-1, 1] is the item's rather than the
     white ground (the darkest channel below FOREGROUND_BELOW), smooth so that its change has a gradient."""
     return torch.sigmoid((FOREGROUND_BELOW - (images.amin(dim=1) + 1) / 2) / SILHOUETTE_SOFTNESS)
+
+
+def structure_change(images, starts):
+    """[B] the mean over pixels of 1 - (sigma_xy + C3) / (sigma_x sigma_y + C3) between the luminances of images and
+    of starts [B, 3, S, S] in [-1, 1] in STRUCTURE_WINDOW windows (SSIM's structure term): 0 where only colour or
+    brightness changed, up to 2 where light and dark swapped."""
+    weights = images.new_tensor(LUMA).view(1, 3, 1, 1)
+    x, y = (((images + 1) / 2) * weights).sum(1, keepdim=True), (((starts + 1) / 2) * weights).sum(1, keepdim=True)
+    mean = lambda t: F.avg_pool2d(t, STRUCTURE_WINDOW, 1, STRUCTURE_WINDOW // 2, count_include_pad=False)  # noqa: E731
+    mean_x, mean_y = mean(x), mean(y)
+    # a floor under each variance (the white ground's is 0, where the square root's gradient is infinite), and the
+    # same under the covariance, so that an image against itself scores 0
+    spread_x = (mean(x * x) - mean_x ** 2).clamp(min=0).add(STRUCTURE_FLOOR).sqrt()
+    spread_y = (mean(y * y) - mean_y ** 2).clamp(min=0).add(STRUCTURE_FLOOR).sqrt()
+    covariance = mean(x * y) - mean_x * mean_y + STRUCTURE_FLOOR
+    return (1 - (covariance + STRUCTURE_C3) / (spread_x * spread_y + STRUCTURE_C3)).mean(dim=(1, 2, 3))
 
 
 class EmbeddingSupport:
@@ -208,7 +235,8 @@ class Designer:
     generator's own unless choose_realism (from --realism-term) picks another it offers. Where `realism_floor` is set
     (pm/stage.py, from --realism-floor) the realism loss is clamped from below there: past it, D_c(e) earns the
     design nothing more. Where `support` is set (an EmbeddingSupport, from --support-quantile) the objective pays
-    its penalty; where `shape_weight` is above 0 (--shape-weight) the ascent pays for changing a design's outline;
+    its penalty; where `shape_weight` is above 0 (--shape-weight) the ascent pays for changing a design's outline,
+    where `structure_weight` is (--structure-weight) for changing the light and dark inside it;
     where `jitter` is above 0 (--jitter) each ascent step scores the designs shifted by up to that many pixels;
     where `truncation` psi is below 1 (--truncation) the codes z = psi tanh(z') stay in the prior's central box;
     where `outlines` are set (screen_by_silhouette, from --min-silhouette) the choices pass designs through a screen.
@@ -224,6 +252,7 @@ class Designer:
         self.realism_floor = None
         self.support = None
         self.shape_weight = 0.0
+        self.structure_weight = 0.0
         self.jitter = 0
         self.truncation = 1.0
         self.min_silhouette, self.outlines = None, None
@@ -319,15 +348,18 @@ class Designer:
         """
         z_prime = z_prime.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([z_prime], lr=lr)
-        history, start_shape = [], None
+        history, start_shape, start_images = [], None, None
 
         def scored(z, shifted):
-            nonlocal start_shape
+            nonlocal start_shape, start_images
             objective, preference, realism, images = self.objective(z, user, category, eta, shifted)
+            start_images = images.detach() if start_images is None else start_images
             if self.shape_weight:
                 shape = soft_silhouette(images)
                 start_shape = shape.detach() if start_shape is None else start_shape
                 objective = objective - self.shape_weight * (shape - start_shape).pow(2).mean(dim=(1, 2))
+            if self.structure_weight:
+                objective = objective - self.structure_weight * structure_change(images, start_images)
             return objective, preference, realism, images
 
         for step in range(steps + 1):
@@ -367,9 +399,9 @@ class Designer:
     @torch.no_grad()
     def best_samples(self, user, category, samples, k, eta=1.0, init="uniform", latent="tanh", rng=None):
         """Best-of-n, the control for the ascent: `samples` starts drawn as synthesis draws them, scored by its
-        objective at its step 0 (the shape term is then 0) and never moved; the k highest (through the screen
-        where there is one), best first (eq. 11's softmax over thousands would draw among the many middling ones). A
-        Design of the k, scored in chunks so that n can be large."""
+        objective at its step 0 (the shape and structure terms are then 0) and never moved; the k highest (through
+        the screen where there is one), best first (eq. 11's softmax over thousands would draw among the many
+        middling ones). A Design of the k, scored in chunks so that n can be large."""
         z = to_z(self.start_latents(samples, init, latent, rng), latent, self.radius, self.truncation)
         objective, passes = [], []
         for part in z.split(SCORED_AT_ONCE):

@@ -47,10 +47,11 @@ def run_pm(cfg, protected):
 
 def set_design_terms(stages, cfg):
     """The Designer's terms from settled settings (the demo's included): the realism term and its floor, the support
-    penalty, the shape term, the jitter, the truncation and the screen."""
+    penalty, the shape and structure terms, the jitter, the truncation and the screen."""
     stages.designer.choose_realism(cfg.realism_term)
     stages.designer.realism_floor = cfg.realism_floor
     stages.designer.shape_weight = cfg.shape_weight
+    stages.designer.structure_weight = cfg.structure_weight
     if cfg.jitter >= stages.designer.dvbpr.input_size:
         raise ConfigError(f"--jitter {cfg.jitter} must be below the {stages.designer.dvbpr.input_size} pixels of "
                           f"DVBPR's input side")
@@ -76,7 +77,8 @@ def outline_items(items):
 TUNED = ("starts", "steps", "lr")   # what --steps-from-tune takes from a tuning
 # the settings a tuning's choice depends on: the runs, and the objective and its starts
 TUNED_WITH = ("dvbpr_run", "gan_run", "ensemble_runs", "eta", "realism_term", "realism_floor", "support_quantile",
-              "support_weight", "shape_weight", "jitter", "truncation", "min_silhouette", "latent", "init")
+              "support_weight", "shape_weight", "structure_weight", "jitter", "truncation", "min_silhouette", "latent",
+              "init")
 MAX_TUNE_BYTES = 16 << 20
 
 

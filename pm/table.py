@@ -463,7 +463,9 @@ def tables(stages, cfg, out):
     trials = draw_trials(stages.dataset, cfg.trials, np.random.default_rng(cfg.seed))
     if cfg.select == "all":
         print("--select all: Table IV takes the best 3 of the m results")
-    terms = [f"shape weight {cfg.shape_weight}"] + ([f"jitter {cfg.jitter} px"] if cfg.jitter else []) + (
+    terms = [f"shape weight {cfg.shape_weight}"] + (
+        [f"structure weight {cfg.structure_weight}"] if cfg.structure_weight else []) + (
+        [f"jitter {cfg.jitter} px"] if cfg.jitter else []) + (
         [f"truncation {cfg.truncation}"] if cfg.truncation < 1 else []) + (
         [f"screen at silhouette {cfg.min_silhouette}"] if cfg.min_silhouette is not None else [])
     notes = [f"{cfg.trials} trials on {stages.dataset.name}; DVBPR {stages.dvbpr_config.image_size} px, "

@@ -1,4 +1,5 @@
 import json
+import math
 import re
 import shutil
 from dataclasses import replace
@@ -224,6 +225,51 @@ def test_the_shape_term_holds_each_design_to_its_starts_outline_and_leaves_its_c
     assert gain[100.0] > 0.5 * gain[0.0] > 0        # while the colour still climbs the preference
 
 
+def test_the_structure_change_sees_light_and_dark_move_and_not_a_change_of_colour():
+    torch.manual_seed(0)
+    stripes = torch.ones(4, 3, 16, 16)
+    stripes[:, :, :, ::4] = -0.6                                      # dark stripes on white
+    recoloured = stripes.clone()
+    recoloured[:, :2, :, ::4] = -0.2                                  # the stripes' colour changed, their place kept
+    moved = torch.roll(stripes, 2, dims=3)                            # the stripes moved by half their period
+    inverted = -stripes                                               # light and dark swapped
+    assert pm_design.structure_change(stripes, stripes).abs().max() < 1e-4
+    assert pm_design.structure_change(recoloured, stripes).max() < 0.05
+    assert pm_design.structure_change(moved, stripes).min() > 0.3
+    assert pm_design.structure_change(inverted, stripes).min() > 1.5
+    flat = torch.ones(2, 3, 16, 16, requires_grad=True)              # the white ground: no spread at all
+    pm_design.structure_change(flat, torch.rand(2, 3, 16, 16) * 2 - 1).sum().backward()
+    assert torch.isfinite(flat.grad).all()
+
+
+class Stripes(Disc):
+    """A generator stand-in: dark stripes on white, their place from z[0], their colour from z[1:4]."""
+
+    def forward(self, z, labels):
+        xs = torch.linspace(0, 4 * math.pi, 16)
+        dark = torch.sigmoid(6 * torch.sin(xs[None] + 3 * z[:, :1]))[:, None, None, :].expand(-1, 1, 16, 16)
+        colour = (z[:, 1:4] / 2 - 0.5)[:, :, None, None]                # [-1, 0]: darker than the ground
+        return 1 - dark * (1 - colour)
+
+
+def test_the_structure_term_holds_where_light_and_dark_lie_and_leaves_the_colour_free():
+    torch.manual_seed(0)
+    dvbpr = DVBPR(TinyBackbone(), 5, 8)
+    dvbpr.theta.data = torch.randn(5, 8)
+    designer = Designer(dvbpr, Stripes())
+    z_prime = torch.atanh(torch.rand(8, 4) * 1.2 - 0.6)
+    with torch.no_grad():
+        start = designer.generate(to_z(z_prime, "tanh"), 0)
+    change, gain = {}, {}
+    for weight in (0.0, 100.0):
+        designer.structure_weight = weight
+        design = designer.maximise(z_prime, user=2, category=0, steps=30, lr=0.1, eta=0.0)
+        change[weight] = pm_design.structure_change(design.images, start).mean().item()
+        gain[weight] = (design.preference - designer.preference(2, start)).mean().item()
+    assert change[100.0] < 0.1 * change[0.0]         # the stripes stay where the start drew them
+    assert gain[100.0] > 0.3 * gain[0.0] > 0         # while their colour still climbs the preference
+
+
 def test_translation_moves_each_image_by_its_own_offset_and_fills_what_comes_in():
     images = torch.rand(64, 3, 12, 12, requires_grad=True)
     shifted = translate(images, 2, fill=1.0, generator=torch.Generator().manual_seed(0))
@@ -304,12 +350,15 @@ def test_the_settled_terms_reach_the_designer():
     designer = tiny_designer()
     stages = SimpleNamespace(designer=designer, item_embeddings=torch.randn(40, 8),
                              item_category=torch.arange(40) % 3, dataset=SimpleNamespace(num_categories=3))
-    set_design_terms(stages, PMConfig(realism_floor=-2.0, support_quantile=0.5, support_weight=3.0, shape_weight=5.0))
+    set_design_terms(stages, PMConfig(realism_floor=-2.0, support_quantile=0.5, support_weight=3.0, shape_weight=5.0,
+                                      structure_weight=7.0))
     assert designer.realism_floor == -2.0 and designer.support.weight == 3.0 and designer.shape_weight == 5.0
+    assert designer.structure_weight == 7.0
     assert designer.support.radius(0) == pytest.approx(designer.support.distance(
         stages.item_embeddings[stages.item_category == 0], 0).quantile(0.5).item())
     set_design_terms(stages, PMConfig(jitter=4, truncation=0.5))
     assert designer.realism_floor is None and designer.support is None and designer.shape_weight == 0
+    assert designer.structure_weight == 0
     assert designer.jitter == 4 and designer.truncation == 0.5
     with pytest.raises(ConfigError, match="--jitter 32 must be below the 32 pixels"):
         set_design_terms(stages, PMConfig(jitter=32))
@@ -837,6 +886,7 @@ def test_preset_demo_gives_the_demo_settings_on_any_dataset_and_bad_settings_are
                            (["--support-quantile", "0"], "pm: --support-quantile is a quantile in (0, 1], got 0.0"),
                            (["--support-weight", "-1"], "pm: --support-weight must be at least 0, got -1.0"),
                            (["--shape-weight", "-1"], "pm: --shape-weight must be at least 0, got -1.0"),
+                           (["--structure-weight", "-1"], "pm: --structure-weight must be at least 0, got -1.0"),
                            (["--jitter", "-1"], "pm: --jitter must be at least 0, got -1"),
                            (["--truncation", "0"], "pm: --truncation is a share of the prior's box in (0, 1], got 0.0"),
                            (["--min-silhouette", "0"], "pm: --min-silhouette is an IoU in (0, 1], got 0.0"),
