@@ -240,12 +240,13 @@ def test_the_table_across_gan_seeds_counts_each_verdict_and_names_the_sides_that
 
 def test_the_pm_flags_reach_pm_and_name_its_folders():
     cfg, _ = parse_config(family.FamilyConfig, ["--design", "--pm-steps", "5", "--pm-realism-term", "discriminator",
-                                                "--pm-shape-weight", "30", "--pm-jitter", "4", "--pm-truncation", "0.5",
+                                                "--pm-shape-weight", "30", "--pm-structure-weight", "20",
+                                                "--pm-jitter", "4", "--pm-truncation", "0.5",
                                                 "--pm-min-silhouette", "0.642"])
-    assert family.pm_settings(cfg) == dict(steps=5, realism_term="discriminator", shape_weight=30.0, jitter=4,
-                                           truncation=0.5, min_silhouette=0.642)
-    assert family.settings_names(cfg)[-6:] == ["steps5", "realism_termdiscriminator", "shape_weight30", "jitter4",
-                                               "truncation0.5", "min_silhouette0.642"]
+    assert family.pm_settings(cfg) == dict(steps=5, realism_term="discriminator", shape_weight=30.0,
+                                           structure_weight=20.0, jitter=4, truncation=0.5, min_silhouette=0.642)
+    assert family.settings_names(cfg)[-7:] == ["steps5", "realism_termdiscriminator", "shape_weight30",
+                                               "structure_weight20", "jitter4", "truncation0.5", "min_silhouette0.642"]
 
 
 @pytest.mark.parametrize("flags, message", [
