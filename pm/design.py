@@ -148,14 +148,18 @@ def structure_change(images, starts):
     brightness changed, up to 2 where light and dark swapped."""
     weights = images.new_tensor(LUMA).view(1, 3, 1, 1)
     x, y = (((images + 1) / 2) * weights).sum(1, keepdim=True), (((starts + 1) / 2) * weights).sum(1, keepdim=True)
-    mean = lambda t: F.avg_pool2d(t, STRUCTURE_WINDOW, 1, STRUCTURE_WINDOW // 2, count_include_pad=False)  # noqa: E731
-    mean_x, mean_y = mean(x), mean(y)
+    mean_x, mean_y = window_mean(x), window_mean(y)
     # a floor under each variance (the white ground's is 0, where the square root's gradient is infinite), and the
     # same under the covariance, so that an image against itself scores 0
-    spread_x = (mean(x * x) - mean_x ** 2).clamp(min=0).add(STRUCTURE_FLOOR).sqrt()
-    spread_y = (mean(y * y) - mean_y ** 2).clamp(min=0).add(STRUCTURE_FLOOR).sqrt()
-    covariance = mean(x * y) - mean_x * mean_y + STRUCTURE_FLOOR
+    spread_x = (window_mean(x * x) - mean_x ** 2).clamp(min=0).add(STRUCTURE_FLOOR).sqrt()
+    spread_y = (window_mean(y * y) - mean_y ** 2).clamp(min=0).add(STRUCTURE_FLOOR).sqrt()
+    covariance = window_mean(x * y) - mean_x * mean_y + STRUCTURE_FLOOR
     return (1 - (covariance + STRUCTURE_C3) / (spread_x * spread_y + STRUCTURE_C3)).mean(dim=(1, 2, 3))
+
+
+def window_mean(images):
+    """The mean of images [B, 1, S, S] over the STRUCTURE_WINDOW window around each pixel (within the image)."""
+    return F.avg_pool2d(images, STRUCTURE_WINDOW, 1, STRUCTURE_WINDOW // 2, count_include_pad=False)
 
 
 class EmbeddingSupport:
