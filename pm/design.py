@@ -357,12 +357,12 @@ class Designer:
         def scored(z, shifted):
             nonlocal start_shape, start_images
             objective, preference, realism, images = self.objective(z, user, category, eta, shifted)
-            start_images = images.detach() if start_images is None else start_images
             if self.shape_weight:
                 shape = soft_silhouette(images)
                 start_shape = shape.detach() if start_shape is None else start_shape
                 objective = objective - self.shape_weight * (shape - start_shape).pow(2).mean(dim=(1, 2))
             if self.structure_weight:
+                start_images = images.detach() if start_images is None else start_images
                 objective = objective - self.structure_weight * structure_change(images, start_images)
             return objective, preference, realism, images
 
