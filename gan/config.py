@@ -82,7 +82,7 @@ class GANConfig:
                 "(the aggregate posterior, kept as running statistics) instead of N(0, I); on in the VAE's demo "
                 "settings"})
     ex_post_components: int = field(default=0, metadata={
-        "help": "vae: with --ex-post-prior, a mixture of this many Gaussians per category, fitted by EM to the "
+        "help": "vae, vaegan: with --ex-post-prior, a mixture of this many Gaussians per category, fitted by EM to the "
                 "encoder's means of every training item after the last iteration (Ghosh et al. fit 10; 10 in the "
                 "VAE's demo settings); 0: one Gaussian kept as running statistics"})
     kl_weight: float | None = field(default=None, metadata={
@@ -239,6 +239,9 @@ def check_config(cfg):
     if not 1 <= cfg.prior_fakes_every <= cfg.batch_size:
         raise ConfigError(f"--prior-fakes-every is from 1 to the batch size {cfg.batch_size}, got "
                           f"{cfg.prior_fakes_every}")
+    if cfg.prior_fakes and cfg.ex_post_components:
+        raise ConfigError("--prior-fakes decodes the ex-post prior's samples while training, and the mixture of "
+                          "--ex-post-components is fitted only after it: give one of them")
     if cfg.prior_fakes_every > 1 and not cfg.prior_fakes:
         raise ConfigError("--prior-fakes-every sets how many prior fakes D sees: give --prior-fakes too")
     if cfg.from_tf and cfg.generator != "lsgan":

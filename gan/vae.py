@@ -234,9 +234,14 @@ class VAE(ConditionalGenerator):
             reconstruction, kl, means, _ = negative_elbo(nets["decoder"], nets["encoder"], real, labels)
         loss = (reconstruction + self.kl_weight * kl).mean()
         descend(optimizers.values(), loss)
+        self.track_codes(means, labels)
+        return {"loss": loss.detach(), "reconstruction": reconstruction.mean().detach(), "kl": kl.mean().detach()}
+
+    def track_codes(self, means, labels):
+        """Move the one Gaussian's running statistics towards the batch's encoder `means` (a mixture is fitted after
+        training instead, by finish_training)."""
         if self.averages and isinstance(self.aggregate, AggregatePosterior):
             self.aggregate.update(means, labels)
-        return {"loss": loss.detach(), "reconstruction": reconstruction.mean().detach(), "kl": kl.mean().detach()}
 
     @torch.no_grad()
     def finish_training(self, store, items, labels):

@@ -12,11 +12,12 @@ prior, as VQGAN's does. One iteration on a batch x of category c:
 
 with lambda set at each iteration so that the adversarial term's gradient at G's last layer is as large as the
 ELBO's (VQGAN's adaptive weight, Esser et al., 2021, eq. 7): no weight to tune, and neither term drowns the other
-as their scales drift. Sampling, the ex-post prior and the realism term of eq. 10 (the VAE's loss per pixel) are
-the VAE's; pm/main.py --realism-term discriminator takes the sngan's -D_c(e) instead. With --prior-fakes D also judges
-decoded samples of the prior, G(z, c) with z ~ N(0, I) through the ex-post prior, as Larsen et al.'s does, so that the
-decoder is trained to make the codes it is sampled and optimised at look real, not only those of the training items;
---prior-fakes-every K decodes only every K-th item's code, a cheaper iteration.
+as their scales drift. Sampling, the ex-post prior (with --ex-post-components its mixture, fitted after the last
+iteration) and the realism term of eq. 10 (the VAE's loss per pixel) are the VAE's; pm/main.py --realism-term
+discriminator takes the sngan's -D_c(e) instead. With --prior-fakes D also judges decoded samples of the prior, G(z, c)
+with z ~ N(0, I) through the ex-post prior, as Larsen et al.'s does, so that the decoder is trained to make the codes
+it is sampled and optimised at look real, not only those of the training items; --prior-fakes-every K decodes only
+every K-th item's code, a cheaper iteration.
 """
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,7 @@ class VAEGAN(VAE):
     eq. 10 are the VAE's (its own, and the full ELBO) and the sngan's -D_c(e) (pm/main.py --realism-term
     discriminator)."""
     nets = ("encoder", "decoder", "discriminator")
-    reads = ("ex_post_prior", "kl_weight", "prior_fakes")
+    reads = ("ex_post_prior", "ex_post_components", "kl_weight", "prior_fakes")
 
     def __init__(self, cfg, num_categories, device="cpu"):
         super().__init__(cfg, num_categories, device)
@@ -81,8 +82,7 @@ class VAEGAN(VAE):
         weight = adaptive_weight(elbo, adversarial, unwrap(decoder).to_rgb.weight)
         descend([optimizers["encoder"], optimizers["decoder"]], elbo + weight * adversarial)
         discriminator.requires_grad_(True)
-        if self.averages:
-            self.aggregate.update(mean, labels)
+        self.track_codes(mean, labels)
         return {"loss": elbo.detach(), "reconstruction": reconstruction.mean().detach(), "kl": kl.mean().detach(),
                 "d_loss": (d_loss_real + d_loss_fake).detach(), "g_loss": adversarial.detach(),
                 "adversarial_weight": weight}

@@ -47,6 +47,19 @@ def test_the_vaegan_trains_through_the_registry_resumes_to_identical_weights_and
     images = run.model(run.model.sample_z(6, rng=torch.Generator().manual_seed(0)), torch.arange(6))
     assert images.shape == (6, 3, 16, 16) and images.abs().max() <= 1
 
+    # a mixture for the ex-post prior is fitted after the last iteration: the nets train as with one Gaussian
+    mixture, _ = straight_and_resumed_gan(dataclasses.replace(cfg, ex_post_components=2), tmp_path / "mixture")
+    for net in ("encoder", "decoder", "discriminator"):
+        for name, weight in straight["model"][net].items():
+            torch.testing.assert_close(mixture["model"][net][name], weight, rtol=0, atol=0, msg=f"{net} {name}")
+    weights = mixture["model"]["aggregate"]["weight"]
+    assert weights.shape == (6, 2) and not torch.equal(weights, torch.full((6, 2), 0.5))
+    mixed = open_gan_run(tmp_path / "mixture" / "straight").model
+    z, labels = mixed.sample_z(6, rng=torch.Generator().manual_seed(0)), torch.arange(6)
+    assert not torch.equal(mixed(z, labels), images)   # the same decoder, other codes
+    with pytest.raises(ConfigError, match=r"^--prior-fakes decodes the ex-post prior's samples while training, and "):
+        check_config(dataclasses.replace(cfg, ex_post_components=2, prior_fakes=True))
+
 
 def test_training_lowers_the_negative_elbo_while_d_tells_reconstructions_from_real_items():
     torch.manual_seed(0)
