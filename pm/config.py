@@ -69,8 +69,8 @@ class PMConfig:
     structure_weight: float = field(default=0.0, metadata={
         "help": "keep the light and dark inside each design: minus this weight times the mean over pixels of 1 - "
                 "the local correlation of its luminance with its start's (SSIM's structure term), in synthesis and "
-                "tailoring; colour and brightness stay free; default 0: off (measured through the mixture VAE: "
-                "docs/design_half.md)"})
+                "tailoring; colour and brightness stay free; default 0: off until the figures built on the demo's "
+                "PM are remade with 5, the weight its rule chose on validation queries (docs/design_half.md)"})
     truncation: float = field(default=1.0, metadata={
         "help": "keep PM's codes in the central box [-psi, psi] of the generator's U(-1, 1) prior, z = psi tanh(z'): "
                 "starts and ascent where its samples are most typical (the truncation trick, Brock et al., 2019); "
