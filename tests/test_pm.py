@@ -13,7 +13,7 @@ import torchvision
 from common.catalogue.config import CatalogueConfig
 from common.catalogue.generate import generate_catalogue
 from common.checkpoint import save_checkpoint
-from common.cli import parse_config
+from common.cli import parse_config, settle
 from common.data import load_dataset
 from common.errors import ConfigError
 from common.images import translate
@@ -871,11 +871,26 @@ def test_trials_follow_the_split_they_are_drawn_from():
     assert set(draw_trials(dataset, 20, np.random.default_rng(0))) == {(0, 0), (1, 0)}
 
 
-def test_preset_demo_gives_the_demo_settings_on_any_dataset_and_bad_settings_are_refused(tmp_path):
+def test_preset_demo_gives_the_demo_settings_on_any_dataset():
     cfg, protected = parse_config(PMConfig, ["--preset", "demo", "--steps", "7"], PRESETS)
     assert (cfg.trials, cfg.starts, cfg.steps) == (DEMO["trials"], DEMO["starts"], 7)
     assert (cfg.latent, cfg.init, cfg.select, cfg.lr) == ("tanh", "uniform", "softmax", 0.1)   # the paper's
     assert set(DEMO) <= protected
+    assert (cfg.shape_weight, cfg.structure_weight) == (10.0, 5.0)   # the weights their rules chose
+
+
+def test_the_embedded_catalogues_pm_takes_the_demo_terms_unless_typed():
+    for flags, structure_weight in (([], 5.0), (["--structure-weight", "0"], 0.0)):
+        cfg, protected = parse_config(PMConfig, flags, PRESETS)
+        settle(cfg, protected, "pm", DEMO, say=lambda line: None, embedded=True)
+        assert (cfg.realism_floor, cfg.support_quantile, cfg.shape_weight) == (-1.0, 0.9, 10.0)
+        assert cfg.structure_weight == structure_weight and cfg.steps == 100
+    cfg, protected = parse_config(PMConfig, [], PRESETS)
+    settle(cfg, protected, "pm", DEMO, say=lambda line: None, embedded=False)   # another dataset: the paper's PM
+    assert (cfg.structure_weight, cfg.shape_weight, cfg.steps) == (0.0, 0.0, 200)
+
+
+def test_preset_demo_refuses_bad_settings(tmp_path):
     nowhere = ["--dvbpr-run", str(tmp_path / "none"), "--gan-run", str(tmp_path / "none")]
     for flags, message in ((["--starts", "0"], "pm: --starts must be at least 1, got 0"),
                            (["--lr", "-0.1"], "pm: --lr must be positive, got -0.1"),
