@@ -23,8 +23,8 @@ Reads the trained models from --dvbpr-run (default runs/dvbpr) and --gan-run (de
 eq. 11, and 200 Adam steps at lr 0.1 (the paper gives neither; chosen with --tune, see pm/config.py). Preset
 `original`: what the original code did (PM/main.py of the original repository): z optimised directly from
 N(0, 0.5^2), 16 starts, 10 Adam steps at lr 0.05, all 16 kept. Preset `demo`, and the default on the embedded demo
-catalogue: fewer queries and starts, 100 steps, the sngan's realism term floored, the support penalty and the
-shape term (printed).
+catalogue: fewer queries and starts, 100 steps, the sngan's realism term floored, the support penalty, the shape
+term and the structure term (printed).
 """
 from common.cli import parse_config, stage_errors
 from pm.config import PRESETS, PMConfig
