@@ -75,7 +75,7 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
     tiny_gan_demo(monkeypatch)
     for module in (pm.stage, family):   # the demo PM applies, and the one family checks finished runs against
         monkeypatch.setattr(module, "DEMO" if module is pm.stage else "PM_DEMO",
-                            dict(trials=2, starts=2, steps=3, splits=2, realism_floor=-1.0))
+                            dict(trials=2, starts=2, steps=3, splits=2, realism_floor=-1.0, structure_weight=2.0))
     rows = family.main([*tiny_family, "--design", "--sweep-eta", "0", "10", "--latents", "tanh", "sphere"])
     assert set(rows) == {"colour", "pattern"}
     for name, by_latent in rows.items():
@@ -97,7 +97,8 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
     monkeypatch.setattr(family, "PM_DEMO", dict(trials=2, starts=2, steps=4, splits=2))   # as a later demo would
     with pytest.raises(SystemExit, match=r"^family: \S+colour/pm was run with other steps: move it away"):
         family.main([*tiny_family, "--design", "--catalogues", "colour"])
-    monkeypatch.setattr(family, "PM_DEMO", dict(trials=2, starts=2, steps=3, splits=2))
+    monkeypatch.setattr(family, "PM_DEMO", dict(trials=2, starts=2, steps=3, splits=2, realism_floor=-1.0,
+                                                structure_weight=2.0))   # the demo PM's settings again
 
     at_start = family.main([*tiny_family, "--design", "--pm-steps", "0", "--pm-trials", "3", "--pm-support-quantile",
                             "0.5", "--pm-support-weight", "0"])
@@ -128,6 +129,13 @@ def test_design_trains_a_gan_and_writes_table_iv_and_the_pm_tuning_per_catalogue
         assert set(tuned[name]["tanh"]["judged_on_manifold"]) == {"judge_percentile", "true_preference"}
     assert (tmp_path / "out" / "design_tune.md").read_text().count("| colour | tanh |") == 1
     assert "Mean over the 2 catalogues (tanh):" in (tmp_path / "out" / "design_tune.md").read_text()
+    tuning_file = tmp_path / "out" / "design" / "colour" / "tune-tanh" / "tune_config.json"
+    tuned_with = json.loads(tuning_file.read_text())
+    assert (tuned_with["realism_floor"], tuned_with["structure_weight"]) == (-1.0, 2.0)   # the demo's, as Table IV's
+    tuning_file.write_text(json.dumps({**tuned_with, "structure_weight": 0.0}))   # tuned before the demo's term
+    with pytest.raises(SystemExit, match=r"^family: \S+tune-tanh was run with other structure_weight: move it away"):
+        family.main([*tiny_family, "--design", "--tune", "--catalogues", "colour"])
+    tuning_file.write_text(json.dumps(tuned_with))
     # each catalogue's Table IV at the steps its own tuning picks within the random samples' KID
     on_manifold = family.main([*tiny_family, "--design", "--pm-steps-on-manifold", "--pm-trials", "3",
                                "--catalogues", "colour"])
