@@ -366,8 +366,7 @@ def pm_tuning(cfg, name, latent):
     (by an earlier version) is refused."""
     gan_run = demo_gan(cfg, name)
     pm_out = Path(cfg.out) / "design" / name / "-".join(["tune", latent, *settings_names(cfg)])
-    terms = ("realism_floor", "support_quantile", "shape_weight", "structure_weight")
-    demo_terms = {term: PM_DEMO[term] for term in terms if term in PM_DEMO}
+    demo_terms = {term: value for term, value in PM_DEMO.items() if term in PM_TERMS}
     settings = dict({**PM_TUNE, **demo_terms}, judge_run=str(judge_path(cfg, name)), latent=latent,
                     init=LATENT_STARTS[latent], **pm_settings(cfg))
     if not (pm_out / "tune.json").is_file():
