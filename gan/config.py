@@ -77,6 +77,9 @@ class GANConfig:
     match_weight: float = field(default=0.0, metadata={
         "help": "sngan: D also learns that a real item under another category's label is fake, the loss weighted by "
                 "this (a matching-aware discriminator, Reed et al., 2016; 0: off)"})
+    mode_seeking_weight: float = field(default=0.0, metadata={
+        "help": "sngan: G is also trained to spread the codes of one category over images further apart, the term "
+                "weighted by this (MSGAN's mode seeking, Mao et al., 2019; 0: off)"})
     ex_post_prior: bool = field(default=False, metadata={
         "help": "vae, vaegan: sample from a Gaussian per category fitted to the encoder's means of the training items "
                 "(the aggregate posterior, kept as running statistics) instead of N(0, I); on in the VAE's demo "
@@ -229,7 +232,7 @@ def check_config(cfg):
         raise ConfigError(f"--lr-decay-from is an epoch before the last ({cfg.epochs}), got {cfg.lr_decay_from}")
     if not 0 <= cfg.ema < 1:
         raise ConfigError(f"--ema is a decay in [0, 1), got {cfg.ema}")
-    for weight in ("aux_class_weight", "match_weight"):
+    for weight in ("aux_class_weight", "match_weight", "mode_seeking_weight"):
         if getattr(cfg, weight) < 0:
             raise ConfigError(f"--{weight.replace('_', '-')} must be at least 0, got {getattr(cfg, weight)}")
     if not 0 <= cfg.ex_post_components <= MAX_EX_POST_COMPONENTS:

@@ -9,8 +9,8 @@ from gan.vae import VAE
 from gan.vaegan import VAEGAN
 
 # settings off by default (false, 0 or None) that only some generators read, each listing them in its `reads`
-OPTIONAL = ("ema", "class_seed", "aux_class_weight", "match_weight", "half_chroma", "ex_post_prior",
-            "ex_post_components", "kl_weight", "prior_fakes")
+OPTIONAL = ("ema", "class_seed", "aux_class_weight", "match_weight", "mode_seeking_weight", "half_chroma",
+            "ex_post_prior", "ex_post_components", "kl_weight", "prior_fakes")
 
 GENERATORS = {
     "lsgan": LSGAN,

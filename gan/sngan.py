@@ -162,8 +162,23 @@ class Discriminator(nn.Module):
         return (scores, self.classifier(phi)) if with_logits else scores
 
 
+def mode_seeking_loss(fake, z, labels):
+    """The mode-seeking term of MSGAN (Mao et al., 2019, eq. 3, as their code computes it) over the pairs (i, j) of
+    the batch that share a category: 1 / (mean d(G(z_i, c), G(z_j, c)) / mean d(z_i, z_j) + eps), d the mean
+    absolute difference. Smaller where codes of one category give images further apart; 0 when no two samples
+    share one."""
+    first, second = torch.triu_indices(len(labels), len(labels), offset=1, device=labels.device)
+    same = labels[first] == labels[second]
+    first, second = first[same], second[same]
+    if len(first) == 0:
+        return fake.new_zeros((), dtype=torch.float32)
+    image_distance = (fake[first] - fake[second]).float().abs().flatten(1).mean(1)
+    code_distance = (z[first] - z[second]).float().abs().mean(1)
+    return 1 / (image_distance.mean() / code_distance.mean() + 1e-5)
+
+
 def hinge_train_step(generator, discriminator, opt_g, opt_d, real, labels, z, augment, bf16=True, aux_weight=0.0,
-                     match_weight=0.0):
+                     match_weight=0.0, seek_weight=0.0):
     """One D step then one G step on the hinge loss, D seeing real and fake through `augment`; returns the losses.
 
         L_D = E[relu(1 - D(aug(x), c))] + E[relu(1 + D(aug(G(z, c)), c))]        L_G = -E[D(aug(G(z, c)), c)]
@@ -173,6 +188,8 @@ def hinge_train_step(generator, discriminator, opt_g, opt_d, real, labels, z, au
     With match_weight m > 0 (a matching-aware discriminator, Reed et al., 2016): L_D + m E[relu(1 + D(aug(x), c'))],
     c' another category drawn uniformly, so that D's projection of the category must tell a real item of one
     category from the same item under another's label, and G's samples must look like their own category.
+    With seek_weight s > 0 (MSGAN's mode seeking): L_G + s mode_seeking_loss, so that the codes of one category
+    spread over more of its items rather than collapsing onto a few.
     """
     device, aux, match = real.device, aux_weight > 0, match_weight > 0
     d_labels = torch.cat([labels, labels])
@@ -207,6 +224,9 @@ def hinge_train_step(generator, discriminator, opt_g, opt_d, real, labels, z, au
     if aux:
         losses["g_loss_class"] = F.cross_entropy(logits.float(), labels)
         g_loss = g_loss + aux_weight * losses["g_loss_class"]
+    if seek_weight > 0:
+        losses["g_loss_mode_seeking"] = mode_seeking_loss(fake, z, labels)
+        g_loss = g_loss + seek_weight * losses["g_loss_mode_seeking"]
     descend(opt_g, g_loss)
     discriminator.requires_grad_(True)
     return {"d_loss": d_loss.detach(), "d_loss_real": d_loss_real.detach(), "d_loss_fake": d_loss_fake.detach(),
@@ -225,7 +245,7 @@ class SNGAN(ConditionalGenerator):
     norm statistics (gan/model.py moving_average; Yazici et al., 2019, averaged a GAN's generator so), while D and
     G's training read the last weights."""
     nets = ("generator", "discriminator")
-    reads = ("ema", "class_seed", "aux_class_weight", "match_weight", "half_chroma")
+    reads = ("ema", "class_seed", "aux_class_weight", "match_weight", "mode_seeking_weight", "half_chroma")
 
     def __init__(self, cfg, num_categories, device="cpu"):
         super().__init__()
@@ -236,6 +256,7 @@ class SNGAN(ConditionalGenerator):
             device, memory_format=fmt)
         self.z_dim, self.image_size, self.num_categories = cfg.z_dim, cfg.image_size, num_categories
         self.aux_class_weight, self.match_weight = cfg.aux_class_weight, cfg.match_weight
+        self.mode_seeking_weight = cfg.mode_seeking_weight
         self.augment = diff_augment if cfg.diffaugment else nn.Identity()
         self.averages = ("ema_generator",) if cfg.ema else ()
         if cfg.ema:
@@ -257,7 +278,7 @@ class SNGAN(ConditionalGenerator):
     def train_step(self, nets, optimizers, real, labels, z, bf16=True):
         losses = hinge_train_step(nets["generator"], nets["discriminator"], optimizers["generator"],
                                   optimizers["discriminator"], real, labels, z, self.augment, bf16,
-                                  self.aux_class_weight, self.match_weight)
+                                  self.aux_class_weight, self.match_weight, self.mode_seeking_weight)
         if self.averages:
             self.ema_generator.update_parameters(self.generator)
         return losses

@@ -14,7 +14,7 @@ from dvbpr.model import DVBPR
 from gan.config import GANConfig, check_config
 from gan.generators import build_generator
 from gan.run import open_gan_run
-from gan.sngan import SNGAN, YCBCR_TO_RGB, cutout, diff_augment, translate
+from gan.sngan import SNGAN, YCBCR_TO_RGB, cutout, diff_augment, mode_seeking_loss, translate
 from gan.train import check_architecture
 from gan.train import train as train_gan
 from pm.design import Designer
@@ -322,6 +322,40 @@ def test_the_matching_aware_d_scores_a_real_item_higher_under_its_own_label_than
     assert plain < 0.9 and none == [None] * 40
 
 
+def same_category_spread(model, labels, z):
+    """Mean absolute difference between G's samples of the pairs of codes that share a category."""
+    with torch.no_grad():
+        fake = model.generator.eval()(z, labels)
+    pairs = [(i, j) for i in range(len(labels)) for j in range(i + 1, len(labels)) if labels[i] == labels[j]]
+    return torch.stack([(fake[i] - fake[j]).abs().mean() for i, j in pairs]).mean().item()
+
+
+def test_the_mode_seeking_term_pairs_only_samples_of_one_category_and_falls_as_they_spread():
+    torch.manual_seed(0)
+    labels, z = torch.tensor([0, 0, 1, 2, 2]), torch.rand(5, 8) * 2 - 1
+    fake = (0.1 * torch.randn(5, 3, 4, 4)).requires_grad_()
+    loss = mode_seeking_loss(fake, z, labels)
+    loss.backward()
+    assert fake.grad[2].abs().max() == 0 and fake.grad[[0, 1, 3, 4]].abs().min() > 0   # 2 has no partner
+    apart = fake.detach() + torch.stack([fake.detach()[0] - fake.detach()[1]] * 2 + [torch.zeros(3, 4, 4)]
+                                        + [fake.detach()[3] - fake.detach()[4]] * 2) * torch.tensor(
+        [1.0, -1.0, 0.0, 1.0, -1.0])[:, None, None, None]    # each pair pushed twice as far apart
+    assert mode_seeking_loss(apart, z, labels) < 0.6 * loss
+    assert mode_seeking_loss(fake, z, torch.arange(5)).item() == 0    # no two of a category
+
+
+def test_g_trained_with_the_mode_seeking_term_spreads_the_codes_of_a_category_wider():
+    labels = torch.arange(24) % 3
+    real, z = coloured_by_category(labels), tiny_sngan().sample_z(24, rng=torch.Generator().manual_seed(1))
+    spreads = {}
+    for weight in (0.0, 1.0):
+        model = tiny_sngan(diffaugment=False, mode_seeking_weight=weight)
+        losses = steps(model, real, labels, z, 30, frozen="discriminator")
+        assert ("g_loss_mode_seeking" in losses[0]) == (weight > 0)
+        spreads[weight] = same_category_spread(model, labels, z)
+    assert spreads[1.0] > 1.5 * spreads[0.0]
+
+
 def test_without_the_weight_d_has_no_classifier_and_the_losses_are_the_hinge_alone(catalogue, tmp_path):
     model = tiny_sngan()
     labels = torch.arange(4) % 3
@@ -335,6 +369,11 @@ def test_without_the_weight_d_has_no_classifier_and_the_losses_are_the_hinge_alo
         check_config(tiny_config(aux_class_weight=-1.0))
     with pytest.raises(ConfigError, match=r"^--match-weight must be at least 0, got -0.5$"):
         check_config(tiny_config(match_weight=-0.5))
+    with pytest.raises(ConfigError, match=r"^--mode-seeking-weight must be at least 0, got -1.0$"):
+        check_config(tiny_config(mode_seeking_weight=-1.0))
+    with pytest.raises(ConfigError, match="^--mode-seeking-weight is read by --generator sngan; --generator vae has "
+                                          "no use for it$"):
+        build_generator(tiny_config(generator="vae", mode_seeking_weight=1.0), 3)
     with pytest.raises(ConfigError, match="^--match-weight is read by --generator sngan; --generator diffusion has "
                                           "no use for it$"):
         build_generator(tiny_config(generator="diffusion", match_weight=1.0), 3)
