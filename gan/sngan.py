@@ -178,7 +178,7 @@ def mode_seeking_loss(fake, z, labels):
 
 
 def hinge_train_step(generator, discriminator, opt_g, opt_d, real, labels, z, augment, bf16=True, aux_weight=0.0,
-                     match_weight=0.0, seek_weight=0.0):
+                     match_weight=0.0, mode_seeking_weight=0.0):
     """One D step then one G step on the hinge loss, D seeing real and fake through `augment`; returns the losses.
 
         L_D = E[relu(1 - D(aug(x), c))] + E[relu(1 + D(aug(G(z, c)), c))]        L_G = -E[D(aug(G(z, c)), c)]
@@ -188,7 +188,7 @@ def hinge_train_step(generator, discriminator, opt_g, opt_d, real, labels, z, au
     With match_weight m > 0 (a matching-aware discriminator, Reed et al., 2016): L_D + m E[relu(1 + D(aug(x), c'))],
     c' another category drawn uniformly, so that D's projection of the category must tell a real item of one
     category from the same item under another's label, and G's samples must look like their own category.
-    With seek_weight s > 0 (MSGAN's mode seeking): L_G + s mode_seeking_loss, so that the codes of one category
+    With mode_seeking_weight s > 0 (MSGAN's): L_G + s mode_seeking_loss, so that the codes of one category
     spread over more of its items rather than collapsing onto a few.
     """
     device, aux, match = real.device, aux_weight > 0, match_weight > 0
@@ -224,9 +224,9 @@ def hinge_train_step(generator, discriminator, opt_g, opt_d, real, labels, z, au
     if aux:
         losses["g_loss_class"] = F.cross_entropy(logits.float(), labels)
         g_loss = g_loss + aux_weight * losses["g_loss_class"]
-    if seek_weight > 0:
+    if mode_seeking_weight > 0:
         losses["g_loss_mode_seeking"] = mode_seeking_loss(fake, z, labels)
-        g_loss = g_loss + seek_weight * losses["g_loss_mode_seeking"]
+        g_loss = g_loss + mode_seeking_weight * losses["g_loss_mode_seeking"]
     descend(opt_g, g_loss)
     discriminator.requires_grad_(True)
     return {"d_loss": d_loss.detach(), "d_loss_real": d_loss_real.detach(), "d_loss_fake": d_loss_fake.detach(),

@@ -337,9 +337,10 @@ def test_the_mode_seeking_term_pairs_only_samples_of_one_category_and_falls_as_t
     loss = mode_seeking_loss(fake, z, labels)
     loss.backward()
     assert fake.grad[2].abs().max() == 0 and fake.grad[[0, 1, 3, 4]].abs().min() > 0   # 2 has no partner
-    apart = fake.detach() + torch.stack([fake.detach()[0] - fake.detach()[1]] * 2 + [torch.zeros(3, 4, 4)]
-                                        + [fake.detach()[3] - fake.detach()[4]] * 2) * torch.tensor(
-        [1.0, -1.0, 0.0, 1.0, -1.0])[:, None, None, None]    # each pair pushed twice as far apart
+    images, apart = fake.detach(), fake.detach().clone()
+    for i, j in ((0, 1), (3, 4)):   # each pair twice as far apart about its middle
+        middle = (images[i] + images[j]) / 2
+        apart[i], apart[j] = 2 * images[i] - middle, 2 * images[j] - middle
     assert mode_seeking_loss(apart, z, labels) < 0.6 * loss
     assert mode_seeking_loss(fake, z, torch.arange(5)).item() == 0    # no two of a category
 
