@@ -166,7 +166,7 @@ def mode_seeking_loss(fake, z, labels):
     """The mode-seeking term of MSGAN (Mao et al., 2019, eq. 3, as their code computes it) over the pairs (i, j) of
     the batch that share a category: 1 / (mean d(G(z_i, c), G(z_j, c)) / mean d(z_i, z_j) + eps), d the mean
     absolute difference. Smaller where codes of one category give images further apart; 0 when no two samples
-    share one."""
+    share one. Under torchrun each rank pairs its own share of the batch."""
     first, second = torch.triu_indices(len(labels), len(labels), offset=1, device=labels.device)
     same = labels[first] == labels[second]
     first, second = first[same], second[same]
