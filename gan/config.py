@@ -161,7 +161,8 @@ DEMO = dict(image_size=32, g_width=16, d_width=16, batch_size=32, epochs=8, lr=2
 # mode-seeking term (--mode-seeking-weight 1 or 0.25: the recall up on five pairs of five, the KID 2.6 and 0.84 times
 # the demo's, the designs named less often at both; "Mode seeking against the dropped garments").
 # Nor does training longer buy the designs names: at 60 and 120 epochs (KID level and a quarter of the demo's) blind
-# labellers named the designs after the demo's PM as often as the demo's ("What more training buys the designs").
+# labellers named the designs after the demo's PM as often as the demo's, though the 120 epochs' samples at no step
+# as often as the real items ("What more training buys the designs"); 120 epochs would not fit the demo's time.
 GENERATOR_DEMOS = {"sngan": dict(diffaugment=False, beta1=0.0, beta2=0.9, epochs=30)}
 # The conditional VAE (gan/vae.py) with the PyTorch examples' VAE's Adam (lr 1e-3, betas 0.9 and 0.999), untuned, for
 # the sngan demo's time: it trains 1.3 times as many images a second on two cores (bench/gan_throughput.py, machine I),
